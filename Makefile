@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine:
+#   make run    - install into .venv and run the agent (face-agent run) with ./agent.toml
+#   make test   - install into .venv (plus mosquitto from Debian if missing) and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test install system-deps lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || ls /usr/sbin/mosquitto >/dev/null 2>&1 || { \
+	  echo "installing mosquitto (Debian package) for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+run: install
+	$(VENV)/bin/face-agent run $(ARGS)
+
+test: install system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]' --no-deps face-recognition==1.3.0 psutil
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

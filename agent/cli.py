@@ -1,0 +1,64 @@
+"""The `face-agent` command: parses arguments and hands over to one module of `agent.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from agent import __version__
+from agent.config import ConfigError
+
+# subcommand modules in agent/commands/, in the order `--help` lists them
+COMMANDS = [
+    "enroll",
+    "identify",
+    "people",
+    "forget",
+    "config",
+    "status",
+    "models",
+    "events",
+]
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="face-agent", description="Edge-to-cloud face recognition agent.")
+    parser.add_argument("--version", action="version", version=f"face-agent {__version__}")
+    parser.add_argument("-c", "--config", help="agent.toml to use (default: $FACE_AGENT_CONFIG, ./agent.toml, "
+                        "/etc/face-agent/agent.toml, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"agent.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(0 if args.quiet else args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"face-agent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,54 @@
+"""`face-agent identify IMAGE...`: every face in each image, with box, landmarks and name or unknown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.commands._common import config_of
+from agent.gallery import Gallery
+from agent.vision.images import ImageError, load_image
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("identify", help="name the faces in images")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="one JSON object per image, one per line")
+    p.add_argument("--no-train", action="store_true",
+                   help="use the saved classifier as it is, even if the enrolled photos changed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    gallery = Gallery(cfg)
+    clf = gallery.load_classifier() if args.no_train else None
+    if clf is None:
+        clf, _, _ = gallery.ensure_trained(progress=False)
+    analyzer = gallery.analyzer
+    analyzer.classifier = clf
+    failures = 0
+    for path in args.images:
+        try:
+            rgb = load_image(path, cfg.images.max_pixels, cfg.images.max_bytes)
+        except ImageError as exc:
+            failures += 1
+            if args.json:
+                print(json.dumps({"image": path, "error": str(exc)}, ensure_ascii=False))
+            else:
+                print(f"{path}: error: {exc}")
+            continue
+        faces = analyzer.identify(rgb)
+        if args.json:
+            print(json.dumps({"image": path, "width": rgb.shape[1], "height": rgb.shape[0],
+                              "faces": [f.to_dict() for f in faces]}, ensure_ascii=False))
+            continue
+        print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+        for f in faces:
+            x1, y1, x2, y2 = (int(round(v)) for v in f.detection.box)
+            p = f.prediction
+            who = (p.name if p.name else f"unknown (nearest {p.candidate}, {p.reason})") if p else "unknown"
+            dist = f"{p.distance:.3f}" if p and p.distance != float("inf") else "-"
+            print(f"  {who:30s} confidence {p.confidence if p else 0:.2f}  distance {dist}  "
+                  f"box (left {x1}, top {y1}, right {x2}, bottom {y2})  score {f.detection.score:.3f}")
+    return 1 if failures else 0

@@ -1,0 +1,1 @@
+"""MQTT: the client wrapper, the event publisher and remote enrollment intake."""

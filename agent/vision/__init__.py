@@ -1,0 +1,1 @@
+"""Detection, alignment, embedding, classification and tracking: frame in, recognitions out."""

@@ -1,0 +1,56 @@
+"""Alignment exactly as dlib intends: 5-point landmarks inside the detector box, then a 150x150 chip.
+
+dlib's ResNet was trained on chips made by `get_face_chip(img, shape, size=150, padding=0.25)` from its
+5-point shape predictor, so we run that predictor inside each MTCNN box (MTCNN's own landmarks are a
+different definition) and cut the chips with dlib.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from agent.vision.embed import CHIP_SIZE, ModelFileError, dlib_model_path
+
+log = logging.getLogger(__name__)
+
+PADDING = 0.25
+
+
+class Aligner:
+    """dlib's 5-point shape predictor plus get_face_chips."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._dlib = dlib
+        path = dlib_model_path("shape_predictor_5_face_landmarks.dat")
+        try:
+            self._predictor = dlib.shape_predictor(str(path))
+        except RuntimeError as exc:
+            raise ModelFileError(f"{path}: cannot load shape predictor ({exc})") from None
+
+    def shapes(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list:
+        """dlib full_object_detections for (x1, y1, x2, y2) boxes."""
+        dlib = self._dlib
+        out = []
+        for x1, y1, x2, y2 in boxes:
+            rect = dlib.rectangle(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+            out.append(self._predictor(rgb, rect))
+        return out
+
+    def chips(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """(N, 150, 150, 3) uint8 RGB chips, one per box."""
+        if len(boxes) == 0:
+            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+        rgb = np.ascontiguousarray(rgb)
+        dets = self._dlib.full_object_detections()
+        dets.extend(self.shapes(rgb, boxes))
+        chips = self._dlib.get_face_chips(rgb, dets, size=CHIP_SIZE, padding=PADDING)
+        return np.stack([np.asarray(c, dtype=np.uint8) for c in chips])
+
+    def landmarks(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """The dlib 5 points (x, y) per box, as (5, 2) float arrays."""
+        return [np.array([(p.x, p.y) for p in s.parts()], dtype=np.float32) for s in self.shapes(rgb, boxes)]

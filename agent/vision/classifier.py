@@ -1,0 +1,345 @@
+"""Who is this? dlib SVMs, balanced and cross-validated, behind an open-set "unknown" gate.
+
+Training: one-vs-rest binary dlib SVMs (linear or RBF). The original project's SVMs always picked the
+class with the most images; here every binary problem weighs its two sides inversely to their counts
+(a person with 20 photos does not swallow one with 3), and C (and gamma) are chosen by stratified
+k-fold cross-validation on balanced accuracy. One enrolled person, or one photo per person, works:
+the SVM step is skipped where it cannot be trained or validated.
+
+Prediction: a face is a person only if (1) its L2 distance to that person's nearest enrolled embedding
+is within `distance_threshold` and (2) the SVM agrees. Otherwise it is unknown. `confidence` (0..1) is
+a logistic of the margin to the threshold, halved when the second-nearest person is almost as close.
+
+The trained model is stored as `classifier.npz` (arrays only, no pickle) plus `classifier.json`
+(metadata). The SVMs are evaluated with numpy from their support vectors/weights, so loading never
+executes code from the file; a corrupt or incompatible file is reported and the caller retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import agent
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DIM = 128
+MODEL_NAME = "classifier.npz"
+META_NAME = "classifier.json"
+
+C_GRID = (0.1, 1.0, 10.0, 100.0)
+GAMMA_GRID = (1.0, 4.0, 16.0)  # embeddings are unit-ish vectors; same-person d^2 ~ 0.1-0.3
+DEFAULT_KERNEL = ("linear", 10.0, 0.0)
+CONFIDENCE_SLOPE = 12.0  # logistic slope of confidence over (threshold - distance)
+AMBIGUITY_MARGIN = 0.05  # second-nearest person within this of the nearest: confidence halved
+
+
+class ClassifierFileError(RuntimeError):
+    """A saved classifier that cannot be used (missing, corrupt, incompatible)."""
+
+
+@dataclass
+class Prediction:
+    name: str | None  # None = unknown
+    confidence: float  # 0..1
+    distance: float  # L2 to the nearest enrolled embedding of `candidate`
+    candidate: str | None  # the nearest person even when rejected
+    svm_name: str | None  # the SVM's vote (None when no SVM was trained)
+    reason: str = ""  # why unknown: "far" | "svm_disagrees" | "low_confidence" | "nobody_enrolled"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "confidence": round(self.confidence, 4),
+            "distance": round(self.distance, 4) if math.isfinite(self.distance) else None,
+            "candidate": self.candidate,
+            "svm": self.svm_name,
+            "reason": self.reason or None,
+        }
+
+
+@dataclass
+class SvmModel:
+    """One-vs-rest decision functions, evaluated in numpy."""
+
+    kernel: str  # "linear" | "rbf"
+    C: float
+    gamma: float
+    weights: list[np.ndarray] = field(default_factory=list)  # linear: (DIM,) per person
+    bias: list[float] = field(default_factory=list)  # f(x) = w.x - bias  |  K(x, sv) @ alpha - bias
+    support: list[np.ndarray] = field(default_factory=list)  # rbf: (n_sv, DIM) per person
+    alpha: list[np.ndarray] = field(default_factory=list)  # rbf: (n_sv,) per person
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_people) decision values."""
+        cols = []
+        for k, b in enumerate(self.bias):
+            if self.kernel == "linear":
+                cols.append(X @ self.weights[k] - b)
+            else:
+                sv = self.support[k]
+                d2 = (X * X).sum(1)[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * X @ sv.T
+                cols.append(np.exp(-self.gamma * np.maximum(d2, 0.0)) @ self.alpha[k] - b)
+        return np.stack(cols, axis=1)
+
+
+def _dlib_train(X: np.ndarray, positive: np.ndarray, kernel: str, C: float, gamma: float):
+    """Train one balanced binary dlib SVM; returns its dlib decision function."""
+    import dlib
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    trainer = dlib.svm_c_trainer_linear() if kernel == "linear" else dlib.svm_c_trainer_radial_basis()
+    if kernel == "rbf":
+        trainer.gamma = gamma
+    # balanced class weights: each side's total weight is the same whatever its photo count
+    trainer.c_class1 = C * len(positive) / (2.0 * n_pos)
+    trainer.c_class2 = C * len(positive) / (2.0 * n_neg)
+    xs = dlib.vectors([dlib.vector(row.tolist()) for row in X])
+    ys = dlib.array([1.0 if p else -1.0 for p in positive])
+    return trainer.train(xs, ys)
+
+
+def train_svm(X: np.ndarray, y: np.ndarray, n_people: int, kernel: str, C: float, gamma: float) -> SvmModel:
+    model = SvmModel(kernel=kernel, C=C, gamma=gamma)
+    for k in range(n_people):
+        df = _dlib_train(X, y == k, kernel, C, gamma)
+        if kernel == "linear":
+            model.weights.append(np.asarray(list(df.weights), dtype=np.float64))
+            model.bias.append(float(df.bias))
+        else:
+            model.support.append(np.asarray([list(v) for v in df.basis_vectors], dtype=np.float64))
+            model.alpha.append(np.asarray(list(df.alpha), dtype=np.float64))
+            model.bias.append(float(df.b))
+    return model
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    classes = np.unique(y_true)
+    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
+
+
+def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> list[np.ndarray]:
+    """k disjoint index sets, each class spread over the folds round-robin after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            folds[(offset + j) % k].append(int(i))
+        offset += len(idx)
+    return [np.array(sorted(f), dtype=int) for f in folds if f]
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, n_people: int, kernel: str, C: float, gamma: float,
+                   folds: list[np.ndarray]) -> float:
+    """Mean balanced accuracy of the one-vs-rest SVMs over the folds."""
+    scores = []
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(y)), test)
+        if len(np.unique(y[train])) < n_people:
+            continue
+        model = train_svm(X[train], y[train], n_people, kernel, C, gamma)
+        pred = model.scores(X[test]).argmax(1)
+        scores.append(balanced_accuracy(y[test], pred))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def candidates(kernel: str) -> list[tuple[str, float, float]]:
+    grid: list[tuple[str, float, float]] = []
+    if kernel in ("auto", "linear"):
+        grid += [("linear", c, 0.0) for c in C_GRID]
+    if kernel in ("auto", "rbf"):
+        grid += [("rbf", c, g) for c in C_GRID for g in GAMMA_GRID]
+    return grid
+
+
+@dataclass
+class Classifier:
+    people: list[str]
+    embeddings: np.ndarray  # (N, DIM) float32, every enrolled embedding
+    labels: np.ndarray  # (N,) int index into people
+    svm: SvmModel | None
+    threshold: float = 0.6
+    min_confidence: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    # ---- prediction -------------------------------------------------------------------------
+    def predict(self, X: np.ndarray) -> list[Prediction]:
+        X = np.asarray(X, dtype=np.float64).reshape(-1, DIM)
+        if not self.people:
+            return [Prediction(None, 0.0, math.inf, None, None, "nobody_enrolled") for _ in X]
+        E = self.embeddings.astype(np.float64)
+        d2 = (X * X).sum(1)[:, None] + (E * E).sum(1)[None, :] - 2.0 * X @ E.T
+        dist = np.sqrt(np.maximum(d2, 0.0))
+        # nearest embedding per person: (N, n_people)
+        per_person = np.full((len(X), len(self.people)), np.inf)
+        for k in range(len(self.people)):
+            cols = self.labels == k
+            if cols.any():
+                per_person[:, k] = dist[:, cols].min(1)
+        svm_votes = self.svm.scores(X).argmax(1) if self.svm is not None else None
+        out = []
+        for i in range(len(X)):
+            order = np.argsort(per_person[i])
+            best = int(order[0])
+            d = float(per_person[i, best])
+            conf = 1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (self.threshold - d)))
+            if len(order) > 1 and per_person[i, order[1]] - d < AMBIGUITY_MARGIN:
+                conf *= 0.5
+            svm_name = self.people[int(svm_votes[i])] if svm_votes is not None else None
+            name: str | None = self.people[best]
+            reason = ""
+            if d > self.threshold:
+                name, reason = None, "far"
+            elif svm_name is not None and svm_name != self.people[best]:
+                name, reason, conf = None, "svm_disagrees", conf * 0.5
+            elif conf < self.min_confidence:
+                name, reason = None, "low_confidence"
+            out.append(Prediction(name, conf, d, self.people[best], svm_name, reason))
+        return out
+
+    # ---- persistence ------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write classifier.npz + classifier.json atomically into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"embeddings": self.embeddings.astype(np.float32),
+                                         "labels": self.labels.astype(np.int32)}
+        if self.svm is not None:
+            for k in range(len(self.svm.bias)):
+                if self.svm.kernel == "linear":
+                    arrays[f"w{k}"] = self.svm.weights[k]
+                else:
+                    arrays[f"sv{k}"] = self.svm.support[k]
+                    arrays[f"alpha{k}"] = self.svm.alpha[k]
+            arrays["bias"] = np.asarray(self.svm.bias, dtype=np.float64)
+        meta = dict(self.meta)
+        meta.update({
+            "format_version": FORMAT_VERSION,
+            "dim": DIM,
+            "people": self.people,
+            "svm": None if self.svm is None else
+            {"kernel": self.svm.kernel, "C": self.svm.C, "gamma": self.svm.gamma},
+        })
+        _atomic_write(folder / MODEL_NAME, lambda f: np.savez(f, **arrays))
+        _atomic_write(folder / META_NAME, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+
+    @classmethod
+    def load(cls, folder: Path, threshold: float = 0.6, min_confidence: float = 0.0) -> Classifier:
+        """Load a saved classifier or raise ClassifierFileError saying why it cannot be used."""
+        model_path, meta_path = folder / MODEL_NAME, folder / META_NAME
+        if not model_path.is_file() or not meta_path.is_file():
+            raise ClassifierFileError(f"no trained classifier in {folder}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("format_version") != FORMAT_VERSION or meta.get("dim") != DIM:
+                raise ClassifierFileError(
+                    f"{meta_path}: format {meta.get('format_version')} / dim {meta.get('dim')} is not "
+                    f"{FORMAT_VERSION} / {DIM}")
+            people = [str(p) for p in meta["people"]]
+            with np.load(model_path, allow_pickle=False) as npz:
+                embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
+                labels = np.asarray(npz["labels"], dtype=np.int64)
+                svm = None
+                if meta.get("svm"):
+                    s = meta["svm"]
+                    svm = SvmModel(kernel=s["kernel"], C=float(s["C"]), gamma=float(s["gamma"]))
+                    svm.bias = [float(b) for b in npz["bias"]]
+                    for k in range(len(people)):
+                        if svm.kernel == "linear":
+                            svm.weights.append(np.asarray(npz[f"w{k}"], dtype=np.float64))
+                        else:
+                            svm.support.append(np.asarray(npz[f"sv{k}"], dtype=np.float64))
+                            svm.alpha.append(np.asarray(npz[f"alpha{k}"], dtype=np.float64))
+        except ClassifierFileError:
+            raise
+        except Exception as exc:  # any damage to either file means "retrain"
+            raise ClassifierFileError(f"{folder}: corrupt classifier ({type(exc).__name__}: {exc})") from None
+        if embeddings.ndim != 2 or embeddings.shape[1] != DIM or len(labels) != len(embeddings) \
+                or (len(labels) and (labels.min() < 0 or labels.max() >= len(people))):
+            raise ClassifierFileError(f"{folder}: classifier arrays do not match its metadata")
+        return cls(people, embeddings, labels, svm, threshold, min_confidence, meta)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: str = "",
+          extra_meta: dict | None = None) -> Classifier:
+    """Train from enrolled embeddings and their person names, choosing the SVM by cross-validation."""
+    started = time.monotonic()
+    X = np.asarray(embeddings, dtype=np.float64).reshape(-1, DIM)
+    people = sorted(set(names))
+    index = {p: i for i, p in enumerate(people)}
+    y = np.array([index[n] for n in names], dtype=np.int64)
+    counts = {p: int((y == i).sum()) for i, p in enumerate(people)}
+    svm: SvmModel | None = None
+    cv: dict = {"folds": 0, "balanced_accuracy": None, "grid": []}
+    if len(people) >= 2:
+        kernel, C, gamma = DEFAULT_KERNEL
+        k = min(recognition.cv_folds, min(counts.values()))
+        if k >= 2:
+            folds = stratified_folds(y, k)
+            results = []
+            for cand in candidates(recognition.kernel):
+                score = cross_validate(X, y, len(people), *cand, folds)
+                results.append((score, cand))
+                cv["grid"].append({"kernel": cand[0], "C": cand[1], "gamma": cand[2],
+                                   "balanced_accuracy": None if math.isnan(score) else round(score, 4)})
+            valid = [(s, c) for s, c in results if not math.isnan(s)]
+            if valid:
+                # best score; ties go to the simpler model (linear, then smaller C)
+                best = max(valid, key=lambda sc: (round(sc[0], 6), sc[1][0] == "linear", -sc[1][1]))
+                kernel, C, gamma = best[1]
+                cv.update(folds=k, balanced_accuracy=round(best[0], 4))
+        elif recognition.kernel == "rbf":
+            kernel, C, gamma = "rbf", 10.0, 4.0
+        svm = train_svm(X, y, len(people), kernel, C, gamma)
+        log.info("trained %s SVMs for %d people (C=%g%s), cross-validated balanced accuracy %s",
+                 kernel, len(people), C, f", gamma={gamma:g}" if kernel == "rbf" else "",
+                 cv["balanced_accuracy"] if cv["folds"] else "n/a (too few photos per person)")
+    meta = {
+        "counts": counts,
+        "fingerprint": fingerprint,
+        "cross_validation": cv,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "training_seconds": round(time.monotonic() - started, 3),
+        "versions": _versions(),
+        **(extra_meta or {}),
+    }
+    return Classifier(people, X.astype(np.float32), y, svm, recognition.distance_threshold,
+                      recognition.min_confidence, meta)
+
+
+def _versions() -> dict:
+    out = {"agent": agent.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import dlib
+
+        out["dlib"] = dlib.__version__
+    except ImportError:  # pragma: no cover
+        out["dlib"] = None
+    return out
