@@ -7,6 +7,7 @@ this module holds them together and serves `face-agent identify`, enrollment and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from agent.config import Config
 from agent.vision.align import Aligner
 from agent.vision.backends import create_backend
+from agent.vision.backends.tensorrt import options_from_config
 from agent.vision.classifier import Classifier, Prediction
 from agent.vision.embed import Embedder, create_embedder
 from agent.vision.mtcnn import MTCNN, Detection
@@ -35,10 +37,10 @@ class FaceResult:
         return d
 
 
-def build_detector(cfg: Config) -> MTCNN:
-    """The MTCNN cascade on the backend chosen by `[detector] backend`."""
-    backend = create_backend(cfg.detector.backend, threads=cfg.detector.threads, detector=cfg.detector,
-                             engines_dir=cfg.path("engines"))
+def build_detector(cfg: Config, on_degraded: Callable[[str], None] | None = None) -> MTCNN:
+    """The MTCNN cascade on the backend chosen by `[detector] backend` (TensorRT engines sized for the
+    configured [source] frames; `on_degraded(reason)` is called if the GPU path falls back to the CPU)."""
+    backend = create_backend(cfg.detector.backend, **options_from_config(cfg), on_degraded=on_degraded)
     return MTCNN.from_config(cfg.detector, backend)
 
 

@@ -1,0 +1,194 @@
+"""`face-agent doctor`: what this machine offers the agent, and which detector backend `auto` picks and why.
+
+Reports Python, numpy, ONNX Runtime (version and execution providers), whether `tensorrt` and `pycuda`
+import, the GPU found, dlib, the model files (with sha256) and the engines folder. Exit code 1 when
+something the configuration needs is missing (a model file, or TensorRT for `backend = "tensorrt"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.commands._common import config_of
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check Python, ONNX Runtime, TensorRT/GPU, dlib and model files")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=run)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _module(name: str) -> tuple[Any, str]:
+    """(module or None, version or the import error)."""
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # ImportError, or a broken native library (OSError)
+        return None, f"not available ({type(exc).__name__}: {exc})"
+    return module, str(getattr(module, "__version__", getattr(module, "VERSION", "?")))
+
+
+def _jetson_model() -> str:
+    try:
+        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _gpu() -> dict[str, Any]:
+    cuda, version = _module("pycuda.driver")
+    if cuda is None:
+        return {"found": False, "detail": f"pycuda {version}"}
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as exc:
+        return {"found": False, "detail": f"CUDA cannot be initialised: {exc}"}
+    if count < 1:
+        return {"found": False, "detail": "no CUDA device"}
+    dev = cuda.Device(0)
+    major, minor = dev.compute_capability()
+    return {"found": True, "name": dev.name(), "compute_capability": f"{major}.{minor}",
+            "memory_mb": dev.total_memory() // (1 << 20), "devices": count,
+            "driver_version": cuda.get_driver_version()}
+
+
+def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    from agent.vision.backends import MODEL_DIR, NETS
+
+    files: list[dict[str, Any]] = []
+    problems: list[str] = []
+
+    def add(role: str, path: Path | None, error: str = "") -> None:
+        if path is not None and path.is_file():
+            files.append({"role": role, "path": str(path), "bytes": path.stat().st_size,
+                          "sha256": _sha256(path)})
+        else:
+            problems.append(f"{role}: {error or f'{path} not found'}")
+            files.append({"role": role, "path": str(path) if path else "", "missing": error or "not found"})
+
+    for net in NETS:
+        add(f"MTCNN {net}", MODEL_DIR / f"{net}.onnx")
+    try:
+        from agent.vision.embed import dlib_model_path, resnet_dat_path
+
+        add("dlib 5-point shape predictor", dlib_model_path("shape_predictor_5_face_landmarks.dat"))
+        add("dlib ResNet", resnet_dat_path(cfg.embedding, cfg.base_dir))
+    except Exception as exc:  # ModelFileError: package missing or [embedding] model wrong
+        add("dlib models", None, str(exc))
+    converted = sorted(cfg.path("engines").glob("*.onnx")) if cfg.path("engines").is_dir() else []
+    for path in converted:
+        files.append({"role": "converted ResNet (engines folder)", "path": str(path),
+                      "bytes": path.stat().st_size, "sha256": _sha256(path)})
+    return files, problems
+
+
+def _engines(cfg: Any) -> dict[str, Any]:
+    from agent.vision.backends.engine_cache import EngineCache
+    from agent.vision.backends.tensorrt import build_engine, config_engine_specs, describe_device
+
+    folder = cfg.path("engines")
+    entries = EngineCache(folder, describe_device, build_engine).entries()
+    report: dict[str, Any] = {"folder": str(folder), "engines": len(entries),
+                              "broken": sum(not e.ok for e in entries)}
+    try:
+        report["pnet_profile"] = config_engine_specs(cfg)["pnet"].profile["input"]
+    except ValueError as exc:
+        report["pnet_profile"] = f"invalid: {exc}"
+    return report
+
+
+def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
+    """The report and the list of problems that make the configured setup unusable."""
+    from agent.vision.backends.tensorrt import auto_kind, tensorrt_status
+
+    problems: list[str] = []
+    report: dict[str, Any] = {
+        "face_agent": __version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+    if _jetson_model():
+        report["jetson"] = _jetson_model()
+    _, report["numpy"] = _module("numpy")
+    ort, version = _module("onnxruntime")
+    report["onnxruntime"] = version
+    report["onnxruntime_providers"] = ort.get_available_providers() if ort is not None else []
+    if ort is None:
+        problems.append(f"onnxruntime {version}")
+    _, report["tensorrt"] = _module("tensorrt")
+    _, report["pycuda"] = _module("pycuda")
+    report["gpu"] = _gpu()
+    dlib, version = _module("dlib")
+    report["dlib"] = version if dlib is None else f"{version} (CUDA: {bool(getattr(dlib, 'DLIB_USE_CUDA', False))})"
+    if dlib is None and cfg.embedding.backend == "dlib":
+        problems.append(f"dlib {version} but [embedding] backend = \"dlib\"")
+    report["models"], model_problems = _model_files(cfg)
+    problems += model_problems
+
+    kind, why = auto_kind()
+    report["detector"] = {"configured": cfg.detector.backend, "auto_picks": kind, "why": why,
+                          "precision": cfg.detector.precision,
+                          "inference_timeout": cfg.detector.inference_timeout}
+    if cfg.detector.backend == "tensorrt" and not tensorrt_status()[0]:
+        problems.append(f"[detector] backend = \"tensorrt\" but {tensorrt_status()[1]}")
+    report["engines"] = _engines(cfg)
+    return report, problems
+
+
+def _print(report: dict[str, Any], problems: list[str]) -> None:
+    width = 22
+
+    def line(label: str, value: Any) -> None:
+        print(f"{label:<{width}} {value}")
+
+    for key in ("face_agent", "python", "platform", "jetson", "numpy", "onnxruntime"):
+        if key in report:
+            line(key.replace("_", "-"), report[key])
+    line("  providers", ", ".join(report["onnxruntime_providers"]) or "-")
+    line("tensorrt", report["tensorrt"])
+    line("pycuda", report["pycuda"])
+    gpu = report["gpu"]
+    line("gpu", f"{gpu['name']} (compute {gpu['compute_capability']}, {gpu['memory_mb']} MB)"
+         if gpu["found"] else f"none ({gpu['detail']})")
+    line("dlib", report["dlib"])
+    print("models:")
+    for m in report["models"]:
+        state = f"sha256 {m['sha256']}  {m['bytes']} bytes" if "sha256" in m else f"MISSING: {m['missing']}"
+        print(f"  {m['role']:<34} {m['path']}\n  {'':<34} {state}")
+    d = report["detector"]
+    line("detector backend", f"{d['configured']} (auto picks {d['auto_picks']}: {d['why']})")
+    e = report["engines"]
+    line("engines folder", f"{e['folder']}: {e['engines']} engine(s), {e['broken']} broken")
+    line("  P-Net profile", e["pnet_profile"])
+    if problems:
+        print("\nproblems:")
+        for p in problems:
+            print(f"  - {p}")
+    else:
+        print("\nno problems found")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    report, problems = collect(cfg)
+    if args.json:
+        print(json.dumps({**report, "problems": problems}, indent=2, default=str))
+    else:
+        _print(report, problems)
+    return 1 if problems else 0

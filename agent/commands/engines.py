@@ -1,0 +1,146 @@
+"""`face-agent engines build|list|clean`: the TensorRT engine cache ([paths] engines).
+
+build: builds (or checks) the MTCNN engines for the current [detector]/[source] settings ahead of time,
+  e.g. in the install step, so the service does not spend minutes building at its first start; plus the
+  dlib ResNet engine when `[embedding] backend = "tensorrt"`. Fails clearly where TensorRT is missing.
+list: every engine with its record (what it was built for) and whether it is intact and current.
+clean: removes stale engines (broken, superseded by the current settings, other TensorRT/GPU) and
+  leftovers of interrupted writes; --all empties the cache. Converted ONNX files are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from agent.commands._common import config_of, fail
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engines", help="build, list or clean the TensorRT engine cache")
+    actions = p.add_subparsers(dest="engines_action", metavar="ACTION")
+    build = actions.add_parser("build", help="build the TensorRT engines for the current config now")
+    build.set_defaults(func=run_build)
+    listing = actions.add_parser("list", help="list cached engines and what they were built for")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=run_list)
+    clean = actions.add_parser("clean", help="remove stale engines (--all: every engine)")
+    clean.add_argument("--all", action="store_true", dest="remove_all", help="remove every engine")
+    clean.set_defaults(func=run_clean)
+    p.set_defaults(func=run, engines_help=p.format_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`face-agent engines` without an action: usage, exit 2."""
+    print(args.engines_help(), file=sys.stderr)
+    return 2
+
+
+def _cache(cfg: Any) -> Any:
+    from agent.vision.backends.engine_cache import EngineCache
+    from agent.vision.backends.tensorrt import build_engine, describe_device
+
+    return EngineCache(cfg.path("engines"), describe_device, build_engine)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from agent.vision.backends import BackendError
+    from agent.vision.backends.engine_cache import EngineCacheError
+    from agent.vision.backends.tensorrt import (
+        TensorRTBackend,
+        config_engine_specs,
+        options_from_config,
+        tensorrt_status,
+    )
+
+    cfg = config_of(args)
+    ok, why = tensorrt_status()
+    if not ok:
+        return fail(f"cannot build TensorRT engines: {why}")
+    cache = _cache(cfg)
+    try:
+        specs = config_engine_specs(cfg)
+    except ValueError as exc:
+        return fail(f"invalid detector settings: {exc}")
+    start = time.monotonic()
+    try:
+        for spec in specs.values():
+            cache.load_or_build(spec)
+            print(f"{spec.label}: {cache.paths(spec)[0]}")
+        built, cached = cache.builds, cache.loads
+        # load them once the way the service does (deserialize, allocate): proves they run here
+        options = {k: v for k, v in options_from_config(cfg).items() if k not in ("threads", "inference_timeout")}
+        TensorRTBackend(cache=cache, **options).close()
+    except (EngineCacheError, BackendError, OSError) as exc:
+        return fail(str(exc))
+    print(f"MTCNN engines ready ({built} built, {cached} already cached; all three load) "
+          f"in {time.monotonic() - start:.1f} s: {why}")
+    if cfg.embedding.backend == "tensorrt":
+        from agent.vision.embed import create_embedder
+
+        try:
+            create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir).close()
+        except Exception as exc:  # its own error types; the message says what is wrong
+            return fail(f"embedding engine: {exc}")
+        print("embedding engine ready")
+    return 0
+
+
+def _row(entry: Any, current: set) -> dict[str, Any]:
+    key = (entry.record or {}).get("key") or {}
+    return {
+        "file": entry.engine_path.name,
+        "label": key.get("label", "?"),
+        "precision": key.get("precision", "?"),
+        "tensorrt": key.get("tensorrt_version", "?"),
+        "gpu": f"{key.get('gpu_name', '?')} ({key.get('compute_capability', '?')})",
+        "profile": key.get("profile", {}),
+        "onnx": f"{key.get('onnx_file', '?')} {str(key.get('onnx_sha256', ''))[:12]}",
+        "bytes": (entry.record or {}).get("engine_size"),
+        "built_at": (entry.record or {}).get("built_at", ""),
+        "build_seconds": (entry.record or {}).get("build_seconds"),
+        "status": entry.problem or ("current" if entry.engine_path in current else "ok"),
+    }
+
+
+def _current_paths(cfg: Any, cache: Any) -> set:
+    """Engine files the current config would load, when this machine can tell (TensorRT present)."""
+    from agent.vision.backends.tensorrt import config_engine_specs
+
+    try:
+        return {cache.paths(spec)[0] for spec in config_engine_specs(cfg).values()}
+    except Exception:  # no TensorRT / GPU here, or invalid settings: cannot name the current engines
+        return set()
+
+
+def run_list(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    cache = _cache(cfg)
+    rows = [_row(e, _current_paths(cfg, cache)) for e in cache.entries()]
+    temporary = [str(p) for p in cache.temporary_files()]
+    if args.json:
+        print(json.dumps({"folder": str(cache.folder), "engines": rows, "temporary_files": temporary}, indent=2))
+        return 0
+    if not rows:
+        print(f"no engines in {cache.folder}")
+    for r in rows:
+        print(f"{r['file']}\n  {r['label']} {r['precision']}  TensorRT {r['tensorrt']}  GPU {r['gpu']}\n"
+              f"  onnx {r['onnx']}  profile {json.dumps(r['profile'])}\n"
+              f"  {r['bytes']} bytes, built {r['built_at']} in {r['build_seconds']} s  [{r['status']}]")
+    for t in temporary:
+        print(f"{t}  [left by an interrupted write; `face-agent engines clean` removes it]")
+    return 0
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    cache = _cache(cfg)
+    removed = cache.clean(remove_all=args.remove_all, keep=_current_paths(cfg, cache))
+    for path in removed:
+        print(f"removed {path}")
+    left = len(cache.entries())
+    print(f"{len(removed)} file(s) removed, {left} engine(s) left in {cache.folder}")
+    return 0

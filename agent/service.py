@@ -1,0 +1,324 @@
+"""The run loop: capture -> detect -> track -> recognize -> vote -> event -> store -> publish.
+
+`Service(cfg, ...).run()` loads everything (event log check, models, classifier, broker connection in
+the background), tells systemd READY, then processes frames until the source ends or SIGTERM/SIGINT.
+Every event is written to SQLite before the publisher thread sends it; on shutdown the live tracks end
+(`track_ended` events), the outbox is flushed for `[mqtt] shutdown_timeout` seconds and what is left
+stays in the log for the next start. Remote enrollment (when a key file is configured) retrains in the
+background and the new classifier is swapped in between frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import __version__, health, systemd
+from agent.config import Config
+from agent.dbcheck import check_database
+from agent.events import Event, EventFactory
+from agent.gallery import Gallery
+from agent.sources import Source, open_source
+from agent.store import DB_NAME, EventStore
+from agent.sync.publisher import Publisher
+from agent.vision.classifier import Classifier
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
+FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
+
+
+class Stats:
+    """Moving averages of the frame loop for the stats topic, the status file and the status line."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.frames = 0
+        self.faces = 0
+        self.events = 0
+        self.last_event = ""
+        self._times: deque[float] = deque(maxlen=FPS_WINDOW)
+        self._stages: deque[dict[str, float]] = deque(maxlen=FPS_WINDOW)
+
+    def frame(self, result: FrameResult) -> None:
+        self.frames += 1
+        self.faces += len(result.detections)
+        self._times.append(time.monotonic())
+        self._stages.append(result.timings)
+
+    @property
+    def fps(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def latency_ms(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for timings in self._stages:
+            for k, v in timings.items():
+                totals[k] = totals.get(k, 0.0) + v
+        n = max(1, len(self._stages))
+        return {k: round(v / n, 2) for k, v in totals.items()}
+
+
+class Service:
+    def __init__(self, cfg: Config, source_uri: str | None = None, every_frame: bool | None = None,
+                 show: str | None = None, status_line: bool = False, max_frames: int = 0,
+                 analyzer: Any = None):
+        self.cfg = cfg
+        self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
+        self.source_uri = source_uri
+        self.every_frame = every_frame
+        self.show_path = show
+        self.status_line = status_line
+        self.max_frames = max_frames
+        self.stats = Stats()
+        self.factory = EventFactory.from_config(cfg)
+        self._stop = threading.Event()
+        self.store: EventStore | None = None
+        self.publisher: Publisher | None = None
+        self.pipeline: Pipeline | None = None
+        self.source: Source | None = None
+        self.gallery: Gallery | None = None
+        self.intake: Any = None
+        self.monitor: health.HealthMonitor | None = None
+        self._writer: Any = None
+        self._connected_at = 0.0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish (signal handlers, other threads)."""
+        self._stop.set()
+
+    def load(self) -> None:
+        """Everything the loop needs; raises on a configuration or model that cannot work."""
+        cfg = self.cfg
+        storage = cfg.path("storage")
+        storage.mkdir(parents=True, exist_ok=True)
+        moved = check_database(storage / DB_NAME)
+        if moved is not None:
+            log.error("the event log was corrupt and was moved to %s; a new one is started", moved)
+        self.store = EventStore(cfg)
+        self.publisher = Publisher(cfg, self.store, self.stats_message)
+        if self.publisher.client is not None:
+            self.publisher.client.add_connect_listener(self._on_connect)
+        self.publisher.start()
+        systemd.extend_timeout(900)  # model loading (and a TensorRT engine build) may take a while
+        self.gallery = Gallery(cfg, analyzer=self._analyzer)
+        classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
+        if retrained:
+            self._model_event(classifier)
+        tracker = Tracker(cfg.tracker, cfg.voting)
+        self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
+        self._start_intake()
+        section = cfg.source
+        if self.source_uri is not None:
+            section = type(section)(**{**vars(section), "uri": self.source_uri})
+        self.source = open_source(section, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
+                                  cfg.images.max_bytes)
+        self.monitor = health.HealthMonitor.from_config(
+            cfg, camera_ok=lambda: self.source.connected if self.source else None,
+            broker_connected_since=self._broker_since,
+            outbox_backlog=lambda: self.store.count("pending") if self.store else None,
+            gpu_fallback=self._gpu_fallback)
+
+    def _start_intake(self) -> None:
+        if not self.cfg.remote_enroll.key_file:
+            log.info("remote enrollment is off (no [remote_enroll] key_file)")
+            return
+        if self.publisher is None or self.publisher.client is None:
+            log.warning("remote enrollment needs MQTT ([mqtt] enabled = true); it stays off")
+            return
+        from agent.sync.enrollment import EnrollmentIntake
+
+        self.intake = EnrollmentIntake(self.cfg, self.gallery, self.publisher.client, self._on_model_updated)
+        self.intake.start()
+
+    def _on_model_updated(self, classifier: Classifier, info: dict | None = None) -> None:
+        """From the enrollment thread: swap the classifier in and log a model_updated event."""
+        if self.pipeline is not None:
+            self.pipeline.set_classifier(classifier)
+        self._model_event(classifier)
+
+    def _model_event(self, classifier: Classifier) -> None:
+        meta = classifier.meta
+        cv = (meta.get("cross_validation") or {}).get("balanced_accuracy")
+        self._emit(self.factory.model_updated(classifier.people, meta.get("counts", {}),
+                                              meta.get("training_seconds", 0.0), cv))
+
+    def _on_connect(self, _session_present: bool) -> None:
+        self._connected_at = time.time()
+
+    def _broker_since(self) -> float | None:
+        client = self.publisher.client if self.publisher else None
+        if client is None:
+            return None
+        return self._connected_at if client.connected else 0.0
+
+    def _gpu_fallback(self) -> bool | None:
+        backend = getattr(getattr(self.pipeline, "analyzer", None), "detector", None)
+        backend = getattr(backend, "backend", None)
+        return bool(getattr(backend, "degraded", False)) if backend is not None else None
+
+    # ---- events -------------------------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        assert self.store is not None
+        self.store.add(event)
+        self.stats.events += 1
+        self.stats.last_event = f"{event.type} {event.name or ''}".strip()
+        log.info("event %s track %s %s %s", event.type, event.track_id, event.name or "",
+                 f"{event.confidence:.2f}" if event.confidence is not None else "")
+
+    def events_for(self, result: FrameResult, rgb: np.ndarray) -> list[Event]:
+        f, size = self.factory, result.size
+        events = []
+        for track in result.update.started:
+            events.append(f.track_started(track.id, track.box, size, track.detection.score, image=rgb))
+        for change in result.changes:
+            t = change.track
+            if change.kind == "unknown":
+                events.append(f.unknown_face(t.id, t.attempts, t.box, size, change.confidence, change.votes,
+                                             image=rgb))
+            else:
+                events.append(f.identified(t.id, change.name, change.confidence, change.votes, t.box, size,
+                                           previous_name=change.previous, image=rgb))
+        for track in result.update.ended:
+            events.append(self._ended(track, size))
+        return events
+
+    def _ended(self, track: Any, size: tuple[int, int]) -> Event:
+        return self.factory.track_ended(track.id, track.name, track.duration, track.confidence or None,
+                                        track.box, size, votes=track.votes)
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        size = (0, 0)
+        try:
+            self.load()
+            assert self.source is not None and self.pipeline is not None
+            self.source.start()
+            watchdog = systemd.Watchdog()
+            systemd.ready(f"watching {self.source.name}")
+            log.info("face-agent %s running: %s, %d people enrolled", __version__, self.source.name,
+                     len(self.pipeline.classifier.people) if self.pipeline.classifier else 0)
+            next_status = 0.0
+            while not self._stop.is_set():
+                frame = self.source.read(timeout=READ_TIMEOUT)
+                if frame is None:
+                    if self.source.ended:
+                        log.info("source ended after %d frames", self.stats.frames)
+                        break
+                    if not self.source.connected:
+                        watchdog.alive()  # waiting for a reconnect on purpose, not hung
+                else:
+                    result = self.pipeline.process(frame.image, frame.timestamp)
+                    size = result.size
+                    for event in self.events_for(result, frame.image):
+                        self._emit(event)
+                    self.stats.frame(result)
+                    watchdog.frame_done()
+                    if self.show_path:
+                        self._show(frame.image, result)
+                    if self.max_frames and self.stats.frames >= self.max_frames:
+                        break
+                now = time.monotonic()
+                if now >= next_status:
+                    next_status = now + self.cfg.service.status_interval
+                    self._write_status()
+                if self.status_line:
+                    self._print_status_line()
+        finally:
+            self.shutdown(size)
+        return 0
+
+    def shutdown(self, size: tuple[int, int] = (0, 0)) -> None:
+        systemd.stopping("flushing events")
+        if self.status_line:
+            print(file=sys.stderr)
+        if self.source is not None:
+            self.source.stop()
+        if self.intake is not None:
+            self.intake.stop()
+        if self.pipeline is not None and self.store is not None:
+            for track in self.pipeline.finish():
+                self._emit(self._ended(track, size))
+        self._write_status(state="stopped")
+        if self.publisher is not None:
+            left = self.publisher.stop()
+            if left:
+                log.warning("%d events not yet published; they are kept and sent at the next start", left)
+        if self.store is not None:
+            self.store.close()
+        if self._writer is not None:
+            self._writer.release()
+        if self.gallery is not None:
+            self.gallery.close()
+
+    # ---- reporting ----------------------------------------------------------------------------------
+    def stats_message(self) -> dict:
+        """The periodic stats payload (publisher thread)."""
+        tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
+        return {"agent_id": self.cfg.agent.id, "fps": round(self.stats.fps, 2), "frames": self.stats.frames,
+                "faces": self.stats.faces, "events": self.stats.events, "tracks": tracks,
+                "latency_ms": self.stats.latency_ms(),
+                "outbox_backlog": self.store.count("pending") if self.store else 0,
+                "source": self.source.stats() if self.source else {}}
+
+    def _write_status(self, state: str | None = None) -> None:
+        if self.monitor is None:
+            return
+        try:
+            report = {"state": state, "reasons": []} if state else self.monitor.check()
+            health.write_status(health.status_path(self.cfg), {
+                "interval": self.cfg.service.status_interval, "agent_id": self.cfg.agent.id,
+                "version": __version__, "started_at": self.stats.started, "health": report,
+                "stats": self.stats_message()})
+            systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+    def _print_status_line(self) -> None:
+        tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
+        line = (f"\r{self.stats.fps:5.1f} fps | frames {self.stats.frames} | tracks {tracks} | "
+                f"events {self.stats.events} | last: {self.stats.last_event or '-'}")
+        print(line[:120].ljust(80), end="", file=sys.stderr, flush=True)
+
+    def _show(self, rgb: np.ndarray, result: FrameResult) -> None:
+        """Annotated frame to a picture (overwritten each frame) or a video file; only with --show."""
+        import cv2
+
+        img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        for track in result.update.tracks:
+            x1, y1, x2, y2 = (int(v) for v in track.box)
+            color = (0, 200, 0) if track.name else (0, 160, 255)
+            cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
+            label = f"{track.id} {track.name or track.status}"
+            cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1)
+        path = Path(self.show_path)
+        if path.suffix.lower() in (".mp4", ".avi", ".mkv"):
+            if self._writer is None:
+                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
+                self._writer = cv2.VideoWriter(str(path), fourcc, self.source.fps or 15.0,
+                                               (img.shape[1], img.shape[0]))
+            self._writer.write(img)
+        else:
+            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+            cv2.imwrite(str(tmp), img)
+            tmp.replace(path)
+
+
+def install_signal_handlers(service: Service) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, service.stop)

@@ -1,0 +1,58 @@
+"""Backends run one MTCNN network on one batch; everything else (pyramid, crops, NMS) is shared.
+
+A backend is created for a folder of ONNX files and answers `run(net, batch)`:
+
+- `net` is "pnet", "rnet" or "onet";
+- `batch` is float32 NCHW, already normalised ((pixel - 127.5) / 128, RGB channel order as MTCNN was
+  trained); P-Net takes any H, W >= 12, R-Net 24x24, O-Net 48x48, any batch size;
+- the result is a tuple of float32 arrays, in this order:
+  pnet: (prob (N, 2, H', W'), reg (N, 4, H', W')); rnet: (prob (N, 2), reg (N, 4));
+  onet: (prob (N, 2), reg (N, 4), landmarks (N, 10)).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+NETS = ("pnet", "rnet", "onet")
+# the ONNX graphs shipped as package data (built by tools/build_mtcnn_onnx.py, see agent/models/README.md)
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "mtcnn"
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot load or run its networks."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
+    def close(self) -> None: ...
+
+
+def create_backend(kind: str, model_dir: str | Path | None = None, **options: Any) -> Backend:
+    """A backend by name, loaded from `model_dir` (default `MODEL_DIR`).
+
+    "onnxruntime": options `threads` (intra-op threads, default 2).
+    "tensorrt": TensorRT behind the watchdog (options: see tensorrt.create_tensorrt_backend and
+    tensorrt.options_from_config); "auto": TensorRT when it imports and a GPU is present, else onnxruntime.
+    Raises BackendError for an unknown kind or a backend that cannot start.
+    """
+    if kind in ("auto", "tensorrt"):
+        from agent.vision.backends import tensorrt
+
+        if kind == "auto":
+            kind, why = tensorrt.auto_kind()
+            logging.getLogger(__name__).info("detector backend auto -> %s: %s", kind, why)
+        if kind == "tensorrt":
+            return tensorrt.create_tensorrt_backend(model_dir, **options)
+    if kind == "onnxruntime":
+        from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_dir, threads=int(options.get("threads", 2)))
+    raise BackendError(f"unknown detector backend {kind!r}; expected one of: auto, onnxruntime, tensorrt")

@@ -1,0 +1,468 @@
+"""MTCNN networks on TensorRT (Jetson / CUDA GPUs), from the same ONNX files as the ONNX Runtime backend.
+
+Three engines, built once and cached (`engine_cache.EngineCache`, `[paths] engines`):
+
+- P-Net: ONE engine with an optimisation profile covering every pyramid scale that the configured input
+  size (`[source] width/height`, after `[detector] max_input_side`) and `min_face_size`/`scale_factor`
+  produce: min = the smallest P-Net input of the pyramid, max = the largest, opt = the middle scale
+  (`pnet_profile`). No per-scale engines, no rebuild per scale. A frame of another size whose pyramid
+  leaves the profile is run on the CPU backend (`overflow`) and logged, never a rebuild at run time.
+- R-Net and O-Net: dynamic batch 1..`max_batch` (opt = a typical candidate count); larger candidate
+  sets are split into chunks of `max_batch`.
+
+FP16 when `[detector] precision = "fp16"` and the GPU has fast fp16 (else fp32; the cache key records
+what was built). Uses only the tensor-name API (TensorRT >= 8.5: `num_io_tensors`, `get_tensor_name`,
+`set_input_shape`, `set_tensor_address`, `execute_async_v3`); works with 8.6 (JetPack 6) through 10.x.
+Device memory, pinned host memory and the stream come from pycuda, on the device's *primary* CUDA
+context (the one TensorRT's runtime API uses), pushed around every GPU call so the backend can be driven
+from any thread (the watchdog runs calls in a worker thread).
+
+`tensorrt` and `pycuda` are imported lazily: this module imports (and its pure helpers run) without them.
+docs/tensorrt.md lists every TensorRT/pycuda call made here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.vision.backends import NETS, BackendError
+from agent.vision.backends.engine_cache import DeviceInfo, EngineCache, EngineCacheError, EngineSpec
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUTS = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
+CROP_SIZE = {"rnet": 24, "onet": 48}
+# opt batch of the R-/O-Net profiles: typical candidate counts for a frame with a few faces (P-Net
+# survivors after NMS; R-Net survivors); the engine is tuned for it and runs any batch up to max_batch
+TYPICAL_BATCH = {"rnet": 64, "onet": 16}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shape profiles (pure: tested on the CPU)
+# --------------------------------------------------------------------------------------------------------
+
+def pnet_profile(height: int, width: int, min_face_size: int = 20, scale_factor: float = 0.709,
+                 max_input_side: int = 0) -> list[list[int]]:
+    """[min, opt, max] NCHW shapes covering every P-Net input of the pyramid of a height x width frame."""
+    from agent.vision.mtcnn import pnet_input_shapes
+
+    shapes = pnet_input_shapes(height, width, min_face_size, scale_factor, max_input_side)
+    if not shapes:
+        raise ValueError(f"a {width}x{height} frame has no pyramid scale for min_face_size {min_face_size}")
+    hs, ws = [h for h, _ in shapes], [w for _, w in shapes]
+    opt_h, opt_w = shapes[len(shapes) // 2]  # shapes are largest first: the middle scale
+    return [[1, 3, min(hs), min(ws)], [1, 3, opt_h, opt_w], [1, 3, max(hs), max(ws)]]
+
+
+def batch_profile(net: str, max_batch: int) -> list[list[int]]:
+    """[min, opt, max] shapes of R-Net/O-Net: batch 1..max_batch of size x size crops."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    s = CROP_SIZE[net]
+    return [[1, 3, s, s], [min(TYPICAL_BATCH[net], max_batch), 3, s, s], [max_batch, 3, s, s]]
+
+
+def engine_specs(model_dir: Path, input_size: tuple[int, int], min_face_size: int = 20,
+                 scale_factor: float = 0.709, max_input_side: int = 0, precision: str = "fp16",
+                 max_batch: int = 128, workspace_mb: int = 256) -> dict[str, EngineSpec]:
+    """The three engine specs for one configuration (input_size = (height, width) of the frames)."""
+    height, width = input_size
+    profiles = {"pnet": pnet_profile(height, width, min_face_size, scale_factor, max_input_side),
+                "rnet": batch_profile("rnet", max_batch), "onet": batch_profile("onet", max_batch)}
+    return {net: EngineSpec(label=f"mtcnn-{net}", onnx_path=Path(model_dir) / f"{net}.onnx",
+                            precision=precision, profile={INPUT_NAME: profiles[net]},
+                            options={"workspace_mb": int(workspace_mb)})
+            for net in NETS}
+
+
+# --------------------------------------------------------------------------------------------------------
+# TensorRT / pycuda (lazy)
+# --------------------------------------------------------------------------------------------------------
+
+_LOGGER: Any = None
+_LOCK = threading.Lock()
+
+
+def _import() -> tuple[Any, Any]:
+    """(tensorrt, pycuda.driver), or BackendError saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendError(f"TensorRT is not available: cannot import tensorrt ({exc}); on a Jetson it comes "
+                           "with JetPack (python3-libnvinfer)") from None
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise BackendError(f"pycuda is not available ({exc}); install it with pip (needs the CUDA toolkit)") \
+            from None
+    return trt, cuda
+
+
+def _trt_logger(trt: Any) -> Any:
+    global _LOGGER
+    with _LOCK:
+        if _LOGGER is None:
+            _LOGGER = trt.Logger(trt.Logger.WARNING)
+        return _LOGGER
+
+
+def trt_major(trt: Any) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:  # pragma: no cover - odd version strings
+        return 0
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, why): TensorRT and pycuda import and a CUDA GPU is present."""
+    try:
+        trt, cuda = _import()
+    except BackendError as exc:
+        return False, str(exc)
+    try:
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as exc:  # pycuda raises its own error types
+        return False, f"CUDA cannot be initialised: {exc}"
+    if count < 1:
+        return False, "no CUDA GPU found"
+    dev = cuda.Device(0)
+    major, minor = dev.compute_capability()
+    return True, f"TensorRT {trt.__version__}, GPU {dev.name()} (compute {major}.{minor})"
+
+
+def _fast_fp16_by_capability(major: int, minor: int) -> bool:
+    # native fp16 rate: Maxwell Tegra (5.3), P100 (6.0), Pascal Tegra (6.2), Volta and later; not 6.1
+    return (major, minor) in ((5, 3), (6, 0), (6, 2)) or major >= 7
+
+
+def describe_device() -> DeviceInfo:
+    """TensorRT version, GPU name and compute capability (device 0), and whether fp16 is fast."""
+    try:
+        trt, cuda = _import()
+    except BackendError as exc:
+        raise EngineCacheError(str(exc)) from None
+    cuda.init()
+    if cuda.Device.count() < 1:
+        raise EngineCacheError("no CUDA GPU found")
+    dev = cuda.Device(0)
+    major, minor = dev.compute_capability()
+    if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11 removed weak typing: the ONNX graph is fp32
+        fast_fp16 = False
+    elif trt_major(trt) < 10:
+        builder = trt.Builder(_trt_logger(trt))
+        fast_fp16 = bool(builder.platform_has_fast_fp16)
+        del builder
+    else:  # platform_has_fast_fp16 is deprecated from TensorRT 10.5: ask the compute capability
+        fast_fp16 = _fast_fp16_by_capability(major, minor)
+    return DeviceInfo(tensorrt_version=str(trt.__version__), gpu_name=str(dev.name()),
+                      compute_capability=f"{major}.{minor}", fast_fp16=fast_fp16)
+
+
+def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
+    """Parse spec.onnx_path and build a serialized engine with spec.profile and spec.precision."""
+    trt, _ = _import()
+    logger = _trt_logger(trt)
+    builder = trt.Builder(logger)
+    # TensorRT 10: every network is explicit-batch and the EXPLICIT_BATCH flag is deprecated (ignored)
+    flags = 0 if trt_major(trt) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(spec.onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineCacheError(f"TensorRT cannot parse {spec.onnx_path}: {errors}")
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    if set(spec.profile) != inputs:
+        raise EngineCacheError(f"{spec.onnx_path}: inputs {sorted(inputs)}, profile {sorted(spec.profile)}")
+    config = builder.create_builder_config()
+    workspace = int(spec.options.get("workspace_mb", 256)) << 20
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if spec.precision == "fp16" and device.fast_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in spec.profile.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineCacheError(f"TensorRT could not build {spec.label} from {spec.onnx_path} (see its log)")
+    return bytes(memoryview(serialized))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------------------
+
+class _Engine:
+    """One deserialized engine with its execution context, stream and buffers sized for the profile max."""
+
+    def __init__(self, trt: Any, cuda: Any, runtime: Any, data: bytes, net: str):
+        self.net = net
+        self.cuda = cuda
+        self.engine = runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize the {net} engine")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        modes = {n: self.engine.get_tensor_mode(n) for n in names}
+        ins = [n for n in names if modes[n] == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if modes[n] == trt.TensorIOMode.OUTPUT]
+        if ins != [INPUT_NAME] or sorted(outs) != sorted(OUTPUTS[net]):
+            raise BackendError(f"{net} engine has inputs {ins} and outputs {outs}; expected "
+                               f"[{INPUT_NAME!r}] and {list(OUTPUTS[net])}")
+        self.outputs = OUTPUTS[net]
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {net} (GPU memory?)")
+        self.min_shape, self.opt_shape, self.max_shape = (
+            tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(INPUT_NAME, 0))
+        self.stream = cuda.Stream()
+        # size every buffer for the largest input of the profile: no allocation at run time
+        if not self.context.set_input_shape(INPUT_NAME, self.max_shape):
+            raise BackendError(f"{net}: profile max shape {self.max_shape} rejected")
+        self.host: dict[str, np.ndarray] = {}
+        self.device: dict[str, Any] = {}
+        for name in [INPUT_NAME, *self.outputs]:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            if dtype != np.float32:
+                raise BackendError(f"{net}: tensor {name} is {dtype}, expected float32 I/O")
+            size = int(np.prod(shape))
+            self.host[name] = cuda.pagelocked_empty(size, dtype)
+            self.device[name] = cuda.mem_alloc(self.host[name].nbytes)
+        for name, mem in self.device.items():
+            self.context.set_tensor_address(name, int(mem))
+        # one warm-up run at the opt shape: the first real call is then as fast as the others (and
+        # within the watchdog's timeout), and a broken engine fails here, at start, not mid-stream
+        self.infer(np.zeros(self.opt_shape, np.float32))
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return all(lo <= d <= hi for lo, d, hi in zip(self.min_shape[1:], shape[1:], self.max_shape[1:],
+                                                       strict=True))
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One chunk (batch size within the profile) through the engine; blocks until the GPU is done."""
+        cuda = self.cuda
+        if not self.context.set_input_shape(INPUT_NAME, batch.shape):
+            raise BackendError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
+                               f"{self.min_shape}..{self.max_shape}")
+        host_in = self.host[INPUT_NAME][: batch.size]
+        host_in[:] = batch.ravel()
+        cuda.memcpy_htod_async(self.device[INPUT_NAME], host_in, self.stream)
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise BackendError(f"{self.net}: TensorRT execute_async_v3 failed for input {batch.shape}")
+        results = []
+        for name in self.outputs:
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            host = self.host[name][: int(np.prod(shape))]
+            cuda.memcpy_dtoh_async(host, self.device[name], self.stream)
+            results.append((host, shape))
+        self.stream.synchronize()
+        return tuple(host.reshape(shape).copy() for host, shape in results)
+
+    def free(self) -> None:
+        for mem in self.device.values():
+            mem.free()
+        self.device.clear()
+        self.host.clear()
+        self.context = None
+        self.engine = None
+
+
+class TensorRTBackend:
+    """MTCNN on TensorRT: engines loaded from (or built into) the engine cache at start.
+
+    input_size: (height, width) of the frames the P-Net profile is built for ([source] height/width).
+    overflow: factory of a CPU backend for P-Net inputs outside the profile (frames of another size);
+    without it such inputs raise BackendError.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, model_dir: str | Path | None = None, *, engines_dir: str | Path,
+                 input_size: tuple[int, int] = (720, 1280), min_face_size: int = 20,
+                 scale_factor: float = 0.709, max_input_side: int = 0, precision: str = "fp16",
+                 max_batch: int = 128, workspace_mb: int = 256, overflow: Callable[[], Any] | None = None,
+                 cache: EngineCache | None = None):
+        from agent.vision.backends import MODEL_DIR
+
+        trt, cuda = _import()
+        self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
+        self.specs = engine_specs(self.model_dir, input_size, min_face_size, scale_factor, max_input_side,
+                                  precision, max_batch, workspace_mb)
+        for spec in self.specs.values():
+            if not spec.onnx_path.is_file():
+                raise BackendError(f"MTCNN model {spec.onnx_path} not found")
+        self.cache = cache or EngineCache(engines_dir, describe_device, build_engine)
+        self._overflow_factory = overflow
+        self._overflow: Any = None
+        self._overflow_warned = False
+        self._engines: dict[str, _Engine] = {}
+        cuda.init()
+        if cuda.Device.count() < 1:
+            raise BackendError("no CUDA GPU found")
+        self._ctx = cuda.Device(0).retain_primary_context()
+        self._runtime = runtime = trt.Runtime(_trt_logger(trt))  # must outlive the engines
+        try:
+            with self._cuda():
+                for net, spec in self.specs.items():
+                    self._engines[net] = self._load(trt, cuda, runtime, net, spec)
+        except EngineCacheError as exc:
+            self.close()
+            raise BackendError(str(exc)) from None
+        except BaseException:
+            self.close()
+            raise
+        log.info("MTCNN on TensorRT %s (%s, %s) from %s", trt.__version__, self.cache.device.gpu_name,
+                 self.cache.key(self.specs["pnet"])["precision"], self.cache.folder)
+
+    def _load(self, trt: Any, cuda: Any, runtime: Any, net: str, spec: EngineSpec) -> _Engine:
+        try:
+            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), net)
+        except BackendError as exc:
+            # an engine whose record matched but that TensorRT rejects: drop it and build once more
+            log.error("%s; rebuilding it", exc)
+            engine_path, record_path = self.cache.paths(spec)
+            for path in (record_path, engine_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), net)
+
+    @contextlib.contextmanager
+    def _cuda(self) -> Iterator[None]:
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self._ctx.pop()
+
+    def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        engine = self._engines.get(net)
+        if engine is None:
+            if net in NETS:
+                raise BackendError("backend is closed")
+            raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] == 0:
+            raise BackendError(f"{net}: batch must be float32 (N, 3, H, W) with N >= 1, got {batch.shape}")
+        size = CROP_SIZE.get(net)
+        if size is not None and batch.shape[2:] != (size, size):
+            raise BackendError(f"{net}: input must be {size}x{size}, got {batch.shape[2]}x{batch.shape[3]}")
+        if not engine.fits(batch.shape):
+            return self._run_overflow(net, batch, engine)
+        step = engine.max_shape[0]
+        with self._cuda():
+            parts = [engine.infer(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+
+    def _run_overflow(self, net: str, batch: np.ndarray, engine: _Engine) -> tuple[np.ndarray, ...]:
+        if self._overflow_factory is None:
+            raise BackendError(f"{net}: input {batch.shape[2]}x{batch.shape[3]} is outside the engine "
+                               f"profile {engine.min_shape[2:]}..{engine.max_shape[2:]}")
+        if not self._overflow_warned:
+            log.warning("%s input %dx%d (HxW) is outside the TensorRT profile %s..%s (frames of another size "
+                        "than [source] height x width?): running such inputs on the CPU", net, batch.shape[2],
+                        batch.shape[3], engine.min_shape[2:], engine.max_shape[2:])
+            self._overflow_warned = True
+        if self._overflow is None:
+            self._overflow = self._overflow_factory()
+        return self._overflow.run(net, batch)
+
+    def close(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if self._engines and ctx is not None:
+            with self._cuda():
+                for engine in self._engines.values():
+                    engine.free()
+        self._engines.clear()
+        self._runtime = None
+        if ctx is not None:
+            with contextlib.suppress(Exception):
+                ctx.detach()
+            self._ctx = None
+        if self._overflow is not None:
+            self._overflow.close()
+            self._overflow = None
+
+    def __repr__(self) -> str:
+        return f"TensorRTBackend(model_dir={str(self.model_dir)!r}, engines_dir={str(self.cache.folder)!r})"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Selection and wiring (used by backends.create_backend)
+# --------------------------------------------------------------------------------------------------------
+
+def auto_kind() -> tuple[str, str]:
+    """What `[detector] backend = "auto"` picks, and why."""
+    ok, why = tensorrt_status()
+    if ok:
+        return "tensorrt", why
+    return "onnxruntime", f"TensorRT not usable ({why})"
+
+
+DETECTOR_KEYS = ("min_face_size", "scale_factor", "max_input_side", "precision", "max_batch", "workspace_mb",
+                 "inference_timeout")
+
+
+def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool = True,
+                            inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
+                            threads: int = 2, detector: Any = None, source: Any = None,
+                            **options: Any) -> Any:
+    """TensorRTBackend(model_dir, **options), behind the watchdog (GuardedBackend) unless guard=False.
+
+    `detector` ([detector] section) and `source` ([source] section: height/width) fill the settings not
+    given explicitly; `options_from_config(cfg)` gives them all. The CPU backend (ONNX Runtime, `threads`)
+    serves both P-Net inputs outside the profile and, after a stall/failure and one rebuild, every call.
+    """
+    from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+    from agent.vision.backends.watchdog import GuardedBackend
+
+    if detector is not None:
+        for key in DETECTOR_KEYS:
+            if key == "inference_timeout":
+                inference_timeout = float(getattr(detector, key, inference_timeout))
+            elif key not in options and hasattr(detector, key):
+                options[key] = getattr(detector, key)
+    if source is not None and "input_size" not in options:
+        options["input_size"] = (int(source.height), int(source.width))
+    if "engines_dir" not in options:
+        raise BackendError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
+
+    def cpu() -> Any:
+        return OnnxRuntimeBackend(model_dir, threads=threads)
+
+    def primary() -> TensorRTBackend:
+        return TensorRTBackend(model_dir, overflow=cpu, **options)
+
+    if not guard:
+        return primary()
+    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded)
+
+
+def options_from_config(cfg: Any) -> dict[str, Any]:
+    """create_backend options for the configured detector (cfg: agent.config.Config)."""
+    d = cfg.detector
+    return {"threads": d.threads, "engines_dir": cfg.path("engines"),
+            "input_size": (cfg.source.height, cfg.source.width), "min_face_size": d.min_face_size,
+            "scale_factor": d.scale_factor, "max_input_side": d.max_input_side, "precision": d.precision,
+            "max_batch": d.max_batch, "workspace_mb": d.workspace_mb,
+            "inference_timeout": d.inference_timeout}
+
+
+def config_engine_specs(cfg: Any, model_dir: str | Path | None = None) -> dict[str, EngineSpec]:
+    """The MTCNN engine specs the configured detector uses (cfg: agent.config.Config)."""
+    from agent.vision.backends import MODEL_DIR
+
+    o = options_from_config(cfg)
+    return engine_specs(Path(model_dir) if model_dir is not None else MODEL_DIR, o["input_size"],
+                        o["min_face_size"], o["scale_factor"], o["max_input_side"], o["precision"],
+                        o["max_batch"], o["workspace_mb"])

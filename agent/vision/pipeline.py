@@ -1,0 +1,97 @@
+"""Frame in, recognitions out: detect every frame, track, embed only the faces the tracker asks for, vote.
+
+One `Pipeline.process(rgb, timestamp)` per frame returns a `FrameResult`: the detections, the tracker's
+update (tracks started/ended, all live tracks) and the identity changes the votes produced. Turning
+those into events is the service's job. The classifier can be replaced between frames
+(`set_classifier`) by another thread: the reference is swapped atomically and a frame always uses one
+classifier from start to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.vision.classifier import Classifier, Prediction
+from agent.vision.mtcnn import Detection
+from agent.vision.recognizer import FaceAnalyzer
+from agent.vision.tracker import IdentityChange, Track, Tracker, TrackerUpdate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recognition:
+    track: Track
+    detection: Detection
+    prediction: Prediction
+
+
+@dataclass
+class FrameResult:
+    timestamp: float
+    size: tuple[int, int]  # (width, height)
+    detections: list[Detection]
+    update: TrackerUpdate
+    recognitions: list[Recognition] = field(default_factory=list)
+    changes: list[IdentityChange] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # ms per stage
+
+
+class Pipeline:
+    def __init__(self, analyzer: FaceAnalyzer, tracker: Tracker, classifier: Classifier | None = None):
+        self.analyzer = analyzer
+        self.tracker = tracker
+        self._classifier = classifier
+        self._lock = threading.Lock()
+        self.frames = 0
+        self.faces = 0  # detections summed over frames
+        self.embedded = 0  # faces embedded
+
+    @property
+    def classifier(self) -> Classifier | None:
+        return self._classifier
+
+    def set_classifier(self, classifier: Classifier | None) -> None:
+        """Swap in a newly trained classifier; takes effect at the next frame."""
+        with self._lock:
+            self._classifier = classifier
+        log.info("classifier swapped in: %d people", len(classifier.people) if classifier else 0)
+
+    def process(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
+        timestamp = time.time() if timestamp is None else timestamp
+        with self._lock:
+            classifier = self._classifier
+        t0 = time.perf_counter()
+        detections = self.analyzer.detect(rgb)
+        t1 = time.perf_counter()
+        update = self.tracker.update(detections, rgb, timestamp)
+        t2 = time.perf_counter()
+        result = FrameResult(timestamp, (rgb.shape[1], rgb.shape[0]), detections, update)
+        if update.to_embed and classifier is not None:
+            requests = update.to_embed
+            _, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
+            t3 = time.perf_counter()
+            predictions = classifier.predict(embeddings)
+            for request, prediction in zip(requests, predictions):
+                result.recognitions.append(Recognition(request.track, request.detection, prediction))
+                change = self.tracker.add_prediction(request.track.id, prediction.name, prediction.confidence,
+                                                     request.quality)
+                if change is not None:
+                    result.changes.append(change)
+            t4 = time.perf_counter()
+            self.embedded += len(requests)
+            result.timings.update(embed=(t3 - t2) * 1000, classify=(t4 - t3) * 1000)
+        result.timings.update(detect=(t1 - t0) * 1000, track=(t2 - t1) * 1000,
+                              total=(time.perf_counter() - t0) * 1000)
+        self.frames += 1
+        self.faces += len(detections)
+        return result
+
+    def finish(self) -> list[Track]:
+        """End every live track (end of stream or shutdown)."""
+        return self.tracker.finish()

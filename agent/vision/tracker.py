@@ -1,0 +1,366 @@
+"""Face tracks across frames, when to recognise each one, and its voted identity.
+
+`Tracker.update(detections, image, timestamp)` once per processed frame:
+- association: every track predicts its box with a constant-velocity model (an alpha-beta filter on the
+  four box coordinates); detections are matched to predictions greedily, highest IoU first, down to
+  `iou_threshold`. Unmatched detections start tentative tracks; a tentative track that misses a frame is
+  dropped, one with `min_hits` detections is confirmed (and gets its id: 1, 2, 3... in confirmation order).
+  A confirmed track coasts on its prediction through `max_missed` frames without a detection, then ends.
+- scheduling: the update lists the confirmed tracks to embed now - a new track at once, then every
+  `embed_every` frames or as soon as the face is clearly larger (`reembed_area`) or sharper
+  (`reembed_sharpness`) than the best one embedded so far, until its identity is settled (or declared
+  unknown); after that every `settled_embed_every` frames. Faces smaller than `min_face_size` or blurrier
+  than `min_sharpness` (variance of the Laplacian of the grey face resized to 64x64) are never embedded.
+- identity: the pipeline feeds each recognition back with `add_prediction()`, which votes
+  (`agent.vision.voting`) and returns an `IdentityChange` exactly once per change: first name
+  ("identified"), another name ("changed"), or "unknown" (by the votes, or after `max_attempts`
+  predictions without a settled name).
+
+Everything counts in processed frames, not seconds; timestamps only date the tracks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.vision.voting import Ballot, check_voting
+
+log = logging.getLogger(__name__)
+
+POSITION_GAIN = 0.7  # alpha: share of the measured box in the new box (the rest is the prediction)
+VELOCITY_GAIN = 0.3  # beta: share of the prediction error added to the velocity
+COAST_DECAY = 0.7  # velocity kept per frame while a track coasts without a detection
+SHARPNESS_SIDE = 64  # px: faces are resized to this square before measuring sharpness
+
+PENDING, NAMED, UNKNOWN = "pending", "named", "unknown"  # Track.status
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in `a` (N, 4) with every box in `b` (M, 4); boxes x1, y1, x2, y2 with x2 - x1 = width."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """(row, col) pairs, highest IoU first, each row and column used once, IoU >= threshold."""
+    if iou.size == 0:
+        return []
+    rows, cols = np.nonzero(iou >= threshold)
+    order = np.argsort(-iou[rows, cols], kind="stable")
+    used_r: set[int] = set()
+    used_c: set[int] = set()
+    pairs = []
+    for k in order:
+        r, c = int(rows[k]), int(cols[k])
+        if r not in used_r and c not in used_c:
+            used_r.add(r)
+            used_c.add(c)
+            pairs.append((r, c))
+    return pairs
+
+
+def face_sharpness(image: np.ndarray, box: Sequence[float]) -> float:
+    """Variance of the Laplacian of the grey face crop resized to 64x64 (higher = sharper; 0 if empty)."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return 0.0
+    crop = image[y1:y2, x1:x2]
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
+    shrink = min(grey.shape) > SHARPNESS_SIDE
+    grey = cv2.resize(grey, (SHARPNESS_SIDE, SHARPNESS_SIDE),
+                      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+@dataclass(eq=False)  # compared by identity: a track is one object for its whole life
+class Track:
+    """One face followed across frames. `box` is the filtered box; `detection` the last matched Detection.
+    The tracker updates its tracks in place: read what you need before the next update()."""
+
+    box: np.ndarray
+    detection: Any
+    first_seen: float
+    last_seen: float
+    ballot: Ballot
+    id: int = 0  # 0 while tentative; 1, 2, 3... from confirmation on
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    age: int = 1  # frames since the first detection
+    hits: int = 1  # frames with a matched detection
+    missed: int = 0  # consecutive frames without one
+    confirmed: bool = False
+    best_quality: float = 0.0  # best face quality (0..1) seen while confirmed
+    status: str = PENDING  # pending | named | unknown
+    name: str | None = None  # the identity while status is "named"
+    attempts: int = 0  # predictions received
+    scheduled: int = 0  # embeddings scheduled
+    last_embed_frame: int = 0  # tracker frame of the last scheduled embedding
+    embedded_area: float = 0.0  # largest face area scheduled so far
+    embedded_sharpness: float = 0.0  # sharpest face scheduled so far
+    embed_quality: float = 0.0  # quality of the face scheduled last (add_prediction's default)
+
+    @property
+    def duration(self) -> float:
+        return self.last_seen - self.first_seen
+
+    @property
+    def confidence(self) -> float:
+        """Best certainty among the votes for the current outcome (0 when there is none)."""
+        total = self.ballot.totals.get(self.name if self.status == NAMED else None)
+        return total.best_certainty if total and self.status != PENDING else 0.0
+
+    @property
+    def votes(self) -> int:
+        """Votes (over the track's life) for the current outcome."""
+        total = self.ballot.totals.get(self.name if self.status == NAMED else None)
+        return total.count if total and self.status != PENDING else 0
+
+    def __repr__(self) -> str:
+        box = ",".join(str(round(float(v))) for v in self.box)
+        return (f"Track(id={self.id}, box=[{box}], hits={self.hits}, missed={self.missed}, "
+                f"status={self.status}, name={self.name!r}, attempts={self.attempts})")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description for events."""
+        return {"track_id": self.id, "name": self.name, "status": self.status,
+                "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "duration": round(self.duration, 3), "confidence": round(self.confidence, 4),
+                "votes": self.votes, "predictions": self.attempts, "hits": self.hits,
+                "best_quality": round(self.best_quality, 3),
+                "box": [round(float(v), 1) for v in self.box]}
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedRequest:
+    """A track to recognise on this frame: embed `detection` and call add_prediction(track.id, ...)."""
+
+    track: Track
+    detection: Any
+    size: float  # min(width, height) of the face, px
+    sharpness: float | None  # None when update() got no image
+    quality: float  # 0..1, the default weight factor of the resulting vote
+
+
+@dataclass(frozen=True, eq=False)
+class IdentityChange:
+    """What add_prediction() changed: kind "identified" (a first name, or a name after unknown),
+    "changed" (another name) or "unknown"."""
+
+    track: Track
+    kind: str
+    name: str | None  # the new name (None when unknown)
+    previous: str | None  # the name before (None when there was none)
+    previous_status: str  # pending | named | unknown
+    confidence: float  # best certainty of the votes for the new outcome
+    votes: int  # votes for the new outcome over the track's life
+
+
+@dataclass
+class TrackerUpdate:
+    frame: int  # tracker frame number (1 for the first update)
+    timestamp: float
+    tracks: list[Track]  # confirmed live tracks, including ones coasting without a detection now
+    started: list[Track]  # confirmed on this frame
+    to_embed: list[EmbedRequest]  # recognise these now
+    ended: list[Track]  # confirmed tracks that ended on this frame (final identity in name/status)
+
+
+class Tracker:
+    """Tracks faces across frames; see the module docstring. `tracker`/`voting`: agent.config sections."""
+
+    def __init__(self, tracker: Any, voting: Any):
+        t = tracker
+        if not 0.0 < t.iou_threshold <= 1.0:
+            raise ValueError(f"tracker.iou_threshold must be in (0, 1], got {t.iou_threshold}")
+        for key in ("min_hits", "embed_every", "settled_embed_every", "max_attempts"):
+            if getattr(t, key) < 1:
+                raise ValueError(f"tracker.{key} must be >= 1, got {getattr(t, key)}")
+        if t.max_missed < 0:
+            raise ValueError(f"tracker.max_missed must be >= 0, got {t.max_missed}")
+        if t.reembed_area <= 1.0 or t.reembed_sharpness <= 1.0:
+            raise ValueError("tracker.reembed_area and tracker.reembed_sharpness must be > 1")
+        if t.full_quality_size <= 0 or t.full_quality_sharpness <= 0:
+            raise ValueError("tracker.full_quality_size and tracker.full_quality_sharpness must be > 0")
+        check_voting(voting.window, voting.min_votes, voting.hysteresis)
+        self.cfg = t
+        self.voting = voting
+        self.frame = 0
+        self._tracks: list[Track] = []  # tentative and confirmed, oldest first
+        self._next_id = 1
+
+    # ---- queries -----------------------------------------------------------------------------------------
+
+    @property
+    def tracks(self) -> list[Track]:
+        """Confirmed live tracks."""
+        return [t for t in self._tracks if t.confirmed]
+
+    def get(self, track_id: int) -> Track | None:
+        """The live confirmed track with this id, or None (never existed, or ended)."""
+        return next((t for t in self._tracks if t.confirmed and t.id == track_id), None)
+
+    def quality(self, size: float, sharpness: float | None) -> float:
+        """Face quality 0..1 from its size and sharpness (1 = as good as recognition gets)."""
+        q = min(1.0, size / self.cfg.full_quality_size)
+        if sharpness is not None:
+            q *= min(1.0, sharpness / self.cfg.full_quality_sharpness)
+        return max(0.0, q)
+
+    # ---- per frame ---------------------------------------------------------------------------------------
+
+    def update(self, detections: Sequence[Any], image: np.ndarray | None = None,
+               timestamp: float | None = None) -> TrackerUpdate:
+        """Advance one processed frame. `detections`: agent.vision.mtcnn.Detection (anything with x1, y1,
+        x2, y2 via .box); `image`: the (H, W, 3) RGB frame they came from (sharpness; None skips the
+        sharpness test); `timestamp`: seconds since the epoch (default: now)."""
+        self.frame += 1
+        now = time.time() if timestamp is None else float(timestamp)
+        c = self.cfg
+        detections = list(detections)
+        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+        predicted = np.array([t.box + t.velocity for t in self._tracks], dtype=np.float64).reshape(-1, 4)
+        pairs = greedy_match(iou_matrix(predicted, boxes), c.iou_threshold)
+        matched_tracks = dict(pairs)
+        matched_dets = {col for _, col in pairs}
+
+        started: list[Track] = []
+        ended: list[Track] = []
+        keep: list[Track] = []
+        for i, track in enumerate(self._tracks):
+            track.age += 1
+            if i in matched_tracks:
+                det = detections[matched_tracks[i]]
+                error = boxes[matched_tracks[i]] - predicted[i]
+                track.box = predicted[i] + POSITION_GAIN * error
+                track.velocity = track.velocity + VELOCITY_GAIN * error
+                track.detection = det
+                track.hits += 1
+                track.missed = 0
+                track.last_seen = now
+                if not track.confirmed and track.hits >= c.min_hits:
+                    self._confirm(track)
+                    started.append(track)
+                keep.append(track)
+                continue
+            track.box = predicted[i]
+            track.velocity = track.velocity * COAST_DECAY
+            track.missed += 1
+            if not track.confirmed:
+                continue  # a tentative track must be seen on consecutive frames
+            if track.missed > c.max_missed:
+                ended.append(track)
+                log.debug("track %d ended: %s %s after %.1f s", track.id, track.status, track.name, track.duration)
+                continue
+            keep.append(track)
+
+        for j, det in enumerate(detections):
+            if j in matched_dets:
+                continue
+            track = Track(box=boxes[j].copy(), detection=det, first_seen=now, last_seen=now,
+                          ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis))
+            if c.min_hits <= 1:
+                self._confirm(track)
+                started.append(track)
+            keep.append(track)
+        self._tracks = keep
+
+        to_embed = []
+        for track in self._tracks:
+            if track.confirmed and track.missed == 0:
+                request = self._schedule(track, image)
+                if request is not None:
+                    to_embed.append(request)
+        return TrackerUpdate(frame=self.frame, timestamp=now, tracks=self.tracks, started=started,
+                             to_embed=to_embed, ended=ended)
+
+    def _confirm(self, track: Track) -> None:
+        track.confirmed = True
+        track.id = self._next_id
+        self._next_id += 1
+        log.debug("track %d started at %s", track.id, [round(float(v)) for v in track.box])
+
+    def _schedule(self, track: Track, image: np.ndarray | None) -> EmbedRequest | None:
+        """Measure the track's current face; an EmbedRequest if it is due for recognition."""
+        c = self.cfg
+        det = track.detection
+        width, height = det.box[2] - det.box[0], det.box[3] - det.box[1]
+        size = float(min(width, height))
+        if size < c.min_face_size:
+            return None
+        sharpness = face_sharpness(image, det.box) if image is not None else None
+        if sharpness is not None and sharpness < c.min_sharpness:
+            return None
+        quality = self.quality(size, sharpness)
+        track.best_quality = max(track.best_quality, quality)
+        area = float(width * height)
+        since = self.frame - track.last_embed_frame
+        if track.scheduled == 0:
+            due = True
+        elif track.status == PENDING:
+            better = area >= c.reembed_area * track.embedded_area or (
+                sharpness is not None and sharpness >= c.reembed_sharpness * track.embedded_sharpness)
+            due = since >= c.embed_every or better
+        else:
+            due = since >= c.settled_embed_every
+        if not due:
+            return None
+        track.scheduled += 1
+        track.last_embed_frame = self.frame
+        track.embedded_area = max(track.embedded_area, area)
+        track.embedded_sharpness = max(track.embedded_sharpness, sharpness or 0.0)
+        track.embed_quality = quality
+        return EmbedRequest(track=track, detection=det, size=size, sharpness=sharpness, quality=quality)
+
+    # ---- recognition feedback ----------------------------------------------------------------------------
+
+    def add_prediction(self, track_id: int, name: str | None, confidence: float,
+                       quality: float | None = None) -> IdentityChange | None:
+        """Vote with one recognition of a track: `name` (None = unknown) and `confidence` as the classifier
+        gives them (agent.vision.classifier.Prediction: for an unknown face, the confidence in the nearest
+        candidate). `quality` defaults to the quality of the face scheduled last. Returns the change of the
+        track's identity this caused, or None (no change, or the track has ended)."""
+        track = self.get(track_id)
+        if track is None:
+            log.debug("prediction for track %s ignored: no such live track", track_id)
+            return None
+        if not math.isfinite(confidence):
+            raise ValueError(f"add_prediction: confidence must be a finite number, got {confidence}")
+        track.attempts += 1
+        track.ballot.add(name, confidence, track.embed_quality if quality is None else quality)
+        ballot = track.ballot
+        if ballot.settled:
+            status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)
+        elif track.attempts >= self.cfg.max_attempts:
+            status, new_name = UNKNOWN, None
+        else:
+            status, new_name = track.status, track.name
+        if (status, new_name) == (track.status, track.name):
+            return None
+        previous, previous_status = track.name, track.status
+        track.status, track.name = status, new_name
+        kind = "unknown" if status == UNKNOWN else "changed" if previous_status == NAMED else "identified"
+        log.debug("track %d %s: %s -> %s", track.id, kind, previous, new_name)
+        return IdentityChange(track=track, kind=kind, name=new_name, previous=previous,
+                              previous_status=previous_status, confidence=track.confidence, votes=track.votes)
+
+    def finish(self) -> list[Track]:
+        """End every track (end of stream, shutdown): the confirmed ones are returned for their events."""
+        ended = self.tracks
+        self._tracks = []
+        return ended

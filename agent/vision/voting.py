@@ -1,0 +1,109 @@
+"""Who is this track? A weighted vote over its recent predictions, with hysteresis.
+
+Each prediction of a track is a vote for a name, or for "unknown" (None). A vote weighs the certainty of
+its outcome (the classifier's confidence for a name; one minus the confidence in the nearest candidate for
+"unknown") scaled by the face quality (0..1: size and sharpness of the face). The identity is settled on
+the label with the most weight in the last `window` votes once it has `min_votes` votes there. A settled
+identity changes only when a challenger has `min_votes` votes AND more than `hysteresis` times the
+settled label's weight, so one bad frame never flips a name. "Unknown" is an outcome like any name.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+MIN_WEIGHT = 0.05  # a vote always counts a little, even at confidence 0
+QUALITY_FLOOR = 0.5  # a vote of the worst acceptable face still weighs half a perfect one
+
+
+@dataclass(frozen=True)
+class Vote:
+    name: str | None  # None = unknown
+    confidence: float  # the classifier's confidence in its nearest candidate (0..1)
+    quality: float  # face quality 0..1
+    weight: float
+
+
+@dataclass
+class LabelTotal:
+    """Every vote a label got over the track's life (not just the window)."""
+
+    count: int = 0
+    best_certainty: float = 0.0  # max over its votes of confidence (a name) or 1 - confidence (unknown)
+
+
+def certainty(name: str | None, confidence: float) -> float:
+    """How sure a prediction is of its own outcome: confidence for a name, 1 - confidence for unknown."""
+    confidence = min(1.0, max(0.0, float(confidence)))
+    return confidence if name is not None else 1.0 - confidence
+
+
+def vote_weight(name: str | None, confidence: float, quality: float) -> float:
+    """Weight of one vote: its certainty, scaled from QUALITY_FLOOR (quality 0) to 1 (quality 1)."""
+    quality = min(1.0, max(0.0, float(quality)))
+    return max(MIN_WEIGHT, certainty(name, confidence)) * (QUALITY_FLOOR + (1.0 - QUALITY_FLOOR) * quality)
+
+
+@dataclass
+class Ballot:
+    """The votes of one track. `add()` a prediction; `settled`/`identity` say the current outcome."""
+
+    window: int = 10
+    min_votes: int = 2
+    hysteresis: float = 1.5
+    votes: collections.deque = field(init=False)
+    settled: bool = field(default=False, init=False)
+    identity: str | None = field(default=None, init=False)  # the settled label (None = unknown)
+    totals: dict = field(default_factory=dict, init=False)  # label -> LabelTotal
+    count: int = field(default=0, init=False)  # votes over the track's life
+
+    def __post_init__(self) -> None:
+        check_voting(self.window, self.min_votes, self.hysteresis)
+        self.votes = collections.deque(maxlen=self.window)
+
+    def add(self, name: str | None, confidence: float, quality: float) -> bool:
+        """Count one prediction; True when the settled identity changed (including the first settling)."""
+        name = name or None  # "" counts as unknown too
+        vote = Vote(name, float(confidence), float(quality), vote_weight(name, confidence, quality))
+        self.votes.append(vote)
+        self.count += 1
+        total = self.totals.setdefault(name, LabelTotal())
+        total.count += 1
+        total.best_certainty = max(total.best_certainty, certainty(name, confidence))
+        return self._decide()
+
+    def tally(self) -> dict[str | None, tuple[int, float]]:
+        """label -> (votes, summed weight) over the window."""
+        out: dict[str | None, tuple[int, float]] = {}
+        for v in self.votes:
+            n, w = out.get(v.name, (0, 0.0))
+            out[v.name] = (n + 1, w + v.weight)
+        return out
+
+    def _decide(self) -> bool:
+        tally = self.tally()
+        ranked = sorted(tally.items(), key=lambda kv: (kv[1][1], kv[1][0]), reverse=True)
+        top, (top_votes, top_weight) = ranked[0]
+        if not self.settled:
+            if top_votes < self.min_votes:
+                return False
+            self.settled, self.identity = True, top
+            return True
+        if top == self.identity or top_votes < self.min_votes:
+            return False
+        held = tally.get(self.identity, (0, 0.0))[1]
+        if top_weight > self.hysteresis * held:
+            self.identity = top
+            return True
+        return False
+
+
+def check_voting(window: int, min_votes: int, hysteresis: float) -> None:
+    """ValueError unless the [voting] values can work together."""
+    if window < 1:
+        raise ValueError(f"voting.window must be >= 1, got {window}")
+    if not 1 <= min_votes <= window:
+        raise ValueError(f"voting.min_votes must be between 1 and voting.window ({window}), got {min_votes}")
+    if hysteresis < 1.0:
+        raise ValueError(f"voting.hysteresis must be >= 1 (1 = no hysteresis), got {hysteresis}")

@@ -1,0 +1,484 @@
+"""Engine cache and TensorRT shape profiles, on the CPU: real files, a trivial builder function.
+
+The builder here is a plain function returning bytes that depend on what it was asked to build (it stands
+in for TensorRT's build step, which is the one injectable, device-specific part); everything else - keys,
+file names, records, verification, atomic writes, cleaning - is the production code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.vision.backends import MODEL_DIR, BackendError, create_backend
+from agent.vision.backends.engine_cache import (
+    DeviceInfo,
+    EngineCache,
+    EngineCacheError,
+    EngineSpec,
+    atomic_write,
+)
+from agent.vision.backends.tensorrt import (
+    TensorRTBackend,
+    batch_profile,
+    describe_device,
+    engine_specs,
+    pnet_profile,
+    tensorrt_status,
+)
+from agent.vision.mtcnn import pnet_input_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIN = DeviceInfo(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", fast_fp16=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# profiles
+# ------------------------------------------------------------------------------------------------------
+
+SIZES = [(720, 1280, 20, 0), (1080, 1920, 40, 0), (480, 640, 20, 0), (2160, 3840, 20, 1280),
+         (1280, 720, 24, 0), (360, 640, 12, 0), (1080, 1920, 80, 960)]
+
+
+@pytest.mark.parametrize(("height", "width", "min_face", "max_side"), SIZES)
+def test_pnet_profile_covers_every_pyramid_shape(height, width, min_face, max_side):
+    shapes = pnet_input_shapes(height, width, min_face, 0.709, max_side)
+    lo, opt, hi = pnet_profile(height, width, min_face, 0.709, max_side)
+    assert lo[:2] == opt[:2] == hi[:2] == [1, 3]
+    for h, w in shapes:
+        assert lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3], (h, w, lo, hi)
+    # exactly the pyramid's extremes, not a guessed range
+    assert (lo[2], lo[3]) == (min(h for h, _ in shapes), min(w for _, w in shapes))
+    assert (hi[2], hi[3]) == (max(h for h, _ in shapes), max(w for _, w in shapes))
+    assert (opt[2], opt[3]) in shapes
+    assert lo[2] <= opt[2] <= hi[2] and lo[3] <= opt[3] <= hi[3]
+    assert min(lo[2:]) >= 12
+
+
+def test_profile_changes_with_input_size_and_min_face():
+    base = pnet_profile(720, 1280, 20)
+    assert pnet_profile(1080, 1920, 20) != base
+    assert pnet_profile(720, 1280, 40) != base
+    assert pnet_profile(720, 1280, 20, max_input_side=640) != base
+    assert pnet_profile(2160, 3840, 20, max_input_side=1280) == base  # the same frames reach P-Net
+    with pytest.raises(ValueError, match="no pyramid scale"):
+        pnet_profile(10, 10, 20)
+
+
+def test_batch_profiles():
+    assert batch_profile("rnet", 128) == [[1, 3, 24, 24], [64, 3, 24, 24], [128, 3, 24, 24]]
+    assert batch_profile("onet", 8) == [[1, 3, 48, 48], [8, 3, 48, 48], [8, 3, 48, 48]]
+    with pytest.raises(ValueError):
+        batch_profile("rnet", 0)
+
+
+def test_engine_specs_change_the_engine_file_with_the_input_size(tmp_path):
+    cache = EngineCache(tmp_path, lambda: ORIN, _builder())
+    a = engine_specs(MODEL_DIR, (720, 1280))
+    b = engine_specs(MODEL_DIR, (1080, 1920))
+    assert cache.paths(a["pnet"]) != cache.paths(b["pnet"])
+    assert cache.paths(a["rnet"]) == cache.paths(b["rnet"])  # R-Net does not depend on the frame size
+    assert cache.paths(a["rnet"]) != cache.paths(engine_specs(MODEL_DIR, (720, 1280), max_batch=64)["rnet"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# cache: keys and invalidation
+# ------------------------------------------------------------------------------------------------------
+
+def _builder(calls: list | None = None, delay: float = 0.0):
+    """A trivial engine builder: bytes derived from all it was asked for (2 MB, like a small engine)."""
+
+    def build(spec: EngineSpec, device: DeviceInfo) -> bytes:
+        if calls is not None:
+            calls.append(spec.label)
+        if delay:
+            time.sleep(delay)
+        head = json.dumps([spec.label, Path(spec.onnx_path).read_bytes().hex()[:64], spec.precision,
+                           spec.profile, spec.options, dataclasses.asdict(device)], sort_keys=True).encode()
+        return head + hashlib.sha256(head).digest() * (2_000_000 // 32)
+
+    return build
+
+
+@pytest.fixture
+def onnx_file(tmp_path) -> Path:
+    path = tmp_path / "models" / "net.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"fake onnx graph v1" * 100)
+    return path
+
+
+def _spec(onnx: Path, **changes) -> EngineSpec:
+    base = dict(label="mtcnn-pnet", onnx_path=onnx, precision="fp16",
+                profile={"input": [[1, 3, 12, 12], [1, 3, 52, 69], [1, 3, 288, 384]]},
+                options={"workspace_mb": 256})
+    base.update(changes)
+    return EngineSpec(**base)
+
+
+def test_build_then_load_from_disk(tmp_path, onnx_file):
+    calls: list = []
+    folder = tmp_path / "engines"
+    first = EngineCache(folder, lambda: ORIN, _builder(calls))
+    data = first.load_or_build(_spec(onnx_file))
+    assert calls == ["mtcnn-pnet"] and first.builds == 1
+    engine, record = first.paths(_spec(onnx_file))
+    assert engine.read_bytes() == data
+    rec = json.loads(record.read_text())
+    assert rec["engine_size"] == len(data) and rec["engine_sha256"] == hashlib.sha256(data).hexdigest()
+    assert rec["key"]["tensorrt_version"] == "10.3.0" and rec["key"]["gpu_name"] == "Orin"
+    assert rec["key"]["onnx_sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert rec["key"]["profile"]["input"][2] == [1, 3, 288, 384]
+
+    second = EngineCache(folder, lambda: ORIN, _builder(calls))  # a restart
+    assert second.load_or_build(_spec(onnx_file)) == data
+    assert calls == ["mtcnn-pnet"] and second.loads == 1 and second.builds == 0
+
+
+KEY_CHANGES = {
+    "tensorrt version": (dict(device=dataclasses.replace(ORIN, tensorrt_version="8.6.2")), {}),
+    "gpu name": (dict(device=dataclasses.replace(ORIN, gpu_name="Xavier")), {}),
+    "compute capability": (dict(device=dataclasses.replace(ORIN, compute_capability="7.2")), {}),
+    "precision": ({}, dict(precision="fp32")),
+    "no fast fp16 on the gpu": (dict(device=dataclasses.replace(ORIN, fast_fp16=False)), {}),
+    "profile max": ({}, dict(profile={"input": [[1, 3, 12, 12], [1, 3, 52, 69], [1, 3, 432, 576]]})),
+    "profile opt": ({}, dict(profile={"input": [[1, 3, 12, 12], [1, 3, 73, 98], [1, 3, 288, 384]]})),
+    "profile min": ({}, dict(profile={"input": [[1, 3, 14, 18], [1, 3, 52, 69], [1, 3, 288, 384]]})),
+    "builder option": ({}, dict(options={"workspace_mb": 512})),
+    "label": ({}, dict(label="mtcnn-pnet2")),
+}
+
+
+@pytest.mark.parametrize("change", sorted(KEY_CHANGES))
+def test_changing_any_key_part_forces_a_rebuild(tmp_path, onnx_file, change):
+    device_change, spec_change = KEY_CHANGES[change]
+    folder = tmp_path / "engines"
+    calls: list = []
+    old = EngineCache(folder, lambda: ORIN, _builder(calls)).load_or_build(_spec(onnx_file))
+    device = device_change.get("device", ORIN)
+    cache = EngineCache(folder, lambda: device, _builder(calls))
+    new = cache.load_or_build(_spec(onnx_file, **spec_change))
+    assert cache.builds == 1 and cache.loads == 0 and len(calls) == 2
+    assert new != old
+    assert len(list(folder.glob("*.engine"))) == 2  # the old engine is left for `clean`, never reused
+
+
+def test_changed_onnx_file_forces_a_rebuild(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    EngineCache(folder, lambda: ORIN, _builder()).load_or_build(_spec(onnx_file))
+    onnx_file.write_bytes(b"fake onnx graph v2" * 100)  # same name, new weights
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    cache.load_or_build(_spec(onnx_file))
+    assert cache.builds == 1
+
+
+def test_fp16_without_fast_fp16_shares_the_fp32_engine(tmp_path, onnx_file):
+    slow = dataclasses.replace(ORIN, fast_fp16=False)
+    folder = tmp_path / "engines"
+    EngineCache(folder, lambda: slow, _builder()).load_or_build(_spec(onnx_file, precision="fp32"))
+    cache = EngineCache(folder, lambda: slow, _builder())
+    cache.load_or_build(_spec(onnx_file, precision="fp16"))
+    assert cache.builds == 0 and cache.key(_spec(onnx_file))["precision"] == "fp32"
+
+
+def test_truncated_engine_is_rejected_and_rebuilt(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    good = cache.load_or_build(_spec(onnx_file))
+    engine, _ = cache.paths(_spec(onnx_file))
+    with open(engine, "r+b") as f:
+        f.truncate(len(good) // 2)
+    assert "truncated" in cache.check(_spec(onnx_file))
+    again = EngineCache(folder, lambda: ORIN, _builder())
+    assert again.load_or_build(_spec(onnx_file)) == good
+    assert again.builds == 1 and engine.read_bytes() == good
+
+
+def test_corrupted_engine_of_the_right_size_is_rejected(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    good = cache.load_or_build(_spec(onnx_file))
+    engine, _ = cache.paths(_spec(onnx_file))
+    engine.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    assert "sha256" in cache.check(_spec(onnx_file))
+    again = EngineCache(folder, lambda: ORIN, _builder())
+    assert again.load_or_build(_spec(onnx_file)) == good and again.builds == 1
+
+
+def test_record_mismatch_never_loads(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    good = cache.load_or_build(_spec(onnx_file))
+    engine, record = cache.paths(_spec(onnx_file))
+
+    # a record edited to claim another TensorRT version (engine bytes still match its size/sha)
+    rec = json.loads(record.read_text())
+    rec["key"]["tensorrt_version"] = "8.5.2"
+    record.write_text(json.dumps(rec))
+    assert "record does not match" in cache.check(_spec(onnx_file))
+    assert "tensorrt_version" in cache.check(_spec(onnx_file))
+    fresh = EngineCache(folder, lambda: ORIN, _builder())
+    assert fresh.load_or_build(_spec(onnx_file)) == good and fresh.builds == 1
+
+    # an engine without record (e.g. copied by hand) is never loaded
+    record.unlink()
+    fresh = EngineCache(folder, lambda: ORIN, _builder())
+    fresh.load_or_build(_spec(onnx_file))
+    assert fresh.builds == 1
+
+    # an unreadable record
+    record.write_text("{not json")
+    fresh = EngineCache(folder, lambda: ORIN, _builder())
+    fresh.load_or_build(_spec(onnx_file))
+    assert fresh.builds == 1
+
+
+def test_engine_of_another_setup_copied_over_is_rejected(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    xavier = dataclasses.replace(ORIN, gpu_name="Xavier", compute_capability="7.2")
+    other = EngineCache(folder, lambda: xavier, _builder())
+    other.load_or_build(_spec(onnx_file))
+    o_engine, o_record = other.paths(_spec(onnx_file))
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    engine, record = cache.paths(_spec(onnx_file))
+    engine.write_bytes(o_engine.read_bytes())
+    record.write_text(o_record.read_text())
+    assert "gpu_name" in cache.check(_spec(onnx_file))
+    data = cache.load_or_build(_spec(onnx_file))
+    assert cache.builds == 1 and data != o_engine.read_bytes()
+
+
+def test_build_failure_is_a_clear_error_and_writes_nothing(tmp_path, onnx_file):
+    def broken(spec, device):
+        raise RuntimeError("parser: unsupported operator Foo")
+
+    folder = tmp_path / "engines"
+    cache = EngineCache(folder, lambda: ORIN, broken)
+    with pytest.raises(EngineCacheError, match="mtcnn-pnet.*unsupported operator Foo"):
+        cache.load_or_build(_spec(onnx_file))
+    assert not list(folder.glob("*.engine*"))
+    with pytest.raises(EngineCacheError, match="produced nothing"):
+        EngineCache(folder, lambda: ORIN, lambda s, d: b"").load_or_build(_spec(onnx_file))
+
+
+def test_concurrent_builders_build_once(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    calls: list = []
+    caches = [EngineCache(folder, lambda: ORIN, _builder(calls, delay=0.5)) for _ in range(3)]
+    results: list = []
+    threads = [threading.Thread(target=lambda c=c: results.append(c.load_or_build(_spec(onnx_file))))
+               for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 3 and len(set(results)) == 1
+    assert calls == ["mtcnn-pnet"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# atomic writes
+# ------------------------------------------------------------------------------------------------------
+
+def test_atomic_write_interrupted_by_an_error_leaves_nothing(tmp_path):
+    target = tmp_path / "x.engine"
+
+    def chunks():
+        yield b"a" * 1000
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, chunks())
+    assert list(tmp_path.iterdir()) == []
+
+    target.write_bytes(b"old complete engine")
+    with pytest.raises(OSError):
+        atomic_write(target, chunks())
+    assert target.read_bytes() == b"old complete engine"  # the previous file is untouched
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_write_killed_process_leaves_no_partial_engine(tmp_path, onnx_file):
+    """A process killed (SIGKILL) in the middle of writing: no engine visible, the cache rebuilds."""
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    target = folder / "mtcnn-pnet-0123456789abcdef.engine"
+    ready = tmp_path / "ready"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from agent.vision.backends.engine_cache import atomic_write
+        def chunks():
+            yield b"x" * 1_000_000
+            Path({str(ready)!r}).write_text("half written")
+            time.sleep(60)
+            yield b"y" * 1_000_000
+        atomic_write(Path({str(target)!r}), chunks())
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "writer did not start"
+        assert not target.exists()
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert not target.exists()
+    leftovers = [p.name for p in folder.iterdir()]
+    assert len(leftovers) == 1 and ".tmp-" in leftovers[0]
+
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    assert cache.entries() == []  # the temporary file is not an engine
+    cache.load_or_build(_spec(onnx_file))
+    removed = cache.clean()
+    assert [p.name for p in removed] == leftovers
+    assert len(cache.entries()) == 1 and cache.entries()[0].ok
+
+
+# ------------------------------------------------------------------------------------------------------
+# list / clean
+# ------------------------------------------------------------------------------------------------------
+
+def test_entries_and_clean(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    old = EngineCache(folder, lambda: dataclasses.replace(ORIN, tensorrt_version="8.6.2"), _builder())
+    old.load_or_build(_spec(onnx_file))
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    superseded = _spec(onnx_file, precision="fp32")
+    cache.load_or_build(superseded)
+    current = [_spec(onnx_file), _spec(onnx_file, label="mtcnn-rnet")]
+    for spec in current:
+        cache.load_or_build(spec)
+    broken, _ = cache.paths(_spec(onnx_file, label="mtcnn-onet"))
+    broken.write_bytes(b"engine without record")
+    entries = cache.entries()
+    assert len(entries) == 5
+    assert sum(not e.ok for e in entries) == 1
+
+    keep = [cache.paths(s)[0] for s in current]
+    removed = {p.name for p in cache.clean(keep=keep)}
+    remaining = {e.engine_path for e in cache.entries()}
+    assert remaining == set(keep)
+    assert broken.name in removed and cache.paths(superseded)[0].name in removed
+    assert old.paths(_spec(onnx_file))[0].name in removed  # other TensorRT version
+
+    assert len(cache.clean(remove_all=True)) == 4  # 2 engines + 2 records
+    assert list(folder.glob("*.engine*")) == []
+
+
+def test_clean_without_a_gpu_removes_only_broken_files(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    EngineCache(folder, lambda: ORIN, _builder()).load_or_build(_spec(onnx_file))
+
+    def no_gpu() -> DeviceInfo:
+        raise EngineCacheError("TensorRT is not available")
+
+    cache = EngineCache(folder, no_gpu, _builder())
+    assert cache.clean() == []
+    assert len(cache.entries()) == 1
+    assert len(cache.clean(remove_all=True)) == 2
+
+
+# ------------------------------------------------------------------------------------------------------
+# this machine has no TensorRT: clear errors, and auto picks ONNX Runtime
+# ------------------------------------------------------------------------------------------------------
+
+def _has_tensorrt() -> bool:
+    return tensorrt_status()[0]
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
+def test_without_tensorrt_errors_are_clear(tmp_path):
+    ok, why = tensorrt_status()
+    assert not ok and "tensorrt" in why.lower()
+    with pytest.raises(EngineCacheError, match="TensorRT is not available"):
+        describe_device()
+    with pytest.raises(BackendError, match="TensorRT is not available"):
+        TensorRTBackend(engines_dir=tmp_path)
+    backend = create_backend("auto", engines_dir=tmp_path, input_size=(480, 640))
+    try:
+        assert backend.name == "onnxruntime"
+    finally:
+        backend.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------
+# face-agent engines / doctor
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def config_file(tmp_path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text('[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n'
+                    '[source]\nwidth = 640\nheight = 480\n')
+    return path
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
+def test_engines_build_fails_clearly_without_tensorrt(config_file, capsys):
+    from agent.cli import main
+
+    assert main(["-c", str(config_file), "engines", "build"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot build TensorRT engines: TensorRT is not available" in err
+    assert not (config_file.parent / "engines").exists()
+
+
+def test_engines_list_and_clean(config_file, onnx_file, capsys):
+    from agent.cli import main
+
+    folder = config_file.parent / "engines"
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    cache.load_or_build(_spec(onnx_file))
+    broken, _ = cache.paths(_spec(onnx_file, label="mtcnn-onet"))
+    broken.write_bytes(b"no record")
+    (folder / "mtcnn-rnet-0000000000000000.engine.tmp-1-2").write_bytes(b"half")
+    (folder / "dlib_resnet.onnx").write_bytes(b"converted model: never cleaned")
+
+    assert main(["-c", str(config_file), "engines", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    status = {r["label"]: r["status"] for r in listed["engines"]}
+    assert status["mtcnn-pnet"] == "ok" and "record" in status["?"]
+    assert len(listed["temporary_files"]) == 1
+    assert main(["-c", str(config_file), "engines", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "TensorRT 10.3.0" in text and "GPU Orin (8.7)" in text and "interrupted write" in text
+
+    assert main(["-c", str(config_file), "engines", "clean"]) == 0  # broken + temporary only (no GPU here)
+    assert "2 file(s) removed, 1 engine(s) left" in capsys.readouterr().out
+    assert main(["-c", str(config_file), "engines", "clean", "--all"]) == 0
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["dlib_resnet.onnx"]
+
+
+def test_doctor_reports_backends_and_models(config_file, capsys):
+    from agent.cli import main
+
+    code = main(["-c", str(config_file), "doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == (1 if report["problems"] else 0)
+    assert "CPUExecutionProvider" in report["onnxruntime_providers"]
+    assert report["detector"]["auto_picks"] == ("tensorrt" if _has_tensorrt() else "onnxruntime")
+    assert report["detector"]["why"]
+    mtcnn = {m["role"]: m for m in report["models"] if m["role"].startswith("MTCNN")}
+    assert mtcnn["MTCNN pnet"]["sha256"] == hashlib.sha256((MODEL_DIR / "pnet.onnx").read_bytes()).hexdigest()
+    assert report["engines"]["pnet_profile"] == pnet_profile(480, 640)
+    assert main(["-c", str(config_file), "doctor"]) == code
+    assert "auto picks" in capsys.readouterr().out

@@ -1,0 +1,88 @@
+"""Image loading: every format of the same face loads alike, every bad file gives one clear error."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import COMPREFACE, FR
+from PIL import Image
+
+from agent.vision.images import ImageError, decode_image, load_image
+
+FILES = COMPREFACE / "embedding-calculator" / "src" / "services" / "imgtools" / "test" / "files"
+
+
+@pytest.mark.parametrize("name", ["einstein.bmp", "einstein.gif", "einstein.ico", "einstein.jpeg",
+                                  "einstein.png", "einstein.tiff", "einstein.webp"])
+def test_every_format_loads_as_the_same_rgb_picture(name):
+    reference = load_image(FILES / "einstein.png").astype(np.float32)
+    img = load_image(FILES / name)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape == reference.shape
+    assert np.abs(img.astype(np.float32) - reference).mean() < 6.0  # lossy formats differ a little
+
+
+@pytest.mark.parametrize("name, words", [("corrupted.png", "not an image"), ("empty.png", "empty"),
+                                         ("truncated.jpg", "truncated"), ("__init__.py", "not an image")])
+def test_bad_files_give_one_clear_line(name, words):
+    with pytest.raises(ImageError) as err:
+        load_image(FILES / name)
+    message = str(err.value)
+    assert words in message and name in message and "\n" not in message
+
+
+def test_rgba_png_becomes_rgb():
+    img = load_image(FR / "tests" / "test_images" / "32bit.png")
+    assert img.shape[2] == 3
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = load_image(FR / "tests" / "test_images" / "obama.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes(), quality=95)
+    loaded = load_image(path)
+    assert loaded.shape == rgb.shape
+    assert np.abs(loaded.astype(int) - rgb.astype(int)).mean() < 8
+
+
+def test_pixel_and_byte_limits(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 3000)).save(big)
+    with pytest.raises(ImageError, match="pixel limit"):
+        load_image(big, max_pixels=10_000_000)
+    with pytest.raises(ImageError, match="byte limit"):
+        load_image(big, max_bytes=100)
+    assert load_image(big).shape == (3000, 4000, 3)
+
+
+def test_decompression_bomb_refused_before_decoding():
+    # a 30000 x 30000 PNG compresses to a few hundred kB; its header alone must be enough to refuse it
+    buf = io.BytesIO()
+    Image.new("L", (30000, 30000)).save(buf, format="PNG")
+    with pytest.raises(ImageError, match="pixel limit|decompression bomb"):
+        decode_image(buf.getvalue(), max_pixels=40_000_000)
+
+
+def test_palette_with_transparency_and_16_bit(tmp_path):
+    p = Image.new("P", (20, 10))
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    p.info["transparency"] = 0
+    path = tmp_path / "palette.png"
+    p.save(path, transparency=0)
+    assert load_image(path).shape == (10, 20, 3)
+    deep = Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300))
+    path16 = tmp_path / "deep.png"
+    deep.save(path16)
+    img = load_image(path16)
+    assert img.shape == (10, 20, 3) and img.max() == 255
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="not a file|folder"):
+        load_image(tmp_path)

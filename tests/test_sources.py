@@ -1,0 +1,368 @@
+"""Video sources on the real clips and photos: order, latest-frame delivery, reopen with backoff, errors.
+
+The live stream is real too: ffmpeg serves the Hamilton clip over HTTP at its own frame rate, and the
+test stops and restarts that server to make the source lose and regain it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import COMPREFACE, DLIB, FR, SHARED
+
+from agent.config import SourceSection
+from agent.sources import Frame, SourceError, csi_pipeline, open_source, parse_uri
+from agent.vision.images import load_image
+
+HAMILTON = FR / "examples" / "short_hamilton_clip.mp4"  # 640x360, 29.97 fps, 275 frames
+STREET = SHARED / "facenet-pytorch" / "examples" / "video.mp4"  # 1920x1080, 25 fps, 105 frames
+
+
+def section(uri: str | Path, **changes) -> SourceSection:
+    return dataclasses.replace(SourceSection(), uri=str(uri), **changes)
+
+
+def reference_frames(path: Path, limit: int = 100_000) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    while len(frames) < limit:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames
+
+
+def read_all(source, timeout: float = 20.0, keep_images: bool = True) -> list[Frame]:
+    """Every frame to the end; with keep_images=False each image is checked, then shrunk to its first pixel
+    row (so 1080p clips do not pile up in memory) - its shape is kept in `image.shape[1:]`."""
+    frames = []
+    while (frame := source.read(timeout)) is not None:
+        if not keep_images:
+            assert frame.image.dtype == np.uint8 and frame.image.flags["C_CONTIGUOUS"]
+            frame = dataclasses.replace(frame, image=np.empty((frame.image.shape[0], 0, 3), np.uint8))
+        frames.append(frame)
+    assert source.ended, "read() gave None before the end of the stream"
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------
+# files: every frame, in order
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, count, size, fps",
+                         [(HAMILTON, 275, (360, 640), 29.97), (STREET, 105, (1080, 1920), 25)])
+def test_every_frame_reads_the_whole_file_in_order(shared, path, count, size, fps):
+    src = open_source(section(path))
+    assert not src.is_live and src.every_frame
+    with src:
+        assert src.fps == pytest.approx(fps, abs=0.01)
+        first = src.read(10)
+        frames = [first, *read_all(src, keep_images=False)]
+        assert src.read(0.1) is None  # stays ended
+    assert [f.index for f in frames] == list(range(count))
+    assert first.image.shape == (*size, 3) and first.image.dtype == np.uint8
+    assert all(f.image.shape[0] == size[0] for f in frames)
+    steps = np.diff([f.timestamp for f in frames])
+    assert np.allclose(steps, 1.0 / fps, atol=1e-6)  # video time, however fast the frames were read
+    assert src.stats()["frames_read"] == src.frames_delivered == count and src.dropped == 0
+    ref = reference_frames(path, limit=1)
+    assert np.array_equal(first.image, ref[0])  # RGB, converted from OpenCV's BGR
+
+
+def test_latest_frame_mode_never_returns_stale_frames_and_counts_drops(shared):
+    # a file read "live" plays at its own frame rate (25 fps) while this consumer takes 0.3 s per frame
+    src = open_source(section(STREET), every_frame=False)
+    assert not src.every_frame
+    frames = []
+    with src:
+        while True:
+            captured = src.frames_read  # frames 0..captured-1 exist now; the box holds the newest of them
+            frame = src.read(10)
+            if frame is None:
+                break
+            # (-2: frames_read counts a frame just before it enters the box)
+            assert frame.index >= captured - 2, "an old frame was handed out while a newer one existed"
+            frames.append(dataclasses.replace(frame, image=frame.image[:1, :1]))
+            time.sleep(0.3)
+    indexes = [f.index for f in frames]
+    assert indexes == sorted(set(indexes))  # strictly increasing: no frame twice
+    assert indexes[-1] == 104  # the last frame still comes out before the end
+    assert src.frames_read == 105
+    assert src.dropped > src.frames_delivered > 3  # (25 fps in, ~3 fps out)
+    assert src.frames_delivered + src.dropped == 105
+    assert len(frames) == src.frames_delivered
+
+
+def test_stop_while_the_consumer_lags(shared):
+    src = open_source(section(HAMILTON)).start()
+    assert src.read(10).index == 0
+    time.sleep(0.3)  # capture is now blocked on the full buffer (backpressure)
+    t0 = time.monotonic()
+    src.stop()
+    assert time.monotonic() - t0 < 5
+    assert src.read(0.1) is None and src.ended
+    assert src.frames_read < 10  # it waited for the consumer instead of decoding ahead
+    src.stop()  # idempotent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folders of images
+# ---------------------------------------------------------------------------------------------------------
+
+def photo_folder(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Real photos under numbered names in a tmp folder: frame2 must come before frame10."""
+    photos = sorted((DLIB / "examples" / "johns").glob("*/*.jpg"))[:6]
+    photos += [FR / "examples" / "obama-240p.jpg", FR / "examples" / "two_people.jpg"]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    ordered = []
+    for i, photo in enumerate(photos):
+        dest = folder / f"frame{i * 3}.jpg"  # frame0, frame3, ... frame21: natural order differs from sorted()
+        shutil.copy(photo, dest)
+        ordered.append(dest)
+    (folder / "notes.txt").write_text("not an image")
+    return folder, ordered
+
+
+def test_folder_source_reads_images_in_natural_order(shared, tmp_path):
+    folder, ordered = photo_folder(tmp_path)
+    shutil.copy(COMPREFACE / "embedding-calculator" / "src" / "services" / "imgtools" / "test" / "files" /
+                "corrupted.png", folder / "frame7.png")
+    with open_source(section(folder, fps=10)) as src:
+        assert not src.is_live and src.fps == 10
+        frames = read_all(src)
+    assert len(frames) == len(ordered)  # the corrupt image is skipped (and counted), the .txt ignored
+    assert src.skipped == 1
+    for frame, path in zip(frames, ordered):
+        assert np.array_equal(frame.image, load_image(path))
+    assert [f.index for f in frames] == list(range(len(ordered)))
+    assert np.allclose(np.diff([f.timestamp for f in frames]), 0.1)
+
+
+def test_folder_that_disappears_is_reopened_with_backoff(shared, tmp_path, caplog):
+    folder, ordered = photo_folder(tmp_path)
+    away = tmp_path / "away"
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    src = open_source(section(folder, reconnect_max_delay=1.0)).start()
+    try:
+        first = [src.read(10) for _ in range(2)]
+        folder.rename(away)  # the capture thread has read at most 2 more images ahead
+        deadline = time.monotonic() + 10
+        while src.connected and time.monotonic() < deadline:
+            frame = src.read(0.05)
+            if frame is not None:
+                first.append(frame)
+        time.sleep(1.8)  # a few failed reopen attempts: 0.5 s, then 1 s (the cap)
+        assert not src.connected and "no such folder" in src.last_error
+        away.rename(folder)
+        frames = first + read_all(src)
+    finally:
+        src.stop()
+    assert [f.index for f in frames] == list(range(len(ordered)))
+    for frame, path in zip(frames, ordered):
+        assert np.array_equal(frame.image, load_image(path))
+    assert src.reconnects == 1 and src.last_error == ""
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(level == "WARNING" and "lost" in msg for level, msg in messages)
+    assert any(level == "WARNING" and "reopen failed" in msg for level, msg in messages)
+    assert any(level == "INFO" and "recovered" in msg for level, msg in messages)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a file that breaks mid-run
+# ---------------------------------------------------------------------------------------------------------
+
+def test_file_that_breaks_mid_run_is_reopened_where_it_stopped(shared, tmp_path, caplog):
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(HAMILTON, clip)
+    data = clip.read_bytes()
+    ref = reference_frames(HAMILTON)
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    src = open_source(section(clip, reconnect_max_delay=1.0)).start()
+    try:
+        frames = [src.read(10) for _ in range(40)]
+        os.truncate(clip, len(data) // 3)  # the open file loses its tail under the reader...
+        clip.rename(tmp_path / "moved.mp4")  # ...and the path goes away, so reopening fails for a while
+        deadline = time.monotonic() + 20
+        while src.connected and time.monotonic() < deadline:
+            frame = src.read(0.05)
+            if frame is not None:
+                frames.append(frame)
+        assert not src.connected, "the truncated file was never noticed"
+        broke_at = len(frames)
+        time.sleep(1.8)
+        assert "no such file" in src.last_error
+        restored = tmp_path / "restored.mp4"
+        restored.write_bytes(data)
+        restored.rename(clip)  # back in one piece
+        frames += read_all(src)
+    finally:
+        src.stop()
+    assert 40 <= broke_at < 275
+    assert [f.index for f in frames] == list(range(275))  # nothing lost, nothing twice
+    assert all(np.array_equal(f.image, ref[f.index]) for f in frames)
+    assert src.reconnects == 1
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(level == "WARNING" and "lost" in msg for level, msg in messages)
+    assert any(level == "INFO" and "recovered" in msg for level, msg in messages)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a live network stream (ffmpeg serving the clip over HTTP)
+# ---------------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(port: int) -> subprocess.Popen:
+    """ffmpeg streaming the Hamilton clip over HTTP (MPEG-TS) in real time, looping, for one client."""
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(HAMILTON),
+           "-c:v", "mpeg1video", "-q:v", "5", "-an", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_live_stream_latest_frame_and_reconnect(shared, caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    port = free_port()
+    servers = [serve(port)]
+    src = open_source(section(f"http://127.0.0.1:{port}/", reconnect_max_delay=2.0, timeout=5.0))
+    assert src.is_live and not src.every_frame
+    try:
+        src.start()
+        assert src.read(20) is not None, "no frame from the stream"
+        frames = []
+        for _ in range(12):
+            time.sleep(0.2)  # a slow consumer: ~6 frames arrive meanwhile
+            captured = src.frames_read
+            frame = src.read(5)
+            assert frame is not None
+            assert time.time() - frame.timestamp < 1.0, "the frame handed out is stale"
+            assert frame.index >= captured - 2
+            frames.append(frame)
+        assert frames[0].image.shape == (360, 640, 3)
+        indexes = [f.index for f in frames]
+        assert indexes == sorted(set(indexes))
+        assert src.dropped > 20
+
+        servers[0].terminate()  # the stream goes away
+        servers[0].wait(10)
+        assert wait_for(lambda: not src.connected, 15), "the lost stream was not noticed"
+        time.sleep(1.0)
+        servers.append(serve(port))  # and comes back
+        assert wait_for(lambda: src.connected, 20), "the stream was not reopened"
+        before = src.frames_read
+        frame = src.read(10)
+        assert frame is not None and frame.index >= before - 1
+        assert src.reconnects == 1
+    finally:
+        src.stop()
+        for server in servers:
+            if server.poll() is None:
+                server.terminate()
+                server.wait(10)
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(level == "WARNING" and "lost" in msg for level, msg in messages)
+    assert any(level == "INFO" and "recovered" in msg for level, msg in messages)
+
+
+def test_live_source_missing_at_start_is_retried_in_the_background(caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    src = open_source(section(f"http://127.0.0.1:{free_port()}/", timeout=1.0))
+    with src:  # nothing listens there: no exception, a warning, and frames once it appears
+        assert not src.connected and src.read(0.2) is None and not src.ended
+        assert "cannot open" in src.last_error
+    assert any(r.levelname == "WARNING" and "retrying" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# URIs and errors
+# ---------------------------------------------------------------------------------------------------------
+
+def test_csi_pipeline_string():
+    assert csi_pipeline(0, 1280, 720, 30) == (
+        "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 ! "
+        "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+        "appsink drop=1 max-buffers=1")
+    assert "sensor-id=1" in csi_pipeline(1, 1920, 1080, 60)
+    assert "width=1920,height=1080,framerate=60/1" in csi_pipeline(1, 1920, 1080, 60)
+
+
+def test_parse_uri_kinds(tmp_path):
+    assert parse_uri("0") == ("camera", 0)
+    assert parse_uri(" 2 ") == ("camera", 2)
+    assert parse_uri("/dev/video1") == ("v4l2", "/dev/video1")
+    assert parse_uri("csi://1") == ("csi", 1)
+    assert parse_uri("csi://") == ("csi", 0)
+    assert parse_uri("gst:videotestsrc ! appsink") == ("gst", "videotestsrc ! appsink")
+    assert parse_uri("rtsp://cam.local:554/stream1") == ("stream", "rtsp://cam.local:554/stream1")
+    assert parse_uri("https://example.com/live.m3u8")[0] == "stream"
+    assert parse_uri(str(tmp_path)) == ("folder", tmp_path)
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    assert parse_uri("clip.mp4", base_dir=tmp_path) == ("file", tmp_path / "clip.mp4")
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("csi://left", "sensor id"),
+    ("gst:", "empty GStreamer"),
+    ("ftp://host/clip.mp4", "unsupported scheme"),
+    ("/no/such/clip.mp4", "no such file or folder"),
+])
+def test_bad_uris_are_clear_errors(uri, message):
+    with pytest.raises(SourceError, match=message):
+        open_source(section(uri))
+
+
+def test_csi_without_gstreamer_is_a_clear_error():
+    if "GStreamer:                   YES" in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(SourceError, match="GStreamer"):
+        open_source(section("csi://0"))
+    with pytest.raises(SourceError, match="GStreamer"):
+        open_source(section("gst:videotestsrc ! appsink"))
+
+
+def test_files_that_are_no_videos_fail_at_start(shared, tmp_path):
+    not_video = tmp_path / "clip.mp4"
+    not_video.write_text("this is not a video")
+    with pytest.raises(SourceError, match="clip.mp4"):
+        open_source(section(not_video)).start()
+    with pytest.raises(SourceError, match="an image, not a video"):  # one photo: use a folder
+        open_source(section(FR / "examples" / "obama.jpg"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(SourceError, match="no images"):
+        open_source(section(empty)).start()
+
+
+def test_read_before_start_is_an_error(shared):
+    src = open_source(section(HAMILTON))
+    with pytest.raises(RuntimeError, match="before start"):
+        src.read(0.1)

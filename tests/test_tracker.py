@@ -1,0 +1,381 @@
+"""Tracker, embed schedule and voting on constructed detection sequences (plus real faces for sharpness)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+from conftest import FR
+
+from agent.config import TrackerSection, VotingSection
+from agent.vision.images import load_image
+from agent.vision.mtcnn import Detection
+from agent.vision.tracker import (
+    NAMED,
+    PENDING,
+    UNKNOWN,
+    Tracker,
+    face_sharpness,
+    greedy_match,
+    iou_matrix,
+)
+from agent.vision.voting import Ballot, vote_weight
+
+
+def det(x: float, y: float, size: float = 60, score: float = 0.99) -> Detection:
+    """A face box with top-left (x, y), landmarks placed like a frontal face."""
+    lm = np.array([[0.3, 0.35], [0.7, 0.35], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]]) * size + [x, y]
+    return Detection(x, y, x + size, y + size, score, lm)
+
+
+def make_tracker(**changes) -> Tracker:
+    voting = {k: changes.pop(k) for k in ("window", "min_votes", "hysteresis") if k in changes}
+    return Tracker(dataclasses.replace(TrackerSection(), **changes), dataclasses.replace(VotingSection(), **voting))
+
+
+def run(tracker: Tracker, frames: list[list[Detection]]) -> list:
+    return [tracker.update(dets, None, float(i)) for i, dets in enumerate(frames)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------------------
+
+def test_iou_matrix_and_greedy_match():
+    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [100, 100, 110, 110]], dtype=float)
+    iou = iou_matrix(a, b)
+    assert iou.shape == (2, 3)
+    assert iou[0, 0] == pytest.approx(1.0)
+    assert iou[0, 1] == pytest.approx(50 / 150)
+    assert iou[1].max() == 0.0
+    assert greedy_match(iou, 0.3) == [(0, 0)]
+    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 3)
+    assert greedy_match(np.zeros((0, 3)), 0.3) == []
+    # highest IoU first: row 1 takes column 0 even though row 0 comes first
+    assert greedy_match(np.array([[0.5, 0.4], [0.9, 0.0]]), 0.3) == [(1, 0), (0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# association
+# ---------------------------------------------------------------------------------------------------------
+
+def test_moving_face_is_one_track_confirmed_after_min_hits():
+    tracker = make_tracker(min_hits=2)
+    updates = run(tracker, [[det(100 + 8 * i, 100 + 2 * i)] for i in range(40)])
+    assert updates[0].started == [] and updates[0].tracks == []
+    assert [t.id for t in updates[1].started] == [1]
+    assert all(len(u.tracks) == 1 and u.tracks[0].id == 1 for u in updates[1:])
+    assert sum(len(u.started) for u in updates) == 1
+    track = updates[-1].tracks[0]
+    assert track.hits == 40 and track.missed == 0 and track.age == 40
+    assert track.first_seen == 0.0 and track.last_seen == 39.0
+    # the filtered box follows the face and the velocity estimate converges to the motion
+    assert np.allclose(track.box, det(100 + 8 * 39, 100 + 2 * 39).box, atol=2.0)
+    assert np.allclose(track.velocity, [8, 2, 8, 2], atol=0.5)
+    assert track.detection.box == det(100 + 8 * 39, 100 + 2 * 39).box
+
+
+def test_fast_face_is_followed_by_the_motion_prediction():
+    # accelerates to 40 px/frame: consecutive 60 px boxes then overlap by IoU 0.2 < iou_threshold 0.3
+    xs = [100.0]
+    for i in range(1, 25):
+        xs.append(xs[-1] + min(40, 5 * i))
+    raw_iou = iou_matrix(np.array([det(xs[-2], 200).box]), np.array([det(xs[-1], 200).box]))[0, 0]
+    assert raw_iou < 0.3
+    updates = run(make_tracker(), [[det(x, 200)] for x in xs])
+    assert sum(len(u.started) for u in updates) == 1
+    assert [t.id for t in updates[-1].tracks] == [1]
+
+
+def test_crossing_faces_keep_their_identities():
+    # A moves right, B moves left, 30 px lower: they overlap heavily while crossing
+    frames = [[det(100 + 10 * i, 100), det(400 - 10 * i, 130)] for i in range(31)]
+    updates = run(make_tracker(), frames)
+    assert sum(len(u.started) for u in updates) == 2
+    tracks = {t.id: t for t in updates[-1].tracks}
+    assert set(tracks) == {1, 2}
+    a = next(t for t in tracks.values() if t.box[1] < 115)
+    b = next(t for t in tracks.values() if t.box[1] > 115)
+    # A (started on the left) ended on the right, B the other way round
+    assert a.box[0] > 350 and b.box[0] < 150
+    assert a.velocity[0] > 5 and b.velocity[0] < -5
+    assert a.hits == b.hits == 31
+
+
+def test_short_occlusion_keeps_the_track_long_one_ends_it_once():
+    tracker = make_tracker(max_missed=5)
+    frames = [[det(200, 200)]] * 10 + [[]] * 5 + [[det(203, 201)]] * 10  # gap of 5 = max_missed
+    updates, missed = [], []
+    for i, dets in enumerate(frames):
+        updates.append(tracker.update(dets, None, float(i)))
+        missed.append([t.missed for t in updates[-1].tracks])  # coasting tracks are still reported
+    assert missed[9:16] == [[0], [1], [2], [3], [4], [5], [0]]
+    assert sum(len(u.started) for u in updates) == 1
+    assert sum(len(u.ended) for u in updates) == 0
+    track = updates[-1].tracks[0]
+    assert track.id == 1 and track.hits == 20
+
+    frames = [[]] * 6 + [[det(200, 200)]] * 3  # now a gap of 6 > max_missed
+    updates = run(tracker, frames)
+    ended = [t for u in updates for t in u.ended]
+    assert [t.id for t in ended] == [1]
+    assert updates[5].ended == ended and updates[5].tracks == []
+    assert [t.id for u in updates for t in u.started] == [2]
+    assert ended[0].duration == pytest.approx(24.0)  # timestamps 0..24 in the first run
+
+
+def test_moving_face_survives_a_short_gap():
+    frames = [[det(100 + 6 * i, 150)] if not 20 <= i < 24 else [] for i in range(40)]
+    updates = run(make_tracker(), frames)
+    assert [t.id for u in updates for t in u.started] == [1]
+    assert updates[-1].tracks[0].hits == 36
+
+
+def test_min_hits_false_positives_and_flicker():
+    tracker = make_tracker(min_hits=3)
+    # a one-frame false detection and a face seen every other frame never become tracks
+    frames = [[det(50, 50), det(300, 300)], [], [det(300, 300)], [], [det(300, 300)], []]
+    assert all(not u.started and not u.tracks for u in run(tracker, frames))
+    updates = run(tracker, [[det(300, 300)]] * 4)
+    assert [len(u.started) for u in updates] == [0, 0, 1, 0]
+    assert updates[2].started[0].id == 1  # ids count confirmed tracks only
+    one = make_tracker(min_hits=1)
+    assert [t.id for t in one.update([det(10, 10), det(200, 10)], None, 0.0).started] == [1, 2]
+
+
+def test_finish_ends_every_confirmed_track():
+    tracker = make_tracker()
+    run(tracker, [[det(10, 10), det(200, 200)]] * 3 + [[det(10, 10), det(200, 200), det(400, 400)]])
+    ended = tracker.finish()
+    assert sorted(t.id for t in ended) == [1, 2]  # the tentative third face is not a track
+    assert tracker.tracks == [] and tracker.finish() == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# embed schedule
+# ---------------------------------------------------------------------------------------------------------
+
+def embed_frames(updates) -> list[int]:
+    return [u.frame for u in updates if u.to_embed]
+
+
+def test_embed_schedule_unsettled_then_settled():
+    tracker = make_tracker(min_hits=2, embed_every=5, settled_embed_every=20, max_attempts=100)
+    updates = run(tracker, [[det(100, 100)]] * 16)
+    # confirmed on frame 2 -> embedded at once, then every 5 frames
+    assert embed_frames(updates) == [2, 7, 12]
+    request = updates[1].to_embed[0]
+    assert request.track.id == 1 and request.detection.box == det(100, 100).box
+    assert request.size == 60 and request.sharpness is None and 0 < request.quality <= 1
+    # identity settles (min_votes=2): from then on every 20 frames
+    assert tracker.add_prediction(1, "ann", 0.9) is None
+    change = tracker.add_prediction(1, "ann", 0.9)
+    assert change.kind == "identified" and change.name == "ann"
+    updates = run(tracker, [[det(100, 100)]] * 30)
+    assert embed_frames(updates) == [32]  # frames 17..46; the last embedding was on frame 12
+
+
+def test_embed_early_when_the_face_gets_clearly_larger():
+    tracker = make_tracker(embed_every=10, max_attempts=100)
+    sizes = [60, 60, 60, 62, 64, 70, 75]  # 75^2 / 60^2 = 1.56 >= 1.3; 70^2/60^2 = 1.36 too
+    updates = run(tracker, [[det(100, 100, s)] for s in sizes])
+    assert embed_frames(updates) == [2, 6]
+    updates = run(tracker, [[det(100, 100, 75)]] * 10)  # the same size: back to the regular 10 frames
+    assert embed_frames(updates) == [16]
+
+
+def test_small_and_blurry_faces_are_not_embedded():
+    tracker = make_tracker(min_face_size=40)
+    updates = run(tracker, [[det(100, 100, size=30)]] * 5 + [[det(100, 100, size=45)]] * 2)
+    assert updates[1].started and not any(u.to_embed for u in updates[:5])
+    assert embed_frames(updates) == [6]  # the first frame it is large enough
+
+
+def test_sharpness_of_a_real_face_and_its_blurred_copy():
+    image = load_image(FR / "tests" / "test_images" / "obama.jpg")
+    box = (349, 142, 617, 409)  # x1, y1, x2, y2 of the face (README)
+    sharp = face_sharpness(image, box)
+    blurred = cv2.GaussianBlur(image, (0, 0), 12)  # a 3 px blur at the 64 px measuring size
+    soft = face_sharpness(blurred, box)
+    assert sharp > 100 > 20 > soft
+    assert face_sharpness(cv2.GaussianBlur(image, (0, 0), 4), box) < sharp  # monotonic in the blur
+    assert face_sharpness(image, (-50, -50, 1, 1)) == 0.0  # nothing left after clipping
+    assert face_sharpness(image, (1100, 800, 1300, 1000)) >= 0.0  # partly outside: clipped
+
+    face = Detection(*box, 0.99, np.zeros((5, 2)))
+    tracker = make_tracker(min_hits=1, min_sharpness=20.0)
+    assert tracker.update([face], blurred, 0.0).to_embed == []
+    request = tracker.update([face], image, 1.0).to_embed[0]
+    assert request.sharpness == pytest.approx(sharp) and request.quality == pytest.approx(1.0)
+    assert tracker.tracks[0].best_quality == pytest.approx(1.0)
+
+
+def test_quality_grows_with_size_and_sharpness():
+    tracker = make_tracker(full_quality_size=100, full_quality_sharpness=100.0)
+    assert tracker.quality(50, None) == pytest.approx(0.5)
+    assert tracker.quality(50, 50.0) == pytest.approx(0.25)
+    assert tracker.quality(300, 1000.0) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# voting
+# ---------------------------------------------------------------------------------------------------------
+
+def test_vote_weights():
+    assert vote_weight("ann", 0.9, 1.0) > vote_weight("ann", 0.5, 1.0) > vote_weight("ann", 0.5, 0.0)
+    assert vote_weight(None, 0.1, 1.0) == pytest.approx(0.9)  # unknown: 1 - confidence in the candidate
+    assert vote_weight("ann", 0.0, 0.0) > 0  # every vote counts a little
+    assert vote_weight("ann", 7.0, 3.0) == pytest.approx(1.0)  # clamped
+
+
+def test_ballot_settles_after_min_votes():
+    ballot = Ballot(window=10, min_votes=3, hysteresis=1.5)
+    assert ballot.add("ann", 0.9, 1) is False
+    assert ballot.add("ann", 0.9, 1) is False and not ballot.settled
+    assert ballot.add("ann", 0.9, 1) is True
+    assert ballot.settled and ballot.identity == "ann"
+    assert ballot.add("ann", 0.9, 1) is False  # no change, no news
+
+
+def test_ballot_one_bad_frame_does_not_flip_but_a_sustained_change_does():
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5)
+    for _ in range(5):
+        ballot.add("ann", 0.8, 1)
+    assert ballot.identity == "ann"
+    assert ballot.add("bob", 0.99, 1) is False  # one very confident bad frame
+    assert ballot.add("ann", 0.8, 1) is False
+    assert ballot.add("bob", 0.99, 1) is False  # two bob votes, 1.98 < 1.5 x ann's 4.8
+    assert ballot.identity == "ann"
+    flips = [ballot.add("bob", 0.9, 1) for _ in range(6)]
+    assert flips.count(True) == 1 and ballot.identity == "bob"
+    assert ballot.totals["ann"].count == 6 and ballot.totals["bob"].count == 8
+
+
+def test_ballot_unknown_is_an_outcome():
+    ballot = Ballot(window=5, min_votes=2, hysteresis=1.5)
+    assert ballot.add(None, 0.1, 1) is False
+    assert ballot.add("", 0.2, 1) is True  # "" is unknown too
+    assert ballot.settled and ballot.identity is None
+    assert ballot.totals[None].best_certainty == pytest.approx(0.9)
+
+
+def test_ballot_weight_decides_not_the_count():
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5)
+    ballot.add("bob", 0.95, 1.0)
+    ballot.add("ann", 0.3, 0.2)
+    assert ballot.add("ann", 0.3, 0.2) is False  # two weak ann votes do not beat one strong bob vote
+    assert ballot.add("bob", 0.9, 1.0) is True and ballot.identity == "bob"
+
+
+def test_bad_voting_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="min_votes"):
+        Ballot(window=3, min_votes=4)
+    with pytest.raises(ValueError, match="hysteresis"):
+        make_tracker(hysteresis=0.5)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        make_tracker(iou_threshold=0.0)
+    with pytest.raises(ValueError, match="min_hits"):
+        make_tracker(min_hits=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# identity changes through the tracker: exactly once per change
+# ---------------------------------------------------------------------------------------------------------
+
+def confirmed_tracker(**changes) -> Tracker:
+    tracker = make_tracker(**changes)
+    run(tracker, [[det(100, 100)]] * 2)
+    assert [t.id for t in tracker.tracks] == [1]
+    return tracker
+
+
+def test_identity_changes_come_out_once():
+    tracker = confirmed_tracker(min_votes=2, window=10, hysteresis=1.5)
+    changes = [tracker.add_prediction(1, "ann", 0.9) for _ in range(6)]
+    assert [c.kind for c in changes if c] == ["identified"]
+    first = next(c for c in changes if c)
+    assert first.name == "ann" and first.previous is None and first.previous_status == PENDING
+    assert first.votes == 2 and first.confidence == pytest.approx(0.9)
+    track = tracker.get(1)
+    assert track.status == NAMED and track.name == "ann"
+
+    assert tracker.add_prediction(1, "bob", 0.95) is None  # one bad frame
+    changes = [tracker.add_prediction(1, "bob", 0.9) for _ in range(8)]
+    real = [c for c in changes if c]
+    assert [(c.kind, c.name, c.previous) for c in real] == [("changed", "bob", "ann")]
+    assert track.name == "bob" and track.summary()["name"] == "bob"
+
+    changes = [tracker.add_prediction(1, None, 0.05) for _ in range(10)]
+    assert [(c.kind, c.name, c.previous) for c in changes if c] == [("unknown", None, "bob")]
+    assert track.status == UNKNOWN and track.confidence == pytest.approx(0.95)
+
+
+def test_unsettled_track_becomes_unknown_after_max_attempts_then_rarely_rechecked():
+    tracker = confirmed_tracker(max_attempts=4, min_votes=3, window=10, embed_every=2, settled_embed_every=10)
+    names = ["ann", "bob", "cy", "dee"]  # never agreeing
+    changes = [tracker.add_prediction(1, n, 0.7) for n in names]
+    assert [c.kind if c else None for c in changes] == [None, None, None, "unknown"]
+    assert changes[-1].votes == 0  # nobody voted unknown: it is the attempts that ran out
+    assert tracker.add_prediction(1, "eve", 0.7) is None  # still unknown: no second event
+    # re-checked every settled_embed_every frames only
+    updates = run(tracker, [[det(100, 100)]] * 25)
+    assert embed_frames(updates) == [12, 22]
+    # and a name the votes agree on later still comes out
+    kinds = [c.kind for c in (tracker.add_prediction(1, "ann", 0.9) for _ in range(3)) if c]
+    assert kinds == ["identified"]
+
+
+def test_prediction_for_an_ended_track_is_ignored():
+    tracker = confirmed_tracker(max_missed=1)
+    run(tracker, [[], []])
+    assert tracker.get(1) is None
+    assert tracker.add_prediction(1, "ann", 0.9) is None
+    assert tracker.add_prediction(99, "ann", 0.9) is None
+
+
+def test_ended_track_carries_its_final_identity():
+    tracker = confirmed_tracker(max_missed=2)
+    for _ in range(3):
+        tracker.add_prediction(1, "ann", 0.8, quality=0.5)
+    tracker.add_prediction(1, "ann", 0.93)
+    ended = [t for u in run(tracker, [[]] * 3) for t in u.ended]
+    assert len(ended) == 1
+    summary = ended[0].summary()
+    assert summary["track_id"] == 1 and summary["name"] == "ann" and summary["status"] == NAMED
+    assert summary["votes"] == 4 and summary["predictions"] == 4
+    assert summary["confidence"] == pytest.approx(0.93)
+    assert summary["duration"] == pytest.approx(1.0)  # seen at t=0 and t=1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# real detections
+# ---------------------------------------------------------------------------------------------------------
+
+def test_real_detections_on_the_hamilton_close_up(shared):
+    """Frames 21-64 of the Hamilton clip: one close-up face moving ~20 px a frame (frames 21-47, missed by
+    MTCNN on frame 42, with a one-frame false detection beside it on frame 30), then no face."""
+    from agent.config import SourceSection, config_from_dict
+    from agent.sources import open_source
+    from agent.vision.recognizer import build_detector
+
+    detector = build_detector(config_from_dict({"detector": {"min_face_size": 80}}))  # only large faces: fast
+    tracker = make_tracker()  # the defaults: min_hits 2, max_missed 15
+    clip = FR / "examples" / "short_hamilton_clip.mp4"
+    started, ended, embedded = [], [], []
+    with open_source(dataclasses.replace(SourceSection(), uri=str(clip))) as src:
+        while (frame := src.read(20)) is not None and frame.index <= 64:
+            if frame.index < 21:
+                continue
+            update = tracker.update(detector.detect(frame.image), frame.image, frame.timestamp)
+            started += [(frame.index, t.id) for t in update.started]
+            ended += [(frame.index, t.id, t.hits) for t in update.ended]
+            embedded += [frame.index for r in update.to_embed]
+    assert started == [(22, 1)]
+    assert ended == [(63, 1, 26)]  # 27 frames minus the missed one; ended 15 frames after the last
+    # no prediction fed back: pending, so embedded at once, then at least every embed_every (5) frames -
+    # sooner when the face gets clearly sharper or larger
+    assert embedded[0] == 22 and set(embedded) <= set(range(22, 48)) - {42}
+    assert all(1 <= b - a <= 5 for a, b in zip(embedded, embedded[1:])) and embedded[-1] >= 43
