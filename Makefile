@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test]'
+	# original MTCNN weights (.npy only) for the ONNX conversion tests; --no-deps: no Keras/TensorFlow
+	$(PY) -m pip install -q --no-deps mtcnn==0.1.1
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,6 +22,9 @@ system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || ls /usr/sbin/mosquitto >/dev/null 2>&1 || { \
 	  echo "installing mosquitto (Debian package) for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd (Debian package, for systemd-analyze verify) for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 
 run: install
 	$(VENV)/bin/face-agent run $(ARGS)

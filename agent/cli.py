@@ -9,6 +9,7 @@ import sys
 
 from agent import __version__
 from agent.config import ConfigError
+from agent.memory import limit_heap_growth
 
 # subcommand modules in agent/commands/, in the order `--help` lists them
 COMMANDS = [
@@ -16,10 +17,16 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "run",
+    "eval",
+    "tune",
     "config",
     "status",
     "models",
     "events",
+    "remote",
+    "engines",
+    "doctor",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_heap_growth()
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(0 if args.quiet else args.verbose)

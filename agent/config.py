@@ -101,6 +101,7 @@ class SourceSection:
 
 @dataclass
 class TrackerSection:
+    detect_every: int = 3  # full-frame detection every N frames; in between only tracked faces are re-detected
     iou_threshold: float = 0.3  # min IoU between a track's predicted box and a detection
     min_hits: int = 2  # detections before a track is confirmed
     max_missed: int = 15  # frames without a detection before a track ends
@@ -109,6 +110,10 @@ class TrackerSection:
     embed_every: int = 5  # frames between embeddings of an unsettled track
     settled_embed_every: int = 60  # frames between embeddings once the identity is settled
     max_attempts: int = 6  # embeddings before an unsettled track is declared unknown
+    reembed_area: float = 1.3  # unsettled track: embed early when the face area is this many times the best so far
+    reembed_sharpness: float = 1.5  # ... or when it is this many times as sharp
+    full_quality_size: int = 100  # px: faces at least this large weigh fully in the vote (smaller ones less)
+    full_quality_sharpness: float = 100.0  # Laplacian variance at which a face counts as fully sharp in the vote
 
 
 @dataclass
@@ -167,6 +172,9 @@ class RemoteEnrollSection:
     max_image_bytes: int = 5_000_000  # per image
     max_message_bytes: int = 20_000_000  # per request
     debounce: float = 2.0  # seconds of quiet before retraining after accepted images
+    max_validity: float = 86400.0  # s: longest `expires` after a request's timestamp (offline agents catch up)
+    max_queued_bytes: int = 50_000_000  # received requests waiting for the worker; more are answered busy
+    worker_nice: int = 10  # niceness added to the enrollment worker thread (keeps the video loop's frame rate)
 
 
 @dataclass

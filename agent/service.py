@@ -26,6 +26,7 @@ from agent.config import Config
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory
 from agent.gallery import Gallery
+from agent.memory import limit_heap_growth
 from agent.sources import Source, open_source
 from agent.store import DB_NAME, EventStore
 from agent.sync.publisher import Publisher
@@ -77,6 +78,7 @@ class Service:
     def __init__(self, cfg: Config, source_uri: str | None = None, every_frame: bool | None = None,
                  show: str | None = None, status_line: bool = False, max_frames: int = 0,
                  analyzer: Any = None):
+        limit_heap_growth()
         self.cfg = cfg
         self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
         self.source_uri = source_uri
@@ -114,7 +116,6 @@ class Service:
         self.publisher = Publisher(cfg, self.store, self.stats_message)
         if self.publisher.client is not None:
             self.publisher.client.add_connect_listener(self._on_connect)
-        self.publisher.start()
         systemd.extend_timeout(900)  # model loading (and a TensorRT engine build) may take a while
         self.gallery = Gallery(cfg, analyzer=self._analyzer)
         classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
@@ -122,7 +123,10 @@ class Service:
             self._model_event(classifier)
         tracker = Tracker(cfg.tracker, cfg.voting)
         self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
+        # the intake subscribes before the client connects: requests the broker queued while the agent
+        # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
+        self.publisher.start()
         section = cfg.source
         if self.source_uri is not None:
             section = type(section)(**{**vars(section), "uri": self.source_uri})
@@ -249,8 +253,6 @@ class Service:
             print(file=sys.stderr)
         if self.source is not None:
             self.source.stop()
-        if self.intake is not None:
-            self.intake.stop()
         if self.pipeline is not None and self.store is not None:
             for track in self.pipeline.finish():
                 self._emit(self._ended(track, size))
@@ -259,6 +261,8 @@ class Service:
             left = self.publisher.stop()
             if left:
                 log.warning("%d events not yet published; they are kept and sent at the next start", left)
+        if self.intake is not None:  # after the client: the broker keeps queueing requests for us
+            self.intake.stop()
         if self.store is not None:
             self.store.close()
         if self._writer is not None:

@@ -152,6 +152,7 @@ class OnnxRuntimeEmbedder:
         meta = self._session.get_modelmeta().custom_metadata_map
         self.mean_rgb = dlib_resnet.mean_from_metadata(meta)
         self._preprocess = dlib_resnet.preprocess
+        self._input_name = dlib_resnet.INPUT_NAME
         log.info("dlib ResNet on ONNX Runtime %s (CPU, %d threads) from %s", ort.__version__, threads,
                  self.onnx_path)
 
@@ -160,7 +161,7 @@ class OnnxRuntimeEmbedder:
         out = np.zeros((len(chips), DIM), dtype=np.float32)
         for start in range(0, len(chips), self.batch_size):
             x = self._preprocess(chips[start:start + self.batch_size], self.mean_rgb)
-            out[start:start + len(x)] = self._session.run(None, {"input": x})[0]
+            out[start:start + len(x)] = self._session.run(None, {self._input_name: x})[0]
         return out
 
     def close(self) -> None:
@@ -186,9 +187,17 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     engines_dir: where the converted model (and TensorRT engine) are cached; base_dir: the folder a
     relative `[embedding] model` is resolved against (cfg.base_dir).
     """
+    from agent.config import ConfigError
+
     backend = section.backend
     batch_size = int(getattr(section, "batch_size", 8))
     jitter = int(getattr(section, "jitter", 0))
+    threads = int(getattr(section, "threads", 2))
+    for key, value in (("batch_size", batch_size), ("threads", threads)):
+        if value < 1:
+            raise ConfigError(f"embedding.{key}: must be at least 1, got {value}")
+    if jitter < 0:
+        raise ConfigError(f"embedding.jitter: must be 0 or more, got {jitter}")
     if backend == "dlib":
         return DlibEmbedder(batch_size, jitter, resnet_dat_path(section, base_dir))
     if backend not in ("onnxruntime", "tensorrt"):
@@ -199,7 +208,7 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
         log.warning("[embedding] jitter = %d is for the dlib backend only; %s ignores it", jitter, backend)
     onnx_path = converted_model(section, engines_dir, base_dir)
     if backend == "onnxruntime":
-        return OnnxRuntimeEmbedder(onnx_path, batch_size, int(getattr(section, "threads", 2)))
+        return OnnxRuntimeEmbedder(onnx_path, batch_size, threads)
     from agent.vision.embed_tensorrt import TensorRTEmbedder
 
     return TensorRTEmbedder(onnx_path, engines_dir, batch_size=batch_size,

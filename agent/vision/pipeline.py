@@ -1,4 +1,9 @@
-"""Frame in, recognitions out: detect every frame, track, embed only the faces the tracker asks for, vote.
+"""Frame in, recognitions out: detect, track, embed only the faces the tracker asks for, vote.
+
+The full detector (P-Net pyramid + R-Net + O-Net) runs every `[tracker] detect_every` frames; on the
+frames between, only the live tracks' predicted boxes go through R-Net and O-Net (`MTCNN.refine`), which
+costs a few milliseconds instead of tens, so faces are still found on every frame while new faces wait
+at most `detect_every - 1` frames.
 
 One `Pipeline.process(rgb, timestamp)` per frame returns a `FrameResult`: the detections, the tracker's
 update (tracks started/ended, all live tracks) and the identity changes the votes produced. Turning
@@ -67,7 +72,12 @@ class Pipeline:
         with self._lock:
             classifier = self._classifier
         t0 = time.perf_counter()
-        detections = self.analyzer.detect(rgb)
+        full = self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0
+        if full:
+            detections = self.analyzer.detect(rgb)
+        else:  # between full detections: only where the tracks are expected
+            predicted = self.tracker.predicted_boxes()
+            detections = self.analyzer.detector.refine(rgb, predicted) if len(predicted) else []
         t1 = time.perf_counter()
         update = self.tracker.update(detections, rgb, timestamp)
         t2 = time.perf_counter()

@@ -215,6 +215,10 @@ class Tracker:
         """The live confirmed track with this id, or None (never existed, or ended)."""
         return next((t for t in self._tracks if t.confirmed and t.id == track_id), None)
 
+    def predicted_boxes(self) -> np.ndarray:
+        """Where every live track (tentative ones too) is expected on the next frame: (N, 4) x1, y1, x2, y2."""
+        return np.array([t.box + t.velocity for t in self._tracks], dtype=np.float64).reshape(-1, 4)
+
     def quality(self, size: float, sharpness: float | None) -> float:
         """Face quality 0..1 from its size and sharpness (1 = as good as recognition gets)."""
         q = min(1.0, size / self.cfg.full_quality_size)

@@ -1,0 +1,126 @@
+"""`face-agent config check|show`: validate the configuration, or print the effective one.
+
+`check` loads agent.toml (plus environment overrides), then checks that the data folders are writable
+(or can be created) and that the TLS and key files it names are readable. Problems: one line each on
+stderr, exit code 2. `show` prints the effective configuration as TOML (or JSON with --json), secrets
+masked; feeding it back as a config file gives the same settings except the masked secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from agent.config import Config, config_as_dict, find_config, load_config
+
+PATH_KEYS = ("storage", "engines", "svm", "faces")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="check or show the configuration (agent.toml)")
+    actions = p.add_subparsers(dest="config_action", metavar="ACTION")
+    check = actions.add_parser("check", help="validate agent.toml: types, values, writable folders, TLS files")
+    check.set_defaults(func=run_check)
+    show = actions.add_parser("show", help="print the effective configuration (secrets masked)")
+    show.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    show.set_defaults(func=run_show)
+    p.set_defaults(func=run, config_help=p.format_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`face-agent config` without an action: usage, exit 2 (the actions set their own func)."""
+    print(args.config_help(), file=sys.stderr)
+    return 2
+
+
+def _source(args: argparse.Namespace) -> str:
+    found = find_config(getattr(args, "config", None))
+    return str(found) if found else "built-in defaults (no agent.toml found)"
+
+
+def problems(cfg: Config) -> list[str]:
+    """Everything that would stop the agent at run time although the file itself is valid."""
+    out = []
+    for key in PATH_KEYS:
+        path = cfg.path(key)
+        reason = _not_writable(path)
+        if reason:
+            out.append(f"paths.{key}: {path} {reason}")
+    files = [("mqtt.ca_file", cfg.mqtt.ca_file), ("mqtt.cert_file", cfg.mqtt.cert_file),
+             ("mqtt.key_file", cfg.mqtt.key_file)] if cfg.mqtt.enabled and cfg.mqtt.tls else []
+    files.append(("remote_enroll.key_file", cfg.remote_enroll.key_file))
+    for name, value in files:
+        if not value:
+            continue
+        path = cfg.resolve(value)
+        if not path.is_file():
+            out.append(f"{name}: {path} does not exist")
+        elif not os.access(path, os.R_OK):
+            out.append(f"{name}: {path} is not readable")
+    if cfg.mqtt.enabled and bool(cfg.mqtt.cert_file) != bool(cfg.mqtt.key_file):
+        out.append("mqtt: cert_file and key_file go together (TLS client certificate)")
+    return out
+
+
+def _not_writable(path: Path) -> str | None:
+    if path.exists():
+        if not path.is_dir():
+            return "is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created ({parent} is not a folder)"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"does not exist and cannot be created ({parent} is not writable)"
+    return None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    cfg = load_config(getattr(args, "config", None))  # ConfigError -> one line, exit 2 (agent.cli)
+    found = problems(cfg)
+    for line in found:
+        print(f"face-agent: configuration error: {line}", file=sys.stderr)
+    if found:
+        return 2
+    print(f"configuration OK: {_source(args)}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    cfg = load_config(getattr(args, "config", None))
+    data = config_as_dict(cfg, mask_secrets=True)
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    header = [f"# effective face-agent configuration from {_source(args)}",
+              "# (environment overrides applied, secrets masked)"]
+    header += [f"# paths.{k} -> {cfg.path(k)}" for k in PATH_KEYS]
+    print("\n".join(header) + "\n\n" + to_toml(data), end="")
+    return 0
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON escapes are valid TOML basic strings
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(data: dict) -> str:
+    """A {section: {key: value}} dict as TOML (the shapes config_as_dict produces)."""
+    out = []
+    for section, values in data.items():
+        out.append(f"[{section}]")
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,91 @@
+"""`face-agent events`: list and filter the event log (<storage>/events.db), as a table or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from datetime import datetime, timezone
+
+from agent.commands._common import config_of, fail
+from agent.events import EVENT_TYPES, format_timestamp
+from agent.store import DB_NAME, PENDING, EventStore, StoreError
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(value: str, now: float | None = None) -> float:
+    """Epoch seconds of '2024-05-01', '2024-05-01T12:00', an ISO time with Z/offset (naive = UTC), or a
+    relative age like '30m', '2h', '7d' (that long ago)."""
+    text = value.strip()
+    m = _RELATIVE.match(text)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected a date/time like 2024-05-01 or 2024-05-01T12:00:00Z, "
+            "or an age like 30m, 2h, 7d"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("events", help="list and filter the event log (table or JSON lines)",
+                       description="Events are listed oldest first; with --limit, the most recent that "
+                       "match. "
+                       "Times are UTC: a date, an ISO time, or an age like 30m, 2h, 7d.")
+    p.add_argument("--since", type=parse_when, help="only events at or after this time")
+    p.add_argument("--until", type=parse_when, help="only events before this time")
+    p.add_argument("--name", help="only events of this person")
+    p.add_argument("--type", choices=EVENT_TYPES, help="only events of this type")
+    p.add_argument("--pending", action="store_true", help="only events not yet delivered to the broker")
+    p.add_argument("--limit", type=int, default=100,
+                   help="at most this many (most recent); 0 = all (default 100)")
+    p.add_argument("--json", action="store_true", help="JSON lines: each event exactly as published")
+    p.set_defaults(func=run)
+
+
+def _fmt(value: object, fmt: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) if fmt else str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_of(args)
+    path = cfg.path("storage") / DB_NAME
+    if not path.is_file():
+        if args.json:
+            return 0
+        print(f"no event log yet ({path} does not exist)")
+        return 0
+    if args.limit < 0:
+        return fail("--limit must be 0 (all) or more")
+    try:
+        with EventStore(cfg, path) as store:
+            rows = store.query(since=args.since, until=args.until, name=args.name, type=args.type,
+                               limit=args.limit or None, state=PENDING if args.pending else None)
+    except StoreError as exc:
+        return fail(str(exc))
+    out = sys.stdout
+    if args.json:
+        for r in rows:
+            out.write(r.payload + "\n")
+        return 0
+    if not rows:
+        print("no matching events")
+        return 0
+    print(f"{'time (UTC)':24s} {'type':13s} {'camera':12s} {'track':>5s} {'name':20s} {'conf':>5s} "
+          f"{'state':9s} event_id")
+    for r in rows:
+        print(f"{format_timestamp(r.t):24s} {r.type:13s} {r.camera[:12]:12s} {_fmt(r.track_id):>5s} "
+              f"{_fmt(r.name)[:20]:20s} {_fmt(r.confidence, '.2f'):>5s} {r.state:9s} {r.event_id}")
+    more = " (limit reached; use --limit 0 for all)" if len(rows) == args.limit else ""
+    print(f"{len(rows)} event(s){more}")
+    return 0

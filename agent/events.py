@@ -1,0 +1,387 @@
+"""The one event schema (version 1): what the agent logs in SQLite and publishes on `<prefix>/events`.
+
+An `Event` is a flat JSON object. Common fields are always present (`null` where they do not apply);
+type-specific fields are present only for their type (see `TYPE_FIELDS`). The JSON Schema in
+`agent/schemas/event.schema.json` documents the same rules that `validate_event` checks here, so no
+runtime dependency on `jsonschema` is needed (tests check that both agree). See docs/events.md.
+
+Event ids are ULIDs: 26 Crockford base32 characters, a 48-bit millisecond timestamp then 80 random bits,
+monotonic within one process, so they sort by creation time and are unique across agents.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+TRACK_STARTED = "track_started"
+IDENTIFIED = "identified"
+UNKNOWN_FACE = "unknown_face"
+TRACK_ENDED = "track_ended"
+MODEL_UPDATED = "model_updated"
+EVENT_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED, MODEL_UPDATED)
+TRACK_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED)  # need track_id, box and frame
+
+# type-specific fields: required for their type, absent from every other type
+TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    TRACK_STARTED: (),
+    IDENTIFIED: ("previous_name",),
+    UNKNOWN_FACE: ("attempts",),
+    TRACK_ENDED: ("duration_s", "best_confidence"),
+    MODEL_UPDATED: ("people", "counts", "training_s", "cv_score"),
+}
+COMMON_FIELDS = ("schema_version", "event_id", "type", "agent_id", "camera", "timestamp", "track_id",
+                 "name", "confidence", "votes", "box", "frame")
+OPTIONAL_FIELDS = ("thumbnail",)
+
+MAX_NAME_LENGTH = 200
+MAX_THUMBNAIL_CHARS = 1_000_000  # base64 characters; the configured byte cap is far below this
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+EVENT_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+
+
+class EventError(ValueError):
+    """An event that does not follow the schema; the message names the field and the reason."""
+
+
+# ---------------------------------------------------------------------------------------------- ids, time
+
+_id_lock = threading.Lock()
+_last_id = (0, 0)  # (milliseconds, 80-bit random part) of the previous id, for monotonic ids
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A new ULID: sortable by creation time, strictly increasing within this process."""
+    global _last_id
+    ms = int((time.time() if now is None else now) * 1000)
+    with _id_lock:
+        last_ms, last_rand = _last_id
+        if ms <= last_ms:  # same millisecond (or the clock went back): keep order by incrementing
+            ms, rand = last_ms, (last_rand + 1) % (1 << 80)
+        else:
+            rand = int.from_bytes(os.urandom(10), "big")
+        _last_id = (ms, rand)
+    value = (ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def format_timestamp(t: float | datetime | None = None) -> str:
+    """UTC ISO 8601 with milliseconds and a Z: 2024-05-01T12:00:00.123Z (fixed width, sorts as text)."""
+    if t is None:
+        t = time.time()
+    dt = t if isinstance(t, datetime) else datetime.fromtimestamp(t, tz=timezone.utc)
+    if dt.tzinfo is None:
+        raise EventError("timestamp: a naive datetime is ambiguous; give a timezone-aware one")
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value: str) -> float:
+    """Seconds since the epoch of an event timestamp (ISO 8601 UTC ending in Z)."""
+    if not isinstance(value, str) or not TIMESTAMP_RE.match(value):
+        raise EventError(f"timestamp: {value!r} is not ISO 8601 UTC like 2024-05-01T12:00:00.123Z")
+    try:
+        return datetime.strptime(value[:-1] + ("" if "." in value else ".0"), "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=timezone.utc).timestamp()
+    except ValueError as exc:
+        raise EventError(f"timestamp: {value!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- the event
+
+
+@dataclass
+class Event:
+    """One event. Build it with `EventFactory`; `to_json()` is exactly what is logged and published."""
+
+    type: str
+    agent_id: str
+    camera: str
+    event_id: str = field(default_factory=new_event_id)
+    timestamp: str = field(default_factory=format_timestamp)
+    track_id: int | None = None
+    name: str | None = None  # settled identity; null = unknown / not settled
+    confidence: float | None = None  # 0..1
+    votes: int | None = None  # agreeing votes behind `name`
+    box: dict[str, int] | None = None  # {left, top, right, bottom} in frame pixels
+    frame: dict[str, int] | None = None  # {width, height}
+    thumbnail: str | None = None  # base64 JPEG of the face; optional, off by default
+    # type-specific
+    previous_name: str | None = None  # identified: the name before a change (null the first time)
+    attempts: int | None = None  # unknown_face: embeddings tried before giving up
+    duration_s: float | None = None  # track_ended: seconds between track start and end
+    best_confidence: float | None = None  # track_ended: best confidence of the final identity
+    people: list[str] | None = None  # model_updated: enrolled people
+    counts: dict[str, int] | None = None  # model_updated: photos per person
+    training_s: float | None = None  # model_updated: training time in seconds
+    cv_score: float | None = None  # model_updated: cross-validation accuracy (0..1), null if too few photos
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: common fields, thumbnail if any, then the fields of this type."""
+        out = {key: getattr(self, key) for key in COMMON_FIELDS}
+        if self.thumbnail is not None:
+            out["thumbnail"] = self.thumbnail
+        for key in TYPE_FIELDS.get(self.type, ()):
+            out[key] = getattr(self, key)
+        return out
+
+    def to_json(self) -> str:
+        """Compact JSON, validated: what goes into the log and onto the wire."""
+        data = self.to_dict()
+        validate_event(data)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        validate_event(data)
+        return cls(**{k: v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Event:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise EventError(f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @property
+    def time(self) -> float:
+        """The timestamp as seconds since the epoch."""
+        return parse_timestamp(self.timestamp)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _fail(where: str, why: str) -> None:
+    raise EventError(f"{where}: {why}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_prob(data: dict, key: str, nullable: bool = True) -> None:
+    v = data[key]
+    if v is None and nullable:
+        return
+    if not _is_num(v) or not 0.0 <= v <= 1.0:
+        _fail(key, f"expected a number between 0 and 1{' or null' if nullable else ''}, got {v!r}")
+
+
+def _check_str(data: dict, key: str, nullable: bool, max_len: int = MAX_NAME_LENGTH) -> None:
+    v = data[key]
+    if v is None and nullable:
+        return
+    if not isinstance(v, str) or not v or len(v) > max_len:
+        _fail(key, f"expected a non-empty string of at most {max_len} characters"
+              f"{' or null' if nullable else ''}, got {v!r:.80}")
+
+
+def _check_nonneg_int(data: dict, key: str, nullable: bool) -> None:
+    v = data[key]
+    if v is None and nullable:
+        return
+    if not _is_int(v) or v < 0:
+        _fail(key, f"expected a non-negative integer{' or null' if nullable else ''}, got {v!r}")
+
+
+def _check_object(v: Any, key: str, keys: tuple[str, ...]) -> None:
+    if not isinstance(v, dict) or set(v) != set(keys):
+        _fail(key, f"expected an object with exactly {', '.join(keys)}, got {v!r:.120}")
+    for k in keys:
+        if not _is_int(v[k]):
+            _fail(f"{key}.{k}", f"expected an integer, got {v[k]!r}")
+
+
+def validate_event(data: Any) -> None:
+    """Check an event object against schema version 1 (the rules of event.schema.json); raise EventError."""
+    if not isinstance(data, dict):
+        _fail("event", f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        _fail("schema_version", f"expected {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    etype = data.get("type")
+    if etype not in EVENT_TYPES:
+        _fail("type", f"{etype!r} is not one of {', '.join(EVENT_TYPES)}")
+    allowed = set(COMMON_FIELDS) | set(OPTIONAL_FIELDS) | set(TYPE_FIELDS[etype])
+    missing = [k for k in (*COMMON_FIELDS, *TYPE_FIELDS[etype]) if k not in data]
+    if missing:
+        _fail("event", f"missing field(s) {', '.join(missing)} for type {etype}")
+    extra = sorted(set(data) - allowed)
+    if extra:
+        _fail("event", f"unexpected field(s) {', '.join(extra)} for type {etype}")
+
+    if not isinstance(data["event_id"], str) or not EVENT_ID_RE.match(data["event_id"]):
+        _fail("event_id", f"expected a 26-character ULID, got {data['event_id']!r:.60}")
+    for key in ("agent_id", "camera"):
+        _check_str(data, key, nullable=False)
+    parse_timestamp(data["timestamp"])
+    _check_str(data, "name", nullable=True)
+    _check_prob(data, "confidence")
+    _check_nonneg_int(data, "votes", nullable=True)
+
+    is_track = etype in TRACK_TYPES
+    if is_track:
+        _check_nonneg_int(data, "track_id", nullable=False)
+        _check_object(data["box"], "box", ("left", "top", "right", "bottom"))
+        _check_object(data["frame"], "frame", ("width", "height"))
+    else:
+        for key in ("track_id", "box", "frame", "name", "confidence", "votes"):
+            if data[key] is not None:
+                _fail(key, f"must be null for {etype}")
+    if "thumbnail" in data:
+        t = data["thumbnail"]
+        if not isinstance(t, str) or not t or len(t) > MAX_THUMBNAIL_CHARS or not re.fullmatch(
+                r"[A-Za-z0-9+/]+={0,2}", t):
+            _fail("thumbnail", "expected base64 text of a JPEG")
+
+    if etype == IDENTIFIED:
+        _check_str(data, "name", nullable=False)
+        _check_str(data, "previous_name", nullable=True)
+    elif etype == UNKNOWN_FACE:
+        if data["name"] is not None:
+            _fail("name", "must be null for unknown_face")
+        _check_nonneg_int(data, "attempts", nullable=False)
+    elif etype == TRACK_ENDED:
+        if not _is_num(data["duration_s"]) or data["duration_s"] < 0:
+            _fail("duration_s", f"expected a non-negative number, got {data['duration_s']!r}")
+        _check_prob(data, "best_confidence")
+    elif etype == MODEL_UPDATED:
+        people = data["people"]
+        if not isinstance(people, list) or not all(isinstance(p, str) and p for p in people):
+            _fail("people", "expected a list of names")
+        counts = data["counts"]
+        if not isinstance(counts, dict) or not all(_is_int(c) and c >= 0 for c in counts.values()):
+            _fail("counts", "expected an object of name -> non-negative integer")
+        if not _is_num(data["training_s"]) or data["training_s"] < 0:
+            _fail("training_s", f"expected a non-negative number, got {data['training_s']!r}")
+        _check_prob(data, "cv_score")
+
+
+# ---------------------------------------------------------------------------------------------- factories
+
+
+def _box(box: Any) -> dict[str, int]:
+    """(left, top, right, bottom) as any sequence of numbers (numpy included) or a dict -> int dict."""
+    keys = ("left", "top", "right", "bottom")
+    try:
+        values = [float(box[k]) for k in keys] if isinstance(box, dict) else [float(v) for v in box]
+    except (TypeError, ValueError, KeyError):
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise EventError(f"box: expected (left, top, right, bottom), got {box!r}")
+    return {k: int(round(v)) for k, v in zip(keys, values, strict=True)}
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _frame(frame_size: Sequence[int]) -> dict[str, int]:
+    width, height = (int(v) for v in frame_size)
+    return {"width": width, "height": height}
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def make_thumbnail(image: Any, box: dict[str, int], size: int, max_bytes: int) -> str | None:
+    """Base64 JPEG of the face crop (RGB uint8 frame), long side `size`; None if empty or over `max_bytes`."""
+    from PIL import Image  # imported here: only needed when thumbnails are on
+
+    h, w = image.shape[:2]
+    left, top = max(0, box["left"]), max(0, box["top"])
+    right, bottom = min(w, box["right"]), min(h, box["bottom"])
+    if right <= left or bottom <= top:
+        return None
+    crop = Image.fromarray(image[top:bottom, left:right])
+    crop.thumbnail((size, size))
+    for quality in (85, 70, 50):
+        buf = io.BytesIO()
+        crop.save(buf, format="JPEG", quality=quality)
+        if buf.tell() <= max_bytes:
+            return base64.b64encode(buf.getvalue()).decode("ascii")
+    return None
+
+
+class EventFactory:
+    """Builds events for one agent and camera; attaches thumbnails when [events] thumbnails = true."""
+
+    def __init__(self, agent_id: str, camera: str, thumbnails: bool = False, thumbnail_size: int = 96,
+                 thumbnail_max_bytes: int = 8000) -> None:
+        self.agent_id = agent_id
+        self.camera = camera
+        self.thumbnails = thumbnails
+        self.thumbnail_size = thumbnail_size
+        self.thumbnail_max_bytes = thumbnail_max_bytes
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EventFactory:
+        e = cfg.events
+        return cls(cfg.agent.id, cfg.agent.camera_name, e.thumbnails, e.thumbnail_size, e.thumbnail_max_bytes)
+
+    def _track_event(self, etype: str, track_id: int, box: Any, frame_size: Sequence[int], image: Any,
+                     **fields: Any) -> Event:
+        b = _box(box)
+        thumb = None
+        if self.thumbnails and image is not None:
+            thumb = make_thumbnail(image, b, self.thumbnail_size, self.thumbnail_max_bytes)
+        event = Event(type=etype, agent_id=self.agent_id, camera=self.camera, track_id=int(track_id), box=b,
+                      frame=_frame(frame_size), thumbnail=thumb, **fields)
+        validate_event(event.to_dict())
+        return event
+
+    def track_started(self, track_id: int, box: Any, frame_size: Sequence[int],
+                      confidence: float | None = None, image: Any = None) -> Event:
+        """A confirmed new track; `confidence` = detector score (optional)."""
+        return self._track_event(TRACK_STARTED, track_id, box, frame_size, image,
+                                 confidence=_round(confidence))
+
+    def identified(self, track_id: int, name: str, confidence: float, votes: int, box: Any,
+                   frame_size: Sequence[int], previous_name: str | None = None, image: Any = None) -> Event:
+        """A track got a settled name, or its settled name changed (`previous_name`)."""
+        return self._track_event(IDENTIFIED, track_id, box, frame_size, image, name=name,
+                                 confidence=_round(confidence), votes=int(votes), previous_name=previous_name)
+
+    def unknown_face(self, track_id: int, attempts: int, box: Any, frame_size: Sequence[int],
+                     confidence: float | None = None, votes: int | None = None, image: Any = None) -> Event:
+        """A track still unknown after its attempts; `confidence` = best score of any person, if any."""
+        return self._track_event(UNKNOWN_FACE, track_id, box, frame_size, image,
+                                 confidence=_round(confidence), votes=_int(votes), attempts=int(attempts))
+
+    def track_ended(self, track_id: int, name: str | None, duration_s: float, best_confidence: float | None,
+                    box: Any, frame_size: Sequence[int], votes: int | None = None,
+                    confidence: float | None = None) -> Event:
+        """A track ended; `name` = its final identity (None = unknown), box = last box."""
+        return self._track_event(TRACK_ENDED, track_id, box, frame_size, None, name=name,
+                                 confidence=_round(confidence), votes=_int(votes),
+                                 duration_s=round(float(duration_s), 3),
+                                 best_confidence=_round(best_confidence))
+
+    def model_updated(self, people: Sequence[str], counts: dict[str, int], training_s: float,
+                      cv_score: float | None) -> Event:
+        """The classifier was retrained (locally or by remote enrollment)."""
+        event = Event(type=MODEL_UPDATED, agent_id=self.agent_id, camera=self.camera, people=sorted(people),
+                      counts={k: int(v) for k, v in sorted(counts.items())},
+                      training_s=round(float(training_s), 3), cv_score=_round(cv_score))
+        validate_event(event.to_dict())
+        return event

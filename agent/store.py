@@ -1,0 +1,409 @@
+"""The event log: every event is written to `<storage>/events.db` BEFORE it is published (an outbox).
+
+Each row keeps the exact JSON that is published and an outbox state: `pending` until the broker
+acknowledged it (PUBACK), then `delivered`. After any outage - broker down, agent killed, power cut - the
+publisher drains the pending rows in insertion order, so nothing logged is lost.
+
+Durability: WAL journal (readers never block the writer) with `synchronous = FULL` by default: every
+commit is fsynced, so an event that `add()` returned for survives a power cut, not just a crash. Edge
+devices lose power without warning and events are rare (a few per track), so one fsync per event is
+cheap; NORMAL is faster but may lose the last commits on power loss (never on a process crash). FULL
+writes the same bytes as NORMAL (SD card wear is about bytes written, not flushes). See
+`[store] synchronous`.
+
+Threads: each thread gets its own SQLite connection (WAL lets the service thread write events while the
+publisher thread reads the outbox and marks rows delivered); writes wait up to `BUSY_TIMEOUT_MS` for
+each other. Listeners registered with `add_listener` are called after each `add()` (the publisher uses
+it to wake up).
+
+Retention (`enforce_retention`): delivered events older than `[store] retention_days` are deleted; above
+`[store] max_db_mb` the oldest delivered events are deleted first. Pending events are never deleted by
+retention. A full disk (SQLITE_FULL) makes `add()` delete old delivered events and retry once; if that
+is not enough it raises `StoreFullError` and the rows already stored stay intact - unless
+`[store] drop_pending_when_full` allows dropping the oldest undelivered events, which is logged loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.events import Event, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "events.db"
+DB_VERSION = 1  # PRAGMA user_version of the table layout below
+BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for the other thread's transaction
+DELETE_BATCH = 500  # rows deleted per retention step
+WAL_LIMIT_BYTES = 16 * 1024 * 1024  # journal_size_limit: the WAL is truncated back to this after checkpoints
+PENDING = "pending"
+DELIVERED = "delivered"
+
+COLUMNS = {
+    "seq": int,  # insertion order (rowid)
+    "event_id": str,
+    "t": float,  # event time, seconds since the epoch (range queries, retention)
+    "timestamp": str,
+    "type": str,
+    "name": str,
+    "camera": str,
+    "track_id": int,
+    "confidence": float,
+    "state": str,  # pending | delivered
+    "created": float,  # when the row was written
+    "delivered_at": float,  # when the PUBACK came
+    "payload": str,  # the exact JSON published
+}
+INDEXES = {  # name -> SQL; one per query users run
+    "idx_events_t": "CREATE INDEX IF NOT EXISTS idx_events_t ON events(t)",
+    "idx_events_name_t": "CREATE INDEX IF NOT EXISTS idx_events_name_t ON events(name, t)",
+    "idx_events_type_t": "CREATE INDEX IF NOT EXISTS idx_events_type_t ON events(type, t)",
+    # partial index: the outbox scan reads only pending rows, in insertion order
+    "idx_events_pending":
+        "CREATE INDEX IF NOT EXISTS idx_events_pending ON events(seq) WHERE state = 'pending'",
+}
+
+
+class StoreError(RuntimeError):
+    """The event log cannot be opened or written; the message says which file and why."""
+
+
+class StoreFullError(StoreError):
+    """The disk (or database) is full: the new event was not stored; everything stored before is intact."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One row of the log."""
+
+    seq: int
+    event_id: str
+    t: float
+    timestamp: str
+    type: str
+    name: str | None
+    camera: str
+    track_id: int | None
+    confidence: float | None
+    state: str
+    payload: str
+
+    def event(self) -> Event:
+        return Event.from_json(self.payload)
+
+
+_SELECT = ("SELECT seq, event_id, t, timestamp, type, name, camera, track_id, confidence, state, payload "
+           "FROM events")
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(exc)
+
+
+class EventStore:
+    """The SQLite event log with its outbox. `EventStore(cfg)` opens (or creates) <storage>/events.db."""
+
+    def __init__(self, cfg: Any, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else cfg.path("storage") / DB_NAME
+        self.retention_days = cfg.store.retention_days
+        self.max_db_bytes = cfg.store.max_db_mb * 1024 * 1024
+        self.synchronous = cfg.store.synchronous.upper()
+        self.drop_pending_when_full = cfg.store.drop_pending_when_full
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._listeners: list[Callable[[Event], None]] = []
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot create the storage folder: {exc}") from None
+        self._create_schema()
+
+    # ------------------------------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open the event log: {exc} "
+                             "(if the file is damaged, move it aside; a new log is created)") from None
+        if mode.lower() != "wal":
+            log.warning("%s: WAL journal not available (got %s); readers may block the writer",
+                        self.path, mode)
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (created on first use)."""
+        if self._closed:
+            raise StoreError(f"{self.path}: the event log is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection as a sqlite-utils Database."""
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn is not self.conn:
+            db = sqlite_utils.Database(self.conn, execute_plugins=False)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close every thread's connection (call when all threads using the store have stopped)."""
+        self._closed = True
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(sqlite3.Error):  # closing is best effort
+                    conn.close()
+            self._conns.clear()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_schema(self) -> None:
+        conn = self.conn
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > DB_VERSION:
+                raise StoreError(f"{self.path}: written by a newer face-agent "
+                                 f"(layout {version} > {DB_VERSION})")
+            db = self.db
+            if "events" not in db.table_names():
+                # before the first table: lets retention give freed pages back to the file system
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                conn.execute("VACUUM")  # auto_vacuum takes effect on an empty database after VACUUM
+                required = {"event_id", "t", "timestamp", "type", "camera", "state", "created", "payload"}
+                db["events"].create(COLUMNS, pk="seq", not_null=required, defaults={"state": PENDING},
+                                    if_not_exists=True)
+                conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_events_event_id ON events(event_id)")
+            for sql in INDEXES.values():
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {DB_VERSION}")
+            conn.commit()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot use the event log: {exc} "
+                             "(if the file is damaged, move it aside; a new log is created)") from None
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def add_listener(self, fn: Callable[[Event], None]) -> None:
+        """Call `fn(event)` after each stored event (from the thread that called `add`); keep it quick."""
+        self._listeners.append(fn)
+
+    def add(self, event: Event) -> int:
+        """Store one event as pending (durably, before it is published); returns its sequence number.
+
+        Raises StoreFullError when the disk is full (nothing stored before is lost), StoreError otherwise.
+        """
+        payload = event.to_json()  # validates
+        row = {"event_id": event.event_id, "t": parse_timestamp(event.timestamp),
+               "timestamp": event.timestamp, "type": event.type, "name": event.name,
+               "camera": event.camera, "track_id": event.track_id,
+               "confidence": event.confidence, "state": PENDING, "created": time.time(), "payload": payload}
+        try:
+            seq = self._insert(row)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise StoreError(f"{self.path}: cannot store event {event.event_id}: {exc}") from None
+            seq = self._insert_when_full(row, exc)
+        except sqlite3.IntegrityError:
+            raise StoreError(f"{self.path}: event {event.event_id} is already stored") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot store event {event.event_id}: {exc}") from None
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:  # a listener must never make the caller lose track of a stored event
+                log.exception("event listener %r failed", fn)
+        return seq
+
+    def _insert(self, row: dict) -> int:
+        conn = self.conn
+        with conn:
+            cur = conn.execute(
+                "INSERT INTO events (event_id, t, timestamp, type, name, camera, track_id, confidence, "
+                "state, created, payload) VALUES (:event_id, :t, :timestamp, :type, :name, :camera, "
+                ":track_id, :confidence, :state, :created, :payload)", row)
+        return int(cur.lastrowid)
+
+    def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
+        freed = self._delete_oldest(DELIVERED, DELETE_BATCH)
+        if freed:
+            log.warning("%s: disk full: deleted the %d oldest delivered events to make room",
+                        self.path, freed)
+            try:
+                return self._insert(row)
+            except sqlite3.OperationalError as again:
+                if not _is_full(again):
+                    raise StoreError(f"{self.path}: cannot store event {row['event_id']}: {again}") from None
+        if self.drop_pending_when_full:
+            dropped = self._delete_oldest(PENDING, max(1, DELETE_BATCH // 10))
+            if dropped:
+                log.critical("%s: DISK FULL: dropped the %d oldest UNDELIVERED events to store new ones "
+                             "([store] drop_pending_when_full = true); free disk space", self.path, dropped)
+                try:
+                    return self._insert(row)
+                except sqlite3.OperationalError:
+                    pass
+        pending = self.count(PENDING)
+        log.error("%s: disk full: event %s NOT stored; %d undelivered events kept", self.path,
+                  row["event_id"], pending)
+        raise StoreFullError(
+            f"{self.path}: database or disk is full: event {row['event_id']} ({row['type']}) was not stored; "
+            f"the {pending} undelivered events already stored are kept. Free disk space "
+            "(or set [store] max_db_mb / drop_pending_when_full)") from exc
+
+    def _delete_oldest(self, state: str, n: int) -> int:
+        try:
+            with self.conn as conn:
+                cur = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE state = ? "
+                                   "ORDER BY seq LIMIT ?)", (state, n))
+            return cur.rowcount
+        except sqlite3.OperationalError as exc:
+            log.error("%s: cannot delete old events: %s", self.path, exc)
+            return 0
+
+    def mark_delivered(self, event_ids: Iterable[str]) -> int:
+        """Mark events delivered (after their PUBACK); returns how many changed state.
+
+        On a full disk the oldest delivered events are deleted to make room and it is tried once more;
+        then StoreFullError (the events stay pending and are published again later: at-least-once)."""
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        try:
+            return self._mark(ids)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise StoreError(f"{self.path}: cannot mark events delivered: {exc}") from None
+            if self._delete_oldest(DELIVERED, DELETE_BATCH):
+                try:
+                    return self._mark(ids)
+                except sqlite3.OperationalError:
+                    pass
+            raise StoreFullError(f"{self.path}: database or disk is full: cannot mark {len(ids)} events "
+                                 "delivered; they stay pending and will be published again") from exc
+
+    def _mark(self, ids: list[str]) -> int:
+        now = time.time()
+        changed = 0
+        with self.conn as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                cur = conn.execute(f"UPDATE events SET state = ?, delivered_at = ? WHERE state = ? "
+                                   f"AND event_id IN ({marks})", (DELIVERED, now, PENDING, *chunk))
+                changed += cur.rowcount
+        return changed
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[StoredEvent]:
+        return [StoredEvent(*row) for row in self.conn.execute(sql, params).fetchall()]
+
+    def pending(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[StoredEvent]:
+        """Up to `limit` undelivered events in insertion order, skipping the ids in `exclude` (in flight)."""
+        skip = set(exclude)
+        # the literal 'pending' (not a parameter) lets SQLite use the partial index idx_events_pending
+        rows = self._rows(f"{_SELECT} WHERE state = 'pending' ORDER BY seq LIMIT ?", (limit + len(skip),))
+        return [r for r in rows if r.event_id not in skip][:limit]
+
+    def get(self, event_id: str) -> StoredEvent | None:
+        rows = self._rows(f"{_SELECT} WHERE event_id = ?", (event_id,))
+        return rows[0] if rows else None
+
+    def query(self, since: float | None = None, until: float | None = None, name: str | None = None,
+              type: str | None = None, limit: int | None = 100,
+              state: str | None = None) -> list[StoredEvent]:
+        """Events in time order; with a limit, the most recent `limit` that match. Times: epoch seconds."""
+        where, params = [], []
+        for cond, value in (("t >= ?", since), ("t < ?", until), ("name = ?", name), ("type = ?", type),
+                            ("state = ?", state)):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY t DESC, seq DESC"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return list(reversed(self._rows(sql, params)))
+
+    def count(self, state: str | None = None) -> int:
+        if state is None:
+            return int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM events WHERE state = ?", (state,)).fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """{'pending': n, 'delivered': m, 'total': n + m}."""
+        out = {PENDING: 0, DELIVERED: 0}
+        for state, n in self.conn.execute("SELECT state, count(*) FROM events GROUP BY state"):
+            out[state] = int(n)
+        out["total"] = sum(out.values())
+        return out
+
+    def used_bytes(self) -> int:
+        """Bytes of the database holding data (file size minus free pages; the WAL not included)."""
+        conn = self.conn
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size)
+
+    def integrity_check(self) -> list[str]:
+        """Problems SQLite finds in the file (empty list = healthy)."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
+        return [] if rows == ["ok"] else rows
+
+    # ------------------------------------------------------------------------------------------ retention
+
+    def enforce_retention(self, now: float | None = None) -> dict[str, int]:
+        """Delete delivered events older than retention_days, then the oldest delivered ones while the
+        database is above max_db_mb. Pending events are kept (a warning says how many are old)."""
+        now = time.time() if now is None else now
+        cutoff = now - self.retention_days * 86400
+        with self.conn as conn:
+            by_age = conn.execute("DELETE FROM events WHERE state = ? AND t < ?",
+                                  (DELIVERED, cutoff)).rowcount
+        old_pending = int(self.conn.execute("SELECT count(*) FROM events WHERE state = ? AND t < ?",
+                                            (PENDING, cutoff)).fetchone()[0])
+        if old_pending:
+            log.warning("%s: %d undelivered events are older than %d days; kept until they are published",
+                        self.path, old_pending, self.retention_days)
+        by_size = 0
+        while self.used_bytes() > self.max_db_bytes:
+            n = self._delete_oldest(DELIVERED, DELETE_BATCH)
+            if not n:
+                log.warning("%s: %.1f MB used, above max_db_mb = %d, but only undelivered events are left; "
+                            "kept", self.path, self.used_bytes() / 2**20, self.max_db_bytes // 2**20)
+                break
+            by_size += n
+        if by_age or by_size:
+            self.conn.execute("PRAGMA incremental_vacuum").fetchall()  # give the freed pages back to the disk
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            log.info("%s: retention deleted %d events older than %d days and %d for size", self.path, by_age,
+                     self.retention_days, by_size)
+        return {"deleted_by_age": by_age, "deleted_by_size": by_size, "old_pending": old_pending}

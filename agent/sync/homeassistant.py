@@ -1,0 +1,96 @@
+"""Home Assistant MQTT discovery (`[mqtt] homeassistant = true`): the agent appears as one device with
+
+- an `event` entity "Recognition" (event types `identified`, `unknown_face`) fired for each recognition,
+  with the name, confidence, camera, track and event id as event attributes;
+- a `sensor` "Last person" whose state is the last recognised name (`unknown` for unknown faces), with
+  the same details as attributes;
+- availability from the agent's status topic (`online` / `offline`, Last Will).
+
+Discovery configs are retained on `<discovery_prefix>/<component>/<node_id>/<object_id>/config` and sent
+again on every connect and whenever Home Assistant announces itself (`<discovery_prefix>/status` =
+`online`). The entities read small per-agent topics (`<prefix>/<agent_id>/ha/...`) so Home Assistant never
+sees other event types or other agents. Recognitions older than `[mqtt] homeassistant_max_age` (a
+backlog drained after an outage) are not fired, so automations do not react to stale sightings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from agent import __version__
+from agent.events import UNKNOWN_FACE, Event
+from agent.sync.mqtt import OFFLINE, ONLINE, MqttClient
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ["identified", "unknown_face"]
+
+
+class HomeAssistant:
+    """Announces the agent to Home Assistant and mirrors recognitions to its entities."""
+
+    def __init__(self, cfg: Any, client: MqttClient) -> None:
+        self.client = client
+        self.agent_id = cfg.agent.id
+        self.camera = cfg.agent.camera_name
+        self.max_age = cfg.mqtt.homeassistant_max_age
+        self.discovery_prefix = cfg.mqtt.discovery_prefix.rstrip("/")
+        self.node_id = "face_agent_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.agent_id)
+        base = f"{cfg.mqtt.topic_prefix.rstrip('/')}/{self.agent_id}/ha"
+        self.recognition_topic = f"{base}/recognition"
+        self.last_person_topic = f"{base}/last_person"
+        self.ha_status_topic = f"{self.discovery_prefix}/status"
+        self.announcements = 0
+
+    def config_topic(self, component: str, object_id: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
+
+    def discovery(self) -> dict[str, dict]:
+        """Config topic -> discovery payload of each entity."""
+        device = {"identifiers": [self.node_id], "name": f"Face agent {self.agent_id}",
+                  "manufacturer": "face-agent", "model": "face-agent", "sw_version": __version__}
+        common = {"availability_topic": self.client.status_topic, "payload_available": ONLINE,
+                  "payload_not_available": OFFLINE, "device": device, "qos": 1,
+                  "origin": {"name": "face-agent", "sw_version": __version__}}
+        event = {"name": "Recognition", "unique_id": f"{self.node_id}_recognition",
+                 "state_topic": self.recognition_topic, "event_types": EVENT_TYPES,
+                 "icon": "mdi:face-recognition", **common}
+        sensor = {"name": "Last person", "unique_id": f"{self.node_id}_last_person",
+                  "state_topic": self.last_person_topic, "value_template": "{{ value_json.name }}",
+                  "json_attributes_topic": self.last_person_topic, "icon": "mdi:account", **common}
+        return {self.config_topic("event", "recognition"): event,
+                self.config_topic("sensor", "last_person"): sensor}
+
+    def attach(self) -> None:
+        """Announce on every connect and when Home Assistant comes online (call before client.start())."""
+        self.client.add_connect_listener(lambda _session: self.announce())
+        self.client.subscribe(self.ha_status_topic, self._on_ha_status, qos=1)
+
+    def announce(self) -> None:
+        for topic, payload in self.discovery().items():
+            self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
+        self.announcements += 1
+        log.info("Home Assistant discovery announced on %s/.../%s", self.discovery_prefix, self.node_id)
+
+    def _on_ha_status(self, message: Any) -> None:
+        if message.payload.strip() == ONLINE.encode():
+            log.info("Home Assistant came online; announcing again")
+            self.announce()
+
+    def recognition(self, event: Event) -> bool:
+        """Fire the event entity and update the last-person sensor; False if the event is too old."""
+        age = time.time() - event.time
+        if age > self.max_age:
+            log.debug("event %s is %.0f s old; not fired in Home Assistant", event.event_id, age)
+            return False
+        details = {"name": event.name if event.type != UNKNOWN_FACE else None, "confidence": event.confidence,
+                   "votes": event.votes, "camera": event.camera, "track_id": event.track_id,
+                   "event_id": event.event_id, "timestamp": event.timestamp}
+        self.client.publish(self.recognition_topic, json.dumps({"event_type": event.type, **details}), qos=1)
+        last = {**details, "name": details["name"] or "unknown"}
+        self.client.publish(self.last_person_topic, json.dumps(last), qos=1, retain=True)
+        return True

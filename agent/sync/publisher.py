@@ -1,0 +1,286 @@
+"""The publisher thread: drains the SQLite outbox to `<prefix>/events` (QoS 1) and sends stats.
+
+Delivery is at-least-once: an event is marked delivered only when its PUBACK arrives, so after a crash or
+an outage it may be published again; consumers dedupe by `event_id`. Order: events are published in
+insertion order with at most `[mqtt] max_inflight` awaiting their PUBACK. Nothing is handed to paho while
+disconnected (paho would only queue it in memory); an event without a PUBACK after `[mqtt] ack_timeout`
+seconds of connection is published again.
+
+Usage (the service):
+    publisher = Publisher(cfg, store, stats_fn)   # stats_fn() -> dict, e.g. {"fps": 14.2, ...}
+    publisher.start()                             # never blocks on the network
+    ...store.add(event)...                        # wakes the publisher (store listener)
+    publisher.stop()                              # flushes for up to [mqtt] shutdown_timeout seconds
+
+With `[mqtt] enabled = false` the thread only runs retention. Retention of the store runs every
+`[store] retention_interval` seconds in this thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from agent.config import ConfigError
+from agent.events import IDENTIFIED, UNKNOWN_FACE, format_timestamp
+from agent.store import EventStore, StoredEvent, StoreError
+from agent.sync.homeassistant import HomeAssistant
+from agent.sync.mqtt import MqttClient
+
+log = logging.getLogger(__name__)
+
+REJECT_BACKOFF = 5.0  # seconds before republishing after the broker refused a message (MQTT v5 reason)
+IDLE_WAKE = 1.0  # seconds: the loop checks timers at least this often
+
+
+@dataclass
+class _InFlight:
+    record: StoredEvent
+    mid: int
+    sent: float  # monotonic time of the publish, reset on every reconnect
+
+
+class Publisher:
+    """Publishes the outbox of `store` (see the module docstring); `client` may be shared with remote
+    enrollment (`publisher.client` is the MqttClient either way)."""
+
+    def __init__(self, cfg: Any, store: EventStore, stats_fn: Callable[[], dict] | None = None,
+                 client: MqttClient | None = None) -> None:
+        m = cfg.mqtt
+        if m.max_inflight < 1:
+            raise ConfigError(f"mqtt.max_inflight: {m.max_inflight} must be at least 1")
+        if m.ack_timeout <= 0 or m.stats_interval <= 0:
+            raise ConfigError("mqtt.ack_timeout and mqtt.stats_interval must be positive")
+        self.cfg = cfg
+        self.store = store
+        self.stats_fn = stats_fn
+        self.enabled = m.enabled
+        self.topic = f"{m.topic_prefix.rstrip('/')}/events"
+        self.stats_topic = f"{m.topic_prefix.rstrip('/')}/{cfg.agent.id}/stats"
+        self.window = m.max_inflight
+        self.ack_timeout = m.ack_timeout
+        self.client = client if client is not None else (MqttClient(cfg) if m.enabled else None)
+        self.homeassistant = HomeAssistant(cfg, self.client) if (m.enabled and m.homeassistant) else None
+        self.published = 0  # publish calls made (including re-publishes)
+        self.delivered = 0  # PUBACKs that marked an event delivered
+        self._inflight: dict[int, _InFlight] = {}  # mid -> entry; publisher thread only
+        self._acks: list[tuple[int, int, Any]] = []  # (generation, mid, reason) from the network thread
+        self._acks_lock = threading.Lock()
+        self._generation = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_deadline = 0.0
+        self._hold_until = 0.0
+        self._thread: threading.Thread | None = None
+        self._next_stats = 0.0
+        self._next_retention = 0.0
+        self._error: BaseException | None = None
+        store.add_listener(lambda _event: self._wake.set())
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Connect in the background and start the thread. Raises MqttConfigError on bad settings."""
+        if self._thread is not None:
+            return
+        if self.client is not None:
+            self.client.add_publish_listener(self._on_ack)
+            self.client.add_connect_listener(self._on_connect)
+            self.client.add_disconnect_listener(self._wake.set)
+            if self.homeassistant is not None:
+                self.homeassistant.attach()
+            self.client.start()
+        self._next_stats = time.monotonic() + self.cfg.mqtt.stats_interval
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> int:
+        """Flush the outbox for up to `timeout` s ([mqtt] shutdown_timeout), then disconnect cleanly.
+
+        Returns the number of events still pending (they stay in the log for the next start)."""
+        timeout = self.cfg.mqtt.shutdown_timeout if timeout is None else timeout
+        if self._thread is not None:
+            self._flush_deadline = time.monotonic() + max(0.0, timeout)
+            self._stop.set()
+            self._wake.set()
+            self._thread.join(timeout + 5.0)
+            if self._thread.is_alive():  # pragma: no cover - only if SQLite hangs
+                log.error("publisher thread did not stop within %.0f s", timeout + 5.0)
+            self._thread = None
+        if self.client is not None:
+            self.client.stop()
+        left = self.store.count("pending")
+        if left:
+            log.info("publisher stopped with %d undelivered events kept in %s", left, self.store.path)
+        return left
+
+    def wake(self) -> None:
+        """Look at the outbox now (the store does this on every `add`)."""
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def backlog(self) -> dict[str, int]:
+        """{'pending': events not yet acknowledged, 'inflight': awaiting PUBACK now}."""
+        return {"pending": self.store.count("pending"), "inflight": len(self._inflight)}
+
+    # ------------------------------------------------------------------------------------------ callbacks
+    # (paho's network thread: only record and wake)
+
+    def _on_ack(self, mid: int, reason: Any) -> None:
+        with self._acks_lock:
+            self._acks.append((self.client.generation, mid, reason))
+        self._wake.set()
+
+    def _on_connect(self, session_present: bool) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()  # before the work: a wake-up during it makes the wait below return
+                stopping = self._stop.is_set()
+                try:
+                    self._step(stopping)
+                    if stopping and (self.client is None or not self.client.connected
+                                     or not self._outbox_busy() or time.monotonic() >= self._flush_deadline):
+                        break
+                except (StoreError, sqlite3.Error) as exc:  # e.g. a full disk: keep going, retry later
+                    log.error("publisher: event log error: %s; retrying in %.0f s", exc, REJECT_BACKOFF)
+                    self._hold_until = time.monotonic() + REJECT_BACKOFF
+                    if stopping:
+                        break
+                self._wake.wait(self._sleep_time(stopping))
+        except BaseException as exc:  # the service sees it through `error`; logged loudly here
+            self._error = exc
+            log.exception("publisher thread failed; events stay in the outbox")
+
+    def _step(self, stopping: bool) -> None:
+        now = time.monotonic()
+        if not stopping and now >= self._next_retention:
+            self._next_retention = now + self.cfg.store.retention_interval
+            self._retention()
+        if self.client is None:
+            return
+        self._process_acks()
+        self._check_connection_and_timeouts()
+        if self.client.connected and now >= self._hold_until:
+            self._fill_window()
+        if not stopping and self.client.connected and now >= self._next_stats:
+            self._publish_stats()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the thread, if any."""
+        return self._error
+
+    def _sleep_time(self, stopping: bool) -> float:
+        if stopping:
+            return 0.05
+        wait = min(IDLE_WAKE, max(0.0, self._next_stats - time.monotonic()))
+        if self._hold_until > time.monotonic():
+            wait = min(wait, self._hold_until - time.monotonic())
+        return max(0.01, wait)
+
+    def _outbox_busy(self) -> bool:
+        return bool(self._inflight) or bool(self.store.pending(1))
+
+    def _retention(self) -> None:
+        try:
+            self.store.enforce_retention()
+        except Exception:
+            log.exception("retention of %s failed", self.store.path)
+
+    def _check_connection_and_timeouts(self) -> None:
+        gen = self.client.generation
+        if gen != self._generation:  # a new paho client: message ids of the old one are void
+            self._generation = gen
+            self._inflight.clear()
+        now = time.monotonic()
+        if not self.client.connected:
+            for entry in self._inflight.values():  # the ack clock runs only while connected
+                entry.sent = now
+            return
+        for mid, entry in list(self._inflight.items()):
+            if now - entry.sent > self.ack_timeout:
+                log.warning("no PUBACK for event %s after %.0f s; publishing it again", entry.record.event_id,
+                            self.ack_timeout)
+                del self._inflight[mid]
+
+    def _process_acks(self) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        done: list[StoredEvent] = []
+        for gen, mid, reason in acks:
+            if gen != self._generation:
+                continue
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue  # e.g. the online status message, or an entry that timed out
+            if getattr(reason, "is_failure", False):
+                log.error("broker refused event %s: %s; retrying in %.0f s", entry.record.event_id, reason,
+                          REJECT_BACKOFF)
+                self._hold_until = time.monotonic() + REJECT_BACKOFF
+                continue
+            done.append(entry.record)
+        if done:
+            self.delivered += self.store.mark_delivered(r.event_id for r in done)
+            if self.homeassistant is not None:
+                for record in done:
+                    if record.type in (IDENTIFIED, UNKNOWN_FACE):
+                        self.homeassistant.recognition(record.event())
+
+    def _fill_window(self) -> None:
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        busy = {e.record.event_id for e in self._inflight.values()}
+        for record in self.store.pending(room, exclude=busy):
+            info = self.client.publish(self.topic, record.payload, qos=1)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.warning("publish of event %s failed: rc %s; will retry", record.event_id, info.rc)
+                break
+            # NO_CONN: the connection dropped just now; paho resends it on reconnect and its PUBACK
+            # still marks it delivered (or the ack timeout publishes it again)
+            self._inflight[info.mid] = _InFlight(record, info.mid, time.monotonic())
+            self.published += 1
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                break
+
+    def _publish_stats(self) -> None:
+        self._next_stats = time.monotonic() + self.cfg.mqtt.stats_interval
+        stats: dict[str, Any] = {}
+        if self.stats_fn is not None:
+            try:
+                stats.update(self.stats_fn() or {})
+            except Exception:
+                log.exception("stats callback failed")
+        stats.update({
+            "agent_id": self.cfg.agent.id,
+            "timestamp": format_timestamp(),
+            "outbox": {**self.store.counts(), "inflight": len(self._inflight)},
+            "mqtt": {"protocol": self.client.protocol, "reconnects": self.client.reconnects,
+                     "published": self.published, "delivered": self.delivered},
+        })
+        try:
+            payload = json.dumps(stats, separators=(",", ":"), default=str)
+        except (TypeError, ValueError) as exc:
+            log.error("stats are not JSON serialisable: %s", exc)
+            return
+        self.client.publish(self.stats_topic, payload, qos=0)

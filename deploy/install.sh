@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# Install (or upgrade, or remove) face-agent as a systemd service on a Debian/Ubuntu/JetPack machine.
+#
+#   sudo deploy/install.sh                       install or upgrade from this checkout, enable and start
+#   sudo deploy/install.sh --build-engines       ... and build the TensorRT engines now (Jetson)
+#   sudo deploy/install.sh --uninstall           remove code and unit, keep config, data and user
+#   sudo deploy/install.sh --uninstall --purge   ... and delete config, data and the user too
+#   deploy/install.sh --root /tmp/img --no-venv  install into a folder (image building, tests)
+#
+# Idempotent: running it again with the same source changes nothing. The config
+# /etc/face-agent/agent.toml is never overwritten: when the shipped default changed, the new default is
+# written beside it as agent.toml.new. Run with --help for all options.
+set -euo pipefail
+
+ROOT=/
+PREFIX=/opt/face-agent
+SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON=python3
+VENV=yes
+WHEEL_DIR=
+SYSTEM_SITE=auto
+BUILD_ENGINES=no
+START=yes
+UNINSTALL=no
+PURGE=no
+
+NAME=face-agent
+CONF_DIR=/etc/face-agent
+DATA_DIR=/var/lib/face-agent
+UNIT_DIR=/etc/systemd/system
+SYSUSERS_DIR=/usr/lib/sysusers.d
+DATA_SUBDIRS="storage engines svm faces"
+
+usage() {
+  cat <<EOF
+usage: $0 [options]
+  --root DIR             install into DIR instead of / (no user creation, no systemctl; for images/tests)
+  --prefix DIR           code and virtual environment (default $PREFIX)
+  --source DIR           checkout to install from (default: the one holding this script, $SOURCE)
+  --python PATH          interpreter for the virtual environment (default $PYTHON)
+  --no-venv              do not create/update the virtual environment (it is managed elsewhere)
+  --wheel-dir DIR        pip install from the wheels in DIR only (offline; must hold face-agent's wheel)
+  --system-site-packages let the venv see apt-installed packages (default: yes on Jetson, for TensorRT)
+  --build-engines        build the TensorRT engines now (face-agent engines build), as the service user
+  --no-start             enable the service but do not start or restart it
+  --uninstall            remove code, unit and sysusers entry; keep $CONF_DIR, $DATA_DIR and the user
+  --purge                with --uninstall: also delete $CONF_DIR, $DATA_DIR and the user
+EOF
+}
+
+die() { echo "install.sh: error: $*" >&2; exit 2; }
+say() { echo "install.sh: $*"; }
+warn() { echo "install.sh: warning: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="${2:?--root needs a folder}"; shift 2 ;;
+    --root=*) ROOT="${1#*=}"; shift ;;
+    --prefix) PREFIX="${2:?--prefix needs a folder}"; shift 2 ;;
+    --prefix=*) PREFIX="${1#*=}"; shift ;;
+    --source) SOURCE="${2:?--source needs a folder}"; shift 2 ;;
+    --source=*) SOURCE="${1#*=}"; shift ;;
+    --python) PYTHON="${2:?--python needs a path}"; shift 2 ;;
+    --python=*) PYTHON="${1#*=}"; shift ;;
+    --no-venv) VENV=no; shift ;;
+    --wheel-dir) WHEEL_DIR="${2:?--wheel-dir needs a folder}"; shift 2 ;;
+    --wheel-dir=*) WHEEL_DIR="${1#*=}"; shift ;;
+    --system-site-packages) SYSTEM_SITE=yes; shift ;;
+    --build-engines) BUILD_ENGINES=yes; shift ;;
+    --no-start) START=no; shift ;;
+    --uninstall) UNINSTALL=yes; shift ;;
+    --purge) PURGE=yes; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option $1" ;;
+  esac
+done
+
+[ "$PURGE" = yes ] && [ "$UNINSTALL" = no ] && die "--purge only goes with --uninstall"
+case "$PREFIX" in /?*) ;; *) die "--prefix must be an absolute path other than /" ;; esac
+PREFIX="${PREFIX%/}"
+mkdir -p "$ROOT" 2>/dev/null || die "cannot create root folder $ROOT"
+ROOT="$(cd "$ROOT" && pwd -P)"
+LIVE=no  # installing into the running system (not an image folder)
+[ "$ROOT" = / ] && LIVE=yes
+SYSTEMD=no
+[ "$LIVE" = yes ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && SYSTEMD=yes
+if [ "$LIVE" = yes ] && [ "$(id -u)" != 0 ]; then
+  die "installing into / needs root: sudo $0 $*"
+fi
+
+# r PATH: PATH inside the target root
+r() { if [ "$ROOT" = / ]; then printf '%s' "$1"; else printf '%s%s' "$ROOT" "$1"; fi; }
+
+CHANGED=no  # anything installed or updated in this run (decides about a restart)
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# put_file SRC DEST MODE: copy when the content differs; fix the mode when it differs
+put_file() {
+  local src="$1" dest="$2" mode="$3"
+  if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+    [ "$(stat -c %a "$dest")" = "$mode" ] || chmod "$mode" "$dest"
+    return 1
+  fi
+  mkdir -p "$(dirname "$dest")"
+  install -m "$mode" "$src" "$dest"
+  say "wrote ${dest#"${ROOT%/}"}"
+  CHANGED=yes
+  return 0
+}
+
+# put_dir DIR MODE [OWNER:GROUP]
+put_dir() {
+  local dir="$1" mode="$2" owner="${3:-}"
+  if [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    say "created ${dir#"${ROOT%/}"}"
+  fi
+  [ "$(stat -c %a "$dir")" = "$mode" ] || chmod "$mode" "$dir"
+  if [ -n "$owner" ] && [ "$LIVE" = yes ] && [ "$(stat -c %U:%G "$dir")" != "$owner" ]; then
+    chown "$owner" "$dir"
+  fi
+}
+
+# safe_rm PATH: rm -rf, refusing anything that is not a specific folder inside the root
+safe_rm() {
+  local p="$1" inner="${1#"${ROOT%/}"}"
+  case "$inner" in /|/etc|/usr|/var|/var/lib|/opt|/usr/lib|"") die "refusing to delete $p" ;; esac
+  if [ -e "$p" ] || [ -L "$p" ]; then
+    rm -rf -- "$p"
+    say "removed $inner"
+  fi
+}
+
+# render_config: the repo's agent.toml with [paths] pointing into $DATA_DIR
+render_config() {
+  awk -v data="$DATA_DIR" '
+    /^[[:space:]]*\[/ { in_paths = ($0 ~ /^[[:space:]]*\[paths\]/) }
+    in_paths && match($0, /^(storage|engines|svm|faces)[[:space:]]*=[[:space:]]*"[^"]*"/) {
+      head = substr($0, 1, RLENGTH); rest = substr($0, RLENGTH + 1)
+      val = head; sub(/^[^"]*"/, "", val); sub(/"$/, "", val)
+      eq = head; sub(/"[^"]*"$/, "", eq)
+      if (val !~ /^\//) val = data "/" val
+      $0 = eq "\"" val "\"" rest
+    }
+    { print }' "$SOURCE/agent.toml"
+}
+
+render_unit() {
+  sed -e "s#/opt/face-agent#$PREFIX#g" "$SOURCE/deploy/face-agent.service"
+}
+
+# package_files: what pip needs from the checkout
+package_files() {
+  local f
+  for f in pyproject.toml README.md LICENSE agent; do
+    [ -e "$SOURCE/$f" ] && printf '%s\n' "$f"
+  done
+  return 0
+}
+
+# source_digest: changes whenever the code to install changes (decides about pip install)
+source_digest() {
+  {
+    # shellcheck disable=SC2046
+    (cd "$SOURCE" && find $(package_files) -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+       | LC_ALL=C sort -z | xargs -0 sha256sum)
+    if [ -n "$WHEEL_DIR" ]; then (cd "$WHEEL_DIR" && sha256sum ./*.whl 2>/dev/null || true); fi
+  } | sha256sum | cut -d' ' -f1
+}
+
+unit_path="$(r "$UNIT_DIR/$NAME.service")"
+wants_link="$(r "$UNIT_DIR/multi-user.target.wants/$NAME.service")"
+
+# ---------------------------------------------------------------------------------------------- uninstall
+if [ "$UNINSTALL" = yes ]; then
+  if [ "$SYSTEMD" = yes ]; then
+    systemctl disable --now "$NAME.service" 2>/dev/null || true
+  fi
+  safe_rm "$wants_link"
+  safe_rm "$unit_path"
+  [ "$SYSTEMD" = yes ] && systemctl daemon-reload
+  safe_rm "$(r "$PREFIX")"
+  safe_rm "$(r "$SYSUSERS_DIR/$NAME.conf")"
+  if [ "$PURGE" = yes ]; then
+    safe_rm "$(r "$DATA_DIR")"
+    safe_rm "$(r "$CONF_DIR")"
+    if [ "$LIVE" = yes ] && getent passwd "$NAME" >/dev/null; then
+      userdel "$NAME" && say "removed user $NAME"
+    fi
+    say "purged: code, config, data and user are gone"
+  else
+    say "uninstalled; kept $CONF_DIR (config), $DATA_DIR (data) and the $NAME user (--purge removes them)"
+  fi
+  exit 0
+fi
+
+# ------------------------------------------------------------------------------------------------ install
+for f in pyproject.toml agent.toml deploy/face-agent.service deploy/sysusers.d/face-agent.conf; do
+  [ -f "$SOURCE/$f" ] || die "$SOURCE does not look like a face-agent checkout (no $f)"
+done
+if [ "$SYSTEM_SITE" = auto ]; then
+  SYSTEM_SITE=no
+  [ -e "$(r /etc/nv_tegra_release)" ] && SYSTEM_SITE=yes  # JetPack: TensorRT's Python bindings come from apt
+fi
+
+# 1. the service user
+cp "$SOURCE/deploy/sysusers.d/face-agent.conf" "$TMP/sysusers.conf"
+put_file "$TMP/sysusers.conf" "$(r "$SYSUSERS_DIR/$NAME.conf")" 644 || true
+if [ "$LIVE" = yes ]; then
+  if ! getent passwd "$NAME" >/dev/null; then
+    useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin \
+      --comment "face-agent service" "$NAME"
+    say "created system user $NAME"
+  fi
+  if getent group video >/dev/null && ! id -nG "$NAME" | tr ' ' '\n' | grep -qx video; then
+    usermod -a -G video "$NAME"  # cameras and Jetson GPU nodes belong to group video
+  fi
+  OWNER="$NAME:$NAME"
+else
+  warn "not creating user $NAME under --root $ROOT: systemd-sysusers creates it from $SYSUSERS_DIR/$NAME.conf" \
+       "on the target's next boot (StateDirectory= then fixes ownership of $DATA_DIR)"
+  OWNER=
+fi
+
+# 2. data folders (kept across upgrades and --uninstall)
+put_dir "$(r "$DATA_DIR")" 750 "$OWNER"
+for d in $DATA_SUBDIRS; do
+  put_dir "$(r "$DATA_DIR/$d")" 750 "$OWNER"
+done
+
+# 3. code: a virtual environment under the prefix
+put_dir "$(r "$PREFIX")" 755
+mkdir -p "$TMP/share"
+cp "$SOURCE/deploy/README.md" "$TMP/share/README.md"
+put_file "$TMP/share/README.md" "$(r "$PREFIX/share/README.md")" 644 || true
+if [ "$VENV" = yes ]; then
+  venv="$(r "$PREFIX/venv")"
+  [ "$LIVE" = yes ] || warn "the venv under --root refers to $venv; use it for tests, or build it on the target"
+  if [ ! -x "$venv/bin/python" ]; then
+    opts=()
+    [ "$SYSTEM_SITE" = yes ] && opts+=(--system-site-packages)
+    "$PYTHON" -m venv "${opts[@]}" "$venv" || die "cannot create a venv with $PYTHON (apt-get install python3-venv)"
+    say "created virtual environment $PREFIX/venv"
+  fi
+  digest="$(source_digest)"
+  stamp="$venv/.face-agent-source"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    if [ -n "$WHEEL_DIR" ]; then
+      "$venv/bin/python" -m pip install -q --no-index --find-links "$WHEEL_DIR" --upgrade face-agent
+    else
+      # build from a clean copy so the checkout gets no build/ or *.egg-info folders
+      mkdir -p "$TMP/src"
+      # shellcheck disable=SC2046
+      (cd "$SOURCE" && tar --exclude='__pycache__' --exclude='*.pyc' -cf - $(package_files)) \
+        | tar -C "$TMP/src" -xf -
+      "$venv/bin/python" -m pip install -q "$TMP/src"  # a local folder is always (re)installed
+    fi
+    echo "$digest" > "$stamp"
+    say "installed face-agent into $PREFIX/venv"
+    CHANGED=yes
+  fi
+else
+  say "--no-venv: expecting $PREFIX/venv/bin/face-agent to be provided separately"
+fi
+
+# 4. configuration: never overwrite the operator's file
+put_dir "$(r "$CONF_DIR")" 750 "${OWNER:+root:$NAME}"
+render_config > "$TMP/agent.toml"
+conf="$(r "$CONF_DIR/agent.toml")"
+dist="$(r "$CONF_DIR/agent.toml.dist")"  # the default shipped by the last install
+if [ ! -f "$conf" ]; then
+  put_file "$TMP/agent.toml" "$conf" 640 || true
+  put_file "$TMP/agent.toml" "$dist" 640 || true
+elif cmp -s "$TMP/agent.toml" "$conf"; then
+  put_file "$TMP/agent.toml" "$dist" 640 || true
+elif [ -f "$dist" ] && cmp -s "$TMP/agent.toml" "$dist"; then
+  : # the operator changed the config, the shipped default did not change: nothing to say
+else
+  if put_file "$TMP/agent.toml" "$conf.new" 640; then
+    say "kept your $CONF_DIR/agent.toml; the new default is in agent.toml.new: merge what you need, then delete it"
+  fi
+  put_file "$TMP/agent.toml" "$dist" 640 || true
+fi
+if [ -n "$OWNER" ]; then
+  for f in "$conf" "$conf.new" "$dist"; do
+    [ -f "$f" ] && [ "$(stat -c %U:%G "$f")" != "root:$NAME" ] && chown "root:$NAME" "$f"
+  done
+fi
+env_file="$(r "$CONF_DIR/env")"
+if [ ! -f "$env_file" ]; then
+  cat > "$TMP/env" <<'EOF'
+# Secrets for face-agent, read by systemd (EnvironmentFile=) and never put in agent.toml.
+# One VARIABLE=value a line; this file stays readable by root only.
+#FACE_AGENT_MQTT_USERNAME=agent-1
+#FACE_AGENT_MQTT_PASSWORD=change-me
+EOF
+  put_file "$TMP/env" "$env_file" 600 || true
+fi
+
+# 5. the systemd unit
+render_unit > "$TMP/unit"
+UNIT_CHANGED=no
+put_file "$TMP/unit" "$unit_path" 644 && UNIT_CHANGED=yes
+if [ "$SYSTEMD" = yes ]; then
+  [ "$UNIT_CHANGED" = yes ] && systemctl daemon-reload
+  systemctl is-enabled --quiet "$NAME.service" 2>/dev/null || systemctl enable "$NAME.service"
+  if [ "$START" = yes ]; then
+    if systemctl is-active --quiet "$NAME.service"; then
+      [ "$CHANGED" = yes ] && systemctl restart --no-block "$NAME.service" && say "restarting $NAME (upgraded)"
+    else
+      systemctl start --no-block "$NAME.service" && say "starting $NAME: watch it with journalctl -fu $NAME"
+    fi
+  fi
+else
+  if [ "$(readlink "$wants_link" 2>/dev/null)" != "$UNIT_DIR/$NAME.service" ]; then
+    mkdir -p "$(dirname "$wants_link")"
+    ln -sfn "$UNIT_DIR/$NAME.service" "$wants_link"
+    say "enabled $NAME.service offline (multi-user.target.wants symlink)"
+  fi
+  say "systemd is not running for $ROOT: on the target run  systemctl daemon-reload && systemctl start $NAME"
+fi
+
+# 6. optional: TensorRT engines now rather than at the first start
+if [ "$BUILD_ENGINES" = yes ]; then
+  if [ "$LIVE" = yes ] && [ -x "$PREFIX/venv/bin/face-agent" ]; then
+    say "building TensorRT engines (several minutes on a Jetson)"
+    runuser -u "$NAME" -- "$PREFIX/venv/bin/face-agent" --config "$CONF_DIR/agent.toml" engines build
+  else
+    warn "--build-engines skipped: needs the live system (not --root) and $PREFIX/venv/bin/face-agent"
+  fi
+fi
+
+# 7. check the installed configuration with the installed code
+if [ "$LIVE" = yes ] && [ -x "$PREFIX/venv/bin/face-agent" ]; then
+  runuser -u "$NAME" -- "$PREFIX/venv/bin/face-agent" --config "$CONF_DIR/agent.toml" config check \
+    || warn "fix $CONF_DIR/agent.toml (see above), then: systemctl restart $NAME"
+fi
+say "done"

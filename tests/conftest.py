@@ -1,0 +1,68 @@
+"""Shared fixtures: paths to the real photos in ../shared/faces and a config writing only to tmp folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "faces"
+FR = SHARED / "face_recognition"
+DLIB = SHARED / "dlib"
+COMPREFACE = SHARED / "CompreFace"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SHARED.is_dir():
+        skip = pytest.mark.skip(reason=f"{SHARED} not found")
+        for item in items:
+            if "shared" in item.fixturenames:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return SHARED
+
+
+def make_config(tmp: Path, **sections):
+    """A Config whose every state folder lies under `tmp`; sections override defaults."""
+    from agent.config import config_from_dict
+
+    data = {"paths": {"storage": "storage", "engines": "engines", "svm": "svm", "faces": "faces"}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data, base_dir=tmp, env={})
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path):
+    """Make real mosquitto brokers (tests/broker.py: Broker(folder, users=..., acl=...)); all stopped at
+    the end."""
+    from broker import Broker
+
+    made = []
+
+    def make(name: str = "broker", **kwargs) -> Broker:
+        made.append(Broker(tmp_path / name, **kwargs))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory):
+    """A started real mosquitto on a free 127.0.0.1 port (anonymous, persistence on); stop()/start() to
+    simulate outages."""
+    return mosquitto_factory().start()
+
+
+@pytest.fixture(scope="session")
+def analyzer(tmp_path_factory):
+    """One FaceAnalyzer (MTCNN + dlib models loaded once) for the whole session."""
+    from agent.vision.recognizer import FaceAnalyzer
+
+    return FaceAnalyzer(make_config(tmp_path_factory.mktemp("analyzer")))

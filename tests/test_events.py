@@ -1,0 +1,219 @@
+"""Event schema: round trips, factories, validation, and agreement with agent/schemas/event.schema.json."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+from conftest import FR, make_config
+
+from agent.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    Event,
+    EventError,
+    EventFactory,
+    format_timestamp,
+    new_event_id,
+    parse_timestamp,
+    validate_event,
+)
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    text = resources.files("agent").joinpath("schemas/event.schema.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(data)
+    return data
+
+
+@pytest.fixture
+def factory() -> EventFactory:
+    return EventFactory("edge-7", "front door")
+
+
+def one_of_each(factory: EventFactory) -> list[Event]:
+    return [
+        factory.track_started(1, (10, 20, 110, 140), (1280, 720), confidence=0.998),
+        factory.identified(1, "alice", 0.87654, 3, (10.4, 20.6, 110, 140), (1280, 720)),
+        factory.identified(1, "bob", 0.7, 5, {"left": 1, "top": 2, "right": 3, "bottom": 4}, (640, 480),
+                           previous_name="alice"),
+        factory.unknown_face(2, attempts=6, box=(0, 0, 50, 60), frame_size=(640, 480), confidence=0.31, votes=0),
+        factory.unknown_face(3, attempts=6, box=(0, 0, 50, 60), frame_size=(640, 480)),
+        factory.track_ended(1, "bob", 12.3456, 0.91, (10, 20, 110, 140), (1280, 720), votes=5),
+        factory.track_ended(2, None, 3.0, None, (0, 0, 50, 60), (640, 480)),
+        factory.model_updated(["bob", "alice"], {"alice": 12, "bob": 9}, 4.2, 0.97),
+        factory.model_updated(["carol"], {"carol": 1}, 0.5, None),
+    ]
+
+
+def test_round_trip_every_type(factory):
+    events = one_of_each(factory)
+    assert {e.type for e in events} == set(EVENT_TYPES)
+    for event in events:
+        text = event.to_json()
+        back = Event.from_json(text)
+        assert back == event
+        assert back.to_json() == text  # byte-identical: what is logged is what is published
+        data = json.loads(text)
+        assert data["schema_version"] == SCHEMA_VERSION
+        assert data["agent_id"] == "edge-7" and data["camera"] == "front door"
+        assert data["timestamp"].endswith("Z")
+
+
+def test_common_fields_and_type_fields(factory):
+    e = json.loads(factory.identified(1, "alice", 0.87654, 3, (10.4, 20.6, 110, 140), (1280, 720)).to_json())
+    assert e["box"] == {"left": 10, "top": 21, "right": 110, "bottom": 140}
+    assert e["frame"] == {"width": 1280, "height": 720}
+    assert e["confidence"] == 0.8765 and e["votes"] == 3 and e["previous_name"] is None
+    assert "thumbnail" not in e and "duration_s" not in e
+    ended = json.loads(factory.track_ended(1, "bob", 12.3456, 0.91, (1, 2, 3, 4), (10, 10)).to_json())
+    assert ended["duration_s"] == 12.346 and ended["best_confidence"] == 0.91 and ended["name"] == "bob"
+    model = json.loads(factory.model_updated(["bob", "alice"], {"bob": 2, "alice": 3}, 1.0, 0.5).to_json())
+    assert model["people"] == ["alice", "bob"] and model["track_id"] is None and model["box"] is None
+
+
+def test_event_ids_unique_sortable():
+    ids = [new_event_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # monotonic, also within one millisecond
+    assert all(len(i) == 26 for i in ids)
+
+
+def test_timestamps():
+    assert format_timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert parse_timestamp("2024-05-01T12:00:00.250Z") == pytest.approx(1714564800.25)
+    assert parse_timestamp("2024-05-01T12:00:00Z") == pytest.approx(1714564800.0)
+    for bad in ("2024-05-01 12:00:00Z", "2024-05-01T12:00:00+02:00", "yesterday", "2024-13-01T00:00:00Z"):
+        with pytest.raises(EventError, match="timestamp"):
+            parse_timestamp(bad)
+
+
+def test_examples_valid_against_json_schema(schema, factory):
+    validator = jsonschema.Draft202012Validator(schema)
+    for event in one_of_each(factory):
+        errors = list(validator.iter_errors(json.loads(event.to_json())))
+        assert not errors, (event.type, [e.message for e in errors])
+
+
+def _mutations(factory) -> list[tuple[str, dict]]:
+    base = json.loads(factory.identified(1, "alice", 0.8, 3, (1, 2, 3, 4), (10, 10)).to_json())
+    unknown = json.loads(factory.unknown_face(2, 6, (1, 2, 3, 4), (10, 10)).to_json())
+    model = json.loads(factory.model_updated(["a"], {"a": 1}, 1.0, 0.5).to_json())
+    ended = json.loads(factory.track_ended(1, "bob", 1.0, 0.5, (1, 2, 3, 4), (10, 10)).to_json())
+    cases = []
+
+    def case(label, src, **changes):
+        d = copy.deepcopy(src)
+        for k, v in changes.items():
+            if v is KeyError:
+                d.pop(k)
+            else:
+                d[k] = v
+        cases.append((label, d))
+
+    case("schema_version", base, schema_version=2)
+    case("type", base, type="face_seen")
+    case("event_id", base, event_id="not-an-id")
+    case("timestamp", base, timestamp="2024-05-01 12:00")
+    case("missing name", base, name=KeyError)
+    case("identified name null", base, name=None)
+    case("confidence > 1", base, confidence=1.5)
+    case("confidence text", base, confidence="high")
+    case("votes negative", base, votes=-1)
+    case("box keys", base, box={"x": 1, "y": 2, "w": 3, "h": 4})
+    case("box float", base, box={"left": 1.5, "top": 2, "right": 3, "bottom": 4})
+    case("frame missing", base, frame=None)
+    case("extra field", base, color="red")
+    case("type field on wrong type", base, duration_s=3.0)
+    case("thumbnail not base64", base, thumbnail="not base64!")
+    case("unknown with a name", unknown, name="alice")
+    case("unknown without attempts", unknown, attempts=KeyError)
+    case("ended negative duration", ended, duration_s=-1)
+    case("ended missing best_confidence", ended, best_confidence=KeyError)
+    case("model with track", model, track_id=3)
+    case("model counts negative", model, counts={"a": -1})
+    case("model people not strings", model, people=[1])
+    case("agent_id empty", base, agent_id="")
+    case("name too long", base, name="x" * 201)
+    return cases
+
+
+def test_invalid_events_rejected_by_both_validators(schema, factory):
+    validator = jsonschema.Draft202012Validator(schema)
+    for label, data in _mutations(factory):
+        with pytest.raises(EventError):
+            validate_event(data)
+        assert list(validator.iter_errors(data)), f"schema file accepts: {label}"
+
+
+def test_factories_accept_numpy_values(factory):
+    box = np.array([10.6, 20.2, 110.0, 140.9], dtype=np.float32)
+    e = factory.unknown_face(np.int64(4), np.int64(6), box, (np.int64(640), np.int64(480)),
+                             confidence=np.float32(0.25), votes=np.int64(1))
+    d = json.loads(e.to_json())
+    assert d["box"] == {"left": 11, "top": 20, "right": 110, "bottom": 141} and d["votes"] == 1
+    ended = factory.track_ended(4, None, np.float64(2.5), np.float32(0.5), box, (640, 480), votes=np.int32(2))
+    assert json.loads(ended.to_json())["votes"] == 2
+    with pytest.raises(EventError, match="box"):
+        factory.track_started(1, np.array([1.0, np.nan, 3.0, 4.0]), (10, 10))
+
+
+def test_from_json_errors_are_clear():
+    with pytest.raises(EventError, match="not valid JSON"):
+        Event.from_json("{nope")
+    with pytest.raises(EventError, match="expected a JSON object"):
+        Event.from_json("[1, 2]")
+    with pytest.raises(EventError, match="box"):
+        EventFactory("a", "c").identified(1, "x", 0.5, 1, (1, 2, 3), (10, 10))
+
+
+def test_thumbnail_on_a_real_photo(tmp_path):
+    from agent.vision.images import load_image
+
+    photos = sorted(FR.glob("**/*.jpg"))
+    if not photos:
+        pytest.skip(f"no photos under {FR}")
+    image = load_image(photos[0])
+    h, w = image.shape[:2]
+    box = (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
+    cfg = make_config(tmp_path, events={"thumbnails": True, "thumbnail_size": 64, "thumbnail_max_bytes": 8000})
+    event = EventFactory.from_config(cfg).identified(1, "someone", 0.9, 2, box, (w, h), image=image)
+    assert event.thumbnail
+    raw = base64.b64decode(event.thumbnail)
+    assert raw[:2] == b"\xff\xd8" and len(raw) <= 8000
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(raw)).size) <= 64
+    assert Event.from_json(event.to_json()).thumbnail == event.thumbnail
+    # over the byte cap: left out, the event is still valid
+    tiny = EventFactory("a", "c", thumbnails=True, thumbnail_size=64, thumbnail_max_bytes=50)
+    assert tiny.identified(1, "x", 0.9, 2, box, (w, h), image=image).thumbnail is None
+    # off by default
+    assert EventFactory("a", "c").identified(1, "x", 0.9, 2, box, (w, h), image=image).thumbnail is None
+    # a box outside the frame gives no thumbnail rather than an error
+    blank = np.zeros((10, 10, 3), np.uint8)
+    assert EventFactory("a", "c", thumbnails=True).track_started(1, (20, 20, 30, 30), (10, 10),
+                                                                  image=blank).thumbnail is None
+
+
+def test_examples_in_docs_are_valid(schema):
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
+    block = text.split("## Examples", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = [json.loads(line) for line in block.strip().splitlines()]
+    assert {e["type"] for e in examples} == set(EVENT_TYPES)
+    for e in examples:
+        validate_event(e)
+        assert not list(validator.iter_errors(e))
+        assert Event.from_dict(e).to_json() == json.dumps(e, separators=(",", ":"))
