@@ -54,7 +54,7 @@ class DetectorSection:
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     min_face_size: int = 20  # smallest face (px) the pyramid looks for
     scale_factor: float = 0.709  # pyramid step between scales
-    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])  # P/R/O-Net score
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.95])  # P/R/O-Net score
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
     max_input_side: int = 0  # 0 = no limit; else frames are downscaled so the long side fits
     threads: int = 2  # ONNX Runtime intra-op threads
@@ -66,7 +66,7 @@ class DetectorSection:
 
 @dataclass
 class EmbeddingSection:
-    backend: str = "dlib"  # dlib | onnxruntime | tensorrt
+    backend: str = "onnxruntime"  # onnxruntime (converted dlib ResNet) | dlib (reference) | tensorrt
     batch_size: int = 8  # faces embedded per call
     jitter: int = 0  # dlib only: extra jittered copies (slower, a bit more accurate)
     threads: int = 2  # onnxruntime only: intra-op threads

@@ -12,14 +12,18 @@ A photo is usable when it holds exactly one face, or one face that clearly domin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import sqlite3
 import threading
 import unicodedata
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +124,18 @@ class EmbeddingCache:
             self._db.close()
 
 
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
+def train_elsewhere(*args) -> Classifier:
+    """`classifier.train(*args)` in a fresh low-priority child process; the result comes back pickled."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and models
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_lower_priority) as pool:
+        return pool.submit(train, *args).result()
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -131,8 +147,11 @@ def file_sha256(path: Path) -> str:
 class Gallery:
     """Enrollment folders + embedding cache + classifier, for one config. Thread-safe."""
 
-    def __init__(self, cfg: Config, analyzer: FaceAnalyzer | None = None):
+    def __init__(self, cfg: Config, analyzer: FaceAnalyzer | None = None, train_in_subprocess: bool = False):
+        """`train_in_subprocess`: train the SVMs in a child process (the running agent): dlib holds the
+        GIL while it trains, which would stall the video loop for the seconds cross-validation takes."""
         self.cfg = cfg
+        self.train_in_subprocess = train_in_subprocess
         self.root = cfg.path("faces") / "train"
         self.raw = self.root / "raw"
         self.aligned = self.root / "aligned"
@@ -323,8 +342,8 @@ class Gallery:
                 return existing, results, False
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
-            clf = train(X, names, r, fingerprint=fingerprint,
-                        extra_meta={"embedding_backend": self.analyzer.embedder.name})
+            args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name})
+            clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
             clf.save(self.svm_dir)
             return clf, results, True
 

@@ -10,6 +10,7 @@ background and the new classifier is swapped in between frames.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -28,7 +29,7 @@ from agent.events import Event, EventFactory
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
 from agent.sources import Source, open_source
-from agent.store import DB_NAME, EventStore
+from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
 from agent.vision.classifier import Classifier
 from agent.vision.pipeline import FrameResult, Pipeline
@@ -98,6 +99,7 @@ class Service:
         self.monitor: health.HealthMonitor | None = None
         self._writer: Any = None
         self._connected_at = 0.0
+        self._health_published: tuple | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -117,7 +119,7 @@ class Service:
         if self.publisher.client is not None:
             self.publisher.client.add_connect_listener(self._on_connect)
         systemd.extend_timeout(900)  # model loading (and a TensorRT engine build) may take a while
-        self.gallery = Gallery(cfg, analyzer=self._analyzer)
+        self.gallery = Gallery(cfg, analyzer=self._analyzer, train_in_subprocess=True)
         classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
         if retrained:
             self._model_event(classifier)
@@ -164,6 +166,7 @@ class Service:
 
     def _on_connect(self, _session_present: bool) -> None:
         self._connected_at = time.time()
+        self._health_published = None  # say it again on the new connection
 
     def _broker_since(self) -> float | None:
         client = self.publisher.client if self.publisher else None
@@ -179,7 +182,11 @@ class Service:
     # ---- events -------------------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
         assert self.store is not None
-        self.store.add(event)
+        try:
+            self.store.add(event)
+        except StoreError as exc:  # e.g. a full disk: what is stored stays; keep watching, say it loudly
+            log.error("event %s %s not logged: %s", event.type, event.event_id, exc)
+            return
         self.stats.events += 1
         self.stats.last_event = f"{event.type} {event.name or ''}".strip()
         log.info("event %s track %s %s %s", event.type, event.track_id, event.name or "",
@@ -274,17 +281,17 @@ class Service:
     def stats_message(self) -> dict:
         """The periodic stats payload (publisher thread)."""
         tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
-        return {"agent_id": self.cfg.agent.id, "fps": round(self.stats.fps, 2), "frames": self.stats.frames,
-                "faces": self.stats.faces, "events": self.stats.events, "tracks": tracks,
-                "latency_ms": self.stats.latency_ms(),
-                "outbox_backlog": self.store.count("pending") if self.store else 0,
-                "source": self.source.stats() if self.source else {}}
+        health_state = self.monitor.last["state"] if self.monitor and self.monitor.last else None
+        return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
+                "events": self.stats.events, "tracks": tracks, "latency_ms": self.stats.latency_ms(),
+                "health": health_state, "source": self.source.stats() if self.source else {}}
 
     def _write_status(self, state: str | None = None) -> None:
         if self.monitor is None:
             return
         try:
             report = {"state": state, "reasons": []} if state else self.monitor.check()
+            self._publish_health(report)
             health.write_status(health.status_path(self.cfg), {
                 "interval": self.cfg.service.status_interval, "agent_id": self.cfg.agent.id,
                 "version": __version__, "started_at": self.stats.started, "health": report,
@@ -292,6 +299,20 @@ class Service:
             systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+    def _publish_health(self, report: dict) -> None:
+        """The health state, retained, on <prefix>/<agent id>/health whenever it changes (ok, degraded with
+        its reasons, stopped); the status topic beside it stays online/offline for availability."""
+        client = self.publisher.client if self.publisher else None
+        key = (report["state"], tuple(report.get("reasons", ())))
+        if client is None or not client.connected or key == self._health_published:
+            return
+        payload = json.dumps({"state": report["state"], "reasons": report.get("reasons", []),
+                              "timestamp": time.time()})
+        info = client.publish(f"{self.cfg.mqtt.topic_prefix.rstrip('/')}/{self.cfg.agent.id}/health", payload,
+                              qos=1, retain=True)
+        if info.rc == 0:
+            self._health_published = key
 
     def _print_status_line(self) -> None:
         tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0

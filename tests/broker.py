@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -298,3 +299,25 @@ class V311OnlyProxy:
 def kill_pid(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stop_leftovers(monkeypatch):
+    """Stop every Publisher, MqttClient and Collector a test started, even when it failed half-way, so
+    no client keeps retrying in the background of later tests."""
+    from agent.sync.mqtt import MqttClient
+    from agent.sync.publisher import Publisher
+
+    started: list = []
+    for cls in (Publisher, MqttClient, Collector):
+        original = cls.start
+
+        def start(self, *a, _original=original, **kw):
+            started.append(self)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(cls, "start", start)
+    yield
+    for obj in reversed(started):
+        with contextlib.suppress(Exception):  # already stopped, or never connected
+            obj.stop()

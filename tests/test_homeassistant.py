@@ -6,7 +6,8 @@ import json
 import time
 
 import paho.mqtt.client as paho
-from broker import Collector
+import pytest
+from broker import Collector, stop_leftovers  # noqa: F401 (fixture)
 from conftest import make_config
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -17,6 +18,9 @@ from agent.sync.publisher import Publisher
 AGENT = "porch-cam"
 EVENT_CFG = "homeassistant/event/face_agent_porch-cam/recognition/config"
 SENSOR_CFG = "homeassistant/sensor/face_agent_porch-cam/last_person/config"
+
+
+pytestmark = pytest.mark.usefixtures("stop_leftovers")
 
 
 def publish(broker, topic: str, payload: str, retain: bool = False) -> None:

@@ -74,7 +74,7 @@ def test_palette_with_transparency_and_16_bit(tmp_path):
     path = tmp_path / "palette.png"
     p.save(path, transparency=0)
     assert load_image(path).shape == (10, 20, 3)
-    deep = Image.fromarray((np.arange(200, dtype=np.uint16).reshape(10, 20) * 300))
+    deep = Image.fromarray(np.arange(200, dtype=np.uint16).reshape(10, 20) * 300)
     path16 = tmp_path / "deep.png"
     deep.save(path16)
     img = load_image(path16)

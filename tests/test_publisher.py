@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from broker import Collector, V311OnlyProxy, mqtt_ping
+from broker import Collector, V311OnlyProxy, mqtt_ping, stop_leftovers  # noqa: F401 (fixture)
 from conftest import ROOT, make_config
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -27,6 +27,9 @@ from agent.sync.publisher import Publisher
 
 AGENT = "edge-1"
 FAST = {"reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5, "stats_interval": 0.5, "keepalive": 5}
+
+
+pytestmark = pytest.mark.usefixtures("stop_leftovers")
 
 
 def config(tmp_path: Path, broker, **mqtt):
@@ -365,24 +368,31 @@ def test_subscribe_helper_resubscribes_after_broker_restart(tmp_path, mosquitto)
     assert client.wait_connected(10)
     sender = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
 
-    def send(payload: bytes) -> None:
-        sender.connect(mosquitto.host, mosquitto.port)
-        sender.loop_start()
-        sender.publish("faces/edge-1/enroll/req", payload, qos=1).wait_for_publish(5)
-        sender.disconnect()
-        sender.loop_stop()
+    def send_until_received(payload: bytes) -> bool:
+        """Publish until it arrives (the SUBSCRIBE may still be on its way); True once received."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sender.connect(mosquitto.host, mosquitto.port)
+            sender.loop_start()
+            sender.publish("faces/edge-1/enroll/req", payload, qos=1).wait_for_publish(5)
+            sender.disconnect()
+            sender.loop_stop()
+            if wait_until(lambda: payload in got, timeout=1.0):
+                return True
+        return False
 
-    time.sleep(0.3)
-    send(b"one")
-    assert wait_until(lambda: got == [b"one"])
-    mosquitto.stop()
-    assert wait_until(lambda: not client.connected)
-    mosquitto.start()
-    assert wait_until(lambda: client.connected, timeout=10)
-    time.sleep(0.3)
-    send(b"two")
-    assert wait_until(lambda: got == [b"one", b"two"])
-    client.stop()
+    try:
+        assert send_until_received(b"one")
+        mosquitto.stop()
+        for f in mosquitto.data_dir.iterdir():  # the broker forgets every session and subscription
+            f.unlink()
+        assert wait_until(lambda: not client.connected)
+        mosquitto.start()
+        assert wait_until(lambda: client.connected, timeout=10)
+        assert send_until_received(b"two")  # only works because the client subscribed again
+        assert set(got) == {b"one", b"two"}
+    finally:
+        client.stop()
     assert mqtt_ping(mosquitto.host, mosquitto.port)
 
 

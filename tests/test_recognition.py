@@ -284,3 +284,27 @@ def test_cli_enroll_identify_people_forget(tmp_path, capsys):
     assert main(["-q", "-c", cfg_path, "identify", "--json", str(two)]) == 0
     faces = json.loads(capsys.readouterr().out)["faces"]
     assert sorted(f["name"] for f in faces if f["name"]) == ["obama"]
+
+
+def test_identities_identical_with_dlib_and_onnxruntime_embeddings(tmp_path, analyzer):
+    """The converted ResNet (default) and dlib's own give the same names, unknowns and distances."""
+    from agent.vision.recognizer import FaceAnalyzer
+
+    assert analyzer.embedder.name == "onnxruntime"
+    reference = FaceAnalyzer(make_config(tmp_path / "dlib", embedding={"backend": "dlib"}),
+                             detector=analyzer.detector)
+    johns = johns_photos()
+    people = sorted(johns)
+    photos = {p: johns[p][:3] for p in people[:3]}
+    photos.update({d.name: sorted(d.iterdir()) for d in sorted((KNN / "train").iterdir())})
+    queries = [q for p in people for q in johns[p][3:6]] + sorted((KNN / "test").iterdir())
+    outcomes = {}
+    for name, which in (("onnxruntime", analyzer), ("dlib", reference)):
+        clf, _, _ = gallery_with(tmp_path / name, which, photos).ensure_trained(progress=False)
+        which.classifier = clf
+        outcomes[name] = [(f.prediction.name, f.prediction.distance)
+                          for q in queries for f in which.identify(load_image(q))]
+    assert [n for n, _ in outcomes["onnxruntime"]] == [n for n, _ in outcomes["dlib"]]
+    assert any(n is None for n, _ in outcomes["dlib"]) and any(n for n, _ in outcomes["dlib"])
+    np.testing.assert_allclose([d for _, d in outcomes["onnxruntime"]], [d for _, d in outcomes["dlib"]],
+                               atol=1e-4)

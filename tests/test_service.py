@@ -83,6 +83,8 @@ def test_hamilton_clip_names_lin_over_mqtt(tmp_path, mosquitto, analyzer):
     status = collector.on("faces/test-agent/status")
     assert status and status[-1].text == "offline"
     assert collector.on("faces/test-agent/stats")
+    health = [json.loads(m.text) for m in collector.on("faces/test-agent/health")]
+    assert health and health[0]["state"] in ("ok", "degraded") and health[-1]["state"] == "stopped"
     collector.stop()
 
 

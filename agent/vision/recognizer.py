@@ -52,7 +52,7 @@ class FaceAnalyzer:
         self.cfg = cfg
         self.detector = detector or build_detector(cfg)
         self.aligner = Aligner()
-        self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"))
+        self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir)
         self.classifier = classifier
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
