@@ -54,7 +54,8 @@ class DetectorSection:
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     min_face_size: int = 20  # smallest face (px) the pyramid looks for
     scale_factor: float = 0.709  # pyramid step between scales
-    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.95])  # P/R/O-Net score
+    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.7])  # P/R/O-Net score
+    min_score: float = 0.95  # photos: faces below are not reported; video: they only continue existing tracks
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
     max_input_side: int = 0  # 0 = no limit; else frames are downscaled so the long side fits
     threads: int = 2  # ONNX Runtime intra-op threads
@@ -308,6 +309,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.thresholds: three scores between 0 and 1 (P-Net, R-Net, O-Net)")
     if len(d.nms_thresholds) != 3 or not all(0.0 < t <= 1.0 for t in d.nms_thresholds):
         raise ConfigError("detector.nms_thresholds: three IoU values between 0 and 1")
+    if not 0.0 <= d.min_score < 1.0:
+        raise ConfigError("detector.min_score: between 0 and 1")
     if not 0.1 <= d.scale_factor < 1.0:
         raise ConfigError("detector.scale_factor: must be in [0.1, 1)")
     if d.min_face_size < 12:

@@ -12,18 +12,14 @@ A photo is usable when it holds exactly one face, or one face that clearly domin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import shutil
 import sqlite3
 import threading
 import unicodedata
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from agent.config import Config
-from agent.vision.classifier import Classifier, ClassifierFileError, train
+from agent.files import file_sha256
+from agent.vision.classifier import Classifier, ClassifierFileError, train, train_elsewhere
 from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -122,26 +119,6 @@ class EmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError):
-        os.nice(10)
-
-
-def train_elsewhere(*args) -> Classifier:
-    """`classifier.train(*args)` in a fresh low-priority child process; the result comes back pickled."""
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads and models
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_lower_priority) as pool:
-        return pool.submit(train, *args).result()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Gallery:

@@ -55,7 +55,7 @@ class Stats:
 
     def frame(self, result: FrameResult) -> None:
         self.frames += 1
-        self.faces += len(result.detections)
+        self.faces += sum(1 for t in result.update.tracks if t.missed == 0)
         self._times.append(time.monotonic())
         self._stages.append(result.timings)
 

@@ -361,7 +361,9 @@ def test_real_detections_on_the_hamilton_close_up(shared):
     from agent.sources import open_source
     from agent.vision.recognizer import build_detector
 
-    detector = build_detector(config_from_dict({"detector": {"min_face_size": 80}}))  # only large faces: fast
+    # only large faces (fast); the reference thresholds and every face down to them: this tests the tracker
+    detector = build_detector(config_from_dict({"detector": {"min_face_size": 80, "thresholds": [0.6, 0.7, 0.7],
+                                                             "min_score": 0.0}}))
     tracker = make_tracker()  # the defaults: min_hits 2, max_missed 15
     clip = FR / "examples" / "short_hamilton_clip.mp4"
     started, ended, embedded = [], [], []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.files import file_sha256  # noqa: E402
 from agent.vision import dlib_resnet  # noqa: E402
 from agent.vision.embed import RESNET_DAT, ModelFileError, dlib_model_path  # noqa: E402
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, dlib_resnet.DlibFormatError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    dat_sha = dlib_resnet.sha256_file(dat)
+    dat_sha = file_sha256(dat)
     known = dlib_resnet.KNOWN_CONVERSIONS.get(dat_sha)
     verdict = ("matches the reference conversion" if onnx_sha == known else
                "DIFFERS from the reference conversion" if known else "no reference for this .dat")

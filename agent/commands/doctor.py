@@ -8,7 +8,6 @@ something the configuration needs is missing (a model file, or TensorRT for `bac
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import platform
@@ -18,20 +17,13 @@ from typing import Any
 
 from agent import __version__
 from agent.commands._common import config_of
+from agent.files import file_sha256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check Python, ONNX Runtime, TensorRT/GPU, dlib and model files")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _module(name: str) -> tuple[Any, str]:
@@ -77,7 +69,7 @@ def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
     def add(role: str, path: Path | None, error: str = "") -> None:
         if path is not None and path.is_file():
             files.append({"role": role, "path": str(path), "bytes": path.stat().st_size,
-                          "sha256": _sha256(path)})
+                          "sha256": file_sha256(path)})
         else:
             problems.append(f"{role}: {error or f'{path} not found'}")
             files.append({"role": role, "path": str(path) if path else "", "missing": error or "not found"})
@@ -94,7 +86,7 @@ def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
     converted = sorted(cfg.path("engines").glob("*.onnx")) if cfg.path("engines").is_dir() else []
     for path in converted:
         files.append({"role": "converted ResNet (engines folder)", "path": str(path),
-                      "bytes": path.stat().st_size, "sha256": _sha256(path)})
+                      "bytes": path.stat().st_size, "sha256": file_sha256(path)})
     return files, problems
 
 

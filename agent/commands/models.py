@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from agent.commands._common import config_of, fail
+from agent.files import file_sha256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +46,8 @@ def run_convert(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except OSError as exc:
         return fail(f"cannot write to {cfg.path('engines')}: {exc}")
-    dat_sha = dlib_resnet.sha256_file(dat)
-    onnx_sha = dlib_resnet.sha256_file(onnx_path)
+    dat_sha = file_sha256(dat)
+    onnx_sha = file_sha256(onnx_path)
     known = dlib_resnet.KNOWN_CONVERSIONS.get(dat_sha)
     verdict = ("the reference conversion" if onnx_sha == known else
                "differs from the reference conversion" if known else "no reference for this .dat")

@@ -39,7 +39,8 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from agent.config import Config
-from agent.gallery import Gallery, InvalidNameError, file_sha256, validate_person_name
+from agent.files import file_sha256
+from agent.gallery import Gallery, InvalidNameError, validate_person_name
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
 from agent.vision.classifier import Classifier

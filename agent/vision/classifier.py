@@ -17,11 +17,12 @@ executes code from the file; a corrupt or incompatible file is reported and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-import os
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import agent
+from agent.child import run_module
+from agent.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +237,8 @@ class Classifier:
             "svm": None if self.svm is None else
             {"kernel": self.svm.kernel, "C": self.svm.C, "gamma": self.svm.gamma},
         })
-        _atomic_write(folder / MODEL_NAME, lambda f: np.savez(f, **arrays))
-        _atomic_write(folder / META_NAME, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        atomic_write(folder / MODEL_NAME, lambda f: np.savez(f, **arrays))
+        atomic_write(folder / META_NAME, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     @classmethod
     def load(cls, folder: Path, threshold: float = 0.6, min_confidence: float = 0.0) -> Classifier:
@@ -272,19 +275,6 @@ class Classifier:
                 or (len(labels) and (labels.min() < 0 or labels.max() >= len(people))):
             raise ClassifierFileError(f"{folder}: classifier arrays do not match its metadata")
         return cls(people, embeddings, labels, svm, threshold, min_confidence, meta)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: str = "",
@@ -343,3 +333,34 @@ def _versions() -> dict:
     except ImportError:  # pragma: no cover
         out["dlib"] = None
     return out
+
+
+def train_elsewhere(embeddings: np.ndarray, names: list[str], recognition, fingerprint: str = "",
+                    extra_meta: dict | None = None, nice: int = 10) -> Classifier:
+    """`train(...)` in a child process at lower priority (`python -m agent.vision.classifier JOB`).
+
+    dlib holds the GIL while it trains, so training inside the agent would stall its video loop for the
+    seconds cross-validation takes; the child gets the job and returns the model through a temporary
+    folder in the classifier's own file format.
+    """
+    with tempfile.TemporaryDirectory(prefix="face-agent-train-") as tmp:
+        job = Path(tmp)
+        np.save(job / "embeddings.npy", np.asarray(embeddings, dtype=np.float64).reshape(-1, DIM))
+        (job / "job.json").write_text(json.dumps({
+            "names": list(names), "recognition": dataclasses.asdict(recognition), "fingerprint": fingerprint,
+            "extra_meta": extra_meta or {}}))
+        run_module("agent.vision.classifier", str(job), nice=nice)
+        return Classifier.load(job / "model", recognition.distance_threshold, recognition.min_confidence)
+
+
+def _train_job(job: Path) -> None:
+    from agent.config import RecognitionSection
+
+    spec = json.loads((job / "job.json").read_text())
+    clf = train(np.load(job / "embeddings.npy"), spec["names"], RecognitionSection(**spec["recognition"]),
+                spec["fingerprint"], spec["extra_meta"])
+    clf.save(job / "model")
+
+
+if __name__ == "__main__":
+    _train_job(Path(sys.argv[1]))

@@ -37,12 +37,13 @@ import json
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from agent.files import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -535,35 +536,12 @@ def _convert(dat_path: Path, onnx_path: Path) -> tuple[str, DlibNet]:
         raise DlibFormatError(f"{dat_path}: cannot read ({exc.strerror or exc})") from None
     net = parse_dat(data, str(dat_path))
     onnx_bytes = build_onnx(net, DAT_NAME, hashlib.sha256(data).hexdigest()).SerializeToString()
-    _atomic_write(onnx_path, onnx_bytes)
+    atomic_write(onnx_path, onnx_bytes)
     return hashlib.sha256(onnx_bytes).hexdigest(), net
 
 
 # ----------------------------------------------------------------------------------------------------
 # the cached conversion in the engines folder
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Readers see all of `data` or the previous file: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cached_onnx_path(engines_dir: str | os.PathLike, dat_sha256: str) -> Path:
@@ -582,6 +560,16 @@ def _expected_hashes(dat_sha: str, record_path: Path) -> set[str]:
     return expected
 
 
+def needs_conversion(dat_path: str | os.PathLike, engines_dir: str | os.PathLike) -> bool:
+    """True when no valid cached conversion of `dat_path` exists in `engines_dir`."""
+    try:
+        dat_sha = file_sha256(dat_path)
+        onnx_path = cached_onnx_path(engines_dir, dat_sha)
+        return file_sha256(onnx_path) not in _expected_hashes(dat_sha, onnx_path.with_suffix(".json"))
+    except OSError:
+        return True
+
+
 def ensure_onnx(dat_path: str | os.PathLike, engines_dir: str | os.PathLike, force: bool = False) -> Path:
     """The converted ONNX file for `dat_path`, converting (atomically) only when no valid cache exists.
 
@@ -591,13 +579,13 @@ def ensure_onnx(dat_path: str | os.PathLike, engines_dir: str | os.PathLike, for
     """
     dat_path = Path(dat_path)
     try:
-        dat_sha = sha256_file(dat_path)
+        dat_sha = file_sha256(dat_path)
     except OSError as exc:
         raise DlibFormatError(f"{dat_path}: cannot read ({exc.strerror or exc})") from None
     onnx_path = cached_onnx_path(engines_dir, dat_sha)
     record_path = onnx_path.with_suffix(".json")
     if onnx_path.exists() and not force:
-        actual = sha256_file(onnx_path)
+        actual = file_sha256(onnx_path)
         if actual in _expected_hashes(dat_sha, record_path):
             log.debug("using cached conversion %s", onnx_path)
             return onnx_path
@@ -611,7 +599,7 @@ def ensure_onnx(dat_path: str | os.PathLike, engines_dir: str | os.PathLike, for
                     "version?); the cached file is used as written", dat_path, onnx_sha, known)
     record = {"dat": str(dat_path), "dat_sha256": dat_sha, "onnx_sha256": onnx_sha,
               "converter_version": CONVERTER_VERSION, "input_mean_rgb": list(net.mean_rgb)}
-    _atomic_write(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return onnx_path
 
 
@@ -650,3 +638,10 @@ def preprocess(chips: np.ndarray, mean_rgb: tuple[float, float, float] = DEFAULT
     x -= mean
     x *= np.float32(INPUT_SCALE)
     return x
+
+
+if __name__ == "__main__":  # python -m agent.vision.dlib_resnet DAT ENGINES_DIR (used by embed.converted_model)
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ensure_onnx(sys.argv[1], sys.argv[2])

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from agent.child import run_module
+
 log = logging.getLogger(__name__)
 
 CHIP_SIZE = 150
@@ -170,10 +172,16 @@ class OnnxRuntimeEmbedder:
 
 def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
     """The ONNX conversion of the configured .dat, made (and cached in engines_dir) on first use."""
-    from agent.vision.dlib_resnet import DlibFormatError, ensure_onnx
+    from agent.vision.dlib_resnet import DlibFormatError, ensure_onnx, needs_conversion
 
     dat = resnet_dat_path(section, base_dir)
     try:
+        if needs_conversion(dat, engines_dir):
+            # in a child process: the conversion's ~100 MiB would otherwise stay the agent's peak memory
+            try:
+                run_module("agent.vision.dlib_resnet", str(dat), str(engines_dir), timeout=600)
+            except (RuntimeError, OSError) as exc:  # converted below, in-process, for a clear error
+                log.warning("converting in a child process failed (%s); converting here", exc)
         return ensure_onnx(dat, engines_dir)
     except DlibFormatError as exc:
         raise ModelFileError(f"cannot convert the dlib ResNet: {exc}") from None

@@ -263,7 +263,7 @@ class MTCNN:
     def __init__(self, backend: Any, min_face_size: int = 20, scale_factor: float = 0.709,
                  thresholds: tuple[float, float, float] | list[float] = (0.6, 0.7, 0.7),
                  nms_thresholds: tuple[float, float, float] | list[float] = (0.5, 0.7, 0.7),
-                 max_input_side: int = 0):
+                 max_input_side: int = 0, min_score: float = 0.0):
         thresholds = tuple(float(t) for t in thresholds)
         nms_thresholds = tuple(float(t) for t in nms_thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -282,6 +282,9 @@ class MTCNN:
         self.thresholds = thresholds
         self.nms_thresholds = nms_thresholds
         self.max_input_side = int(max_input_side)
+        # faces scoring below this are not reported by detect()/refine() unless the caller lowers it: video
+        # passes 0 so that a tracked face is followed down to the O-Net threshold
+        self.min_score = float(min_score)
         # milliseconds spent in each stage by the last detect() (pre/post-processing included)
         self.last_timings: dict[str, float] = {}
 
@@ -291,7 +294,7 @@ class MTCNN:
         s = detector_section
         return cls(backend, min_face_size=s.min_face_size, scale_factor=s.scale_factor,
                    thresholds=tuple(s.thresholds), nms_thresholds=tuple(s.nms_thresholds),
-                   max_input_side=s.max_input_side)
+                   max_input_side=s.max_input_side, min_score=s.min_score)
 
     def __repr__(self) -> str:
         return (f"MTCNN(backend={getattr(self.backend, 'name', self.backend)!r}, "
@@ -316,8 +319,10 @@ class MTCNN:
             image = cv2.resize(rgb, (small_w, small_h), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(image), height, width, small_h, small_w
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
-        """Faces in an (H, W, 3) uint8 RGB image, best score first; boxes clipped to the image."""
+    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[Detection]:
+        """Faces in an (H, W, 3) uint8 RGB image, best score first; boxes clipped to the image.
+
+        Only faces scoring at least `min_score` (default: the detector's `min_score`) are returned."""
         t0 = time.perf_counter()
         image, height, width, small_h, small_w = self._prepare(rgb, "detect")
 
@@ -332,7 +337,8 @@ class MTCNN:
             boxes, points = self._stage3(image_f, boxes)
         t3 = time.perf_counter()
 
-        detections = self._finish(boxes, points, height, width, small_h, small_w)
+        detections = self._finish(boxes, points, height, width, small_h, small_w,
+                                  self.min_score if min_score is None else min_score)
         t4 = time.perf_counter()
         self.last_timings = {"pnet": (t1 - t0) * 1e3, "rnet": (t2 - t1) * 1e3, "onet": (t3 - t2) * 1e3,
                              "total": (t4 - t0) * 1e3}
@@ -340,7 +346,8 @@ class MTCNN:
                   self.last_timings["total"])
         return detections
 
-    def refine(self, rgb: np.ndarray, boxes: np.ndarray | list, margin: float = 0.1) -> list[Detection]:
+    def refine(self, rgb: np.ndarray, boxes: np.ndarray | list, margin: float = 0.1,
+               min_score: float | None = None) -> list[Detection]:
         """Faces near the given boxes only: R-Net and O-Net on them, no P-Net pyramid.
 
         For video: between full detections the tracker's predicted boxes (x1, y1, x2, y2, image pixels)
@@ -370,7 +377,8 @@ class MTCNN:
         if len(found):
             found, points = self._stage3(image_f, found)
         t3 = time.perf_counter()
-        detections = self._finish(found, points, height, width, small_h, small_w)
+        detections = self._finish(found, points, height, width, small_h, small_w,
+                                  self.min_score if min_score is None else min_score)
         self.last_timings = {"pnet": 0.0, "rnet": (t2 - t1) * 1e3, "onet": (t3 - t2) * 1e3,
                              "total": (time.perf_counter() - t0) * 1e3}
         return detections
@@ -447,8 +455,9 @@ class MTCNN:
 
     @staticmethod
     def _finish(boxes: np.ndarray, points: np.ndarray, height: int, width: int, small_h: int,
-                small_w: int) -> list[Detection]:
-        """1-based inclusive boxes of the (maybe downscaled) image -> clipped Detections in the original."""
+                small_w: int, min_score: float = 0.0) -> list[Detection]:
+        """1-based inclusive boxes of the (maybe downscaled) image -> clipped Detections in the original,
+        those scoring at least `min_score`."""
         if len(boxes) == 0:
             return []
         fx, fy = width / small_w, height / small_h
@@ -463,6 +472,6 @@ class MTCNN:
             Detection(float(left[i]), float(top[i]), float(right[i]), float(bottom[i]), float(boxes[i, 4]),
                       points[i].astype(np.float32))
             for i in np.argsort(-boxes[:, 4], kind="stable")
-            if right[i] > left[i] and bottom[i] > top[i]
+            if right[i] > left[i] and bottom[i] > top[i] and boxes[i, 4] >= min_score
         ]
         return detections

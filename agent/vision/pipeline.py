@@ -54,7 +54,7 @@ class Pipeline:
         self._classifier = classifier
         self._lock = threading.Lock()
         self.frames = 0
-        self.faces = 0  # detections summed over frames
+        self.faces = 0  # faces seen (confirmed tracks with a detection) summed over frames
         self.embedded = 0  # faces embedded
 
     @property
@@ -72,14 +72,16 @@ class Pipeline:
         with self._lock:
             classifier = self._classifier
         t0 = time.perf_counter()
+        detector = self.analyzer.detector
         full = self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0
+        # every face down to the O-Net threshold; only those above min_score may start a track
         if full:
-            detections = self.analyzer.detect(rgb)
+            detections = detector.detect(rgb, min_score=0.0)
         else:  # between full detections: only where the tracks are expected
             predicted = self.tracker.predicted_boxes()
-            detections = self.analyzer.detector.refine(rgb, predicted) if len(predicted) else []
+            detections = detector.refine(rgb, predicted, min_score=0.0) if len(predicted) else []
         t1 = time.perf_counter()
-        update = self.tracker.update(detections, rgb, timestamp)
+        update = self.tracker.update(detections, rgb, timestamp, start_min_score=detector.min_score)
         t2 = time.perf_counter()
         result = FrameResult(timestamp, (rgb.shape[1], rgb.shape[0]), detections, update)
         if update.to_embed and classifier is not None:
@@ -99,7 +101,7 @@ class Pipeline:
         result.timings.update(detect=(t1 - t0) * 1000, track=(t2 - t1) * 1000,
                               total=(time.perf_counter() - t0) * 1000)
         self.frames += 1
-        self.faces += len(detections)
+        self.faces += sum(1 for t in update.tracks if t.missed == 0)  # tracked faces seen on this frame
         return result
 
     def finish(self) -> list[Track]:

@@ -229,10 +229,12 @@ class Tracker:
     # ---- per frame ---------------------------------------------------------------------------------------
 
     def update(self, detections: Sequence[Any], image: np.ndarray | None = None,
-               timestamp: float | None = None) -> TrackerUpdate:
+               timestamp: float | None = None, start_min_score: float = 0.0) -> TrackerUpdate:
         """Advance one processed frame. `detections`: agent.vision.mtcnn.Detection (anything with x1, y1,
         x2, y2 via .box); `image`: the (H, W, 3) RGB frame they came from (sharpness; None skips the
-        sharpness test); `timestamp`: seconds since the epoch (default: now)."""
+        sharpness test); `timestamp`: seconds since the epoch (default: now); `start_min_score`: a
+        detection that matches no track starts one only if its score is at least this (weaker ones can
+        only continue existing tracks)."""
         self.frame += 1
         now = time.time() if timestamp is None else float(timestamp)
         c = self.cfg
@@ -274,7 +276,7 @@ class Tracker:
             keep.append(track)
 
         for j, det in enumerate(detections):
-            if j in matched_dets:
+            if j in matched_dets or getattr(det, "score", 1.0) < start_min_score:
                 continue
             track = Track(box=boxes[j].copy(), detection=det, first_seen=now, last_seen=now,
                           ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis))

@@ -33,13 +33,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agent.files import TMP_MARK, atomic_write, file_sha256
+
+__all__ = ["TMP_MARK", "atomic_write", "file_sha256"]  # part of this module's interface (tests, tools)
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the record layout or the key changes meaning
 ENGINE_SUFFIX = ".engine"
 RECORD_SUFFIX = ".json"
-TMP_MARK = ".tmp-"
-_CHUNK = 1 << 20
 
 
 class EngineCacheError(RuntimeError):
@@ -97,14 +99,6 @@ class CachedEngine:
         return not self.problem
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def effective_precision(requested: str, device: DeviceInfo) -> str:
     """fp16 only when asked for and the GPU has fast fp16; otherwise fp32."""
     return "fp16" if requested == "fp16" and device.fast_fp16 else "fp32"
@@ -129,42 +123,6 @@ def engine_key(spec: EngineSpec, device: DeviceInfo, onnx_sha256: str | None = N
 
 def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> int:
-    """Write `data` (bytes, or chunks of bytes) to `path` so that readers see all of it or nothing.
-
-    The bytes go to `<path>.tmp-<pid>-<thread>` in the same folder, are flushed and fsync'ed, and the
-    file is renamed over `path`. On any error the temporary file is removed and the error raised.
-    Returns the number of bytes written.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    chunks: Iterable[bytes] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    written = 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-                written += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return written
 
 
 @contextlib.contextmanager
