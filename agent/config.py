@@ -54,7 +54,7 @@ class DetectorSection:
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     min_face_size: int = 20  # smallest face (px) the pyramid looks for
     scale_factor: float = 0.709  # pyramid step between scales
-    thresholds: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.7])  # P/R/O-Net score
+    thresholds: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.7])  # P/R/O-Net score
     min_score: float = 0.95  # photos: faces below are not reported; video: they only continue existing tracks
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
     max_input_side: int = 0  # 0 = no limit; else frames are downscaled so the long side fits
@@ -102,7 +102,7 @@ class SourceSection:
 
 @dataclass
 class TrackerSection:
-    detect_every: int = 3  # full-frame detection every N frames; in between only tracked faces are re-detected
+    detect_every: int = 5  # full-frame detection every N frames; in between only tracked faces are re-detected
     iou_threshold: float = 0.3  # min IoU between a track's predicted box and a detection
     min_hits: int = 2  # detections before a track is confirmed
     max_missed: int = 15  # frames without a detection before a track ends

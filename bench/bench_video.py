@@ -70,18 +70,22 @@ print(json.dumps({"frames": frames, "faces": faces, "embedded": faces, "matches"
 '''
 
 AGENT = r'''
-import json, logging, os, resource, sys, time
+import json, logging, os, resource, subprocess, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from agent.config import config_from_dict
-from agent.gallery import Gallery
 from agent.service import Service
-clip, reference, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-cfg = config_from_dict({"mqtt": {"enabled": False}}, base_dir=work)
-g = Gallery(cfg)
-g.add_photos("reference", [Path(reference)])
-g.ensure_trained(progress=False)
-g.close()
+clip, reference, work, overrides = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[5])
+settings = {"mqtt": {"enabled": False}}
+for key, value in overrides.items():
+    section, name = key.split(".")
+    settings.setdefault(section, {})[name] = value
+(work / "agent.toml").write_text("".join(
+    f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for s, kv in settings.items()))
+# enroll in another process, as a user would (`face-agent enroll`): this process holds only the agent
+subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", "reference",
+                reference], check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
+cfg = config_from_dict(settings, base_dir=work)
 service = Service(cfg, source_uri=clip, every_frame=True)
 t_load = time.perf_counter()
 service.load()
@@ -121,6 +125,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
+                    help="agent settings to override, e.g. tracker.detect_every=5 detector.min_face_size=40")
     args = ap.parse_args()
     print(f"{'clip':10s} {'runner':16s} {'frames':>6s} {'faces':>6s} {'embeds':>6s} {'fps':>7s} {'cores':>5s} "
           f"{'peak MiB':>8s}")
@@ -130,7 +136,8 @@ def main() -> int:
         if not args.skip_baseline:
             results["face_recognition"] = run(BASELINE, str(clip), str(reference))
         with tempfile.TemporaryDirectory(prefix="bench-video-") as work:
-            results["face-agent"] = run(AGENT, str(clip), str(reference), work, str(ROOT))
+            overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+            results["face-agent"] = run(AGENT, str(clip), str(reference), work, str(ROOT), json.dumps(overrides))
         for runner, r in results.items():
             fps = r["frames"] / r["seconds"]
             r["fps"] = fps
