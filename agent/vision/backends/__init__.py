@@ -19,12 +19,29 @@ from typing import Any, Protocol
 import numpy as np
 
 NETS = ("pnet", "rnet", "onet")
+CROP_SIZE = {"rnet": 24, "onet": 48}  # fixed input side of R-Net and O-Net; P-Net takes any H, W >= 12
+PNET_MIN_SIDE = 12
 # the ONNX graphs shipped as package data (built by tools/build_mtcnn_onnx.py, see agent/models/README.md)
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "mtcnn"
 
 
 class BackendError(RuntimeError):
     """A backend that cannot load or run its networks."""
+
+
+def check_batch(net: str, batch: Any) -> np.ndarray:
+    """The batch as contiguous float32, or BackendError when it breaks the protocol above."""
+    if net not in NETS:
+        raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] == 0:
+        raise BackendError(f"{net}: batch must be float32 (N, 3, H, W) with N >= 1, got shape {batch.shape}")
+    size = CROP_SIZE.get(net)
+    if size is not None and batch.shape[2:] != (size, size):
+        raise BackendError(f"{net}: input must be {size}x{size}, got {batch.shape[2]}x{batch.shape[3]}")
+    if size is None and min(batch.shape[2:]) < PNET_MIN_SIDE:
+        raise BackendError(f"pnet: input must be at least 12x12, got {batch.shape[2]}x{batch.shape[3]}")
+    return batch
 
 
 class Backend(Protocol):

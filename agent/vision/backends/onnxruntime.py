@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.vision.backends import NETS, BackendError
+from agent.vision.backends import NETS, BackendError, check_batch
 
 log = logging.getLogger(__name__)
 
 # output names of the graphs written by tools/build_mtcnn_onnx.py, in the order `run` returns them
 OUTPUTS = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
-INPUT_SIZE = {"rnet": 24, "onet": 48}
 
 
 class OnnxRuntimeBackend:
@@ -71,16 +70,7 @@ class OnnxRuntimeBackend:
             if net in NETS:
                 raise BackendError("backend is closed")
             raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise BackendError(f"{net}: batch must be float32 (N, 3, H, W), got shape {batch.shape}")
-        size = INPUT_SIZE.get(net)
-        if size is not None and batch.shape[2:] != (size, size):
-            raise BackendError(f"{net}: input must be {size}x{size}, got {batch.shape[2]}x{batch.shape[3]}")
-        if size is None and min(batch.shape[2:]) < 12:
-            raise BackendError(f"pnet: input must be at least 12x12, got {batch.shape[2]}x{batch.shape[3]}")
-        if batch.shape[0] == 0:
-            raise BackendError(f"{net}: empty batch")
+        batch = check_batch(net, batch)
         try:
             return tuple(session.run(None, {"input": batch}))
         except Exception as exc:

@@ -32,14 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.vision.backends import NETS, BackendError
+from agent.vision.backends import CROP_SIZE, NETS, BackendError, check_batch
 from agent.vision.backends.engine_cache import DeviceInfo, EngineCache, EngineCacheError, EngineSpec
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUTS = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
-CROP_SIZE = {"rnet": 24, "onet": 48}
 # opt batch of the R-/O-Net profiles: typical candidate counts for a frame with a few faces (P-Net
 # survivors after NMS; R-Net survivors); the engine is tuned for it and runs any batch up to max_batch
 TYPICAL_BATCH = {"rnet": 64, "onet": 16}
@@ -349,12 +348,7 @@ class TensorRTBackend:
             if net in NETS:
                 raise BackendError("backend is closed")
             raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] == 0:
-            raise BackendError(f"{net}: batch must be float32 (N, 3, H, W) with N >= 1, got {batch.shape}")
-        size = CROP_SIZE.get(net)
-        if size is not None and batch.shape[2:] != (size, size):
-            raise BackendError(f"{net}: input must be {size}x{size}, got {batch.shape[2]}x{batch.shape[3]}")
+        batch = check_batch(net, batch)
         if not engine.fits(batch.shape):
             return self._run_overflow(net, batch, engine)
         step = engine.max_shape[0]

@@ -41,31 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.vision.backends import NETS, BackendError
+from agent.vision.backends import BackendError, check_batch
 
 log = logging.getLogger(__name__)
 
-_CROP = {"rnet": 24, "onet": 48}
 _ids = itertools.count(1)
 
 
 class InferenceTimeoutError(BackendError):
     """The primary backend did not answer within the timeout."""
-
-
-def check_batch(net: str, batch: Any) -> np.ndarray:
-    """The batch as contiguous float32, or BackendError when it breaks the backend protocol."""
-    if net not in NETS:
-        raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[0] == 0:
-        raise BackendError(f"{net}: batch must be float32 (N, 3, H, W) with N >= 1, got shape {batch.shape}")
-    size = _CROP.get(net)
-    if size is not None and batch.shape[2:] != (size, size):
-        raise BackendError(f"{net}: input must be {size}x{size}, got {batch.shape[2]}x{batch.shape[3]}")
-    if size is None and min(batch.shape[2:]) < 12:
-        raise BackendError(f"pnet: input must be at least 12x12, got {batch.shape[2]}x{batch.shape[3]}")
-    return batch
 
 
 class _Worker:
