@@ -49,6 +49,7 @@ def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: in
 
     Returns the events, the frame counts/times around the retraining, and the service's stats.
     """
+    work.mkdir(parents=True, exist_ok=True)
     keyfile = work / "enroll.keys"
     keyfile.write_text(f"ops:{KEY.hex()}\n")
     keyfile.chmod(0o600)
