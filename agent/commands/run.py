@@ -7,6 +7,7 @@ import logging
 import sys
 
 from agent.commands._common import config_of, fail
+from agent.dbcheck import DatabaseCheckError
 from agent.service import Service, install_signal_handlers
 from agent.sources import SourceError
 from agent.store import StoreError
@@ -40,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     install_signal_handlers(service)
     try:
         return service.run()
-    except (SourceError, StoreError, BackendError, ModelFileError) as exc:
+    except (SourceError, StoreError, BackendError, ModelFileError, DatabaseCheckError) as exc:
         return fail(str(exc), 2)
