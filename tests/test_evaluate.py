@@ -14,15 +14,13 @@ from conftest import COMPREFACE, DLIB, FR, ROOT, make_config
 from PIL import Image
 
 from agent.cli import main
+from agent.eval_report import format_eval, format_tune, plot_report
 from agent.evaluate import (
     EvalError,
     equal_error,
     evaluate_detections,
     evaluate_folder,
-    format_eval,
-    format_tune,
     match_detections,
-    plot_report,
     read_dlib_xml,
     threshold_for_far,
     tune_gallery,

@@ -7,14 +7,8 @@ import json
 from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.evaluate import (
-    EvalError,
-    evaluate_detections,
-    evaluate_folder,
-    format_detections,
-    format_eval,
-    plot_report,
-)
+from agent.eval_report import format_detections, format_eval, plot_report
+from agent.evaluate import EvalError, evaluate_detections, evaluate_folder
 from agent.vision.recognizer import FaceAnalyzer
 
 

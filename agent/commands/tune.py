@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.evaluate import EvalError, format_tune, plot_report, tune_gallery
+from agent.eval_report import format_tune, plot_report
+from agent.evaluate import EvalError, tune_gallery
 from agent.gallery import Gallery
 
 
