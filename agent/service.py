@@ -39,6 +39,24 @@ log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
 FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
+STATUS_LINE_PERIOD = 0.25  # seconds between redraws of the terminal status line
+
+
+class _ClearLine(logging.Formatter):
+    """Erase the status line before a log line, so the two never mix on the terminal."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\r\x1b[K" + self.inner.format(record)
+
+
+def _clear_status_line_before_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) is sys.stderr and not isinstance(handler.formatter, _ClearLine):
+            handler.setFormatter(_ClearLine(handler.formatter))
 
 
 class Stats:
@@ -99,6 +117,9 @@ class Service:
         self.monitor: health.HealthMonitor | None = None
         self._writer: Any = None
         self._connected_at = 0.0
+        self._status_printed = 0.0
+        if status_line:
+            _clear_status_line_before_logs()
         self._health_published: tuple | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -315,6 +336,10 @@ class Service:
             self._health_published = key
 
     def _print_status_line(self) -> None:
+        now = time.monotonic()
+        if now - self._status_printed < STATUS_LINE_PERIOD:
+            return
+        self._status_printed = now
         tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
         line = (f"\r{self.stats.fps:5.1f} fps | frames {self.stats.frames} | tracks {tracks} | "
                 f"events {self.stats.events} | last: {self.stats.last_event or '-'}")
