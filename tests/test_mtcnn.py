@@ -446,3 +446,21 @@ def test_tiny_and_blank_images_give_no_faces(detector):
 def test_bad_settings_are_rejected(backend, kwargs):
     with pytest.raises(ValueError):
         MTCNN(backend, **kwargs)
+
+
+def test_refine_finds_the_faces_near_given_boxes_only(detector):
+    """Video between full detections: R-Net + O-Net on (predicted) boxes re-find those faces, nothing else."""
+    rgb = load_image(COMPREFACE / "embedding-calculator" / "sample_images" / "000_5.jpg")
+    faces = detector.detect(rgb)
+    assert len(faces) == 5
+    shifted = [(f.x1 + 0.1 * f.width, f.y1 - 0.1 * f.height, f.x2 + 0.1 * f.width, f.y2 - 0.1 * f.height)
+               for f in faces[:3]]  # where a tracker might predict them: off by 10%
+    again = detector.refine(rgb, shifted)
+    assert len(again) == 3
+    for f in faces[:3]:
+        assert max(iou(f.box, g.box) for g in again) > 0.7
+    check_landmarks(again[0])
+    assert detector.last_timings["pnet"] == 0.0
+    h, w = rgb.shape[:2]
+    assert detector.refine(rgb, [(0, 0, 60, 60), (w - 80, h - 80, w, h)]) == []  # no face there
+    assert detector.refine(rgb, []) == []

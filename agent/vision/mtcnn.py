@@ -328,20 +328,10 @@ class MTCNN:
 
         boxes = self._stage1(image)
         t1 = time.perf_counter()
-        image_f = image.astype(np.float32) if len(boxes) else None
-        if len(boxes):
-            boxes = self._stage2(image_f, boxes)
-        t2 = time.perf_counter()
-        points = np.empty((0, 5, 2))
-        if len(boxes):
-            boxes, points = self._stage3(image_f, boxes)
-        t3 = time.perf_counter()
-
-        detections = self._finish(boxes, points, height, width, small_h, small_w,
-                                  self.min_score if min_score is None else min_score)
-        t4 = time.perf_counter()
-        self.last_timings = {"pnet": (t1 - t0) * 1e3, "rnet": (t2 - t1) * 1e3, "onet": (t3 - t2) * 1e3,
-                             "total": (t4 - t0) * 1e3}
+        detections, rnet_ms, onet_ms = self._last_stages(image, boxes, (height, width, small_h, small_w),
+                                                         min_score)
+        self.last_timings = {"pnet": (t1 - t0) * 1e3, "rnet": rnet_ms, "onet": onet_ms,
+                             "total": (time.perf_counter() - t0) * 1e3}
         log.debug("%d face(s) in %dx%d image in %.1f ms", len(detections), width, height,
                   self.last_timings["total"])
         return detections
@@ -369,19 +359,27 @@ class MTCNN:
         cand = _rerec(np.column_stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3], np.ones(len(b))]))
         cand[:, :4] = np.fix(cand[:, :4])
         cand = cand[(cand[:, 2] - cand[:, 0] >= PNET_CELL - 1) & (cand[:, 3] - cand[:, 1] >= PNET_CELL - 1)]
-        image_f = image.astype(np.float32)
-        t1 = time.perf_counter()
-        found = self._stage2(image_f, cand) if len(cand) else cand
-        t2 = time.perf_counter()
-        points = np.empty((0, 5, 2))
-        if len(found):
-            found, points = self._stage3(image_f, found)
-        t3 = time.perf_counter()
-        detections = self._finish(found, points, height, width, small_h, small_w,
-                                  self.min_score if min_score is None else min_score)
-        self.last_timings = {"pnet": 0.0, "rnet": (t2 - t1) * 1e3, "onet": (t3 - t2) * 1e3,
+        detections, rnet_ms, onet_ms = self._last_stages(image, cand, (height, width, small_h, small_w),
+                                                         min_score)
+        self.last_timings = {"pnet": 0.0, "rnet": rnet_ms, "onet": onet_ms,
                              "total": (time.perf_counter() - t0) * 1e3}
         return detections
+
+    def _last_stages(self, image: np.ndarray, boxes: np.ndarray, sizes: tuple[int, int, int, int],
+                     min_score: float | None) -> tuple[list[Detection], float, float]:
+        """R-Net then O-Net on candidate boxes, mapped back to the original image (height, width, small_h,
+        small_w): (detections, R-Net ms, O-Net ms)."""
+        t0 = time.perf_counter()
+        image_f = image.astype(np.float32) if len(boxes) else None
+        if len(boxes):
+            boxes = self._stage2(image_f, boxes)
+        t1 = time.perf_counter()
+        points = np.empty((0, 5, 2))
+        if len(boxes):
+            boxes, points = self._stage3(image_f, boxes)
+        t2 = time.perf_counter()
+        detections = self._finish(boxes, points, *sizes, self.min_score if min_score is None else min_score)
+        return detections, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
     # ---- stages -----------------------------------------------------------------------------------------
 
