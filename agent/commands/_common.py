@@ -19,3 +19,12 @@ def show_progress() -> bool:
 def fail(message: str, code: int = 1) -> int:
     print(f"face-agent: {message}", file=sys.stderr)
     return code
+
+
+def usage_without_action(parser: argparse.ArgumentParser) -> None:
+    """A command made of actions (`config check|show`...): without one, print its usage and exit 2."""
+    def run(_args: argparse.Namespace) -> int:
+        print(parser.format_help(), file=sys.stderr)
+        return 2
+
+    parser.set_defaults(func=run)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from agent.commands._common import usage_without_action
 from agent.config import Config, config_as_dict, find_config, load_config
 
 PATH_KEYS = ("storage", "engines", "svm", "faces")
@@ -27,13 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print the effective configuration (secrets masked)")
     show.add_argument("--json", action="store_true", help="JSON instead of TOML")
     show.set_defaults(func=run_show)
-    p.set_defaults(func=run, config_help=p.format_help)
+    usage_without_action(p)
 
-
-def run(args: argparse.Namespace) -> int:
-    """`face-agent config` without an action: usage, exit 2 (the actions set their own func)."""
-    print(args.config_help(), file=sys.stderr)
-    return 2
 
 
 def _source(args: argparse.Namespace) -> str:

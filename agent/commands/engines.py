@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
-from agent.commands._common import config_of, fail
+from agent.commands._common import config_of, fail, usage_without_action
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,13 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     clean = actions.add_parser("clean", help="remove stale engines (--all: every engine)")
     clean.add_argument("--all", action="store_true", dest="remove_all", help="remove every engine")
     clean.set_defaults(func=run_clean)
-    p.set_defaults(func=run, engines_help=p.format_help)
+    usage_without_action(p)
 
-
-def run(args: argparse.Namespace) -> int:
-    """`face-agent engines` without an action: usage, exit 2."""
-    print(args.engines_help(), file=sys.stderr)
-    return 2
 
 
 def _cache(cfg: Any) -> Any:

