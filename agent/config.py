@@ -109,12 +109,18 @@ class TrackerSection:
     min_face_size: int = 40  # faces smaller than this (px) are not embedded
     min_sharpness: float = 20.0  # variance of the Laplacian below which a face is too blurry
     embed_every: int = 5  # frames between embeddings of an unsettled track
-    settled_embed_every: int = 60  # frames between embeddings once the identity is settled
+    settled_embed_every: int = 10  # frames between embeddings (re-verification) once the identity is settled
     max_attempts: int = 6  # embeddings before an unsettled track is declared unknown
     reembed_area: float = 1.3  # unsettled track: embed early when the face area is this many times the best so far
     reembed_sharpness: float = 1.5  # ... or when it is this many times as sharp
     full_quality_size: int = 100  # px: faces at least this large weigh fully in the vote (smaller ones less)
     full_quality_sharpness: float = 100.0  # Laplacian variance at which a face counts as fully sharp in the vote
+    split_distance: float = 0.5  # L2 from a track's own recent embeddings beyond which the face is somebody else
+    cut_threshold: float = 20.0  # mean grey change (0-255) of the whole 32x18 frame that counts as a shot cut
+    jump_ratio: float = 0.5  # box centre this many face sizes away from its prediction: unverified
+    resize_ratio: float = 1.5  # face size changed by more than this factor in one frame: unverified
+    look_threshold: float = 0.6  # correlation of 16x16 grey face thumbnails with the frame before below: unverified
+    show_coasting: int = 3  # frames a track without a detection is still drawn and listed in --frames-out
 
 
 @dataclass
@@ -317,6 +323,17 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.min_face_size: at least 12 (P-Net's window)")
     if d.inference_timeout <= 0 or d.max_batch < 1 or d.workspace_mb < 16:
         raise ConfigError("detector: inference_timeout > 0, max_batch >= 1 and workspace_mb >= 16 required")
+    t = cfg.tracker
+    if not 0.0 < t.split_distance < 2.0:
+        raise ConfigError("tracker.split_distance: between 0 and 2 (L2 of unit-length embeddings)")
+    if not 0.0 < t.cut_threshold <= 255.0:
+        raise ConfigError("tracker.cut_threshold: between 0 and 255 (mean grey change of the frame)")
+    if t.jump_ratio <= 0.0 or t.resize_ratio <= 1.0:
+        raise ConfigError("tracker.jump_ratio must be > 0 and tracker.resize_ratio > 1")
+    if not -1.0 <= t.look_threshold <= 1.0:
+        raise ConfigError("tracker.look_threshold: a correlation between -1 and 1")
+    if not 0 <= t.show_coasting <= t.max_missed:
+        raise ConfigError("tracker.show_coasting: between 0 and tracker.max_missed")
     if not 0.0 < cfg.recognition.distance_threshold < 2.0:
         raise ConfigError("recognition.distance_threshold: between 0 and 2 (L2 of unit-length embeddings)")
     if cfg.recognition.cv_folds < 2:

@@ -1,9 +1,13 @@
-"""The one event schema (version 1): what the agent logs in SQLite and publishes on `<prefix>/events`.
+"""The one event schema (version 2): what the agent logs in SQLite and publishes on `<prefix>/events`.
 
 An `Event` is a flat JSON object. Common fields are always present (`null` where they do not apply);
 type-specific fields are present only for their type (see `TYPE_FIELDS`). The JSON Schema in
 `agent/schemas/event.schema.json` documents the same rules that `validate_event` checks here, so no
 runtime dependency on `jsonschema` is needed (tests check that both agree). See docs/events.md.
+
+Version 2 added `frame_index` and `media_time` (where in the source the event happened); version 1
+events (in an older log) are still valid without them, and consumers of version 1 keep working: nothing
+else changed.
 
 Event ids are ULIDs: 26 Crockford base32 characters, a 48-bit millisecond timestamp then 80 random bits,
 monotonic within one process, so they sort by creation time and are unique across agents.
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)  # versions this code reads (an event log may hold older events)
 
 TRACK_STARTED = "track_started"
 IDENTIFIED = "identified"
@@ -42,8 +47,9 @@ TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     TRACK_ENDED: ("duration_s", "best_confidence"),
     MODEL_UPDATED: ("people", "counts", "training_s", "cv_score"),
 }
-COMMON_FIELDS = ("schema_version", "event_id", "type", "agent_id", "camera", "timestamp", "track_id",
-                 "name", "confidence", "votes", "box", "frame")
+COMMON_FIELDS_V1 = ("schema_version", "event_id", "type", "agent_id", "camera", "timestamp", "track_id",
+                    "name", "confidence", "votes", "box", "frame")
+COMMON_FIELDS = (*COMMON_FIELDS_V1, "frame_index", "media_time")
 OPTIONAL_FIELDS = ("thumbnail",)
 
 MAX_NAME_LENGTH = 200
@@ -118,6 +124,8 @@ class Event:
     votes: int | None = None  # agreeing votes behind `name`
     box: dict[str, int] | None = None  # {left, top, right, bottom} in frame pixels
     frame: dict[str, int] | None = None  # {width, height}
+    frame_index: int | None = None  # the source frame (position in a file; count since start when live)
+    media_time: float | None = None  # seconds into the file (files only; null for live sources)
     thumbnail: str | None = None  # base64 JPEG of the face; optional, off by default
     # type-specific
     previous_name: str | None = None  # identified: the name before a change (null the first time)
@@ -132,7 +140,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: common fields, thumbnail if any, then the fields of this type."""
-        out = {key: getattr(self, key) for key in COMMON_FIELDS}
+        common = COMMON_FIELDS if self.schema_version >= 2 else COMMON_FIELDS_V1
+        out = {key: getattr(self, key) for key in common}
         if self.thumbnail is not None:
             out["thumbnail"] = self.thumbnail
         for key in TYPE_FIELDS.get(self.type, ()):
@@ -213,16 +222,18 @@ def _check_object(v: Any, key: str, keys: tuple[str, ...]) -> None:
 
 
 def validate_event(data: Any) -> None:
-    """Check an event object against schema version 1 (the rules of event.schema.json); raise EventError."""
+    """Check an event object against its schema version (the rules of event.schema.json); raise EventError."""
     if not isinstance(data, dict):
         _fail("event", f"expected a JSON object, got {type(data).__name__}")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        _fail("schema_version", f"expected {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        _fail("schema_version", f"expected one of {SCHEMA_VERSIONS}, got {version!r}")
+    common = COMMON_FIELDS if version >= 2 else COMMON_FIELDS_V1
     etype = data.get("type")
     if etype not in EVENT_TYPES:
         _fail("type", f"{etype!r} is not one of {', '.join(EVENT_TYPES)}")
-    allowed = set(COMMON_FIELDS) | set(OPTIONAL_FIELDS) | set(TYPE_FIELDS[etype])
-    missing = [k for k in (*COMMON_FIELDS, *TYPE_FIELDS[etype]) if k not in data]
+    allowed = set(common) | set(OPTIONAL_FIELDS) | set(TYPE_FIELDS[etype])
+    missing = [k for k in (*common, *TYPE_FIELDS[etype]) if k not in data]
     if missing:
         _fail("event", f"missing field(s) {', '.join(missing)} for type {etype}")
     extra = sorted(set(data) - allowed)
@@ -237,6 +248,11 @@ def validate_event(data: Any) -> None:
     _check_str(data, "name", nullable=True)
     _check_prob(data, "confidence")
     _check_nonneg_int(data, "votes", nullable=True)
+    if version >= 2:
+        _check_nonneg_int(data, "frame_index", nullable=True)
+        t = data["media_time"]
+        if t is not None and (not _is_num(t) or t < 0):
+            _fail("media_time", f"expected a non-negative number or null, got {t!r}")
 
     is_track = etype in TRACK_TYPES
     if is_track:
@@ -277,6 +293,14 @@ def validate_event(data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- factories
+
+
+@dataclass(frozen=True)
+class FramePosition:
+    """Where in the source an event happened: the frame index and, for files, the media time in seconds."""
+
+    index: int
+    media_time: float | None = None
 
 
 def _box(box: Any) -> dict[str, int]:
@@ -340,8 +364,11 @@ class EventFactory:
         return cls(cfg.agent.id, cfg.agent.camera_name, e.thumbnails, e.thumbnail_size, e.thumbnail_max_bytes)
 
     def _track_event(self, etype: str, track_id: int, box: Any, frame_size: Sequence[int], image: Any,
-                     **fields: Any) -> Event:
+                     at: FramePosition | None = None, **fields: Any) -> Event:
         b = _box(box)
+        if at is not None:
+            fields.update(frame_index=int(at.index),
+                          media_time=None if at.media_time is None else round(float(at.media_time), 3))
         thumb = None
         if self.thumbnails and image is not None:
             thumb = make_thumbnail(image, b, self.thumbnail_size, self.thumbnail_max_bytes)
@@ -351,28 +378,30 @@ class EventFactory:
         return event
 
     def track_started(self, track_id: int, box: Any, frame_size: Sequence[int],
-                      confidence: float | None = None, image: Any = None) -> Event:
+                      confidence: float | None = None, image: Any = None, at: FramePosition | None = None) -> Event:
         """A confirmed new track; `confidence` = detector score (optional)."""
-        return self._track_event(TRACK_STARTED, track_id, box, frame_size, image,
+        return self._track_event(TRACK_STARTED, track_id, box, frame_size, image, at,
                                  confidence=_round(confidence))
 
     def identified(self, track_id: int, name: str, confidence: float, votes: int, box: Any,
-                   frame_size: Sequence[int], previous_name: str | None = None, image: Any = None) -> Event:
+                   frame_size: Sequence[int], previous_name: str | None = None, image: Any = None,
+                   at: FramePosition | None = None) -> Event:
         """A track got a settled name, or its settled name changed (`previous_name`)."""
-        return self._track_event(IDENTIFIED, track_id, box, frame_size, image, name=name,
+        return self._track_event(IDENTIFIED, track_id, box, frame_size, image, at, name=name,
                                  confidence=_round(confidence), votes=int(votes), previous_name=previous_name)
 
     def unknown_face(self, track_id: int, attempts: int, box: Any, frame_size: Sequence[int],
-                     confidence: float | None = None, votes: int | None = None, image: Any = None) -> Event:
+                     confidence: float | None = None, votes: int | None = None, image: Any = None,
+                     at: FramePosition | None = None) -> Event:
         """A track still unknown after its attempts; `confidence` = best score of any person, if any."""
-        return self._track_event(UNKNOWN_FACE, track_id, box, frame_size, image,
+        return self._track_event(UNKNOWN_FACE, track_id, box, frame_size, image, at,
                                  confidence=_round(confidence), votes=_int(votes), attempts=int(attempts))
 
     def track_ended(self, track_id: int, name: str | None, duration_s: float, best_confidence: float | None,
                     box: Any, frame_size: Sequence[int], votes: int | None = None,
-                    confidence: float | None = None) -> Event:
+                    confidence: float | None = None, at: FramePosition | None = None) -> Event:
         """A track ended; `name` = its final identity (None = unknown), box = last box."""
-        return self._track_event(TRACK_ENDED, track_id, box, frame_size, None, name=name,
+        return self._track_event(TRACK_ENDED, track_id, box, frame_size, None, at, name=name,
                                  confidence=_round(confidence), votes=_int(votes),
                                  duration_s=round(float(duration_s), 3),
                                  best_confidence=_round(best_confidence))

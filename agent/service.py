@@ -17,18 +17,16 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory
+from agent.events import Event, EventFactory, FramePosition
+from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
-from agent.sources import Source, open_source
+from agent.sources import Frame, Source, open_source
 from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
 from agent.vision.classifier import Classifier
@@ -96,13 +94,14 @@ class Stats:
 class Service:
     def __init__(self, cfg: Config, source_uri: str | None = None, every_frame: bool | None = None,
                  show: str | None = None, status_line: bool = False, max_frames: int = 0,
-                 analyzer: Any = None):
+                 analyzer: Any = None, frames_out: str | None = None):
         limit_heap_growth()
         self.cfg = cfg
         self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
         self.source_uri = source_uri
         self.every_frame = every_frame
         self.show_path = show
+        self.frames_out_path = frames_out
         self.status_line = status_line
         self.max_frames = max_frames
         self.stats = Stats()
@@ -115,7 +114,9 @@ class Service:
         self.gallery: Gallery | None = None
         self.intake: Any = None
         self.monitor: health.HealthMonitor | None = None
-        self._writer: Any = None
+        self._writer: AnnotatedWriter | None = None
+        self._frames_out: FramesWriter | None = None
+        self._position: FramePosition | None = None  # where the last processed frame is in the source
         self._connected_at = 0.0
         self._status_printed = 0.0
         if status_line:
@@ -155,6 +156,10 @@ class Service:
             section = type(section)(**{**vars(section), "uri": self.source_uri})
         self.source = open_source(section, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
                                   cfg.images.max_bytes)
+        if self.frames_out_path:
+            self._frames_out = FramesWriter(self.frames_out_path)
+        if self.show_path:
+            self._writer = AnnotatedWriter(self.show_path, self.source.fps)
         self.monitor = health.HealthMonitor.from_config(
             cfg, camera_ok=lambda: self.source.connected if self.source else None,
             broker_connected_since=self._broker_since,
@@ -213,26 +218,38 @@ class Service:
         log.info("event %s track %s %s %s", event.type, event.track_id, event.name or "",
                  f"{event.confidence:.2f}" if event.confidence is not None else "")
 
-    def events_for(self, result: FrameResult, rgb: np.ndarray) -> list[Event]:
-        f, size = self.factory, result.size
-        events = []
+    def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
+        """The events of one processed frame, in order: tracks that ended (a cut, a split, gone), tracks that
+        started, identity changes; each says where in the source it happened."""
+        f, size, rgb = self.factory, result.size, frame.image
+        at = FramePosition(frame.index, frame.media_time)
+        events = [self._ended(track, size, at) for track in result.update.ended]
         for track in result.update.started:
-            events.append(f.track_started(track.id, track.box, size, track.detection.score, image=rgb))
+            events.append(f.track_started(track.id, track.box, size, track.detection.score, image=rgb, at=at))
         for change in result.changes:
             t = change.track
             if change.kind == "unknown":
                 events.append(f.unknown_face(t.id, t.attempts, t.box, size, change.confidence, change.votes,
-                                             image=rgb))
+                                             image=rgb, at=at))
             else:
                 events.append(f.identified(t.id, change.name, change.confidence, change.votes, t.box, size,
-                                           previous_name=change.previous, image=rgb))
-        for track in result.update.ended:
-            events.append(self._ended(track, size))
+                                           previous_name=change.previous, image=rgb, at=at))
         return events
 
-    def _ended(self, track: Any, size: tuple[int, int]) -> Event:
+    def _ended(self, track: Any, size: tuple[int, int], at: FramePosition | None) -> Event:
         return self.factory.track_ended(track.id, track.name, track.duration, track.confidence or None,
-                                        track.box, size, votes=track.votes)
+                                        track.box, size, votes=track.votes, at=at)
+
+    def _output(self, frame: Frame, result: FrameResult) -> None:
+        """--frames-out and --show: the same record, written and drawn."""
+        if self._frames_out is None and self._writer is None:
+            return
+        time_value = frame.media_time if frame.media_time is not None else frame.timestamp
+        record = frame_record(frame.index, time_value, result.update.tracks, self.cfg.tracker.show_coasting)
+        if self._frames_out is not None:
+            self._frames_out.write(record)
+        if self._writer is not None:
+            self._writer.write(frame.image, record)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -257,12 +274,12 @@ class Service:
                 else:
                     result = self.pipeline.process(frame.image, frame.timestamp)
                     size = result.size
-                    for event in self.events_for(result, frame.image):
+                    self._position = FramePosition(frame.index, frame.media_time)
+                    for event in self.events_for(result, frame):
                         self._emit(event)
                     self.stats.frame(result)
                     watchdog.frame_done()
-                    if self.show_path:
-                        self._show(frame.image, result)
+                    self._output(frame, result)
                     if self.max_frames and self.stats.frames >= self.max_frames:
                         break
                 now = time.monotonic()
@@ -283,7 +300,7 @@ class Service:
             self.source.stop()
         if self.pipeline is not None and self.store is not None:
             for track in self.pipeline.finish():
-                self._emit(self._ended(track, size))
+                self._emit(self._ended(track, size, self._position))
         self._write_status(state="stopped")
         if self.publisher is not None:
             left = self.publisher.stop()
@@ -294,7 +311,9 @@ class Service:
         if self.store is not None:
             self.store.close()
         if self._writer is not None:
-            self._writer.release()
+            self._writer.close()
+        if self._frames_out is not None:
+            self._frames_out.close()
         if self.gallery is not None:
             self.gallery.close()
 
@@ -344,29 +363,6 @@ class Service:
         line = (f"\r{self.stats.fps:5.1f} fps | frames {self.stats.frames} | tracks {tracks} | "
                 f"events {self.stats.events} | last: {self.stats.last_event or '-'}")
         print(line[:120].ljust(80), end="", file=sys.stderr, flush=True)
-
-    def _show(self, rgb: np.ndarray, result: FrameResult) -> None:
-        """Annotated frame to a picture (overwritten each frame) or a video file; only with --show."""
-        import cv2
-
-        img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        for track in result.update.tracks:
-            x1, y1, x2, y2 = (int(v) for v in track.box)
-            color = (0, 200, 0) if track.name else (0, 160, 255)
-            cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
-            label = f"{track.id} {track.name or track.status}"
-            cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1)
-        path = Path(self.show_path)
-        if path.suffix.lower() in (".mp4", ".avi", ".mkv"):
-            if self._writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
-                self._writer = cv2.VideoWriter(str(path), fourcc, self.source.fps or 15.0,
-                                               (img.shape[1], img.shape[0]))
-            self._writer.write(img)
-        else:
-            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-            cv2.imwrite(str(tmp), img)
-            tmp.replace(path)
 
 
 def install_signal_handlers(service: Service) -> None:

@@ -61,11 +61,13 @@ class Frame:
     running count of captured frames from 0 (gaps mean dropped frames). `timestamp`: seconds since the epoch -
     the capture time for live sources; for files and folders the start time of the source plus the frame's
     position in the video (index / fps), so durations are in video time however fast frames are processed.
+    `media_time`: seconds into the file (index / fps) for files and folders, None for live sources.
     """
 
     image: np.ndarray
     index: int
     timestamp: float
+    media_time: float | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -493,6 +495,7 @@ class Source:
 
     def _make_frame(self, image: np.ndarray) -> Frame:
         index = self._reader.index
+        offset = None
         if self.is_live:
             timestamp = time.time()
         else:
@@ -501,7 +504,7 @@ class Source:
             if not self.every_frame:  # replay a file like a camera: at its own frame rate
                 self._stop.wait(max(0.0, self._t0_mono + offset - time.monotonic()))
         rgb = _to_rgb(image) if self._reader.bgr else image
-        return Frame(image=np.ascontiguousarray(rgb), index=index, timestamp=timestamp)
+        return Frame(image=np.ascontiguousarray(rgb), index=index, timestamp=timestamp, media_time=offset)
 
     def _deliver(self, frame: Frame) -> None:
         with self._cond:

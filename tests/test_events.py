@@ -18,6 +18,7 @@ from agent.events import (
     Event,
     EventError,
     EventFactory,
+    FramePosition,
     format_timestamp,
     new_event_id,
     parse_timestamp,
@@ -120,7 +121,12 @@ def _mutations(factory) -> list[tuple[str, dict]]:
                 d[k] = v
         cases.append((label, d))
 
-    case("schema_version", base, schema_version=2)
+    case("schema_version", base, schema_version=3)
+    case("v1 with v2 fields", base, schema_version=1)
+    case("v2 without frame_index", base, frame_index=KeyError)
+    case("frame_index negative", base, frame_index=-1)
+    case("media_time text", base, media_time="1.5")
+    case("media_time negative", base, media_time=-0.5)
     case("type", base, type="face_seen")
     case("event_id", base, event_id="not-an-id")
     case("timestamp", base, timestamp="2024-05-01 12:00")
@@ -153,6 +159,25 @@ def test_invalid_events_rejected_by_both_validators(schema, factory):
         with pytest.raises(EventError):
             validate_event(data)
         assert list(validator.iter_errors(data)), f"schema file accepts: {label}"
+
+
+def test_events_say_where_in_the_source(schema, factory):
+    """Version 2: frame index and media time (files) on every track event; version 1 events still read."""
+    at = FramePosition(211, 7.04)
+    event = factory.track_ended(6, "lin", 4.2, 0.9, (1, 2, 3, 4), (640, 360), at=at)
+    data = json.loads(event.to_json())
+    assert data["schema_version"] == 2 and data["frame_index"] == 211 and data["media_time"] == 7.04
+    live = json.loads(factory.track_started(1, (1, 2, 3, 4), (640, 360), at=FramePosition(5)).to_json())
+    assert live["frame_index"] == 5 and live["media_time"] is None
+    model = json.loads(factory.model_updated(["a"], {"a": 1}, 1.0, 0.5).to_json())
+    assert model["frame_index"] is None and model["media_time"] is None
+    validator = jsonschema.Draft202012Validator(schema)
+    for d in (data, live, model):
+        assert not list(validator.iter_errors(d))
+    v1 = {k: v for k, v in data.items() if k not in ("frame_index", "media_time")} | {"schema_version": 1}
+    validate_event(v1)  # an older event in the log
+    assert not list(validator.iter_errors(v1))
+    assert Event.from_dict(v1).to_dict() == v1  # read back and re-serialised as it was
 
 
 def test_factories_accept_numpy_values(factory):

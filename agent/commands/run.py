@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="always take the newest frame, dropping the rest (default for live sources)")
     p.add_argument("--show", metavar="PATH", help="write annotated frames to PATH (.jpg/.png: the latest "
                    "frame, overwritten; .mp4/.avi: a video). Off by default: drawing is not in the hot path")
+    p.add_argument("--frames-out", metavar="PATH", help="write one JSON line per processed frame to PATH: every "
+                   "face drawn, with its track, box, status, name, confidence (docs/events.md); --show draws the same")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: no limit)")
     p.set_defaults(func=run)
 
@@ -37,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     service = Service(cfg, source_uri=args.source, every_frame=args.every_frame, show=args.show,
-                      status_line=sys.stderr.isatty() and not args.quiet, max_frames=args.max_frames)
+                      status_line=sys.stderr.isatty() and not args.quiet, max_frames=args.max_frames,
+                      frames_out=args.frames_out)
     install_signal_handlers(service)
     try:
         return service.run()

@@ -6,7 +6,10 @@ costs a few milliseconds instead of tens, so faces are still found on every fram
 at most `detect_every - 1` frames.
 
 One `Pipeline.process(rgb, timestamp)` per frame returns a `FrameResult`: the detections, the tracker's
-update (tracks started/ended, all live tracks) and the identity changes the votes produced. Turning
+update (tracks started/ended, all live tracks) and the identity changes the votes produced. Every embedding
+is first checked against its track's own face (`Tracker.verify`): a different person splits the track
+before the vote, so a name never passes from one person to another. A shot cut (`Tracker.check_scene`)
+ends every track and makes the frame a full-detection frame. Turning
 those into events is the service's job. The classifier can be replaced between frames
 (`set_classifier`) by another thread: the reference is swapped atomically and a frame always uses one
 classifier from start to end.
@@ -73,7 +76,8 @@ class Pipeline:
             classifier = self._classifier
         t0 = time.perf_counter()
         detector = self.analyzer.detector
-        full = self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0
+        cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
+        full = cut or self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0
         # every face down to the O-Net threshold; only those above min_score may start a track
         if full:
             detections = detector.detect(rgb, min_score=0.0)
@@ -89,9 +93,12 @@ class Pipeline:
             _, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
             t3 = time.perf_counter()
             predictions = classifier.predict(embeddings)
-            for request, prediction in zip(requests, predictions):
-                result.recognitions.append(Recognition(request.track, request.detection, prediction))
-                change = self.tracker.add_prediction(request.track.id, prediction.name, prediction.confidence,
+            for request, embedding, prediction in zip(requests, embeddings, predictions):
+                track = self.tracker.verify(request.track.id, embedding, prediction.name)  # or a new track
+                if track is None:
+                    continue
+                result.recognitions.append(Recognition(track, request.detection, prediction))
+                change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
                                                      request.quality)
                 if change is not None:
                     result.changes.append(change)

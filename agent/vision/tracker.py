@@ -16,6 +16,22 @@
   ("identified"), another name ("changed"), or "unknown" (by the votes, or after `max_attempts`
   predictions without a settled name).
 
+A track is one person, and positions alone cannot promise that (a shot cut, somebody stepping into
+another's place, two faces crossing). So the tracker also watches what the face looks like:
+- appearance: every embedding of a track goes through `verify()` first. The track keeps its last
+  `APPEARANCE_MEMORY` embeddings; a new one farther than `split_distance` from all of them (and not named
+  by the classifier as the track's own settled name, which verifies a big change of pose) splits the track:
+  the old track ends with its name, a new track (new id, empty ballot) starts on the same box with that
+  embedding as its first vote. Votes are only ever about one person.
+- cheap checks on every frame: a scene cut (`check_scene()`: the whole frame's grey 32x18 thumbnail
+  changed by more than `cut_threshold` on average) ends every track. A track whose box jumps away from
+  its prediction (`jump_ratio`), changes size abruptly (`resize_ratio`), whose face suddenly looks
+  different from the frame before (`look_threshold`: correlation of 16x16 grey thumbnails), or that
+  misses its detection (coasting) becomes *unverified*: it shows no name (`shown_status` is pending) and
+  is embedded as soon as its face is seen; the embedding either verifies it (the name shows again) or
+  splits it. Verified tracks are re-checked every `settled_embed_every` frames, which also catches a
+  change the cheap checks missed.
+
 Everything counts in processed frames, not seconds; timestamps only date the tracks.
 """
 
@@ -39,6 +55,9 @@ POSITION_GAIN = 0.7  # alpha: share of the measured box in the new box (the rest
 VELOCITY_GAIN = 0.3  # beta: share of the prediction error added to the velocity
 COAST_DECAY = 0.7  # velocity kept per frame while a track coasts without a detection
 SHARPNESS_SIDE = 64  # px: faces are resized to this square before measuring sharpness
+LOOK_SIDE = 16  # px: the grey face thumbnail compared between frames (cheap appearance check)
+SCENE_SIZE = (32, 18)  # px (w, h): the grey whole-frame thumbnail compared between frames (shot cuts)
+APPEARANCE_MEMORY = 8  # recent verified embeddings a track keeps; a new one is compared with the nearest
 
 PENDING, NAMED, UNKNOWN = "pending", "named", "unknown"  # Track.status
 
@@ -89,6 +108,27 @@ def face_sharpness(image: np.ndarray, box: Sequence[float]) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
+def face_look(image: np.ndarray, box: Sequence[float]) -> np.ndarray | None:
+    """The face's 16x16 grey thumbnail, zero mean and unit norm (None if the box is empty): two looks'
+    dot product is their normalised correlation, 1 for the same picture, lower as the face changes."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 - x1 < 4 or y2 - y1 < 4:
+        return None
+    crop = cv2.resize(image[y1:y2, x1:x2], (LOOK_SIDE, LOOK_SIDE), interpolation=cv2.INTER_AREA)
+    grey = crop.astype(np.float32).mean(axis=2) if crop.ndim == 3 else crop.astype(np.float32)
+    grey = grey.ravel() - grey.mean()
+    norm = float(np.linalg.norm(grey))
+    return grey / norm if norm > 1e-6 else None
+
+
+def scene_signature(image: np.ndarray) -> np.ndarray:
+    """The whole frame as a 32x18 grey thumbnail (float, 0..255) for shot-cut detection."""
+    small = cv2.resize(image, SCENE_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
+    return small.mean(axis=2) if small.ndim == 3 else small
+
+
 @dataclass(eq=False)  # compared by identity: a track is one object for its whole life
 class Track:
     """One face followed across frames. `box` is the filtered box; `detection` the last matched Detection.
@@ -114,10 +154,29 @@ class Track:
     embedded_area: float = 0.0  # largest face area scheduled so far
     embedded_sharpness: float = 0.0  # sharpest face scheduled so far
     embed_quality: float = 0.0  # quality of the face scheduled last (add_prediction's default)
+    embeddings: list = field(default_factory=list)  # recent verified embeddings (the face this track is)
+    verified: bool = False  # the face now was confirmed by an embedding to be the track's person
+    unverified_by: str = "new"  # why it is not verified: new | coasting | jump | resize | look
+    look: np.ndarray | None = None  # face thumbnail (face_look) on the last frame with a detection
 
     @property
     def duration(self) -> float:
         return self.last_seen - self.first_seen
+
+    @property
+    def shown_status(self) -> str:
+        """What may be shown and published now: the status, or pending while the face is unverified."""
+        return self.status if self.verified else PENDING
+
+    @property
+    def shown_name(self) -> str | None:
+        """The name that may be shown on the current face (None unless named and verified)."""
+        return self.name if self.verified and self.status == NAMED else None
+
+    @property
+    def coasting(self) -> bool:
+        """No detection on this frame: the box is the motion prediction."""
+        return self.missed > 0
 
     @property
     def confidence(self) -> float:
@@ -141,7 +200,7 @@ class Track:
         return {"track_id": self.id, "name": self.name, "status": self.status,
                 "first_seen": self.first_seen, "last_seen": self.last_seen,
                 "duration": round(self.duration, 3), "confidence": round(self.confidence, 4),
-                "votes": self.votes, "predictions": self.attempts, "hits": self.hits,
+                "votes": self.votes, "predictions": self.attempts, "hits": self.hits, "verified": self.verified,
                 "best_quality": round(self.best_quality, 3),
                 "box": [round(float(v), 1) for v in self.box]}
 
@@ -203,6 +262,11 @@ class Tracker:
         self.frame = 0
         self._tracks: list[Track] = []  # tentative and confirmed, oldest first
         self._next_id = 1
+        self._scene: np.ndarray | None = None  # scene_signature of the previous frame
+        self._cut_ended: list[Track] = []  # confirmed tracks ended by a cut, reported by the next update
+        self._update: TrackerUpdate | None = None  # the current frame's update (splits are added to it)
+        self.cuts = 0  # scene cuts seen
+        self.splits = 0  # tracks split because the face was somebody else
 
     # ---- queries -----------------------------------------------------------------------------------------
 
@@ -252,6 +316,8 @@ class Tracker:
             track.age += 1
             if i in matched_tracks:
                 det = detections[matched_tracks[i]]
+                if track.confirmed:
+                    self._check_continuity(track, boxes[matched_tracks[i]], predicted[i], image)
                 error = boxes[matched_tracks[i]] - predicted[i]
                 track.box = predicted[i] + POSITION_GAIN * error
                 track.velocity = track.velocity + VELOCITY_GAIN * error
@@ -269,6 +335,7 @@ class Tracker:
             track.missed += 1
             if not track.confirmed:
                 continue  # a tentative track must be seen on consecutive frames
+            self._unverify(track, "coasting")  # no face under the box: nobody to show a name on
             if track.missed > c.max_missed:
                 ended.append(track)
                 log.debug("track %d ended: %s %s after %.1f s", track.id, track.status, track.name, track.duration)
@@ -292,8 +359,53 @@ class Tracker:
                 request = self._schedule(track, image)
                 if request is not None:
                     to_embed.append(request)
-        return TrackerUpdate(frame=self.frame, timestamp=now, tracks=self.tracks, started=started,
-                             to_embed=to_embed, ended=ended)
+        ended = self._cut_ended + ended
+        self._cut_ended = []
+        self._update = TrackerUpdate(frame=self.frame, timestamp=now, tracks=self.tracks, started=started,
+                                     to_embed=to_embed, ended=ended)
+        return self._update
+
+    def check_scene(self, image: np.ndarray) -> bool:
+        """Call once per frame before detecting: True on a shot cut or a sudden change of the whole scene
+        (mean absolute change of the grey 32x18 thumbnail above `cut_threshold`). A cut ends every track
+        (the next update() reports the confirmed ones as ended): nobody on the new picture is verified
+        to be anybody from the old one."""
+        scene = scene_signature(image)
+        previous, self._scene = self._scene, scene
+        if previous is None or previous.shape != scene.shape:
+            return False
+        change = float(np.abs(scene - previous).mean())
+        if change <= self.cfg.cut_threshold:
+            return False
+        self.cuts += 1
+        self._cut_ended.extend(t for t in self._tracks if t.confirmed)
+        log.debug("scene cut (change %.1f): %d tracks ended", change, len(self._tracks))
+        self._tracks = []
+        return True
+
+    def _check_continuity(self, track: Track, box: np.ndarray, predicted: np.ndarray,
+                          image: np.ndarray | None) -> None:
+        """The cheap per-frame checks of a confirmed track that matched a detection: is it still the face of
+        the frame before? If not, the track becomes unverified until an embedding says."""
+        c = self.cfg
+        size = max(1.0, float(min(predicted[2] - predicted[0], predicted[3] - predicted[1])))
+        new_size = float(min(box[2] - box[0], box[3] - box[1]))
+        jump = float(np.hypot((box[0] + box[2] - predicted[0] - predicted[2]) / 2,
+                              (box[1] + box[3] - predicted[1] - predicted[3]) / 2))
+        look, track.look = track.look, face_look(image, box) if image is not None else None
+        if jump > c.jump_ratio * size:
+            self._unverify(track, "jump")
+        elif not 1.0 / c.resize_ratio <= new_size / size <= c.resize_ratio:
+            self._unverify(track, "resize")
+        elif look is not None and track.look is not None and float(look @ track.look) < c.look_threshold:
+            self._unverify(track, "look")
+
+    @staticmethod
+    def _unverify(track: Track, reason: str) -> None:
+        if track.verified:
+            track.verified = False
+            track.unverified_by = reason
+            log.debug("track %d unverified: %s", track.id, reason)
 
     def _confirm(self, track: Track) -> None:
         track.confirmed = True
@@ -316,8 +428,8 @@ class Tracker:
         track.best_quality = max(track.best_quality, quality)
         area = float(width * height)
         since = self.frame - track.last_embed_frame
-        if track.scheduled == 0:
-            due = True
+        if track.scheduled == 0 or (not track.verified and track.unverified_by != "new"):
+            due = True  # a new face, or one that must be verified again before its name shows
         elif track.status == PENDING:
             better = area >= c.reembed_area * track.embedded_area or (
                 sharpness is not None and sharpness >= c.reembed_sharpness * track.embedded_sharpness)
@@ -334,6 +446,49 @@ class Tracker:
         return EmbedRequest(track=track, detection=det, size=size, sharpness=sharpness, quality=quality)
 
     # ---- recognition feedback ----------------------------------------------------------------------------
+
+    def verify(self, track_id: int, embedding: np.ndarray, name: str | None = None) -> Track | None:
+        """Check a new embedding of a track against the faces the track has been (call before
+        add_prediction): the same person (nearest of its recent embeddings within `split_distance`, or
+        `name` - the classifier's name for this embedding - equal to the track's settled name) verifies the
+        track; somebody else splits it: the old track ends with its name and a new confirmed track starts
+        on the same box, both reported in this frame's update (`ended`, `started`, `tracks`). Returns the
+        track the embedding belongs to (vote for that one), or None if the track has ended."""
+        track = self.get(track_id)
+        if track is None:
+            return None
+        embedding = np.asarray(embedding, dtype=np.float32).ravel()
+        if track.embeddings:
+            nearest = float(np.min(np.linalg.norm(np.asarray(track.embeddings) - embedding, axis=1)))
+            same_name = name is not None and track.status == NAMED and name == track.name
+            if nearest > self.cfg.split_distance and not same_name:
+                track = self._split(track, nearest)
+        track.embeddings.append(embedding)
+        del track.embeddings[:-APPEARANCE_MEMORY]
+        if not track.verified:
+            log.debug("track %d verified (was %s)", track.id, track.unverified_by)
+        track.verified = True
+        track.unverified_by = ""
+        return track
+
+    def _split(self, old: Track, distance: float) -> Track:
+        """End `old` (somebody else's face is on its box now) and start a track for the new face."""
+        new = Track(box=old.box.copy(), detection=old.detection, first_seen=old.last_seen, last_seen=old.last_seen,
+                    ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis),
+                    velocity=old.velocity.copy(), hits=1, look=old.look)
+        new.scheduled, new.last_embed_frame = 1, self.frame
+        new.embedded_area, new.embedded_sharpness = old.embedded_area, old.embedded_sharpness
+        new.embed_quality, new.best_quality = old.embed_quality, old.embed_quality
+        self._confirm(new)
+        self._tracks[self._tracks.index(old)] = new
+        self.splits += 1
+        log.debug("track %d (%s %s) split at distance %.3f: track %d", old.id, old.status, old.name, distance,
+                  new.id)
+        if self._update is not None:
+            self._update.ended.append(old)
+            self._update.started.append(new)
+            self._update.tracks = [new if t is old else t for t in self._update.tracks]
+        return new
 
     def add_prediction(self, track_id: int, name: str | None, confidence: float,
                        quality: float | None = None) -> IdentityChange | None:
@@ -367,6 +522,6 @@ class Tracker:
 
     def finish(self) -> list[Track]:
         """End every track (end of stream, shutdown): the confirmed ones are returned for their events."""
-        ended = self.tracks
-        self._tracks = []
+        ended = self._cut_ended + self.tracks
+        self._tracks, self._cut_ended = [], []
         return ended

@@ -1,0 +1,99 @@
+"""What a processed frame shows: one record per frame, written as JSON Lines (`--frames-out`) and drawn
+on the picture (`--show`), so the two always agree.
+
+A record (schema: agent/schemas/frame.schema.json, docs/events.md) lists every confirmed track drawn on the
+frame: its box, what may be shown about it (`Track.shown_status` / `shown_name`: a face that is not verified
+to be the track's person shows no name), the certainty of that outcome, and whether the box is only the
+motion prediction (`coasting`). Tracks coasting for more than `[tracker] show_coasting` frames are not drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+COLOURS = {"named": (0, 200, 0), "unknown": (0, 160, 255), "pending": (200, 200, 200)}  # BGR
+
+
+def frame_record(index: int, time: float, tracks: Iterable[Any], show_coasting: int) -> dict[str, Any]:
+    """The record of one frame: `tracks` are the tracker's confirmed live tracks (agent.vision.tracker.Track)."""
+    faces = []
+    for track in tracks:
+        if track.missed > show_coasting:
+            continue
+        status = track.shown_status
+        left, top, right, bottom = (int(round(float(v))) for v in track.box)
+        faces.append({"track_id": int(track.id),
+                      "box": {"left": left, "top": top, "right": right, "bottom": bottom},
+                      "status": status, "name": track.shown_name,
+                      "confidence": None if status == "pending" else round(float(track.confidence), 4),
+                      "coasting": bool(track.missed > 0)})
+    return {"frame": int(index), "time": round(float(time), 3), "faces": faces}
+
+
+def draw(rgb: np.ndarray, record: dict[str, Any]) -> np.ndarray:
+    """A BGR copy of the frame with the record's faces drawn (coasting boxes thin)."""
+    import cv2
+
+    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    for face in record["faces"]:
+        b = face["box"]
+        colour = COLOURS[face["status"]]
+        cv2.rectangle(img, (b["left"], b["top"]), (b["right"], b["bottom"]), colour, 1 if face["coasting"] else 2)
+        label = f"{face['track_id']} {face['name'] or face['status']}"
+        cv2.putText(img, label, (b["left"], max(12, b["top"] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+    return img
+
+
+class FramesWriter:
+    """`--frames-out PATH`: one JSON line per processed frame, flushed line by line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = self.path.open("w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class AnnotatedWriter:
+    """`--show PATH`: annotated frames to a picture (.jpg/.png, overwritten each frame) or a video
+    (.mp4/.avi/.mkv at the source's frame rate)."""
+
+    VIDEO = (".mp4", ".avi", ".mkv")
+
+    def __init__(self, path: str | Path, fps: float | None) -> None:
+        self.path = Path(path)
+        self.fps = fps or 15.0
+        self._video: Any = None
+
+    def write(self, rgb: np.ndarray, record: dict[str, Any]) -> None:
+        import cv2
+
+        img = draw(rgb, record)
+        suffix = self.path.suffix.lower()
+        if suffix in self.VIDEO:
+            if self._video is None:
+                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if suffix == ".mp4" else "MJPG"))
+                self._video = cv2.VideoWriter(str(self.path), fourcc, self.fps, (img.shape[1], img.shape[0]))
+            self._video.write(img)
+        else:
+            tmp = self.path.with_name(f".{self.path.name}.tmp{self.path.suffix}")
+            cv2.imwrite(str(tmp), img)
+            tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None
