@@ -1,15 +1,23 @@
-"""End-to-end frames per second on the shared clips: face-agent vs the face_recognition library's video loop.
+"""Speed and what users see, on clips with known identities: face-agent vs the face_recognition library's loop.
 
-    python bench/bench_video.py [--clips hamilton walkers] [--repeat 1]
+    python bench/bench_video.py [--clips hamilton walkers replace_cut replace_gap crossing scene_cut]
+                                [--skip-baseline] [--set tracker.detect_every=5 ...]
 
-Both run on the same frames, one after the other in this one invocation, each in its own process so
-that its peak memory (VmHWM) is its own:
-- baseline: face_recognition's usual loop (examples/facerec_from_video_file.py): read a frame with
-  OpenCV, `face_locations` (HOG, upsample 1), `face_encodings` for every face, compare with the known
-  encoding; every frame.
-- face-agent: the real service (`agent.service.Service`) on the file with --every-frame: capture thread,
-  MTCNN every frame, tracker, embeddings only for the tracks that need one, votes, events into SQLite
-  (MQTT off). Same enrolled person (the clip's reference photo).
+Both runners get the same frames and the same enrolled people, one after the other in this one invocation,
+each in its own process so that its peak memory (VmHWM) is its own:
+- face_recognition: its usual loop (examples/facerec_from_video_file.py): read a frame with OpenCV,
+  `face_locations` (HOG, upsample 1), `face_encodings` for every face, and the name of the nearest known
+  encoding within its tolerance (0.6), on every frame.
+- face-agent: the real service (`agent.service.Service`) on the file with every frame: capture thread,
+  MTCNN, tracker with its identity checks, embeddings only when needed, votes, events into SQLite (MQTT
+  off), the per-frame record (`--frames-out`).
+
+Quality is judged per frame against who is really there (bench/identity_clips.py): face-frames with a
+wrong name, named boxes on nothing, the share of enrolled people's face-frames shown with their name
+(after each appearance's first 10 frames) and the frames until a name settles. Clips:
+- hamilton: the shared clip with lin-manuel-miranda, alex-lacamoire and obama enrolled (as the issue);
+- walkers: facenet-pytorch's crowd clip (1080p), nobody in it enrolled (lin-manuel-miranda is): every name is wrong;
+- replace_cut, replace_gap, crossing, scene_cut: built from LFW photos (3 enrolled people, 5 photos each).
 
 Needs `pip install --no-deps face-recognition==1.3.0` for the baseline (its models package is found on
 disk; `pkg_resources` is not needed).
@@ -26,13 +34,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "faces"
-CLIPS = {
-    "hamilton": (SHARED / "face_recognition" / "examples" / "short_hamilton_clip.mp4",
-                 SHARED / "face_recognition" / "examples" / "lin-manuel-miranda.png"),
-    "walkers": (SHARED / "facenet-pytorch" / "examples" / "video.mp4",
-                SHARED / "face_recognition" / "examples" / "lin-manuel-miranda.png"),
-}
+sys.path.insert(0, str(ROOT))
+
+from bench import identity_clips as ic  # noqa: E402
+
+FR_EXAMPLES = ic.SHARED / "face_recognition" / "examples"
+WALKERS = ic.SHARED / "facenet-pytorch" / "examples" / "video.mp4"
+SYNTHETIC = ("replace_cut", "replace_gap", "crossing", "scene_cut")
 
 BASELINE = r'''
 import importlib.util, json, sys, time, types
@@ -47,10 +55,17 @@ shim.cnn_face_detector_model_location = lambda: str(models / "mmod_human_face_de
 sys.modules["face_recognition_models"] = shim
 import cv2, face_recognition
 import numpy as np
-clip, reference = sys.argv[1], sys.argv[2]
-known = face_recognition.face_encodings(face_recognition.load_image_file(reference))[0]
+clip, people, frames_out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+names, known = [], []
+for name, photos in people.items():
+    for photo in photos:
+        encodings = face_recognition.face_encodings(face_recognition.load_image_file(photo))
+        if encodings:
+            names.append(name)
+            known.append(encodings[0])
 cap = cv2.VideoCapture(clip)
-frames = faces = matches = 0
+frames = faces = 0
+out = open(frames_out, "w")
 t0 = time.perf_counter()
 while True:
     ok, frame = cap.read()
@@ -59,56 +74,63 @@ while True:
     rgb = np.ascontiguousarray(frame[:, :, ::-1])  # new dlib needs contiguous arrays
     locations = face_recognition.face_locations(rgb)
     encodings = face_recognition.face_encodings(rgb, locations)
-    for enc in encodings:
-        matches += bool(face_recognition.compare_faces([known], enc, tolerance=0.6)[0])
+    shown = []
+    for (top, right, bottom, left), enc in zip(locations, encodings):
+        distances = face_recognition.face_distance(known, enc) if known else np.array([])
+        best = int(np.argmin(distances)) if len(distances) else -1
+        name = names[best] if best >= 0 and distances[best] <= 0.6 else None
+        shown.append({"box": {"left": left, "top": top, "right": right, "bottom": bottom},
+                      "status": "named" if name else "unknown", "name": name})
+    out.write(json.dumps({"frame": frames, "faces": shown}) + "\n")
     frames += 1
     faces += len(locations)
 elapsed = time.perf_counter() - t0
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"frames": frames, "faces": faces, "embedded": faces, "matches": matches,
-                  "seconds": elapsed, "peak_mib": int(hwm) / 1024}))
+print(json.dumps({"frames": frames, "faces": faces, "embedded": faces, "seconds": elapsed,
+                  "cores_busy": 1.0, "peak_mib": int(hwm) / 1024}))
 '''
 
 AGENT = r'''
-import json, logging, os, resource, subprocess, sys, time
+import json, os, resource, subprocess, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from agent.config import config_from_dict
 from agent.service import Service
-clip, reference, work, overrides = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[5])
+clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])
 settings = {"mqtt": {"enabled": False}}
 for key, value in overrides.items():
     section, name = key.split(".")
     settings.setdefault(section, {})[name] = value
 (work / "agent.toml").write_text("".join(
     f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for s, kv in settings.items()))
-# enroll in another process, as a user would (`face-agent enroll`): this process holds only the agent
-subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", "reference",
-                reference], check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
+# enroll in other processes, as a user would (`face-agent enroll`): this process holds only the agent
+for name, photos in people.items():
+    subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", name, *photos],
+                   check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
 cfg = config_from_dict(settings, base_dir=work)
-service = Service(cfg, source_uri=clip, every_frame=True)
-t_load = time.perf_counter()
+service = Service(cfg, source_uri=clip, every_frame=True, frames_out=str(work / "frames.jsonl"))
 service.load()
 service.source.start()
 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
-matches = 0
 while True:
     frame = service.source.read(timeout=5)
     if frame is None:
         break
     result = service.pipeline.process(frame.image, frame.timestamp)
-    for event in service.events_for(result, frame.image):
+    for event in service.events_for(result, frame):
         service._emit(event)
-    matches += sum(r.prediction.name == "reference" for r in result.recognitions)
     service.stats.frame(result)
+    service._output(frame, result)
 elapsed = time.perf_counter() - t0
 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+tracker = service.pipeline.tracker
 service.shutdown()
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
 print(json.dumps({"frames": service.stats.frames, "faces": service.pipeline.faces,
-                  "embedded": service.pipeline.embedded, "matches": matches, "events": service.stats.events,
+                  "embedded": service.pipeline.embedded, "events": service.stats.events,
+                  "splits": tracker.splits, "cuts": tracker.cuts,
                   "seconds": elapsed, "cores_busy": cpu / elapsed, "peak_mib": int(hwm) / 1024,
                   "latency_ms": service.stats.latency_ms()}))
 '''
@@ -121,36 +143,68 @@ def run(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def clips(names: list[str], work: Path) -> list[tuple[ic.Clip, Path, dict[str, list[Path]]]]:
+    """(ground truth, video file, enrolled people) for every clip asked for."""
+    out = []
+    if "hamilton" in names:
+        out.append((ic.hamilton_truth(), ic.HAMILTON, ic.hamilton_enrollment()))
+    if "walkers" in names:
+        crowd = ic.Clip("walkers", 105, [ic.Actor("stranger:crowd", None, 0, 105, region=(0, 0, 1920, 1080))])
+        out.append((crowd, WALKERS, {"lin_manuel": [FR_EXAMPLES / "lin-manuel-miranda.png"]}))
+    wanted = [n for n in SYNTHETIC if n in names]
+    if wanted:
+        enrolled, strangers = ic.cast()
+        for clip in ic.standard_clips(list(enrolled), strangers):
+            if clip.name in wanted:
+                out.append((clip, ic.render(clip, work / f"{clip.name}.mp4"), enrolled))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    ap.add_argument("--clips", nargs="+", default=["hamilton", "walkers", *SYNTHETIC],
+                    choices=["hamilton", "walkers", *SYNTHETIC])
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
                     help="agent settings to override, e.g. tracker.detect_every=5 detector.min_face_size=40")
     args = ap.parse_args()
-    print(f"{'clip':10s} {'runner':16s} {'frames':>6s} {'faces':>6s} {'embeds':>6s} {'fps':>7s} {'cores':>5s} "
-          f"{'peak MiB':>8s}")
-    for name in args.clips:
-        clip, reference = CLIPS[name]
-        results = {}
-        if not args.skip_baseline:
-            results["face_recognition"] = run(BASELINE, str(clip), str(reference))
-        with tempfile.TemporaryDirectory(prefix="bench-video-") as work:
-            overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-            results["face-agent"] = run(AGENT, str(clip), str(reference), work, str(ROOT), json.dumps(overrides))
-        for runner, r in results.items():
-            fps = r["frames"] / r["seconds"]
-            r["fps"] = fps
-            cores = f"{r['cores_busy']:.2f}" if "cores_busy" in r else "1.00"
-            print(f"{name:10s} {runner:16s} {r['frames']:6d} {r['faces']:6d} {r['embedded']:6d} {fps:7.1f} "
-                  f"{cores:>5s} {r['peak_mib']:8.0f}")
-        if "face_recognition" in results:
-            ratio = results["face-agent"]["fps"] / results["face_recognition"]["fps"]
-            print(f"{name:10s} speed-up x{ratio:.2f}; faces found {results['face-agent']['faces']} vs "
-                  f"{results['face_recognition']['faces']}")
-        print(f"{name:10s} face-agent stage latency ms: {results['face-agent'].get('latency_ms')}")
-        sys.stdout.flush()
-        time.sleep(0.5)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    speed_rows, quality_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
+        work = Path(tmp)
+        for truth, video, people in clips(args.clips, work):
+            people_json = json.dumps({k: [str(p) for p in v] for k, v in people.items()})
+            results = {}
+            if not args.skip_baseline:
+                frames_out = work / f"{truth.name}-peer.jsonl"
+                results["face_recognition"] = run(BASELINE, str(video), people_json, str(frames_out))
+                results["face_recognition"]["frames_out"] = frames_out
+            agent_dir = work / f"{truth.name}-agent"
+            agent_dir.mkdir()
+            results["face-agent"] = run(AGENT, str(video), people_json, str(agent_dir), str(ROOT),
+                                        json.dumps(overrides))
+            results["face-agent"]["frames_out"] = agent_dir / "frames.jsonl"
+            for runner, r in results.items():
+                r["fps"] = r["frames"] / r["seconds"]
+                speed_rows.append((truth.name, runner, r))
+                quality = ic.score(truth, ic.read_frames(r["frames_out"]))
+                quality["runner"] = runner
+                quality_rows.append(quality)
+                print(f"{truth.name} {runner}: {r['fps']:.1f} fps; per person {quality['per_person']}; "
+                      f"settle {quality['settle_frames']}" + (f"; splits {r['splits']}, cuts {r['cuts']}, "
+                                                               f"latency ms {r['latency_ms']}" if "splits" in r else ""),
+                      flush=True)
+            if "face_recognition" in results:
+                ratio = results["face-agent"]["fps"] / results["face_recognition"]["fps"]
+                print(f"{truth.name}: speed-up x{ratio:.2f}", flush=True)
+            time.sleep(0.5)
+    print()
+    print(f"{'clip':12s} {'runner':16s} {'frames':>6s} {'embeds':>6s} {'fps':>7s} {'cores':>5s} {'peak MiB':>8s}")
+    for name, runner, r in speed_rows:
+        print(f"{name:12s} {runner:16s} {r['frames']:6d} {r['embedded']:6d} {r['fps']:7.1f} "
+              f"{r['cores_busy']:5.2f} {r['peak_mib']:8.0f}")
+    print()
+    print(ic.format_scores(quality_rows))
     return 0
 
 

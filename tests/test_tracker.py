@@ -381,3 +381,100 @@ def test_real_detections_on_the_hamilton_close_up(shared):
     # sooner when the face gets clearly sharper or larger
     assert embedded[0] == 22 and set(embedded) <= set(range(22, 48)) - {42}
     assert all(1 <= b - a <= 5 for a, b in zip(embedded, embedded[1:])) and embedded[-1] >= 43
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one track, one person: appearance, cuts and the cheap checks
+# ---------------------------------------------------------------------------------------------------------
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=128)
+    return v / np.linalg.norm(v)
+
+
+def near(base: np.ndarray, distance: float, seed: int = 99) -> np.ndarray:
+    """A unit vector at exactly `distance` (L2) from the unit vector `base`."""
+    other = unit(seed)
+    other -= (other @ base) * base
+    other /= np.linalg.norm(other)
+    angle = 2 * np.arcsin(distance / 2)
+    return np.cos(angle) * base + np.sin(angle) * other
+
+
+def named_tracker(name: str = "ann", emb: np.ndarray | None = None, **changes) -> tuple[Tracker, np.ndarray]:
+    """A confirmed track 1 at (100, 100), settled on `name` through verified embeddings."""
+    tracker = make_tracker(**changes)
+    emb = unit(1) if emb is None else emb
+    run(tracker, [[det(100, 100)]] * 2)
+    for _ in range(2):
+        track = tracker.verify(1, emb, name)
+        tracker.add_prediction(track.id, name, 0.9)
+    assert tracker.get(1).shown_name == name
+    return tracker, emb
+
+
+def test_a_far_embedding_splits_the_track_and_the_name_is_not_carried():
+    tracker, emb = named_tracker(split_distance=0.5)
+    update = tracker.update([det(100, 100)], None, 10.0)
+    assert tracker.verify(1, near(emb, 0.45), "ann").id == 1  # the same person: verified, no split
+    new = tracker.verify(1, near(emb, 0.7, seed=7), "bob")  # somebody else
+    assert new.id == 2 and new.status == PENDING and new.name is None and new.verified
+    assert [t.id for t in update.ended] == [1] and update.ended[0].name == "ann"  # ends with its name
+    assert [t.id for t in update.started] == [2] and [t.id for t in update.tracks] == [2]
+    assert tracker.get(1) is None and tracker.splits == 1
+    assert new.ballot.count == 0 and np.allclose(new.box, update.ended[0].box)
+    change = tracker.add_prediction(2, "bob", 0.9)
+    assert change is None and tracker.add_prediction(2, "bob", 0.9).name == "bob"  # a fresh vote
+
+
+def test_a_big_change_of_pose_named_as_the_same_person_does_not_split():
+    tracker, emb = named_tracker(split_distance=0.5)
+    tracker.update([det(100, 100)], None, 10.0)
+    assert tracker.verify(1, near(emb, 0.55), "ann").id == 1  # far, but the classifier says ann: verified
+    assert tracker.verify(1, near(emb, 0.7, seed=5), None).id == 2  # far and not ann: split
+
+
+def test_coasting_hides_the_name_until_an_embedding_verifies_the_face():
+    tracker, emb = named_tracker(max_missed=5)
+    update = tracker.update([], None, 3.0)  # the detector missed the face
+    track = update.tracks[0]
+    assert track.coasting and track.shown_status == PENDING and track.shown_name is None
+    assert track.status == NAMED and track.name == "ann"  # the vote is kept, only not shown
+    update = tracker.update([det(101, 100)], None, 4.0)
+    assert [r.track.id for r in update.to_embed] == [1]  # embedded at once to verify
+    assert tracker.verify(1, near(emb, 0.2), None).shown_name == "ann"
+
+
+def test_a_face_that_jumps_or_changes_its_look_is_unverified():
+    image = np.zeros((400, 600, 3), dtype=np.uint8)
+    face_a = load_image(FR / "examples" / "knn_examples" / "train" / "biden" / "biden.jpg")
+    face_b = load_image(FR / "tests" / "test_images" / "obama.jpg")
+    tracker, emb = named_tracker(jump_ratio=0.4)
+    for face, expect in ((face_a, "ann"), (face_a, "ann"), (face_b, None)):
+        image[100:160, 100:160] = cv2.resize(face, (60, 60))
+        tracker.update([det(100, 100)], image, 5.0)
+        assert tracker.get(1).shown_name == expect
+    assert tracker.get(1).unverified_by == "look"
+    tracker.verify(1, near(emb, 0.3), None)
+    tracker.update([det(100, 100)], image, 6.0)
+    assert tracker.get(1).shown_name == "ann"
+    tracker.update([det(127, 100)], image, 7.0)  # 27 px > 0.4 face sizes away from where it was going
+    assert tracker.get(1).shown_name is None and tracker.get(1).unverified_by == "jump"
+    tracker, _ = named_tracker()
+    tracker.update([det(80, 80, size=100)], None, 8.0)  # 60 -> 100 px around the same centre
+    assert tracker.get(1).shown_name is None and tracker.get(1).unverified_by == "resize"
+
+
+def test_a_shot_cut_ends_every_track():
+    tracker, _ = named_tracker()
+    dark = np.full((360, 640, 3), 40, dtype=np.uint8)
+    assert tracker.check_scene(dark) is False  # the first frame
+    assert tracker.check_scene(dark + 3) is False  # the light changes a little
+    update = tracker.update([det(100, 100)], dark, 5.0)
+    assert [t.id for t in update.tracks] == [1]
+    assert tracker.check_scene(np.full((360, 640, 3), 160, dtype=np.uint8)) is True  # another shot
+    update = tracker.update([det(100, 100)], None, 6.0)
+    assert [t.id for t in update.ended] == [1] and update.ended[0].name == "ann"
+    assert update.tracks == [] and tracker.cuts == 1  # the face on the new shot starts a new track
+    update = tracker.update([det(100, 100)], None, 7.0)
+    assert [t.id for t in update.started] == [2]
