@@ -91,11 +91,10 @@ def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _engines(cfg: Any) -> dict[str, Any]:
-    from agent.vision.backends.engine_cache import EngineCache
-    from agent.vision.backends.tensorrt import build_engine, config_engine_specs, describe_device
+    from agent.vision.backends.tensorrt import config_engine_specs, engine_cache
 
     folder = cfg.path("engines")
-    entries = EngineCache(folder, describe_device, build_engine).entries()
+    entries = engine_cache(folder).entries()
     report: dict[str, Any] = {"folder": str(folder), "engines": len(entries),
                               "broken": sum(not e.ok for e in entries)}
     try:
