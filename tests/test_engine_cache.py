@@ -8,8 +8,10 @@ file names, records, verification, atomic writes, cleaning - is the production c
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -554,6 +556,33 @@ def test_cuda_errors_that_lose_the_context_are_told_apart():
     plain = gpu_error("onet", "CUDA failed", RuntimeError("cuMemAlloc failed: out of memory"))
     assert isinstance(plain, BackendError) and not isinstance(plain, DeviceLostError)
     assert "out of memory" in str(plain)
+
+
+def test_tensorrt_log_keeps_the_errors_of_a_failed_call(caplog):
+    """The ILogger glue, with a stand-in for the two names it uses from `tensorrt` (ILogger and its
+    Severity enum): errors are kept for the failed call and reach Python logging, VERBOSE is dropped."""
+    from agent.vision.backends.tensorrt import _TrtLog
+
+    class Severity(enum.Enum):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    ILogger.Severity = Severity
+    trt_log = _TrtLog(types.SimpleNamespace(ILogger=ILogger))
+    caplog.set_level(logging.DEBUG, logger="agent.vision.backends.tensorrt")
+    trt_log.logger.log(Severity.VERBOSE, "Tactic 0x0001 time 0.1 ms")
+    trt_log.logger.log(Severity.WARNING, "TensorRT was linked against cuDNN 8.9.4 but loaded 8.9.2")
+    trt_log.logger.log(Severity.ERROR, "[executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime "
+                                       "(an illegal memory access was encountered)")
+    errors = trt_log.take_errors()
+    assert len(errors) == 1 and trt_log.take_errors() == []
+    assert isinstance(gpu_error("pnet", "execute_async_v3 failed", trt_errors=tuple(errors)), DeviceLostError)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("Tactic" in m for m in messages)
+    assert sum(m.startswith("TensorRT: ") for m in messages) == 2
 
 
 # ------------------------------------------------------------------------------------------------------
