@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Install (or upgrade, or remove) face-agent as a systemd service on a Debian/Ubuntu/JetPack machine.
+# GPU (TensorRT) support: JetPack 6 only (Python 3.10, TensorRT 8.6 or 10.x); JetPack 5 (Python 3.8) cannot
+# run face-agent (Python >= 3.10). On aarch64 the script builds dlib from source and, on a Jetson, makes
+# the venv use JetPack's OpenCV (with GStreamer, for csi:// cameras) instead of pip's.
 #
 #   sudo deploy/install.sh                       install or upgrade from this checkout, enable and start
 #   sudo deploy/install.sh --build-engines       ... and build the TensorRT engines now (Jetson)
@@ -262,6 +265,55 @@ if [ "$VENV" = yes ]; then
   fi
 else
   say "--no-venv: expecting $PREFIX/venv/bin/face-agent to be provided separately"
+fi
+
+# 3b. aarch64 (Jetson, JetPack 6): dlib-bin has x86-64 wheels only, and pip's OpenCV has no GStreamer
+#     (csi:// and gst: sources need it). Idempotent: does nothing when the venv already has both.
+# has_gstreamer PY: the cv2 that PY imports was built with GStreamer
+has_gstreamer() {
+  "$1" - <<'PYEOF' 2>/dev/null
+import re, sys
+import cv2
+m = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
+sys.exit(0 if m and m.group(1).upper() == "YES" else 1)
+PYEOF
+}
+if [ "$VENV" = yes ] && [ "$(uname -m)" = aarch64 ]; then
+  py="$venv/bin/python"
+  if ! "$py" -c 'import dlib' 2>/dev/null; then
+    if [ -n "$WHEEL_DIR" ]; then
+      # a dlib wheel built once on a Jetson (pip wheel dlib -w DIR) serves every other one
+      "$py" -m pip install -q --no-index --find-links "$WHEEL_DIR" dlib \
+        || die "no dlib wheel for aarch64 in $WHEEL_DIR (make one on a Jetson: pip wheel dlib -w $WHEEL_DIR)"
+    else
+      if [ "$LIVE" = yes ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing dlib's build dependencies (build-essential cmake python3-dev libopenblas-dev liblapack-dev)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q build-essential cmake python3-dev libopenblas-dev \
+          liblapack-dev >/dev/null || die "apt-get could not install dlib's build dependencies"
+      fi
+      say "building dlib from source for aarch64 (dlib-bin has x86-64 wheels only): an estimated 10-30 minutes" \
+          "on an Orin Nano; a 4 GB module may need swap"
+      "$py" -m pip install -q dlib || die "building dlib failed (needs cmake, a C++ compiler, python3-dev, libopenblas-dev)"
+    fi
+    say "installed dlib $("$py" -c 'import dlib; print(dlib.__version__)') into $PREFIX/venv"
+    CHANGED=yes
+  fi
+  if has_gstreamer "$py"; then
+    :  # the venv already sees an OpenCV with GStreamer (JetPack's)
+  elif [ "$SYSTEM_SITE" = yes ] && has_gstreamer "$PYTHON"; then
+    # pip's opencv-python-headless (a dependency of face-agent) shadows JetPack's cv2: remove it from the venv
+    "$py" -m pip uninstall -q -y opencv-python-headless opencv-python opencv-contrib-python \
+      opencv-contrib-python-headless >/dev/null 2>&1 || true
+    has_gstreamer "$py" || die "removed pip's OpenCV, but the venv still sees no OpenCV with GStreamer"
+    say "the venv uses JetPack's OpenCV (with GStreamer) instead of pip's opencv-python-headless"
+    CHANGED=yes
+  elif [ "$SYSTEM_SITE" = yes ]; then
+    warn "no OpenCV with GStreamer on this system: csi:// and gst: sources will not open." \
+         "Install JetPack's OpenCV (sudo apt-get install nvidia-opencv), then run this script again"
+  else
+    warn "the venv does not see the system's packages (--system-site-packages): pip's OpenCV has no GStreamer," \
+         "so csi:// and gst: sources will not open"
+  fi
 fi
 
 # 4. configuration: never overwrite the operator's file

@@ -1,11 +1,15 @@
 """Conformance suite every MTCNN backend must pass: the same raw network outputs and the same faces
 (boxes, landmarks, scores) as the reference - the ONNX Runtime backend driving MTCNN - on shared photos.
 
-Backends: ONNX Runtime; the watchdog wrapper (healthy, and degraded to its CPU fallback); TensorRT, marked
-`gpu` (deselected by default; on a Jetson run `pytest -m gpu`), only where `tensorrt` imports.
+Backends: ONNX Runtime; the watchdog wrapper (healthy, and degraded to its CPU fallback); TensorRT in fp16
+and in fp32, built exactly as production builds it - behind the watchdog (GuardedBackend, worker thread,
+timeout) - marked `gpu` (deselected by default; on a Jetson run `pytest -m gpu`) and skipped unless a
+supported TensorRT, pycuda and a CUDA GPU are all there (`tensorrt_status()`). Every TensorRT comparison
+first checks that the wrapper is still on the GPU: a silent fall-back to the CPU would pass vacuously.
 
-Stated tolerances (CPU backends match exactly; TensorRT fp16 needs the slack):
-- raw outputs: |difference| <= RAW_ATOL (fp32 1e-4, TensorRT 0.02 - fp16 has ~3 significant digits);
+Stated tolerances (CPU backends match exactly; TensorRT needs the slack in both precisions: fp16 has ~3
+significant digits, and TensorRT's "fp32" lets convolutions use TF32 - 10-bit mantissas - by default):
+- raw outputs: |difference| <= RAW_ATOL (CPU 1e-4, TensorRT 0.02);
 - faces: every face scoring >= STRONG (0.95) in either result is matched (IoU >= 0.8) in the other;
   matched boxes and landmarks within max(POINT_PX, POINT_FRAC x face size), scores within SCORE_ATOL.
 """
@@ -45,12 +49,11 @@ PHOTOS = [
 ]
 
 
-def _tensorrt_importable() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _tensorrt_usable() -> tuple[bool, str]:
+    """A supported TensorRT, pycuda and a CUDA GPU (a missing piece skips, it does not error)."""
+    from agent.vision.backends.tensorrt import tensorrt_status
+
+    return tensorrt_status()
 
 
 class _Broken:
@@ -72,11 +75,16 @@ def _backend(kind: str, tmp_path_factory) -> Iterator:
     elif kind == "guarded-degraded":
         backend = GuardedBackend(_Broken, OnnxRuntimeBackend, timeout=30.0)
         assert backend.degraded is False
-    elif kind == "tensorrt":
+    elif kind.startswith("tensorrt-"):
         from agent.vision.backends.tensorrt import create_tensorrt_backend
 
         engines = tmp_path_factory.mktemp("engines")
-        backend = create_tensorrt_backend(guard=False, engines_dir=engines, input_size=FRAME, max_batch=64)
+        # the production path: GuardedBackend around TensorRTBackend (worker thread, timeout, CPU fallback)
+        backend = create_tensorrt_backend(engines_dir=engines, input_size=FRAME, max_batch=64,
+                                          precision=kind.split("-", 1)[1], inference_timeout=30.0,
+                                          request_restart=None)
+        assert isinstance(backend, GuardedBackend)
+        assert not backend.degraded, f"TensorRT did not start: {backend.degraded_reason}"
     else:  # pragma: no cover
         raise AssertionError(kind)
     try:
@@ -85,12 +93,15 @@ def _backend(kind: str, tmp_path_factory) -> Iterator:
         backend.close()
 
 
+_TRT_OK, _TRT_WHY = _tensorrt_usable()
+_GPU = [pytest.mark.gpu, pytest.mark.skipif(not _TRT_OK, reason=f"no TensorRT GPU here: {_TRT_WHY}")]
+
 BACKENDS = [
     "onnxruntime",
     "guarded",
     "guarded-degraded",
-    pytest.param("tensorrt", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not _tensorrt_importable(), reason="tensorrt does not import here")]),
+    pytest.param("tensorrt-fp16", marks=_GPU),
+    pytest.param("tensorrt-fp32", marks=_GPU),
 ]
 
 
@@ -109,7 +120,11 @@ def reference_backend():
 
 
 def _family(backend) -> str:
-    return "tensorrt" if backend.kind == "tensorrt" else "cpu"
+    if not backend.kind.startswith("tensorrt"):
+        return "cpu"
+    # still on the GPU: a degraded wrapper would compare the CPU with itself and pass vacuously
+    assert backend.name == "tensorrt" and not backend.degraded, backend.status()
+    return "tensorrt"
 
 
 def letterbox(rgb: np.ndarray, size: tuple[int, int] = FRAME) -> np.ndarray:
@@ -157,8 +172,8 @@ def test_pnet_outputs_on_every_pyramid_shape(backend, reference_backend):
             assert a.dtype == np.float32 and a.shape == b.shape
             assert a.shape[2:] == (math.ceil((h - 2) / 2) - 4, math.ceil((w - 2) / 2) - 4)
             np.testing.assert_allclose(a, b, atol=RAW_ATOL[_family(backend)], rtol=0)
-    if backend.kind == "tensorrt":
-        assert backend._overflow is None  # every pyramid shape ran on the GPU engine
+    if backend.kind.startswith("tensorrt"):
+        assert backend.active._overflow is None  # every pyramid shape ran on the GPU engine
 
 
 def test_protocol_errors(backend):
@@ -192,7 +207,7 @@ def _match(found, expected, family):
 
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
-def test_same_faces_as_the_reference(backend, reference_backend, photo):
+def test_same_faces_as_the_reference(backend, reference_backend, photo, shared):
     frame = letterbox(load_image(photo))
     reference = MTCNN(reference_backend).detect(frame)
     found = MTCNN(backend).detect(frame)
@@ -203,7 +218,7 @@ def test_same_faces_as_the_reference(backend, reference_backend, photo):
         assert len(found) == len(reference)
 
 
-def test_reference_finds_the_documented_faces(reference_backend):
+def test_reference_finds_the_documented_faces(reference_backend, shared):
     """Guard against a vacuous suite: the reference itself finds the faces the photos are known to hold."""
     counts = {p.name: sum(d.score >= STRONG for d in MTCNN(reference_backend).detect(letterbox(load_image(p))))
               for p in PHOTOS}

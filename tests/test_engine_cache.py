@@ -8,8 +8,10 @@ file names, records, verification, atomic writes, cleaning - is the production c
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -32,15 +35,22 @@ from agent.vision.backends.engine_cache import (
 from agent.vision.backends.tensorrt import (
     TensorRTBackend,
     batch_profile,
+    builder_settings,
+    check_tensorrt_version,
     describe_device,
     engine_specs,
+    fast_fp16_by_capability,
+    gpu_error,
     pnet_profile,
     tensorrt_status,
 )
+from agent.vision.backends.watchdog import DeviceLostError, GuardedBackend
 from agent.vision.mtcnn import pnet_input_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIN = DeviceInfo(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", fast_fp16=True)
+# an Orin Nano 8 GB (JetPack 6.1): 8 SMs, 7.4 GiB of shared memory
+ORIN = DeviceInfo(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", fast_fp16=True,
+                  multiprocessors=8, memory_gb=7)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -61,8 +71,8 @@ def test_pnet_profile_covers_every_pyramid_shape(height, width, min_face, max_si
     # exactly the pyramid's extremes, not a guessed range
     assert (lo[2], lo[3]) == (min(h for h, _ in shapes), min(w for _, w in shapes))
     assert (hi[2], hi[3]) == (max(h for h, _ in shapes), max(w for _, w in shapes))
-    assert (opt[2], opt[3]) in shapes
-    assert lo[2] <= opt[2] <= hi[2] and lo[3] <= opt[3] <= hi[3]
+    # opt = the largest scale (about half of all P-Net work): TensorRT tunes its kernels for opt
+    assert (opt[2], opt[3]) == shapes[0] == (hi[2], hi[3])
     assert min(lo[2:]) >= 12
 
 
@@ -150,6 +160,9 @@ KEY_CHANGES = {
     "tensorrt version": (dict(device=dataclasses.replace(ORIN, tensorrt_version="8.6.2")), {}),
     "gpu name": (dict(device=dataclasses.replace(ORIN, gpu_name="Xavier")), {}),
     "compute capability": (dict(device=dataclasses.replace(ORIN, compute_capability="7.2")), {}),
+    # Orin modules all report "Orin", compute 8.7: the Orin Nano 4 GB has 4 SMs, the AGX Orin 64 GB 16
+    "SM count": (dict(device=dataclasses.replace(ORIN, multiprocessors=4)), {}),
+    "memory size": (dict(device=dataclasses.replace(ORIN, memory_gb=15)), {}),
     "precision": ({}, dict(precision="fp32")),
     "no fast fp16 on the gpu": (dict(device=dataclasses.replace(ORIN, fast_fp16=False)), {}),
     "profile max": ({}, dict(profile={"input": [[1, 3, 12, 12], [1, 3, 52, 69], [1, 3, 432, 576]]})),
@@ -190,6 +203,53 @@ def test_fp16_without_fast_fp16_shares_the_fp32_engine(tmp_path, onnx_file):
     cache = EngineCache(folder, lambda: slow, _builder())
     cache.load_or_build(_spec(onnx_file, precision="fp16"))
     assert cache.builds == 0 and cache.key(_spec(onnx_file))["precision"] == "fp32"
+
+
+def test_builder_settings_are_part_of_the_key(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    cache = EngineCache(folder, lambda: ORIN, _builder(), settings=builder_settings)
+    cache.load_or_build(_spec(onnx_file))
+    record = json.loads(cache.paths(_spec(onnx_file))[1].read_text())
+    assert record["key"]["builder"] == {"network_flags": [], "builder_flags": ["FP16"],
+                                        "memory_pool_limits": {"WORKSPACE": 256 << 20},
+                                        "optimization_profiles": 1}
+    again = EngineCache(folder, lambda: ORIN, _builder(), settings=builder_settings)
+    again.load_or_build(_spec(onnx_file))
+    assert again.builds == 0 and again.loads == 1
+
+    def tuned(spec, device):  # a new builder setting in the code: a new engine, no CACHE_FORMAT bump
+        return {**builder_settings(spec, device), "builder_optimization_level": 5}
+
+    changed = EngineCache(folder, lambda: ORIN, _builder(), settings=tuned)
+    changed.load_or_build(_spec(onnx_file))
+    assert changed.builds == 1 and changed.paths(_spec(onnx_file)) != cache.paths(_spec(onnx_file))
+
+
+def test_builder_settings_follow_tensorrt_version_and_precision(onnx_file):
+    spec = _spec(onnx_file, options={"workspace_mb": 512})
+    trt8 = builder_settings(spec, dataclasses.replace(ORIN, tensorrt_version="8.6.2.3"))
+    assert trt8["network_flags"] == ["EXPLICIT_BATCH"]  # deprecated and ignored from TensorRT 10
+    assert builder_settings(spec, ORIN)["network_flags"] == []
+    assert trt8["memory_pool_limits"] == {"WORKSPACE": 512 << 20}
+    assert builder_settings(spec, dataclasses.replace(ORIN, fast_fp16=False))["builder_flags"] == []
+    assert builder_settings(_spec(onnx_file, precision="fp32"), ORIN)["builder_flags"] == []
+
+
+def test_fast_fp16_comes_from_the_compute_capability():
+    # no trt.Builder is created for this on any TensorRT version
+    assert fast_fp16_by_capability(8, 7) and fast_fp16_by_capability(7, 2) and fast_fp16_by_capability(5, 3)
+    assert fast_fp16_by_capability(6, 2) and fast_fp16_by_capability(6, 0)
+    assert not fast_fp16_by_capability(6, 1) and not fast_fp16_by_capability(5, 2)
+
+
+def test_engine_of_another_orin_module_is_stale(tmp_path, onnx_file):
+    folder = tmp_path / "engines"
+    nano4 = EngineCache(folder, lambda: dataclasses.replace(ORIN, multiprocessors=4, memory_gb=3), _builder())
+    nano4.load_or_build(_spec(onnx_file))
+    cache = EngineCache(folder, lambda: ORIN, _builder())
+    assert cache.check(_spec(onnx_file)) == "no cached engine"  # another file name
+    removed = cache.clean()
+    assert nano4.paths(_spec(onnx_file))[0] in removed
 
 
 def test_truncated_engine_is_rejected_and_rebuilt(tmp_path, onnx_file):
@@ -421,6 +481,111 @@ def test_without_tensorrt_errors_are_clear(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------
+# unsupported TensorRT (JetPack 5 and older): one clear line, never an AttributeError
+# ------------------------------------------------------------------------------------------------------
+
+def _fake_tensorrt(version: str) -> types.ModuleType:
+    """A `tensorrt` module object reporting `version` and nothing else: what an old JetPack's bindings
+    look like to the version gate (the gate must answer before any TensorRT API is touched)."""
+    module = types.ModuleType("tensorrt")
+    module.__version__ = version
+    return module
+
+
+def test_supported_tensorrt_versions():
+    for ok in ("8.6.2.3", "8.6.1", "10.3.0", "10.7.0.23"):
+        assert check_tensorrt_version(ok) == "", ok
+    for old in ("8.5.2.2", "8.2.1.9", "7.1.3", "", "unknown"):
+        problem = check_tensorrt_version(old)
+        assert "is not supported" in problem and "JetPack 6 (Python 3.10, TensorRT 8.6 or 10.x)" in problem
+
+
+@pytest.mark.parametrize("version", ["8.5.2.2", "8.2.1.9"])
+def test_old_tensorrt_is_refused_in_one_line(tmp_path, monkeypatch, capsys, version, config_file):
+    from agent.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version))
+    ok, why = tensorrt_status()
+    assert not ok and why.startswith(f"TensorRT {version} is not supported")
+    with pytest.raises(EngineCacheError, match="is not supported"):
+        describe_device()
+
+    backend = create_backend("auto", engines_dir=tmp_path / "engines", input_size=(480, 640))
+    try:
+        assert backend.name == "onnxruntime"
+    finally:
+        backend.close()
+
+    restarts: list[str] = []
+    guarded = create_backend("tensorrt", engines_dir=tmp_path / "engines", input_size=(480, 640),
+                             request_restart=lambda r: restarts.append(r) or True)
+    try:
+        assert isinstance(guarded, GuardedBackend) and guarded.final and guarded.name == "onnxruntime"
+        assert "is not supported" in guarded.degraded_reason and restarts == []
+    finally:
+        guarded.close()
+
+    capsys.readouterr()
+    assert main(["-c", str(config_file), "engines", "build"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err and "AttributeError" not in captured.err
+    assert f"cannot build TensorRT engines: TensorRT {version} is not supported" in lines[0]
+    assert not (config_file.parent / "engines").exists()
+
+
+def test_supported_tensorrt_without_pycuda_is_not_usable(monkeypatch):
+    try:
+        import pycuda.driver  # noqa: F401
+        pytest.skip("pycuda is installed here")
+    except ImportError:
+        pass
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt("10.3.0"))
+    ok, why = tensorrt_status()
+    assert not ok and "pycuda is not available" in why
+
+
+def test_cuda_errors_that_lose_the_context_are_told_apart():
+    lost = gpu_error("pnet", "CUDA failed for input (1, 3, 432, 768)",
+                     RuntimeError("cuStreamSynchronize failed: unspecified launch failure"))
+    assert isinstance(lost, DeviceLostError) and "until the process restarts" in str(lost)
+    from_log = gpu_error("rnet", "TensorRT execute_async_v3 failed for input (64, 3, 24, 24)", trt_errors=(
+        "[executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime (an illegal memory access was "
+        "encountered)",))
+    assert isinstance(from_log, DeviceLostError) and "rnet" in str(from_log)
+    plain = gpu_error("onet", "CUDA failed", RuntimeError("cuMemAlloc failed: out of memory"))
+    assert isinstance(plain, BackendError) and not isinstance(plain, DeviceLostError)
+    assert "out of memory" in str(plain)
+
+
+def test_tensorrt_log_keeps_the_errors_of_a_failed_call(caplog):
+    """The ILogger glue, with a stand-in for the two names it uses from `tensorrt` (ILogger and its
+    Severity enum): errors are kept for the failed call and reach Python logging, VERBOSE is dropped."""
+    from agent.vision.backends.tensorrt import _TrtLog
+
+    class Severity(enum.Enum):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    ILogger.Severity = Severity
+    trt_log = _TrtLog(types.SimpleNamespace(ILogger=ILogger))
+    caplog.set_level(logging.DEBUG, logger="agent.vision.backends.tensorrt")
+    trt_log.logger.log(Severity.VERBOSE, "Tactic 0x0001 time 0.1 ms")
+    trt_log.logger.log(Severity.WARNING, "TensorRT was linked against cuDNN 8.9.4 but loaded 8.9.2")
+    trt_log.logger.log(Severity.ERROR, "[executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime "
+                                       "(an illegal memory access was encountered)")
+    errors = trt_log.take_errors()
+    assert len(errors) == 1 and trt_log.take_errors() == []
+    assert isinstance(gpu_error("pnet", "execute_async_v3 failed", trt_errors=tuple(errors)), DeviceLostError)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("Tactic" in m for m in messages)
+    assert sum(m.startswith("TensorRT: ") for m in messages) == 2
+
+
+# ------------------------------------------------------------------------------------------------------
 # face-agent engines / doctor
 # ------------------------------------------------------------------------------------------------------
 
@@ -460,7 +625,7 @@ def test_engines_list_and_clean(config_file, onnx_file, capsys):
     assert len(listed["temporary_files"]) == 1
     assert main(["-c", str(config_file), "engines", "list"]) == 0
     text = capsys.readouterr().out
-    assert "TensorRT 10.3.0" in text and "GPU Orin (8.7)" in text and "interrupted write" in text
+    assert "TensorRT 10.3.0" in text and "GPU Orin (8.7, 8 SMs, 7 GB)" in text and "interrupted write" in text
 
     assert main(["-c", str(config_file), "engines", "clean"]) == 0  # broken + temporary only (no GPU here)
     assert "2 file(s) removed, 1 engine(s) left" in capsys.readouterr().out

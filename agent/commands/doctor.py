@@ -1,8 +1,11 @@
 """`face-agent doctor`: what this machine offers the agent, and which detector backend `auto` picks and why.
 
-Reports Python, numpy, ONNX Runtime (version and execution providers), whether `tensorrt` and `pycuda`
-import, the GPU found, dlib, the model files (with sha256) and the engines folder. Exit code 1 when
-something the configuration needs is missing (a model file, or TensorRT for `backend = "tensorrt"`).
+Reports Python, numpy, ONNX Runtime (version and execution providers), whether `tensorrt` (of a supported
+version: JetPack 6, TensorRT 8.6 or 10.x) and `pycuda` import, the GPU found, dlib, OpenCV and whether it
+was built with GStreamer, the model files (with sha256) and the engines folder. Exit code 1, with one
+line per problem, when something the configuration needs is missing: dlib (every face is aligned with
+it), a model file, OpenCV with GStreamer for a `csi://` or `gst:` source, or TensorRT for
+`backend = "tensorrt"`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import importlib
 import json
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,26 @@ def _module(name: str) -> tuple[Any, str]:
     except Exception as exc:  # ImportError, or a broken native library (OSError)
         return None, f"not available ({type(exc).__name__}: {exc})"
     return module, str(getattr(module, "__version__", getattr(module, "VERSION", "?")))
+
+
+def _opencv() -> tuple[str, bool | None]:
+    """("<version> (<path>)", built with GStreamer?) of the cv2 this interpreter imports."""
+    cv2, version = _module("cv2")
+    if cv2 is None:
+        return version, None
+    match = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
+    return f"{version} ({getattr(cv2, '__file__', '?')})", bool(match and match.group(1).upper() == "YES")
+
+
+def _source_needs_gstreamer(uri: str) -> bool:
+    """True for a Jetson CSI camera (csi://N) or a GStreamer pipeline (gst:...)."""
+    from agent.sources import SourceError, parse_uri
+
+    try:
+        kind, _ = parse_uri(uri)
+    except SourceError:  # a missing file or a malformed URI: `config check` and `run` say so
+        return False
+    return kind in ("csi", "gst")
 
 
 def _jetson_model() -> str:
@@ -91,11 +115,10 @@ def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _engines(cfg: Any) -> dict[str, Any]:
-    from agent.vision.backends.engine_cache import EngineCache
-    from agent.vision.backends.tensorrt import build_engine, config_engine_specs, describe_device
+    from agent.vision.backends.tensorrt import config_engine_specs, engine_cache
 
     folder = cfg.path("engines")
-    entries = EngineCache(folder, describe_device, build_engine).entries()
+    entries = engine_cache(folder).entries()
     report: dict[str, Any] = {"folder": str(folder), "engines": len(entries),
                               "broken": sum(not e.ok for e in entries)}
     try:
@@ -107,7 +130,7 @@ def _engines(cfg: Any) -> dict[str, Any]:
 
 def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
     """The report and the list of problems that make the configured setup unusable."""
-    from agent.vision.backends.tensorrt import auto_kind, tensorrt_status
+    from agent.vision.backends.tensorrt import SUPPORTED_PLATFORM, auto_kind, check_tensorrt_version, tensorrt_status
 
     problems: list[str] = []
     report: dict[str, Any] = {
@@ -123,13 +146,27 @@ def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
     report["onnxruntime_providers"] = ort.get_available_providers() if ort is not None else []
     if ort is None:
         problems.append(f"onnxruntime {version}")
-    _, report["tensorrt"] = _module("tensorrt")
+    report["gpu_platform"] = SUPPORTED_PLATFORM
+    trt, version = _module("tensorrt")
+    unsupported = check_tensorrt_version(version) if trt is not None else ""
+    report["tensorrt"] = f"{version} (NOT SUPPORTED: {unsupported})" if unsupported else version
     _, report["pycuda"] = _module("pycuda")
     report["gpu"] = _gpu()
     dlib, version = _module("dlib")
     report["dlib"] = version if dlib is None else f"{version} (CUDA: {bool(getattr(dlib, 'DLIB_USE_CUDA', False))})"
-    if dlib is None and cfg.embedding.backend == "dlib":
-        problems.append(f"dlib {version} but [embedding] backend = \"dlib\"")
+    if dlib is None:
+        problems.append(f"dlib is {version}: it aligns every face (and runs the classifier), nothing works "
+                        "without it. x86-64: pip install dlib-bin; aarch64 (Jetson): deploy/install.sh builds "
+                        "it from source (pip install dlib, see deploy/README.md)")
+    report["opencv"], gstreamer = _opencv()
+    report["opencv_gstreamer"] = gstreamer
+    if gstreamer is None:
+        problems.append(f"OpenCV (cv2) is {report['opencv']}")
+    elif not gstreamer and _source_needs_gstreamer(cfg.source.uri):
+        problems.append(f"[source] uri {cfg.source.uri!r} needs OpenCV built with GStreamer, but this OpenCV "
+                        f"({report['opencv']}) has none (pip's opencv-python wheels never do): on a Jetson use "
+                        "JetPack's OpenCV from a venv made with --system-site-packages, without pip's "
+                        "opencv-python-headless (deploy/install.sh does this)")
     report["models"], model_problems = _model_files(cfg)
     problems += model_problems
 
@@ -153,12 +190,15 @@ def _print(report: dict[str, Any], problems: list[str]) -> None:
         if key in report:
             line(key.replace("_", "-"), report[key])
     line("  providers", ", ".join(report["onnxruntime_providers"]) or "-")
+    line("gpu platform", f"supported: {report['gpu_platform']}")
     line("tensorrt", report["tensorrt"])
     line("pycuda", report["pycuda"])
     gpu = report["gpu"]
     line("gpu", f"{gpu['name']} (compute {gpu['compute_capability']}, {gpu['memory_mb']} MB)"
          if gpu["found"] else f"none ({gpu['detail']})")
     line("dlib", report["dlib"])
+    gst = {True: "yes", False: "no", None: "-"}[report["opencv_gstreamer"]]
+    line("opencv", f"{report['opencv']}, GStreamer: {gst}")
     print("models:")
     for m in report["models"]:
         state = f"sha256 {m['sha256']}  {m['bytes']} bytes" if "sha256" in m else f"MISSING: {m['missing']}"
@@ -169,7 +209,7 @@ def _print(report: dict[str, Any], problems: list[str]) -> None:
     line("engines folder", f"{e['folder']}: {e['engines']} engine(s), {e['broken']} broken")
     line("  P-Net profile", e["pnet_profile"])
     if problems:
-        print("\nproblems:")
+        print(f"\n{len(problems)} problem(s):")
         for p in problems:
             print(f"  - {p}")
     else:

@@ -34,10 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cache(cfg: Any) -> Any:
-    from agent.vision.backends.engine_cache import EngineCache
-    from agent.vision.backends.tensorrt import build_engine, describe_device
+    from agent.vision.backends.tensorrt import engine_cache
 
-    return EngineCache(cfg.path("engines"), describe_device, build_engine)
+    return engine_cache(cfg.path("engines"))
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -90,7 +89,9 @@ def _row(entry: Any, current: set) -> dict[str, Any]:
         "label": key.get("label", "?"),
         "precision": key.get("precision", "?"),
         "tensorrt": key.get("tensorrt_version", "?"),
-        "gpu": f"{key.get('gpu_name', '?')} ({key.get('compute_capability', '?')})",
+        "gpu": f"{key.get('gpu_name', '?')} ({key.get('compute_capability', '?')}"
+               + (f", {key['multiprocessors']} SMs, {key.get('memory_gb', '?')} GB" if key.get("multiprocessors")
+                  else "") + ")",
         "profile": key.get("profile", {}),
         "onnx": f"{key.get('onnx_file', '?')} {str(key.get('onnx_sha256', ''))[:12]}",
         "bytes": (entry.record or {}).get("engine_size"),

@@ -1,15 +1,16 @@
 """dlib's ResNet on TensorRT (Jetson / CUDA GPUs), from the ONNX file made by agent/vision/dlib_resnet.py.
 
 One engine with a dynamic batch profile 1..`[embedding] batch_size` (opt 1: a frame usually holds one
-face), built once and cached in `[paths] engines` by `engine_cache.EngineCache`, whose record ties it to
-the ONNX sha256, TensorRT version, GPU, precision and profile (a changed setup rebuilds, a damaged file
-is rebuilt). Larger requests are split into chunks of batch_size.
+face), built once and cached in `[paths] engines` by `backends.tensorrt.engine_cache`, whose record ties it
+to the ONNX sha256, TensorRT version, GPU (name, compute capability, SMs, memory), precision, profile and
+builder settings (a changed setup rebuilds, a damaged file is rebuilt). Larger requests are split into
+chunks of batch_size.
 
-Written to the tensor-name API that TensorRT 8.6 through 10.x share (`num_io_tensors`, `get_tensor_name`,
-`get_tensor_mode`, `set_input_shape`, `set_tensor_address`, `execute_async_v3`); device memory, pinned
-host buffers and the stream come from pycuda on the device's primary context, pushed around every GPU
-call so the embedder can be used from any thread. The engine is built by the same
-`backends.tensorrt.build_engine` as the MTCNN engines. `tensorrt` and `pycuda` are imported lazily:
+Written to the tensor-name API that TensorRT 8.6 through 10.x share (older versions are refused):
+`num_io_tensors`, `get_tensor_name`, `get_tensor_mode`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`; device memory, pinned host buffers and the stream come from pycuda on the device's
+primary context, pushed around every GPU call so the embedder can be used from any thread. The engine is
+built by the same `backends.tensorrt.build_engine` as the MTCNN engines. `tensorrt` and `pycuda` are imported lazily:
 importing this module needs neither. Not runnable on the CPU-only development machine.
 """
 
@@ -46,27 +47,22 @@ def engine_spec(onnx_path: str | os.PathLike, batch_size: int, precision: str = 
 
 
 def _import() -> tuple[Any, Any]:
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ModelFileError(f"TensorRT is not available: cannot import tensorrt ({exc}); on a Jetson it "
-                             "comes with JetPack (python3-libnvinfer)") from None
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise ModelFileError(f"pycuda is not available ({exc}); install it with pip (needs the CUDA "
-                             "toolkit)") from None
-    return trt, cuda
+    """(tensorrt, pycuda.driver), or ModelFileError: missing, or a TensorRT older than 8.6 (JetPack 6)."""
+    from agent.vision.backends import BackendError
+    from agent.vision.backends.tensorrt import _import as import_both
 
-
-_LOGGER: Any = None
+    try:
+        return import_both()
+    except BackendError as exc:
+        raise ModelFileError(str(exc)) from None
 
 
 def _logger(trt: Any) -> Any:
-    global _LOGGER
-    if _LOGGER is None:
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
+    """The one TensorRT logger of the process, shared with the MTCNN engines (TensorRT 8.x treats the
+    logger as a singleton: every Builder and Runtime must use the same one)."""
+    from agent.vision.backends.tensorrt import _trt_logger
+
+    return _trt_logger(trt)
 
 
 class TensorRTEmbedder:
@@ -76,15 +72,15 @@ class TensorRTEmbedder:
 
     def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike, batch_size: int = 8,
                  precision: str = "fp32", cache: Any = None):
-        from agent.vision.backends.engine_cache import EngineCache, EngineCacheError
-        from agent.vision.backends.tensorrt import build_engine, describe_device
+        from agent.vision.backends.engine_cache import EngineCacheError
+        from agent.vision.backends.tensorrt import engine_cache
 
         trt, cuda = _import()
         self._trt, self._cuda_mod = trt, cuda
         self.batch_size = max(1, int(batch_size))
         self.spec = engine_spec(onnx_path, self.batch_size, precision)
         self.mean_rgb = dlib_resnet.recorded_mean(onnx_path)
-        self.cache = cache or EngineCache(engines_dir, describe_device, build_engine)
+        self.cache = cache or engine_cache(engines_dir)
         self._engine: Any = None
         self._context: Any = None
         self._device: dict[str, Any] = {}

@@ -1,8 +1,10 @@
 """A folder of TensorRT engines that are only ever loaded for the exact setup they were built for.
 
-A TensorRT engine is specific to the ONNX graph, the TensorRT version, the GPU (name and compute
-capability), the precision and the input-shape profile it was built with. Every engine file therefore
-has a JSON sidecar record of all of these (the *key*), plus the size and sha256 of the engine bytes.
+A TensorRT engine is specific to the ONNX graph, the TensorRT version, the GPU (name, compute
+capability, number of streaming multiprocessors and memory size: Orin modules all report compute
+capability 8.7), the precision, the input-shape profile and the builder settings it was built with. Every
+engine file therefore has a JSON sidecar record of all of these (the *key*), plus the size and sha256 of
+the engine bytes.
 The file name carries a hash of the key, so a changed setup never even looks at the old file; and on
 load the record is compared field by field and the engine bytes are checked against the recorded size
 and sha256, so a hand-copied, stale or truncated engine is rebuilt instead of loaded.
@@ -11,8 +13,10 @@ Writes are atomic: the bytes go to a temporary file in the same folder, are fsyn
 over the final name (`os.replace`), engine first, record last. An interrupted write leaves at most a
 `*.tmp` file (ignored, removed by `clean`) or an engine without its record (never loaded).
 
-Nothing here imports TensorRT: the two device-specific steps are plain callables handed in by the
-caller, `describe_device() -> DeviceInfo` and `build(spec, device) -> bytes`, so the cache logic is
+Nothing here imports TensorRT: the device-specific steps are plain callables handed in by the caller,
+`describe_device() -> DeviceInfo`, `build(spec, device) -> bytes` and, optionally,
+`settings(spec, device) -> dict` (every builder setting the build applies: it goes into the key, so a
+changed setting names a new engine without bumping CACHE_FORMAT by hand), so the cache logic is
 exercised on the CPU with real files (tests/test_engine_cache.py) and reused by every TensorRT backend
 (MTCNN detector, dlib ResNet embedding).
 """
@@ -39,7 +43,7 @@ __all__ = ["TMP_MARK", "atomic_write", "file_sha256"]  # part of this module's i
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the record layout or the key changes meaning
+CACHE_FORMAT = 2  # bump when the record layout or the key changes meaning (2: SMs, memory, builder settings)
 ENGINE_SUFFIX = ".engine"
 RECORD_SUFFIX = ".json"
 
@@ -56,6 +60,14 @@ class DeviceInfo:
     gpu_name: str  # e.g. "Orin"
     compute_capability: str  # "major.minor", e.g. "8.7"
     fast_fp16: bool = True  # fp16 requested on a GPU without fast fp16 builds fp32 instead
+    multiprocessors: int = 0  # streaming multiprocessors (Orin Nano 4 GB: 4 ... AGX Orin 64 GB: 16)
+    memory_gb: int = 0  # device memory rounded to whole GiB (shared RAM on a Jetson)
+
+    @property
+    def identity(self) -> tuple:
+        """What makes two GPUs interchangeable for an engine (with the TensorRT version)."""
+        return (self.tensorrt_version, self.gpu_name, self.compute_capability, self.multiprocessors,
+                self.memory_gb)
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,13 @@ def effective_precision(requested: str, device: DeviceInfo) -> str:
     return "fp16" if requested == "fp16" and device.fast_fp16 else "fp32"
 
 
-def engine_key(spec: EngineSpec, device: DeviceInfo, onnx_sha256: str | None = None) -> dict:
-    """The full record of what an engine depends on; two engines are interchangeable iff keys are equal."""
+def engine_key(spec: EngineSpec, device: DeviceInfo, onnx_sha256: str | None = None,
+               builder: dict | None = None) -> dict:
+    """The full record of what an engine depends on; two engines are interchangeable iff keys are equal.
+
+    `builder`: every setting the build applies (network flags, builder flags, memory pools, ...), as the
+    `settings` callable of the cache returns it.
+    """
     return {
         "format": CACHE_FORMAT,
         "label": spec.label,
@@ -114,10 +131,13 @@ def engine_key(spec: EngineSpec, device: DeviceInfo, onnx_sha256: str | None = N
         "tensorrt_version": device.tensorrt_version,
         "gpu_name": device.gpu_name,
         "compute_capability": device.compute_capability,
+        "multiprocessors": device.multiprocessors,
+        "memory_gb": device.memory_gb,
         "precision": effective_precision(spec.precision, device),
         "profile": {name: [[int(d) for d in s] for s in shapes]
                     for name, shapes in sorted(spec.profile.items())},
         "options": dict(sorted(spec.options.items())),
+        "builder": json.loads(json.dumps(builder or {}, sort_keys=True)),
     }
 
 
@@ -165,13 +185,16 @@ class EngineCache:
 
     describe_device: () -> DeviceInfo, called once (lazily) per cache.
     build: (spec, device) -> engine bytes; may take minutes (TensorRT), progress is logged.
+    settings: (spec, device) -> dict of the builder settings `build` applies (part of the key).
     """
 
     def __init__(self, folder: str | os.PathLike, describe_device: Callable[[], DeviceInfo],
-                 build: Callable[[EngineSpec, DeviceInfo], bytes], heartbeat_seconds: float = 15.0) -> None:
+                 build: Callable[[EngineSpec, DeviceInfo], bytes], heartbeat_seconds: float = 15.0,
+                 settings: Callable[[EngineSpec, DeviceInfo], dict] | None = None) -> None:
         self.folder = Path(folder)
         self._describe_device = describe_device
         self._build = build
+        self._settings = settings
         self._device: DeviceInfo | None = None
         self.heartbeat_seconds = heartbeat_seconds
         self.builds = 0  # engines built by this cache object (tests and logs)
@@ -185,7 +208,9 @@ class EngineCache:
 
     # -- naming -------------------------------------------------------------------------------------
     def key(self, spec: EngineSpec) -> dict:
-        return engine_key(spec, self.device)
+        device = self.device
+        builder = self._settings(spec, device) if self._settings is not None else None
+        return engine_key(spec, device, builder=builder)
 
     def paths(self, spec: EngineSpec, key: dict | None = None) -> tuple[Path, Path]:
         """(engine file, record file) for `spec` on this device."""
@@ -286,7 +311,8 @@ class EngineCache:
         `remove_all`: every engine, record and temporary file. Otherwise the stale ones: temporary files of
         interrupted writes; broken entries (record missing, unreadable or not matching the engine bytes);
         engines superseded by one in `keep` (the engines the current config uses: same label, other key);
-        and, when the device can be described, engines built for another TensorRT version or GPU.
+        and, when the device can be described, engines built for another TensorRT version or GPU (name,
+        compute capability, SM count, memory).
         """
         keep_set = {Path(p).resolve() for p in keep}
         entries = self.entries()
@@ -307,8 +333,8 @@ class EngineCache:
             else:
                 key = entry.record["key"] if entry.record else {}
                 stale = key.get("label") in kept_labels or (device is not None and (
-                    key.get("tensorrt_version"), key.get("gpu_name"), key.get("compute_capability"))
-                    != (device.tensorrt_version, device.gpu_name, device.compute_capability))
+                    key.get("tensorrt_version"), key.get("gpu_name"), key.get("compute_capability"),
+                    key.get("multiprocessors"), key.get("memory_gb")) != device.identity)
             if stale:
                 removed += [p for p in (entry.engine_path, entry.record_path) if p.exists()]
         for path in removed:

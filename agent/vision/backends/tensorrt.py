@@ -4,18 +4,26 @@ Three engines, built once and cached (`engine_cache.EngineCache`, `[paths] engin
 
 - P-Net: ONE engine with an optimisation profile covering every pyramid scale that the configured input
   size (`[source] width/height`, after `[detector] max_input_side`) and `min_face_size`/`scale_factor`
-  produce: min = the smallest P-Net input of the pyramid, max = the largest, opt = the middle scale
-  (`pnet_profile`). No per-scale engines, no rebuild per scale. A frame of another size whose pyramid
-  leaves the profile is run on the CPU backend (`overflow`) and logged, never a rebuild at run time.
+  produce: min = the smallest P-Net input of the pyramid, max = opt = the largest (`pnet_profile`):
+  TensorRT tunes its kernels for opt, and the largest scale is about half of all P-Net work. No
+  per-scale engines, no rebuild per scale. A frame of another size whose pyramid leaves the profile is
+  run on the CPU backend (`overflow`) and logged, never a rebuild at run time.
 - R-Net and O-Net: dynamic batch 1..`max_batch` (opt = a typical candidate count); larger candidate
   sets are split into chunks of `max_batch`.
 
-FP16 when `[detector] precision = "fp16"` and the GPU has fast fp16 (else fp32; the cache key records
-what was built). Uses only the tensor-name API (TensorRT >= 8.5: `num_io_tensors`, `get_tensor_name`,
-`set_input_shape`, `set_tensor_address`, `execute_async_v3`); works with 8.6 (JetPack 6) through 10.x.
+FP16 when `[detector] precision = "fp16"` and the GPU has fast fp16 by its compute capability (else fp32;
+the cache key records what was built, and every builder setting `builder_settings` applies). Uses only
+the tensor-name API (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`). Supported: TensorRT 8.6 (JetPack 6.0) and 10.x (JetPack 6.1/6.2) with Python 3.10;
+an older TensorRT (JetPack 5: 8.5 and Python 3.8) is refused with one line (`check_tensorrt_version`).
 Device memory, pinned host memory and the stream come from pycuda, on the device's *primary* CUDA
 context (the one TensorRT's runtime API uses), pushed around every GPU call so the backend can be driven
 from any thread (the watchdog runs calls in a worker thread).
+
+A CUDA error that leaves the context unusable (an illegal memory access, a launch failure, ...: see
+`watchdog.STICKY_CUDA_ERRORS`) is raised as `watchdog.DeviceLostError`, so the watchdog degrades at once
+and asks for a restart instead of rebuilding on the same broken context. TensorRT's own error messages
+(an `execute_async_v3` that returns False says why only in its log) are caught by `_TrtLog`.
 
 `tensorrt` and `pycuda` are imported lazily: this module imports (and its pure helpers run) without them.
 docs/tensorrt.md lists every TensorRT/pycuda call made here.
@@ -23,8 +31,10 @@ docs/tensorrt.md lists every TensorRT/pycuda call made here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,9 +43,27 @@ from typing import Any
 import numpy as np
 
 from agent.vision.backends import CROP_SIZE, NETS, BackendError, check_batch
-from agent.vision.backends.engine_cache import DeviceInfo, EngineCache, EngineCacheError, EngineSpec
+from agent.vision.backends.engine_cache import (
+    DeviceInfo,
+    EngineCache,
+    EngineCacheError,
+    EngineSpec,
+    effective_precision,
+)
+from agent.vision.backends.watchdog import (
+    DeviceLostError,
+    GuardedBackend,
+    ask_systemd_for_restart,
+    sticky_cuda_error,
+)
 
 log = logging.getLogger(__name__)
+
+# what this code is written and checked against (docs/tensorrt.md): JetPack 6.0 ships TensorRT 8.6,
+# JetPack 6.1/6.2 ship TensorRT 10.3, both with Python 3.10 (Ubuntu 22.04)
+SUPPORTED_PLATFORM = "JetPack 6 (Python 3.10, TensorRT 8.6 or 10.x)"
+MIN_TENSORRT = (8, 6)
+NEWEST_CHECKED_MAJOR = 10
 
 INPUT_NAME = "input"
 OUTPUTS = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
@@ -57,7 +85,9 @@ def pnet_profile(height: int, width: int, min_face_size: int = 20, scale_factor:
     if not shapes:
         raise ValueError(f"a {width}x{height} frame has no pyramid scale for min_face_size {min_face_size}")
     hs, ws = [h for h, _ in shapes], [w for _, w in shapes]
-    opt_h, opt_w = shapes[len(shapes) // 2]  # shapes are largest first: the middle scale
+    # opt = the largest scale: TensorRT picks the kernels fastest at opt, and the first (largest) scale is
+    # about half of all P-Net work (each further scale has scale_factor^2 ~ 0.5 times the pixels)
+    opt_h, opt_w = shapes[0]
     return [[1, 3, min(hs), min(ws)], [1, 3, opt_h, opt_w], [1, 3, max(hs), max(ws)]]
 
 
@@ -88,15 +118,46 @@ def engine_specs(model_dir: Path, input_size: tuple[int, int], min_face_size: in
 
 _LOGGER: Any = None
 _LOCK = threading.Lock()
+_NEWER_WARNED = False
 
 
-def _import() -> tuple[Any, Any]:
-    """(tensorrt, pycuda.driver), or BackendError saying what is missing."""
+def tensorrt_version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor) of a TensorRT version string such as "8.6.2.3" or "10.3.0"; () when unreadable."""
+    numbers = re.findall(r"\d+", str(version))[:2]
+    return tuple(int(n) for n in numbers) if numbers else ()
+
+
+def check_tensorrt_version(version: str) -> str:
+    """"" when this TensorRT is supported, else one line saying why not (and what is)."""
+    found = tensorrt_version_tuple(version)
+    if not found or found < MIN_TENSORRT:
+        return (f"TensorRT {version or '(unknown version)'} is not supported: face-agent runs on "
+                f"{SUPPORTED_PLATFORM}; JetPack 5 (TensorRT 8.5, Python 3.8) and older cannot run it")
+    return ""
+
+
+def import_tensorrt() -> Any:
+    """The `tensorrt` module, or BackendError when it is missing or of an unsupported version."""
+    global _NEWER_WARNED
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendError(f"TensorRT is not available: cannot import tensorrt ({exc}); on a Jetson it comes "
                            "with JetPack (python3-libnvinfer)") from None
+    version = str(getattr(trt, "__version__", ""))
+    problem = check_tensorrt_version(version)
+    if problem:
+        raise BackendError(problem)
+    if tensorrt_version_tuple(version)[0] > NEWEST_CHECKED_MAJOR and not _NEWER_WARNED:
+        _NEWER_WARNED = True
+        log.warning("TensorRT %s is newer than the %d.x this code was checked against (%s); trying it",
+                    version, NEWEST_CHECKED_MAJOR, SUPPORTED_PLATFORM)
+    return trt
+
+
+def _import() -> tuple[Any, Any]:
+    """(tensorrt, pycuda.driver), or BackendError saying what is missing or unsupported."""
+    trt = import_tensorrt()
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
@@ -105,23 +166,61 @@ def _import() -> tuple[Any, Any]:
     return trt, cuda
 
 
-def _trt_logger(trt: Any) -> Any:
+class _TrtLog:
+    """TensorRT's log into Python logging, keeping the last error messages: an `execute_async_v3` that
+    fails only returns False, the CUDA error that caused it is in the log (`take_errors`)."""
+
+    def __init__(self, trt: Any):
+        severity = trt.ILogger.Severity
+        self._errors: collections.deque[str] = collections.deque(maxlen=8)
+        self._lock = threading.Lock()  # "The Logger object implementation must be thread safe."
+        levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
+                  severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG}
+        errors = (severity.INTERNAL_ERROR, severity.ERROR)
+        owner = self
+
+        class Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)  # the documented way to subclass ILogger
+
+            def log(self, sev: Any, msg: str) -> None:
+                level = levels.get(sev)
+                if level is None:  # VERBOSE: thousands of lines during a build
+                    return
+                if sev in errors:
+                    with owner._lock:
+                        owner._errors.append(str(msg))
+                log.log(level, "TensorRT: %s", msg)
+
+        self.logger = Logger()
+
+    def take_errors(self) -> list[str]:
+        with self._lock:
+            errors = list(self._errors)
+            self._errors.clear()
+        return errors
+
+
+def _trt_log(trt: Any) -> _TrtLog:
     global _LOGGER
     with _LOCK:
         if _LOGGER is None:
-            _LOGGER = trt.Logger(trt.Logger.WARNING)
+            _LOGGER = _TrtLog(trt)
         return _LOGGER
 
 
+def _trt_logger(trt: Any) -> Any:
+    """The one ILogger every Builder and Runtime here is created with."""
+    return _trt_log(trt).logger
+
+
 def trt_major(trt: Any) -> int:
-    try:
-        return int(str(trt.__version__).split(".")[0])
-    except ValueError:  # pragma: no cover - odd version strings
-        return 0
+    version = tensorrt_version_tuple(str(getattr(trt, "__version__", "")))
+    return version[0] if version else 0
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, why): TensorRT and pycuda import and a CUDA GPU is present."""
+    """(usable, why): a supported TensorRT and pycuda import and a CUDA GPU is present."""
     try:
         trt, cuda = _import()
     except BackendError as exc:
@@ -138,13 +237,16 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__}, GPU {dev.name()} (compute {major}.{minor})"
 
 
-def _fast_fp16_by_capability(major: int, minor: int) -> bool:
-    # native fp16 rate: Maxwell Tegra (5.3), P100 (6.0), Pascal Tegra (6.2), Volta and later; not 6.1
+def fast_fp16_by_capability(major: int, minor: int) -> bool:
+    """Native fp16 rate: Maxwell Tegra (5.3), P100 (6.0), Pascal Tegra (6.2), Volta and later; not 6.1.
+    Used on every TensorRT version instead of creating a Builder only to ask platform_has_fast_fp16
+    (deprecated from TensorRT 10.5)."""
     return (major, minor) in ((5, 3), (6, 0), (6, 2)) or major >= 7
 
 
 def describe_device() -> DeviceInfo:
-    """TensorRT version, GPU name and compute capability (device 0), and whether fp16 is fast."""
+    """TensorRT version and what identifies GPU 0 for an engine: name, compute capability, SM count,
+    memory size; and whether fp16 is fast there."""
     try:
         trt, cuda = _import()
     except BackendError as exc:
@@ -154,25 +256,41 @@ def describe_device() -> DeviceInfo:
         raise EngineCacheError("no CUDA GPU found")
     dev = cuda.Device(0)
     major, minor = dev.compute_capability()
-    if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11 removed weak typing: the ONNX graph is fp32
-        fast_fp16 = False
-    elif trt_major(trt) < 10:
-        builder = trt.Builder(_trt_logger(trt))
-        fast_fp16 = bool(builder.platform_has_fast_fp16)
-        del builder
-    else:  # platform_has_fast_fp16 is deprecated from TensorRT 10.5: ask the compute capability
-        fast_fp16 = _fast_fp16_by_capability(major, minor)
+    # TensorRT 11 removed weak typing (BuilderFlag.FP16): the ONNX graph is fp32, so is the engine
+    fast_fp16 = hasattr(trt.BuilderFlag, "FP16") and fast_fp16_by_capability(major, minor)
     return DeviceInfo(tensorrt_version=str(trt.__version__), gpu_name=str(dev.name()),
-                      compute_capability=f"{major}.{minor}", fast_fp16=fast_fp16)
+                      compute_capability=f"{major}.{minor}", fast_fp16=fast_fp16,
+                      multiprocessors=int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
+                      memory_gb=round(dev.total_memory() / (1 << 30)))
+
+
+def builder_settings(spec: EngineSpec, device: DeviceInfo) -> dict:
+    """Every setting `build_engine` applies, by TensorRT enum name: `build_engine` applies exactly these,
+    and the engine cache puts them in the key, so changing one here names (and builds) a new engine."""
+    major = tensorrt_version_tuple(device.tensorrt_version)[:1] or (0,)
+    return {
+        # TensorRT 10: every network is explicit-batch and the EXPLICIT_BATCH flag is deprecated (ignored)
+        "network_flags": [] if major[0] >= 10 else ["EXPLICIT_BATCH"],
+        "builder_flags": ["FP16"] if effective_precision(spec.precision, device) == "fp16" else [],
+        "memory_pool_limits": {"WORKSPACE": int(spec.options.get("workspace_mb", 256)) << 20},
+        "optimization_profiles": 1,
+    }
+
+
+def engine_cache(folder: str | Path) -> EngineCache:
+    """The TensorRT engine cache in `folder` ([paths] engines), as every TensorRT user here opens it."""
+    return EngineCache(folder, describe_device, build_engine, settings=builder_settings)
 
 
 def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
-    """Parse spec.onnx_path and build a serialized engine with spec.profile and spec.precision."""
+    """Parse spec.onnx_path and build a serialized engine with spec.profile and `builder_settings`."""
     trt, _ = _import()
+    settings = builder_settings(spec, device)
     logger = _trt_logger(trt)
     builder = trt.Builder(logger)
-    # TensorRT 10: every network is explicit-batch and the EXPLICIT_BATCH flag is deprecated (ignored)
-    flags = 0 if trt_major(trt) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = 0
+    for name in settings["network_flags"]:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(spec.onnx_path).read_bytes()):
@@ -182,10 +300,10 @@ def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
     if set(spec.profile) != inputs:
         raise EngineCacheError(f"{spec.onnx_path}: inputs {sorted(inputs)}, profile {sorted(spec.profile)}")
     config = builder.create_builder_config()
-    workspace = int(spec.options.get("workspace_mb", 256)) << 20
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if spec.precision == "fp16" and device.fast_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    for pool, limit in settings["memory_pool_limits"].items():
+        config.set_memory_pool_limit(getattr(trt.MemoryPoolType, pool), int(limit))
+    for name in settings["builder_flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in spec.profile.items():
         profile.set_shape(name, lo, opt, hi)
@@ -194,6 +312,20 @@ def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
     if serialized is None:
         raise EngineCacheError(f"TensorRT could not build {spec.label} from {spec.onnx_path} (see its log)")
     return bytes(memoryview(serialized))
+
+
+def gpu_error(net: str, what: str, cause: BaseException | None = None, trt_errors: tuple[str, ...] = ()) \
+        -> BackendError:
+    """The error to raise for a failed GPU step: DeviceLostError when the CUDA context is gone (the error
+    text - pycuda's exception or TensorRT's log - names a sticky CUDA error), else BackendError."""
+    details = [f"{type(cause).__name__}: {cause}"] if cause is not None else []
+    details += list(trt_errors)
+    text = "; ".join(details)
+    sticky = sticky_cuda_error(text)
+    message = f"{net}: {what}" + (f" ({text})" if text else "")
+    if sticky:
+        return DeviceLostError(f"{message}: CUDA context unusable ({sticky}) until the process restarts")
+    return BackendError(message)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -205,6 +337,7 @@ class _Engine:
 
     def __init__(self, trt: Any, cuda: Any, runtime: Any, data: bytes, net: str):
         self.net = net
+        self.trt = trt
         self.cuda = cuda
         self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
@@ -247,16 +380,30 @@ class _Engine:
                                                        strict=True))
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One chunk (batch size within the profile) through the engine; blocks until the GPU is done."""
-        cuda = self.cuda
+        """One chunk (batch size within the profile) through the engine; blocks until the GPU is done.
+
+        A failed step raises `gpu_error(...)`: DeviceLostError when the CUDA context is gone."""
         if not self.context.set_input_shape(INPUT_NAME, batch.shape):
             raise BackendError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
                                f"{self.min_shape}..{self.max_shape}")
+        log_ = _trt_log(self.trt)
+        log_.take_errors()  # only what this call causes
+        try:
+            return self._infer(batch)
+        except BackendError:
+            raise
+        except Exception as exc:  # pycuda's LaunchError, LogicError, RuntimeError, ...
+            raise gpu_error(self.net, f"CUDA failed for input {batch.shape}", exc,
+                            tuple(log_.take_errors())) from exc
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        cuda = self.cuda
         host_in = self.host[INPUT_NAME][: batch.size]
         host_in[:] = batch.ravel()
         cuda.memcpy_htod_async(self.device[INPUT_NAME], host_in, self.stream)
         if not self.context.execute_async_v3(self.stream.handle):
-            raise BackendError(f"{self.net}: TensorRT execute_async_v3 failed for input {batch.shape}")
+            raise gpu_error(self.net, f"TensorRT execute_async_v3 failed for input {batch.shape}",
+                            trt_errors=tuple(_trt_log(self.trt).take_errors()))
         results = []
         for name in self.outputs:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -299,7 +446,7 @@ class TensorRTBackend:
         for spec in self.specs.values():
             if not spec.onnx_path.is_file():
                 raise BackendError(f"MTCNN model {spec.onnx_path} not found")
-        self.cache = cache or EngineCache(engines_dir, describe_device, build_engine)
+        self.cache = cache or engine_cache(engines_dir)
         self._overflow_factory = overflow
         self._overflow: Any = None
         self._overflow_warned = False
@@ -325,6 +472,8 @@ class TensorRTBackend:
     def _load(self, trt: Any, cuda: Any, runtime: Any, net: str, spec: EngineSpec) -> _Engine:
         try:
             return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), net)
+        except DeviceLostError:
+            raise  # the GPU, not the engine file, is broken: a rebuild would not help
         except BackendError as exc:
             # an engine whose record matched but that TensorRT rejects: drop it and build once more
             log.error("%s; rebuilding it", exc)
@@ -409,16 +558,17 @@ DETECTOR_KEYS = ("min_face_size", "scale_factor", "max_input_side", "precision",
 
 def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool = True,
                             inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
+                            request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
                             threads: int = 2, detector: Any = None, source: Any = None,
                             **options: Any) -> Any:
     """TensorRTBackend(model_dir, **options), behind the watchdog (GuardedBackend) unless guard=False.
 
     `detector` ([detector] section) and `source` ([source] section: height/width) fill the settings not
     given explicitly; `options_from_config(cfg)` gives them all. The CPU backend (ONNX Runtime, `threads`)
-    serves both P-Net inputs outside the profile and, after a stall/failure and one rebuild, every call.
+    serves P-Net inputs outside the profile and, after a GPU failure, every call (see watchdog.py);
+    `request_restart` (default: systemd's WATCHDOG=trigger) is asked once when the GPU is lost for good.
     """
     from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
-    from agent.vision.backends.watchdog import GuardedBackend
 
     if detector is not None:
         for key in DETECTOR_KEYS:
@@ -439,7 +589,8 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
 
     if not guard:
         return primary()
-    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded)
+    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
+                          request_restart=request_restart)
 
 
 def options_from_config(cfg: Any) -> dict[str, Any]:
