@@ -190,10 +190,10 @@ def main() -> int:
                 quality = ic.score(truth, ic.read_frames(r["frames_out"]))
                 quality["runner"] = runner
                 quality_rows.append(quality)
+                extra = (f"; splits {r['splits']}, cuts {r['cuts']}, latency ms {r['latency_ms']}"
+                         if "splits" in r else "")
                 print(f"{truth.name} {runner}: {r['fps']:.1f} fps; per person {quality['per_person']}; "
-                      f"settle {quality['settle_frames']}" + (f"; splits {r['splits']}, cuts {r['cuts']}, "
-                                                               f"latency ms {r['latency_ms']}" if "splits" in r else ""),
-                      flush=True)
+                      f"settle {quality['settle_frames']}{extra}", flush=True)
             if "face_recognition" in results:
                 ratio = results["face-agent"]["fps"] / results["face_recognition"]["fps"]
                 print(f"{truth.name}: speed-up x{ratio:.2f}", flush=True)
