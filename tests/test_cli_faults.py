@@ -72,3 +72,40 @@ def test_identify_errors_go_to_stderr(tmp_path):
     # --json keeps one object per image on stdout (the error is part of the machine-readable answer)
     run = face_agent(conf, "identify", "--no-train", "--json", str(tmp_path / "missing.jpg"))
     assert run.returncode == 1 and "error" in json.loads(run.stdout)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_enroll_copies_only_enrollable_photos_and_says_what_failed(tmp_path, capsys):
+    from test_hostile_requests import png_claiming
+
+    from agent.cli import main
+
+    conf = str(config_file(tmp_path))
+    good = FR / "examples" / "knn_examples" / "train" / "biden" / "biden.jpg"
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "empty.jpg").write_bytes(b"")
+    (junk / "random.jpg").write_bytes(os.urandom(5000))
+    (junk / "notes.txt").write_text("not a photo\n")
+    (junk / "truncated.jpg").write_bytes(good.read_bytes()[:3000])
+    (junk / "bomb.png").write_bytes(png_claiming(30000, 30000))
+    files = sorted(str(p) for p in junk.iterdir())
+
+    assert main(["--config", conf, "enroll", "biden", str(good), *files]) == 1
+    out, err = capsys.readouterr()
+    for name in ("empty.jpg", "random.jpg", "notes.txt", "truncated.jpg", "bomb.png"):
+        assert f"{name}: not enrolled" in err, err
+    assert "5 of 6 file(s) not enrolled" in err
+    raw = tmp_path / "faces" / "train" / "raw"
+    assert len(list((raw / "biden").iterdir())) == 1  # only the photo, none of the junk
+
+    # a person made only of junk is not created, so `people` does not list them
+    assert main(["--config", conf, "enroll", "junk_only", *files]) == 1
+    capsys.readouterr()
+    assert not (raw / "junk_only").exists()
+    assert main(["--config", conf, "people", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"biden"}
+    # and the next plain enroll has nothing to re-report
+    assert main(["--config", conf, "enroll"]) == 0
+    out, err = capsys.readouterr()
+    assert "unreadable" not in out and "photos: 1 enrolled" in out, out
