@@ -10,6 +10,7 @@ import sys
 
 from agent import __version__
 from agent.config import ConfigError
+from agent.files import STORAGE_ERRNOS, StorageError, storage_hint
 from agent.memory import limit_heap_growth
 
 # subcommand modules in agent/commands/, in the order `--help` lists them
@@ -77,5 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"face-agent: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # full disk, read-only mount: one line, not a traceback
+        print(f"face-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        folder = os.path.dirname(os.path.abspath(exc.filename))
+        print(f"face-agent: cannot write {exc.filename}: {exc.strerror} ({storage_hint(folder)})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

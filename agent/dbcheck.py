@@ -16,6 +16,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from agent.files import open_degraded, storage_hint, storage_state
+
 log = logging.getLogger(__name__)
 
 COMPANIONS = ("-wal", "-shm", "-journal")
@@ -41,7 +43,11 @@ def check_database(path: str | os.PathLike, full: bool = False, timeout: float =
     problem = _problem(path, full, timeout)
     if problem is None:
         return None
-    moved = _move_aside(path)
+    try:
+        moved = _move_aside(path)
+    except OSError as exc:
+        raise DatabaseCheckError(f"{path} is corrupt ({problem}) but cannot be moved aside: {exc.strerror} "
+                                 f"({storage_hint(path.parent)})") from None
     log.error("%s is corrupt (%s); moved it to %s and starting with an empty database",
               path, problem, moved)
     return moved
@@ -70,12 +76,34 @@ def _problem(path: Path, full: bool, timeout: float) -> str | None:
             if conn is not None:
                 conn.close()
     else:
-        raise DatabaseCheckError(f"{path}: cannot check the database: {error}")
+        rows = _rows_on_a_broken_disk(path, pragma, timeout)
+        if rows is None:
+            raise DatabaseCheckError(f"{path}: cannot check the database: {error} ({storage_hint(path.parent)})")
     if rows == ["ok"]:
         return None
     shown = "; ".join(" ".join(str(r).replace("*** in database main ***", "").split()) for r in rows[:3])
     more = f" (+{len(rows) - 3} more)" if len(rows) > 3 else ""
     return f"{pragma}: {shown}{more}"
+
+
+def _rows_on_a_broken_disk(path: Path, pragma: str, timeout: float) -> list | None:
+    """The check's rows when the disk is full or read-only (a WAL file then cannot be opened the usual way),
+    or None when that is not the reason (a lock, permissions: not for us to work around)."""
+    state = storage_state(path.parent)
+    if state is None:
+        return None
+    try:
+        conn, _how = open_degraded(path, state, timeout)
+    except sqlite3.Error:
+        return None
+    try:
+        return [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    except sqlite3.OperationalError:
+        return None
+    except sqlite3.DatabaseError as exc:  # damaged
+        return [str(exc)]
+    finally:
+        conn.close()
 
 
 def _move_aside(path: Path) -> Path:

@@ -38,6 +38,7 @@ from typing import Any
 import sqlite_utils
 
 from agent.events import Event, parse_timestamp
+from agent.files import StorageError, open_degraded, storage_hint, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ INDEXES = {  # name -> SQL; one per query users run
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(StorageError):
     """The event log cannot be opened or written; the message says which file and why."""
 
 
@@ -110,6 +111,13 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(exc)
 
 
+def _hint(path: Path, exc: sqlite3.Error) -> str:
+    """What to do about an error opening the log: only a damaged file is to be moved aside."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only, cannot open: not damage
+        return storage_hint(path.parent)
+    return "the file is damaged: move it aside (with its -wal and -shm files); a new log is created"
+
+
 class EventStore:
     """The SQLite event log with its outbox. `EventStore(cfg)` opens (or creates) <storage>/events.db."""
 
@@ -124,6 +132,8 @@ class EventStore:
         self._conns_lock = threading.Lock()
         self._listeners: list[Callable[[Event], None]] = []
         self._closed = False
+        self._shared: sqlite3.Connection | None = None  # degraded mode: one connection for every thread
+        self.degraded: str | None = None  # why the log is open in degraded mode (None: normal)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -133,6 +143,7 @@ class EventStore:
     # ------------------------------------------------------------------------------------------ connections
 
     def _connect(self) -> sqlite3.Connection:
+        conn = None
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -140,21 +151,51 @@ class EventStore:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open the event log: {exc} "
-                             "(if the file is damaged, move it aside; a new log is created)") from None
+            if conn is not None:
+                conn.close()  # a failed open may hold a lock the degraded open would wait for
+            state = storage_state(self.path.parent) if isinstance(exc, sqlite3.OperationalError) else None
+            if state is not None and self.path.is_file() and self.path.stat().st_size > 0:
+                return self._connect_degraded(state, exc)
+            raise StoreError(f"{self.path}: cannot open the event log: {exc} ({_hint(self.path, exc)})") from None
         if mode.lower() != "wal":
             log.warning("%s: WAL journal not available (got %s); readers may block the writer",
                         self.path, mode)
         return conn
+
+    def _connect_degraded(self, state: str, exc: sqlite3.Error) -> sqlite3.Connection:
+        """The disk is full or read-only: keep what the log holds readable (and publishable) instead of
+        failing; new events are refused with StoreFullError/StoreError until the disk is fixed."""
+        try:
+            conn, how = open_degraded(self.path, state, BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as again:
+            raise StoreError(f"{self.path}: cannot open the event log: {exc}; degraded open: {again} "
+                             f"({storage_hint(self.path.parent)})") from None
+        self._shared = conn
+        self.degraded = f"storage: the disk holding {self.path.parent} is {state}"
+        log.error("%s: the disk is %s: the event log is open in degraded mode (%s): the %s stored events are "
+                  "kept%s, new events cannot be stored until it is fixed (%s)", self.path, state, how,
+                  conn.execute("SELECT count(*) FROM events").fetchone()[0] if self._has_events(conn) else 0,
+                  " and published" if how == "exclusive" else "", storage_hint(self.path.parent))
+        return conn
+
+    @staticmethod
+    def _has_events(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is not None
 
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (created on first use)."""
         if self._closed:
             raise StoreError(f"{self.path}: the event log is closed")
+        if self._shared is not None:
+            return self._shared
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
+            if conn is self._shared:
+                with self._conns_lock:
+                    self._conns.append(conn)
+                return conn
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -200,13 +241,15 @@ class EventStore:
                 db["events"].create(COLUMNS, pk="seq", not_null=required, defaults={"state": PENDING},
                                     if_not_exists=True)
                 conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_events_event_id ON events(event_id)")
-            for sql in INDEXES.values():
-                conn.execute(sql)
-            conn.execute(f"PRAGMA user_version = {DB_VERSION}")
+            existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            for name, sql in INDEXES.items():
+                if name not in existing:
+                    conn.execute(sql)
+            if version != DB_VERSION:
+                conn.execute(f"PRAGMA user_version = {DB_VERSION}")
             conn.commit()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot use the event log: {exc} "
-                             "(if the file is damaged, move it aside; a new log is created)") from None
+            raise StoreError(f"{self.path}: cannot use the event log: {exc} ({_hint(self.path, exc)})") from None
 
     # ------------------------------------------------------------------------------------------ writing
 
