@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from agent import __version__
 from agent.config import ConfigError
+from agent.files import STORAGE_ERRNOS, StorageError, storage_hint
 from agent.memory import limit_heap_growth
 
 # subcommand modules in agent/commands/, in the order `--help` lists them
@@ -30,6 +32,8 @@ COMMANDS = [
 ]
 
 log = logging.getLogger(__name__)
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` leaves: output cut short by the reader
 
 
 def setup_logging(verbosity: int) -> None:
@@ -64,9 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is handled below, not as a traceback
+        return code
+    except BrokenPipeError:  # `face-agent events --json | head -3`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"face-agent: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # full disk, read-only mount: one line, not a traceback
+        print(f"face-agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS or not exc.filename:
+            raise
+        folder = os.path.dirname(os.path.abspath(exc.filename))
+        print(f"face-agent: cannot write {exc.filename}: {exc.strerror} ({storage_hint(folder)})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

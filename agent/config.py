@@ -8,6 +8,7 @@ against the folder of the config file. Secrets may come from the environment (se
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import types
@@ -240,6 +241,97 @@ CHOICES = {
     ("store", "synchronous"): {"full", "normal"},
 }
 
+PILLOW_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses larger images on its own
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: lo <= v <= hi (lo < v with lo_open); None = no bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or v <= self.hi
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"between {self.lo:g} and {self.hi:g}" if not self.lo_open else \
+                f"above {self.lo:g} and at most {self.hi:g}"
+        if self.lo is not None:
+            return f"above {self.lo:g}" if self.lo_open else f"at least {self.lo:g}"
+        return f"at most {self.hi:g}"
+
+
+POSITIVE = Range(0, lo_open=True)
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)
+# every number with a bound, checked once here (config check and service start alike); numbers are finite
+RANGES: dict[tuple[str, str], Range] = {
+    ("images", "max_pixels"): Range(1, PILLOW_MAX_PIXELS),
+    ("images", "max_bytes"): AT_LEAST_1,
+    ("detector", "max_input_side"): AT_LEAST_0,
+    ("detector", "threads"): Range(1, 256),
+    ("embedding", "batch_size"): Range(1, 1024),
+    ("embedding", "jitter"): Range(0, 100),
+    ("embedding", "threads"): Range(1, 256),
+    ("recognition", "min_confidence"): FRACTION,
+    ("enrollment", "dominance"): AT_LEAST_1,
+    ("enrollment", "min_face_size"): AT_LEAST_1,
+    ("source", "width"): AT_LEAST_1,
+    ("source", "height"): AT_LEAST_1,
+    ("source", "fps"): Range(1, 1000),
+    ("source", "reconnect_max_delay"): POSITIVE,
+    ("source", "timeout"): POSITIVE,
+    ("tracker", "detect_every"): AT_LEAST_1,
+    ("tracker", "iou_threshold"): Range(0, 1, lo_open=True),
+    ("tracker", "min_hits"): AT_LEAST_1,
+    ("tracker", "max_missed"): AT_LEAST_0,
+    ("tracker", "min_face_size"): AT_LEAST_1,
+    ("tracker", "min_sharpness"): AT_LEAST_0,
+    ("tracker", "embed_every"): AT_LEAST_1,
+    ("tracker", "settled_embed_every"): AT_LEAST_1,
+    ("tracker", "max_attempts"): AT_LEAST_1,
+    ("tracker", "reembed_area"): AT_LEAST_1,
+    ("tracker", "reembed_sharpness"): AT_LEAST_1,
+    ("tracker", "full_quality_size"): AT_LEAST_1,
+    ("tracker", "full_quality_sharpness"): POSITIVE,
+    ("voting", "window"): AT_LEAST_1,
+    ("voting", "min_votes"): AT_LEAST_1,
+    ("voting", "hysteresis"): AT_LEAST_1,
+    ("events", "thumbnail_size"): Range(8, 4096),
+    ("events", "thumbnail_max_bytes"): AT_LEAST_1,
+    ("store", "retention_days"): AT_LEAST_0,
+    ("store", "max_db_mb"): AT_LEAST_1,
+    ("store", "retention_interval"): POSITIVE,
+    ("mqtt", "keepalive"): Range(0, 65535),
+    ("mqtt", "stats_interval"): POSITIVE,
+    ("mqtt", "homeassistant_max_age"): AT_LEAST_0,
+    ("mqtt", "session_expiry"): Range(0, 2**32 - 1),
+    ("mqtt", "reconnect_min_delay"): POSITIVE,
+    ("mqtt", "reconnect_max_delay"): POSITIVE,
+    ("mqtt", "max_inflight"): Range(1, 65535),
+    ("mqtt", "ack_timeout"): POSITIVE,
+    ("mqtt", "shutdown_timeout"): AT_LEAST_0,
+    ("remote_enroll", "max_age"): POSITIVE,
+    ("remote_enroll", "max_image_bytes"): AT_LEAST_1,
+    ("remote_enroll", "max_message_bytes"): AT_LEAST_1,
+    ("remote_enroll", "debounce"): AT_LEAST_0,
+    ("remote_enroll", "max_validity"): AT_LEAST_0,
+    ("remote_enroll", "max_queued_bytes"): AT_LEAST_1,
+    ("remote_enroll", "worker_nice"): Range(0, 19),
+    ("service", "status_interval"): POSITIVE,
+    ("service", "min_free_disk_mb"): AT_LEAST_0,
+    ("service", "broker_grace"): AT_LEAST_0,
+    ("service", "max_backlog"): AT_LEAST_1,
+    ("service", "backlog_growth_checks"): AT_LEAST_1,
+}
+TOPIC_KEYS = (("mqtt", "topic_prefix"), ("mqtt", "discovery_prefix"))  # MQTT topic levels: no wildcards
+
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
@@ -258,6 +350,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -288,6 +382,12 @@ def _build_section(cls: type, data: Any, name: str) -> Any:
         allowed = CHOICES.get((name, key))
         if allowed and values[key] not in allowed:
             raise ConfigError(f"{name}.{key}: {value!r} is not one of {', '.join(sorted(allowed))}")
+        bounds = RANGES.get((name, key))
+        if bounds is not None and not bounds.holds(values[key]):
+            raise ConfigError(f"{name}.{key}: {value!r} is out of range: must be {bounds}")
+        if (name, key) in TOPIC_KEYS and (not value.strip("/") or any(c in value for c in "#+\0")):
+            raise ConfigError(f"{name}.{key}: {value!r} must be a non-empty MQTT topic without the wildcards "
+                              "'#' and '+'")
     return cls(**values)
 
 
@@ -344,6 +444,12 @@ def _check_values(cfg: Config) -> None:
         value = getattr(cfg.mqtt, key)
         if value and cfg.mqtt.tls and not cfg.resolve(value).is_file():
             raise ConfigError(f"mqtt.{key}: {cfg.resolve(value)} does not exist")
+    if cfg.mqtt.reconnect_max_delay < cfg.mqtt.reconnect_min_delay:
+        raise ConfigError("mqtt.reconnect_max_delay: must be at least reconnect_min_delay")
+    if cfg.voting.min_votes > cfg.voting.window:
+        raise ConfigError("voting.min_votes: at most voting.window (the votes kept)")
+    if not cfg.agent.camera_name or len(cfg.agent.camera_name) > 200:
+        raise ConfigError("agent.camera_name: 1-200 characters (it is in every event)")
     if not cfg.agent.id or any(c in cfg.agent.id for c in "/#+ "):
         raise ConfigError(f"agent.id: {cfg.agent.id!r} must be non-empty without '/', '#', '+' or spaces")
 
@@ -373,6 +479,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"{found}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{found}: not valid TOML: {exc}") from None
+    if not data:  # an empty (or all-comment) file is a mistake, e.g. a config that was truncated
+        raise ConfigError(f"{found}: the file sets nothing (empty?); write at least one section, e.g. [agent] id")
     try:
         return config_from_dict(data, base_dir=Path(found).resolve().parent)
     except ConfigError as exc:

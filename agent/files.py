@@ -1,16 +1,48 @@
-"""File helpers every layer uses: content hashes and atomic writes."""
+"""File helpers every layer uses: content hashes, atomic writes, and telling a full or read-only disk."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this counts as full
+STORAGE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+class StorageError(RuntimeError):
+    """A data folder cannot be read or written (full disk, read-only mount, permissions); the message is one
+    line naming the path and what to do."""
+
+
+def storage_state(folder: str | os.PathLike) -> str | None:
+    """"read-only" or "full" when the file system holding `folder` cannot take writes, else None."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only"
+    if st.f_bavail * st.f_frsize < FULL_BELOW_BYTES:
+        return "full"
+    return None
+
+
+def storage_hint(folder: str | os.PathLike) -> str:
+    """What to do about a write that failed in `folder`: free space, a writable mount, or permissions."""
+    state = storage_state(folder)
+    if state == "full":
+        return f"the disk holding {folder} is full: free some space"
+    if state == "read-only":
+        return f"{folder} is on a read-only file system: mount it read-write or point [paths] elsewhere"
+    return f"check that {folder} is writable by this user"
 TMP_MARK = ".tmp-"  # temporary files are named <name>.tmp-<pid>-<thread>; cleaners look for this mark
 
 
@@ -60,3 +92,24 @@ def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes] | Callab
         raise
     _fsync_dir(path.parent)
     return written
+
+
+def open_degraded(path: Path, state: str, timeout: float) -> tuple[sqlite3.Connection, str]:
+    """A connection to an existing SQLite file on a full or read-only disk: (connection, how it is open).
+
+    A WAL database normally needs its shared-memory index (<name>-shm), which a full or read-only file
+    system cannot give. On a full disk the file is opened in exclusive locking mode (the index is kept in
+    this process's memory: other processes cannot read the file meanwhile); on a read-only one, or if that
+    fails, as immutable (read only). Raises sqlite3.Error."""
+    if state == "full":
+        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn, "exclusive"
+        except sqlite3.Error:
+            conn.close()
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True, check_same_thread=False)
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn, "read-only"

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from agent.config import Config
-from agent.files import file_sha256
+from agent.files import StorageError, file_sha256, open_degraded, storage_hint, storage_state
 from agent.vision.classifier import Classifier, ClassifierFileError, train, train_elsewhere
 from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
@@ -89,14 +89,33 @@ class EmbeddingCache:
     """SQLite cache of what enrollment found in each photo, keyed by content hash and settings."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS photos (sha256 TEXT, settings TEXT, status TEXT, reason TEXT, "
-            "embedding BLOB, box TEXT, PRIMARY KEY (sha256, settings))")
-        self._db.commit()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS photos (sha256 TEXT, settings TEXT, status TEXT, reason TEXT, "
+                "embedding BLOB, box TEXT, PRIMARY KEY (sha256, settings))")
+            self._db.commit()
+        except (OSError, sqlite3.OperationalError) as exc:
+            self._db = self._open_degraded(exc)
+
+    def _open_degraded(self, exc: Exception) -> sqlite3.Connection:
+        """A full or read-only disk: what is cached stays readable; a photo not cached cannot be enrolled."""
+        state = storage_state(self.path.parent)
+        if state is None or not self.path.is_file():
+            raise StorageError(f"{self.path}: cannot open the embedding cache: {exc} "
+                               f"({storage_hint(self.path.parent)})") from None
+        try:
+            conn, how = open_degraded(self.path, state, 10.0)
+        except sqlite3.Error as again:
+            raise StorageError(f"{self.path}: cannot open the embedding cache: {again} "
+                               f"({storage_hint(self.path.parent)})") from None
+        log.warning("%s: the disk is %s: the embedding cache is open %s; photos not analysed before cannot be "
+                    "enrolled until it is fixed", self.path, state, how)
+        return conn
 
     def get(self, sha: str, settings: str) -> tuple[str, str, np.ndarray | None] | None:
         with self._lock:
@@ -112,9 +131,13 @@ class EmbeddingCache:
     def put(self, sha: str, settings: str, status: str, reason: str, embedding: np.ndarray | None,
             box: list | None) -> None:
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?)",
-                             (sha, settings, status, reason, blob, json.dumps(box)))
+        try:
+            with self._lock, self._db:
+                self._db.execute("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?)",
+                                 (sha, settings, status, reason, blob, json.dumps(box)))
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"{self.path}: cannot store what enrollment found in a photo: {exc} "
+                               f"({storage_hint(self.path.parent)})") from None
 
     def close(self) -> None:
         with self._lock:

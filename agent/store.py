@@ -17,9 +17,14 @@ each other. Listeners registered with `add_listener` are called after each `add(
 it to wake up).
 
 Retention (`enforce_retention`): delivered events older than `[store] retention_days` are deleted; above
-`[store] max_db_mb` the oldest delivered events are deleted first. Pending events are never deleted by
-retention. A full disk (SQLITE_FULL) makes `add()` delete old delivered events and retry once; if that
-is not enough it raises `StoreFullError` and the rows already stored stay intact - unless
+`[store] max_db_mb` (the database file plus its WAL, whose size is capped at a quarter of it) the WAL is
+checkpointed and just enough of the oldest delivered events are deleted, then the freed pages are given
+back to the file system (auto_vacuum = INCREMENTAL + incremental_vacuum). Pending events are never deleted
+by retention - unless MQTT is off (`[mqtt] enabled = false`): then nothing is ever published, the log is
+not an outbox, and every event is under the same retention by age and size.
+
+A full disk (SQLITE_FULL) makes `add()` delete old delivered events and retry once; if that is not enough
+it raises `StoreFullError` and the rows already stored stay intact - unless
 `[store] drop_pending_when_full` allows dropping the oldest undelivered events, which is logged loudly.
 """
 
@@ -38,14 +43,16 @@ from typing import Any
 import sqlite_utils
 
 from agent.events import Event, parse_timestamp
+from agent.files import StorageError, open_degraded, storage_hint, storage_state
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "events.db"
 DB_VERSION = 1  # PRAGMA user_version of the table layout below
 BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for the other thread's transaction
-DELETE_BATCH = 500  # rows deleted per retention step
+DELETE_BATCH = 500  # most rows deleted per retention step (each step deletes just enough, estimated)
 WAL_LIMIT_BYTES = 16 * 1024 * 1024  # journal_size_limit: the WAL is truncated back to this after checkpoints
+WAL_SHARE = 4  # the WAL may take at most 1/WAL_SHARE of max_db_mb (and at most WAL_LIMIT_BYTES)
 PENDING = "pending"
 DELIVERED = "delivered"
 
@@ -74,7 +81,7 @@ INDEXES = {  # name -> SQL; one per query users run
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(StorageError):
     """The event log cannot be opened or written; the message says which file and why."""
 
 
@@ -110,6 +117,13 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(exc)
 
 
+def _hint(path: Path, exc: sqlite3.Error) -> str:
+    """What to do about an error opening the log: only a damaged file is to be moved aside."""
+    if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only, cannot open: not damage
+        return storage_hint(path.parent)
+    return "the file is damaged: move it aside (with its -wal and -shm files); a new log is created"
+
+
 class EventStore:
     """The SQLite event log with its outbox. `EventStore(cfg)` opens (or creates) <storage>/events.db."""
 
@@ -117,6 +131,9 @@ class EventStore:
         self.path = Path(path) if path is not None else cfg.path("storage") / DB_NAME
         self.retention_days = cfg.store.retention_days
         self.max_db_bytes = cfg.store.max_db_mb * 1024 * 1024
+        self.wal_budget = min(WAL_LIMIT_BYTES, self.max_db_bytes // WAL_SHARE)
+        mqtt = getattr(cfg, "mqtt", None)
+        self.outbox = bool(getattr(mqtt, "enabled", True))  # False: nothing is published, no state is kept back
         self.synchronous = cfg.store.synchronous.upper()
         self.drop_pending_when_full = cfg.store.drop_pending_when_full
         self._local = threading.local()
@@ -124,6 +141,8 @@ class EventStore:
         self._conns_lock = threading.Lock()
         self._listeners: list[Callable[[Event], None]] = []
         self._closed = False
+        self._shared: sqlite3.Connection | None = None  # degraded mode: one connection for every thread
+        self.degraded: str | None = None  # why the log is open in degraded mode (None: normal)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -133,28 +152,61 @@ class EventStore:
     # ------------------------------------------------------------------------------------------ connections
 
     def _connect(self) -> sqlite3.Connection:
+        conn = None
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_budget}")
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_budget // page)}")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot open the event log: {exc} "
-                             "(if the file is damaged, move it aside; a new log is created)") from None
+            if conn is not None:
+                conn.close()  # a failed open may hold a lock the degraded open would wait for
+            state = storage_state(self.path.parent) if isinstance(exc, sqlite3.OperationalError) else None
+            if state is not None and self.path.is_file() and self.path.stat().st_size > 0:
+                return self._connect_degraded(state, exc)
+            raise StoreError(f"{self.path}: cannot open the event log: {exc} ({_hint(self.path, exc)})") from None
         if mode.lower() != "wal":
             log.warning("%s: WAL journal not available (got %s); readers may block the writer",
                         self.path, mode)
         return conn
+
+    def _connect_degraded(self, state: str, exc: sqlite3.Error) -> sqlite3.Connection:
+        """The disk is full or read-only: keep what the log holds readable (and publishable) instead of
+        failing; new events are refused with StoreFullError/StoreError until the disk is fixed."""
+        try:
+            conn, how = open_degraded(self.path, state, BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as again:
+            raise StoreError(f"{self.path}: cannot open the event log: {exc}; degraded open: {again} "
+                             f"({storage_hint(self.path.parent)})") from None
+        self._shared = conn
+        self.degraded = f"storage: the disk holding {self.path.parent} is {state}"
+        log.error("%s: the disk is %s: the event log is open in degraded mode (%s): the %s stored events are "
+                  "kept%s, new events cannot be stored until it is fixed (%s)", self.path, state, how,
+                  conn.execute("SELECT count(*) FROM events").fetchone()[0] if self._has_events(conn) else 0,
+                  " and published" if how == "exclusive" else "", storage_hint(self.path.parent))
+        return conn
+
+    @staticmethod
+    def _has_events(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is not None
 
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (created on first use)."""
         if self._closed:
             raise StoreError(f"{self.path}: the event log is closed")
+        if self._shared is not None:
+            return self._shared
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
+            if conn is self._shared:
+                with self._conns_lock:
+                    self._conns.append(conn)
+                return conn
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -200,13 +252,15 @@ class EventStore:
                 db["events"].create(COLUMNS, pk="seq", not_null=required, defaults={"state": PENDING},
                                     if_not_exists=True)
                 conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_events_event_id ON events(event_id)")
-            for sql in INDEXES.values():
-                conn.execute(sql)
-            conn.execute(f"PRAGMA user_version = {DB_VERSION}")
+            existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            for name, sql in INDEXES.items():
+                if name not in existing:
+                    conn.execute(sql)
+            if version != DB_VERSION:
+                conn.execute(f"PRAGMA user_version = {DB_VERSION}")
             conn.commit()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot use the event log: {exc} "
-                             "(if the file is damaged, move it aside; a new log is created)") from None
+            raise StoreError(f"{self.path}: cannot use the event log: {exc} ({_hint(self.path, exc)})") from None
 
     # ------------------------------------------------------------------------------------------ writing
 
@@ -251,7 +305,7 @@ class EventStore:
         return int(cur.lastrowid)
 
     def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
-        freed = self._delete_oldest(DELIVERED, DELETE_BATCH)
+        freed = self._delete_oldest(DELIVERED if self.outbox else None, DELETE_BATCH)
         if freed:
             log.warning("%s: disk full: deleted the %d oldest delivered events to make room",
                         self.path, freed)
@@ -277,11 +331,13 @@ class EventStore:
             f"the {pending} undelivered events already stored are kept. Free disk space "
             "(or set [store] max_db_mb / drop_pending_when_full)") from exc
 
-    def _delete_oldest(self, state: str, n: int) -> int:
+    def _delete_oldest(self, state: str | None, n: int) -> int:
+        """Delete the `n` oldest events in `state` (None: in any state); how many were deleted."""
+        where, params = ("WHERE state = ? ", (state, n)) if state is not None else ("", (n,))
         try:
             with self.conn as conn:
-                cur = conn.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE state = ? "
-                                   "ORDER BY seq LIMIT ?)", (state, n))
+                cur = conn.execute(f"DELETE FROM events WHERE seq IN (SELECT seq FROM events {where}"
+                                   "ORDER BY seq LIMIT ?)", params)
             return cur.rowcount
         except sqlite3.OperationalError as exc:
             log.error("%s: cannot delete old events: %s", self.path, exc)
@@ -365,6 +421,14 @@ class EventStore:
         out["total"] = sum(out.values())
         return out
 
+    def disk_bytes(self) -> int:
+        """Bytes the log takes on disk: the database file plus its WAL (what max_db_mb bounds)."""
+        total = 0
+        for name in (self.path, Path(f"{self.path}-wal")):
+            with contextlib.suppress(OSError):
+                total += name.stat().st_size
+        return total
+
     def used_bytes(self) -> int:
         """Bytes of the database holding data (file size minus free pages; the WAL not included)."""
         conn = self.conn
@@ -381,29 +445,53 @@ class EventStore:
     # ------------------------------------------------------------------------------------------ retention
 
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
-        """Delete delivered events older than retention_days, then the oldest delivered ones while the
-        database is above max_db_mb. Pending events are kept (a warning says how many are old)."""
+        """Delete delivered events older than retention_days, then, while the database file and its WAL
+        are above max_db_mb, just enough of the oldest delivered ones; give the freed space back. Pending
+        events are kept (a warning says how many are old) - unless MQTT is off: then every event is under
+        the same retention."""
         now = time.time() if now is None else now
         cutoff = now - self.retention_days * 86400
+        deletable = DELIVERED if self.outbox else None  # None: any state
         with self.conn as conn:
-            by_age = conn.execute("DELETE FROM events WHERE state = ? AND t < ?",
-                                  (DELIVERED, cutoff)).rowcount
-        old_pending = int(self.conn.execute("SELECT count(*) FROM events WHERE state = ? AND t < ?",
-                                            (PENDING, cutoff)).fetchone()[0])
+            by_age = conn.execute("DELETE FROM events WHERE t < ?" + (" AND state = ?" if deletable else ""),
+                                  (cutoff, deletable) if deletable else (cutoff,)).rowcount
+        old_pending = 0
+        if self.outbox:
+            old_pending = int(self.conn.execute("SELECT count(*) FROM events WHERE state = ? AND t < ?",
+                                                (PENDING, cutoff)).fetchone()[0])
         if old_pending:
             log.warning("%s: %d undelivered events are older than %d days; kept until they are published",
                         self.path, old_pending, self.retention_days)
         by_size = 0
-        while self.used_bytes() > self.max_db_bytes:
-            n = self._delete_oldest(DELIVERED, DELETE_BATCH)
-            if not n:
-                log.warning("%s: %.1f MB used, above max_db_mb = %d, but only undelivered events are left; "
-                            "kept", self.path, self.used_bytes() / 2**20, self.max_db_bytes // 2**20)
-                break
-            by_size += n
+        if self.disk_bytes() > self.max_db_bytes:
+            self._checkpoint()  # the WAL's pages go into the file first: then the file size is the truth
+            target = self.max_db_bytes - self.wal_budget  # room for the WAL to grow until the next pass
+            while self.used_bytes() > target:
+                n = self._delete_oldest(deletable, self._rows_for(self.used_bytes() - target))
+                if not n:
+                    log.warning("%s: %.1f MB used, above max_db_mb = %d, but only undelivered events are left; "
+                                "kept", self.path, self.used_bytes() / 2**20, self.max_db_bytes // 2**20)
+                    break
+                by_size += n
         if by_age or by_size:
-            self.conn.execute("PRAGMA incremental_vacuum").fetchall()  # give the freed pages back to the disk
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            log.info("%s: retention deleted %d events older than %d days and %d for size", self.path, by_age,
-                     self.retention_days, by_size)
+            # give the freed pages back to the disk; executescript steps the pragma to its end (execute() steps
+            # it once, which frees a single page)
+            self.conn.executescript("PRAGMA incremental_vacuum;")
+            self._checkpoint()
+            log.info("%s: retention deleted %d events older than %d days and %d for size (%.2f MB on disk)",
+                     self.path, by_age, self.retention_days, by_size, self.disk_bytes() / 2**20)
         return {"deleted_by_age": by_age, "deleted_by_size": by_size, "old_pending": old_pending}
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (best effort: readers may hold it)."""
+        with contextlib.suppress(sqlite3.OperationalError):
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _rows_for(self, excess: int) -> int:
+        """How many of the oldest rows to delete to free about `excess` bytes: from the average row size,
+        plus one, at most DELETE_BATCH (the loop measures again and deletes more if needed)."""
+        rows = self.count()
+        if not rows:
+            return 0
+        average = max(1.0, self.used_bytes() / rows)
+        return max(1, min(DELETE_BATCH, int(excess / average) + 1))

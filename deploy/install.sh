@@ -32,6 +32,7 @@ CONF_DIR=/etc/face-agent
 DATA_DIR=/var/lib/face-agent
 UNIT_DIR=/etc/systemd/system
 SYSUSERS_DIR=/usr/lib/sysusers.d
+TMPFILES_DIR=/usr/lib/tmpfiles.d
 DATA_SUBDIRS="storage engines svm faces"
 
 usage() {
@@ -81,6 +82,9 @@ done
 [ "$PURGE" = yes ] && [ "$UNINSTALL" = no ] && die "--purge only goes with --uninstall"
 case "$PREFIX" in /?*) ;; *) die "--prefix must be an absolute path other than /" ;; esac
 PREFIX="${PREFIX%/}"
+# the prefix goes into the unit's ExecStart= (split at spaces, % starts a specifier) and a sed expression
+[[ "$PREFIX" =~ ^/[A-Za-z0-9._+/-]+$ ]] \
+  || die "--prefix '$PREFIX': use only letters, digits and . _ + - / (no spaces or other characters)"
 mkdir -p "$ROOT" 2>/dev/null || die "cannot create root folder $ROOT"
 ROOT="$(cd "$ROOT" && pwd -P)"
 LIVE=no  # installing into the running system (not an image folder)
@@ -185,6 +189,7 @@ if [ "$UNINSTALL" = yes ]; then
   [ "$SYSTEMD" = yes ] && systemctl daemon-reload
   safe_rm "$(r "$PREFIX")"
   safe_rm "$(r "$SYSUSERS_DIR/$NAME.conf")"
+  safe_rm "$(r "$TMPFILES_DIR/$NAME.conf")"
   if [ "$PURGE" = yes ]; then
     safe_rm "$(r "$DATA_DIR")"
     safe_rm "$(r "$CONF_DIR")"
@@ -199,7 +204,8 @@ if [ "$UNINSTALL" = yes ]; then
 fi
 
 # ------------------------------------------------------------------------------------------------ install
-for f in pyproject.toml agent.toml deploy/face-agent.service deploy/sysusers.d/face-agent.conf; do
+for f in pyproject.toml agent.toml deploy/face-agent.service deploy/sysusers.d/face-agent.conf \
+         deploy/tmpfiles.d/face-agent.conf; do
   [ -f "$SOURCE/$f" ] || die "$SOURCE does not look like a face-agent checkout (no $f)"
 done
 if [ "$SYSTEM_SITE" = auto ]; then
@@ -210,6 +216,8 @@ fi
 # 1. the service user
 cp "$SOURCE/deploy/sysusers.d/face-agent.conf" "$TMP/sysusers.conf"
 put_file "$TMP/sysusers.conf" "$(r "$SYSUSERS_DIR/$NAME.conf")" 644 || true
+cp "$SOURCE/deploy/tmpfiles.d/face-agent.conf" "$TMP/tmpfiles.conf"
+put_file "$TMP/tmpfiles.conf" "$(r "$TMPFILES_DIR/$NAME.conf")" 644 || true
 if [ "$LIVE" = yes ]; then
   if ! getent passwd "$NAME" >/dev/null; then
     useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin \
@@ -222,7 +230,8 @@ if [ "$LIVE" = yes ]; then
   OWNER="$NAME:$NAME"
 else
   warn "not creating user $NAME under --root $ROOT: systemd-sysusers creates it from $SYSUSERS_DIR/$NAME.conf" \
-       "on the target's next boot (StateDirectory= then fixes ownership of $DATA_DIR)"
+       "on the target's next boot; systemd-tmpfiles then gives $CONF_DIR to group $NAME ($TMPFILES_DIR/$NAME.conf)" \
+       "and StateDirectory= fixes ownership of $DATA_DIR"
   OWNER=
 fi
 
@@ -337,6 +346,12 @@ fi
 if [ -n "$OWNER" ]; then
   for f in "$conf" "$conf.new" "$dist"; do
     [ -f "$f" ] && [ "$(stat -c %U:%G "$f")" != "root:$NAME" ] && chown "root:$NAME" "$f"
+  done
+elif [ "$(id -u)" = 0 ] && gid="$(awk -F: -v n="$NAME" '$1 == n { print $3 }' "$(r /etc/group)" 2>/dev/null)" \
+     && [ -n "$gid" ]; then
+  # an image that already has the group (sysusers ran in it): give it the config now, by number
+  for f in "$(r "$CONF_DIR")" "$conf" "$conf.new" "$dist"; do
+    if [ -e "$f" ] && [ "$(stat -c %u:%g "$f")" != "0:$gid" ]; then chown "0:$gid" "$f"; fi
   done
 fi
 env_file="$(r "$CONF_DIR/env")"

@@ -223,3 +223,50 @@ def test_config_commands_in_a_subprocess_with_env_secrets(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"face-agent: configuration error: {tmp_path / 'none.toml'}: "
                                                "no such config file"]
+
+
+# ------------------------------------------------------------------ ranges: one schema, config check and start
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
+    ("[mqtt]\nack_timeout = 0\n", "mqtt.ack_timeout"),
+    ("[mqtt]\nstats_interval = -5\n", "mqtt.stats_interval"),
+    ("[detector]\nthreads = -3\n", "detector.threads"),
+    ("[embedding]\nthreads = 0\n", "embedding.threads"),
+    ("[tracker]\ndetect_every = 0\n", "tracker.detect_every"),
+    ("[images]\nmax_pixels = 0\n", "images.max_pixels"),
+    ("[images]\nmax_pixels = 200000000\n", "images.max_pixels"),  # above Pillow's own guard
+    ("[store]\nretention_days = -1\n", "store.retention_days"),
+    ("[store]\nmax_db_mb = 0\n", "store.max_db_mb"),
+    ("[service]\nbroker_grace = inf\n", "service.broker_grace"),
+    ("[service]\nstatus_interval = nan\n", "service.status_interval"),
+    ('[mqtt]\ntopic_prefix = "faces/#"\n', "mqtt.topic_prefix"),
+    ('[mqtt]\ntopic_prefix = "site+1"\n', "mqtt.topic_prefix"),
+    ('[mqtt]\ntopic_prefix = ""\n', "mqtt.topic_prefix"),
+    ('[mqtt]\ndiscovery_prefix = "#"\n', "mqtt.discovery_prefix"),
+    ("[mqtt]\nreconnect_min_delay = 10.0\nreconnect_max_delay = 1.0\n", "mqtt.reconnect_max_delay"),
+    ("[voting]\nwindow = 2\nmin_votes = 5\n", "voting.min_votes"),
+    ("[remote_enroll]\nworker_nice = 40\n", "remote_enroll.worker_nice"),
+    ("", "sets nothing"),
+    ("# only a comment\n", "sets nothing"),
+])
+def test_nonsense_values_are_refused_by_config_check_and_at_start(tmp_path, capsys, text, key):
+    conf = write(tmp_path, text)
+    assert main(["--config", conf, "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("face-agent: configuration error: "), err
+    assert key in err[0], err[0]
+    # the same schema refuses it when the agent starts (before any model or broker is touched)
+    assert main(["--config", conf, "run", "--source", str(tmp_path), "--max-frames", "1"]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_every_range_names_a_numeric_field_and_holds_its_default():
+    from agent.config import RANGES
+
+    defaults = config_from_dict({}, env={})
+    for (section, key), bounds in RANGES.items():
+        value = getattr(getattr(defaults, section), key)
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (section, key)
+        assert bounds.holds(value), f"{section}.{key}: default {value} outside {bounds}"

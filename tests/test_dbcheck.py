@@ -41,7 +41,8 @@ def assert_moved(original: Path, moved: Path | None, content: bytes) -> None:
     assert moved is not None
     assert re.fullmatch(r"events\.db\.corrupt-\d{8}T\d{6}Z(-\d+)?", moved.name), moved.name
     assert moved.parent == original.parent
-    assert not original.exists()
+    # in its place: nothing, or a healthy file with the rows that could be salvaged
+    assert not original.exists() or check_database(original, full=True, salvage=False) is None
     assert moved.read_bytes() == content  # kept byte for byte, never deleted
 
 
@@ -118,8 +119,9 @@ def test_wal_and_shm_move_with_the_database(tmp_path):
     assert_moved(db, moved, db.with_name(moved.name).read_bytes())
     assert Path(f"{moved}-wal").read_bytes() == wal
     assert Path(f"{moved}-shm").exists()
-    assert sorted(p.name for p in crashed.iterdir()) == sorted(
+    assert sorted(p.name for p in crashed.iterdir() if p.name.startswith(moved.name)) == sorted(
         [moved.name, f"{moved.name}-wal", f"{moved.name}-shm"])
+    assert {p.name for p in crashed.iterdir()} <= {moved.name, f"{moved.name}-wal", f"{moved.name}-shm", "events.db"}
 
 
 def test_two_corrupt_files_in_one_second_get_distinct_names(tmp_path):
@@ -165,3 +167,53 @@ def test_a_hot_journal_is_rolled_back_not_called_corrupt(tmp_path):
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT count(*) FROM events WHERE kind = 'recognized'").fetchone()[0] == 20000
     conn.close()
+
+
+def test_readable_rows_of_a_corrupt_event_log_are_salvaged_pending_first(tmp_path, caplog):
+    """4 KB overwritten mid-file: every row still readable is in the new log (all undelivered ones that
+    `face-agent events` could read), the damaged file is kept aside, and the log says how many were saved."""
+    import base64
+
+    from conftest import make_config
+
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    cfg = make_config(tmp_path)
+    factory = EventFactory("edge-1", "door")
+    with EventStore(cfg) as store:
+        ids = []
+        for i in range(400):
+            e = factory.track_started(i, (0, 0, 10, 10), (100, 100))
+            e.thumbnail = base64.b64encode(os.urandom(600)).decode()  # ~ 5 rows a page
+            store.add(e)
+            ids.append(e.event_id)
+        store.mark_delivered(ids[:300])
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = cfg.path("storage") / "events.db"
+    pages = db.stat().st_size // PAGE
+    overwrite(db, PAGE * (pages // 2), os.urandom(PAGE))
+    content = db.read_bytes()
+    # what is readable, row by row (the oracle)
+    probe = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    readable: dict[str, str] = {}
+    for seq in range(1, 401):
+        try:
+            row = probe.execute("SELECT event_id, state FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row:
+            readable[row[0]] = row[1]
+    probe.close()
+    assert 300 < len(readable) < 400, len(readable)  # a page of rows is lost, the rest is readable
+
+    with caplog.at_level(logging.ERROR, logger="agent.dbcheck"):
+        moved = check_database(db)
+    assert_moved(db, moved, content)
+    with EventStore(cfg) as store:
+        saved = {r.event_id: r.state for r in store.query(limit=None)}
+        assert store.integrity_check() == []
+    assert saved == readable  # every readable row, with its outbox state
+    pending = sum(1 for state in readable.values() if state == "pending")
+    message = next(r.getMessage() for r in caplog.records if "salvaged" in r.getMessage())
+    assert f"{len(readable)} rows of events" in message and f"{pending} of them" in message, message

@@ -178,7 +178,7 @@ def test_binary_v5_request_signs_properties_and_payload_hash():
 
 
 def auth_binary(fields, payload):
-    return p.authenticate(fields, p.binary_signed_form(fields, payload), KEYS, 300, 86400, now=NOW)
+    return p.authenticate(fields, p.binary_signed_form(fields, payload), KEYS, 300, 86400, now=NOW, binary=True)
 
 
 def test_key_file_formats_and_errors(tmp_path, caplog):
@@ -228,3 +228,32 @@ def test_topics():
     assert p.response_topic_ok("faces", "faces/replies/op-1")
     for bad in ("faces/events", "faces/replies", "faces/replies/+", "faces/replies/#", "other/replies/x"):
         assert not p.response_topic_ok("faces", bad)
+
+
+def test_non_ascii_digit_schema_version_is_a_clean_rejection():
+    """'²'.isdigit() is True but int('²') raises: an unsigned request must not reach a traceback."""
+    for version in ("²", "١", "1\n", " 1", "99999999999999999999"):
+        with pytest.raises(p.ProtocolError) as err:
+            p.binary_props([("command", "add"), ("schema_version", version)])
+        assert err.value.code in (p.UNSUPPORTED_VERSION, p.MALFORMED)
+        assert "\n" not in err.value.message
+
+
+def test_string_timestamp_in_a_signed_json_request_is_rejected():
+    """The docs say number: a JSON request with "timestamp": "1700000000" is malformed, even when signed;
+    a binary (MQTT v5) request carries strings and keeps working, but only decimal digits."""
+    for change in ({"timestamp": str(int(NOW))}, {"expires": str(int(NOW) + 60)}):
+        fields = p.build_request("list", "ops", KEY, now=NOW)
+        fields.update(change)
+        fields["signature"] = p.sign(p.signed_form(fields), KEY)
+        with pytest.raises(p.ProtocolError) as err:
+            auth(parsed(fields))
+        assert err.value.code == p.MALFORMED and "string" in err.value.message
+    image = b"img"
+    for bad in ("1e9", "nan", "inf", " 1700000000", "0x10"):
+        props = p.build_binary_request("ops", KEY, "Ada", image, now=NOW)
+        props["timestamp"] = bad
+        props["signature"] = p.sign(p.binary_signed_form(props, image), KEY)
+        with pytest.raises(p.ProtocolError) as err:
+            auth_binary(props, image)
+        assert err.value.code == p.MALFORMED

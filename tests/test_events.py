@@ -242,3 +242,17 @@ def test_examples_in_docs_are_valid(schema):
         validate_event(e)
         assert not list(validator.iter_errors(e))
         assert Event.from_dict(e).to_json() == json.dumps(e, separators=(",", ":"))
+
+
+def test_every_topic_the_service_publishes_is_documented():
+    """The retained <prefix>/<agent id>/health topic (agent/service.py) is in the topic table of docs/events.md
+    with its payload described, like status and stats."""
+    from conftest import ROOT
+
+    service = (ROOT / "agent" / "service.py").read_text(encoding="utf-8")
+    assert "/health\"" in service  # what the service publishes
+    docs = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
+    table = docs.split("## Topics", 1)[1].split("\n\n", 2)[1]
+    for suffix in ("status", "stats", "health"):
+        assert f"`<prefix>/<agent_id>/{suffix}`" in table, f"<prefix>/<agent_id>/{suffix} is not in the topic table"
+    assert "Health message (`<prefix>/<agent_id>/health`" in docs

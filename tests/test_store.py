@@ -309,3 +309,53 @@ def test_events_command_lists_filters_and_exports(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["-q", "-c", str(cfg_path), "events", "--since", "last tuesday"])
     assert "expected a date/time" in capsys.readouterr().err
+
+
+def test_max_db_mb_bounds_the_file_with_its_wal_and_deletes_just_enough(tmp_path):
+    """At a 1 MB cap: the WAL counts (and is kept small), a pass deletes just enough of the oldest
+    delivered events (not 90-100% of them) and gives the space back to the file system."""
+    cap = 2**20
+    s = EventStore(make_config(tmp_path, store={"max_db_mb": 1}))
+    wal = tmp_path / "storage" / f"{DB_NAME}-wal"
+    events = [big_event(i) for i in range(600)]  # ~2.5 MB of rows
+    for e in events:
+        s.add(e)
+        assert wal.stat().st_size <= cap // 4 + 64 * 1024, "the WAL grows past its share of max_db_mb"
+    s.mark_delivered(e.event_id for e in events)
+    assert s.disk_bytes() > 2 * cap
+    result = s.enforce_retention()
+    assert s.disk_bytes() <= cap, f"{s.disk_bytes()} bytes on disk (database + WAL) at a {cap}-byte cap"
+    assert s.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0  # freed pages went back to the disk
+    assert s.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    kept = s.count()
+    # just enough: what is left fills most of the room the WAL leaves (3/4 of the cap)
+    assert s.used_bytes() >= 0.5 * cap and kept >= 100, (kept, s.used_bytes())
+    assert result["deleted_by_size"] == 600 - kept
+    assert [r.event_id for r in s.query(limit=None)] == [e.event_id for e in events[600 - kept:]]  # oldest went
+    # a second pass right away has nothing to do
+    assert s.enforce_retention()["deleted_by_size"] == 0
+    s.close()
+
+
+def test_with_mqtt_off_events_are_not_an_outbox(tmp_path, caplog):
+    """[mqtt] enabled = false: nothing is ever published, so 'pending' events get the normal retention by
+    age and by size, and nothing claims they will be sent."""
+    from agent.sync.publisher import Publisher
+
+    now = time.time()
+    s = EventStore(make_config(tmp_path, mqtt={"enabled": False}, store={"retention_days": 7, "max_db_mb": 1}))
+    old = [big_event(i, now - 10 * 86400, 100) for i in range(5)]
+    for e in old:
+        s.add(e)
+    result = s.enforce_retention()
+    assert result["deleted_by_age"] == 5 and result["old_pending"] == 0 and s.count() == 0
+    for i in range(600):  # ~2.5 MB, never published
+        s.add(big_event(100 + i))
+    with caplog.at_level(logging.INFO):
+        result = s.enforce_retention()
+        assert result["deleted_by_size"] > 0 and s.disk_bytes() <= 2**20
+        pub = Publisher(make_config(tmp_path, mqtt={"enabled": False}), s)
+        pub.start()
+        assert pub.stop() == 0  # nothing is "left to publish"
+    assert "undelivered" not in caplog.text and "not yet published" not in caplog.text
+    s.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, validate_person_name
@@ -28,26 +30,38 @@ def run(args: argparse.Namespace) -> int:
     gallery = Gallery(cfg)
     if args.person is not None:
         try:
-            validate_person_name(args.person)
+            person = validate_person_name(args.person)
         except InvalidNameError as exc:
             return fail(str(exc), 2)
         if not args.images:
             return fail("give at least one IMAGE after PERSON", 2)
+        # analysed where they are first: only an enrollable photo is copied into the person's folder
+        usable, refused = [], []
+        for src in args.images:
+            result, _ = gallery.process_photo(person, Path(src))
+            (usable if result.ok else refused).append(result if not result.ok else Path(src))
+        for r in refused:
+            print(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else ""),
+                  file=sys.stderr)
         try:
-            gallery.add_photos(args.person, args.images)
+            if usable:
+                gallery.add_photos(person, usable)
         except ImageError as exc:
             return fail(str(exc))
     clf, results, retrained = gallery.ensure_trained(force=args.retrain, progress=show_progress())
     if args.person is not None:
-        results = [r for r in results if r.person == validate_person_name(args.person)]
+        results = refused + [r for r in results if r.person == person]
+    else:
+        refused = []
+    failed = 1 if refused else 0
     if args.json:
         print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
                           "retrained": retrained,
                           "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
                          ensure_ascii=False))
-        return 0
+        return failed
     for r in results:
-        if not r.ok or r.reason:
+        if (not r.ok or r.reason) and r not in refused:  # the refused ones are on stderr already
             print(f"{r.status:14s} {r.person}: {r.path.name}" + (f" ({r.reason})" if r.reason else ""))
     tally = Counter(r.status for r in results)
     print("photos: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) if tally else "no photos found")
@@ -57,4 +71,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"classifier {state}: {len(counts)} people, {sum(counts.values())} photos"
           + (f", cross-validated balanced accuracy {cv['balanced_accuracy']:.3f}"
              if cv.get("balanced_accuracy") is not None else ""))
-    return 0
+    if failed:
+        print(f"face-agent: {len(refused)} of {len(args.images)} file(s) not enrolled", file=sys.stderr)
+    return failed

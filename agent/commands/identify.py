@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from agent.commands._common import config_of
 from agent.gallery import Gallery
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"image": path, "error": str(exc)}, ensure_ascii=False))
             else:
-                print(f"{path}: error: {exc}")
+                print(f"face-agent: {exc}", file=sys.stderr)
             continue
         faces = analyzer.identify(rgb)
         if args.json:

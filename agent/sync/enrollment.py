@@ -41,6 +41,7 @@ from PIL import UnidentifiedImageError
 from agent.config import Config
 from agent.files import file_sha256
 from agent.gallery import Gallery, InvalidNameError, validate_person_name
+from agent.logsafe import RateLimitedLog, escape
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
 from agent.vision.classifier import Classifier
@@ -53,6 +54,7 @@ TMP_DIR = ".enroll-tmp"
 MAX_NONCES = 100_000  # authenticated requests remembered at once (only key holders can add any)
 MAX_QUEUED = 1000  # requests waiting for the worker; more are answered "busy"
 MAX_CORRELATION_BYTES = 1024
+REJECTION_LOGS_PER_MINUTE = 20  # rejected requests logged per minute (the rest are counted)
 # Pillow format -> the suffix the photo is stored under (formats the CLI enrollment also reads)
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "DIB": ".bmp", "GIF": ".gif",
                  "TIFF": ".tif", "WEBP": ".webp", "ICO": ".ico", "PPM": ".ppm"}
@@ -131,6 +133,7 @@ class EnrollmentIntake:
         self._pending_ids: list[str] = []
         self._pending_key: str | None = None  # key of the last request that changed the gallery
         self._counts: Counter = Counter()
+        self._rejections = RateLimitedLog(log, REJECTION_LOGS_PER_MINUTE, 60.0)
         self.retrains = 0
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -207,7 +210,8 @@ class EnrollmentIntake:
     def _on_message(self, message: Any) -> None:
         """Paho's network thread: cheap checks only, then hand over to the worker."""
         if not self.enabled:
-            log.warning("remote enrollment: request on %s arrived while stopping; not served", message.topic)
+            log.warning("remote enrollment: request on %s arrived while stopping; not served",
+                        escape(message.topic))
             return
         payload = bytes(message.payload)
         props = getattr(message, "properties", None)
@@ -227,7 +231,8 @@ class EnrollmentIntake:
         self._queue.put((message.topic, payload, props, time.time()))
 
     def _reject_now(self, topic: str, props: Any, error: ProtocolError) -> None:
-        log.warning("remote enrollment: refused a message on %s: %s (%s)", topic, error.code, error.message)
+        self._rejections.warning("remote enrollment: refused a message on %s: %s (%s)", escape(topic),
+                                 error.code, escape(error.message))
         self._count(f"rejected_{error.code}")
         self._reply(proto.make_result(self.agent_id, None, None, proto.REJECTED, error), None, props)
 
@@ -250,7 +255,7 @@ class EnrollmentIntake:
             try:
                 self._handle(topic, payload, props)
             except Exception:  # never let one request kill the worker
-                log.exception("remote enrollment: request on %s failed", topic)
+                log.exception("remote enrollment: request on %s failed", escape(topic))
 
     def _handle(self, topic: str, payload: bytes, props: Any) -> None:
         fields: dict | None = None
@@ -267,7 +272,7 @@ class EnrollmentIntake:
                 signed = proto.signed_form(fields)
             self._reload_keys()
             auth = proto.authenticate(fields, signed, self.keys, self.settings.max_age,
-                                      self.settings.max_validity)
+                                      self.settings.max_validity, binary=binary is not None)
             expected = proto.FLEET if topic == self.fleet_topic else self.agent_id
             if fields.get("target") != expected:
                 raise ProtocolError(proto.WRONG_TARGET, f"request for {str(fields.get('target'))[:64]!r} "
@@ -281,12 +286,12 @@ class EnrollmentIntake:
         except ProtocolError as exc:
             rid = proto.safe_request_id(fields)
             command = fields.get("command") if fields and isinstance(fields.get("command"), str) else None
-            log.warning("remote enrollment: rejected request %s (%s) on %s: %s: %s", rid, command, topic,
-                        exc.code, exc.message)
+            self._rejections.warning("remote enrollment: rejected request %s (%s) on %s: %s: %s", escape(rid),
+                                     escape(command, 40), escape(topic), escape(exc.code), escape(exc.message))
             self._count(f"rejected_{exc.code}")
             result = proto.make_result(self.agent_id, rid, command and command[:40], proto.REJECTED, exc)
         except Exception as exc:
-            log.exception("remote enrollment: request on %s failed", topic)
+            log.exception("remote enrollment: request on %s failed", escape(topic))
             result = proto.make_result(self.agent_id, proto.safe_request_id(fields), None, proto.ERROR,
                                        ProtocolError(proto.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300]))
         self._reply(result, auth, props, trusted)
@@ -306,8 +311,8 @@ class EnrollmentIntake:
             if proto.response_topic_ok(self.prefix, response_topic):
                 topic = response_topic
             else:
-                log.warning("remote enrollment: response topic %r is not under %s/; answering on %s",
-                            response_topic[:200], proto.replies_prefix(self.prefix), topic)
+                log.warning("remote enrollment: response topic %s is not under %s/; answering on %s",
+                            escape(response_topic), proto.replies_prefix(self.prefix), topic)
         if correlation is not None and len(correlation) <= MAX_CORRELATION_BYTES:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
@@ -366,14 +371,14 @@ class EnrollmentIntake:
 
     def _add(self, req: proto.Request) -> dict:
         person = self._person(req.person)
-        images = [self._add_image(person, img) for img in req.images]
+        images = [self._add_image_safely(person, img) for img in req.images]
         accepted = [i for i in images if i["status"] == proto.ACCEPTED]
         self._count("images_accepted", len(accepted))
         self._count("images_rejected", len(images) - len(accepted))
         for i in images:
             if i["status"] != proto.ACCEPTED:
-                log.warning("remote enrollment: %s: image %s for %r rejected: %s (%s)", req.request_id,
-                            i["name"], person, i["reason"], i["message"])
+                log.warning("remote enrollment: %s: image %s for %r rejected: %s (%s)", escape(req.request_id),
+                            escape(i["name"]), person, escape(i["reason"]), escape(i["message"]))
         new = any(i.pop("new", False) for i in images)
         if new:
             self._changed(req)
@@ -385,6 +390,16 @@ class EnrollmentIntake:
                                 person=person, images=images)
         status = proto.OK if len(accepted) == len(images) else proto.PARTIAL
         return self._result(req, status, person=person, images=images, retrain=retrain)
+
+    def _add_image_safely(self, person: str, img: proto.Image) -> dict:
+        """One image of an `add`: a failure of the agent on one image is that image's rejection
+        (internal_error), so the images stored before and after it still count and are trained."""
+        try:
+            return self._add_image(person, img)
+        except Exception as exc:
+            log.exception("remote enrollment: image %s for %r failed", escape(img.name), person)
+            return {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
+                    "reason": proto.INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"[:300]}
 
     def _add_image(self, person: str, img: proto.Image) -> dict:
         out: dict[str, Any] = {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
@@ -399,17 +414,17 @@ class EnrollmentIntake:
             out.update(reason=code, message=message)
             return out
 
-        try:
-            with PILImage.open(io.BytesIO(data)) as probe:
-                fmt = probe.format
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            fmt = None  # decode_image says why
         images = self.cfg.images
-        try:
+        try:  # first: size caps and the pixel cap ([images] max_pixels) before anything else opens it
             decode_image(data, images.max_pixels, min(images.max_bytes, self.settings.max_image_bytes),
                          name=img.name)
         except ImageError as exc:
             return reject("unreadable", str(exc))
+        try:
+            with PILImage.open(io.BytesIO(data)) as probe:
+                fmt = probe.format
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
+            fmt = None
         suffix = FORMAT_SUFFIX.get(fmt or "")
         if suffix is None:
             return reject(proto.UNSUPPORTED_FORMAT, f"{img.name}: {fmt} images are not accepted for enrollment "

@@ -346,7 +346,8 @@ def binary_props(user_properties: list[tuple[str, str]] | None) -> dict[str, str
             raise ProtocolError(MALFORMED, f"unknown user property {key!r}")
         props[key] = value
     version = props.get("schema_version")
-    check_version(int(version) if isinstance(version, str) and version.isdigit() else version)
+    # ASCII digits only: str.isdigit() is also true for '²' or '١', which int() refuses or reads differently
+    check_version(int(version) if isinstance(version, str) and re.fullmatch(r"[0-9]{1,9}", version) else version)
     return props
 
 
@@ -355,7 +356,8 @@ def check_version(version: Any) -> None:
         raise ProtocolError(MALFORMED, "schema_version is missing")
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise ProtocolError(UNSUPPORTED_VERSION,
-                            f"schema_version {version!r} is not supported (this agent speaks {SCHEMA_VERSION})")
+                            f"schema_version {str(version)[:20]!r} is not supported (this agent speaks "
+                            f"{SCHEMA_VERSION})")
 
 
 def safe_request_id(fields: dict | None) -> str | None:
@@ -366,12 +368,13 @@ def safe_request_id(fields: dict | None) -> str | None:
     return None
 
 
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, str):  # binary requests carry strings
-        try:
-            value = float(value)
-        except ValueError:
-            raise ProtocolError(MALFORMED, f"{name} must be a number (unix seconds)") from None
+def _number(value: Any, name: str, strings: bool = False) -> float:
+    """A JSON number; with `strings` (binary requests carry only strings) also its decimal digits."""
+    if isinstance(value, str):
+        if not strings or not re.fullmatch(r"-?[0-9]{1,15}(\.[0-9]{1,9})?", value):
+            raise ProtocolError(MALFORMED, f"{name} must be a number (unix seconds)"
+                                + ("" if strings else ", not a string"))
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ProtocolError(MALFORMED, f"{name} must be a number (unix seconds)")
     return float(value)
@@ -386,8 +389,9 @@ class Authenticated:
 
 
 def authenticate(fields: dict, signed: bytes, keys: dict[str, bytes], max_age: float, max_validity: float,
-                 now: float | None = None) -> Authenticated:
-    """Check key, signature (constant time) and freshness; replay is the caller's (it keeps the nonces)."""
+                 now: float | None = None, binary: bool = False) -> Authenticated:
+    """Check key, signature (constant time) and freshness; replay is the caller's (it keeps the nonces).
+    `binary`: an MQTT v5 binary request, whose fields are all strings (a JSON request needs numbers)."""
     if SIGNATURE not in fields or fields.get(SIGNATURE) in ("", None):
         raise ProtocolError(UNSIGNED, "request is not signed")
     key_id = fields.get("key_id")
@@ -399,7 +403,7 @@ def authenticate(fields: dict, signed: bytes, keys: dict[str, bytes], max_age: f
     if not signature_ok(signed, fields.get(SIGNATURE), secret):
         raise ProtocolError(BAD_SIGNATURE, f"signature does not match (key {key_id!r})")
     now = time.time() if now is None else now
-    ts = _number(fields.get("timestamp"), "timestamp")
+    ts = _number(fields.get("timestamp"), "timestamp", binary)
     nonce = fields.get("nonce")
     if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
         raise ProtocolError(MALFORMED, "nonce must be 16-128 characters of A-Z a-z 0-9 _ -")
@@ -408,7 +412,7 @@ def authenticate(fields: dict, signed: bytes, keys: dict[str, bytes], max_age: f
                             "check the clocks)")
     valid_until = ts + max_age
     if fields.get("expires") is not None:
-        expires = _number(fields["expires"], "expires")
+        expires = _number(fields["expires"], "expires", binary)
         if expires - ts > max_validity:
             raise ProtocolError(MALFORMED, f"expires is {expires - ts:.0f} s after timestamp, at most "
                                 f"{max_validity:g} s allowed")

@@ -105,7 +105,8 @@ class Publisher:
     def stop(self, timeout: float | None = None) -> int:
         """Flush the outbox for up to `timeout` s ([mqtt] shutdown_timeout), then disconnect cleanly.
 
-        Returns the number of events still pending (they stay in the log for the next start)."""
+        Returns the number of events still pending (they stay in the log for the next start); 0 with MQTT
+        off, where events are not an outbox."""
         timeout = self.cfg.mqtt.shutdown_timeout if timeout is None else timeout
         if self._thread is not None:
             self._flush_deadline = time.monotonic() + max(0.0, timeout)
@@ -117,6 +118,8 @@ class Publisher:
             self._thread = None
         if self.client is not None:
             self.client.stop()
+        if self.client is None:  # MQTT is off: nothing is waiting to be published
+            return 0
         left = self.store.count("pending")
         if left:
             log.info("publisher stopped with %d undelivered events kept in %s", left, self.store.path)

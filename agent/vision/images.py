@@ -45,7 +45,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"{name}: {width}x{height} is over the {max_pixels}-pixel limit")
+                raise ImageError(f"{name}: {width}x{height} is over the {max_pixels}-pixel limit "
+                                 "([images] max_pixels)")
             if width < 1 or height < 1:
                 raise ImageError(f"{name}: image has no pixels")
             img.load()
@@ -55,8 +56,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image in a format this agent reads") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard (MAX_IMAGE_PIXELS) fired while reading the header: the image is far over ours
+        raise ImageError(f"{name}: over the {max_pixels}-pixel limit ([images] max_pixels); refused as a "
+                         "decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 

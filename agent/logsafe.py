@@ -1,0 +1,69 @@
+"""Logging values that come from outside (MQTT requests, file names, image headers) without letting them
+forge log lines: `escape()` turns control characters (newlines, ANSI escapes, NUL...) into visible
+backslash escapes and cuts the text to a sane length; `RateLimitedLog` keeps a flood of rejected requests
+from flooding the journal.
+
+    log.warning("rejected %s", escape(fields.get("command")))
+    rejections = RateLimitedLog(log, per_period=20, period=60.0)
+    rejections.warning("remote enrollment: rejected %s", escape(code))
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+MAX_LOGGED_CHARS = 200  # longest outside value written into one log line
+
+
+def escape(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
+    """A one-line, printable rendering of `value`: control and other non-printable characters are shown as
+    backslash escapes (like repr), and the result is cut to `limit` characters with a note of what was cut."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    text = value if isinstance(value, str) else str(value)
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    if len(shown) > limit:
+        shown = f"{shown[:limit]}...(+{len(shown) - limit} chars)"
+    return shown
+
+
+class RateLimitedLog:
+    """At most `per_period` records per `period` seconds through this object; the rest are counted and one
+    line says how many were left out when the next period starts. Thread-safe."""
+
+    def __init__(self, logger: logging.Logger, per_period: int = 20, period: float = 60.0) -> None:
+        self.logger = logger
+        self.per_period = per_period
+        self.period = period
+        self._lock = threading.Lock()
+        self._start = -float("inf")
+        self._count = 0
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: Any) -> bool:
+        """Log unless over the limit; True if it was logged."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._start >= self.period:
+                suppressed, self._suppressed = self._suppressed, 0
+                self._start, self._count = now, 0
+                if suppressed:
+                    self.logger.warning("%d similar messages were not logged in the last %.0f s (rate limit)",
+                                        suppressed, self.period)
+            if self._count >= self.per_period:
+                self._suppressed += 1
+                return False
+            self._count += 1
+        self.logger.log(level, msg, *args)
+        return True
+
+    def warning(self, msg: str, *args: Any) -> bool:
+        return self.log(logging.WARNING, msg, *args)
+
+    @property
+    def suppressed(self) -> int:
+        with self._lock:
+            return self._suppressed

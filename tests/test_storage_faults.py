@@ -1,0 +1,141 @@
+"""Storage on a full disk and on a read-only mount (issue 14): a real, small tmpfs mounted for each test
+(root only; skipped with the reason otherwise), real SQLite files, the real models, a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from broker import Collector
+from conftest import FR, ROOT, SHARED
+
+from agent.cli import main
+from agent.config import load_config
+from agent.events import EventFactory
+from agent.service import Service
+from agent.store import EventStore
+
+F = EventFactory("agent-1", "door")
+TRAIN = FR / "examples" / "knn_examples" / "train"
+
+
+class Disk:
+    """A small tmpfs at `path`: fill() it up, make it read_only()."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fill(self) -> None:
+        with open(self.path / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        assert os.statvfs(self.path).f_bavail == 0
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    path = tmp_path / "disk"
+    path.mkdir()
+    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)], capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {run.stderr.strip()}")
+    try:
+        yield Disk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def config_file(tmp: Path, disk: Disk, extra: str = "") -> str:
+    path = tmp / "agent.toml"
+    path.write_text(f'[paths]\nstorage = "{disk.path}/storage"\nengines = "engines"\nsvm = "svm"\n'
+                    f'faces = "faces"\n[mqtt]\nenabled = false\n{extra}')
+    return str(path)
+
+
+def one_line_error(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("face-agent: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_events_are_listed_from_a_full_and_then_a_read_only_disk(tmp_path, disk, capsys):
+    conf = config_file(tmp_path, disk)
+    with EventStore(load_config(conf)) as store:
+        events = [F.track_started(i, (0, 0, 10, 10), (100, 100)) for i in range(30)]
+        for e in events:
+            store.add(e)
+        store.mark_delivered(e.event_id for e in events[:10])
+    for fault in (disk.fill, disk.read_only):
+        fault()
+        assert main(["--config", conf, "events", "--limit", "0"]) == 0
+        out, err = capsys.readouterr()
+        assert "30 event(s)" in out and "damaged" not in err, (out, err)
+        assert main(["--config", conf, "events", "--json", "--pending", "--limit", "0"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 20
+
+
+def face_agent(conf: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in its own process (an in-process run would keep its SQLite files open, and a file system
+    with files open for writing cannot be remounted read-only)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "agent", "--config", conf, *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_identify_works_and_enroll_refuses_in_one_line_on_a_full_or_read_only_disk(tmp_path, disk):
+    conf = config_file(tmp_path, disk)
+    run = face_agent(conf, "enroll", "biden", str(TRAIN / "biden" / "biden.jpg"))
+    assert run.returncode == 0, run.stderr
+    raw = tmp_path / "faces" / "train" / "raw"
+    for fault, word in ((disk.fill, "full"), (disk.read_only, "read-only")):
+        fault()
+        # identify reads what is stored: it still names the enrolled person
+        run = face_agent(conf, "identify", str(TRAIN / "biden" / "biden2.jpg"))
+        assert run.returncode == 0 and "biden" in run.stdout and "Traceback" not in run.stderr, run
+        # a new photo cannot be enrolled: one clear line, and the photo is not copied
+        run = face_agent(conf, "enroll", "obama", str(TRAIN / "obama" / "obama.jpg"))
+        assert run.returncode == 1, run
+        line = one_line_error(run.stderr)
+        assert "embeddings.db" in line and word in line, line
+        assert not (raw / "obama").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_run_starts_degraded_on_a_full_disk_and_publishes_what_it_has(tmp_path, disk, mosquitto, analyzer,
+                                                                       caplog):
+    conf = config_file(tmp_path, disk)
+    cfg = load_config(conf)
+    cfg.mqtt.enabled = True
+    cfg.mqtt.host, cfg.mqtt.port = mosquitto.host, mosquitto.port
+    cfg.mqtt.max_inflight = 50  # all in one window: marking them delivered fails on the full disk
+    with EventStore(cfg) as store:
+        pending = [F.track_started(i, (0, 0, 10, 10), (100, 100)) for i in range(25)]
+        for e in pending:
+            store.add(e)
+    disk.fill()
+    collector = Collector(mosquitto, "faces/events").start()
+    photos = tmp_path / "frames"
+    photos.mkdir()
+    for name in ("biden.jpg", "biden2.jpg"):
+        (photos / name).write_bytes((TRAIN / "biden" / name).read_bytes())
+    service = Service(cfg, source_uri=str(photos), every_frame=True, analyzer=analyzer)
+    assert service.run() == 0  # no crash (systemd would restart it in a loop with the events stuck)
+    received = {json.loads(m.text)["event_id"] for m in collector.wait_count("faces/events", 25, timeout=30)}
+    assert {e.event_id for e in pending} <= received, "the stored events were not published"
+    assert "degraded mode" in caplog.text and "full" in caplog.text
+    collector.stop()
+    with EventStore(cfg) as store:  # nothing stored before was lost
+        assert store.count() >= 25
