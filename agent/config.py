@@ -300,6 +300,12 @@ RANGES: dict[tuple[str, str], Range] = {
     ("tracker", "reembed_sharpness"): AT_LEAST_1,
     ("tracker", "full_quality_size"): AT_LEAST_1,
     ("tracker", "full_quality_sharpness"): POSITIVE,
+    ("tracker", "split_distance"): Range(0, 2, lo_open=True),  # L2 of unit-length embeddings
+    ("tracker", "cut_threshold"): Range(0, 255, lo_open=True),  # mean grey change of the frame
+    ("tracker", "jump_ratio"): POSITIVE,
+    ("tracker", "resize_ratio"): Range(1, lo_open=True),
+    ("tracker", "look_threshold"): Range(-1, 1),  # a correlation
+    ("tracker", "show_coasting"): AT_LEAST_0,
     ("voting", "window"): AT_LEAST_1,
     ("voting", "min_votes"): AT_LEAST_1,
     ("voting", "hysteresis"): AT_LEAST_1,
@@ -423,17 +429,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.min_face_size: at least 12 (P-Net's window)")
     if d.inference_timeout <= 0 or d.max_batch < 1 or d.workspace_mb < 16:
         raise ConfigError("detector: inference_timeout > 0, max_batch >= 1 and workspace_mb >= 16 required")
-    t = cfg.tracker
-    if not 0.0 < t.split_distance < 2.0:
-        raise ConfigError("tracker.split_distance: between 0 and 2 (L2 of unit-length embeddings)")
-    if not 0.0 < t.cut_threshold <= 255.0:
-        raise ConfigError("tracker.cut_threshold: between 0 and 255 (mean grey change of the frame)")
-    if t.jump_ratio <= 0.0 or t.resize_ratio <= 1.0:
-        raise ConfigError("tracker.jump_ratio must be > 0 and tracker.resize_ratio > 1")
-    if not -1.0 <= t.look_threshold <= 1.0:
-        raise ConfigError("tracker.look_threshold: a correlation between -1 and 1")
-    if not 0 <= t.show_coasting <= t.max_missed:
-        raise ConfigError("tracker.show_coasting: between 0 and tracker.max_missed")
+    if cfg.tracker.show_coasting > cfg.tracker.max_missed:
+        raise ConfigError("tracker.show_coasting: at most tracker.max_missed (a track ends after that)")
     if not 0.0 < cfg.recognition.distance_threshold < 2.0:
         raise ConfigError("recognition.distance_threshold: between 0 and 2 (L2 of unit-length embeddings)")
     if cfg.recognition.cv_folds < 2:

@@ -22,7 +22,7 @@ from typing import Any
 from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, FramePosition
+from agent.events import Event, EventFactory, FramePosition, format_timestamp
 from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
@@ -348,7 +348,7 @@ class Service:
         if client is None or not client.connected or key == self._health_published:
             return
         payload = json.dumps({"state": report["state"], "reasons": report.get("reasons", []),
-                              "timestamp": time.time()})
+                              "timestamp": format_timestamp()})
         info = client.publish(f"{self.cfg.mqtt.topic_prefix.rstrip('/')}/{self.cfg.agent.id}/health", payload,
                               qos=1, retain=True)
         if info.rc == 0:

@@ -16,6 +16,7 @@ import pytest
 from broker import Collector
 from conftest import FR, ROOT, SHARED, make_config
 
+from agent.events import parse_timestamp
 from agent.gallery import Gallery
 from agent.service import Service
 from agent.store import EventStore
@@ -85,6 +86,7 @@ def test_hamilton_clip_names_lin_over_mqtt(tmp_path, mosquitto, analyzer):
     assert collector.on("faces/test-agent/stats")
     health = [json.loads(m.text) for m in collector.on("faces/test-agent/health")]
     assert health and health[0]["state"] in ("ok", "degraded") and health[-1]["state"] == "stopped"
+    assert all(parse_timestamp(h["timestamp"]) > 0 for h in health)  # ISO 8601 like the events
     collector.stop()
 
 
