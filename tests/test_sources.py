@@ -1,7 +1,7 @@
 """Video sources on the real clips and photos: order, latest-frame delivery, reopen with backoff, errors.
 
-The live stream is real too: ffmpeg serves the Hamilton clip over HTTP at its own frame rate, and the
-test stops and restarts that server to make the source lose and regain it.
+The live stream is real too: tests/stream.py serves the Hamilton clip as an MJPEG camera over HTTP at its own
+frame rate, and the tests stop, stall and restart that server to make the source lose and regain it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import COMPREFACE, DLIB, FR, SHARED
+from stream import MJPEGServer
 
 from agent.config import SourceSection
 from agent.sources import Frame, SourceError, csi_pipeline, open_source, parse_uri
@@ -220,20 +221,13 @@ def test_file_that_breaks_mid_run_is_reopened_where_it_stopped(shared, tmp_path,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# a live network stream (ffmpeg serving the clip over HTTP)
+# a live network stream (an MJPEG camera over HTTP: tests/stream.py serves the clip in real time)
 # ---------------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def serve(port: int) -> subprocess.Popen:
-    """ffmpeg streaming the Hamilton clip over HTTP (MPEG-TS) in real time, looping, for one client."""
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(HAMILTON),
-           "-c:v", "mpeg1video", "-q:v", "5", "-an", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -245,12 +239,17 @@ def wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_live_stream_latest_frame_and_reconnect(shared, caplog):
+@pytest.fixture
+def camera(shared):
+    """The Hamilton clip as a live MJPEG stream (29.97 fps; FFmpeg announces 25 for any MJPEG stream)."""
+    server = MJPEGServer(HAMILTON).start()
+    yield server
+    server.stop()
+
+
+def test_live_stream_latest_frame_real_fps_and_fast_reconnect(camera, caplog):
     caplog.set_level(logging.INFO, logger="agent.sources")
-    port = free_port()
-    servers = [serve(port)]
-    src = open_source(section(f"http://127.0.0.1:{port}/", reconnect_max_delay=2.0, timeout=5.0))
+    src = open_source(section(camera.url, timeout=5.0))  # reconnect_max_delay: the default (2 s)
     assert src.is_live and not src.every_frame
     try:
         src.start()
@@ -268,26 +267,69 @@ def test_live_stream_latest_frame_and_reconnect(shared, caplog):
         indexes = [f.index for f in frames]
         assert indexes == sorted(set(indexes))
         assert src.dropped > 20
+        assert src.fps == pytest.approx(29.97, abs=1.5), "the frame rate as received, not the announced 25"
 
-        servers[0].terminate()  # the stream goes away
-        servers[0].wait(10)
-        assert wait_for(lambda: not src.connected, 15), "the lost stream was not noticed"
-        time.sleep(1.0)
-        servers.append(serve(port))  # and comes back
-        assert wait_for(lambda: src.connected, 20), "the stream was not reopened"
+        camera.stop()  # the camera goes away...
+        assert wait_for(lambda: not src.connected, 10), "the lost stream was not noticed"
+        time.sleep(6.0)  # ...for longer than the backoff cap: the backoff has reached it
+        assert "refused" in src.last_error  # the cause, not just "cannot open"
+        camera.start()  # and comes back
+        back = time.monotonic()
+        assert wait_for(lambda: src.connected, 10), "the stream was not reopened"
+        seen_after = time.monotonic() - back
         before = src.frames_read
         frame = src.read(10)
         assert frame is not None and frame.index >= before - 1
         assert src.reconnects == 1
     finally:
         src.stop()
-        for server in servers:
-            if server.poll() is None:
-                server.terminate()
-                server.wait(10)
+    assert seen_after < 2.5, f"the camera came back but was seen only {seen_after:.1f} s later"
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert any(level == "WARNING" and "lost" in msg for level, msg in messages)
+    opened = [msg for level, msg in messages if level == "INFO" and msg.startswith("opened")]
+    assert len(opened) == 1 and "live, 29." in opened[0] and "it announces 25" in opened[0], opened
+    assert any(level == "WARNING" and "lost (the stream ended or the connection closed)" in msg
+               for level, msg in messages)
+    reopen = [msg for level, msg in messages if level == "WARNING" and "reopen failed" in msg]
+    assert reopen and "connection to 127.0.0.1:" in reopen[0] and "refused" in reopen[0], reopen
     assert any(level == "INFO" and "recovered" in msg for level, msg in messages)
+
+
+def test_stop_returns_at_once_while_the_stream_is_stalled(camera, caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    src = open_source(section(camera.url, timeout=10.0)).start()
+    try:
+        assert src.read(20) is not None
+        camera.stall()  # the connection stays open, no more bytes: the capture thread blocks in FFmpeg
+        time.sleep(1.0)
+        assert src.connected and src.read(0.5) is None
+    finally:
+        t0 = time.monotonic()
+        src.stop()
+        took = time.monotonic() - t0
+    assert took < 1.0, f"stop() took {took:.1f} s"
+    assert src.ended and src.read(0.1) is None
+    camera.resume()  # the left-behind thread gets its frame (or its timeout) and ends on its own
+    assert wait_for(lambda: not src._thread.is_alive(), 15)
+    assert not src.connected
+
+
+def test_stalled_stream_is_lost_after_the_timeout_with_its_cause(camera, caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    with open_source(section(camera.url, timeout=1.0)) as src:
+        assert src.read(20) is not None
+        camera.stall()
+        assert wait_for(lambda: not src.connected, 10)
+        assert src.last_error == "no frame for 1 s"
+
+
+def test_wake_makes_a_waiting_read_return(camera):
+    with open_source(section(camera.url)) as src:
+        assert src.read(20) is not None
+        camera.stall()
+        threading.Timer(0.2, src.wake).start()
+        t0 = time.monotonic()
+        assert src.read(5) is None
+        assert time.monotonic() - t0 < 1.0 and not src.ended
 
 
 def test_live_source_missing_at_start_is_retried_in_the_background(caplog):
@@ -295,8 +337,16 @@ def test_live_source_missing_at_start_is_retried_in_the_background(caplog):
     src = open_source(section(f"http://127.0.0.1:{free_port()}/", timeout=1.0))
     with src:  # nothing listens there: no exception, a warning, and frames once it appears
         assert not src.connected and src.read(0.2) is None and not src.ended
-        assert "cannot open" in src.last_error
+        assert "cannot open" in src.last_error and "refused" in src.last_error
     assert any(r.levelname == "WARNING" and "retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_a_camera_that_does_not_exist_is_one_clear_error():
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    with pytest.raises(SourceError, match=f"/dev/video{index} does not exist"):
+        open_source(section(str(index))).start()
+    with pytest.raises(SourceError, match="no such camera"):
+        open_source(section(f"/dev/video{index}")).start()
 
 
 # ---------------------------------------------------------------------------------------------------------
