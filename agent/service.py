@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
 FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
 STATUS_LINE_PERIOD = 0.25  # seconds between redraws of the terminal status line
+PROGRESS_LOG_PERIOD = 60.0  # seconds between INFO lines with fps and health when there is no status line
 
 
 class _ClearLine(logging.Formatter):
@@ -59,6 +60,13 @@ def _clear_status_line_before_logs() -> None:
             handler.setFormatter(_ClearLine(handler.formatter))
 
 
+def _event_summary(event: Event) -> str:
+    """`identified track 3 Alice 0.91`: the parts an event has, no blanks or None for the ones it lacks."""
+    parts = [event.type, f"track {event.track_id}" if event.track_id is not None else "", event.name or "",
+             f"{event.confidence:.2f}" if event.confidence is not None else ""]
+    return " ".join(p for p in parts if p)
+
+
 class Stats:
     """Moving averages of the frame loop for the stats topic, the status file and the status line."""
 
@@ -70,6 +78,10 @@ class Stats:
         self.last_event = ""
         self._times: deque[float] = deque(maxlen=FPS_WINDOW)
         self._stages: deque[dict[str, float]] = deque(maxlen=FPS_WINDOW)
+
+    def source_lost(self) -> None:
+        """No frames while the source is down: the frame rate is 0, not the last one measured."""
+        self._times.clear()
 
     def frame(self, result: FrameResult) -> None:
         self.frames += 1
@@ -106,6 +118,7 @@ class Service:
         self.status_line = status_line
         self.max_frames = max_frames
         self.stats = Stats()
+        self.progress_period = PROGRESS_LOG_PERIOD
         self.factory = EventFactory.from_config(cfg)
         self._stop = threading.Event()
         self.store: EventStore | None = None
@@ -126,6 +139,8 @@ class Service:
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish (signal handlers, other threads)."""
         self._stop.set()
+        if self.source is not None:
+            self.source.wake()  # the loop is usually waiting for a frame
 
     def load(self) -> None:
         """Everything the loop needs; raises on a configuration or model that cannot work."""
@@ -210,8 +225,7 @@ class Service:
             return
         self.stats.events += 1
         self.stats.last_event = f"{event.type} {event.name or ''}".strip()
-        log.info("event %s track %s %s %s", event.type, event.track_id, event.name or "",
-                 f"{event.confidence:.2f}" if event.confidence is not None else "")
+        log.info("event %s", _event_summary(event))
 
     def events_for(self, result: FrameResult, rgb: np.ndarray) -> list[Event]:
         f, size = self.factory, result.size
@@ -246,6 +260,7 @@ class Service:
             log.info("face-agent %s running: %s, %d people enrolled", __version__, self.source.name,
                      len(self.pipeline.classifier.people) if self.pipeline.classifier else 0)
             next_status = 0.0
+            next_progress = time.monotonic() + self.progress_period
             while not self._stop.is_set():
                 frame = self.source.read(timeout=READ_TIMEOUT)
                 if frame is None:
@@ -254,6 +269,7 @@ class Service:
                         break
                     if not self.source.connected:
                         watchdog.alive()  # waiting for a reconnect on purpose, not hung
+                        self._source_lost(size)
                 else:
                     result = self.pipeline.process(frame.image, frame.timestamp)
                     size = result.size
@@ -271,9 +287,19 @@ class Service:
                     self._write_status()
                 if self.status_line:
                     self._print_status_line()
+                elif now >= next_progress:
+                    next_progress = now + self.progress_period
+                    self._log_progress()
         finally:
             self.shutdown(size)
         return 0
+
+    def _source_lost(self, size: tuple[int, int]) -> None:
+        """The source is down: end the open tracks now (nobody is seen any more) and report 0 fps."""
+        self.stats.source_lost()
+        if self.pipeline is not None:
+            for track in self.pipeline.finish():
+                self._emit(self._ended(track, size))
 
     def shutdown(self, size: tuple[int, int] = (0, 0)) -> None:
         systemd.stopping("flushing events")
@@ -334,6 +360,18 @@ class Service:
                               qos=1, retain=True)
         if info.rc == 0:
             self._health_published = key
+
+    def _log_progress(self) -> None:
+        """The journal's view of the status line (no terminal): one INFO line a minute."""
+        report = self.monitor.last if self.monitor and self.monitor.last else {}
+        source = self.source.stats() if self.source else {}
+        state = report.get("state", "unknown")
+        reasons = "; ".join(report.get("reasons", []))
+        log.info("%.1f fps, %d frames, %d tracks, %d events, health %s%s, source %s%s",
+                 self.stats.fps, self.stats.frames, len(self.pipeline.tracker.tracks) if self.pipeline else 0,
+                 self.stats.events, state, f" ({reasons})" if reasons else "",
+                 "connected" if source.get("connected") else f"down ({source.get('last_error') or 'not open'})",
+                 f", {source['reconnects']} reconnects" if source.get("reconnects") else "")
 
     def _print_status_line(self) -> None:
         now = time.monotonic()

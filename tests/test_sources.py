@@ -7,10 +7,15 @@ frame rate, and the tests stop, stall and restart that server to make the source
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import COMPREFACE, DLIB, FR, SHARED
+from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
 from stream import MJPEGServer
 
 from agent.config import SourceSection
@@ -416,3 +421,117 @@ def test_read_before_start_is_an_error(shared):
     src = open_source(section(HAMILTON))
     with pytest.raises(RuntimeError, match="before start"):
         src.read(0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the agent on a live stream: a real `face-agent run` process, a real broker
+# ---------------------------------------------------------------------------------------------------------
+
+def agent_events(collector) -> list[dict]:
+    return [json.loads(m.text) for m in collector.on("faces/events")]
+
+
+def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_path, camera, mosquitto):
+    from broker import Collector
+
+    (tmp_path / "agent.toml").write_text(
+        f'[agent]\nid = "live-agent"\n[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        '[service]\nstatus_interval = 1.0\n[source]\ntimeout = 5.0\n'
+        '[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n')
+    status_file = tmp_path / "storage" / "status.json"
+    collector = Collector(mosquitto, "faces/events").start()
+    log_file = tmp_path / "agent.log"
+    with open(log_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.toml"), "run",
+                                 "--source", camera.url], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdin=subprocess.DEVNULL, stderr=err)
+    try:
+        assert collector.wait_for(lambda m: any(e["type"] == "track_started" for e in agent_events(collector)),
+                                  240), "no track before the outage"
+        assert wait_for(lambda: "(live, " in log_file.read_text(), 30), "the measured frame rate was not logged"
+
+        camera.stop()  # the camera goes away with Lin-Manuel in view
+        lost_at = time.time()
+        started = {e["track_id"] for e in agent_events(collector) if e["type"] == "track_started"}
+        assert collector.wait_for(lambda m: started <= {e["track_id"] for e in agent_events(collector)
+                                                        if e["type"] == "track_ended"}, 15), \
+            "the open tracks did not end while the source was down"  # (it is still down: not restarted yet)
+        assert time.time() - lost_at < 15
+
+        def status() -> dict:
+            try:
+                return json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        assert wait_for(lambda: status().get("stats", {}).get("fps") == 0.0
+                        and not status()["stats"]["source"]["connected"], 10), status()
+        down = status()
+        assert down["stats"]["tracks"] == 0
+        assert down["health"]["state"] == "degraded"
+
+        camera.start()  # back: frames flow again within ~2 s
+        frames_before = down["stats"]["frames"]
+        assert wait_for(lambda: status().get("stats", {}).get("frames", 0) > frames_before + 10
+                        and status()["stats"]["fps"] > 1.0, 30), status()
+
+        camera.stall()  # hung: the connection stays open, no more bytes; FFmpeg waits for its 5 s timeout
+        time.sleep(1.5)
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        collector.stop()
+    log_text = log_file.read_text()
+    assert proc.returncode == 0, log_text
+    print(f"SIGTERM while the stream was stalled: the process ended {took:.2f} s later")
+    assert took < 1.0, f"SIGTERM while the stream was stalled took {took:.2f} s"
+    assert "[ WARN" not in log_text and "[tcp @" not in log_text, log_text  # OpenCV's / FFmpeg's own lines
+    assert re.search(r"opened stream http://\S+ \(live, (29\.\d|30\.\d)\d fps; it announces 25\)", log_text), log_text
+    assert "reopen failed (cannot open stream http" in log_text and "refused" in log_text
+    assert "recovered after" in log_text
+    assert not [line for line in log_text.splitlines() if line != line.rstrip() or "None" in line], log_text
+
+
+def test_run_on_a_camera_that_does_not_exist_is_one_clear_error(tmp_path):
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    (tmp_path / "agent.toml").write_text("[mqtt]\nenabled = false\n[paths]\nstorage = \"storage\"\n"
+                                         "engines = \"engines\"\nsvm = \"svm\"\nfaces = \"faces\"\n")
+    result = subprocess.run([sys.executable, "-m", "agent", "-c", "agent.toml", "run", "--source", str(index)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "face-agent:" in line]
+    assert errors == [f"face-agent: cannot open camera {index}: /dev/video{index} does not exist (no such camera)"], \
+        result.stderr
+    assert "[ WARN" not in result.stderr and "retrying" not in result.stderr
+
+
+def test_without_a_terminal_the_log_gets_fps_and_health_periodically(tmp_path, camera, analyzer, caplog):
+    from conftest import make_config
+
+    from agent.service import PROGRESS_LOG_PERIOD, Service
+
+    assert PROGRESS_LOG_PERIOD == 60.0  # once a minute in the journal
+    caplog.set_level(logging.INFO, logger="agent.service")
+    cfg = make_config(tmp_path, mqtt={"enabled": False}, service={"status_interval": 0.5})
+    service = Service(cfg, source_uri=camera.url, analyzer=analyzer)  # status_line=False: not a terminal
+    service.progress_period = 1.0
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        assert wait_for(lambda: service.stats.frames > 30, 60)
+        time.sleep(2.5)
+    finally:
+        service.stop()
+        thread.join(30)
+    lines = [r.getMessage() for r in caplog.records if " fps, " in r.getMessage()]
+    assert len(lines) >= 2, lines
+    assert re.fullmatch(r"\d+\.\d fps, \d+ frames, \d+ tracks, \d+ events, health ok, source connected", lines[-1]), \
+        lines
+    assert float(lines[-1].split()[0]) > 1.0
