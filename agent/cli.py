@@ -17,6 +17,7 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "rename",
     "run",
     "eval",
     "tune",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, validate_person_name
+from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
 from agent.vision.images import ImageError
 
 
@@ -15,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enroll", help="enroll photos (all of faces/train/raw, or PERSON IMAGE...) and train",
                        description="Without arguments: process every photo under <faces>/train/raw/<person>/ "
                        "(only new photos are analysed) and retrain if anything changed. With PERSON IMAGE...: "
-                       "copy the images into that person's folder first.")
+                       "copy the images into that person's folder first, as <original name>-<hash8>.<ext>. "
+                       "Reports what is new, what was already known and what was refused.")
     p.add_argument("person", nargs="?", help="person to add photos for")
     p.add_argument("images", nargs="*", help="photos of PERSON")
     p.add_argument("--retrain", action="store_true", help="retrain even if nothing changed")
@@ -34,23 +36,26 @@ def run(args: argparse.Namespace) -> int:
         if not args.images:
             return fail("give at least one IMAGE after PERSON", 2)
         try:
-            gallery.add_photos(args.person, args.images)
+            stored = gallery.add_photos(args.person, args.images)
         except ImageError as exc:
             return fail(str(exc))
+        copied_from = {path: Path(src) for path, src in zip(stored, args.images, strict=True)}
     clf, results, retrained = gallery.ensure_trained(force=args.retrain, progress=show_progress())
     if args.person is not None:
         results = [r for r in results if r.person == validate_person_name(args.person)]
+        for r in results:
+            r.source = copied_from.get(r.path)
     if args.json:
         print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
                           "retrained": retrained,
                           "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
                          ensure_ascii=False))
         return 0
-    for r in results:
-        if not r.ok or r.reason:
-            print(f"{r.status:14s} {r.person}: {r.path.name}" + (f" ({r.reason})" if r.reason else ""))
-    tally = Counter(r.status for r in results)
-    print("photos: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) if tally else "no photos found")
+    for r in results:  # refused photos (again: they stay refused until replaced), and notes on new ones
+        if not r.ok or (r.reason and not r.cached):
+            source = f" (from {r.source})" if r.source is not None and r.source.name != r.path.name else ""
+            print(f"{r.status:14s} {r.person}: {r.path.name}{source}" + (f": {r.reason}" if r.reason else ""))
+    print(photo_summary(results))
     counts = clf.meta.get("counts", {})
     cv = clf.meta.get("cross_validation", {})
     state = "retrained" if retrained else "up to date"
@@ -58,3 +63,21 @@ def run(args: argparse.Namespace) -> int:
           + (f", cross-validated balanced accuracy {cv['balanced_accuracy']:.3f}"
              if cv.get("balanced_accuracy") is not None else ""))
     return 0
+
+
+def photo_summary(results: list[PhotoResult]) -> str:
+    """`photos: 2 new (1 enrolled; 1 refused: 1 no_face), 10 already known (10 enrolled)`."""
+    if not results:
+        return "no photos found"
+
+    def tally(group: list[PhotoResult]) -> str:
+        refused = Counter(r.status for r in group if not r.ok)
+        text = f"{sum(r.ok for r in group)} enrolled"
+        if refused:
+            text += f"; {sum(refused.values())} refused: " + ", ".join(f"{n} {s}" for s, n in sorted(refused.items()))
+        return text
+
+    new = [r for r in results if not r.cached]
+    known = [r for r in results if r.cached]
+    head = f"{len(new)} new ({tally(new)})" if new else "nothing new"
+    return f"photos: {head}" + (f", {len(known)} already known ({tally(known)})" if known else "")
