@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
 FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
 STATUS_LINE_PERIOD = 0.25  # seconds between redraws of the terminal status line
+FPS_STALE_AFTER = 2.0  # seconds without a frame (at least 3 frame intervals) after which the frame rate is 0
 PROGRESS_LOG_PERIOD = 60.0  # seconds between INFO lines with fps and health when there is no status line
 
 
@@ -91,10 +92,15 @@ class Stats:
 
     @property
     def fps(self) -> float:
+        """Frames per second over the last FPS_WINDOW frames; 0 when frames stopped coming (a stalled source
+        counts as lost only after its [source] timeout, but shows no frame rate from the start)."""
         if len(self._times) < 2:
             return 0.0
         span = self._times[-1] - self._times[0]
-        return (len(self._times) - 1) / span if span > 0 else 0.0
+        interval = span / (len(self._times) - 1)
+        if time.monotonic() - self._times[-1] > max(FPS_STALE_AFTER, 3 * interval):
+            return 0.0
+        return 1.0 / interval if interval > 0 else 0.0
 
     def latency_ms(self) -> dict[str, float]:
         totals: dict[str, float] = {}

@@ -288,10 +288,13 @@ def test_live_stream_latest_frame_real_fps_and_fast_reconnect(camera, caplog):
         assert src.reconnects == 1
     finally:
         src.stop()
+    print(f"the camera came back after a 6 s outage and was seen {seen_after:.2f} s later")
     assert seen_after < 2.5, f"the camera came back but was seen only {seen_after:.1f} s later"
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     opened = [msg for level, msg in messages if level == "INFO" and msg.startswith("opened")]
-    assert len(opened) == 1 and "live, 29." in opened[0] and "it announces 25" in opened[0], opened
+    assert len(opened) == 1 and "it announces 25" in opened[0], opened
+    measured = float(re.search(r"live, ([\d.]+) fps", opened[0]).group(1))
+    assert measured == pytest.approx(29.97, abs=0.5), opened  # as received (a 2 s measure), not the announced 25
     assert any(level == "WARNING" and "lost (the stream ended or the connection closed)" in msg
                for level, msg in messages)
     reopen = [msg for level, msg in messages if level == "WARNING" and "reopen failed" in msg]
@@ -492,7 +495,8 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
     print(f"SIGTERM while the stream was stalled: the process ended {took:.2f} s later")
     assert took < 1.0, f"SIGTERM while the stream was stalled took {took:.2f} s"
     assert "[ WARN" not in log_text and "[tcp @" not in log_text, log_text  # OpenCV's / FFmpeg's own lines
-    assert re.search(r"opened stream http://\S+ \(live, (29\.\d|30\.\d)\d fps; it announces 25\)", log_text), log_text
+    opened = re.search(r"opened stream http://\S+ \(live, ([\d.]+) fps; it announces 25\)", log_text)
+    assert opened and float(opened.group(1)) == pytest.approx(29.97, abs=0.5), log_text
     assert "reopen failed (cannot open stream http" in log_text and "refused" in log_text
     assert "recovered after" in log_text
     assert not [line for line in log_text.splitlines() if line != line.rstrip() or "None" in line], log_text
@@ -527,11 +531,14 @@ def test_without_a_terminal_the_log_gets_fps_and_health_periodically(tmp_path, c
     try:
         assert wait_for(lambda: service.stats.frames > 30, 60)
         time.sleep(2.5)
+        assert service.stats.fps > 1.0
+        camera.stall()  # hung: still "connected" until the 10 s [source] timeout, but no frames
+        assert wait_for(lambda: service.stats.fps == 0.0, 4) and service.source.connected
     finally:
         service.stop()
         thread.join(30)
     lines = [r.getMessage() for r in caplog.records if " fps, " in r.getMessage()]
     assert len(lines) >= 2, lines
-    assert re.fullmatch(r"\d+\.\d fps, \d+ frames, \d+ tracks, \d+ events, health ok, source connected", lines[-1]), \
+    assert re.fullmatch(r"\d+\.\d fps, \d+ frames, \d+ tracks, \d+ events, health ok, source connected", lines[0]), \
         lines
-    assert float(lines[-1].split()[0]) > 1.0
+    assert float(lines[0].split()[0]) > 1.0
