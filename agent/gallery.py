@@ -15,6 +15,7 @@ A photo is usable when it holds exactly one face, or one face that clearly domin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -314,21 +315,23 @@ class Gallery:
         folder.mkdir(parents=True, exist_ok=True)
         sources = [Path(src) for src in sources]
         names = list(names) if names is not None else [src.name for src in sources]
+        present: dict[str, Path] = {}  # content hash -> photo already in the folder, hashed once per call
+        for photo in self.photos_of(person):
+            with contextlib.suppress(OSError):
+                present.setdefault(file_sha256(photo), photo)
         stored = []
         for src, name in zip(sources, names, strict=True):
             try:
                 sha = file_sha256(src)
             except OSError as exc:
                 raise ImageError(f"{src}: cannot read ({exc.strerror or exc})") from None
-            existing = self.find_photos(sha, person)
-            if existing:
-                stored.append(existing[0])
-                continue
-            dest = folder / f"{stored_stem(name, sha)}{src.suffix.lower() or '.jpg'}"
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dest)
-            stored.append(dest)
+            if sha not in present:
+                dest = folder / f"{stored_stem(name, sha)}{src.suffix.lower() or '.jpg'}"
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dest)
+                present[sha] = dest
+            stored.append(present[sha])
         return stored
 
     def find_photos(self, sha: str, person: str | None = None) -> list[Path]:
