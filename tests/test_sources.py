@@ -472,6 +472,13 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
         down = status()
         assert down["stats"]["tracks"] == 0
         assert down["health"]["state"] == "degraded"
+        shown = subprocess.run([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.toml"), "status"],
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                               text=True, timeout=60).stdout  # what `face-agent status` shows during the outage
+        assert "running, degraded" in shown and "! camera: no frames from the source" in shown, shown
+        assert re.search(r"^  fps +0$", shown, re.M) and re.search(r"^  tracks +0$", shown, re.M), shown
+        assert re.search(r"^  source last error +cannot open stream .*refused", shown, re.M), shown
+        assert all(line == line.rstrip() for line in shown.splitlines())
 
         camera.start()  # back: frames flow again within ~2 s
         frames_before = down["stats"]["frames"]
