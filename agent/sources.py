@@ -452,8 +452,9 @@ class Source:
                 "connected": self._connected, "last_error": self.last_error}
 
     def start(self) -> Source:
-        """Open the source and start capturing. Raises SourceError if a file or folder cannot be used;
-        a live source that cannot be opened yet is retried in the background with a warning."""
+        """Open the source and start capturing. Raises SourceError if a file or folder cannot be used, or
+        a local camera does not exist (no /dev/videoN); a live source that cannot be opened yet is retried
+        in the background with a warning."""
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: already started")
         self._t0_wall, self._t0_mono = time.time(), time.monotonic()
