@@ -62,8 +62,9 @@ class MJPEGServer:
         return self
 
     def stop(self) -> None:
-        """The camera goes away: no listener, every connection closed."""
+        """The camera goes away: no listener, every connection closed (a stall ends with it)."""
         self._running.clear()
+        self._sending.set()  # threads waiting out a stall see that they are done
         with self._lock:
             socks = [s for s in (self._listener, *self._clients) if s is not None]
             self._listener, self._clients = None, []
@@ -104,6 +105,8 @@ class MJPEGServer:
             start, i = time.monotonic(), 0
             while self._running.is_set():
                 self._sending.wait()
+                if not self._running.is_set():
+                    break
                 jpeg = self.frames[i % len(self.frames)]
                 conn.sendall(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                              .encode() + jpeg + b"\r\n")
