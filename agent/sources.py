@@ -46,7 +46,7 @@ from agent.vision.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageErro
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 0.5  # seconds before the first reopen attempt; doubles up to reconnect_max_delay
-STOP_WAIT = 0.25  # seconds stop() waits for the capture thread before leaving it behind (blocked in FFmpeg)
+STOP_WAIT = 0.1  # seconds stop() waits for the capture thread before leaving it behind (blocked in FFmpeg)
 FPS_MEASURE_SECONDS = 2.0  # a live source's real frame rate is measured over its first seconds of frames
 EVERY_FRAME_BUFFER = 2  # frames decoded ahead of the consumer in every-frame mode
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
