@@ -1,21 +1,31 @@
 # Two commands set everything up on a fresh machine:
-#   make run    - install into .venv and run the agent (face-agent run) with ./agent.toml
-#   make test   - install into .venv (plus mosquitto from Debian if missing) and run the test suite
+#   make run    - install the agent's runtime into .venv (nothing for tests) and run it (face-agent run) with ./agent.toml
+#   make test   - add the test extras (pytest, ruff, matplotlib, the mtcnn weights; plus mosquitto from Debian if
+#                 missing) to .venv and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test install system-deps lint bench clean
+.PHONY: run test install install-runtime system-deps lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the runtime: what `face-agent run` needs, and nothing else
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# the development extras on top: tests, lint, plots
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[test]'
 	# original MTCNN weights (.npy only) for the ONNX conversion tests; --no-deps: no Keras/TensorFlow
 	$(PY) -m pip install -q --no-deps mtcnn==0.1.1
 	touch $@
 
+install-runtime: $(VENV)/.runtime
+
+# a development venv (runtime + test extras)
 install: $(VENV)/.installed
 
 system-deps:
@@ -26,7 +36,7 @@ system-deps:
 	  echo "installing systemd (Debian package, for systemd-analyze verify) for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 
-run: install
+run: install-runtime
 	$(VENV)/bin/face-agent run $(ARGS)
 
 test: install system-deps

@@ -19,6 +19,7 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "rename",
     "run",
     "eval",
     "tune",

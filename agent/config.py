@@ -96,7 +96,7 @@ class SourceSection:
     width: int = 1280  # capture width (cameras, CSI)
     height: int = 720  # capture height
     fps: int = 30  # capture rate (cameras, CSI)
-    reconnect_max_delay: float = 30.0  # seconds: upper bound of the reopen backoff
+    reconnect_max_delay: float = 2.0  # seconds: upper bound of the reopen backoff (a camera back is seen this fast)
     timeout: float = 10.0  # seconds: a network stream that opens or delivers nothing this long is lost
     rtsp_transport: str = "tcp"  # tcp | udp: RTSP transport (tcp survives lossy links without smearing)
 

@@ -1,8 +1,11 @@
 """The enrolled people: their photos, aligned chips, cached embeddings and the trained classifier.
 
 On disk (root = `[paths] faces`):
-    train/raw/<person>/<photo>        the enrollment photos (the only thing a user edits)
-    train/aligned/<person>/<sha>.png  the 150x150 chip cut from each usable photo
+    train/raw/<person>/<photo>        the enrollment photos (the only thing a user edits); photos copied in by
+                                      `enroll PERSON FILE` are named <original stem>-<sha8>.<ext>
+    train/aligned/<person>/<stem>.png the 150x150 chip cut from each usable photo, named after the photo
+                                      (<photo stem>-<sha8>.png; older versions used <sha16>.png: renamed on use)
+    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes)
 and in `[paths] storage`: `embeddings.db`, a cache keyed by (photo sha256, embedding backend,
 detection settings) so re-running touches only new photos; in `[paths] svm`: the classifier.
 
@@ -12,12 +15,16 @@ A photo is usable when it holds exactly one face, or one face that clearly domin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 import sqlite3
 import threading
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +57,30 @@ class InvalidNameError(ValueError):
     """A person name that cannot be used as one."""
 
 
+class NotEnrolledError(LookupError):
+    """The person has no folder of photos."""
+
+
+class NameTakenError(ValueError):
+    """The new name of a rename is enrolled already."""
+
+
+MAX_STEM_LENGTH = 48  # characters of the original file name kept in a copied photo's name
+
+
+def stored_stem(original: str, sha: str) -> str:
+    """`<original stem>-<sha8>`: the name a copied photo gets, so it (and its chip) can be traced back to the
+    original file; characters outside letters, digits, `-_.` become `_` (names may come from outside)."""
+    stem = unicodedata.normalize("NFC", Path(original).stem)
+    stem = re.sub(r"[^\w.-]+", "_", stem).strip("._")[:MAX_STEM_LENGTH] or "photo"
+    return f"{stem}-{sha[:8]}"
+
+
+def _carries_hash(stem: str, sha: str) -> bool:
+    """The stem already names the content: <stem>-<sha8> (this version) or <sha16> (older versions)."""
+    return stem.endswith(f"-{sha[:8]}") or stem == sha[:16]
+
+
 def validate_person_name(name: str) -> str:
     """The name in NFC form, or InvalidNameError: letters of any script, digits, space, _ - . ' only."""
     if not isinstance(name, str):
@@ -74,15 +105,16 @@ class PhotoResult:
     status: str  # enrolled | no_face | several_faces | too_small | unreadable | duplicate
     reason: str = ""
     sha256: str = ""
-    cached: bool = False
+    cached: bool = False  # analysed before (already known): nothing new
+    source: Path | None = None  # the file it was copied from (enroll PERSON FILE), else the photo itself
 
     @property
     def ok(self) -> bool:
         return self.status == ENROLLED
 
     def to_dict(self) -> dict:
-        return {"person": self.person, "path": str(self.path), "status": self.status,
-                "reason": self.reason, "sha256": self.sha256, "cached": self.cached}
+        return {"person": self.person, "path": str(self.path), "source": str(self.source or self.path),
+                "status": self.status, "reason": self.reason, "sha256": self.sha256, "cached": self.cached}
 
 
 class EmbeddingCache:
@@ -155,6 +187,7 @@ class Gallery:
         self.root = cfg.path("faces") / "train"
         self.raw = self.root / "raw"
         self.aligned = self.root / "aligned"
+        self.trash = self.root / "trash"
         self.svm_dir = cfg.path("svm")
         self._analyzer = analyzer
         self._cache: EmbeddingCache | None = None
@@ -215,14 +248,27 @@ class Gallery:
         cached = self.cache.get(sha, settings)
         if cached is not None:
             status, reason, emb = cached
-            if status != ENROLLED or self._chip_path(person, sha).is_file():
+            if status != ENROLLED or self._chip_ready(person, path, sha):
                 return PhotoResult(person, path, status, reason, sha, cached=True), emb
         result, emb, box = self._analyze(person, path, sha)
         self.cache.put(sha, settings, result.status, result.reason, emb, box)
         return result, emb
 
-    def _chip_path(self, person: str, sha: str) -> Path:
-        return self.aligned / person / f"{sha[:16]}.png"
+    def chip_path(self, person: str, path: Path, sha: str) -> Path:
+        """The aligned chip of photo `path` (content hash `sha`): named after the photo."""
+        stem = path.stem if _carries_hash(path.stem, sha) else f"{path.stem}-{sha[:8]}"
+        return self.aligned / person / f"{stem}.png"
+
+    def _chip_ready(self, person: str, path: Path, sha: str) -> bool:
+        """The chip is there; one an older version named <sha16>.png is renamed after its photo."""
+        chip = self.chip_path(person, path, sha)
+        if chip.is_file():
+            return True
+        legacy = self.aligned / person / f"{sha[:16]}.png"
+        if legacy.is_file():
+            os.replace(legacy, chip)
+            return True
+        return False
 
     def _analyze(self, person: str, path: Path, sha: str) -> tuple[PhotoResult, np.ndarray | None, list | None]:
         images = self.cfg.images
@@ -248,7 +294,7 @@ class Gallery:
                                f"face is {side:.0f} px, at least {self.cfg.enrollment.min_face_size} needed",
                                sha), None, None
         chips, emb = self.analyzer.embed(rgb, [face])
-        chip_path = self._chip_path(person, sha)
+        chip_path = self.chip_path(person, path, sha)
         chip_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(chips[0]).save(chip_path)
         reason = "" if len(detections) == 1 else f"largest of {len(detections)} faces"
@@ -284,35 +330,109 @@ class Gallery:
         payload = json.dumps({"photos": items, "settings": self.settings_key()})
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def add_photos(self, person: str, sources: Iterable[Path]) -> list[Path]:
-        """Copy photos into the person's folder (named by content hash); returns the stored paths."""
+    def add_photos(self, person: str, sources: Iterable[Path], names: Iterable[str] | None = None) -> list[Path]:
+        """Copy photos into the person's folder as <original stem>-<sha8>.<ext> (`names`: the original file
+        names when `sources` are temporary copies); a photo already there (same content, also under an
+        older <sha16> name) is not copied again. Returns the stored paths, in order."""
         folder = self.person_dir(person)
         folder.mkdir(parents=True, exist_ok=True)
+        sources = [Path(src) for src in sources]
+        names = list(names) if names is not None else [src.name for src in sources]
+        present: dict[str, Path] = {}  # content hash -> photo already in the folder, hashed once per call
+        for photo in self.photos_of(person):
+            with contextlib.suppress(OSError):
+                present.setdefault(file_sha256(photo), photo)
         stored = []
-        for src in sources:
-            src = Path(src)
+        for src, name in zip(sources, names, strict=True):
             try:
                 sha = file_sha256(src)
             except OSError as exc:
                 raise ImageError(f"{src}: cannot read ({exc.strerror or exc})") from None
-            dest = folder / f"{sha[:16]}{src.suffix.lower() or '.jpg'}"
-            if not dest.exists():
+            if sha not in present:
+                dest = folder / f"{stored_stem(name, sha)}{src.suffix.lower() or '.jpg'}"
                 tmp = dest.with_name(f".{dest.name}.tmp")
                 shutil.copyfile(src, tmp)
                 tmp.replace(dest)
-            stored.append(dest)
+                present[sha] = dest
+            stored.append(present[sha])
         return stored
 
-    def forget(self, person: str) -> bool:
-        """Remove a person's photos and chips; True if they were enrolled."""
+    def find_photos(self, sha: str, person: str | None = None) -> list[Path]:
+        """Photos with content `sha`: every photo of `person`, or (person None) those of anybody stored under
+        a name carrying the hash (<stem>-<sha8> or an older version's <sha16>)."""
+        if person is not None:
+            candidates = self.photos_of(person)
+        elif self.raw.is_dir():
+            candidates = [*self.raw.glob(f"*/*-{sha[:8]}.*"), *self.raw.glob(f"*/{sha[:16]}.*")]
+        else:
+            candidates = []
+        found = []
+        for path in sorted(set(candidates)):
+            try:
+                if path.is_file() and is_image_path(path) and file_sha256(path) == sha:
+                    found.append(path)
+            except OSError:
+                continue
+        return found
+
+    def remove_photo(self, person: str, path: Path) -> None:
+        """Delete one photo of a person and its chip (remote `remove_images`)."""
+        with self._lock:
+            try:
+                sha = file_sha256(path)
+            except OSError:
+                sha = ""
+            path.unlink(missing_ok=True)
+            if sha:
+                self.chip_path(person, path, sha).unlink(missing_ok=True)
+                (self.aligned / person / f"{sha[:16]}.png").unlink(missing_ok=True)
+
+    def forget(self, person: str) -> Path | None:
+        """Forget a person: their photos move to <faces>/train/trash/<person>-<time>/ (never deleted: they are
+        the user's), the chips (derived) are deleted. The trash folder (None without photos to keep), or
+        NotEnrolledError if the person has neither photos nor chips."""
         name = validate_person_name(person)
         with self._lock:
-            found = False
-            for folder in (self.raw / name, self.aligned / name):
-                if folder.is_dir():
-                    shutil.rmtree(folder)
-                    found = True
-            return found
+            photos, chips = self.raw / name, self.aligned / name
+            if not photos.is_dir() and not chips.is_dir():
+                raise NotEnrolledError(f"{name!r} is not enrolled")
+            moved = None
+            if photos.is_dir():
+                if any(photos.iterdir()):
+                    moved = self._trash_folder(name)
+                    moved.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(photos, moved)
+                else:
+                    photos.rmdir()
+            if chips.is_dir():
+                shutil.rmtree(chips)
+            log.info("forgot %s%s", name, f"; photos moved to {moved}" if moved else "")
+            return moved
+
+    def _trash_folder(self, name: str) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = self.trash / f"{name}-{stamp}"
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = self.trash / f"{name}-{stamp}-{n}"
+        return folder
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a person: photos and chips move along (the embedding cache is keyed by content, so it
+        follows by itself); the classifier retrains on the next ensure_trained. NotEnrolledError,
+        NameTakenError."""
+        old, new = validate_person_name(old), validate_person_name(new)
+        with self._lock:
+            if not (self.raw / old).is_dir():
+                raise NotEnrolledError(f"{old!r} is not enrolled")
+            if old == new:
+                return
+            if (self.raw / new).exists() or (self.aligned / new).exists():
+                raise NameTakenError(f"{new!r} is already enrolled (forget it first)")
+            os.replace(self.raw / old, self.raw / new)
+            if (self.aligned / old).is_dir():
+                os.replace(self.aligned / old, self.aligned / new)
 
     # ---- the classifier -----------------------------------------------------------------------
     def load_classifier(self) -> Classifier | None:

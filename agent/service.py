@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
 FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
 STATUS_LINE_PERIOD = 0.25  # seconds between redraws of the terminal status line
+FPS_STALE_AFTER = 2.0  # seconds without a frame (at least 3 frame intervals) after which the frame rate is 0
+PROGRESS_LOG_PERIOD = 60.0  # seconds between INFO lines with fps and health when there is no status line
 
 
 class _ClearLine(logging.Formatter):
@@ -57,6 +59,13 @@ def _clear_status_line_before_logs() -> None:
             handler.setFormatter(_ClearLine(handler.formatter))
 
 
+def _event_summary(event: Event) -> str:
+    """`identified track 3 Alice 0.91`: the parts an event has, no blanks or None for the ones it lacks."""
+    parts = [event.type, f"track {event.track_id}" if event.track_id is not None else "", event.name or "",
+             f"{event.confidence:.2f}" if event.confidence is not None else ""]
+    return " ".join(p for p in parts if p)
+
+
 class Stats:
     """Moving averages of the frame loop for the stats topic, the status file and the status line."""
 
@@ -69,6 +78,10 @@ class Stats:
         self._times: deque[float] = deque(maxlen=FPS_WINDOW)
         self._stages: deque[dict[str, float]] = deque(maxlen=FPS_WINDOW)
 
+    def source_lost(self) -> None:
+        """No frames while the source is down: the frame rate is 0, not the last one measured."""
+        self._times.clear()
+
     def frame(self, result: FrameResult) -> None:
         self.frames += 1
         self.faces += sum(1 for t in result.update.tracks if t.missed == 0)
@@ -77,10 +90,15 @@ class Stats:
 
     @property
     def fps(self) -> float:
+        """Frames per second over the last FPS_WINDOW frames; 0 when frames stopped coming (a stalled source
+        counts as lost only after its [source] timeout, but shows no frame rate from the start)."""
         if len(self._times) < 2:
             return 0.0
         span = self._times[-1] - self._times[0]
-        return (len(self._times) - 1) / span if span > 0 else 0.0
+        interval = span / (len(self._times) - 1)
+        if time.monotonic() - self._times[-1] > max(FPS_STALE_AFTER, 3 * interval):
+            return 0.0
+        return 1.0 / interval if interval > 0 else 0.0
 
     def latency_ms(self) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -105,6 +123,7 @@ class Service:
         self.status_line = status_line
         self.max_frames = max_frames
         self.stats = Stats()
+        self.progress_period = PROGRESS_LOG_PERIOD
         self.factory = EventFactory.from_config(cfg)
         self._stop = threading.Event()
         self.store: EventStore | None = None
@@ -127,6 +146,8 @@ class Service:
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish (signal handlers, other threads)."""
         self._stop.set()
+        if self.source is not None:
+            self.source.wake()  # the loop is usually waiting for a frame
 
     def load(self) -> None:
         """Everything the loop needs; raises on a configuration or model that cannot work."""
@@ -215,8 +236,7 @@ class Service:
             return
         self.stats.events += 1
         self.stats.last_event = f"{event.type} {event.name or ''}".strip()
-        log.info("event %s track %s %s %s", event.type, event.track_id, event.name or "",
-                 f"{event.confidence:.2f}" if event.confidence is not None else "")
+        log.info("event %s", _event_summary(event))
 
     def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
         """The events of one processed frame, in order: tracks that ended (a cut, a split, gone), tracks that
@@ -263,6 +283,7 @@ class Service:
             log.info("face-agent %s running: %s, %d people enrolled", __version__, self.source.name,
                      len(self.pipeline.classifier.people) if self.pipeline.classifier else 0)
             next_status = 0.0
+            next_progress = time.monotonic() + self.progress_period
             while not self._stop.is_set():
                 frame = self.source.read(timeout=READ_TIMEOUT)
                 if frame is None:
@@ -271,6 +292,7 @@ class Service:
                         break
                     if not self.source.connected:
                         watchdog.alive()  # waiting for a reconnect on purpose, not hung
+                        self._source_lost(size)
                 else:
                     result = self.pipeline.process(frame.image, frame.timestamp)
                     size = result.size
@@ -288,9 +310,19 @@ class Service:
                     self._write_status()
                 if self.status_line:
                     self._print_status_line()
+                elif now >= next_progress:
+                    next_progress = now + self.progress_period
+                    self._log_progress()
         finally:
             self.shutdown(size)
         return 0
+
+    def _source_lost(self, size: tuple[int, int]) -> None:
+        """The source is down: end the open tracks now (nobody is seen any more) and report 0 fps."""
+        self.stats.source_lost()
+        if self.pipeline is not None:
+            for track in self.pipeline.finish():
+                self._emit(self._ended(track, size, self._position))
 
     def shutdown(self, size: tuple[int, int] = (0, 0)) -> None:
         systemd.stopping("flushing events")
@@ -353,6 +385,18 @@ class Service:
                               qos=1, retain=True)
         if info.rc == 0:
             self._health_published = key
+
+    def _log_progress(self) -> None:
+        """The journal's view of the status line (no terminal): one INFO line a minute."""
+        report = self.monitor.last if self.monitor and self.monitor.last else {}
+        source = self.source.stats() if self.source else {}
+        state = report.get("state", "unknown")
+        reasons = "; ".join(report.get("reasons", []))
+        log.info("%.1f fps, %d frames, %d tracks, %d events, health %s%s, source %s%s",
+                 self.stats.fps, self.stats.frames, len(self.pipeline.tracker.tracks) if self.pipeline else 0,
+                 self.stats.events, state, f" ({reasons})" if reasons else "",
+                 "connected" if source.get("connected") else f"down ({source.get('last_error') or 'not open'})",
+                 f", {source['reconnects']} reconnects" if source.get("reconnects") else "")
 
     def _print_status_line(self) -> None:
         now = time.monotonic()

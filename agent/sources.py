@@ -11,9 +11,16 @@ Two delivery modes:
   capture thread waits for the consumer (backpressure). The stream ends with `read()` returning None.
 
 A source that fails mid-run (RTSP hiccup, unplugged camera, unreadable file, vanished folder) is reopened with
-exponential backoff capped at `reconnect_max_delay`: a warning on loss, an info line on recovery. Files and
-folders continue where they stopped. A file or folder that cannot be used at all is a `SourceError` from
-`start()`; a live source that is not there yet at start is retried in the background (see `connected`).
+exponential backoff capped at `reconnect_max_delay` (2 s by default: a failed open of a stream that is down is
+cheap, and a camera that comes back is seen within about that): a warning on loss with its cause, an info line
+on recovery. Files and folders continue where they stopped. A file or folder that cannot be used at all, or a
+local camera that does not exist, is a `SourceError` from `start()`; a live source that is not there yet at
+start is retried in the background (see `connected`).
+
+`stop()` returns within `STOP_WAIT` seconds whatever the source is doing: a capture thread blocked inside
+FFmpeg (a stalled stream, an open that hangs) is a daemon thread that is left to finish on its own and
+releases its capture when the call returns. OpenCV's and FFmpeg's own log lines are silenced (set
+OPENCV_LOG_LEVEL / OPENCV_FFMPEG_LOGLEVEL to see them); the reasons appear in this module's messages instead.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +46,21 @@ from agent.vision.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageErro
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_DELAY = 0.5  # seconds before the first reopen attempt; doubles up to reconnect_max_delay
+STOP_WAIT = 0.1  # seconds stop() waits for the capture thread before leaving it behind (blocked in FFmpeg)
+FPS_MEASURE_SECONDS = 2.0  # a live source's real frame rate is measured over its first seconds of frames
 EVERY_FRAME_BUFFER = 2  # frames decoded ahead of the consumer in every-frame mode
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's `[ WARN:...]` lines and FFmpeg's `[tcp @ 0x...]` lines go to stderr around the logging
+    setup; silence them unless the user asked for them through the environment."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read at the first FFmpeg capture
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+_quiet_opencv()
 
 
 class SourceError(RuntimeError):
@@ -47,6 +69,10 @@ class SourceError(RuntimeError):
 
 class _OpenError(Exception):
     """Opening failed this time (the source may come back)."""
+
+
+class _MissingDeviceError(_OpenError):
+    """A local camera whose device node does not exist."""
 
 
 class _EndOfStreamError(Exception):
@@ -118,6 +144,30 @@ def parse_uri(uri: str, base_dir: Path | None = None) -> tuple[str, Any]:
     raise SourceError(f"source {path}: no such file or folder")
 
 
+def _network_cause(url: str, timeout: float) -> str:
+    """Why a stream URL did not open, from a plain TCP connection to its host and port."""
+    parsed = urllib.parse.urlsplit(url)
+    default_port = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}.get(parsed.scheme.lower())
+    try:
+        host, port = parsed.hostname, parsed.port or default_port
+    except ValueError:
+        return "the URL has an invalid port"
+    if not host or not port:
+        return "FFmpeg could not open it"
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 3.0)):
+            pass
+    except socket.gaierror:
+        return f"host {host!r} not found"
+    except ConnectionRefusedError:
+        return f"connection to {host}:{port} refused (nothing listens there)"
+    except TimeoutError:
+        return f"no answer from {host}:{port}"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    return f"{host}:{port} answers but sends no video FFmpeg can read (wrong path, credentials or format?)"
+
+
 def _gstreamer_available() -> bool:
     match = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
     return bool(match and match.group(1).upper() == "YES")
@@ -154,9 +204,18 @@ class _CaptureReader:
     def describe(self) -> str:
         return f"{self.kind} {self.target}" if self.kind != "gst" else "GStreamer pipeline"
 
+    def device(self) -> str | None:
+        """The device node of a local camera (camera index N is /dev/videoN on Linux), else None."""
+        if self.kind == "camera":
+            return f"/dev/video{self.target}"
+        return self.target if self.kind == "v4l2" else None
+
     def open(self) -> None:
         s = self.section
         timeout_ms = int(s.timeout * 1000)
+        device = self.device()
+        if device is not None and not os.path.exists(device):
+            raise _MissingDeviceError(f"cannot open {self.describe()}: {device} does not exist (no such camera)")
         if self.kind in ("camera", "v4l2"):
             cap = cv2.VideoCapture(self.target, cv2.CAP_V4L2)
         elif self.kind in ("csi", "gst"):
@@ -170,7 +229,7 @@ class _CaptureReader:
             cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise _OpenError(f"cannot open {self.describe()}")
+            raise _OpenError(f"cannot open {self.describe()}: {self._why_not()}")
         if self.kind in ("camera", "v4l2"):
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, s.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s.height)
@@ -180,6 +239,17 @@ class _CaptureReader:
         if math.isfinite(fps) and 0 < fps < 1000:
             self.fps = float(fps)
         self.cap = cap
+
+    def _why_not(self) -> str:
+        """The likely cause of a failed open, since OpenCV does not say (and its log lines are silenced)."""
+        device = self.device()
+        if device is not None:
+            if not os.access(device, os.R_OK | os.W_OK):
+                return f"no permission on {device} (add the user to the 'video' group)"
+            return f"{device} is busy or not a capture device"
+        if self.kind in ("csi", "gst"):
+            return "the GStreamer pipeline did not start (run it with gst-launch-1.0 to see why)"
+        return _network_cause(self.target, self.section.timeout)
 
     def read(self) -> np.ndarray | None:
         assert self.cap is not None
@@ -341,7 +411,11 @@ class Source:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ended = False
+        self._woken = False  # wake() was called: read() returns None at once
         self._connected = False
+        self._measured_fps = 0.0  # a live source's frame rate as received (0: not measured yet)
+        self._fps_frames = 0  # frames counted for that measure since (re)connecting
+        self._fps_since = 0.0
         self._t0_wall = 0.0
         self._t0_mono = 0.0
         self.frames_read = 0  # frames captured
@@ -354,8 +428,9 @@ class Source:
 
     @property
     def fps(self) -> float:
-        """Nominal frame rate (the file's, the camera's, or source.fps)."""
-        return float(self._reader.fps)
+        """Frame rate: a live source's as measured over its first seconds (streams often announce a wrong
+        one, e.g. 25 for any MJPEG stream), else the nominal one (the file's, the camera's, or source.fps)."""
+        return self._measured_fps or float(self._reader.fps)
 
     @property
     def connected(self) -> bool:
@@ -379,17 +454,21 @@ class Source:
                 "connected": self._connected, "last_error": self.last_error}
 
     def start(self) -> Source:
-        """Open the source and start capturing. Raises SourceError if a file or folder cannot be used;
-        a live source that cannot be opened yet is retried in the background with a warning."""
+        """Open the source and start capturing. Raises SourceError if a file or folder cannot be used, or
+        a local camera does not exist (no /dev/videoN); a live source that cannot be opened yet is retried
+        in the background with a warning."""
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: already started")
         self._t0_wall, self._t0_mono = time.time(), time.monotonic()
         try:
             self._reader.open()
             self._connected = True
-            log.info("opened %s (%s, %.3g fps)", self.name, "live" if self.is_live else "replay", self.fps)
+            if self.is_live:  # the frame rate is logged once measured (see _measure_fps)
+                log.debug("opened %s (it announces %.4g fps)", self.name, self._reader.fps)
+            else:
+                log.info("opened %s (replay, %.4g fps)", self.name, self.fps)
         except _OpenError as exc:
-            if not self.is_live:
+            if not self.is_live or isinstance(exc, _MissingDeviceError):
                 raise SourceError(str(exc)) from None
             self.last_error = str(exc)
             log.warning("%s; retrying in the background", exc)
@@ -404,8 +483,9 @@ class Source:
         if self._thread is None:
             raise RuntimeError(f"{self.name}: read() before start()")
         with self._cond:
-            if not self._cond.wait_for(lambda: self._box or self._ended, timeout):
+            if not self._cond.wait_for(lambda: self._box or self._ended or self._woken, timeout):
                 return None
+            self._woken = False
             if not self._box:
                 return None
             frame = self._box.popleft()
@@ -413,8 +493,16 @@ class Source:
             self._cond.notify_all()
             return frame
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop capturing and release the device; idempotent. Frames not read yet are discarded."""
+    def wake(self) -> None:
+        """Make a waiting read() return None now (a shutdown request); safe from a signal handler."""
+        with self._cond:  # a reentrant lock: fine even if the handler interrupted read() in this thread
+            self._woken = True
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Stop capturing; idempotent; returns within `timeout` seconds. Frames not read yet are discarded.
+        A capture thread still blocked in FFmpeg then (a stalled stream) is left behind: it releases the
+        device itself when the call returns, and as a daemon thread it does not keep the process alive."""
         self._stop.set()
         with self._cond:
             self._ended = True
@@ -423,7 +511,7 @@ class Source:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("%s: capture thread did not stop within %.0f s", self.name, timeout)
+                log.info("%s: the capture thread is blocked in the source; not waiting for it", self.name)
 
     def __enter__(self) -> Source:
         return self.start() if self._thread is None else self
@@ -462,7 +550,10 @@ class Source:
                         log.info("%s: connected after %.1f s", self.name, time.monotonic() - down_since)
                     ever_connected = True
                     delay, failed_opens = FIRST_RETRY_DELAY, 0
+                    if self._stop.is_set():  # stop() came while the open was blocking
+                        break
                 reason = "read failed"
+                read_started = time.monotonic()
                 try:
                     image = self._reader.read()
                 except _EndOfStreamError:
@@ -471,14 +562,21 @@ class Source:
                 except (cv2.error, OSError, ValueError) as exc:
                     image, reason = None, f"read failed: {exc}"
                 if image is None:
+                    if self.is_live and reason == "read failed":
+                        waited = time.monotonic() - read_started
+                        reason = (f"no frame for {waited:.0f} s" if waited >= 1.0
+                                  else "the stream ended or the connection closed")
                     self.last_error = reason
                     log.warning("%s: lost (%s); reopening with backoff up to %.0f s", self.name, reason,
                                 self._max_delay)
                     self._reader.close()
                     self._connected = False
+                    self._fps_frames = 0  # a measure across an outage would be wrong
                     down_since = time.monotonic()
                     continue
                 self.frames_read += 1
+                if self.is_live and not self._measured_fps:
+                    self._measure_fps()
                 self._deliver(self._make_frame(image))
         except Exception:  # pragma: no cover - a bug; say so instead of dying silently
             log.exception("%s: capture thread failed", self.name)
@@ -488,6 +586,21 @@ class Source:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _measure_fps(self) -> None:
+        """Count the first frames of a live source; after FPS_MEASURE_SECONDS log the rate as received."""
+        now = time.monotonic()
+        self._fps_frames += 1
+        if self._fps_frames == 1:
+            self._fps_since = now
+            return
+        span = now - self._fps_since
+        if span < FPS_MEASURE_SECONDS:
+            return
+        self._measured_fps = (self._fps_frames - 1) / span
+        announced = float(self._reader.fps)
+        note = "" if abs(announced - self._measured_fps) < 0.05 * announced else f"; it announces {announced:.4g}"
+        log.info("opened %s (live, %.2f fps%s)", self.name, self._measured_fps, note)
 
     def _reopen_wait(self, delay: float) -> bool:
         """Sleep `delay` seconds unless stopped; False when stopped."""

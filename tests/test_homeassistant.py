@@ -51,7 +51,7 @@ def test_discovery_reannounce_and_entities(tmp_path, mosquitto):
         assert c["unique_id"].startswith("face_agent_porch-cam_")
     assert event_cfg["event_types"] == ["identified", "unknown_face"]
     assert event_cfg["unique_id"] != sensor_cfg["unique_id"]
-    assert sensor_cfg["value_template"] == "{{ value_json.name }}"
+    assert sensor_cfg["value_template"] == "{{ value_json.state }}"
     assert sensor_cfg["json_attributes_topic"] == sensor_cfg["state_topic"]
 
     # Home Assistant restarts and announces itself: the configs come again
@@ -73,7 +73,8 @@ def test_discovery_reannounce_and_entities(tmp_path, mosquitto):
     assert [(x["event_type"], x["name"]) for x in fired] == [("identified", "alice"), ("unknown_face", None)]
     assert fired[0]["confidence"] == 0.93 and fired[0]["camera"] == "porch" and fired[0]["event_id"]
     last = [json.loads(m.payload) for m in col.on(sensor_cfg["state_topic"])]
-    assert [x["name"] for x in last] == ["alice", "unknown"]
+    # a stranger is a state of its own: "unknown" is Home Assistant's "no value"
+    assert [(x["state"], x["name"], x["known"]) for x in last] == [("alice", "alice", True), ("stranger", None, False)]
     assert len(col.on(EVENT_CFG)) == 2  # 'offline' from Home Assistant did not re-announce
     pub.stop()
     col.stop()
@@ -85,5 +86,5 @@ def test_discovery_reannounce_and_entities(tmp_path, mosquitto):
     late.stop()
     late = Collector(mosquitto, sensor_cfg["state_topic"]).start()
     got = late.wait_count(sensor_cfg["state_topic"], 1)
-    assert got[0].retain and json.loads(got[0].payload)["name"] == "unknown"
+    assert got[0].retain and json.loads(got[0].payload)["state"] == "stranger"
     late.stop()

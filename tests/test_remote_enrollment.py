@@ -467,6 +467,8 @@ def test_cli_round_trip(tmp_path, broker, keyfile, agents, capsys):
     assert "agent-1: retrained: 1 people" in out
     assert "agent-2" not in out
     assert len(agent.gallery.photos_of("biden")) == 2
+    sent = {Path(p).stem for p in photos}  # stored as <sent name>-<sha8>: traceable to the sender's file
+    assert {p.stem.rsplit("-", 1)[0] for p in agent.gallery.photos_of("biden")} == sent
     code, out, _ = cli("rename", "biden", "Joe Biden", "--agent", "agent-1")
     assert code == 0 and "biden -> Joe Biden" in out
     stored = sorted(p.name for p in agent.gallery.photos_of("Joe Biden"))
@@ -477,6 +479,8 @@ def test_cli_round_trip(tmp_path, broker, keyfile, agents, capsys):
     assert data["verified"] and data["people"]["Joe Biden"]["photos"] == 1
     code, out, _ = cli("forget", "Joe Biden", "--agent", "agent-1")
     assert code == 0 and not agent.gallery.photos_of("Joe Biden")
+    assert "Joe Biden's photos moved to <faces>/train/trash/Joe Biden-" in out  # kept, not deleted
+    assert len([p for d in agent.gallery.trash.iterdir() for p in d.iterdir()]) == 1
     code, out, _ = cli("retrain", "--agent", "agent-1", "--timeout", "60")
     assert code == 0 and "model: 0 people" in out
     code, out, err = cli("list", "--agent", "agent-9", "--timeout", "1")

@@ -1,24 +1,30 @@
 """Video sources on the real clips and photos: order, latest-frame delivery, reopen with backoff, errors.
 
-The live stream is real too: ffmpeg serves the Hamilton clip over HTTP at its own frame rate, and the
-test stops and restarts that server to make the source lose and regain it.
+The live stream is real too: tests/stream.py serves the Hamilton clip as an MJPEG camera over HTTP at its own
+frame rate, and the tests stop, stall and restart that server to make the source lose and regain it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import COMPREFACE, DLIB, FR, SHARED
+from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
+from stream import MJPEGServer
 
 from agent.config import SourceSection
 from agent.sources import Frame, SourceError, csi_pipeline, open_source, parse_uri
@@ -220,20 +226,13 @@ def test_file_that_breaks_mid_run_is_reopened_where_it_stopped(shared, tmp_path,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# a live network stream (ffmpeg serving the clip over HTTP)
+# a live network stream (an MJPEG camera over HTTP: tests/stream.py serves the clip in real time)
 # ---------------------------------------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def serve(port: int) -> subprocess.Popen:
-    """ffmpeg streaming the Hamilton clip over HTTP (MPEG-TS) in real time, looping, for one client."""
-    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(HAMILTON),
-           "-c:v", "mpeg1video", "-q:v", "5", "-an", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -245,12 +244,17 @@ def wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_live_stream_latest_frame_and_reconnect(shared, caplog):
+@pytest.fixture
+def camera(shared):
+    """The Hamilton clip as a live MJPEG stream (29.97 fps; FFmpeg announces 25 for any MJPEG stream)."""
+    server = MJPEGServer(HAMILTON).start()
+    yield server
+    server.stop()
+
+
+def test_live_stream_latest_frame_real_fps_and_fast_reconnect(camera, caplog):
     caplog.set_level(logging.INFO, logger="agent.sources")
-    port = free_port()
-    servers = [serve(port)]
-    src = open_source(section(f"http://127.0.0.1:{port}/", reconnect_max_delay=2.0, timeout=5.0))
+    src = open_source(section(camera.url, timeout=5.0))  # reconnect_max_delay: the default (2 s)
     assert src.is_live and not src.every_frame
     try:
         src.start()
@@ -268,26 +272,72 @@ def test_live_stream_latest_frame_and_reconnect(shared, caplog):
         indexes = [f.index for f in frames]
         assert indexes == sorted(set(indexes))
         assert src.dropped > 20
+        assert src.fps == pytest.approx(29.97, abs=1.5), "the frame rate as received, not the announced 25"
 
-        servers[0].terminate()  # the stream goes away
-        servers[0].wait(10)
-        assert wait_for(lambda: not src.connected, 15), "the lost stream was not noticed"
-        time.sleep(1.0)
-        servers.append(serve(port))  # and comes back
-        assert wait_for(lambda: src.connected, 20), "the stream was not reopened"
+        camera.stop()  # the camera goes away...
+        assert wait_for(lambda: not src.connected, 10), "the lost stream was not noticed"
+        time.sleep(6.0)  # ...for longer than the backoff cap: the backoff has reached it
+        assert "refused" in src.last_error  # the cause, not just "cannot open"
+        camera.start()  # and comes back
+        back = time.monotonic()
+        assert wait_for(lambda: src.connected, 10), "the stream was not reopened"
+        seen_after = time.monotonic() - back
         before = src.frames_read
         frame = src.read(10)
         assert frame is not None and frame.index >= before - 1
         assert src.reconnects == 1
     finally:
         src.stop()
-        for server in servers:
-            if server.poll() is None:
-                server.terminate()
-                server.wait(10)
+    print(f"the camera came back after a 6 s outage and was seen {seen_after:.2f} s later")
+    assert seen_after < 2.5, f"the camera came back but was seen only {seen_after:.1f} s later"
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert any(level == "WARNING" and "lost" in msg for level, msg in messages)
+    opened = [msg for level, msg in messages if level == "INFO" and msg.startswith("opened")]
+    assert len(opened) == 1 and "it announces 25" in opened[0], opened
+    measured = float(re.search(r"live, ([\d.]+) fps", opened[0]).group(1))
+    assert measured == pytest.approx(29.97, abs=0.5), opened  # as received (a 2 s measure), not the announced 25
+    assert any(level == "WARNING" and "lost (the stream ended or the connection closed)" in msg
+               for level, msg in messages)
+    reopen = [msg for level, msg in messages if level == "WARNING" and "reopen failed" in msg]
+    assert reopen and "connection to 127.0.0.1:" in reopen[0] and "refused" in reopen[0], reopen
     assert any(level == "INFO" and "recovered" in msg for level, msg in messages)
+
+
+def test_stop_returns_at_once_while_the_stream_is_stalled(camera, caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    src = open_source(section(camera.url, timeout=10.0)).start()
+    try:
+        assert src.read(20) is not None
+        camera.stall()  # the connection stays open, no more bytes: the capture thread blocks in FFmpeg
+        time.sleep(1.0)
+        assert src.connected and src.read(0.5) is None
+    finally:
+        t0 = time.monotonic()
+        src.stop()
+        took = time.monotonic() - t0
+    assert took < 1.0, f"stop() took {took:.1f} s"
+    assert src.ended and src.read(0.1) is None
+    camera.resume()  # the left-behind thread gets its frame (or its timeout) and ends on its own
+    assert wait_for(lambda: not src._thread.is_alive(), 15)
+    assert not src.connected
+
+
+def test_stalled_stream_is_lost_after_the_timeout_with_its_cause(camera, caplog):
+    caplog.set_level(logging.INFO, logger="agent.sources")
+    with open_source(section(camera.url, timeout=1.0)) as src:
+        assert src.read(20) is not None
+        camera.stall()
+        assert wait_for(lambda: not src.connected, 10)
+        assert src.last_error == "no frame for 1 s"
+
+
+def test_wake_makes_a_waiting_read_return(camera):
+    with open_source(section(camera.url)) as src:
+        assert src.read(20) is not None
+        camera.stall()
+        threading.Timer(0.2, src.wake).start()
+        t0 = time.monotonic()
+        assert src.read(5) is None
+        assert time.monotonic() - t0 < 1.0 and not src.ended
 
 
 def test_live_source_missing_at_start_is_retried_in_the_background(caplog):
@@ -295,8 +345,16 @@ def test_live_source_missing_at_start_is_retried_in_the_background(caplog):
     src = open_source(section(f"http://127.0.0.1:{free_port()}/", timeout=1.0))
     with src:  # nothing listens there: no exception, a warning, and frames once it appears
         assert not src.connected and src.read(0.2) is None and not src.ended
-        assert "cannot open" in src.last_error
+        assert "cannot open" in src.last_error and "refused" in src.last_error
     assert any(r.levelname == "WARNING" and "retrying" in r.getMessage() for r in caplog.records)
+
+
+def test_a_camera_that_does_not_exist_is_one_clear_error():
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    with pytest.raises(SourceError, match=f"/dev/video{index} does not exist"):
+        open_source(section(str(index))).start()
+    with pytest.raises(SourceError, match="no such camera"):
+        open_source(section(f"/dev/video{index}")).start()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,3 +424,128 @@ def test_read_before_start_is_an_error(shared):
     src = open_source(section(HAMILTON))
     with pytest.raises(RuntimeError, match="before start"):
         src.read(0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the agent on a live stream: a real `face-agent run` process, a real broker
+# ---------------------------------------------------------------------------------------------------------
+
+def agent_events(collector) -> list[dict]:
+    return [json.loads(m.text) for m in collector.on("faces/events")]
+
+
+def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_path, camera, mosquitto):
+    from broker import Collector
+
+    (tmp_path / "agent.toml").write_text(
+        f'[agent]\nid = "live-agent"\n[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+        '[service]\nstatus_interval = 1.0\n[source]\ntimeout = 5.0\n'
+        '[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n')
+    status_file = tmp_path / "storage" / "status.json"
+    collector = Collector(mosquitto, "faces/events").start()
+    log_file = tmp_path / "agent.log"
+    with open(log_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.toml"), "run",
+                                 "--source", camera.url], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdin=subprocess.DEVNULL, stderr=err)
+    try:
+        assert collector.wait_for(lambda m: any(e["type"] == "track_started" for e in agent_events(collector)),
+                                  240), "no track before the outage"
+        assert wait_for(lambda: "(live, " in log_file.read_text(), 30), "the measured frame rate was not logged"
+
+        camera.stop()  # the camera goes away with Lin-Manuel in view
+        lost_at = time.time()
+        started = {e["track_id"] for e in agent_events(collector) if e["type"] == "track_started"}
+        assert collector.wait_for(lambda m: started <= {e["track_id"] for e in agent_events(collector)
+                                                        if e["type"] == "track_ended"}, 15), \
+            "the open tracks did not end while the source was down"  # (it is still down: not restarted yet)
+        assert time.time() - lost_at < 15
+
+        def status() -> dict:
+            try:
+                return json.loads(status_file.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        assert wait_for(lambda: status().get("stats", {}).get("fps") == 0.0
+                        and not status()["stats"]["source"]["connected"], 10), status()
+        down = status()
+        assert down["stats"]["tracks"] == 0
+        assert down["health"]["state"] == "degraded"
+        shown = subprocess.run([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.toml"), "status"],
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                               text=True, timeout=60).stdout  # what `face-agent status` shows during the outage
+        assert "running, degraded" in shown and "! camera: no frames from the source" in shown, shown
+        assert re.search(r"^  fps +0$", shown, re.M) and re.search(r"^  tracks +0$", shown, re.M), shown
+        assert re.search(r"^  source last error +cannot open stream .*refused", shown, re.M), shown
+        assert all(line == line.rstrip() for line in shown.splitlines())
+
+        camera.start()  # back: frames flow again within ~2 s
+        frames_before = down["stats"]["frames"]
+        assert wait_for(lambda: status().get("stats", {}).get("frames", 0) > frames_before + 10
+                        and status()["stats"]["fps"] > 1.0, 30), status()
+
+        camera.stall()  # hung: the connection stays open, no more bytes; FFmpeg waits for its 5 s timeout
+        time.sleep(1.5)
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        collector.stop()
+    log_text = log_file.read_text()
+    assert proc.returncode == 0, log_text
+    print(f"SIGTERM while the stream was stalled: the process ended {took:.2f} s later")
+    assert took < 1.0, f"SIGTERM while the stream was stalled took {took:.2f} s"
+    assert "[ WARN" not in log_text and "[tcp @" not in log_text, log_text  # OpenCV's / FFmpeg's own lines
+    opened = re.search(r"opened stream http://\S+ \(live, ([\d.]+) fps; it announces 25\)", log_text)
+    assert opened and float(opened.group(1)) == pytest.approx(29.97, abs=0.5), log_text
+    assert "reopen failed (cannot open stream http" in log_text and "refused" in log_text
+    assert "recovered after" in log_text
+    assert not [line for line in log_text.splitlines() if line != line.rstrip() or "None" in line], log_text
+
+
+def test_run_on_a_camera_that_does_not_exist_is_one_clear_error(tmp_path):
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    (tmp_path / "agent.toml").write_text("[mqtt]\nenabled = false\n[paths]\nstorage = \"storage\"\n"
+                                         "engines = \"engines\"\nsvm = \"svm\"\nfaces = \"faces\"\n")
+    result = subprocess.run([sys.executable, "-m", "agent", "-c", "agent.toml", "run", "--source", str(index)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "face-agent:" in line]
+    assert errors == [f"face-agent: cannot open camera {index}: /dev/video{index} does not exist (no such camera)"], \
+        result.stderr
+    assert "[ WARN" not in result.stderr and "retrying" not in result.stderr
+
+
+def test_without_a_terminal_the_log_gets_fps_and_health_periodically(tmp_path, camera, analyzer, caplog):
+    from conftest import make_config
+
+    from agent.service import PROGRESS_LOG_PERIOD, Service
+
+    assert PROGRESS_LOG_PERIOD == 60.0  # once a minute in the journal
+    caplog.set_level(logging.INFO, logger="agent.service")
+    cfg = make_config(tmp_path, mqtt={"enabled": False}, service={"status_interval": 0.5})
+    service = Service(cfg, source_uri=camera.url, analyzer=analyzer)  # status_line=False: not a terminal
+    service.progress_period = 1.0
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        assert wait_for(lambda: service.stats.frames > 30, 60)
+        time.sleep(2.5)
+        assert service.stats.fps > 1.0
+        camera.stall()  # hung: still "connected" until the 10 s [source] timeout, but no frames
+        assert wait_for(lambda: service.stats.fps == 0.0, 4) and service.source.connected
+    finally:
+        service.stop()
+        thread.join(30)
+    lines = [r.getMessage() for r in caplog.records if " fps, " in r.getMessage()]
+    assert len(lines) >= 2, lines
+    assert re.fullmatch(r"\d+\.\d fps, \d+ frames, \d+ tracks, \d+ events, health ok, source connected", lines[0]), \
+        lines
+    assert float(lines[0].split()[0]) > 1.0

@@ -112,15 +112,22 @@ def _current_paths(cfg: Any, cache: Any) -> set:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from agent.vision.dlib_resnet import list_conversions
+
     cfg = config_of(args)
     cache = _cache(cfg)
     rows = [_row(e, _current_paths(cfg, cache)) for e in cache.entries()]
     temporary = [str(p) for p in cache.temporary_files()]
+    onnx = list_conversions(cache.folder)
     if args.json:
-        print(json.dumps({"folder": str(cache.folder), "engines": rows, "temporary_files": temporary}, indent=2))
+        print(json.dumps({"folder": str(cache.folder), "engines": rows, "onnx": onnx,
+                          "temporary_files": temporary}, indent=2))
         return 0
+    for o in onnx:
+        print(f"{o['file']}\n  the dlib ResNet converted to ONNX (the embedding model)\n"
+              f"  from {o['dat']}\n  {o['bytes']} bytes  [{o['status']}]")
     if not rows:
-        print(f"no engines in {cache.folder}")
+        print(f"no TensorRT engines in {cache.folder}")
     for r in rows:
         print(f"{r['file']}\n  {r['label']} {r['precision']}  TensorRT {r['tensorrt']}  GPU {r['gpu']}\n"
               f"  onnx {r['onnx']}  profile {json.dumps(r['profile'])}\n"

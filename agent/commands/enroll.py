@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, validate_person_name
+from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
 from agent.vision.images import ImageError
 
 
@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enroll", help="enroll photos (all of faces/train/raw, or PERSON IMAGE...) and train",
                        description="Without arguments: process every photo under <faces>/train/raw/<person>/ "
                        "(only new photos are analysed) and retrain if anything changed. With PERSON IMAGE...: "
-                       "copy the images into that person's folder first.")
+                       "copy the images into that person's folder first, as <original name>-<hash8>.<ext>. "
+                       "Reports what is new, what was already known and what was refused.")
     p.add_argument("person", nargs="?", help="person to add photos for")
     p.add_argument("images", nargs="*", help="photos of PERSON")
     p.add_argument("--retrain", action="store_true", help="retrain even if nothing changed")
@@ -28,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     gallery = Gallery(cfg)
+    refused: list[PhotoResult] = []
+    copied_from: dict[Path, Path] = {}
     if args.person is not None:
         try:
             person = validate_person_name(args.person)
@@ -36,23 +39,27 @@ def run(args: argparse.Namespace) -> int:
         if not args.images:
             return fail("give at least one IMAGE after PERSON", 2)
         # analysed where they are first: only an enrollable photo is copied into the person's folder
-        usable, refused = [], []
+        usable: list[Path] = []
         for src in args.images:
             result, _ = gallery.process_photo(person, Path(src))
-            (usable if result.ok else refused).append(result if not result.ok else Path(src))
+            if result.ok:
+                usable.append(Path(src))
+            else:
+                refused.append(result)
         for r in refused:
             print(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else ""),
                   file=sys.stderr)
         try:
-            if usable:
-                gallery.add_photos(person, usable)
+            stored = gallery.add_photos(person, usable) if usable else []
         except ImageError as exc:
             return fail(str(exc))
+        copied_from = dict(zip(stored, usable, strict=True))
     clf, results, retrained = gallery.ensure_trained(force=args.retrain, progress=show_progress())
     if args.person is not None:
-        results = refused + [r for r in results if r.person == person]
-    else:
-        refused = []
+        results = [r for r in results if r.person == person]
+        for r in results:
+            r.source = copied_from.get(r.path)
+        results = refused + results
     failed = 1 if refused else 0
     if args.json:
         print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
@@ -60,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
                           "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
                          ensure_ascii=False))
         return failed
-    for r in results:
-        if (not r.ok or r.reason) and r not in refused:  # the refused ones are on stderr already
-            print(f"{r.status:14s} {r.person}: {r.path.name}" + (f" ({r.reason})" if r.reason else ""))
-    tally = Counter(r.status for r in results)
-    print("photos: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) if tally else "no photos found")
+    for r in results:  # refused photos (again: they stay refused until replaced), and notes on new ones
+        if r in refused:
+            continue  # said on stderr already
+        if not r.ok or (r.reason and not r.cached):
+            source = f" (from {r.source})" if r.source is not None and r.source.name != r.path.name else ""
+            print(f"{r.status:14s} {r.person}: {r.path.name}{source}" + (f": {r.reason}" if r.reason else ""))
+    print(photo_summary(results))
     counts = clf.meta.get("counts", {})
     cv = clf.meta.get("cross_validation", {})
     state = "retrained" if retrained else "up to date"
@@ -74,3 +83,21 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"face-agent: {len(refused)} of {len(args.images)} file(s) not enrolled", file=sys.stderr)
     return failed
+
+
+def photo_summary(results: list[PhotoResult]) -> str:
+    """`photos: 2 new (1 enrolled; 1 refused: 1 no_face), 10 already known (10 enrolled)`."""
+    if not results:
+        return "no photos found"
+
+    def tally(group: list[PhotoResult]) -> str:
+        refused = Counter(r.status for r in group if not r.ok)
+        text = f"{sum(r.ok for r in group)} enrolled"
+        if refused:
+            text += f"; {sum(refused.values())} refused: " + ", ".join(f"{n} {s}" for s, n in sorted(refused.items()))
+        return text
+
+    new = [r for r in results if not r.cached]
+    known = [r for r in results if r.cached]
+    head = f"{len(new)} new ({tally(new)})" if new else "nothing new"
+    return f"photos: {head}" + (f", {len(known)} already known ({tally(known)})" if known else "")

@@ -1,15 +1,18 @@
-"""`face-agent forget PERSON`: remove a person's photos and retrain."""
+"""`face-agent forget PERSON`: forget a person (their photos go to the trash folder) and retrain."""
 
 from __future__ import annotations
 
 import argparse
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError
+from agent.gallery import Gallery, InvalidNameError, NotEnrolledError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("forget", help="remove a person and retrain")
+    p = sub.add_parser("forget", help="forget a person (photos move to faces/train/trash/) and retrain",
+                       description="Moves the person's photos from <faces>/train/raw/PERSON/ to "
+                       "<faces>/train/trash/PERSON-<time>/ (delete that folder yourself, or move it back "
+                       "and run `face-agent enroll` to undo), deletes their aligned chips and retrains.")
     p.add_argument("person")
     p.set_defaults(func=run)
 
@@ -17,11 +20,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     gallery = Gallery(config_of(args))
     try:
-        found = gallery.forget(args.person)
+        trash = gallery.forget(args.person)
     except InvalidNameError as exc:
         return fail(str(exc), 2)
-    if not found:
-        return fail(f"{args.person!r} is not enrolled")
+    except NotEnrolledError as exc:
+        return fail(str(exc))
     clf, _, _ = gallery.ensure_trained(progress=show_progress())
     print(f"forgot {args.person}; {len(clf.people)} people remain")
+    if trash is not None:
+        print(f"their photos were moved to {trash} (delete it to free the space, or move it back to "
+              f"{gallery.raw}/ to undo)")
     return 0

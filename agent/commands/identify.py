@@ -1,4 +1,4 @@
-"""`face-agent identify IMAGE...`: every face in each image, with box, landmarks and name or unknown."""
+"""`face-agent identify IMAGE...`: every face in each image, with box and name or unknown (--json: landmarks too)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             if args.json:
                 print(json.dumps({"image": path, "error": str(exc)}, ensure_ascii=False))
-            else:
-                print(f"face-agent: {exc}", file=sys.stderr)
+            else:  # the message starts with the path already: `x.jpg: no such file`, not twice
+                print(f"face-agent: {path}: error: {str(exc).removeprefix(f'{path}: ')}", file=sys.stderr)
             continue
         faces = analyzer.identify(rgb)
         if args.json:
@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         for f in faces:
             x1, y1, x2, y2 = (int(round(v)) for v in f.detection.box)
             p = f.prediction
-            who = (p.name if p.name else f"unknown (nearest {p.candidate}, {p.reason})") if p else "unknown"
+            who = p.name if p and p.name else "unknown"
+            why = ", ".join(x for x in (f"nearest {p.candidate}" if p and p.candidate else "",
+                                        p.reason if p and not p.name else "") if x)
+            who += f" ({why})" if why else ""
             dist = f"{p.distance:.3f}" if p and p.distance != float("inf") else "-"
             print(f"  {who:30s} confidence {p.confidence if p else 0:.2f}  distance {dist}  "
                   f"box (left {x1}, top {y1}, right {x2}, bottom {y2})  score {f.detection.score:.3f}")

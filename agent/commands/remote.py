@@ -216,6 +216,8 @@ def _print_result(r: dict, verified: bool) -> None:
         print(f"  retraining {r['retrain']}")
     if r.get("new_name"):
         print(f"  {r.get('person')} -> {r['new_name']}")
+    if r.get("moved_to"):
+        print(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (not deleted)")
     if r.get("people") is not None:
         people = r["people"]
         if not people:

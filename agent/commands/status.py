@@ -114,5 +114,5 @@ def _human(result: dict, now: float) -> str:
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         elif isinstance(value, float):
             value = f"{value:.2f}".rstrip("0").rstrip(".")
-        lines.append(f"  {key:<{width}}  {value}")
+        lines.append(f"  {key:<{width}}  {value}".rstrip())
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from PIL import UnidentifiedImageError
 
 from agent.config import Config
 from agent.files import file_sha256
-from agent.gallery import Gallery, InvalidNameError, validate_person_name
+from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.logsafe import RateLimitedLog, escape
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
@@ -429,11 +429,11 @@ class EnrollmentIntake:
         if suffix is None:
             return reject(proto.UNSUPPORTED_FORMAT, f"{img.name}: {fmt} images are not accepted for enrollment "
                           f"(use {', '.join(sorted({s.lstrip('.') for s in FORMAT_SUFFIX.values()}))})")
-        for other in sorted(self.gallery.raw.glob(f"*/{sha[:16]}.*")) if self.gallery.raw.is_dir() else []:
-            if other.parent.name != person and other.is_file():
+        for other in self.gallery.find_photos(sha):
+            if other.parent.name != person:
                 return reject(proto.ENROLLED_AS_OTHER, f"{img.name}: this photo is already enrolled as "
                               f"{other.parent.name!r}")
-        existing = [p for p in self.gallery.photos_of(person) if p.stem == sha[:16]]
+        existing = self.gallery.find_photos(sha, person)
         if existing:
             out.update(status=proto.ACCEPTED, reason=None, message="already enrolled", stored_as=existing[0].name)
             return out
@@ -445,7 +445,7 @@ class EnrollmentIntake:
             result, _ = self.gallery.process_photo(person, tmp)
             if not result.ok:
                 return reject(result.status, f"{img.name}: {result.reason}")
-            stored = self.gallery.add_photos(person, [tmp])[0]
+            stored = self.gallery.add_photos(person, [tmp], names=[img.name or tmp.name])[0]
         finally:
             tmp.unlink(missing_ok=True)
         out.update(status=proto.ACCEPTED, reason=None, message=result.reason or None, stored_as=stored.name,
@@ -464,19 +464,19 @@ class EnrollmentIntake:
             for p in photos:
                 if not p.exists():
                     continue
-                if ref in (p.name, p.stem) or (len(ref) == 64 and p.stem == ref[:16] and file_sha256(p) == ref):
+                if ref in (p.name, p.stem) or (len(ref) == 64 and (p.stem == ref[:16] or p.stem.endswith(
+                        f"-{ref[:8]}")) and file_sha256(p) == ref):
                     match = p
                     break
             if match is None:
                 images.append({"ref": ref, "status": proto.NOT_FOUND, "stored_as": None})
                 continue
-            match.unlink()
-            (self.gallery.aligned / person / f"{match.stem}.png").unlink(missing_ok=True)
+            self.gallery.remove_photo(person, match)
             removed += 1
             images.append({"ref": ref, "status": proto.REMOVED, "stored_as": match.name})
         left = self.gallery.photos_of(person)
         if not left:  # the last photo gone: the person is gone
-            self.gallery.forget(person)
+            self.gallery.forget(person)  # (an empty folder: nothing to keep in the trash)
         if removed:
             self._changed(req)
         status = proto.OK if removed == len(req.refs) else (proto.PARTIAL if removed else proto.REJECTED)
@@ -486,24 +486,26 @@ class EnrollmentIntake:
 
     def _forget(self, req: proto.Request) -> dict:
         person = self._person(req.person)
-        if not self.gallery.forget(person):
-            raise ProtocolError(proto.NOT_FOUND, f"{person!r} is not enrolled")
+        try:
+            trash = self.gallery.forget(person)
+        except NotEnrolledError as exc:
+            raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         self._changed(req)
-        log.info("remote enrollment: %s: forgot %r", req.request_id, person)
-        return self._result(req, proto.OK, person=person)
+        moved_to = str(trash.relative_to(self.gallery.root.parent)) if trash else None
+        log.info("remote enrollment: %s: forgot %r%s", req.request_id, person,
+                 f"; photos moved to {trash}" if trash else "")
+        return self._result(req, proto.OK, person=person, moved_to=moved_to)
 
     def _rename(self, req: proto.Request) -> dict:
         old, new = self._person(req.person), self._person(req.new_name)
-        src = self.gallery.raw / old
-        if not src.is_dir():
-            raise ProtocolError(proto.NOT_FOUND, f"{old!r} is not enrolled")
+        try:
+            self.gallery.rename(old, new)
+        except NotEnrolledError as exc:
+            raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
+        except NameTakenError as exc:
+            raise ProtocolError(proto.NAME_TAKEN, str(exc)) from None
         if old == new:
             return self._result(req, proto.OK, person=old, new_name=new)
-        if (self.gallery.raw / new).exists() or (self.gallery.aligned / new).exists():
-            raise ProtocolError(proto.NAME_TAKEN, f"{new!r} is already enrolled (forget it first)")
-        os.replace(src, self.gallery.raw / new)
-        if (self.gallery.aligned / old).is_dir():
-            os.replace(self.gallery.aligned / old, self.gallery.aligned / new)
         self._changed(req)
         log.info("remote enrollment: %s: renamed %r to %r", req.request_id, old, new)
         return self._result(req, proto.OK, person=old, new_name=new)

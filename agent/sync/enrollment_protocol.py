@@ -89,7 +89,8 @@ KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 NONCE_RE = re.compile(r"^[A-Za-z0-9_\-]{16,128}$")
 SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}$")
 HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
-IMAGE_REF_RE = re.compile(r"^[0-9a-f]{16,64}(\.[A-Za-z0-9]{1,5})?$")
+# an image's sha256 (or a prefix of 16+), or a stored name: <stem>-<sha8>.<ext> (older agents: <sha16>.<ext>)
+IMAGE_REF_RE = re.compile(r"^([0-9a-f]{16,64}|[\w.-]{1,48}-[0-9a-f]{8})(\.[A-Za-z0-9]{1,5})?$")
 BINARY_FIELDS = {"schema_version", "request_id", "command", "key_id", "timestamp", "nonce", "target", "person",
                  "name", "expires", SIGNATURE, IMAGE_SHA256}
 

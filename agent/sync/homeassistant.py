@@ -2,8 +2,10 @@
 
 - an `event` entity "Recognition" (event types `identified`, `unknown_face`) fired for each recognition,
   with the name, confidence, camera, track and event id as event attributes;
-- a `sensor` "Last person" whose state is the last recognised name (`unknown` for unknown faces), with
-  the same details as attributes;
+- a `sensor` "Last person" whose state is the last recognised name, or `stranger` for a face that is not
+  enrolled (not `unknown`: that is Home Assistant's own "no value" state, so an automation could not tell a
+  stranger at the door from a sensor without data), with the same details as attributes (`name` is null
+  and `known` false for a stranger);
 - availability from the agent's status topic (`online` / `offline`, Last Will).
 
 Discovery configs are retained on `<discovery_prefix>/<component>/<node_id>/<object_id>/config` and sent
@@ -28,6 +30,7 @@ from agent.sync.mqtt import OFFLINE, ONLINE, MqttClient
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ["identified", "unknown_face"]
+STRANGER = "stranger"  # the "Last person" state for a face that is not enrolled
 
 
 class HomeAssistant:
@@ -60,7 +63,7 @@ class HomeAssistant:
                  "state_topic": self.recognition_topic, "event_types": EVENT_TYPES,
                  "icon": "mdi:face-recognition", **common}
         sensor = {"name": "Last person", "unique_id": f"{self.node_id}_last_person",
-                  "state_topic": self.last_person_topic, "value_template": "{{ value_json.name }}",
+                  "state_topic": self.last_person_topic, "value_template": "{{ value_json.state }}",
                   "json_attributes_topic": self.last_person_topic, "icon": "mdi:account", **common}
         return {self.config_topic("event", "recognition"): event,
                 self.config_topic("sensor", "last_person"): sensor}
@@ -91,6 +94,6 @@ class HomeAssistant:
                    "votes": event.votes, "camera": event.camera, "track_id": event.track_id,
                    "event_id": event.event_id, "timestamp": event.timestamp}
         self.client.publish(self.recognition_topic, json.dumps({"event_type": event.type, **details}), qos=1)
-        last = {**details, "name": details["name"] or "unknown"}
+        last = {"state": details["name"] or STRANGER, "known": details["name"] is not None, **details}
         self.client.publish(self.last_person_topic, json.dumps(last), qos=1, retain=True)
         return True

@@ -32,6 +32,7 @@ sha256 of the output for a given .dat is stable; `KNOWN_CONVERSIONS` holds it fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -568,6 +569,25 @@ def needs_conversion(dat_path: str | os.PathLike, engines_dir: str | os.PathLike
         return file_sha256(onnx_path) not in _expected_hashes(dat_sha, onnx_path.with_suffix(".json"))
     except OSError:
         return True
+
+
+def list_conversions(engines_dir: str | os.PathLike) -> list[dict]:
+    """The converted ResNet ONNX files cached in `engines_dir`: file, bytes, the .dat they came from, and
+    whether the file is intact (its sha256 is the known or recorded one)."""
+    out = []
+    for onnx_path in sorted(Path(engines_dir).glob(f"{Path(DAT_NAME).stem}-*.onnx")):
+        record: Any = {}
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(onnx_path.with_suffix(".json").read_text(encoding="utf-8"))
+        record = record if isinstance(record, dict) else {}
+        dat_sha = str(record.get("dat_sha256", ""))
+        try:
+            intact = file_sha256(onnx_path) in _expected_hashes(dat_sha, onnx_path.with_suffix(".json"))
+        except OSError:
+            intact = False
+        out.append({"file": onnx_path.name, "bytes": onnx_path.stat().st_size, "dat": record.get("dat", "?"),
+                    "dat_sha256": dat_sha, "status": "ok" if intact else "damaged (converted again on use)"})
+    return out
 
 
 def ensure_onnx(dat_path: str | os.PathLike, engines_dir: str | os.PathLike, force: bool = False) -> Path:

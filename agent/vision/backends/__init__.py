@@ -65,7 +65,9 @@ def create_backend(kind: str, model_dir: str | Path | None = None, **options: An
 
         if kind == "auto":
             kind, why = tensorrt.auto_kind()
-            logging.getLogger(__name__).info("detector backend auto -> %s: %s", kind, why)
+            # a CPU machine is not news on every command: `face-agent doctor` says why TensorRT is not used
+            logging.getLogger(__name__).log(logging.INFO if kind == "tensorrt" else logging.DEBUG,
+                                            "detector backend auto -> %s: %s", kind, why)
         if kind == "tensorrt":
             return tensorrt.create_tensorrt_backend(model_dir, **options)
     if kind == "onnxruntime":

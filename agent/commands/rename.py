@@ -1,0 +1,32 @@
+"""`face-agent rename OLD NEW`: rename a person (photos and chips follow) and retrain."""
+
+from __future__ import annotations
+
+import argparse
+
+from agent.commands._common import config_of, fail, show_progress
+from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rename", help="rename a person (photos and aligned chips follow) and retrain",
+                       description="Renames <faces>/train/raw/OLD/ and its aligned chips to NEW; the embedding "
+                       "cache is keyed by photo content, so nothing is analysed again. Renaming the folder by "
+                       "hand would leave the chips behind. Same operation as `face-agent remote rename`.")
+    p.add_argument("old", help="the enrolled name")
+    p.add_argument("new", help="the new name (not enrolled yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    gallery = Gallery(config_of(args))
+    try:
+        gallery.rename(args.old, args.new)
+    except InvalidNameError as exc:
+        return fail(str(exc), 2)
+    except (NotEnrolledError, NameTakenError) as exc:
+        return fail(str(exc))
+    clf, _, retrained = gallery.ensure_trained(progress=show_progress())
+    print(f"renamed {args.old} to {args.new}; classifier {'retrained' if retrained else 'up to date'}: "
+          f"{len(clf.people)} people")
+    return 0

@@ -1,0 +1,176 @@
+"""What a newcomer meets at the command line: enroll reports, stored names, forget into the trash, rename,
+identify's text output and the log lines of every command. Real models on the real photos."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DLIB, FR, ROOT
+
+from agent.cli import main
+
+KNN = FR / "examples" / "knn_examples"
+OBAMA = sorted((KNN / "train" / "obama").iterdir())
+BIDEN = sorted((KNN / "train" / "biden").iterdir())
+DOG = DLIB / "examples" / "faces" / "dogs.jpg"
+TWO = KNN / "test" / "obama_and_biden.jpg"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cli(tmp_path, capsys, shared):
+    (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
+                                         'engines = "engines"\n[mqtt]\nenabled = false\n')
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["-q", "-c", str(tmp_path / "agent.toml"), *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_enroll_says_what_is_new_known_and_refused_and_keeps_original_names(tmp_path, cli):
+    code, out, _ = cli("enroll", "obama", *map(str, OBAMA), str(DOG))
+    assert code == 0
+    assert "photos: 3 new (2 enrolled; 1 refused: 1 no_face)" in out
+    assert re.search(rf"no_face +obama: dogs-{sha(DOG)[:8]}\.jpg \(from {re.escape(str(DOG))}\): no face found", out)
+    raw = tmp_path / "faces" / "train" / "raw" / "obama"
+    expected = {f"{p.stem}-{sha(p)[:8]}{p.suffix.lower()}" for p in [*OBAMA, DOG]}
+    assert {p.name for p in raw.iterdir()} == expected  # the original name stays visible
+    chips = {p.name for p in (tmp_path / "faces" / "train" / "aligned" / "obama").iterdir()}
+    assert chips == {f"{p.stem}-{sha(p)[:8]}.png" for p in OBAMA}  # a chip names its photo
+
+    code, out, _ = cli("enroll")  # nothing new
+    assert code == 0
+    assert "photos: nothing new, 3 already known (2 enrolled; 1 refused: 1 no_face)" in out
+    assert "classifier up to date" in out
+
+    code, out, _ = cli("enroll", "--json", "obama", *map(str, OBAMA), str(BIDEN[0]))  # 2 known, 1 new
+    photos = json.loads(out)["photos"]
+    by_source = {p["source"]: p for p in photos}
+    assert set(by_source) == {str(p) for p in [*OBAMA, BIDEN[0]]} | {str(raw / f"dogs-{sha(DOG)[:8]}.jpg")}
+    assert by_source[str(BIDEN[0])]["cached"] is False and by_source[str(OBAMA[0])]["cached"] is True
+    assert by_source[str(OBAMA[0])]["path"] == str(raw / f"{OBAMA[0].stem}-{sha(OBAMA[0])[:8]}.jpg")
+    assert len(list(raw.iterdir())) == 4  # photos already there were not copied twice
+
+
+def test_old_hash_named_photos_and_chips_keep_working(tmp_path, cli):
+    code, _, _ = cli("enroll", "obama", *map(str, OBAMA))
+    assert code == 0
+    raw = tmp_path / "faces" / "train" / "raw" / "obama"
+    aligned = tmp_path / "faces" / "train" / "aligned" / "obama"
+    # what an older version left: a photo named by its hash, and a user-named photo with a <sha16> chip
+    first, second = sorted(raw.iterdir())
+    sha1, sha2 = sha(first), sha(second)
+    legacy_photo = raw / f"{sha1[:16]}.jpg"
+    first.rename(legacy_photo)
+    (aligned / f"{first.stem}.png").rename(aligned / f"{sha1[:16]}.png")
+    mine = raw / "my photo.jpg"
+    second.rename(mine)
+    (aligned / f"{second.stem}.png").rename(aligned / f"{sha2[:16]}.png")
+
+    code, out, _ = cli("enroll")
+    assert code == 0 and "photos: nothing new, 2 already known (2 enrolled)" in out  # nothing analysed again
+    # the <sha16> photo keeps its <sha16> chip; the user's photo gets its chip renamed after it
+    assert {p.name for p in aligned.iterdir()} == {f"{sha1[:16]}.png", f"my photo-{sha2[:8]}.png"}
+    code, out, _ = cli("enroll", "obama", str(OBAMA[0]), str(OBAMA[1]))  # the same photos again
+    assert {p.name for p in raw.iterdir()} == {legacy_photo.name, mine.name}  # recognised, not copied
+    code, out, _ = cli("enroll", "--json")
+    assert all(p["cached"] and p["status"] == "enrolled" for p in json.loads(out)["photos"])
+
+
+def test_forget_moves_the_photos_to_the_trash_and_says_so(tmp_path, cli):
+    cli("enroll", "obama", *map(str, OBAMA))
+    cli("enroll", "biden", *map(str, BIDEN))
+    code, out, _ = cli("forget", "biden")
+    assert code == 0 and "forgot biden; 1 people remain" in out
+    trash = list((tmp_path / "faces" / "train" / "trash").iterdir())
+    assert len(trash) == 1 and re.fullmatch(r"biden-\d{8}-\d{6}", trash[0].name)
+    assert f"their photos were moved to {trash[0]}" in out
+    assert sorted(p.read_bytes() for p in trash[0].iterdir()) == sorted(p.read_bytes() for p in BIDEN)
+    assert not (tmp_path / "faces" / "train" / "raw" / "biden").exists()
+    assert not (tmp_path / "faces" / "train" / "aligned" / "biden").exists()
+    code, out, _ = cli("people", "--json")
+    assert list(json.loads(out)) == ["obama"]
+    code, _, err = cli("forget", "biden")
+    assert code == 1 and "'biden' is not enrolled" in err
+    # undo: move the folder back and enroll
+    trash[0].rename(tmp_path / "faces" / "train" / "raw" / "biden")
+    code, out, _ = cli("enroll")
+    assert "classifier retrained: 2 people" in out
+
+
+def test_rename_moves_photos_and_chips_without_analysing_again(tmp_path, cli):
+    cli("enroll", "obama", *map(str, OBAMA))
+    cli("enroll", "biden", *map(str, BIDEN))
+    code, out, _ = cli("rename", "biden", "Joe Biden")
+    assert code == 0 and "renamed biden to Joe Biden; classifier retrained: 2 people" in out
+    train = tmp_path / "faces" / "train"
+    assert not (train / "raw" / "biden").exists() and not (train / "aligned" / "biden").exists()
+    assert len(list((train / "aligned" / "Joe Biden").iterdir())) == 2
+    code, out, _ = cli("enroll", "--json")
+    assert all(p["cached"] for p in json.loads(out)["photos"])  # the cache followed
+    code, out, _ = cli("identify", "--json", str(TWO))
+    assert sorted(f["name"] for f in json.loads(out)["faces"] if f["name"]) == ["Joe Biden", "obama"]
+    code, _, err = cli("rename", "Joe Biden", "obama")
+    assert code == 1 and "'obama' is already enrolled" in err
+    code, _, err = cli("rename", "nobody", "somebody")
+    assert code == 1 and "'nobody' is not enrolled" in err
+    code, _, err = cli("rename", "obama", "a/b")
+    assert code == 2 and "not allowed" in err
+
+
+def test_identify_text_has_no_none_and_says_a_path_once(tmp_path, cli):
+    missing = tmp_path / "x.jpg"
+    code, out, err = cli("identify", str(FR / "examples" / "obama.jpg"), str(missing))
+    assert code == 1
+    assert f"face-agent: {missing}: error: no such file" in err.splitlines()  # on stderr, the path once
+    assert err.count(str(missing)) == 1 and str(missing) not in out
+    assert "None" not in out and "unknown (nobody_enrolled)" in out  # nobody enrolled: no nearest person
+    assert all(line == line.rstrip() for line in out.splitlines())
+    cli("enroll", "biden", *map(str, BIDEN))
+    code, out, _ = cli("identify", str(FR / "examples" / "obama.jpg"))
+    assert "None" not in out and re.search(r"unknown \(nearest biden, (far|svm_disagrees|low_confidence)\)", out)
+
+
+def test_engines_list_shows_the_converted_resnet(tmp_path, cli):
+    cli("identify", str(FR / "examples" / "obama.jpg"))  # converts the ResNet into engines/
+    code, out, _ = cli("engines", "list")
+    assert code == 0
+    assert re.search(r"dlib_face_recognition_resnet_model_v1-[0-9a-f]{16}\.onnx\n  the dlib ResNet converted to ONNX",
+                     out)
+    assert "[ok]" in out and "no TensorRT engines in" in out
+    code, out, _ = cli("engines", "list", "--json")
+    onnx = json.loads(out)["onnx"]
+    assert len(onnx) == 1 and onnx[0]["status"] == "ok" and onnx[0]["bytes"] > 20_000_000
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_absence_is_said_once_by_doctor_not_by_every_command(tmp_path, shared):
+    (tmp_path / "agent.toml").write_text('[mqtt]\nenabled = false\n[paths]\nfaces = "faces"\nstorage = "storage"\n'
+                                         'svm = "svm"\nengines = "engines"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent", "-c", "agent.toml", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    identify = run("identify", str(FR / "examples" / "obama.jpg"))  # default verbosity: INFO
+    assert identify.returncode == 0, identify.stderr
+    assert "TensorRT" not in identify.stderr, identify.stderr
+    assert not [line for line in identify.stderr.splitlines() if line != line.rstrip() or "None" in line]
+    doctor = run("doctor")
+    assert doctor.stdout.count("TensorRT not usable") == 1, doctor.stdout
+    assert "TensorRT not usable" not in doctor.stderr
