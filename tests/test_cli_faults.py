@@ -108,4 +108,4 @@ def test_enroll_copies_only_enrollable_photos_and_says_what_failed(tmp_path, cap
     # and the next plain enroll has nothing to re-report
     assert main(["--config", conf, "enroll"]) == 0
     out, err = capsys.readouterr()
-    assert "unreadable" not in out and "photos: 1 enrolled" in out, out
+    assert "unreadable" not in out and "photos: nothing new, 1 already known (1 enrolled)" in out, out

@@ -42,25 +42,28 @@ def cli(tmp_path, capsys, shared):
 
 
 def test_enroll_says_what_is_new_known_and_refused_and_keeps_original_names(tmp_path, cli):
-    code, out, _ = cli("enroll", "obama", *map(str, OBAMA), str(DOG))
-    assert code == 0
+    code, out, err = cli("enroll", "obama", *map(str, OBAMA), str(DOG))
+    assert code == 1  # something was refused (and not copied: issue 14)
     assert "photos: 3 new (2 enrolled; 1 refused: 1 no_face)" in out
-    assert re.search(rf"no_face +obama: dogs-{sha(DOG)[:8]}\.jpg \(from {re.escape(str(DOG))}\): no face found", out)
+    assert f"face-agent: {DOG}: not enrolled: no_face" in err
     raw = tmp_path / "faces" / "train" / "raw" / "obama"
-    expected = {f"{p.stem}-{sha(p)[:8]}{p.suffix.lower()}" for p in [*OBAMA, DOG]}
+    expected = {f"{p.stem}-{sha(p)[:8]}{p.suffix.lower()}" for p in OBAMA}
     assert {p.name for p in raw.iterdir()} == expected  # the original name stays visible
     chips = {p.name for p in (tmp_path / "faces" / "train" / "aligned" / "obama").iterdir()}
     assert chips == {f"{p.stem}-{sha(p)[:8]}.png" for p in OBAMA}  # a chip names its photo
 
+    hand_copied = raw / "dogs.jpg"  # put into the folder by hand: refused there (known by its content)
+    hand_copied.write_bytes(DOG.read_bytes())
     code, out, _ = cli("enroll")  # nothing new
     assert code == 0
+    assert re.search(r"no_face +obama: dogs\.jpg: no face found", out)
     assert "photos: nothing new, 3 already known (2 enrolled; 1 refused: 1 no_face)" in out
     assert "classifier up to date" in out
 
     code, out, _ = cli("enroll", "--json", "obama", *map(str, OBAMA), str(BIDEN[0]))  # 2 known, 1 new
     photos = json.loads(out)["photos"]
     by_source = {p["source"]: p for p in photos}
-    assert set(by_source) == {str(p) for p in [*OBAMA, BIDEN[0]]} | {str(raw / f"dogs-{sha(DOG)[:8]}.jpg")}
+    assert set(by_source) == {str(p) for p in [*OBAMA, BIDEN[0]]} | {str(hand_copied)}
     assert by_source[str(BIDEN[0])]["cached"] is False and by_source[str(OBAMA[0])]["cached"] is True
     assert by_source[str(OBAMA[0])]["path"] == str(raw / f"{OBAMA[0].stem}-{sha(OBAMA[0])[:8]}.jpg")
     assert len(list(raw.iterdir())) == 4  # photos already there were not copied twice

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     gallery = Gallery(cfg)
     refused: list[PhotoResult] = []
     copied_from: dict[Path, Path] = {}
+    analysed_now: set[str] = set()  # photos this command analysed first (new, though cached by now)
     if args.person is not None:
         try:
             person = validate_person_name(args.person)
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         usable: list[Path] = []
         for src in args.images:
             result, _ = gallery.process_photo(person, Path(src))
+            if not result.cached:
+                analysed_now.add(result.sha256)
             if result.ok:
                 usable.append(Path(src))
             else:
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         results = [r for r in results if r.person == person]
         for r in results:
             r.source = copied_from.get(r.path)
+            r.cached = r.cached and r.sha256 not in analysed_now
         results = refused + results
     failed = 1 if refused else 0
     if args.json:
