@@ -15,7 +15,7 @@ agent/schemas/frame.schema.json) and judges every face on every frame against wh
 - wrong_name: face-frames shown with a name that is not the actor's (must be 0);
 - name_on_nothing: named boxes on no actor at all (a coasting box left behind);
 - named_share: of the enrolled actors' face-frames, after each appearance's first `grace` frames, the
-  share shown with the right name;
+  share shown with the right name; named_all: enrolled face-frames shown with the right name, all frames;
 - settle_frames: per appearance of an enrolled person, frames from its first frame to its first frame
   shown with the right name (None: never).
 """
@@ -238,7 +238,7 @@ def _owner(clip: Clip, frame: int, face: dict[str, Any]) -> Actor | None:
 
 def score(clip: Clip, shown: dict[int, list[dict[str, Any]]], grace: int = 10) -> dict[str, Any]:
     """Per-frame figures of what was shown on `clip` (see the module docstring)."""
-    wrong, on_nothing, face_frames, enrolled_frames, named_right = 0, 0, 0, 0, 0
+    wrong, on_nothing, face_frames, enrolled_frames, named_right, named_all = 0, 0, 0, 0, 0, 0
     wrong_examples: list[tuple[int, str, str]] = []
     first_named: dict[int, int] = {}
     per_person: dict[str, list[int]] = {}  # enrolled label -> [face-frames after grace, named right]
@@ -264,6 +264,7 @@ def score(clip: Clip, shown: dict[int, list[dict[str, Any]]], grace: int = 10) -
                 continue
             if id(actor) in named_actors:
                 first_named.setdefault(id(actor), frame)
+                named_all += 1
             if frame - actor.start >= grace:
                 enrolled_frames += 1
                 named_right += id(actor) in named_actors
@@ -275,7 +276,7 @@ def score(clip: Clip, shown: dict[int, list[dict[str, Any]]], grace: int = 10) -
     settled = [s for s in settle if s is not None]
     return {"clip": clip.name, "frames": clip.frames, "face_frames": face_frames, "wrong_name": wrong,
             "name_on_nothing": on_nothing, "enrolled_face_frames": enrolled_frames, "named_right": named_right,
-            "named_share": named_right / enrolled_frames if enrolled_frames else None,
+            "named_share": named_right / enrolled_frames if enrolled_frames else None, "named_all": named_all,
             "settle_frames": settle, "settle_median": statistics.median(settled) if settled else None,
             "per_person": {k: {"face_frames": v[0], "named": v[1], "share": round(v[1] / v[0], 3) if v[0] else None}
                            for k, v in per_person.items()},
@@ -284,12 +285,12 @@ def score(clip: Clip, shown: dict[int, list[dict[str, Any]]], grace: int = 10) -
 
 def format_scores(rows: Iterable[dict[str, Any]]) -> str:
     lines = [f"{'clip':12s} {'runner':16s} {'face-frames':>11s} {'wrong':>5s} {'on-nothing':>10s} "
-             f"{'named share':>11s} {'settle (median, frames)':>24s}"]
+             f"{'named share':>11s} {'named (all)':>11s} {'settle (median, frames)':>24s}"]
     for r in rows:
         share = f"{r['named_share'] * 100:.1f}%" if r["named_share"] is not None else "-"
         settle = f"{r['settle_median']}" if r["settle_median"] is not None else "never"
         lines.append(f"{r['clip']:12s} {r.get('runner', 'face-agent'):16s} {r['face_frames']:11d} "
-                     f"{r['wrong_name']:5d} {r['name_on_nothing']:10d} {share:>11s} {settle:>24s}")
+                     f"{r['wrong_name']:5d} {r['name_on_nothing']:10d} {share:>11s} {r['named_all']:11d} {settle:>24s}")
     return "\n".join(lines)
 
 
