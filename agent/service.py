@@ -10,22 +10,22 @@ background and the new classifier is swapped in between frames.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, FramePosition, format_timestamp
+from agent.events import Event, EventFactory, FramePosition
+from agent.frame_events import frame_events, track_ended
 from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
+from agent.run_report import Stats, StatusLine, event_summary, log_progress
 from agent.sources import Frame, Source, open_source
 from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
@@ -36,77 +36,7 @@ from agent.vision.tracker import Tracker
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 1.0  # seconds the loop waits for a frame before checking timers and signals
-FPS_WINDOW = 60  # frames over which fps and stage latencies are averaged
-STATUS_LINE_PERIOD = 0.25  # seconds between redraws of the terminal status line
-FPS_STALE_AFTER = 2.0  # seconds without a frame (at least 3 frame intervals) after which the frame rate is 0
 PROGRESS_LOG_PERIOD = 60.0  # seconds between INFO lines with fps and health when there is no status line
-
-
-class _ClearLine(logging.Formatter):
-    """Erase the status line before a log line, so the two never mix on the terminal."""
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        return "\r\x1b[K" + self.inner.format(record)
-
-
-def _clear_status_line_before_logs() -> None:
-    for handler in logging.getLogger().handlers:
-        if getattr(handler, "stream", None) is sys.stderr and not isinstance(handler.formatter, _ClearLine):
-            handler.setFormatter(_ClearLine(handler.formatter))
-
-
-def _event_summary(event: Event) -> str:
-    """`identified track 3 Alice 0.91`: the parts an event has, no blanks or None for the ones it lacks."""
-    parts = [event.type, f"track {event.track_id}" if event.track_id is not None else "", event.name or "",
-             f"{event.confidence:.2f}" if event.confidence is not None else ""]
-    return " ".join(p for p in parts if p)
-
-
-class Stats:
-    """Moving averages of the frame loop for the stats topic, the status file and the status line."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.frames = 0
-        self.faces = 0
-        self.events = 0
-        self.last_event = ""
-        self._times: deque[float] = deque(maxlen=FPS_WINDOW)
-        self._stages: deque[dict[str, float]] = deque(maxlen=FPS_WINDOW)
-
-    def source_lost(self) -> None:
-        """No frames while the source is down: the frame rate is 0, not the last one measured."""
-        self._times.clear()
-
-    def frame(self, result: FrameResult) -> None:
-        self.frames += 1
-        self.faces += sum(1 for t in result.update.tracks if t.missed == 0)
-        self._times.append(time.monotonic())
-        self._stages.append(result.timings)
-
-    @property
-    def fps(self) -> float:
-        """Frames per second over the last FPS_WINDOW frames; 0 when frames stopped coming (a stalled source
-        counts as lost only after its [source] timeout, but shows no frame rate from the start)."""
-        if len(self._times) < 2:
-            return 0.0
-        span = self._times[-1] - self._times[0]
-        interval = span / (len(self._times) - 1)
-        if time.monotonic() - self._times[-1] > max(FPS_STALE_AFTER, 3 * interval):
-            return 0.0
-        return 1.0 / interval if interval > 0 else 0.0
-
-    def latency_ms(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for timings in self._stages:
-            for k, v in timings.items():
-                totals[k] = totals.get(k, 0.0) + v
-        n = max(1, len(self._stages))
-        return {k: round(v / n, 2) for k, v in totals.items()}
 
 
 class Service:
@@ -120,9 +50,11 @@ class Service:
         self.every_frame = every_frame
         self.show_path = show
         self.frames_out_path = frames_out
-        self.status_line = status_line
+        self.status_line: StatusLine | None = None
         self.max_frames = max_frames
         self.stats = Stats()
+        if status_line:
+            self.status_line = StatusLine(self.stats)
         self.progress_period = PROGRESS_LOG_PERIOD
         self.factory = EventFactory.from_config(cfg)
         self._stop = threading.Event()
@@ -137,10 +69,6 @@ class Service:
         self._frames_out: FramesWriter | None = None
         self._position: FramePosition | None = None  # where the last processed frame is in the source
         self._connected_at = 0.0
-        self._status_printed = 0.0
-        if status_line:
-            _clear_status_line_before_logs()
-        self._health_published: tuple | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -185,7 +113,7 @@ class Service:
             cfg, camera_ok=lambda: self.source.connected if self.source else None,
             broker_connected_since=self._broker_since,
             outbox_backlog=lambda: self.store.count("pending") if self.store else None,
-            gpu_fallback=self._gpu_fallback)
+            gpu_fallback=lambda: self.pipeline.analyzer.gpu_fallback if self.pipeline else None)
 
     def _start_intake(self) -> None:
         if not self.cfg.remote_enroll.key_file:
@@ -213,18 +141,12 @@ class Service:
 
     def _on_connect(self, _session_present: bool) -> None:
         self._connected_at = time.time()
-        self._health_published = None  # say it again on the new connection
 
     def _broker_since(self) -> float | None:
         client = self.publisher.client if self.publisher else None
         if client is None:
             return None
         return self._connected_at if client.connected else 0.0
-
-    def _gpu_fallback(self) -> bool | None:
-        backend = getattr(getattr(self.pipeline, "analyzer", None), "detector", None)
-        backend = getattr(backend, "backend", None)
-        return bool(getattr(backend, "degraded", False)) if backend is not None else None
 
     # ---- events -------------------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -234,31 +156,18 @@ class Service:
         except StoreError as exc:  # e.g. a full disk: what is stored stays; keep watching, say it loudly
             log.error("event %s %s not logged: %s", event.type, event.event_id, exc)
             return
-        self.stats.events += 1
-        self.stats.last_event = f"{event.type} {event.name or ''}".strip()
-        log.info("event %s", _event_summary(event))
+        self.stats.event(event)
+        log.info("event %s", event_summary(event))
 
     def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
-        """The events of one processed frame, in order: tracks that ended (a cut, a split, gone), tracks that
-        started, identity changes; each says where in the source it happened."""
-        f, size, rgb = self.factory, result.size, frame.image
-        at = FramePosition(frame.index, frame.media_time)
-        events = [self._ended(track, size, at) for track in result.update.ended]
-        for track in result.update.started:
-            events.append(f.track_started(track.id, track.box, size, track.detection.score, image=rgb, at=at))
-        for change in result.changes:
-            t = change.track
-            if change.kind == "unknown":
-                events.append(f.unknown_face(t.id, t.attempts, t.box, size, change.confidence, change.votes,
-                                             image=rgb, at=at))
-            else:
-                events.append(f.identified(t.id, change.name, change.confidence, change.votes, t.box, size,
-                                           previous_name=change.previous, image=rgb, at=at))
-        return events
+        """The events of one processed frame (agent.frame_events), placed in the source."""
+        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time))
 
-    def _ended(self, track: Any, size: tuple[int, int], at: FramePosition | None) -> Event:
-        return self.factory.track_ended(track.id, track.name, track.duration, track.confidence or None,
-                                        track.box, size, votes=track.votes, at=at)
+    def _end_tracks(self, size: tuple[int, int]) -> None:
+        """End every live track (source lost, shutdown): their track_ended events, at the last frame."""
+        if self.pipeline is not None and self.store is not None:
+            for track in self.pipeline.finish():
+                self._emit(track_ended(self.factory, track, size, self._position))
 
     def _output(self, frame: Frame, result: FrameResult) -> None:
         """--frames-out and --show: the same record, written and drawn."""
@@ -308,11 +217,12 @@ class Service:
                 if now >= next_status:
                     next_status = now + self.cfg.service.status_interval
                     self._write_status()
-                if self.status_line:
-                    self._print_status_line()
+                if self.status_line is not None:
+                    self.status_line.draw(self._tracks())
                 elif now >= next_progress:
                     next_progress = now + self.progress_period
-                    self._log_progress()
+                    log_progress(self.stats, self._tracks(), self.monitor.last or {} if self.monitor else {},
+                                 self.source.stats() if self.source else {})
         finally:
             self.shutdown(size)
         return 0
@@ -320,19 +230,15 @@ class Service:
     def _source_lost(self, size: tuple[int, int]) -> None:
         """The source is down: end the open tracks now (nobody is seen any more) and report 0 fps."""
         self.stats.source_lost()
-        if self.pipeline is not None:
-            for track in self.pipeline.finish():
-                self._emit(self._ended(track, size, self._position))
+        self._end_tracks(size)
 
     def shutdown(self, size: tuple[int, int] = (0, 0)) -> None:
         systemd.stopping("flushing events")
-        if self.status_line:
-            print(file=sys.stderr)
+        if self.status_line is not None:
+            self.status_line.close()
         if self.source is not None:
             self.source.stop()
-        if self.pipeline is not None and self.store is not None:
-            for track in self.pipeline.finish():
-                self._emit(self._ended(track, size, self._position))
+        self._end_tracks(size)
         self._write_status(state="stopped")
         if self.publisher is not None:
             left = self.publisher.stop()
@@ -350,9 +256,12 @@ class Service:
             self.gallery.close()
 
     # ---- reporting ----------------------------------------------------------------------------------
+    def _tracks(self) -> int:
+        return len(self.pipeline.tracker.tracks) if self.pipeline else 0
+
     def stats_message(self) -> dict:
         """The periodic stats payload (publisher thread)."""
-        tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
+        tracks = self._tracks()
         health_state = self.monitor.last["state"] if self.monitor and self.monitor.last else None
         return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
                 "events": self.stats.events, "tracks": tracks, "latency_ms": self.stats.latency_ms(),
@@ -363,7 +272,8 @@ class Service:
             return
         try:
             report = {"state": state, "reasons": []} if state else self.monitor.check()
-            self._publish_health(report)
+            if self.publisher is not None:
+                self.publisher.publish_health(report)
             health.write_status(health.status_path(self.cfg), {
                 "interval": self.cfg.service.status_interval, "agent_id": self.cfg.agent.id,
                 "version": __version__, "started_at": self.stats.started, "health": report,
@@ -371,43 +281,6 @@ class Service:
             systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
-
-    def _publish_health(self, report: dict) -> None:
-        """The health state, retained, on <prefix>/<agent id>/health whenever it changes (ok, degraded with
-        its reasons, stopped); the status topic beside it stays online/offline for availability."""
-        client = self.publisher.client if self.publisher else None
-        key = (report["state"], tuple(report.get("reasons", ())))
-        if client is None or not client.connected or key == self._health_published:
-            return
-        payload = json.dumps({"state": report["state"], "reasons": report.get("reasons", []),
-                              "timestamp": format_timestamp()})
-        info = client.publish(f"{self.cfg.mqtt.topic_prefix.rstrip('/')}/{self.cfg.agent.id}/health", payload,
-                              qos=1, retain=True)
-        if info.rc == 0:
-            self._health_published = key
-
-    def _log_progress(self) -> None:
-        """The journal's view of the status line (no terminal): one INFO line a minute."""
-        report = self.monitor.last if self.monitor and self.monitor.last else {}
-        source = self.source.stats() if self.source else {}
-        state = report.get("state", "unknown")
-        reasons = "; ".join(report.get("reasons", []))
-        log.info("%.1f fps, %d frames, %d tracks, %d events, health %s%s, source %s%s",
-                 self.stats.fps, self.stats.frames, len(self.pipeline.tracker.tracks) if self.pipeline else 0,
-                 self.stats.events, state, f" ({reasons})" if reasons else "",
-                 "connected" if source.get("connected") else f"down ({source.get('last_error') or 'not open'})",
-                 f", {source['reconnects']} reconnects" if source.get("reconnects") else "")
-
-    def _print_status_line(self) -> None:
-        now = time.monotonic()
-        if now - self._status_printed < STATUS_LINE_PERIOD:
-            return
-        self._status_printed = now
-        tracks = len(self.pipeline.tracker.tracks) if self.pipeline else 0
-        line = (f"\r{self.stats.fps:5.1f} fps | frames {self.stats.frames} | tracks {tracks} | "
-                f"events {self.stats.events} | last: {self.stats.last_event or '-'}")
-        print(line[:120].ljust(80), end="", file=sys.stderr, flush=True)
-
 
 def install_signal_handlers(service: Service) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):

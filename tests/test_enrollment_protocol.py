@@ -10,6 +10,7 @@ import os
 import pytest
 
 from agent.sync import enrollment_protocol as p
+from agent.topics import Topics, all_results_topic
 
 KEY = bytes(range(32))
 KEYS = {"ops": KEY}
@@ -220,11 +221,15 @@ def test_results_are_signed_and_verifiable():
 
 
 def test_topics():
-    assert p.request_topics("faces/", "a1") == ("faces/enroll", "faces/a1/enroll")
-    assert p.result_topic("faces", "a1") == "faces/a1/enroll/result"
+    t = Topics("faces/", "a1", "homeassistant/")
+    assert (t.enroll_fleet, t.enroll, t.enroll_result) == ("faces/enroll", "faces/a1/enroll", "faces/a1/enroll/result")
+    assert (t.events, t.status, t.stats, t.health) == ("faces/events", "faces/a1/status", "faces/a1/stats",
+                                                       "faces/a1/health")
+    assert t.ha_status == "homeassistant/status"
+    assert t.ha_config("sensor", "n", "o") == "homeassistant/sensor/n/o/config"
     assert p.request_topic("faces", None) == "faces/enroll"
     assert p.request_topic("faces", "a1") == "faces/a1/enroll"
-    assert p.all_results_topic("faces") == "faces/+/enroll/result"
+    assert all_results_topic("faces") == "faces/+/enroll/result"
     assert p.response_topic_ok("faces", "faces/replies/op-1")
     for bad in ("faces/events", "faces/replies", "faces/replies/+", "faces/replies/#", "other/replies/x"):
         assert not p.response_topic_ok("faces", bad)

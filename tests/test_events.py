@@ -245,14 +245,18 @@ def test_examples_in_docs_are_valid(schema):
 
 
 def test_every_topic_the_service_publishes_is_documented():
-    """The retained <prefix>/<agent id>/health topic (agent/service.py) is in the topic table of docs/events.md
-    with its payload described, like status and stats."""
+    """Every topic of the tree (agent/topics.py) is in the topic tables of docs/events.md or
+    docs/enrollment.md, and the health message has its payload described, like status and stats."""
     from conftest import ROOT
 
-    service = (ROOT / "agent" / "service.py").read_text(encoding="utf-8")
-    assert "/health\"" in service  # what the service publishes
+    from agent.topics import Topics
+
+    t = Topics("<prefix>", "<agent_id>", "<discovery_prefix>")
     docs = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
+    enrollment = (ROOT / "docs" / "enrollment.md").read_text(encoding="utf-8")
     table = docs.split("## Topics", 1)[1].split("\n\n", 2)[1]
-    for suffix in ("status", "stats", "health"):
-        assert f"`<prefix>/<agent_id>/{suffix}`" in table, f"<prefix>/<agent_id>/{suffix} is not in the topic table"
+    for topic in (t.events, t.status, t.stats, t.health, f"{t.ha_base}/recognition", f"{t.ha_base}/last_person"):
+        assert f"`{topic}`" in table, f"{topic} is not in the topic table"
+    for topic in (t.enroll_fleet, t.enroll, t.enroll_result):
+        assert f"`{topic}`" in docs + enrollment, f"{topic} is not documented"
     assert "Health message (`<prefix>/<agent_id>/health`" in docs

@@ -529,7 +529,7 @@ def test_without_a_terminal_the_log_gets_fps_and_health_periodically(tmp_path, c
     from agent.service import PROGRESS_LOG_PERIOD, Service
 
     assert PROGRESS_LOG_PERIOD == 60.0  # once a minute in the journal
-    caplog.set_level(logging.INFO, logger="agent.service")
+    caplog.set_level(logging.INFO, logger="agent.run_report")
     cfg = make_config(tmp_path, mqtt={"enabled": False}, service={"status_interval": 0.5})
     service = Service(cfg, source_uri=camera.url, analyzer=analyzer)  # status_line=False: not a terminal
     service.progress_period = 1.0

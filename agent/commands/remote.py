@@ -20,6 +20,7 @@ from typing import Any
 from agent.commands._common import config_of, fail
 from agent.config import Config
 from agent.sync import enrollment_protocol as proto
+from agent.topics import Topics, all_results_topic
 
 NO_ANSWER = 3  # exit code when no agent answered in time
 
@@ -165,7 +166,7 @@ class Exchange:
         if not self.connected.wait(timeout) or self.refused:
             raise ConnectionError(f"broker {self.host}:{self.port} "
                                   + (f"refused the connection: {self.refused}" if self.refused else "did not answer"))
-        topic = proto.result_topic(self.prefix, agent) if agent else proto.all_results_topic(self.prefix)
+        topic = Topics(self.prefix, agent).enroll_result if agent else all_results_topic(self.prefix)
         self.client.subscribe(topic, qos=1)
         if not self.subscribed.wait(timeout):
             raise ConnectionError(f"broker {self.host}:{self.port} did not confirm the subscription to {topic}")

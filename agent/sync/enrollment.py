@@ -44,6 +44,7 @@ from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolled
 from agent.logsafe import RateLimitedLog, escape
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
+from agent.topics import Topics, replies_prefix
 from agent.vision.classifier import Classifier
 from agent.vision.images import ImageError, decode_image
 
@@ -116,9 +117,9 @@ class EnrollmentIntake:
         self.client = client
         self.on_model_updated = on_model_updated
         self.agent_id = cfg.agent.id
-        self.prefix = cfg.mqtt.topic_prefix.rstrip("/")
-        self.fleet_topic, self.own_topic = proto.request_topics(self.prefix, self.agent_id)
-        self.result_topic = proto.result_topic(self.prefix, self.agent_id)
+        topics = Topics.of(cfg)
+        self.prefix = topics.prefix
+        self.fleet_topic, self.own_topic, self.result_topic = topics.enroll_fleet, topics.enroll, topics.enroll_result
         self.enabled = False
         self.keys: dict[str, bytes] = {}
         self._key_path: Path | None = None
@@ -312,7 +313,7 @@ class EnrollmentIntake:
                 topic = response_topic
             else:
                 log.warning("remote enrollment: response topic %s is not under %s/; answering on %s",
-                            escape(response_topic), proto.replies_prefix(self.prefix), topic)
+                            escape(response_topic), replies_prefix(self.prefix), topic)
         if correlation is not None and len(correlation) <= MAX_CORRELATION_BYTES:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.topics import Topics, fleet_enroll_topic, replies_prefix
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -110,24 +112,7 @@ class KeyFileError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ topics
 
-def request_topics(prefix: str, agent_id: str) -> tuple[str, str]:
-    """(fleet topic, this agent's topic) the agent subscribes to."""
-    prefix = prefix.rstrip("/")
-    return f"{prefix}/enroll", f"{prefix}/{agent_id}/enroll"
-
-
-def result_topic(prefix: str, agent_id: str) -> str:
-    return f"{prefix.rstrip('/')}/{agent_id}/enroll/result"
-
-
-def all_results_topic(prefix: str) -> str:
-    """What an operator subscribes to for the answers of every agent."""
-    return f"{prefix.rstrip('/')}/+/enroll/result"
-
-
-def replies_prefix(prefix: str) -> str:
-    """MQTT v5 response topics of requests must lie under this (`<prefix>/replies`), as the ACL allows."""
-    return f"{prefix.rstrip('/')}/replies"
+# the topic tree itself is agent/topics.py
 
 
 def response_topic_ok(prefix: str, topic: str) -> bool:
@@ -137,8 +122,7 @@ def response_topic_ok(prefix: str, topic: str) -> bool:
 
 def request_topic(prefix: str, agent_id: str | None) -> str:
     """Where an operator publishes: one agent, or every agent when agent_id is None."""
-    fleet, _ = request_topics(prefix, "x")
-    return fleet if agent_id is None else request_topics(prefix, agent_id)[1]
+    return fleet_enroll_topic(prefix) if agent_id is None else Topics(prefix, agent_id).enroll
 
 
 # ------------------------------------------------------------------------------------------------ keys

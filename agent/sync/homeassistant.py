@@ -26,6 +26,7 @@ from typing import Any
 from agent import __version__
 from agent.events import UNKNOWN_FACE, Event
 from agent.sync.mqtt import OFFLINE, ONLINE, MqttClient
+from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,16 @@ class HomeAssistant:
         self.agent_id = cfg.agent.id
         self.camera = cfg.agent.camera_name
         self.max_age = cfg.mqtt.homeassistant_max_age
-        self.discovery_prefix = cfg.mqtt.discovery_prefix.rstrip("/")
+        self.topics = Topics.of(cfg)
+        self.discovery_prefix = self.topics.discovery_prefix
         self.node_id = "face_agent_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.agent_id)
-        base = f"{cfg.mqtt.topic_prefix.rstrip('/')}/{self.agent_id}/ha"
-        self.recognition_topic = f"{base}/recognition"
-        self.last_person_topic = f"{base}/last_person"
-        self.ha_status_topic = f"{self.discovery_prefix}/status"
+        self.recognition_topic = f"{self.topics.ha_base}/recognition"
+        self.last_person_topic = f"{self.topics.ha_base}/last_person"
+        self.ha_status_topic = self.topics.ha_status
         self.announcements = 0
 
     def config_topic(self, component: str, object_id: str) -> str:
-        return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
+        return self.topics.ha_config(component, self.node_id, object_id)
 
     def discovery(self) -> dict[str, dict]:
         """Config topic -> discovery payload of each entity."""

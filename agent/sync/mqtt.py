@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import ConfigError
+from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,8 @@ class MqttClient:
         self.cfg = cfg
         self.settings = m
         self.agent_id = cfg.agent.id
-        self.prefix = m.topic_prefix.rstrip("/")
         self.client_id = client_id or f"face-agent-{self.agent_id}"
-        self.status_topic = f"{self.prefix}/{self.agent_id}/status"
+        self.status_topic = Topics.of(cfg).status
         self.protocol = "v311" if m.protocol == "v311" else "v5"
         self.reconnects = 0  # successful connects after the first
         self.connects = 0

@@ -34,6 +34,7 @@ from agent.events import IDENTIFIED, UNKNOWN_FACE, format_timestamp
 from agent.store import EventStore, StoredEvent, StoreError
 from agent.sync.homeassistant import HomeAssistant
 from agent.sync.mqtt import MqttClient
+from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ class Publisher:
         self.store = store
         self.stats_fn = stats_fn
         self.enabled = m.enabled
-        self.topic = f"{m.topic_prefix.rstrip('/')}/events"
-        self.stats_topic = f"{m.topic_prefix.rstrip('/')}/{cfg.agent.id}/stats"
+        topics = Topics.of(cfg)
+        self.topic, self.stats_topic, self.health_topic = topics.events, topics.stats, topics.health
         self.window = m.max_inflight
         self.ack_timeout = m.ack_timeout
         self.client = client if client is not None else (MqttClient(cfg) if m.enabled else None)
@@ -83,6 +84,7 @@ class Publisher:
         self._next_stats = 0.0
         self._next_retention = 0.0
         self._error: BaseException | None = None
+        self._health_sent: tuple | None = None  # (state, reasons) last published on the health topic
         store.add_listener(lambda _event: self._wake.set())
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -141,6 +143,18 @@ class Publisher:
         """{'pending': events not yet acknowledged, 'inflight': awaiting PUBACK now}."""
         return {"pending": self.store.count("pending"), "inflight": len(self._inflight)}
 
+    def publish_health(self, report: dict) -> None:
+        """The health state, retained, on <prefix>/<agent id>/health whenever it changes (ok, degraded with
+        its reasons, stopped) and again after each reconnect; the status topic beside it stays online/offline
+        for availability. Does nothing while disconnected (the next connect sends the state then)."""
+        key = (report["state"], tuple(report.get("reasons", ())))
+        if self.client is None or not self.client.connected or key == self._health_sent:
+            return
+        payload = json.dumps({"state": report["state"], "reasons": report.get("reasons", []),
+                              "timestamp": format_timestamp()})
+        if self.client.publish(self.health_topic, payload, qos=1, retain=True).rc == 0:
+            self._health_sent = key
+
     # ------------------------------------------------------------------------------------------ callbacks
     # (paho's network thread: only record and wake)
 
@@ -150,6 +164,7 @@ class Publisher:
         self._wake.set()
 
     def _on_connect(self, session_present: bool) -> None:
+        self._health_sent = None  # say it again on the new connection
         self._wake.set()
 
     # ------------------------------------------------------------------------------------------ the loop

@@ -55,6 +55,11 @@ class FaceAnalyzer:
         self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir)
         self.classifier = classifier
 
+    @property
+    def gpu_fallback(self) -> bool:
+        """True while inference meant for the GPU runs on the CPU (the TensorRT watchdog fell back)."""
+        return bool(getattr(self.detector.backend, "degraded", False))  # only guarded backends degrade
+
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detector.detect(rgb)
 

@@ -1,0 +1,32 @@
+"""From what the pipeline did on a frame to events: tracks that ended, tracks that started, identity
+changes (agent.events builds and validates each one; this module only decides which, in which order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.events import Event, EventFactory, FramePosition
+
+
+def track_ended(factory: EventFactory, track: Any, size: tuple[int, int], at: FramePosition | None) -> Event:
+    """The `track_ended` event of a track (agent.vision.tracker.Track) with its final identity."""
+    return factory.track_ended(track.id, track.name, track.duration, track.confidence or None, track.box, size,
+                               votes=track.votes, at=at)
+
+
+def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePosition) -> list[Event]:
+    """The events of one processed frame (agent.vision.pipeline.FrameResult), in order: tracks that ended
+    (lost, a shot cut, a split), tracks that started, identity changes; each says where it happened."""
+    size = result.size
+    events = [track_ended(factory, track, size, at) for track in result.update.ended]
+    for track in result.update.started:
+        events.append(factory.track_started(track.id, track.box, size, track.detection.score, image=image, at=at))
+    for change in result.changes:
+        t = change.track
+        if change.kind == "unknown":
+            events.append(factory.unknown_face(t.id, t.attempts, t.box, size, change.confidence, change.votes,
+                                               image=image, at=at))
+        else:
+            events.append(factory.identified(t.id, change.name, change.confidence, change.votes, t.box, size,
+                                             previous_name=change.previous, image=image, at=at))
+    return events
