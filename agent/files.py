@@ -64,13 +64,14 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes] | Callable[[BinaryIO], None]) -> int:
+def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes] | Callable[[BinaryIO], None],
+                 mode: int | None = None) -> int:
     """Write `path` so that readers see all of it or the previous file, even after a crash.
 
     `data`: bytes, chunks of bytes, or a function writing into the open binary file (e.g. np.savez).
     The bytes go to `<path>.tmp-<pid>-<thread>` in the same folder, are flushed and fsync'ed, and the file
-    is renamed over `path`; on any error the temporary file is removed and the error raised. Returns the
-    size written.
+    is renamed over `path`; on any error the temporary file is removed and the error raised. `mode`: file
+    permissions to set (e.g. 0o644 for a file other users read), else the umask's. Returns the size written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes] | Callab
             f.flush()
             os.fsync(f.fileno())
             written = f.tell()
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

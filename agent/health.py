@@ -28,11 +28,12 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from agent.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +199,7 @@ def write_status(path: str | os.PathLike, data: dict) -> None:
               "hostname": socket.gethostname()}
     record.update(data)
     text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"), mode=0o644)  # `face-agent status` may run as another user
 
 
 def read_status(path: str | os.PathLike) -> dict | None:
