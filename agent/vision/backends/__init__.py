@@ -29,7 +29,7 @@ Two networks use them:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +97,16 @@ def check_input(models: Mapping[str, Model], name: str, batch: Any) -> np.ndarra
     if model is None:
         raise BackendError(f"unknown network {name!r}; expected one of {tuple(models)}")
     return model.check(batch)
+
+
+def model_check(models: Iterable[Model]) -> Callable[[str, Any], np.ndarray]:
+    """`check_input` for these models, as a (name, batch) function: what the watchdog checks calls with."""
+    by_name = models_by_name(models)
+
+    def check(name: str, batch: Any) -> np.ndarray:
+        return check_input(by_name, name, batch)
+
+    return check
 
 
 def mtcnn_models(model_dir: str | Path | None = None) -> list[Model]:

@@ -49,6 +49,7 @@ from agent.vision.backends import (
     Model,
     Runner,
     check_input,
+    model_check,
     models_by_name,
     mtcnn_models,
 )
@@ -617,7 +618,7 @@ def create_tensorrt_runner(models: Iterable[Model],
     from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
 
     models = list(models)
-    by_name = models_by_name(models)
+    check = model_check(models)
 
     def cpu() -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(models, threads=threads, what=what)
@@ -629,8 +630,7 @@ def create_tensorrt_runner(models: Iterable[Model],
     if not guard:
         return primary()
     return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
-                          request_restart=request_restart,
-                          check=lambda name, batch: check_input(by_name, name, batch))
+                          request_restart=request_restart, check=check)
 
 
 def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool = True,
