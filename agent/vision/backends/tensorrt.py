@@ -1,13 +1,19 @@
-"""MTCNN networks on TensorRT (Jetson / CUDA GPUs), from the same ONNX files as the ONNX Runtime backend.
+"""Models on TensorRT (Jetson / CUDA GPUs), from the same ONNX files as the ONNX Runtime runner.
 
-Three engines, built once and cached (`engine_cache.EngineCache`, `[paths] engines`):
+`TensorRTRunner(models, specs)`: one engine per model, built once and cached (`engine_cache.EngineCache`,
+`[paths] engines`), with a dynamic shape profile from its `EngineSpec`; batches beyond the profile's max
+batch run in chunks, other inputs outside the profile on a CPU runner (`overflow`). `create_tensorrt_runner`
+puts it behind the watchdog (watchdog.py) with ONNX Runtime as the fallback: the detector and the
+embedder (agent/vision/embed.py, engine `dlib-resnet`) both get their GPU runner from it.
+
+MTCNN's engines (`engine_specs`, `TensorRTBackend`, `create_tensorrt_backend`):
 
 - P-Net: ONE engine with an optimisation profile covering every pyramid scale that the configured input
   size (`[source] width/height`, after `[detector] max_input_side`) and `min_face_size`/`scale_factor`
   produce: min = the smallest P-Net input of the pyramid, max = opt = the largest (`pnet_profile`):
   TensorRT tunes its kernels for opt, and the largest scale is about half of all P-Net work. No
   per-scale engines, no rebuild per scale. A frame of another size whose pyramid leaves the profile is
-  run on the CPU backend (`overflow`) and logged, never a rebuild at run time.
+  run on the CPU runner (`overflow`) and logged, never a rebuild at run time.
 - R-Net and O-Net: dynamic batch 1..`max_batch` (opt = a typical candidate count); larger candidate
   sets are split into chunks of `max_batch`.
 
@@ -17,7 +23,7 @@ the tensor-name API (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `se
 `execute_async_v3`). Supported: TensorRT 8.6 (JetPack 6.0) and 10.x (JetPack 6.1/6.2) with Python 3.10;
 an older TensorRT (JetPack 5: 8.5 and Python 3.8) is refused with one line (`check_tensorrt_version`).
 Device memory, pinned host memory and the stream come from pycuda, on the device's *primary* CUDA
-context (the one TensorRT's runtime API uses), pushed around every GPU call so the backend can be driven
+context (the one TensorRT's runtime API uses), pushed around every GPU call so the runner can be driven
 from any thread (the watchdog runs calls in a worker thread).
 
 A CUDA error that leaves the context unusable (an illegal memory access, a launch failure, ...: see
