@@ -34,11 +34,10 @@ from agent.vision import dlib_resnet
 from agent.vision.backends import BackendError, Model, Runner
 from agent.vision.backends.engine_cache import EngineSpec
 from agent.vision.backends.watchdog import ask_systemd_for_restart
-from agent.vision.dlib_resnet import CHIP_SIZE, DIM
+from agent.vision.dlib_resnet import CHIP_SIZE, DIM  # the network's chip side and descriptor size
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHIP_SIZE", "DIM"]  # defined by the network (dlib_resnet), part of this module's interface
 RESNET_DAT = dlib_resnet.DAT_NAME
 MODEL_NAME = "resnet"  # the ResNet's name on a runner
 ENGINE_LABEL = "dlib-resnet"  # its TensorRT engine's label in the engine cache (file names, records)
