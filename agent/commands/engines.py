@@ -72,10 +72,13 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"MTCNN engines ready ({built} built, {cached} already cached; all three load) "
           f"in {time.monotonic() - start:.1f} s: {why}")
     if cfg.embedding.backend == "tensorrt":
-        from agent.vision.embed import create_embedder
+        from agent.vision.embed import TensorRTEmbedder, converted_model
 
         try:
-            create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir).close()
+            # without the watchdog: a failing engine is an error here, not a quiet fall-back to the CPU
+            onnx_path = converted_model(cfg.embedding, cfg.path("engines"), cfg.base_dir)
+            TensorRTEmbedder(onnx_path, cfg.path("engines"), batch_size=cfg.embedding.batch_size,
+                             precision=cfg.embedding.precision, cache=cache, guard=False).close()
         except Exception as exc:  # its own error types; the message says what is wrong
             return fail(f"embedding engine: {exc}")
         print("embedding engine ready")

@@ -9,9 +9,13 @@ returning dlib's descriptor as (N, 128) float32, in chunks of `[embedding] batch
 - onnxruntime: the same network converted to ONNX (agent/vision/dlib_resnet.py) and run on the CPU
   with `[embedding] threads` threads; the converted file is made on first use from the .dat and cached
   in `[paths] engines`. Matches dlib to ~1e-6 L2 (tests/test_dlib_resnet.py);
-- tensorrt: that ONNX file as a TensorRT engine (agent/vision/embed_tensorrt.py, GPU only).
+- tensorrt: that ONNX file as a TensorRT engine (GPU), from the engine cache in `[paths] engines`,
+  behind the same watchdog as the detector: a stalled or failed GPU call is answered by ONNX Runtime
+  on the CPU, the engine is rebuilt once in the background, a lost CUDA context asks for a restart.
 
-The ONNX backends share `dlib_resnet.preprocess`, dlib's exact input normalisation.
+The two ONNX backends are the detector's runners (agent/vision/backends/: "run this ONNX model on this
+batch") on one model, "resnet" (`resnet_model`); `RunnerEmbedder` feeds them `dlib_resnet.preprocess`,
+dlib's exact input normalisation.
 """
 
 from __future__ import annotations
@@ -19,19 +23,25 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from agent.child import run_module
+from agent.vision import dlib_resnet
+from agent.vision.backends import BackendError, Model, Runner
+from agent.vision.backends.engine_cache import EngineSpec
+from agent.vision.backends.watchdog import ask_systemd_for_restart
+from agent.vision.dlib_resnet import CHIP_SIZE, DIM  # the network's chip side and descriptor size
 
 log = logging.getLogger(__name__)
 
-CHIP_SIZE = 150
-DIM = 128
-RESNET_DAT = "dlib_face_recognition_resnet_model_v1.dat"
+RESNET_DAT = dlib_resnet.DAT_NAME
+MODEL_NAME = "resnet"  # the ResNet's name on a runner
+ENGINE_LABEL = "dlib-resnet"  # its TensorRT engine's label in the engine cache (file names, records)
+INFERENCE_TIMEOUT = 5.0  # seconds: the TensorRT watchdog's default, as [detector] inference_timeout
 
 
 class ModelFileError(RuntimeError):
@@ -120,54 +130,92 @@ class DlibEmbedder:
         self._net = None
 
 
-class OnnxRuntimeEmbedder:
-    """The converted ResNet on ONNX Runtime (CPU), `batch_size` chips per run."""
+def resnet_model(onnx_path: str | os.PathLike) -> Model:
+    """The converted ResNet as a runner model: (N, 3, 150, 150) normalised chips -> (N, 128)."""
+    return Model(MODEL_NAME, Path(onnx_path), (dlib_resnet.OUTPUT_NAME,), size=CHIP_SIZE,
+                 input=dlib_resnet.INPUT_NAME, label="converted dlib ResNet")
 
-    name = "onnxruntime"
 
-    def __init__(self, onnx_path: str | os.PathLike, batch_size: int = 8, threads: int = 2):
-        import onnxruntime as ort
+def engine_spec(onnx_path: str | os.PathLike, batch_size: int, precision: str = "fp32",
+                workspace_mb: int = 512) -> EngineSpec:
+    """The EngineSpec of the embedding engine: (1..batch_size, 3, 150, 150) float32 input, opt 1 (a frame
+    usually holds one face)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    profile = [[1, 3, CHIP_SIZE, CHIP_SIZE], [1, 3, CHIP_SIZE, CHIP_SIZE], [batch_size, 3, CHIP_SIZE, CHIP_SIZE]]
+    return EngineSpec(label=ENGINE_LABEL, onnx_path=Path(onnx_path), precision=precision,
+                      profile={dlib_resnet.INPUT_NAME: profile}, options={"workspace_mb": int(workspace_mb)})
 
-        from agent.vision import dlib_resnet
 
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        self.onnx_path = Path(onnx_path)
-        self.batch_size = max(1, batch_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime has its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{self.onnx_path}: cannot be loaded by ONNX Runtime: {first}") from None
-        ins = [i.name for i in self._session.get_inputs()]
-        outs = [o.name for o in self._session.get_outputs()]
-        if ins != [dlib_resnet.INPUT_NAME] or outs != [dlib_resnet.OUTPUT_NAME]:
-            raise ModelFileError(f"{self.onnx_path}: inputs {ins}, outputs {outs}; expected "
-                                 f"[{dlib_resnet.INPUT_NAME!r}] and [{dlib_resnet.OUTPUT_NAME!r}]")
-        meta = self._session.get_modelmeta().custom_metadata_map
-        self.mean_rgb = dlib_resnet.mean_from_metadata(meta)
-        self._preprocess = dlib_resnet.preprocess
-        self._input_name = dlib_resnet.INPUT_NAME
-        log.info("dlib ResNet on ONNX Runtime %s (CPU, %d threads) from %s", ort.__version__, threads,
-                 self.onnx_path)
+class RunnerEmbedder:
+    """The converted ResNet on a runner (agent/vision/backends): `batch_size` chips per run.
+
+    `name` is the runner's: for TensorRT behind the watchdog, the one answering now ("onnxruntime" once it
+    has fallen back to the CPU); `runner` is there for its status (`degraded`, `status()`)."""
+
+    def __init__(self, runner: Runner, batch_size: int, mean_rgb: tuple[float, float, float]):
+        self.runner = runner
+        self.batch_size = max(1, int(batch_size))
+        self.mean_rgb = mean_rgb
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.runner, "name", "none"))
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         chips = check_chips(chips)
         out = np.zeros((len(chips), DIM), dtype=np.float32)
         for start in range(0, len(chips), self.batch_size):
-            x = self._preprocess(chips[start:start + self.batch_size], self.mean_rgb)
-            out[start:start + len(x)] = self._session.run(None, {self._input_name: x})[0]
+            x = dlib_resnet.preprocess(chips[start:start + self.batch_size], self.mean_rgb)
+            out[start:start + len(x)] = self.runner.run(MODEL_NAME, x)[0]
         return out
 
     def close(self) -> None:
-        self._session = None
+        self.runner.close()
+
+
+class OnnxRuntimeEmbedder(RunnerEmbedder):
+    """The converted ResNet on ONNX Runtime (CPU), `batch_size` chips per run."""
+
+    def __init__(self, onnx_path: str | os.PathLike, batch_size: int = 8, threads: int = 2):
+        from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
+
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.onnx_path = Path(onnx_path)
+        try:
+            runner = OnnxRuntimeRunner([resnet_model(self.onnx_path)], threads=threads, what="dlib ResNet")
+        except BackendError as exc:
+            raise ModelFileError(str(exc)) from None
+        super().__init__(runner, batch_size, dlib_resnet.mean_from_metadata(runner.metadata(MODEL_NAME)))
+
+
+class TensorRTEmbedder(RunnerEmbedder):
+    """The converted ResNet as a TensorRT engine (dynamic batch 1..batch_size) from the engine cache in
+    engines_dir, behind the watchdog with ONNX Runtime (`threads`) as its CPU fallback, as the detector
+    (`backends.tensorrt.create_tensorrt_runner`); guard=False: the bare TensorRT runner.
+
+    A missing or unsupported TensorRT or pycuda is a ModelFileError at once (the configuration asks for
+    what this machine cannot do); a GPU that fails to build, load or run the engine degrades to the CPU
+    (`runner.degraded`, `on_degraded(reason)`).
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike, batch_size: int = 8,
+                 precision: str = "fp32", cache: Any = None, *, guard: bool = True,
+                 inference_timeout: float = INFERENCE_TIMEOUT, on_degraded: Callable[[str], None] | None = None,
+                 request_restart: Callable[[str], bool] | None = ask_systemd_for_restart, threads: int = 2):
+        from agent.vision.backends import tensorrt
+
+        batch_size = max(1, int(batch_size))
+        try:
+            tensorrt.require_tensorrt()
+            runner = tensorrt.create_tensorrt_runner(
+                [resnet_model(onnx_path)], {MODEL_NAME: engine_spec(onnx_path, batch_size, precision)},
+                engines_dir=engines_dir, cache=cache, guard=guard, inference_timeout=inference_timeout,
+                on_degraded=on_degraded, request_restart=request_restart, threads=threads, what="dlib ResNet")
+        except BackendError as exc:
+            raise ModelFileError(str(exc)) from None
+        super().__init__(runner, batch_size, dlib_resnet.recorded_mean(onnx_path))
 
 
 def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
@@ -189,11 +237,14 @@ def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path
         raise ModelFileError(f"cannot write the converted model to {engines_dir}: {exc}") from None
 
 
-def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Path | None = None) -> Embedder:
+def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Path | None = None, *,
+                    inference_timeout: float = INFERENCE_TIMEOUT,
+                    on_degraded: Callable[[str], None] | None = None) -> Embedder:
     """The embedder named by `[embedding] backend` (dlib | onnxruntime | tensorrt).
 
     engines_dir: where the converted model (and TensorRT engine) are cached; base_dir: the folder a
-    relative `[embedding] model` is resolved against (cfg.base_dir).
+    relative `[embedding] model` is resolved against (cfg.base_dir). inference_timeout and on_degraded:
+    the TensorRT watchdog's (see TensorRTEmbedder).
     """
     from agent.config import ConfigError
 
@@ -217,7 +268,6 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     onnx_path = converted_model(section, engines_dir, base_dir)
     if backend == "onnxruntime":
         return OnnxRuntimeEmbedder(onnx_path, batch_size, threads)
-    from agent.vision.embed_tensorrt import TensorRTEmbedder
-
     return TensorRTEmbedder(onnx_path, engines_dir, batch_size=batch_size,
-                            precision=str(getattr(section, "precision", "fp32")))
+                            precision=str(getattr(section, "precision", "fp32")), threads=threads,
+                            inference_timeout=inference_timeout, on_degraded=on_degraded)

@@ -1,13 +1,19 @@
-"""MTCNN networks on TensorRT (Jetson / CUDA GPUs), from the same ONNX files as the ONNX Runtime backend.
+"""Models on TensorRT (Jetson / CUDA GPUs), from the same ONNX files as the ONNX Runtime runner.
 
-Three engines, built once and cached (`engine_cache.EngineCache`, `[paths] engines`):
+`TensorRTRunner(models, specs)`: one engine per model, built once and cached (`engine_cache.EngineCache`,
+`[paths] engines`), with a dynamic shape profile from its `EngineSpec`; batches beyond the profile's max
+batch run in chunks, other inputs outside the profile on a CPU runner (`overflow`). `create_tensorrt_runner`
+puts it behind the watchdog (watchdog.py) with ONNX Runtime as the fallback: the detector and the
+embedder (agent/vision/embed.py, engine `dlib-resnet`) both get their GPU runner from it.
+
+MTCNN's engines (`engine_specs`, `TensorRTBackend`, `create_tensorrt_backend`):
 
 - P-Net: ONE engine with an optimisation profile covering every pyramid scale that the configured input
   size (`[source] width/height`, after `[detector] max_input_side`) and `min_face_size`/`scale_factor`
   produce: min = the smallest P-Net input of the pyramid, max = opt = the largest (`pnet_profile`):
   TensorRT tunes its kernels for opt, and the largest scale is about half of all P-Net work. No
   per-scale engines, no rebuild per scale. A frame of another size whose pyramid leaves the profile is
-  run on the CPU backend (`overflow`) and logged, never a rebuild at run time.
+  run on the CPU runner (`overflow`) and logged, never a rebuild at run time.
 - R-Net and O-Net: dynamic batch 1..`max_batch` (opt = a typical candidate count); larger candidate
   sets are split into chunks of `max_batch`.
 
@@ -17,7 +23,7 @@ the tensor-name API (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `se
 `execute_async_v3`). Supported: TensorRT 8.6 (JetPack 6.0) and 10.x (JetPack 6.1/6.2) with Python 3.10;
 an older TensorRT (JetPack 5: 8.5 and Python 3.8) is refused with one line (`check_tensorrt_version`).
 Device memory, pinned host memory and the stream come from pycuda, on the device's *primary* CUDA
-context (the one TensorRT's runtime API uses), pushed around every GPU call so the backend can be driven
+context (the one TensorRT's runtime API uses), pushed around every GPU call so the runner can be driven
 from any thread (the watchdog runs calls in a worker thread).
 
 A CUDA error that leaves the context unusable (an illegal memory access, a launch failure, ...: see
@@ -36,13 +42,23 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.vision.backends import CROP_SIZE, NETS, BackendError, check_batch
+from agent.vision.backends import (
+    CROP_SIZE,
+    NETS,
+    BackendError,
+    Model,
+    Runner,
+    check_input,
+    model_check,
+    models_by_name,
+    mtcnn_models,
+)
 from agent.vision.backends.engine_cache import (
     DeviceInfo,
     EngineCache,
@@ -65,8 +81,8 @@ SUPPORTED_PLATFORM = "JetPack 6 (Python 3.10, TensorRT 8.6 or 10.x)"
 MIN_TENSORRT = (8, 6)
 NEWEST_CHECKED_MAJOR = 10
 
-INPUT_NAME = "input"
-OUTPUTS = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
+INPUT_NAME = "input"  # the MTCNN graphs' input
+DEFAULT_INPUT_SIZE = (720, 1280)  # (height, width) the P-Net profile is built for unless told
 # opt batch of the R-/O-Net profiles: typical candidate counts for a frame with a few faces (P-Net
 # survivors after NMS; R-Net survivors); the engine is tuned for it and runs any batch up to max_batch
 TYPICAL_BATCH = {"rnet": 64, "onet": 16}
@@ -164,6 +180,11 @@ def _import() -> tuple[Any, Any]:
         raise BackendError(f"pycuda is not available ({exc}); install it with pip (needs the CUDA toolkit)") \
             from None
     return trt, cuda
+
+
+def require_tensorrt() -> None:
+    """BackendError unless a supported TensorRT and pycuda import (what a configured `tensorrt` needs)."""
+    _import()
 
 
 class _TrtLog:
@@ -329,14 +350,15 @@ def gpu_error(net: str, what: str, cause: BaseException | None = None, trt_error
 
 
 # --------------------------------------------------------------------------------------------------------
-# The backend
+# The runner
 # --------------------------------------------------------------------------------------------------------
 
 class _Engine:
     """One deserialized engine with its execution context, stream and buffers sized for the profile max."""
 
-    def __init__(self, trt: Any, cuda: Any, runtime: Any, data: bytes, net: str):
-        self.net = net
+    def __init__(self, trt: Any, cuda: Any, runtime: Any, data: bytes, model: Model):
+        net = self.net = model.name
+        self.input = model.input
         self.trt = trt
         self.cuda = cuda
         self.engine = runtime.deserialize_cuda_engine(data)
@@ -346,22 +368,22 @@ class _Engine:
         modes = {n: self.engine.get_tensor_mode(n) for n in names}
         ins = [n for n in names if modes[n] == trt.TensorIOMode.INPUT]
         outs = [n for n in names if modes[n] == trt.TensorIOMode.OUTPUT]
-        if ins != [INPUT_NAME] or sorted(outs) != sorted(OUTPUTS[net]):
+        if ins != [model.input] or sorted(outs) != sorted(model.outputs):
             raise BackendError(f"{net} engine has inputs {ins} and outputs {outs}; expected "
-                               f"[{INPUT_NAME!r}] and {list(OUTPUTS[net])}")
-        self.outputs = OUTPUTS[net]
+                               f"[{model.input!r}] and {list(model.outputs)}")
+        self.outputs = model.outputs
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BackendError(f"TensorRT could not create an execution context for {net} (GPU memory?)")
         self.min_shape, self.opt_shape, self.max_shape = (
-            tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(INPUT_NAME, 0))
+            tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input, 0))
         self.stream = cuda.Stream()
         # size every buffer for the largest input of the profile: no allocation at run time
-        if not self.context.set_input_shape(INPUT_NAME, self.max_shape):
+        if not self.context.set_input_shape(self.input, self.max_shape):
             raise BackendError(f"{net}: profile max shape {self.max_shape} rejected")
         self.host: dict[str, np.ndarray] = {}
         self.device: dict[str, Any] = {}
-        for name in [INPUT_NAME, *self.outputs]:
+        for name in [self.input, *self.outputs]:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             if dtype != np.float32:
@@ -383,7 +405,7 @@ class _Engine:
         """One chunk (batch size within the profile) through the engine; blocks until the GPU is done.
 
         A failed step raises `gpu_error(...)`: DeviceLostError when the CUDA context is gone."""
-        if not self.context.set_input_shape(INPUT_NAME, batch.shape):
+        if not self.context.set_input_shape(self.input, batch.shape):
             raise BackendError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
                                f"{self.min_shape}..{self.max_shape}")
         log_ = _trt_log(self.trt)
@@ -398,9 +420,9 @@ class _Engine:
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         cuda = self.cuda
-        host_in = self.host[INPUT_NAME][: batch.size]
+        host_in = self.host[self.input][: batch.size]
         host_in[:] = batch.ravel()
-        cuda.memcpy_htod_async(self.device[INPUT_NAME], host_in, self.stream)
+        cuda.memcpy_htod_async(self.device[self.input], host_in, self.stream)
         if not self.context.execute_async_v3(self.stream.handle):
             raise gpu_error(self.net, f"TensorRT execute_async_v3 failed for input {batch.shape}",
                             trt_errors=tuple(_trt_log(self.trt).take_errors()))
@@ -422,35 +444,37 @@ class _Engine:
         self.engine = None
 
 
-class TensorRTBackend:
-    """MTCNN on TensorRT: engines loaded from (or built into) the engine cache at start.
+class TensorRTRunner:
+    """Models on TensorRT: one engine per model, loaded from (or built into) the engine cache at start.
 
-    input_size: (height, width) of the frames the P-Net profile is built for ([source] height/width).
-    overflow: factory of a CPU backend for P-Net inputs outside the profile (frames of another size);
-    without it such inputs raise BackendError.
+    specs: each model's EngineSpec (its ONNX file, precision, the shape profile of its input, builder
+    options), by model name. Batches larger than an engine's max batch are run in chunks of that size.
+    overflow: factory of a CPU runner for inputs outside an engine's profile (for P-Net: frames of another
+    size than the profile was built for); without it such inputs raise BackendError.
+    cache: the engine cache to use (default: `engine_cache(engines_dir)`).
     """
 
     name = "tensorrt"
 
-    def __init__(self, model_dir: str | Path | None = None, *, engines_dir: str | Path,
-                 input_size: tuple[int, int] = (720, 1280), min_face_size: int = 20,
-                 scale_factor: float = 0.709, max_input_side: int = 0, precision: str = "fp16",
-                 max_batch: int = 128, workspace_mb: int = 256, overflow: Callable[[], Any] | None = None,
-                 cache: EngineCache | None = None):
-        from agent.vision.backends import MODEL_DIR
-
+    def __init__(self, models: Iterable[Model], specs: Mapping[str, EngineSpec], *,
+                 engines_dir: str | Path | None = None, cache: EngineCache | None = None,
+                 overflow: Callable[[], Any] | None = None, what: str = "models"):
         trt, cuda = _import()
-        self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
-        self.specs = engine_specs(self.model_dir, input_size, min_face_size, scale_factor, max_input_side,
-                                  precision, max_batch, workspace_mb)
-        for spec in self.specs.values():
+        self.models = models_by_name(models)
+        self.specs = dict(specs)
+        if set(self.specs) != set(self.models):
+            raise BackendError(f"engine specs for {sorted(self.specs)}, models {sorted(self.models)}")
+        for name, spec in self.specs.items():
             if not spec.onnx_path.is_file():
-                raise BackendError(f"MTCNN model {spec.onnx_path} not found")
-        self.cache = cache or engine_cache(engines_dir)
+                raise BackendError(f"{self.models[name].label} {spec.onnx_path} not found")
+        if cache is None and engines_dir is None:
+            raise BackendError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
+        self.cache = cache or engine_cache(engines_dir)  # type: ignore[arg-type]
         self._overflow_factory = overflow
         self._overflow: Any = None
         self._overflow_warned = False
         self._engines: dict[str, _Engine] = {}
+        self._ctx: Any = None
         cuda.init()
         if cuda.Device.count() < 1:
             raise BackendError("no CUDA GPU found")
@@ -458,20 +482,21 @@ class TensorRTBackend:
         self._runtime = runtime = trt.Runtime(_trt_logger(trt))  # must outlive the engines
         try:
             with self._cuda():
-                for net, spec in self.specs.items():
-                    self._engines[net] = self._load(trt, cuda, runtime, net, spec)
+                for name, spec in self.specs.items():
+                    self._engines[name] = self._load(trt, cuda, runtime, self.models[name], spec)
         except EngineCacheError as exc:
             self.close()
             raise BackendError(str(exc)) from None
         except BaseException:
             self.close()
             raise
-        log.info("MTCNN on TensorRT %s (%s, %s) from %s", trt.__version__, self.cache.device.gpu_name,
-                 self.cache.key(self.specs["pnet"])["precision"], self.cache.folder)
+        first = next(iter(self.specs.values()))
+        log.info("%s on TensorRT %s (%s, %s) from %s", what, trt.__version__, self.cache.device.gpu_name,
+                 self.cache.key(first)["precision"], self.cache.folder)
 
-    def _load(self, trt: Any, cuda: Any, runtime: Any, net: str, spec: EngineSpec) -> _Engine:
+    def _load(self, trt: Any, cuda: Any, runtime: Any, model: Model, spec: EngineSpec) -> _Engine:
         try:
-            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), net)
+            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), model)
         except DeviceLostError:
             raise  # the GPU, not the engine file, is broken: a rebuild would not help
         except BackendError as exc:
@@ -481,7 +506,7 @@ class TensorRTBackend:
             for path in (record_path, engine_path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), net)
+            return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), model)
 
     @contextlib.contextmanager
     def _cuda(self) -> Iterator[None]:
@@ -493,11 +518,10 @@ class TensorRTBackend:
 
     def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         engine = self._engines.get(net)
-        if engine is None:
-            if net in NETS:
-                raise BackendError("backend is closed")
-            raise BackendError(f"unknown network {net!r}; expected one of {NETS}")
-        batch = check_batch(net, batch)
+        if engine is None and net in self.models:
+            raise BackendError("backend is closed")
+        batch = check_input(self.models, net, batch)
+        assert engine is not None  # check_input refused any other name
         if not engine.fits(batch.shape):
             return self._run_overflow(net, batch, engine)
         step = engine.max_shape[0]
@@ -521,7 +545,7 @@ class TensorRTBackend:
         return self._overflow.run(net, batch)
 
     def close(self) -> None:
-        ctx = getattr(self, "_ctx", None)
+        ctx = self._ctx
         if self._engines and ctx is not None:
             with self._cuda():
                 for engine in self._engines.values():
@@ -535,6 +559,32 @@ class TensorRTBackend:
         if self._overflow is not None:
             self._overflow.close()
             self._overflow = None
+
+    def __repr__(self) -> str:
+        return f"TensorRTRunner(models={list(self.models)}, engines_dir={str(self.cache.folder)!r})"
+
+
+class TensorRTBackend(TensorRTRunner):
+    """MTCNN on TensorRT: the three engines for one configuration (`engine_specs`).
+
+    input_size: (height, width) of the frames the P-Net profile is built for ([source] height/width).
+    overflow: factory of a CPU runner for P-Net inputs outside the profile (frames of another size);
+    without it such inputs raise BackendError.
+    """
+
+    def __init__(self, model_dir: str | Path | None = None, *, engines_dir: str | Path,
+                 input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, min_face_size: int = 20,
+                 scale_factor: float = 0.709, max_input_side: int = 0, precision: str = "fp16",
+                 max_batch: int = 128, workspace_mb: int = 256, overflow: Callable[[], Any] | None = None,
+                 cache: EngineCache | None = None):
+        from agent.vision.backends import MODEL_DIR
+
+        _import()  # a missing or unsupported TensorRT is said first
+        self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
+        specs = engine_specs(self.model_dir, input_size, min_face_size, scale_factor, max_input_side,
+                             precision, max_batch, workspace_mb)
+        super().__init__(mtcnn_models(self.model_dir), specs, engines_dir=engines_dir, cache=cache,
+                         overflow=overflow, what="MTCNN")
 
     def __repr__(self) -> str:
         return f"TensorRTBackend(model_dir={str(self.model_dir)!r}, engines_dir={str(self.cache.folder)!r})"
@@ -556,19 +606,51 @@ DETECTOR_KEYS = ("min_face_size", "scale_factor", "max_input_side", "precision",
                  "inference_timeout")
 
 
+def create_tensorrt_runner(models: Iterable[Model],
+                           specs: Mapping[str, EngineSpec] | Callable[[], Mapping[str, EngineSpec]], *,
+                           engines_dir: str | Path | None = None, cache: EngineCache | None = None,
+                           guard: bool = True, inference_timeout: float = 5.0,
+                           on_degraded: Callable[[str], None] | None = None,
+                           request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
+                           threads: int = 2, what: str = "models") -> Runner:
+    """TensorRTRunner(models, specs) behind the watchdog (GuardedBackend) unless guard=False.
+
+    `specs` may be a function returning them: it is then called when the GPU runner is created, so a
+    setting that cannot make an engine degrades like any other start failure. The CPU runner (ONNX
+    Runtime on the same models, `threads`) serves inputs outside an engine's profile and, after a GPU
+    failure, every call (see watchdog.py); `request_restart` (default: systemd's WATCHDOG=trigger) is asked
+    once when the GPU is lost for good.
+    """
+    from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
+
+    models = list(models)
+    check = model_check(models)
+
+    def cpu() -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(models, threads=threads, what=what)
+
+    def primary() -> TensorRTRunner:
+        return TensorRTRunner(models, specs() if callable(specs) else specs, engines_dir=engines_dir,
+                              cache=cache, overflow=cpu, what=what)
+
+    if not guard:
+        return primary()
+    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
+                          request_restart=request_restart, check=check)
+
+
 def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool = True,
                             inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
                             request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
                             threads: int = 2, detector: Any = None, source: Any = None,
                             **options: Any) -> Any:
-    """TensorRTBackend(model_dir, **options), behind the watchdog (GuardedBackend) unless guard=False.
+    """MTCNN on TensorRT (`create_tensorrt_runner` with `engine_specs(model_dir, **options)`), behind the
+    watchdog unless guard=False.
 
     `detector` ([detector] section) and `source` ([source] section: height/width) fill the settings not
-    given explicitly; `options_from_config(cfg)` gives them all. The CPU backend (ONNX Runtime, `threads`)
-    serves P-Net inputs outside the profile and, after a GPU failure, every call (see watchdog.py);
-    `request_restart` (default: systemd's WATCHDOG=trigger) is asked once when the GPU is lost for good.
+    given explicitly; `options_from_config(cfg)` gives them all; `engines_dir` (or `cache`) is required.
     """
-    from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+    from agent.vision.backends import MODEL_DIR
 
     if detector is not None:
         for key in DETECTOR_KEYS:
@@ -580,17 +662,16 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
         options["input_size"] = (int(source.height), int(source.width))
     if "engines_dir" not in options:
         raise BackendError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
+    engines_dir = options.pop("engines_dir")
+    cache = options.pop("cache", None)
+    folder = Path(model_dir) if model_dir is not None else MODEL_DIR
 
-    def cpu() -> Any:
-        return OnnxRuntimeBackend(model_dir, threads=threads)
+    def specs() -> dict[str, EngineSpec]:
+        return engine_specs(folder, **{"input_size": DEFAULT_INPUT_SIZE, **options})
 
-    def primary() -> TensorRTBackend:
-        return TensorRTBackend(model_dir, overflow=cpu, **options)
-
-    if not guard:
-        return primary()
-    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
-                          request_restart=request_restart)
+    return create_tensorrt_runner(mtcnn_models(folder), specs, engines_dir=engines_dir, cache=cache,
+                                  guard=guard, inference_timeout=inference_timeout, on_degraded=on_degraded,
+                                  request_restart=request_restart, threads=threads, what="MTCNN")
 
 
 def options_from_config(cfg: Any) -> dict[str, Any]:

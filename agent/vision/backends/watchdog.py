@@ -1,10 +1,12 @@
 """No silent hang: a backend wrapper that times every inference call and falls back to the CPU.
 
 `GuardedBackend(primary_factory, fallback_factory, timeout, on_degraded, request_restart)` implements the
-backend protocol itself. Every call to the primary (TensorRT) backend runs in a worker thread and is
-waited for at most `timeout` seconds ([detector] inference_timeout). A call that stalls or raises is
-logged with its context (network, batch shape, elapsed time), answered at once by the fallback (ONNX
-Runtime on the CPU), and then, by what went wrong:
+runner protocol itself (agent/vision/backends/__init__.py), for any runner: MTCNN's and the ResNet's
+TensorRT runners are both put behind it by `tensorrt.create_tensorrt_runner`. Every call to the primary
+(TensorRT) runner runs in a worker thread and is waited for at most `timeout` seconds ([detector]
+inference_timeout for MTCNN). A call that stalls or raises is logged with its context (network, batch
+shape, elapsed time), answered at once by the fallback (ONNX Runtime on the CPU), and then, by what went
+wrong:
 
 - the CUDA context is lost (`DeviceLostError`, or an error text naming a sticky CUDA error such as an
   illegal memory access or an unspecified launch failure: the CUDA documentation says the process "must
@@ -37,8 +39,9 @@ Creating the primary at start (which may build TensorRT engines: minutes) also r
 by `build_timeout`; past it the agent starts degraded on the CPU while the abandoned build may still
 finish and store its engine for the next start.
 
-Caller errors (unknown network, malformed batch) are checked up front and raised as BackendError without
-touching the primary backend: they say nothing about the GPU's health.
+Caller errors (unknown network, malformed batch) are checked up front (`check`, by default MTCNN's
+`check_batch`) and raised as BackendError without touching the primary backend: they say nothing about
+the GPU's health.
 """
 
 from __future__ import annotations
@@ -156,12 +159,14 @@ class GuardedBackend:
     request_restart: called once with the reason when it falls back for good at run time (not when the
     primary never started) and the primary had run for at least `restart_min_uptime` seconds; returns
     whether the request was delivered (see `ask_systemd_for_restart`).
+    check: (model, batch) -> the batch as float32, or BackendError for a caller error (default: MTCNN's).
     """
 
     def __init__(self, primary_factory: Callable[[], Any], fallback_factory: Callable[[], Any],
                  timeout: float, on_degraded: Callable[[str], None] | None = None,
                  build_timeout: float = 900.0, request_restart: Callable[[str], bool] | None = None,
-                 restart_min_uptime: float = 600.0):
+                 restart_min_uptime: float = 600.0,
+                 check: Callable[[str, Any], np.ndarray] = check_batch):
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = float(timeout)
@@ -171,6 +176,7 @@ class GuardedBackend:
         self._fallback_factory = fallback_factory
         self._on_degraded = on_degraded
         self._request_restart = request_restart
+        self._check = check
         self._lock = threading.RLock()
         self._primary: Any = None
         self._worker: _Worker | None = None
@@ -215,7 +221,7 @@ class GuardedBackend:
 
     # -- protocol -----------------------------------------------------------------------------------
     def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        batch = check_batch(net, batch)
+        batch = self._check(net, batch)
         with self._lock:
             if not self.degraded:
                 start = time.monotonic()
