@@ -246,17 +246,10 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     relative `[embedding] model` is resolved against (cfg.base_dir). inference_timeout and on_degraded:
     the TensorRT watchdog's (see TensorRTEmbedder).
     """
-    from agent.config import ConfigError
-
-    backend = section.backend
+    backend = section.backend  # ranges were checked with the config (agent.config.RANGES)
     batch_size = int(getattr(section, "batch_size", 8))
     jitter = int(getattr(section, "jitter", 0))
     threads = int(getattr(section, "threads", 2))
-    for key, value in (("batch_size", batch_size), ("threads", threads)):
-        if value < 1:
-            raise ConfigError(f"embedding.{key}: must be at least 1, got {value}")
-    if jitter < 0:
-        raise ConfigError(f"embedding.jitter: must be 0 or more, got {jitter}")
     if backend == "dlib":
         return DlibEmbedder(batch_size, jitter, resnet_dat_path(section, base_dir))
     if backend not in ("onnxruntime", "tensorrt"):

@@ -52,13 +52,15 @@ class FaceAnalyzer:
         self.cfg = cfg
         self.detector = detector or build_detector(cfg)
         self.aligner = Aligner()
-        self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir)
+        self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir,
+                                                    inference_timeout=cfg.detector.inference_timeout)
         self.classifier = classifier
 
     @property
     def gpu_fallback(self) -> bool:
         """True while inference meant for the GPU runs on the CPU (the TensorRT watchdog fell back)."""
-        return bool(getattr(self.detector.backend, "degraded", False))  # only guarded backends degrade
+        runners = (self.detector.backend, getattr(self.embedder, "runner", None))  # dlib's embedder has none
+        return any(bool(getattr(r, "degraded", False)) for r in runners)  # only guarded runners degrade
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detector.detect(rgb)

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.vision.voting import Ballot, check_voting
+from agent.vision.voting import Ballot
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +244,8 @@ class Tracker:
     """Tracks faces across frames; see the module docstring. `tracker`/`voting`: agent.config sections."""
 
     def __init__(self, tracker: Any, voting: Any):
+        """`tracker`, `voting`: the config sections, whose ranges agent.config checked."""
         t = tracker
-        if not 0.0 < t.iou_threshold <= 1.0:
-            raise ValueError(f"tracker.iou_threshold must be in (0, 1], got {t.iou_threshold}")
-        for key in ("min_hits", "embed_every", "settled_embed_every", "max_attempts"):
-            if getattr(t, key) < 1:
-                raise ValueError(f"tracker.{key} must be >= 1, got {getattr(t, key)}")
-        if t.max_missed < 0:
-            raise ValueError(f"tracker.max_missed must be >= 0, got {t.max_missed}")
-        if t.reembed_area <= 1.0 or t.reembed_sharpness <= 1.0:
-            raise ValueError("tracker.reembed_area and tracker.reembed_sharpness must be > 1")
-        if t.full_quality_size <= 0 or t.full_quality_sharpness <= 0:
-            raise ValueError("tracker.full_quality_size and tracker.full_quality_sharpness must be > 0")
-        check_voting(voting.window, voting.min_votes, voting.hysteresis)
         self.cfg = t
         self.voting = voting
         self.frame = 0
