@@ -20,7 +20,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agent.files import open_degraded, storage_hint, storage_state
+from agent.database import open_degraded
+from agent.files import storage_hint, storage_state
 
 log = logging.getLogger(__name__)
 
