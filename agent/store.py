@@ -117,6 +117,10 @@ class StoredEvent:
 
 
 _SELECT = "seq, event_id, t, timestamp, type, name, camera, track_id, confidence, state, payload"  # StoredEvent
+_PENDING = f"SELECT {_SELECT} FROM events WHERE state = 'pending' ORDER BY seq LIMIT ?"
+_INSERT = ("INSERT INTO events (event_id, t, timestamp, type, name, camera, track_id, confidence, state, created, "
+           "payload) VALUES (:event_id, :t, :timestamp, :type, :name, :camera, :track_id, :confidence, :state, "
+           ":created, :payload)")
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -212,7 +216,14 @@ class EventStore:
         if db is None or db.conn is not self.conn:
             db = database.database(self.conn)
             self._local.db = db
+            self._local.table = db.table("events")  # made once: db["events"] reads the schema each time
         return db
+
+    @property
+    def table(self) -> sqlite_utils.db.Table:
+        """This thread's `events` table as a sqlite-utils Table."""
+        _ = self.db
+        return self._local.table
 
     def close(self) -> None:
         """Close every thread's connection (call when all threads using the store have stopped)."""
@@ -271,7 +282,10 @@ class EventStore:
         return seq
 
     def _insert(self, row: dict) -> int:
-        return int(self.db["events"].insert(row).last_rowid)
+        # plain SQL (the outbox's hot path, on the video loop's thread): Table.insert re-checks the table and
+        # rebuilds the statement each time, 42 us against 32 us per event (bench/bench_store.py)
+        with self.conn as conn:
+            return int(conn.execute(_INSERT, row).lastrowid)
 
     def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
         freed = self._delete_oldest(DELIVERED if self.outbox else None, DELETE_BATCH)
@@ -353,14 +367,16 @@ class EventStore:
 
     def _rows(self, where: str | None, params: Sequence[Any] = (), order_by: str | None = None,
               limit: int | None = None) -> list[StoredEvent]:
-        return [StoredEvent(**row) for row in self.db["events"].rows_where(where, params, order_by=order_by,
-                                                                           select=_SELECT, limit=limit)]
+        return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by, select=_SELECT,
+                                                                    limit=limit)]
 
     def pending(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[StoredEvent]:
         """Up to `limit` undelivered events in insertion order, skipping the ids in `exclude` (in flight)."""
         skip = set(exclude)
-        # the literal 'pending' (not a parameter) lets SQLite use the partial index idx_events_pending
-        rows = self._rows("state = 'pending'", order_by="seq", limit=int(limit) + len(skip))
+        # plain SQL (the outbox's hot path: every batch the publisher sends): rows_where re-reads the table list
+        # and builds a dict per row: 13 us against 6.5 for one row, 350 against 220 for 100 (bench/bench_store.py).
+        # The literal 'pending' (not a parameter) lets SQLite use the partial index idx_events_pending.
+        rows = [StoredEvent(*row) for row in self.conn.execute(_PENDING, (int(limit) + len(skip),))]
         return [r for r in rows if r.event_id not in skip][:limit]
 
     def get(self, event_id: str) -> StoredEvent | None:
@@ -382,8 +398,7 @@ class EventStore:
         return list(reversed(rows))
 
     def count(self, state: str | None = None) -> int:
-        events = self.db["events"]
-        return int(events.count if state is None else events.count_where("state = ?", [state]))
+        return int(self.table.count if state is None else self.table.count_where("state = ?", [state]))
 
     def counts(self) -> dict[str, int]:
         """{'pending': n, 'delivered': m, 'total': n + m}."""
@@ -429,7 +444,7 @@ class EventStore:
                               [cutoff, deletable] if deletable else [cutoff])
         old_pending = 0
         if self.outbox:
-            old_pending = int(self.db["events"].count_where("state = ? AND t < ?", [PENDING, cutoff]))
+            old_pending = int(self.table.count_where("state = ? AND t < ?", [PENDING, cutoff]))
         if old_pending:
             log.warning("%s: %d undelivered events are older than %d days; kept until they are published",
                         self.path, old_pending, self.retention_days)
