@@ -7,9 +7,12 @@
 
 Tables, indexes, inserts and reads go through sqlite-utils (`db[table].create/create_index/insert/rows_where/
 count_where`), so the files stay what Datasette and the `sqlite-utils` CLI read: plain tables with typed
-columns. Each file's table layout has a version in `PRAGMA user_version`; a file written by a newer
-face-agent is refused (LayoutError), an older one is brought up to date by `ensure_layout` (its `migrations`
-steps, e.g. a `db[table].transform(...)`), then stamped.
+columns. Plain SQL only where a module says why (the event log's outbox path, measured in
+bench/bench_store.py; statements sqlite-utils has no call for).
+
+Each file's table layout has a version in `PRAGMA user_version`; a file written by a newer face-agent is
+refused (LayoutError), an older one is brought up to date by `ensure_layout` (its `migrations` steps, e.g. a
+`db[table].transform(...)`), then stamped.
 
 On a full or read-only disk a WAL file cannot be opened the usual way: `open_degraded` keeps what it holds
 readable.
