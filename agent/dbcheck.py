@@ -10,6 +10,9 @@ The file and its -wal/-shm/-journal companions are renamed together to
 Before that, every row that can still be read is salvaged into a new file that takes the old one's place
 (same tables, indexes and user_version; rows in the `SALVAGE_FIRST` order, e.g. undelivered events first,
 so a read that gives up late has saved what matters most); the log says how many rows were saved.
+
+Plain sqlite3 here, not sqlite-utils: a damaged file is read chunk by chunk with each failure caught, and its
+tables and indexes are recreated from the file's own CREATE statements, whatever they are.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agent.files import open_degraded, storage_hint, storage_state
+from agent.database import open_degraded
+from agent.files import storage_hint, storage_state
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -95,24 +94,3 @@ def atomic_write(path: str | os.PathLike, data: bytes | Iterable[bytes] | Callab
         raise
     _fsync_dir(path.parent)
     return written
-
-
-def open_degraded(path: Path, state: str, timeout: float) -> tuple[sqlite3.Connection, str]:
-    """A connection to an existing SQLite file on a full or read-only disk: (connection, how it is open).
-
-    A WAL database normally needs its shared-memory index (<name>-shm), which a full or read-only file
-    system cannot give. On a full disk the file is opened in exclusive locking mode (the index is kept in
-    this process's memory: other processes cannot read the file meanwhile); on a read-only one, or if that
-    fails, as immutable (read only). Raises sqlite3.Error."""
-    if state == "full":
-        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return conn, "exclusive"
-        except sqlite3.Error:
-            conn.close()
-    conn = sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1", uri=True, check_same_thread=False)
-    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    return conn, "read-only"

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sqlite_utils
 from PIL import Image
 from tqdm import tqdm
 
+from agent import database
 from agent.config import Config
-from agent.files import StorageError, file_sha256, open_degraded, storage_hint, storage_state
+from agent.files import StorageError, file_sha256, storage_hint, storage_state
 from agent.vision.classifier import Classifier, ClassifierFileError, train, train_elsewhere
 from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
@@ -117,22 +119,48 @@ class PhotoResult:
                 "status": self.status, "reason": self.reason, "sha256": self.sha256, "cached": self.cached}
 
 
+CACHE_VERSION = 1  # PRAGMA user_version of the cache's table layout (0: written before layouts had one)
+CACHE_COLUMNS = {
+    "sha256": str,  # the photo's content hash
+    "settings": str,  # embedding backend and detection settings the result holds for
+    "status": str,  # enrolled | no_face | several_faces | too_small | unreadable
+    "reason": str,
+    "embedding": bytes,  # 128 float32, or NULL
+    "box": str,  # JSON [left, top, right, bottom] of the face, or null
+}
+
+
+def _create_cache_tables(db: sqlite_utils.Database) -> None:
+    db["photos"].create(CACHE_COLUMNS, pk=("sha256", "settings"), ignore=True)
+
+
 class EmbeddingCache:
     """SQLite cache of what enrollment found in each photo, keyed by content hash and settings."""
 
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
+        self.degraded = False  # open read-only or exclusive on a full or read-only disk
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS photos (sha256 TEXT, settings TEXT, status TEXT, reason TEXT, "
-                "embedding BLOB, box TEXT, PRIMARY KEY (sha256, settings))")
-            self._db.commit()
+            self._db = self._layout(database.connect(path))
         except (OSError, sqlite3.OperationalError) as exc:
-            self._db = self._open_degraded(exc)
+            self.degraded = True
+            self._db = self._layout(self._open_degraded(exc))
+        self._photos = self._db["photos"]
+
+    def _layout(self, conn: sqlite3.Connection) -> sqlite_utils.Database:
+        """`conn` as a Database with the cache's table (only checked on a degraded open); closed on error."""
+        db = database.database(conn)
+        try:
+            database.ensure_layout(db, CACHE_VERSION, _create_cache_tables, writable=not self.degraded)
+        except database.LayoutError as exc:
+            conn.close()
+            raise StorageError(f"{self.path}: cannot use the embedding cache: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return db
 
     def _open_degraded(self, exc: Exception) -> sqlite3.Connection:
         """A full or read-only disk: what is cached stays readable; a photo not cached cannot be enrolled."""
@@ -141,7 +169,7 @@ class EmbeddingCache:
             raise StorageError(f"{self.path}: cannot open the embedding cache: {exc} "
                                f"({storage_hint(self.path.parent)})") from None
         try:
-            conn, how = open_degraded(self.path, state, 10.0)
+            conn, how = database.open_degraded(self.path, state)
         except sqlite3.Error as again:
             raise StorageError(f"{self.path}: cannot open the embedding cache: {again} "
                                f"({storage_hint(self.path.parent)})") from None
@@ -151,22 +179,23 @@ class EmbeddingCache:
 
     def get(self, sha: str, settings: str) -> tuple[str, str, np.ndarray | None] | None:
         with self._lock:
-            row = self._db.execute("SELECT status, reason, embedding FROM photos WHERE sha256=? AND settings=?",
-                                   (sha, settings)).fetchone()
-        if row is None:
+            rows = list(self._photos.rows_where("sha256 = ? AND settings = ?", [sha, settings],
+                                                select="status, reason, embedding"))
+        if not rows:
             return None
-        emb = np.frombuffer(row[2], dtype=np.float32).copy() if row[2] is not None else None
-        if row[0] == ENROLLED and (emb is None or emb.shape != (128,)):
+        row = rows[0]
+        emb = np.frombuffer(row["embedding"], dtype=np.float32).copy() if row["embedding"] is not None else None
+        if row["status"] == ENROLLED and (emb is None or emb.shape != (128,)):
             return None  # damaged row: recompute
-        return row[0], row[1], emb
+        return row["status"], row["reason"], emb
 
     def put(self, sha: str, settings: str, status: str, reason: str, embedding: np.ndarray | None,
             box: list | None) -> None:
         blob = None if embedding is None else np.asarray(embedding, dtype=np.float32).tobytes()
         try:
-            with self._lock, self._db:
-                self._db.execute("INSERT OR REPLACE INTO photos VALUES (?, ?, ?, ?, ?, ?)",
-                                 (sha, settings, status, reason, blob, json.dumps(box)))
+            with self._lock:
+                self._photos.insert({"sha256": sha, "settings": settings, "status": status, "reason": reason,
+                                     "embedding": blob, "box": json.dumps(box)}, replace=True)
         except sqlite3.OperationalError as exc:
             raise StorageError(f"{self.path}: cannot store what enrollment found in a photo: {exc} "
                                f"({storage_hint(self.path.parent)})") from None

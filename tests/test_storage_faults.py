@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from broker import Collector
 from conftest import FR, ROOT, SHARED
+from test_database import OLD_PHOTOS, old_events_db
 
 from agent.cli import main
 from agent.config import load_config
 from agent.events import EventFactory
+from agent.gallery import ENROLLED, EmbeddingCache
 from agent.service import Service
 from agent.store import EventStore
 
@@ -139,3 +143,28 @@ def test_run_starts_degraded_on_a_full_disk_and_publishes_what_it_has(tmp_path, 
     collector.stop()
     with EventStore(cfg) as store:  # nothing stored before was lost
         assert store.count() >= 25
+
+
+def test_files_of_the_previous_version_open_on_a_full_or_read_only_disk(tmp_path, disk):
+    """An embedding cache written before layouts had a version cannot be stamped on a broken disk: it is read
+    as it is (the same layout); the event log likewise."""
+    conf = config_file(tmp_path, disk)
+    cfg = load_config(conf)
+    storage = cfg.path("storage")
+    storage.mkdir(parents=True)
+    events = [F.track_started(i, (0, 0, 10, 10), (100, 100)) for i in range(10)]
+    old_events_db(storage / "events.db", events)
+    conn = sqlite3.connect(storage / "embeddings.db")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(OLD_PHOTOS)
+    emb = np.arange(128, dtype=np.float32)
+    conn.execute("INSERT INTO photos VALUES (?, ?, ?, ?, ?, ?)", ("a" * 64, "s", ENROLLED, "", emb.tobytes(), "null"))
+    conn.commit()
+    conn.close()
+    for fault in (disk.fill, disk.read_only):
+        fault()
+        cache = EmbeddingCache(storage / "embeddings.db")
+        assert cache.degraded and np.array_equal(cache.get("a" * 64, "s")[2], emb)
+        cache.close()
+        with EventStore(cfg) as store:
+            assert store.degraded and [r.event() for r in store.query(limit=None)] == events

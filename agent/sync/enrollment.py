@@ -35,9 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from agent import database
 from agent.config import Config
 from agent.files import file_sha256
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
@@ -63,16 +65,27 @@ FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "D
 ModelCallback = Callable[[Classifier, dict], None]
 
 
+NONCE_VERSION = 1  # PRAGMA user_version of the nonce table layout (0: written before layouts had one)
+
+
+def _create_nonce_tables(db: sqlite_utils.Database) -> None:
+    nonces = db["nonces"]
+    nonces.create({"nonce": str, "key_id": str, "keep_until": float}, pk="nonce", ignore=True)
+    database.ensure_index(nonces, "nonces_keep", ["keep_until"])
+
+
 class NonceStore:
     """Nonces of accepted-for-processing requests until they could no longer pass the freshness check."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, key_id TEXT, "
-                         "keep_until REAL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS nonces_keep ON nonces (keep_until)")
-        self._db.commit()
+        self._db = database.database(database.connect(path))
+        try:
+            database.ensure_layout(self._db, NONCE_VERSION, _create_nonce_tables)
+        except BaseException:
+            self._db.close()
+            raise
+        self._nonces = self._db["nonces"]
         self._inserts = 0
 
     def remember(self, nonce: str, key_id: str, keep_until: float, now: float | None = None) -> None:
@@ -80,13 +93,11 @@ class NonceStore:
         now = time.time() if now is None else now
         self._inserts += 1
         if self._inserts % 100 == 1:
-            with self._db:
-                self._db.execute("DELETE FROM nonces WHERE keep_until < ?", (now,))
-            if self._db.execute("SELECT COUNT(*) FROM nonces").fetchone()[0] >= MAX_NONCES:
+            self._nonces.delete_where("keep_until < ?", [now])
+            if self._nonces.count >= MAX_NONCES:
                 raise ProtocolError(proto.BUSY, "too many recent requests; try again later")
         try:
-            with self._db:
-                self._db.execute("INSERT INTO nonces VALUES (?, ?, ?)", (nonce, key_id, keep_until))
+            self._nonces.insert({"nonce": nonce, "key_id": key_id, "keep_until": keep_until})
         except sqlite3.IntegrityError:
             raise ProtocolError(proto.REPLAYED, f"nonce {nonce[:24]} was already used (replayed request)") from None
 
