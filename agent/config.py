@@ -77,7 +77,13 @@ class EmbeddingSection:
 
 @dataclass
 class RecognitionSection:
-    distance_threshold: float = 0.6  # L2 to the person's nearest enrolled embedding to accept
+    distance_threshold: float = 0.28  # gate on the effective distance (unit-length embeddings, person centroid)
+    margin_weight: float = 0.5  # the gate widens by this times the margin to the second-nearest person
+    max_margin: float = 0.10  # ... counting the margin up to this (and as this with one person enrolled)
+    spread_weight: float = 0.75  # the gate widens by this times (person's spread - typical_spread)
+    typical_spread: float = 0.24  # spread of a person's photos around their centroid (prior for few photos)
+    min_sharpness: float = 25.0  # faces less sharp (variance of the Laplacian) are "blurry": never named
+    max_yaw: float = 1.0  # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
     min_confidence: float = 0.0  # below this a match is reported as unknown
     kernel: str = "auto"  # auto | linear | rbf: SVM kernel (auto picks by cross-validation)
     cv_folds: int = 5  # k for k-fold cross-validation of C (and gamma)
@@ -317,8 +323,16 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.min_face_size: at least 12 (P-Net's window)")
     if d.inference_timeout <= 0 or d.max_batch < 1 or d.workspace_mb < 16:
         raise ConfigError("detector: inference_timeout > 0, max_batch >= 1 and workspace_mb >= 16 required")
-    if not 0.0 < cfg.recognition.distance_threshold < 2.0:
-        raise ConfigError("recognition.distance_threshold: between 0 and 2 (L2 of unit-length embeddings)")
+    r = cfg.recognition
+    if not 0.0 < r.distance_threshold <= 0.5:
+        raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
+                          "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")
+    if not (0.0 <= r.margin_weight <= 5.0 and 0.0 <= r.max_margin <= 1.0 and 0.0 <= r.spread_weight <= 5.0
+            and 0.0 < r.typical_spread < 1.0):
+        raise ConfigError("recognition: margin_weight and spread_weight in [0, 5], max_margin in [0, 1], "
+                          "typical_spread in (0, 1)")
+    if r.min_sharpness < 0.0 or r.max_yaw <= 0.0 or not 0.0 <= r.min_confidence < 1.0:
+        raise ConfigError("recognition: min_sharpness >= 0, max_yaw > 0, min_confidence in [0, 1)")
     if cfg.recognition.cv_folds < 2:
         raise ConfigError("recognition.cv_folds: at least 2")
     if not 0 < cfg.mqtt.port < 65536:

@@ -295,7 +295,7 @@ class Gallery:
     def load_classifier(self) -> Classifier | None:
         r = self.cfg.recognition
         try:
-            return Classifier.load(self.svm_dir, r.distance_threshold, r.min_confidence)
+            return Classifier.load(self.svm_dir, r)
         except ClassifierFileError as exc:
             log.debug("%s", exc)
             return None
@@ -311,7 +311,7 @@ class Gallery:
             r = self.cfg.recognition
             existing = None
             try:
-                existing = Classifier.load(self.svm_dir, r.distance_threshold, r.min_confidence)
+                existing = Classifier.load(self.svm_dir, r)
             except ClassifierFileError as exc:
                 if (self.svm_dir / "classifier.npz").exists() or (self.svm_dir / "classifier.json").exists():
                     log.warning("retraining: %s", exc)
