@@ -8,6 +8,10 @@ detection settings) so re-running touches only new photos; in `[paths] svm`: the
 
 A photo is usable when it holds exactly one face, or one face that clearly dominates the others
 (`[enrollment] dominance`), of at least `[enrollment] min_face_size` pixels.
+
+Every (re)check of the photos also lists warnings (`Gallery.warnings`, logged, kept in the classifier's
+metadata, printed by `face-agent enroll`): the same photo (by hash) enrolled under two people, and photos
+closer to another person than to the rest of their own person's photos (mislabelled?).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 import sqlite3
 import threading
 import unicodedata
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,7 @@ from tqdm import tqdm
 
 from agent.config import Config
 from agent.files import file_sha256
-from agent.vision.classifier import Classifier, ClassifierFileError, train, train_elsewhere
+from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -85,6 +90,32 @@ class PhotoResult:
                 "reason": self.reason, "sha256": self.sha256, "cached": self.cached}
 
 
+def enrollment_warnings(results: list[PhotoResult], X: np.ndarray, names: list[str], typical_spread: float
+                        ) -> list[str]:
+    """Same photo under two people; a photo nearer another person's centroid than its own person's
+    (computed without it). `X` / `names`: the training set, one row per result that is ok, in order."""
+    out = []
+    owners: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in results:
+        if r.status in (ENROLLED, DUPLICATE) and r.sha256:
+            owners[r.sha256].setdefault(r.person, r.path.name)
+    for who in owners.values():
+        if len(who) > 1:
+            out.append("the same photo is enrolled under " + " and ".join(f"{p} ({f})" for p, f in sorted(who.items()))
+                       + ": it cannot be both; remove it from the wrong folder")
+    people = sorted(set(names))
+    if len(people) > 1:
+        labels = np.array([people.index(n) for n in names])
+        D, _, _ = leave_one_out(X, labels, len(people), typical_spread)
+        ok = [r for r in results if r.ok]
+        for i, r in enumerate(ok):
+            own, nearest = int(labels[i]), int(np.argmin(D[i]))
+            if nearest != own and np.isfinite(D[i, own]):
+                out.append(f"{r.person}: {r.path.name} is closer to {people[nearest]} ({D[i, nearest]:.3f}) than to "
+                           f"{r.person}'s other photos ({D[i, own]:.3f}): mislabelled?")
+    return out
+
+
 class EmbeddingCache:
     """SQLite cache of what enrollment found in each photo, keyed by content hash and settings."""
 
@@ -136,6 +167,7 @@ class Gallery:
         self._analyzer = analyzer
         self._cache: EmbeddingCache | None = None
         self._lock = threading.RLock()
+        self.warnings: list[str] = []  # from the last ensure_trained (see enrollment_warnings)
 
     # ---- lazily built heavy parts ---------------------------------------------------------------
     @property
@@ -309,6 +341,9 @@ class Gallery:
         with self._lock:
             results, X, names, fingerprint = self.scan(progress=progress)
             r = self.cfg.recognition
+            self.warnings = enrollment_warnings(results, X, names, r.typical_spread)
+            for warning in self.warnings:
+                log.warning("enrollment: %s", warning)
             existing = None
             try:
                 existing = Classifier.load(self.svm_dir, r)
@@ -319,7 +354,8 @@ class Gallery:
                 return existing, results, False
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
-            args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name})
+            args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
+                                               "warnings": self.warnings})
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
             clf.save(self.svm_dir)
             return clf, results, True

@@ -42,13 +42,15 @@ def run(args: argparse.Namespace) -> int:
         results = [r for r in results if r.person == validate_person_name(args.person)]
     if args.json:
         print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
-                          "retrained": retrained,
+                          "retrained": retrained, "warnings": gallery.warnings,
                           "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
                          ensure_ascii=False))
         return 0
     for r in results:
         if not r.ok or r.reason:
             print(f"{r.status:14s} {r.person}: {r.path.name}" + (f" ({r.reason})" if r.reason else ""))
+    for warning in gallery.warnings:
+        print(f"warning: {warning}")
     tally = Counter(r.status for r in results)
     print("photos: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) if tally else "no photos found")
     counts = clf.meta.get("counts", {})
