@@ -55,14 +55,14 @@ def format_eval(report: dict) -> str:
         e = report["open_set_eer"]
         lines.append(f"  open-set equal error (1-TAR = 1-TRR) {_pct(e['rate']).strip()} at {e['threshold']:.3f}")
     lines += ["", "open set with the real classifier (distance gate + SVM)",
-              "  threshold          TAR    TRR   false accepts   FAR*   FRR*"]
+              "  threshold             TAR    TRR   false accepts   FAR*   FRR*"]
     rows = {round(t, 3): "" for t in np.arange(0.20, 0.3601, 0.02)}
     for label, p in d["at"].items():
         key = round(p["threshold"], 3)
         rows[key] = f"{rows.get(key, '')}({label})"
     for t in sorted(rows):
         p = _row(report, t)
-        lines.append(f"  {t:5.3f} {rows[t]:12s}{_pct(p['tar'])} {_pct(p['trr'])}   {p['fa']:>13}  "
+        lines.append(f"  {t:5.3f} {rows[t]:13s}{_pct(p['tar'])} {_pct(p['trr'])}   {p['fa']:>13}  "
                      f"{_pct(p['far'])} {_pct(p['frr'])}")
     lines.append("  TAR: enrolled people named right; TRR: strangers called unknown; false accepts: stranger "
                  "named or wrong name; *distance gate alone")

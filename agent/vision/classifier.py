@@ -55,7 +55,7 @@ C_GRID = (0.1, 1.0, 10.0, 100.0)
 GAMMA_GRID = (1.0, 4.0, 16.0)  # embeddings are unit-ish vectors; same-person d^2 ~ 0.1-0.3
 DEFAULT_KERNEL = ("linear", 10.0, 0.0)
 CONFIDENCE_SLOPE = 25.0  # logistic slope of confidence over (threshold - effective distance)
-SPREAD_PRIOR_PHOTOS = 2.0  # a person's spread counts `typical_spread` as this many leave-one-out measurements
+SPREAD_PRIOR_PHOTOS = 2.0  # a person's scatter counts `typical_spread` as this many photos
 
 
 class ClassifierFileError(RuntimeError):
@@ -106,23 +106,27 @@ def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(centroids (n_people, DIM), spreads (n_people,)) from enrolled embeddings.
 
-    centroid: the unit mean of a person's unit-length embeddings. spread: mean distance of each of their
-    photos to the centroid of their other photos, shrunk towards `typical_spread` (a person with one photo
-    has exactly `typical_spread`; with n photos the n measurements weigh against SPREAD_PRIOR_PHOTOS)."""
+    centroid: the unit mean of a person's n unit-length embeddings. spread: how far a new photo of the
+    person is expected to lie from that centroid, scatter * sqrt(1 + 1/n): the scatter of their photos
+    (each photo's distance to the mean of the others is scatter * sqrt(1 + 1/(n-1)), measured leave-one-out
+    and shrunk towards `typical_spread` with the weight of SPREAD_PRIOR_PHOTOS photos; one photo: exactly
+    `typical_spread`) grown by the uncertainty of a mean of only n photos (one photo: x1.41, five: x1.10)."""
     U = unit_rows(embeddings)
     centroids = np.zeros((n_people, DIM))
     spreads = np.full(n_people, float(typical_spread))
     for k in range(n_people):
         own = U[labels == k]
-        if not len(own):
+        n = len(own)
+        if not n:
             continue
         total = own.sum(0)
         centroids[k] = unit_rows(total)[0]
-        if len(own) >= 2:
+        scatter = typical_spread
+        if n >= 2:
             loo = unit_rows(total[None, :] - own)
-            measured = float(np.linalg.norm(own - loo, axis=1).mean())
-            spreads[k] = (len(own) * measured + SPREAD_PRIOR_PHOTOS * typical_spread) / (
-                len(own) + SPREAD_PRIOR_PHOTOS)
+            measured = float(np.linalg.norm(own - loo, axis=1).mean()) / math.sqrt(1.0 + 1.0 / (n - 1))
+            scatter = (n * measured + SPREAD_PRIOR_PHOTOS * typical_spread) / (n + SPREAD_PRIOR_PHOTOS)
+        spreads[k] = scatter * math.sqrt(1.0 + 1.0 / n)
     return centroids, spreads
 
 
