@@ -80,8 +80,8 @@ class RecognitionSection:
     distance_threshold: float = 0.265  # gate on the effective distance (unit-length embeddings, person centroid)
     margin_weight: float = 0.5  # the gate widens by this times the margin to the second-nearest person
     max_margin: float = 0.10  # ... counting the margin up to this (and as this with one person enrolled)
-    spread_weight: float = 0.75  # the gate widens by this times (person's spread - typical_spread)
-    typical_spread: float = 0.215  # spread of a person's photos around their centroid (prior for few photos)
+    spread_weight: float = 0.75  # the gate widens by this times (spread - typical_spread); spread grows for few photos
+    typical_spread: float = 0.215  # scatter of a person's photos around their mean (prior for few photos)
     min_sharpness: float = 25.0  # faces less sharp (variance of the Laplacian) are "blurry": never named
     max_yaw: float = 1.0  # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
     min_confidence: float = 0.0  # below this a match is reported as unknown

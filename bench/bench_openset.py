@@ -15,8 +15,11 @@ person / probe photos. Tables (markdown, pasted into docs/evaluation.md):
 1. ingredients: for each decision score, the identification rate at the threshold letting at most 1% of
    the split's strangers through (an optimistic, per-split threshold), and FAR / ID when the threshold is
    taken from the other split (an honest one); then the shipped defaults exactly as `identify` applies them.
-2. gallery size: FAR / ID at fixed thresholds when 1 ... 72 people are enrolled.
+2. gallery size: FAR / ID at fixed thresholds when 1 ... 72 people are enrolled, and at the defaults when
+   the 72 people are enrolled with only 1, 2, 3 or 5 photos each.
 3. quality: LFW photos the quality limits turn away.
+4. with --compare-embedders: the names `identify` would give every LFW photo at the defaults, with dlib's
+   own ResNet and with the converted one on ONNX Runtime (the dlib run embeds the 1,440 photos once, ~5 min).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ TARGET_FAR = 0.01
 OLD_THRESHOLD = 0.6  # the rule before issue 12: raw L2 to the nearest photo <= 0.6 and the SVM agrees
 SIZES = (1, 3, 10, 20, 40, 72)
 SIZE_SEEDS = 5
+PHOTOS_PER_PERSON = (1, 2, 3, 5)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -334,6 +338,50 @@ def gallery_size_rows(photos: Photos, cfg: Config, ingredient: list[dict]) -> li
     return out
 
 
+def photos_per_person_rows(photos: Photos, cfg: Config) -> list[dict]:
+    """FAR / ID at the defaults when each of the 72 people is enrolled with only their first n photos."""
+    rule = dataclasses.replace(cfg.recognition, kernel="linear")
+    out = []
+    for n in PHOTOS_PER_PERSON:
+        row: dict = {"photos": n}
+        for name, parity in (("A", 0), ("B", 1)):
+            gallery, probes, strangers = split(photos, parity)
+            rank = {i: sorted(np.flatnonzero(photos.person == photos.person[i]), key=lambda j: photos.file[j])
+                    .index(i) for i in gallery}
+            g = np.array([i for i in gallery if rank[i] < n])
+            clf = trained(photos, g, rule, f"{cache_path('onnxruntime', cfg).stem}-split{name}-{n}photos-linear")
+            index = {q: k for k, q in enumerate(clf.people)}
+            truth = np.array([index[q] for q in photos.person[probes]])
+            Xp, Xs = photos.embedding[probes], photos.embedding[strangers]
+            sp, ss = rule_score(clf, Xp, rule), rule_score(clf, Xs, rule)
+            p_ok, s_ok = photos.quality[probes] == "", photos.quality[strangers] == ""
+            if clf.svm is not None:
+                p_ok &= clf.svm.scores(Xp).argmax(1) == sp.candidate
+                s_ok &= clf.svm.scores(Xs).argmax(1) == ss.candidate
+            row[name] = rates(sp, truth, ss, rule.distance_threshold, p_ok, s_ok)
+        out.append(row)
+    return out
+
+
+def names_at_defaults(photos: Photos, cfg: Config, backend: str) -> dict[str, list]:
+    """Per split, what identify names each probe and stranger photo (None = unknown) at the defaults."""
+    out = {}
+    for name, parity in (("A", 0), ("B", 1)):
+        gallery, probes, strangers = split(photos, parity)
+        clf = trained(photos, gallery, cfg.recognition, f"{backend}-{cache_path(backend, cfg).stem}-split{name}")
+        queries = np.concatenate([probes, strangers])
+        preds = clf.predict(photos.embedding[queries])
+        out[name] = [p.name if q == "" else None for p, q in zip(preds, photos.quality[queries])]
+    return out
+
+
+def embedder_agreement(cfg: Config, reference: dict[str, list]) -> dict:
+    dlib_names = names_at_defaults(principal_faces(load_or_embed("dlib"), cfg), cfg, "dlib")
+    return {name: {"photos": len(names), "same_name": sum(a == b for a, b in zip(names, dlib_names[name])),
+                   "differ": [(a, b) for a, b in zip(names, dlib_names[name]) if a != b]}
+            for name, names in reference.items()}
+
+
 def quality_rows(photos: Photos) -> dict:
     values, counts = np.unique(photos.quality.astype(str), return_counts=True)
     return {str(v or "ok"): int(c) for v, c in zip(values, counts)}
@@ -366,9 +414,20 @@ def print_tables(report: dict) -> None:
                                                                                                "shipped")]
         print(f"| {r['people']} ({r['shipped']['runs']} runs) | " + " | ".join(cells) + " |")
     print()
+    print("| photos per enrolled person | A: FAR / ID | B: FAR / ID |")
+    print("|---|---|---|")
+    for r in report["photos_per_person"]:
+        print(f"| {r['photos']} | {pct(r['A']['far'])} ({r['A']['strangers_named']}/{r['A']['strangers']}) / "
+              f"{pct(r['A']['id'])} | {pct(r['B']['far'])} ({r['B']['strangers_named']}/{r['B']['strangers']}) / "
+              f"{pct(r['B']['id'])} |")
+    print()
     print("quality of the 1,440 LFW faces at the defaults:", report["quality"])
     print("Classifier.predict + quality at the defaults:", report["extra"]["predict_check"])
     print("SVMs chosen by cross-validation:", report["extra"]["svm"])
+    if report.get("embedders"):
+        for name, r in report["embedders"].items():
+            print(f"split {name}: dlib and ONNX Runtime embeddings give the same name (or unknown) on "
+                  f"{r['same_name']}/{r['photos']} photos; differ: {r['differ']}")
 
 
 def main() -> int:
@@ -376,13 +435,18 @@ def main() -> int:
     ap.add_argument("--embedding", default="onnxruntime", choices=("onnxruntime", "dlib"))
     ap.add_argument("--json", type=Path, default=RESULTS / "openset.json", help="write every figure here")
     ap.add_argument("--no-sizes", action="store_true", help="skip the gallery-size table (trains 100+ SVM sets)")
+    ap.add_argument("--compare-embedders", action="store_true",
+                    help="also embed with dlib's own ResNet and compare the names (onnxruntime only)")
     args = ap.parse_args()
     cfg = config_from_dict({}, base_dir=ROOT, env={})  # the shipped defaults
     photos = principal_faces(load_or_embed(args.embedding), cfg)
     ingredients, extra = ingredient_rows(photos, cfg, args.embedding)
     report = {"ingredients": ingredients, "extra": extra, "quality": quality_rows(photos),
               "gallery_size": [] if args.no_sizes else gallery_size_rows(photos, cfg, ingredients),
+              "photos_per_person": photos_per_person_rows(photos, cfg),
               "defaults": dataclasses.asdict(cfg.recognition), "embedding": args.embedding}
+    if args.compare_embedders and args.embedding == "onnxruntime":
+        report["embedders"] = embedder_agreement(cfg, names_at_defaults(photos, cfg, args.embedding))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print_tables(report)

@@ -8,16 +8,18 @@ the SVM step is skipped where it cannot be trained or validated.
 
 Prediction: the open-set rule of docs/evaluation.md, chosen by measurement on people never enrolled
 (bench/bench_openset.py). Embeddings are scaled to unit length; each person is the unit mean of their
-photos (`centroid`) and has a `spread`: how far their own photos lie from the mean of the others
-(leave-one-out), shrunk towards `typical_spread` when they have few photos. For a face, `c1` / `c2` are the
+photos (`centroid`) and has a `spread`: how far a new photo of them is expected to lie from that centroid,
+their photos' scatter (measured leave-one-out, shrunk towards `typical_spread` when they have few photos)
+times sqrt(1 + 1/n) for a mean of n photos (`person_models`). For a face, `c1` / `c2` are the
 distances to the nearest / second-nearest person's centroid, and its **effective distance** is
 
     c1 - spread_weight * (spread - typical_spread) - margin_weight * min(c2 - c1, max_margin)
 
-(a person whose photos vary more gets a wider gate; a face much closer to one person than to every other
-gets a wider gate, up to `max_margin`; with one person enrolled the margin counts as `max_margin`). The face
-is that person only if the effective distance is at most `distance_threshold` and the SVM votes for the same
-person. `confidence` (0..1) is a logistic of `distance_threshold - effective distance`.
+(a person whose photos vary more, or who has fewer photos, gets a wider gate; a face much closer to one
+person than to every other gets a wider gate, up to `max_margin`; with one person enrolled the margin
+counts as `max_margin`). The face is that person only if the effective distance is at most
+`distance_threshold` and the SVM votes for the same person. `confidence` (0..1) is a logistic of
+`distance_threshold - effective distance`.
 
 The trained model is stored as `classifier.npz` (arrays only, no pickle) plus `classifier.json`
 (metadata). The SVMs are evaluated with numpy from their support vectors/weights, so loading never
