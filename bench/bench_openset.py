@@ -107,14 +107,16 @@ def split(photos: Photos, parity: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def trained(photos: Photos, gallery: np.ndarray, recognition: RecognitionSection, key: str) -> Classifier:
     """The real classifier on these gallery photos, cached in bench/results/."""
     folder = RESULTS / "classifiers" / key
+    svm_settings = {"kernel": recognition.kernel, "cv_folds": recognition.cv_folds}
     try:
         clf = Classifier.load(folder, recognition)
-        if clf.meta.get("gallery") == [str(f) for f in photos.file[gallery]]:
+        if clf.meta.get("gallery") == [str(f) for f in photos.file[gallery]] and clf.meta.get("svm_settings") \
+                == svm_settings:
             return clf
     except ClassifierFileError:
         pass
     clf = train(photos.embedding[gallery], list(photos.person[gallery]), recognition,
-                extra_meta={"gallery": [str(f) for f in photos.file[gallery]]})
+                extra_meta={"gallery": [str(f) for f in photos.file[gallery]], "svm_settings": svm_settings})
     clf.save(folder)
     return clf
 
