@@ -78,7 +78,13 @@ class EmbeddingSection:
 
 @dataclass
 class RecognitionSection:
-    distance_threshold: float = 0.6  # L2 to the person's nearest enrolled embedding to accept
+    distance_threshold: float = 0.265  # gate on the effective distance (unit-length embeddings, person centroid)
+    margin_weight: float = 0.5  # the gate widens by this times the margin to the second-nearest person
+    max_margin: float = 0.10  # ... counting the margin up to this (and as this with one person enrolled)
+    spread_weight: float = 0.75  # the gate widens by this times (spread - typical_spread); spread grows for few photos
+    typical_spread: float = 0.215  # scatter of a person's photos around their mean (prior for few photos)
+    min_sharpness: float = 25.0  # faces less sharp (variance of the Laplacian) are "blurry": never named
+    max_yaw: float = 1.0  # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
     min_confidence: float = 0.0  # below this a match is reported as unknown
     kernel: str = "auto"  # auto | linear | rbf: SVM kernel (auto picks by cross-validation)
     cv_folds: int = 5  # k for k-fold cross-validation of C (and gamma)
@@ -279,7 +285,13 @@ RANGES: dict[tuple[str, str], Range] = {
     ("embedding", "batch_size"): Range(1, 1024),
     ("embedding", "jitter"): Range(0, 100),
     ("embedding", "threads"): Range(1, 256),
-    ("recognition", "min_confidence"): FRACTION,
+    ("recognition", "min_confidence"): Range(0, 1),
+    ("recognition", "margin_weight"): Range(0, 5),
+    ("recognition", "max_margin"): FRACTION,
+    ("recognition", "spread_weight"): Range(0, 5),
+    ("recognition", "typical_spread"): Range(0, 1, lo_open=True),
+    ("recognition", "min_sharpness"): AT_LEAST_0,
+    ("recognition", "max_yaw"): POSITIVE,
     ("enrollment", "dominance"): AT_LEAST_1,
     ("enrollment", "min_face_size"): AT_LEAST_1,
     ("source", "width"): AT_LEAST_1,
@@ -431,8 +443,9 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector: inference_timeout > 0, max_batch >= 1 and workspace_mb >= 16 required")
     if cfg.tracker.show_coasting > cfg.tracker.max_missed:
         raise ConfigError("tracker.show_coasting: at most tracker.max_missed (a track ends after that)")
-    if not 0.0 < cfg.recognition.distance_threshold < 2.0:
-        raise ConfigError("recognition.distance_threshold: between 0 and 2 (L2 of unit-length embeddings)")
+    if not 0.0 < cfg.recognition.distance_threshold <= 0.5:
+        raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
+                          "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")
     if cfg.recognition.cv_folds < 2:
         raise ConfigError("recognition.cv_folds: at least 2")
     if not 0 < cfg.mqtt.port < 65536:

@@ -15,7 +15,7 @@ def _pct(v: float | None) -> str:
 
 
 def _dist_lines(d: dict, genuine_label: str, impostor_label: str) -> list[str]:
-    lines = ["distances (L2 between dlib embeddings; lower = more alike)"]
+    lines = ["effective distances (what [recognition] distance_threshold gates; lower = more alike)"]
     for key, label in (("genuine", genuine_label), ("impostor", impostor_label)):
         s = d[key]
         lines.append(f"  {key:9s} n={s['n']:<5d}" + (
@@ -25,7 +25,7 @@ def _dist_lines(d: dict, genuine_label: str, impostor_label: str) -> list[str]:
     c = d["chosen"]
     if c:
         basis = "" if c["basis"] == "target_far" else ", capped at the equal-error point: too few impostors"
-        lines.append(f"  threshold for false accepts <= {c['target_far']:.1%}: {c['threshold']:.2f} "
+        lines.append(f"  threshold for false accepts <= {c['target_far']:.1%}: {c['threshold']:.3f} "
                      f"({c['impostors_accepted']}/{c['impostors']} impostor distances pass{basis})")
     return lines
 
@@ -49,20 +49,20 @@ def format_eval(report: dict) -> str:
             lines.append(f"  per split: {label:22s} mean {v['mean']:.3f}  std {v['std']:.3f}  "
                          f"range {v['min']:.3f}..{v['max']:.3f}")
     lines.append("")
-    lines += _dist_lines(d, "query to its own person's nearest enrolled photo",
-                         "query to the nearest enrolled photo of anybody else")
+    lines += _dist_lines(d, "query to its own person",
+                         "query to the nearest other person, as if its own were not enrolled")
     if report.get("open_set_eer"):
         e = report["open_set_eer"]
-        lines.append(f"  open-set equal error (1-TAR = 1-TRR) {_pct(e['rate']).strip()} at {e['threshold']:.2f}")
+        lines.append(f"  open-set equal error (1-TAR = 1-TRR) {_pct(e['rate']).strip()} at {e['threshold']:.3f}")
     lines += ["", "open set with the real classifier (distance gate + SVM)",
-              "  threshold          TAR    TRR   false accepts   FAR*   FRR*"]
-    rows = {round(t, 2): "" for t in np.arange(0.40, 0.801, 0.05)}
+              "  threshold             TAR    TRR   false accepts   FAR*   FRR*"]
+    rows = {round(t, 3): "" for t in np.arange(0.20, 0.3601, 0.02)}
     for label, p in d["at"].items():
-        key = round(p["threshold"], 2)
+        key = round(p["threshold"], 3)
         rows[key] = f"{rows.get(key, '')}({label})"
     for t in sorted(rows):
         p = _row(report, t)
-        lines.append(f"  {t:4.2f} {rows[t]:12s} {_pct(p['tar'])} {_pct(p['trr'])}   {p['fa']:>13}  "
+        lines.append(f"  {t:5.3f} {rows[t]:13s}{_pct(p['tar'])} {_pct(p['trr'])}   {p['fa']:>13}  "
                      f"{_pct(p['far'])} {_pct(p['frr'])}")
     lines.append("  TAR: enrolled people named right; TRR: strangers called unknown; false accepts: stranger "
                  "named or wrong name; *distance gate alone")
@@ -93,16 +93,16 @@ def format_tune(report: dict) -> str:
              "others (leave-one-out)",
              f"nearest other photo is the same person: {cs['nearest_correct']}/{cs['queries']} {_pct(cs['accuracy'])}",
              ""]
-    lines += _dist_lines(d, "photo to the nearest other photo of the same person",
-                         "photo to the nearest photo of anybody else")
+    lines += _dist_lines(d, "photo to its own person's other photos",
+                         "photo to the nearest other person, as if its own were not enrolled")
     for label, p in d["at"].items():
-        lines.append(f"  at {label} threshold {p['threshold']:.2f}: FAR {_pct(p['far']).strip()}, "
+        lines.append(f"  at {label} threshold {p['threshold']:.3f}: FAR {_pct(p['far']).strip()}, "
                      f"FRR {_pct(p['frr']).strip()}")
     lines.append("")
     if report["suggested_threshold"] is not None:
         e = d["eer"]
         lines += ["suggested setting for agent.toml:", "[recognition]",
-                  f"distance_threshold = {report['suggested_threshold']:.2f}  # face-agent tune: false accepts <= "
+                  f"distance_threshold = {report['suggested_threshold']:.3f}  # face-agent tune: false accepts <= "
                   f"{report['settings']['target_far']:.1%} on {n} photos"
                   + (f", EER {e['rate']:.1%} at {e['threshold']:.3f}" if e else "")]
         if any("mislabelled" in w for w in report["warnings"]):
@@ -151,13 +151,14 @@ def plot_report(report: dict, path: Path) -> None:
     fig = Figure(figsize=(13, 6.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     hist, curve = fig.subplots(1, 2)
-    bins = np.linspace(0.0, max([1.0, *genuine, *impostor]) + 0.02, 52)
+    bins = np.linspace(min([0.0, *genuine, *impostor]) - 0.02, max([0.5, *genuine, *impostor]) + 0.02, 52)
     if genuine:
         hist.hist(genuine, bins=bins, alpha=0.6, color="tab:green", label=f"genuine (same person), n={len(genuine)}")
     if impostor:
         hist.hist(impostor, bins=bins, alpha=0.6, color="tab:red",
                   label=f"impostor (nearest other person), n={len(impostor)}")
-    hist.set(xlabel="L2 distance between embeddings", ylabel="photos" if report["command"] == "tune" else "queries",
+    hist.set(xlabel="effective distance (docs/evaluation.md)",
+             ylabel="photos" if report["command"] == "tune" else "queries",
              title="Distance distributions")
     c = d["curves"]
     t = np.asarray(c["thresholds"], dtype=float)
@@ -174,15 +175,15 @@ def plot_report(report: dict, path: Path) -> None:
         why = (f"FAR <= {report['settings']['target_far']:.0%}" if d["chosen"]["basis"] == "target_far"
                else "EER point: too few impostors")
     for ax in (hist, curve):
-        ax.axvline(configured, color="0.3", ls=":", lw=1.6, label=f"configured {configured:.2f}")
+        ax.axvline(configured, color="0.3", ls=":", lw=1.6, label=f"configured {configured:.3f}")
         if chosen is not None:
-            ax.axvline(chosen, color="tab:orange", lw=1.6, label=f"chosen {chosen:.2f} ({why})")
+            ax.axvline(chosen, color="tab:orange", lw=1.6, label=f"chosen {chosen:.3f} ({why})")
         ax.grid(alpha=0.3)
     if d["eer"]:
         e = d["eer"]
         curve.plot([e["threshold"]], [e["rate"]], "ko", ms=6, label=f"EER {e['rate']:.1%} at {e['threshold']:.3f}")
     curve.set(xlabel="distance threshold", ylabel="rate", title="Accept / reject rates vs threshold",
-              xlim=(max(0.0, float(bins[0])), float(bins[-1])), ylim=(-0.02, 1.02))
+              xlim=(float(bins[0]), float(bins[-1])), ylim=(-0.02, 1.02))
     hist.set_xlim(float(bins[0]), float(bins[-1]))
     for ax in (hist, curve):  # legends under the plots, never over a curve
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)

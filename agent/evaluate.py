@@ -1,11 +1,13 @@
 """How well does recognition work on *your* people? `face-agent eval` and `face-agent tune` (docs/evaluation.md).
 
-Terms used throughout (distances are L2 between dlib 128-d embeddings, what `[recognition]
-distance_threshold` gates):
-- genuine distance: a query photo to the nearest enrolled photo of its own person;
-- impostor distance: a query photo to the nearest enrolled photo of anybody else. A stranger's photo is an
-  impostor probe for everybody; an enrolled person's photo is one for the *other* people (as if its own
-  person were not enrolled), so false accepts are measured even without strangers;
+Terms used throughout. Distances are the *effective distances* of the open-set rule
+(`agent.vision.classifier.effective_distance`), exactly what `[recognition] distance_threshold` gates at
+runtime: tune, eval and the agent share one decision rule and one meaning of the threshold.
+- genuine distance: a query photo's effective distance to its own person (nearest-other person as the
+  second one);
+- impostor distance: its effective distance to the nearest other person, as if its own person were not
+  enrolled. A stranger's photo is an impostor probe for everybody; an enrolled person's photo is one for the
+  *other* people, so false accepts are measured even without strangers;
 - FAR(t) = impostor distances <= t, FRR(t) = genuine distances > t: the distance gate alone (the SVM can
   only turn more faces into "unknown"). The equal-error point and the threshold chosen for a target FAR
   come from these;
@@ -14,7 +16,9 @@ distance_threshold` gates):
 
 Photos are embedded once through the normal enrollment path (`Gallery.process_photo`: MTCNN, dlib
 alignment, the embedding cache keyed by photo hash and settings) in a cache folder of its own, never in
-the live gallery. Detection quality against a dlib image-dataset XML is measured by `evaluate_detections`.
+the live gallery. A photo with several faces and none dominant cannot be enrolled, but is still a query, as
+in `identify`: its face is the one named as the folder's person if there is one, else
+`recognizer.principal_face`. Detection quality against a dlib image-dataset XML is measured by `evaluate_detections`.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.config import Config, RecognitionSection
-from agent.gallery import DUPLICATE, Gallery, InvalidNameError, PhotoResult, validate_person_name
-from agent.vision.classifier import train
+from agent.gallery import DUPLICATE, SEVERAL_FACES, Gallery, InvalidNameError, PhotoResult, validate_person_name
+from agent.vision.classifier import Classifier, effective_distance, leave_one_out, train
 from agent.vision.images import ImageError, is_image_path, load_image
-from agent.vision.recognizer import FaceAnalyzer
+from agent.vision.recognizer import FaceAnalyzer, principal_face
 from agent.vision.tracker import iou_matrix
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,9 @@ log = logging.getLogger(__name__)
 USABLE = "usable"  # a photo with one (dominant) face, embedded
 CONFLICT = "conflict"  # the same photo (by hash) in the folders of different people
 FAILURES = ("no_face", "several_faces", "too_small", "unreadable")
-GRID = np.round(np.arange(0.0, 1.2001, 0.01), 2)  # thresholds at which the classifier is swept
-FINE = np.round(np.arange(0.0, 1.5001, 0.001), 3)  # thresholds for the equal-error point
+STEP = 0.005  # threshold resolution of the sweep and of the chosen threshold
+GRID = np.round(np.arange(0.0, 0.6001, STEP), 3)  # thresholds at which the classifier is swept
+FINE = np.round(np.arange(-0.3, 1.0001, 0.001), 3)  # thresholds for the equal-error point
 MIN_PHOTOS = 3  # tune: people with fewer usable photos get a warning
 
 
@@ -56,7 +61,8 @@ class Sample:
     person: str
     path: Path
     sha256: str
-    embedding: np.ndarray
+    embedding: np.ndarray  # the (dominant or principal) face
+    faces: np.ndarray | None = None  # every face of a several-faces photo (a query only), principal first
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -111,7 +117,12 @@ def embed_photos(people: dict[str, list[Path]], gallery: Gallery, progress: bool
     for person, path in tqdm(jobs, desc="embedding", unit="photo", disable=not progress, leave=False):
         result, emb = gallery.process_photo(person, path, settings)
         rec = _record(result)
-        if result.ok and (person, result.sha256) in first:
+        faces = _all_faces(gallery, path) if result.status == SEVERAL_FACES else None
+        if faces is not None and (person, result.sha256) not in first:
+            first[(person, result.sha256)] = path
+            rec.update(status=USABLE, reason=f"{result.reason}: a query only")
+            samples[person].append(Sample(person, path, result.sha256, faces[0], faces))
+        elif result.ok and (person, result.sha256) in first:
             rec.update(status=DUPLICATE, reason=f"same photo as {first[(person, result.sha256)].name}")
         elif result.ok:
             first[(person, result.sha256)] = path
@@ -131,6 +142,21 @@ def embed_photos(people: dict[str, list[Path]], gallery: Gallery, progress: bool
     return {p: s for p, s in sorted(samples.items()) if s}, records
 
 
+def _all_faces(gallery: Gallery, path: Path) -> np.ndarray | None:
+    """Embeddings of every face of a photo, its principal face first (None if unreadable / no face)."""
+    cfg = gallery.cfg
+    try:
+        rgb = load_image(path, cfg.images.max_pixels, cfg.images.max_bytes)
+    except ImageError:
+        return None
+    detections = gallery.analyzer.detect(rgb)
+    k = principal_face(detections, rgb.shape[1], rgb.shape[0], cfg.enrollment.dominance)
+    if k is None:
+        return None
+    detections.insert(0, detections.pop(k))
+    return np.asarray(gallery.analyzer.embed(rgb, detections)[1], dtype=np.float32)
+
+
 def _record(result: PhotoResult) -> dict:
     return {"person": result.person, "path": str(result.path), "status": USABLE if result.ok else result.status,
             "reason": result.reason, "sha256": result.sha256}
@@ -140,18 +166,25 @@ def _record(result: PhotoResult) -> dict:
 # Distances and rates
 # ------------------------------------------------------------------------------------------------------
 
-def nearest_per_person(X: np.ndarray, E: np.ndarray, labels: np.ndarray, n_people: int) -> np.ndarray:
-    """(N, n_people): L2 distance of each row of X to the nearest row of E of each person (inf: none)."""
-    X = np.asarray(X, dtype=np.float64).reshape(-1, 128)
-    E = np.asarray(E, dtype=np.float64).reshape(-1, 128)
-    d2 = (X * X).sum(1)[:, None] + (E * E).sum(1)[None, :] - 2.0 * X @ E.T
-    dist = np.sqrt(np.maximum(d2, 0.0))
-    out = np.full((len(X), n_people), np.inf)
-    for k in range(n_people):
-        cols = labels == k
-        if cols.any():
-            out[:, k] = dist[:, cols].min(1)
-    return out
+def genuine_impostor(D: np.ndarray, spreads: np.ndarray, own: int | None, rule: RecognitionSection
+                     ) -> tuple[float | None, float | None, int | None]:
+    """One query's effective distances from its centroid distances D (n_people,): to its own person
+    (genuine; None without one) and to the nearest other person as if its own were not enrolled
+    (impostor; None when nobody else is enrolled), and that other person's index."""
+    others = np.isfinite(D)
+    genuine = None
+    if own is not None:
+        others[own] = False
+        if np.isfinite(D[own]):
+            c2 = D[others].min() if others.any() else np.inf
+            genuine = float(effective_distance(D[own], c2, spreads[own], rule))
+    idx = np.flatnonzero(others)
+    if not len(idx):
+        return genuine, None, None
+    order = idx[np.argsort(D[idx])]
+    j = int(order[0])
+    c2 = D[order[1]] if len(order) > 1 else np.inf
+    return genuine, float(effective_distance(D[j], c2, spreads[j], rule)), j
 
 
 def rates(genuine: np.ndarray, impostor: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +216,7 @@ def _crossing(far: np.ndarray, frr: np.ndarray, thresholds: np.ndarray, digits: 
 
 def threshold_for_far(impostor: np.ndarray, target_far: float, genuine: np.ndarray | None = None
                       ) -> dict | None:
-    """The largest threshold (rounded down to 0.01) at which at most `target_far` of impostors pass.
+    """The largest threshold (rounded down to STEP) at which at most `target_far` of impostors pass.
 
     With fewer than 1 / target_far impostor distances that rate cannot be measured: "just below the closest
     impostor" would then follow the few people at hand (two people far apart would give 1.0 and let every
@@ -196,16 +229,20 @@ def threshold_for_far(impostor: np.ndarray, target_far: float, genuine: np.ndarr
     if allowed >= len(imp):
         value = float(GRID[-1])
     else:
-        value = math.floor((float(imp[allowed]) - 1e-6) * 100) / 100
+        value = _round_down(float(imp[allowed]) - 1e-6)
         value = float(min(max(value, 0.0), GRID[-1]))
     measurable = len(imp) * target_far >= 1.0
     basis = "target_far"
     eer = equal_error(np.asarray(genuine), imp) if genuine is not None and not measurable else None
-    if eer is not None and math.floor(eer["threshold"] * 100) / 100 < value:
-        value, basis = math.floor(eer["threshold"] * 100) / 100, "equal_error"
+    if eer is not None and _round_down(eer["threshold"]) < value:
+        value, basis = _round_down(eer["threshold"]), "equal_error"
     passed = int((imp <= value).sum())
-    return {"threshold": round(value, 2), "target_far": target_far, "impostors_accepted": passed,
+    return {"threshold": round(value, 3), "target_far": target_far, "impostors_accepted": passed,
             "impostors": len(imp), "measurable": measurable, "basis": basis}
+
+
+def _round_down(x: float) -> float:
+    return round(math.floor(x / STEP + 1e-9) * STEP, 3)
 
 
 def distance_summary(genuine: list[float], impostor: list[float], target_far: float,
@@ -259,9 +296,12 @@ def split_people(samples: dict[str, list[Sample]], enroll_k: int, strangers: set
     hash per person and conflicting photos are gone, so a photo is never on both sides."""
     enroll, queries = [], []
     for person in sorted(samples):
-        items = samples[person]
+        items = [s for s in samples[person] if s.faces is None]
+        queries += [s for s in samples[person] if s.faces is not None]  # several faces: never enrolled
         if person in strangers:
             queries += items
+            continue
+        if not items:
             continue
         order = rng.permutation(len(items))
         k = len(items) if len(items) == 1 else min(enroll_k, len(items) - 1)
@@ -282,25 +322,22 @@ def evaluate_split(enroll: list[Sample], queries: list[Sample], strangers: set[s
     if not queries:
         out["counts"] = {k: v.tolist() for k, v in counts.items()}
         return out
-    Q = np.stack([s.embedding for s in queries])
-    D = nearest_per_person(Q, clf.embeddings, clf.labels, len(clf.people))
+    Q = np.stack([query_face(clf, s) for s in queries])
+    D = clf.centroid_distances(Q)
     at_config = clf.predict(Q)
     for i, (s, p) in enumerate(zip(queries, at_config)):
         own = index.get(s.person)
-        others = D[i].copy()
-        if own is not None:
-            others[own] = np.inf
-        j = int(np.argmin(others)) if len(others) else -1
+        genuine, impostor, j = genuine_impostor(D[i], clf.spreads, own, recognition)
         out["queries"].append({
             "person": s.person, "path": str(s.path), "kind": "stranger" if own is None else "enrolled",
-            "genuine": _num(D[i, own]) if own is not None else None,
-            "impostor": _num(others[j]) if j >= 0 and np.isfinite(others[j]) else None,
-            "impostor_person": clf.people[j] if j >= 0 and np.isfinite(others[j]) else None,
+            "genuine": _num(genuine) if genuine is not None else None,
+            "impostor": _num(impostor) if impostor is not None else None,
+            "impostor_person": clf.people[j] if j is not None else None,
             "candidate": p.candidate, "svm": p.svm_name, "name": p.name, "reason": p.reason or None})
     enrolled_q = np.array([s.person in index for s in queries])
     truth = [s.person for s in queries]
     for g, t in enumerate(GRID):
-        clf.threshold = float(t)
+        clf.rule = dataclasses.replace(recognition, distance_threshold=float(t))
         names = [p.name for p in clf.predict(Q)]
         right = np.array([n == who for n, who in zip(names, truth)])
         named = np.array([n is not None for n in names])
@@ -308,8 +345,20 @@ def evaluate_split(enroll: list[Sample], queries: list[Sample], strangers: set[s
         counts["named_wrong"][g] = int((named & ~right & enrolled_q).sum())
         counts["stranger_unknown"][g] = int((~named & ~enrolled_q).sum())
         counts["stranger_named"][g] = int((named & ~enrolled_q).sum())
+    clf.rule = recognition
     out["counts"] = {k: v.tolist() for k, v in counts.items()}
     return out
+
+
+def query_face(clf: Classifier, sample: Sample) -> np.ndarray:
+    """The embedding of the face that is the sample's person: for a several-faces photo the face the
+    classifier names as that person, as `identify` would show it, else its principal face."""
+    if sample.faces is None or len(sample.faces) == 1:
+        return sample.embedding
+    for face, p in zip(sample.faces, clf.predict(sample.faces)):
+        if p.name == sample.person:
+            return face
+    return sample.embedding
 
 
 def evaluate_folder(root: Path, cfg: Config, analyzer: FaceAnalyzer | None = None, cache_dir: Path | None = None,
@@ -485,42 +534,42 @@ def tune_gallery(gallery: Gallery, target_far: float = 0.01, progress: bool = Fa
         raise EvalError(f"--target-far must be between 0 and 1, got {target_far}")
     results, X, names, _ = gallery.scan(progress=progress)
     usable = [r for r in results if r.ok]
-    configured = gallery.cfg.recognition.distance_threshold
+    rule = gallery.cfg.recognition
+    configured = rule.distance_threshold
     people = sorted(set(names))
     labels = np.array([people.index(n) for n in names], dtype=int)
     photos = []
-    nearest = np.full((len(names), len(people)), np.inf)  # photo -> nearest other photo of each person
+    correct = 0
+    if names:
+        D, own_spread, spreads = leave_one_out(X, labels, len(people), rule.typical_spread)
     for i, r in enumerate(usable):
-        mask = np.ones(len(names), dtype=bool)
-        mask[i] = False
-        D = nearest_per_person(X[i:i + 1], X[mask], labels[mask], len(people))[0]
-        nearest[i] = D
-        own = people.index(names[i])
-        genuine = D[own]
-        D[own] = np.inf
-        j = int(np.argmin(D)) if len(people) > 1 else -1
+        own = int(labels[i])
+        person_spreads = spreads.copy()
+        person_spreads[own] = own_spread[i]
+        genuine, impostor, j = genuine_impostor(D[i], person_spreads, own, rule)
+        correct += genuine is not None and (len(people) == 1 or int(np.argmin(D[i])) == own)
         photos.append({"person": names[i], "path": str(r.path), "sha256": r.sha256,
-                       "genuine": _num(genuine), "impostor": _num(D[j]) if j >= 0 else None,
-                       "impostor_person": people[j] if j >= 0 else None})
+                       "genuine": _num(genuine) if genuine is not None else None,
+                       "impostor": _num(impostor) if impostor is not None else None,
+                       "impostor_person": people[j] if j is not None else None,
+                       "nearest_person": people[int(np.argmin(D[i]))]})
     genuine = [p["genuine"] for p in photos if p["genuine"] is not None]
     impostor = [p["impostor"] for p in photos if p["impostor"] is not None]
     queried = [p for p in photos if p["genuine"] is not None]
-    correct = sum(p["impostor"] is None or p["genuine"] < p["impostor"] for p in queried)
     report = {"command": "tune", "people": dict(Counter(names)), "photos": photos,
               "failures": [_record(r) for r in results if r.status in FAILURES],
               "closed_set": {"queries": len(queried), "nearest_correct": correct,
                              "accuracy": _ratio(correct, len(queried))},
               "distances": distance_summary(genuine, impostor, target_far, configured),
               "settings": {"target_far": target_far, "configured_threshold": configured}}
-    report["warnings"] = _tune_warnings(report, nearest, labels, people, configured) + threshold_warnings(
+    report["warnings"] = _tune_warnings(report, configured) + threshold_warnings(
         report["distances"], target_far)
     chosen = report["distances"]["chosen"]
     report["suggested_threshold"] = chosen["threshold"] if chosen else None
     return report
 
 
-def _tune_warnings(report: dict, nearest: np.ndarray, labels: np.ndarray, people: list[str],
-                   threshold: float) -> list[str]:
+def _tune_warnings(report: dict, threshold: float) -> list[str]:
     out = []
     for person, n in sorted(report["people"].items()):
         if n < MIN_PHOTOS:
@@ -531,21 +580,19 @@ def _tune_warnings(report: dict, nearest: np.ndarray, labels: np.ndarray, people
     for p in report["photos"]:
         name = Path(p["path"]).name
         if p["genuine"] is not None and p["genuine"] > threshold:
-            out.append(f"{p['person']}: {name} is far from the rest of {p['person']}'s photos (nearest "
+            out.append(f"{p['person']}: {name} is far from the rest of {p['person']}'s photos (effective distance "
                        f"{p['genuine']:.3f} > threshold {threshold:g}): mislabelled, or a poor photo?")
-        if p["genuine"] is not None and p["impostor"] is not None and p["impostor"] < p["genuine"]:
-            out.append(f"{p['person']}: {name} is closer to {p['impostor_person']} ({p['impostor']:.3f}) than to "
-                       f"{p['person']}'s other photos ({p['genuine']:.3f}): mislabelled?")
-    if len(people) > 1:
-        pairs = []
-        for a in range(len(people)):
-            for b in range(a + 1, len(people)):
-                d = float(nearest[labels == a, b].min())
-                if d < threshold:
-                    pairs.append((d, people[a], people[b]))
-        for d, a, b in sorted(pairs):
-            out.append(f"{a} and {b} are hard to tell apart: their closest photos are {d:.3f} apart, below the "
-                       f"threshold {threshold:g}")
+        if p["genuine"] is not None and p["nearest_person"] != p["person"]:
+            out.append(f"{p['person']}: {name} is closer to {p['nearest_person']} than to {p['person']}'s other "
+                       "photos: mislabelled?")
+    pairs: dict[tuple[str, str], float] = {}
+    for p in report["photos"]:
+        if p["impostor"] is not None and p["impostor"] <= threshold:
+            key = tuple(sorted((p["person"], p["impostor_person"])))
+            pairs[key] = min(pairs.get(key, np.inf), p["impostor"])
+    for (a, b), d in sorted(pairs.items(), key=lambda kv: kv[1]):
+        out.append(f"{a} and {b} are hard to tell apart: a photo of one would be named as the other if it were "
+                   f"not enrolled (effective distance {d:.3f} <= threshold {threshold:g})")
     return out
 
 

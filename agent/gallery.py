@@ -11,6 +11,10 @@ detection settings) so re-running touches only new photos; in `[paths] svm`: the
 
 A photo is usable when it holds exactly one face, or one face that clearly dominates the others
 (`[enrollment] dominance`), of at least `[enrollment] min_face_size` pixels.
+
+Every (re)check of the photos also lists warnings (`Gallery.warnings`, logged, kept in the classifier's
+metadata, printed by `face-agent enroll`): the same photo (by hash) enrolled under two people, and photos
+closer to another person than to the rest of their own person's photos (mislabelled?).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,7 @@ from tqdm import tqdm
 from agent import database
 from agent.config import Config
 from agent.files import StorageError, file_sha256, storage_hint, storage_state
-from agent.vision.classifier import Classifier, ClassifierFileError, train, train_elsewhere
+from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -134,6 +139,32 @@ def _create_cache_tables(db: sqlite_utils.Database) -> None:
     db["photos"].create(CACHE_COLUMNS, pk=("sha256", "settings"), ignore=True)
 
 
+def enrollment_warnings(results: list[PhotoResult], X: np.ndarray, names: list[str], typical_spread: float
+                        ) -> list[str]:
+    """Same photo under two people; a photo nearer another person's centroid than its own person's
+    (computed without it). `X` / `names`: the training set, one row per result that is ok, in order."""
+    out = []
+    owners: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in results:
+        if r.status in (ENROLLED, DUPLICATE) and r.sha256:
+            owners[r.sha256].setdefault(r.person, r.path.name)
+    for who in owners.values():
+        if len(who) > 1:
+            out.append("the same photo is enrolled under " + " and ".join(f"{p} ({f})" for p, f in sorted(who.items()))
+                       + ": it cannot be both; remove it from the wrong folder")
+    people = sorted(set(names))
+    if len(people) > 1:
+        labels = np.array([people.index(n) for n in names])
+        D, _, _ = leave_one_out(X, labels, len(people), typical_spread)
+        ok = [r for r in results if r.ok]
+        for i, r in enumerate(ok):
+            own, nearest = int(labels[i]), int(np.argmin(D[i]))
+            if nearest != own and np.isfinite(D[i, own]):
+                out.append(f"{r.person}: {r.path.name} is closer to {people[nearest]} ({D[i, nearest]:.3f}) than to "
+                           f"{r.person}'s other photos ({D[i, own]:.3f}): mislabelled?")
+    return out
+
+
 class EmbeddingCache:
     """SQLite cache of what enrollment found in each photo, keyed by content hash and settings."""
 
@@ -221,6 +252,7 @@ class Gallery:
         self._analyzer = analyzer
         self._cache: EmbeddingCache | None = None
         self._lock = threading.RLock()
+        self.warnings: list[str] = []  # from the last ensure_trained (see enrollment_warnings)
 
     # ---- lazily built heavy parts ---------------------------------------------------------------
     @property
@@ -467,7 +499,7 @@ class Gallery:
     def load_classifier(self) -> Classifier | None:
         r = self.cfg.recognition
         try:
-            return Classifier.load(self.svm_dir, r.distance_threshold, r.min_confidence)
+            return Classifier.load(self.svm_dir, r)
         except ClassifierFileError as exc:
             log.debug("%s", exc)
             return None
@@ -481,9 +513,12 @@ class Gallery:
         with self._lock:
             results, X, names, fingerprint = self.scan(progress=progress)
             r = self.cfg.recognition
+            self.warnings = enrollment_warnings(results, X, names, r.typical_spread)
+            for warning in self.warnings:
+                log.warning("enrollment: %s", warning)
             existing = None
             try:
-                existing = Classifier.load(self.svm_dir, r.distance_threshold, r.min_confidence)
+                existing = Classifier.load(self.svm_dir, r)
             except ClassifierFileError as exc:
                 if (self.svm_dir / "classifier.npz").exists() or (self.svm_dir / "classifier.json").exists():
                     log.warning("retraining: %s", exc)
@@ -491,7 +526,8 @@ class Gallery:
                 return existing, results, False
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
-            args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name})
+            args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
+                                               "warnings": self.warnings})
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
             clf.save(self.svm_dir)
             return clf, results, True

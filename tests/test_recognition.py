@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COMPREFACE, DLIB, FR, make_config
+from conftest import COMPREFACE, DLIB, FR, SHARED, make_config
 
 from agent.cli import main
 from agent.gallery import (
@@ -21,7 +21,7 @@ from agent.gallery import (
     validate_person_name,
 )
 from agent.vision.classifier import Classifier, ClassifierFileError, train
-from agent.vision.images import load_image
+from agent.vision.images import ImageError, load_image
 
 KNN = FR / "examples" / "knn_examples"
 JOHNS = DLIB / "examples" / "johns"
@@ -215,7 +215,7 @@ def test_corrupt_or_incompatible_classifier_is_retrained(knn_gallery, caplog):
 def test_saved_classifier_predicts_like_the_trained_one(tmp_path):
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(3, 128))
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True) * 2.5
+    centers *= 1.4 / np.linalg.norm(centers, axis=1, keepdims=True)  # dlib embeddings are ~1.4 long
     X = np.concatenate([c + rng.normal(scale=0.02, size=(6, 128)) for c in centers])
     names = [n for n in ("ann", "bob", "cy") for _ in range(6)]
     cfg = make_config(tmp_path, recognition={"kernel": "rbf"})
@@ -286,8 +286,16 @@ def test_cli_enroll_identify_people_forget(tmp_path, capsys):
     assert sorted(f["name"] for f in faces if f["name"]) == ["obama"]
 
 
+def shared_images() -> list[Path]:
+    """Every still image under ../shared/faces except the 1,440 lfw-subset photos (bench_openset.py compares
+    the embedders on those)."""
+    return sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                  and "lfw-subset" not in p.parts)
+
+
 def test_identities_identical_with_dlib_and_onnxruntime_embeddings(tmp_path, analyzer):
-    """The converted ResNet (default) and dlib's own give the same names, unknowns and distances."""
+    """On every shared photo the converted ResNet (default) and dlib's own give the same names, unknowns
+    (with their reasons) and distances: detection and alignment are shared, only the embedder differs."""
     from agent.vision.recognizer import FaceAnalyzer
 
     assert analyzer.embedder.name == "onnxruntime"
@@ -297,14 +305,28 @@ def test_identities_identical_with_dlib_and_onnxruntime_embeddings(tmp_path, ana
     people = sorted(johns)
     photos = {p: johns[p][:3] for p in people[:3]}
     photos.update({d.name: sorted(d.iterdir()) for d in sorted((KNN / "train").iterdir())})
-    queries = [q for p in people for q in johns[p][3:6]] + sorted((KNN / "test").iterdir())
-    outcomes = {}
-    for name, which in (("onnxruntime", analyzer), ("dlib", reference)):
-        clf, _, _ = gallery_with(tmp_path / name, which, photos).ensure_trained(progress=False)
-        which.classifier = clf
-        outcomes[name] = [(f.prediction.name, f.prediction.distance)
-                          for q in queries for f in which.identify(load_image(q))]
-    assert [n for n, _ in outcomes["onnxruntime"]] == [n for n, _ in outcomes["dlib"]]
-    assert any(n is None for n, _ in outcomes["dlib"]) and any(n for n, _ in outcomes["dlib"])
-    np.testing.assert_allclose([d for _, d in outcomes["onnxruntime"]], [d for _, d in outcomes["dlib"]],
+    openface = SHARED / "openface" / "images" / "examples"
+    photos.update({"lennon": [openface / "lennon-1.jpg"], "clapton": [openface / "clapton-1.jpg"]})
+    classifiers = {name: gallery_with(tmp_path / name, which, photos).ensure_trained(progress=False)[0]
+                   for name, which in (("onnxruntime", analyzer), ("dlib", reference))}
+    outcomes: dict[str, list] = {"onnxruntime": [], "dlib": []}
+    images = 0
+    for path in shared_images():
+        try:
+            rgb = load_image(path)
+        except ImageError:
+            continue
+        images += 1
+        detections = analyzer.detect(rgb)
+        if not detections:
+            continue
+        chips = analyzer.aligner.chips(rgb, [d.box for d in detections])
+        for name, which in (("onnxruntime", analyzer), ("dlib", reference)):
+            predictions = which.predict(rgb, detections, which.embedder.embed(chips), classifiers[name])
+            outcomes[name] += [(path.name, p.name, p.reason, p.distance) for p in predictions]
+    assert images >= 120 and len(outcomes["dlib"]) >= 180
+    assert [o[:3] for o in outcomes["onnxruntime"]] == [o[:3] for o in outcomes["dlib"]]
+    names = [o[1] for o in outcomes["dlib"]]
+    assert any(n is None for n in names) and len({n for n in names if n}) >= 8
+    np.testing.assert_allclose([o[3] for o in outcomes["onnxruntime"]], [o[3] for o in outcomes["dlib"]],
                                atol=1e-4)

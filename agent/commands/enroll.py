@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 1 if refused else 0
     if args.json:
         print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
-                          "retrained": retrained,
+                          "retrained": retrained, "warnings": gallery.warnings,
                           "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
                          ensure_ascii=False))
         return failed
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         if not r.ok or (r.reason and not r.cached):
             source = f" (from {r.source})" if r.source is not None and r.source.name != r.path.name else ""
             print(f"{r.status:14s} {r.person}: {r.path.name}{source}" + (f": {r.reason}" if r.reason else ""))
+    for warning in gallery.warnings:
+        print(f"warning: {warning}")
     print(photo_summary(results))
     counts = clf.meta.get("counts", {})
     cv = clf.meta.get("cross_validation", {})

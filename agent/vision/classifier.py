@@ -6,9 +6,20 @@ class with the most images; here every binary problem weighs its two sides inver
 k-fold cross-validation on balanced accuracy. One enrolled person, or one photo per person, works:
 the SVM step is skipped where it cannot be trained or validated.
 
-Prediction: a face is a person only if (1) its L2 distance to that person's nearest enrolled embedding
-is within `distance_threshold` and (2) the SVM agrees. Otherwise it is unknown. `confidence` (0..1) is
-a logistic of the margin to the threshold, halved when the second-nearest person is almost as close.
+Prediction: the open-set rule of docs/evaluation.md, chosen by measurement on people never enrolled
+(bench/bench_openset.py). Embeddings are scaled to unit length; each person is the unit mean of their
+photos (`centroid`) and has a `spread`: how far a new photo of them is expected to lie from that centroid,
+their photos' scatter (measured leave-one-out, shrunk towards `typical_spread` when they have few photos)
+times sqrt(1 + 1/n) for a mean of n photos (`person_models`). For a face, `c1` / `c2` are the
+distances to the nearest / second-nearest person's centroid, and its **effective distance** is
+
+    c1 - spread_weight * (spread - typical_spread) - margin_weight * min(c2 - c1, max_margin)
+
+(a person whose photos vary more, or who has fewer photos, gets a wider gate; a face much closer to one
+person than to every other gets a wider gate, up to `max_margin`; with one person enrolled the margin
+counts as `max_margin`). The face is that person only if the effective distance is at most
+`distance_threshold` and the SVM votes for the same person. `confidence` (0..1) is a logistic of
+`distance_threshold - effective distance`.
 
 The trained model is stored as `classifier.npz` (arrays only, no pickle) plus `classifier.json`
 (metadata). The SVMs are evaluated with numpy from their support vectors/weights, so loading never
@@ -32,6 +43,7 @@ import numpy as np
 
 import agent
 from agent.child import run_module
+from agent.config import RecognitionSection
 from agent.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -44,8 +56,8 @@ META_NAME = "classifier.json"
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 GAMMA_GRID = (1.0, 4.0, 16.0)  # embeddings are unit-ish vectors; same-person d^2 ~ 0.1-0.3
 DEFAULT_KERNEL = ("linear", 10.0, 0.0)
-CONFIDENCE_SLOPE = 12.0  # logistic slope of confidence over (threshold - distance)
-AMBIGUITY_MARGIN = 0.05  # second-nearest person within this of the nearest: confidence halved
+CONFIDENCE_SLOPE = 25.0  # logistic slope of confidence over (threshold - effective distance)
+SPREAD_PRIOR_PHOTOS = 2.0  # a person's scatter counts `typical_spread` as this many photos
 
 
 class ClassifierFileError(RuntimeError):
@@ -56,20 +68,97 @@ class ClassifierFileError(RuntimeError):
 class Prediction:
     name: str | None  # None = unknown
     confidence: float  # 0..1
-    distance: float  # L2 to the nearest enrolled embedding of `candidate`
+    distance: float  # L2 between the unit-length embedding and `candidate`'s centroid (c1)
     candidate: str | None  # the nearest person even when rejected
     svm_name: str | None  # the SVM's vote (None when no SVM was trained)
-    reason: str = ""  # why unknown: "far" | "svm_disagrees" | "low_confidence" | "nobody_enrolled"
+    reason: str = ""  # why unknown: "far" | "svm_disagrees" | "low_confidence" | "nobody_enrolled" | a quality
+    margin: float = math.inf  # c2 - c1: how much nearer `candidate` is than the second-nearest person
+    effective: float = math.inf  # the effective distance compared with distance_threshold
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "confidence": round(self.confidence, 4),
-            "distance": round(self.distance, 4) if math.isfinite(self.distance) else None,
+            "distance": _finite(self.distance),
+            "margin": _finite(self.margin),
+            "effective_distance": _finite(self.effective),
             "candidate": self.candidate,
             "svm": self.svm_name,
             "reason": self.reason or None,
         }
+
+
+def _finite(v: float) -> float | None:
+    return round(float(v), 4) if math.isfinite(v) else None
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (dlib embeddings have lengths 1.2-1.7; the direction carries identity)."""
+    X = np.asarray(X, dtype=np.float64).reshape(-1, DIM)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def l2(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """(len(A), len(B)) L2 distances."""
+    d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (n_people, DIM), spreads (n_people,)) from enrolled embeddings.
+
+    centroid: the unit mean of a person's n unit-length embeddings. spread: how far a new photo of the
+    person is expected to lie from that centroid, scatter * sqrt(1 + 1/n): the scatter of their photos
+    (each photo's distance to the mean of the others is scatter * sqrt(1 + 1/(n-1)), measured leave-one-out
+    and shrunk towards `typical_spread` with the weight of SPREAD_PRIOR_PHOTOS photos; one photo: exactly
+    `typical_spread`) grown by the uncertainty of a mean of only n photos (one photo: x1.41, five: x1.10)."""
+    U = unit_rows(embeddings)
+    centroids = np.zeros((n_people, DIM))
+    spreads = np.full(n_people, float(typical_spread))
+    for k in range(n_people):
+        own = U[labels == k]
+        n = len(own)
+        if not n:
+            continue
+        total = own.sum(0)
+        centroids[k] = unit_rows(total)[0]
+        scatter = typical_spread
+        if n >= 2:
+            loo = unit_rows(total[None, :] - own)
+            measured = float(np.linalg.norm(own - loo, axis=1).mean()) / math.sqrt(1.0 + 1.0 / (n - 1))
+            scatter = (n * measured + SPREAD_PRIOR_PHOTOS * typical_spread) / (n + SPREAD_PRIOR_PHOTOS)
+        spreads[k] = scatter * math.sqrt(1.0 + 1.0 / n)
+    return centroids, spreads
+
+
+def leave_one_out(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each enrolled photo against the others: (D (N, n_people) its distance to every person's centroid,
+    its own person's centroid made without it (inf when it is their only photo); own_spread (N,) its
+    person's spread without it; spreads (n_people,) everybody's spread with all photos)."""
+    labels = np.asarray(labels)
+    U = unit_rows(embeddings)
+    centroids, spreads = person_models(embeddings, labels, n_people, typical_spread)
+    D = l2(U, centroids)
+    own_spread = np.full(len(U), float(typical_spread))
+    for i, k in enumerate(labels):
+        rest = np.flatnonzero(labels == k)
+        rest = rest[rest != i]
+        if not len(rest):
+            D[i, k] = np.inf
+            continue
+        c, sp = person_models(U[rest], np.zeros(len(rest), dtype=int), 1, typical_spread)
+        D[i, k] = float(np.linalg.norm(U[i] - c[0]))
+        own_spread[i] = sp[0]
+    return D, own_spread, spreads
+
+
+def effective_distance(c1: np.ndarray, c2: np.ndarray, spread: np.ndarray, rule: RecognitionSection) -> np.ndarray:
+    """The quantity `distance_threshold` gates (see the module docstring). c2 = inf: nobody else enrolled."""
+    margin = np.minimum(np.asarray(c2, dtype=np.float64) - c1, rule.max_margin)
+    return (np.asarray(c1, dtype=np.float64) - rule.spread_weight * (np.asarray(spread) - rule.typical_spread)
+            - rule.margin_weight * margin)
 
 
 @dataclass
@@ -176,43 +265,51 @@ class Classifier:
     embeddings: np.ndarray  # (N, DIM) float32, every enrolled embedding
     labels: np.ndarray  # (N,) int index into people
     svm: SvmModel | None
-    threshold: float = 0.6
-    min_confidence: float = 0.0
+    rule: RecognitionSection = field(default_factory=RecognitionSection)  # thresholds of the open-set rule
     meta: dict = field(default_factory=dict)
+    svm_veto: bool = True  # the SVM must vote for the same person (bench_openset measures it without)
+
+    def __post_init__(self) -> None:
+        self.centroids, self.spreads = person_models(self.embeddings, self.labels, len(self.people),
+                                                     self.rule.typical_spread)
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.distance_threshold
 
     # ---- prediction -------------------------------------------------------------------------
+    def centroid_distances(self, X: np.ndarray) -> np.ndarray:
+        """(N, n_people): distance of each unit-length embedding to each person's centroid."""
+        return l2(unit_rows(X), self.centroids)
+
     def predict(self, X: np.ndarray) -> list[Prediction]:
         X = np.asarray(X, dtype=np.float64).reshape(-1, DIM)
         if not self.people:
             return [Prediction(None, 0.0, math.inf, None, None, "nobody_enrolled") for _ in X]
-        E = self.embeddings.astype(np.float64)
-        d2 = (X * X).sum(1)[:, None] + (E * E).sum(1)[None, :] - 2.0 * X @ E.T
-        dist = np.sqrt(np.maximum(d2, 0.0))
-        # nearest embedding per person: (N, n_people)
-        per_person = np.full((len(X), len(self.people)), np.inf)
-        for k in range(len(self.people)):
-            cols = self.labels == k
-            if cols.any():
-                per_person[:, k] = dist[:, cols].min(1)
+        D = self.centroid_distances(X)
+        order = np.argsort(D, axis=1)
+        rows = np.arange(len(X))
+        best = order[:, 0]
+        c1 = D[rows, best]
+        c2 = D[rows, order[:, 1]] if len(self.people) > 1 else np.full(len(X), np.inf)
+        effective = effective_distance(c1, c2, self.spreads[best], self.rule)
         svm_votes = self.svm.scores(X).argmax(1) if self.svm is not None else None
         out = []
         for i in range(len(X)):
-            order = np.argsort(per_person[i])
-            best = int(order[0])
-            d = float(per_person[i, best])
-            conf = 1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (self.threshold - d)))
-            if len(order) > 1 and per_person[i, order[1]] - d < AMBIGUITY_MARGIN:
-                conf *= 0.5
+            e = float(effective[i])
+            conf = 1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (self.threshold - e)))
             svm_name = self.people[int(svm_votes[i])] if svm_votes is not None else None
-            name: str | None = self.people[best]
+            candidate = self.people[int(best[i])]
+            name: str | None = candidate
             reason = ""
-            if d > self.threshold:
+            if e > self.threshold:
                 name, reason = None, "far"
-            elif svm_name is not None and svm_name != self.people[best]:
+            elif self.svm_veto and svm_name is not None and svm_name != candidate:
                 name, reason, conf = None, "svm_disagrees", conf * 0.5
-            elif conf < self.min_confidence:
+            elif conf < self.rule.min_confidence:
                 name, reason = None, "low_confidence"
-            out.append(Prediction(name, conf, d, self.people[best], svm_name, reason))
+            out.append(Prediction(name, conf, float(c1[i]), candidate, svm_name, reason,
+                                  margin=float(c2[i] - c1[i]), effective=e))
         return out
 
     # ---- persistence ------------------------------------------------------------------------
@@ -241,7 +338,7 @@ class Classifier:
         atomic_write(folder / META_NAME, lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     @classmethod
-    def load(cls, folder: Path, threshold: float = 0.6, min_confidence: float = 0.0) -> Classifier:
+    def load(cls, folder: Path, rule: RecognitionSection | None = None) -> Classifier:
         """Load a saved classifier or raise ClassifierFileError saying why it cannot be used."""
         model_path, meta_path = folder / MODEL_NAME, folder / META_NAME
         if not model_path.is_file() or not meta_path.is_file():
@@ -274,7 +371,7 @@ class Classifier:
         if embeddings.ndim != 2 or embeddings.shape[1] != DIM or len(labels) != len(embeddings) \
                 or (len(labels) and (labels.min() < 0 or labels.max() >= len(people))):
             raise ClassifierFileError(f"{folder}: classifier arrays do not match its metadata")
-        return cls(people, embeddings, labels, svm, threshold, min_confidence, meta)
+        return cls(people, embeddings, labels, svm, rule or RecognitionSection(), meta)
 
 
 def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: str = "",
@@ -320,8 +417,7 @@ def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: st
         "versions": _versions(),
         **(extra_meta or {}),
     }
-    return Classifier(people, X.astype(np.float32), y, svm, recognition.distance_threshold,
-                      recognition.min_confidence, meta)
+    return Classifier(people, X.astype(np.float32), y, svm, recognition, meta)
 
 
 def _versions() -> dict:
@@ -350,12 +446,10 @@ def train_elsewhere(embeddings: np.ndarray, names: list[str], recognition, finge
             "names": list(names), "recognition": dataclasses.asdict(recognition), "fingerprint": fingerprint,
             "extra_meta": extra_meta or {}}))
         run_module("agent.vision.classifier", str(job), nice=nice)
-        return Classifier.load(job / "model", recognition.distance_threshold, recognition.min_confidence)
+        return Classifier.load(job / "model", recognition)
 
 
 def _train_job(job: Path) -> None:
-    from agent.config import RecognitionSection
-
     spec = json.loads((job / "job.json").read_text())
     clf = train(np.load(job / "embeddings.npy"), spec["names"], RecognitionSection(**spec["recognition"]),
                 spec["fingerprint"], spec["extra_meta"])

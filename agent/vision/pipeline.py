@@ -26,7 +26,7 @@ import numpy as np
 
 from agent.vision.classifier import Classifier, Prediction
 from agent.vision.mtcnn import Detection
-from agent.vision.recognizer import FaceAnalyzer
+from agent.vision.recognizer import QUALITY_REASONS, FaceAnalyzer
 from agent.vision.tracker import IdentityChange, Track, Tracker, TrackerUpdate
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,11 @@ class Pipeline:
             requests = update.to_embed
             _, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
             t3 = time.perf_counter()
-            predictions = classifier.predict(embeddings)
+            predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
             for request, embedding, prediction in zip(requests, embeddings, predictions):
+                if prediction.reason in QUALITY_REASONS:  # too small, blurry or turned away: no vote, no check
+                    result.recognitions.append(Recognition(request.track, request.detection, prediction))
+                    continue
                 track = self.tracker.verify(request.track.id, embedding, prediction.name)  # or a new track
                 if track is None:
                     continue

@@ -2,10 +2,16 @@
 
 The video pipeline uses the same pieces one by one (it embeds only the tracks the tracker schedules);
 this module holds them together and serves `face-agent identify`, enrollment and evaluation.
+
+Quality: a face smaller than `[enrollment] min_face_size`, blurrier than `[recognition] min_sharpness` or
+turned further than `[recognition] max_yaw` (from MTCNN's landmarks) is never named: its prediction is
+unknown with the reason `too_small`, `blurry` or `pose` (the nearest candidate is still reported), and in
+video it does not vote. `principal_face` says which face of a photo is "the" person (eval's queries).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,21 +25,71 @@ from agent.vision.backends.tensorrt import options_from_config
 from agent.vision.classifier import Classifier, Prediction
 from agent.vision.embed import Embedder, create_embedder
 from agent.vision.mtcnn import MTCNN, Detection
+from agent.vision.tracker import face_sharpness
 
 log = logging.getLogger(__name__)
+
+TOO_SMALL, BLURRY, POSE = "too_small", "blurry", "pose"
+QUALITY_REASONS = (TOO_SMALL, BLURRY, POSE)  # predictions with these reasons are never names nor votes
+
+
+def yaw_ratio(landmarks: np.ndarray) -> float:
+    """|nose x - eyes' midpoint x| / half the eye distance, from MTCNN's 5 landmarks (0 = frontal; 1 = the
+    nose below one eye, the head turned ~40 degrees). inf when the eyes coincide."""
+    left, right, nose = (np.asarray(landmarks, dtype=np.float64)[k] for k in range(3))
+    half = float(np.linalg.norm(right - left)) / 2.0
+    return abs(float(nose[0]) - (float(left[0]) + float(right[0])) / 2.0) / half if half > 0 else float("inf")
+
+
+def judge_quality(side: float, sharpness: float, yaw: float, cfg: Config) -> str:
+    """"" when a face of this size (px, shorter side), sharpness and yaw_ratio may be named, else why not."""
+    if side < cfg.enrollment.min_face_size:
+        return TOO_SMALL
+    if sharpness < cfg.recognition.min_sharpness:
+        return BLURRY
+    if yaw > cfg.recognition.max_yaw:
+        return POSE
+    return ""
+
+
+def quality_reason(rgb: np.ndarray, detection: Detection, cfg: Config) -> str:
+    """"" when the face may be named, else why not: too_small | blurry | pose."""
+    return judge_quality(min(detection.width, detection.height), face_sharpness(rgb, detection.box),
+                         yaw_ratio(detection.landmarks), cfg)
+
+
+def with_quality(predictions: list[Prediction], reasons: list[str]) -> list[Prediction]:
+    """Predictions of low-quality faces turned into unknown with the quality reason (candidate kept)."""
+    return [p if not r else dataclasses.replace(p, name=None, reason=r) for p, r in zip(predictions, reasons)]
+
+
+def principal_face(detections: list[Detection], width: int, height: int, dominance: float) -> int | None:
+    """Index of the face a photo is "of": the largest one if it is `dominance` times larger than the next,
+    else, among the faces at least 1/dominance as large as the largest, the one nearest the image centre."""
+    if not detections:
+        return None
+    areas = np.array([d.area for d in detections])
+    comparable = np.flatnonzero(areas * dominance >= areas.max())
+    cx, cy = width / 2.0, height / 2.0
+    off = [((detections[k].x1 + detections[k].x2) / 2 - cx) ** 2 + ((detections[k].y1 + detections[k].y2) / 2 - cy) ** 2
+           for k in comparable]
+    return int(comparable[int(np.argmin(off))])
 
 
 @dataclass
 class FaceResult:
     detection: Detection
     landmarks5: np.ndarray  # dlib's 5 points (x, y) used for alignment
-    prediction: Prediction | None  # None: not recognised (no classifier, or face too small)
+    prediction: Prediction | None  # None: no classifier
+    quality: str = ""  # "" or too_small | blurry | pose: why the face is not named whatever the classifier says
 
     def to_dict(self) -> dict:
         d = self.detection.to_dict()
         d["dlib_landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks5]
         if self.prediction is not None:
             d.update(self.prediction.to_dict())
+        else:
+            d.update(name=None, reason=self.quality or None)
         return d
 
 
@@ -73,14 +129,25 @@ class FaceAnalyzer:
             return chips, np.zeros((0, 128), dtype=np.float32)
         return chips, self.embedder.embed(chips)
 
+    def quality(self, rgb: np.ndarray, detections: list[Detection]) -> list[str]:
+        """quality_reason of each detection ("" = good enough to be named)."""
+        return [quality_reason(rgb, d, self.cfg) for d in detections]
+
+    def predict(self, rgb: np.ndarray, detections: list[Detection], embeddings: np.ndarray,
+                classifier: Classifier) -> list[Prediction]:
+        """The classifier's predictions for embedded detections, low-quality faces made unknown."""
+        return with_quality(classifier.predict(embeddings), self.quality(rgb, detections))
+
     def identify(self, rgb: np.ndarray) -> list[FaceResult]:
-        """Every face found in the image with its name (or unknown)."""
+        """Every face found in the image with its name (or unknown, with the reason)."""
         detections = self.detect(rgb)
         if not detections:
             return []
         boxes = [d.box for d in detections]
         landmarks = self.aligner.landmarks(rgb, boxes)
         _, embeddings = self.embed(rgb, detections)
+        reasons = self.quality(rgb, detections)
         predictions: list[Prediction | None] = (
-            list(self.classifier.predict(embeddings)) if self.classifier is not None else [None] * len(boxes))
-        return [FaceResult(d, lm, p) for d, lm, p in zip(detections, landmarks, predictions)]
+            with_quality(self.classifier.predict(embeddings), reasons) if self.classifier is not None
+            else [None] * len(boxes))
+        return [FaceResult(d, lm, p, r) for d, lm, p, r in zip(detections, landmarks, predictions, reasons)]
