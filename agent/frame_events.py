@@ -24,7 +24,8 @@ def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePositi
     for change in result.changes:
         t = change.track
         if change.kind == "unknown":
-            events.append(factory.unknown_face(t.id, t.attempts, t.box, size, change.confidence, change.votes,
+            confidence = change.confidence if change.votes else None  # no vote: attempts ran out (poor faces)
+            events.append(factory.unknown_face(t.id, t.attempts, t.box, size, confidence, change.votes,
                                                image=image, at=at))
         else:
             events.append(factory.identified(t.id, change.name, change.confidence, change.votes, t.box, size,

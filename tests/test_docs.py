@@ -51,7 +51,11 @@ def test_event_examples_have_the_fields_and_nulls_of_real_events(tmp_path, analy
             assert e["confidence"] is None and isinstance(e["votes"], int)
             assert (e["best_confidence"] is None) == (e["votes"] == 0)
         if e["type"] == "unknown_face":
-            assert e["name"] is None and 0.5 <= e["confidence"] <= 1 and e["votes"] >= 1
+            assert e["name"] is None
+            if e["votes"]:
+                assert 0.5 <= e["confidence"] <= 1
+            else:  # attempts ran out without a vote for unknown (faces too poor to recognise)
+                assert e["confidence"] is None
 
 
 def test_evaluation_doc_gives_the_tools_detection_figures(analyzer, tmp_path):

@@ -96,6 +96,9 @@ class Pipeline:
             for request, embedding, prediction in zip(requests, embeddings, predictions):
                 if prediction.reason in QUALITY_REASONS:  # too small, blurry or turned away: no vote, no check
                     result.recognitions.append(Recognition(request.track, request.detection, prediction))
+                    change = self.tracker.add_prediction(request.track.id, None, 0.0, vote=False)
+                    if change is not None:
+                        result.changes.append(change)
                     continue
                 track = self.tracker.verify(request.track.id, embedding, prediction.name)  # or a new track
                 if track is None:

@@ -165,8 +165,9 @@ class Track:
 
     @property
     def shown_status(self) -> str:
-        """What may be shown and published now: the status, or pending while the face is unverified."""
-        return self.status if self.verified else PENDING
+        """What may be shown and published now: the status, but a name only on a verified face (a named track
+        whose face is unverified shows pending)."""
+        return PENDING if self.status == NAMED and not self.verified else self.status
 
     @property
     def shown_name(self) -> str | None:
@@ -480,10 +481,12 @@ class Tracker:
         return new
 
     def add_prediction(self, track_id: int, name: str | None, confidence: float,
-                       quality: float | None = None) -> IdentityChange | None:
+                       quality: float | None = None, vote: bool = True) -> IdentityChange | None:
         """Vote with one recognition of a track: `name` (None = unknown) and `confidence` as the classifier
         gives them (agent.vision.classifier.Prediction: for an unknown face, the confidence in the nearest
-        candidate). `quality` defaults to the quality of the face scheduled last. Returns the change of the
+        candidate). `quality` defaults to the quality of the face scheduled last. `vote=False`: the face was
+        too poor to recognise (too small, blurry, turned away): it counts as an attempt but not as a vote, so
+        a track that never shows a usable face ends up unknown after `max_attempts`. Returns the change of the
         track's identity this caused, or None (no change, or the track has ended)."""
         track = self.get(track_id)
         if track is None:
@@ -492,7 +495,8 @@ class Tracker:
         if not math.isfinite(confidence):
             raise ValueError(f"add_prediction: confidence must be a finite number, got {confidence}")
         track.attempts += 1
-        track.ballot.add(name, confidence, track.embed_quality if quality is None else quality)
+        if vote:
+            track.ballot.add(name, confidence, track.embed_quality if quality is None else quality)
         ballot = track.ballot
         if ballot.settled:
             status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)
