@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from agent.config import Config, RecognitionSection
 from agent.gallery import DUPLICATE, SEVERAL_FACES, Gallery, InvalidNameError, PhotoResult, validate_person_name
+from agent.images import ImageError, is_image_path, load_image
 from agent.vision.classifier import Classifier, effective_distance, leave_one_out, train
-from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer, principal_face
 from agent.vision.tracker import iou_matrix
 

@@ -43,8 +43,8 @@ from tqdm import tqdm
 from agent import database
 from agent.config import Config
 from agent.files import StorageError, file_sha256, storage_hint, storage_state
+from agent.images import ImageError, is_image_path, load_image
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
-from agent.vision.images import ImageError, is_image_path, load_image
 from agent.vision.recognizer import FaceAnalyzer
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.vision.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_image
+from agent.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_image
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.images import ImageError, is_image_path, load_image  # noqa: E402
 from agent.vision.backends import create_backend  # noqa: E402
-from agent.vision.images import ImageError, is_image_path, load_image  # noqa: E402
 from agent.vision.mtcnn import MTCNN  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "faces"

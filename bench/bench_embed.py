@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.images import load_image  # noqa: E402
 from agent.vision.dlib_resnet import ensure_onnx  # noqa: E402
 from agent.vision.embed import RESNET_DAT, DlibEmbedder, OnnxRuntimeEmbedder, dlib_model_path  # noqa: E402
-from agent.vision.images import load_image  # noqa: E402
 
 JOHNS = ROOT.parent / "shared" / "faces" / "dlib" / "examples" / "johns"
 BATCHES = (1, 8)

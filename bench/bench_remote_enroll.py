@@ -30,10 +30,10 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from agent.config import config_from_dict  # noqa: E402
 from agent.gallery import Gallery  # noqa: E402
+from agent.images import load_image  # noqa: E402
 from agent.sync import enrollment_protocol as proto  # noqa: E402
 from agent.sync.enrollment import EnrollmentIntake  # noqa: E402
 from agent.sync.mqtt import MqttClient  # noqa: E402
-from agent.vision.images import load_image  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "faces"
 FRAME = SHARED / "face_recognition" / "examples" / "obama-480p.jpg"

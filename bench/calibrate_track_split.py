@@ -27,7 +27,7 @@ SHARED = ROOT.parent / "shared" / "faces"
 
 
 def lfw_embeddings(analyzer, people: int) -> tuple[np.ndarray, list[str]]:
-    from agent.vision.images import load_image
+    from agent.images import load_image
 
     vectors, labels = [], []
     folders = sorted(p for p in (SHARED / "lfw-subset").iterdir() if p.is_dir())[:people]
@@ -47,7 +47,7 @@ def lfw_embeddings(analyzer, people: int) -> tuple[np.ndarray, list[str]]:
 
 
 def johns_embeddings(analyzer) -> tuple[np.ndarray, list[str]]:
-    from agent.vision.images import load_image
+    from agent.images import load_image
 
     chips, labels = [], []
     for folder in sorted((SHARED / "dlib" / "examples" / "johns").iterdir()):

@@ -176,7 +176,7 @@ def background(seed: int) -> np.ndarray:
 
 
 def _actor_image(path: Path) -> np.ndarray:
-    from agent.vision.images import load_image
+    from agent.images import load_image
 
     rgb = load_image(path)
     h, w = rgb.shape[:2]

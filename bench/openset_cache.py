@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.config import config_from_dict  # noqa: E402
-from agent.vision.images import load_image  # noqa: E402
+from agent.images import load_image  # noqa: E402
 from agent.vision.recognizer import FaceAnalyzer  # noqa: E402
 from agent.vision.tracker import face_sharpness  # noqa: E402
 

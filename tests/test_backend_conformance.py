@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from conftest import COMPREFACE, FR, SHARED
 
+from agent.images import load_image
 from agent.vision.backends import BackendError, create_backend
 from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
 from agent.vision.backends.watchdog import GuardedBackend
-from agent.vision.images import load_image
 from agent.vision.mtcnn import MTCNN, pnet_input_shapes
 
 FRAME = (480, 640)  # (height, width): photos are letterboxed into camera-like frames of this size

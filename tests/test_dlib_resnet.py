@@ -13,6 +13,7 @@ import pytest
 from conftest import COMPREFACE, DLIB, FR, SHARED
 
 from agent.config import config_from_dict
+from agent.images import load_image
 from agent.vision import dlib_resnet
 from agent.vision.backends import BackendError
 from agent.vision.backends.tensorrt import tensorrt_status
@@ -25,7 +26,6 @@ from agent.vision.embed import (
     create_embedder,
     dlib_model_path,
 )
-from agent.vision.images import load_image
 
 TOLERANCE = 1e-3  # max L2 between dlib's and the ONNX descriptor (measured: ~1e-6)
 # CompreFace sample 000_5: the README's 5 face boxes (x_min, y_min, x_max, y_max); HOG misses one

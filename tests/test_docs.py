@@ -72,7 +72,7 @@ def test_evaluation_doc_gives_the_tools_detection_figures(analyzer, tmp_path):
 
 
 def test_readme_describes_both_landmark_arrays_in_their_real_order(analyzer):
-    from agent.vision.images import load_image
+    from agent.images import load_image
 
     readme = (ROOT / "README.md").read_text()
     flat = " ".join(readme.split())

@@ -202,7 +202,7 @@ def test_from_json_errors_are_clear():
 
 
 def test_thumbnail_on_a_real_photo(tmp_path):
-    from agent.vision.images import load_image
+    from agent.images import load_image
 
     photos = sorted(FR.glob("**/*.jpg"))
     if not photos:

@@ -9,7 +9,7 @@ import pytest
 from conftest import COMPREFACE, FR
 from PIL import Image
 
-from agent.vision.images import ImageError, decode_image, load_image
+from agent.images import ImageError, decode_image, load_image
 
 FILES = COMPREFACE / "embedding-calculator" / "src" / "services" / "imgtools" / "test" / "files"
 

@@ -14,9 +14,9 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.config import DetectorSection
+from agent.images import load_image
 from agent.vision.backends import MODEL_DIR, NETS, BackendError, create_backend
 from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
-from agent.vision.images import load_image
 from agent.vision.mtcnn import MTCNN, Detection, nms, pnet_input_shapes, pyramid_scales
 from tests.conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
 

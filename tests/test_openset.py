@@ -20,7 +20,7 @@ from conftest import FR, SHARED, make_config
 from agent.cli import main
 from agent.config import config_from_dict
 from agent.gallery import Gallery
-from agent.vision.images import load_image
+from agent.images import load_image
 from agent.vision.pipeline import Pipeline
 from agent.vision.recognizer import principal_face, yaw_ratio
 from agent.vision.tracker import Tracker

@@ -20,8 +20,8 @@ from agent.gallery import (
     InvalidNameError,
     validate_person_name,
 )
+from agent.images import ImageError, load_image
 from agent.vision.classifier import Classifier, ClassifierFileError, train
-from agent.vision.images import ImageError, load_image
 
 KNN = FR / "examples" / "knn_examples"
 JOHNS = DLIB / "examples" / "johns"

@@ -19,10 +19,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.gallery import Gallery
+from agent.images import load_image
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment import EnrollmentIntake
 from agent.sync.mqtt import MqttClient
-from agent.vision.images import load_image
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 

@@ -27,8 +27,8 @@ from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
 from stream import MJPEGServer
 
 from agent.config import SourceSection
+from agent.images import load_image
 from agent.sources import Frame, SourceError, csi_pipeline, open_source, parse_uri
-from agent.vision.images import load_image
 
 HAMILTON = FR / "examples" / "short_hamilton_clip.mp4"  # 640x360, 29.97 fps, 275 frames
 STREET = SHARED / "facenet-pytorch" / "examples" / "video.mp4"  # 1920x1080, 25 fps, 105 frames

@@ -10,7 +10,7 @@ import pytest
 from conftest import FR
 
 from agent.config import TrackerSection, VotingSection
-from agent.vision.images import load_image
+from agent.images import load_image
 from agent.vision.mtcnn import Detection
 from agent.vision.tracker import (
     NAMED,

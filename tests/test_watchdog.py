@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import FR
 
+from agent.images import load_image
 from agent.vision.backends import BackendError
 from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
 from agent.vision.backends.watchdog import (
@@ -25,7 +26,6 @@ from agent.vision.backends.watchdog import (
     device_lost,
     sticky_cuda_error,
 )
-from agent.vision.images import load_image
 from agent.vision.mtcnn import MTCNN
 
 TIMEOUT = 0.5

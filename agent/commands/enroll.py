@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
-from agent.vision.images import ImageError
+from agent.images import ImageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

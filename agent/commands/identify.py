@@ -8,7 +8,7 @@ import sys
 
 from agent.commands._common import config_of
 from agent.gallery import Gallery
-from agent.vision.images import ImageError, load_image
+from agent.images import ImageError, load_image
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -43,12 +43,12 @@ from agent import database
 from agent.config import Config
 from agent.files import file_sha256
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
+from agent.images import ImageError, decode_image
 from agent.logsafe import RateLimitedLog, escape
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
 from agent.topics import Topics, replies_prefix
 from agent.vision.classifier import Classifier
-from agent.vision.images import ImageError, decode_image
 
 log = logging.getLogger(__name__)
 
