@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import sqlite_utils
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from agent import database
 from agent.config import Config
 from agent.files import StorageError, file_sha256, storage_hint, storage_state
-from agent.images import ImageError, is_image_path, load_image
+from agent.images import ImageError, decode_image, is_image_path, load_image
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -163,6 +165,27 @@ def enrollment_warnings(results: list[PhotoResult], X: np.ndarray, names: list[s
                 out.append(f"{r.person}: {r.path.name} is closer to {people[nearest]} ({D[i, nearest]:.3f}) than to "
                            f"{r.person}'s other photos ({D[i, own]:.3f}): mislabelled?")
     return out
+
+
+# the formats enrollment stores (as these suffixes); others are refused as UNSUPPORTED_FORMAT
+FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "DIB": ".bmp", "GIF": ".gif",
+                 "TIFF": ".tif", "WEBP": ".webp", "ICO": ".ico", "PPM": ".ppm"}
+UNSUPPORTED_FORMAT = "unsupported_format"  # add_image: not a format enrollment stores
+ENROLLED_AS_OTHER = "enrolled_as_other"  # add_image: the same photo is somebody else's
+
+
+@dataclass
+class ImageAdd:
+    """What `Gallery.add_image` did with one image: accepted (stored as `stored_as`; `new` when it was not
+    there before) or refused (`reason`: unreadable, unsupported_format, enrolled_as_other, or a photo status
+    such as no_face; `message` says it for a person)."""
+
+    sha256: str
+    accepted: bool
+    reason: str | None = None
+    message: str | None = None
+    stored_as: str | None = None
+    new: bool = False
 
 
 class EmbeddingCache:
@@ -417,6 +440,58 @@ class Gallery:
                 present[sha] = dest
             stored.append(present[sha])
         return stored
+
+    def add_image(self, person: str, data: bytes, name: str, max_bytes: int, work_dir: Path) -> ImageAdd:
+        """Enroll one image given as bytes (remote enrollment, uploads): the caps (`max_bytes`, `[images]
+        max_pixels`) before anything else opens it, a format enrollment accepts, not already somebody else's
+        photo, a usable face; then stored as <name stem>-<sha8>.<ext>. `work_dir`: a private folder for the
+        temporary copy. Says what happened; raises only for faults of the agent itself."""
+        sha = hashlib.sha256(data).hexdigest()
+        images = self.cfg.images
+        try:  # first: the caps, before anything else opens it
+            decode_image(data, images.max_pixels, min(images.max_bytes, max_bytes), name=name)
+        except ImageError as exc:
+            return ImageAdd(sha, False, UNREADABLE, str(exc))
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                fmt = probe.format
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            fmt = None
+        suffix = FORMAT_SUFFIX.get(fmt or "")
+        if suffix is None:
+            return ImageAdd(sha, False, UNSUPPORTED_FORMAT, f"{name}: {fmt} images are not accepted for enrollment "
+                            f"(use {', '.join(sorted({s.lstrip('.') for s in FORMAT_SUFFIX.values()}))})")
+        for other in self.find_photos(sha):
+            if other.parent.name != person:
+                return ImageAdd(sha, False, ENROLLED_AS_OTHER,
+                                f"{name}: this photo is already enrolled as {other.parent.name!r}")
+        existing = self.find_photos(sha, person)
+        if existing:
+            return ImageAdd(sha, True, message="already enrolled", stored_as=existing[0].name)
+        tmp = work_dir / f"{uuid.uuid4().hex}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            result, _ = self.process_photo(person, tmp)
+            if not result.ok:
+                return ImageAdd(sha, False, result.status, f"{name}: {result.reason}")
+            stored = self.add_photos(person, [tmp], names=[name or tmp.name])[0]
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ImageAdd(sha, True, message=result.reason or None, stored_as=stored.name, new=True)
+
+    def find_photo(self, person: str, ref: str) -> Path | None:
+        """The photo of `person` that `ref` names: its file name, its stem, or its content's sha256."""
+        for path in self.photos_of(person):
+            if not path.exists():
+                continue
+            if ref in (path.name, path.stem):
+                return path
+            if len(ref) == 64 and (path.stem == ref[:16] or path.stem.endswith(f"-{ref[:8]}")) \
+                    and file_sha256(path) == ref:
+                return path
+        return None
 
     def find_photos(self, sha: str, person: str | None = None) -> list[Path]:
         """Photos with content `sha`: every photo of `person`, or (person None) those of anybody stored under

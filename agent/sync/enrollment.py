@@ -20,8 +20,6 @@ first. A refused request writes nothing; the nonces of authenticated requests ar
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
 import queue
@@ -29,21 +27,16 @@ import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 
 from agent import database
 from agent.config import Config
-from agent.files import file_sha256
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
-from agent.images import ImageError, decode_image
 from agent.logsafe import RateLimitedLog, escape
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
@@ -59,9 +52,6 @@ MAX_QUEUED = 1000  # requests waiting for the worker; more are answered "busy"
 MAX_CORRELATION_BYTES = 1024
 REJECTION_LOGS_PER_MINUTE = 20  # rejected requests logged per minute (the rest are counted)
 # Pillow format -> the suffix the photo is stored under (formats the CLI enrollment also reads)
-FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "DIB": ".bmp", "GIF": ".gif",
-                 "TIFF": ".tif", "WEBP": ".webp", "ICO": ".ico", "PPM": ".ppm"}
-
 ModelCallback = Callable[[Classifier, dict], None]
 
 
@@ -414,54 +404,17 @@ class EnrollmentIntake:
                     "reason": proto.INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"[:300]}
 
     def _add_image(self, person: str, img: proto.Image) -> dict:
+        """One image of an `add`, as the reply lists it; the enrollment itself is the gallery's."""
         out: dict[str, Any] = {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
                                "reason": img.reason or None, "message": img.message or None}
-        if img.data is None:
+        if img.data is None:  # refused by the protocol already (bad base64, hash mismatch...)
             return out
-        data = img.data
-        sha = hashlib.sha256(data).hexdigest()
-        out["sha256"] = sha
-
-        def reject(code: str, message: str) -> dict:
-            out.update(reason=code, message=message)
-            return out
-
-        images = self.cfg.images
-        try:  # first: size caps and the pixel cap ([images] max_pixels) before anything else opens it
-            decode_image(data, images.max_pixels, min(images.max_bytes, self.settings.max_image_bytes),
-                         name=img.name)
-        except ImageError as exc:
-            return reject("unreadable", str(exc))
-        try:
-            with PILImage.open(io.BytesIO(data)) as probe:
-                fmt = probe.format
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, PILImage.DecompressionBombError):
-            fmt = None
-        suffix = FORMAT_SUFFIX.get(fmt or "")
-        if suffix is None:
-            return reject(proto.UNSUPPORTED_FORMAT, f"{img.name}: {fmt} images are not accepted for enrollment "
-                          f"(use {', '.join(sorted({s.lstrip('.') for s in FORMAT_SUFFIX.values()}))})")
-        for other in self.gallery.find_photos(sha):
-            if other.parent.name != person:
-                return reject(proto.ENROLLED_AS_OTHER, f"{img.name}: this photo is already enrolled as "
-                              f"{other.parent.name!r}")
-        existing = self.gallery.find_photos(sha, person)
-        if existing:
-            out.update(status=proto.ACCEPTED, reason=None, message="already enrolled", stored_as=existing[0].name)
-            return out
-        tmp = self._tmp / f"{uuid.uuid4().hex}{suffix}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            result, _ = self.gallery.process_photo(person, tmp)
-            if not result.ok:
-                return reject(result.status, f"{img.name}: {result.reason}")
-            stored = self.gallery.add_photos(person, [tmp], names=[img.name or tmp.name])[0]
-        finally:
-            tmp.unlink(missing_ok=True)
-        out.update(status=proto.ACCEPTED, reason=None, message=result.reason or None, stored_as=stored.name,
-                   new=True)
+        added = self.gallery.add_image(person, img.data, img.name, self.settings.max_image_bytes, self._tmp)
+        out.update(sha256=added.sha256, reason=added.reason, message=added.message)
+        if added.accepted:
+            out.update(status=proto.ACCEPTED, stored_as=added.stored_as)
+            if added.new:
+                out["new"] = True
         return out
 
     def _remove_images(self, req: proto.Request) -> dict:
@@ -472,14 +425,7 @@ class EnrollmentIntake:
         images = []
         removed = 0
         for ref in req.refs:
-            match = None
-            for p in photos:
-                if not p.exists():
-                    continue
-                if ref in (p.name, p.stem) or (len(ref) == 64 and (p.stem == ref[:16] or p.stem.endswith(
-                        f"-{ref[:8]}")) and file_sha256(p) == ref):
-                    match = p
-                    break
+            match = self.gallery.find_photo(person, ref)
             if match is None:
                 images.append({"ref": ref, "status": proto.NOT_FOUND, "stored_as": None})
                 continue
