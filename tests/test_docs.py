@@ -59,7 +59,7 @@ def test_event_examples_have_the_fields_and_nulls_of_real_events(tmp_path, analy
 
 
 def test_evaluation_doc_gives_the_tools_detection_figures(analyzer, tmp_path):
-    from agent.evaluate import evaluate_detections
+    from agent.evaluation.detections import evaluate_detections
 
     cfg = make_config(tmp_path)
     r = evaluate_detections(DLIB / "examples" / "faces" / "testing.xml", analyzer, cfg)

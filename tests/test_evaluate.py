@@ -14,17 +14,12 @@ from conftest import COMPREFACE, DLIB, FR, ROOT, make_config
 from PIL import Image
 
 from agent.cli import main
-from agent.eval_report import format_eval, format_tune, plot_report
-from agent.evaluate import (
-    EvalError,
-    equal_error,
-    evaluate_detections,
-    evaluate_folder,
-    match_detections,
-    read_dlib_xml,
-    threshold_for_far,
-    tune_gallery,
-)
+from agent.evaluation import EvalError
+from agent.evaluation.detections import evaluate_detections, match_detections, read_dlib_xml
+from agent.evaluation.folders import evaluate_folder
+from agent.evaluation.metrics import equal_error, threshold_for_far
+from agent.evaluation.report import format_eval, format_tune, plot_report
+from agent.evaluation.tune import tune_gallery
 from agent.gallery import Gallery
 
 JOHNS = DLIB / "examples" / "johns"
@@ -214,7 +209,8 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_agent_does_not_import_matplotlib():
-    code = ("import sys, agent.cli, agent.evaluate, agent.commands.eval, agent.commands.tune;"
+    code = ("import sys, agent.cli, agent.evaluation.folders, agent.evaluation.tune, agent.commands.eval, "
+            "agent.commands.tune;"
             "agent.cli.build_parser(); assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.eval_report import format_detections, format_eval, plot_report
-from agent.evaluate import EvalError, evaluate_detections, evaluate_folder
+from agent.evaluation import EvalError
+from agent.evaluation.detections import evaluate_detections
+from agent.evaluation.folders import evaluate_folder
+from agent.evaluation.report import format_detections, format_eval, plot_report
 from agent.vision.recognizer import FaceAnalyzer
 
 

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.eval_report import format_tune, plot_report
-from agent.evaluate import EvalError, tune_gallery
+from agent.evaluation import EvalError
+from agent.evaluation.report import format_tune, plot_report
+from agent.evaluation.tune import tune_gallery
 from agent.gallery import Gallery
 
 

@@ -1,4 +1,4 @@
-"""The reports of `face-agent eval` and `tune` (agent.evaluate) as text tables and a PNG plot."""
+"""The reports of `face-agent eval` and `tune` (agent.evaluation) as text tables and a PNG plot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.evaluate import EvalError
+from agent.evaluation import EvalError
 
 
 def _pct(v: float | None) -> str:
