@@ -14,10 +14,11 @@ from conftest import COMPREFACE, DLIB, FR, SHARED
 
 from agent.config import config_from_dict
 from agent.images import load_image
-from agent.vision import dlib_resnet
+from agent.vision import dlib_convert, dlib_resnet
 from agent.vision.backends import BackendError
 from agent.vision.backends.tensorrt import tensorrt_status
-from agent.vision.dlib_resnet import DlibFormatError, ensure_onnx, parse_dat
+from agent.vision.dlib_convert import ensure_onnx, parse_dat
+from agent.vision.dlib_resnet import DlibFormatError
 from agent.vision.embed import (
     RESNET_DAT,
     DlibEmbedder,
@@ -161,17 +162,17 @@ def test_parse_reads_the_whole_network(dat_bytes):
 def test_dlib_integer_and_float_encoding():
     """serialize.h: control byte (0x80 sign, low nibble = byte count) + little-endian magnitude; floats as
     (mantissa, exponent) integer pairs, value = mantissa * 2**exponent."""
-    r = dlib_resnet._Reader(b"\x01\x00" b"\x81\x05" b"\x02\x80\x12" b"\x03\x0a\xd7\xa3\x81\x1c" b"1", "t")
+    r = dlib_convert._Reader(b"\x01\x00" b"\x81\x05" b"\x02\x80\x12" b"\x03\x0a\xd7\xa3\x81\x1c" b"1", "t")
     assert (r.int_(), r.int_(), r.int_()) == (0, -5, 0x1280)
     assert np.float32(r.float_()) == np.float32(0.04)  # loss_metric margin as stored in the model
     assert r.bool_() is True
     with pytest.raises(DlibFormatError, match="control byte"):
-        dlib_resnet._Reader(b"\x19", "t").int_()
+        dlib_convert._Reader(b"\x19", "t").int_()
 
 
 def test_conversion_is_deterministic_and_matches_the_known_hash(dat_bytes):
-    a = dlib_resnet.convert_bytes(dat_bytes)
-    b = dlib_resnet.convert_bytes(dat_bytes, "/some/other/name.dat")
+    a = dlib_convert.convert_bytes(dat_bytes)
+    b = dlib_convert.convert_bytes(dat_bytes, "/some/other/name.dat")
     assert a == b
     dat_sha = hashlib.sha256(dat_bytes).hexdigest()
     assert hashlib.sha256(a).hexdigest() == dlib_resnet.KNOWN_CONVERSIONS[dat_sha]
@@ -228,7 +229,7 @@ def test_corrupt_dat_is_a_clear_error(tmp_path, dat_bytes, cut):
 
 
 def test_cache_is_reused_without_converting_again(tmp_path, dat_path, caplog):
-    caplog.set_level(logging.INFO, logger="agent.vision.dlib_resnet")
+    caplog.set_level(logging.INFO, logger="agent.vision.dlib_convert")
     first = ensure_onnx(dat_path, tmp_path)
     mtime = first.stat().st_mtime_ns
     caplog.clear()
@@ -251,7 +252,7 @@ def test_damaged_cache_is_reconverted_with_a_warning(tmp_path, dat_path, caplog,
     else:  # no record beside it: the known hash in the code alone rejects the damaged file
         onnx_path.with_suffix(".json").unlink()
         onnx_path.write_bytes(good[:1000])
-    caplog.set_level(logging.WARNING, logger="agent.vision.dlib_resnet")
+    caplog.set_level(logging.WARNING, logger="agent.vision.dlib_convert")
     again = ensure_onnx(dat_path, tmp_path)
     assert again == onnx_path and again.read_bytes() == good
     assert any("does not match the expected sha256" in r.getMessage() for r in caplog.records)

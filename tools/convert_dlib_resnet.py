@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.files import file_sha256  # noqa: E402
-from agent.vision import dlib_resnet  # noqa: E402
+from agent.vision import dlib_convert, dlib_resnet  # noqa: E402
 from agent.vision.embed import RESNET_DAT, ModelFileError, dlib_model_path  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         dat = Path(args.dat) if args.dat else dlib_model_path(RESNET_DAT)
-        onnx_sha = dlib_resnet.convert(dat, args.output)
+        onnx_sha = dlib_convert.convert(dat, args.output)
     except (ModelFileError, dlib_resnet.DlibFormatError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from agent.vision import dlib_resnet
+    from agent.vision.dlib_convert import ensure_onnx
     from agent.vision.embed import ModelFileError, resnet_dat_path
 
     cfg = config_of(args)
@@ -35,7 +36,7 @@ def run_convert(args: argparse.Namespace) -> int:
         dat = cfg.resolve(args.dat) if args.dat else resnet_dat_path(cfg.embedding, cfg.base_dir)
         if not dat.is_file():
             return fail(f"{dat}: no such file")
-        onnx_path = dlib_resnet.ensure_onnx(dat, cfg.path("engines"), force=args.force)
+        onnx_path = ensure_onnx(dat, cfg.path("engines"), force=args.force)
     except (ModelFileError, dlib_resnet.DlibFormatError) as exc:
         return fail(str(exc))
     except OSError as exc:

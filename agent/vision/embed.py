@@ -220,14 +220,15 @@ class TensorRTEmbedder(RunnerEmbedder):
 
 def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
     """The ONNX conversion of the configured .dat, made (and cached in engines_dir) on first use."""
-    from agent.vision.dlib_resnet import DlibFormatError, ensure_onnx, needs_conversion
+    from agent.vision.dlib_convert import ensure_onnx
+    from agent.vision.dlib_resnet import DlibFormatError, needs_conversion
 
     dat = resnet_dat_path(section, base_dir)
     try:
         if needs_conversion(dat, engines_dir):
             # in a child process: the conversion's ~100 MiB would otherwise stay the agent's peak memory
             try:
-                run_module("agent.vision.dlib_resnet", str(dat), str(engines_dir), timeout=600)
+                run_module("agent.vision.dlib_convert", str(dat), str(engines_dir), timeout=600)
             except (RuntimeError, OSError) as exc:  # converted below, in-process, for a clear error
                 log.warning("converting in a child process failed (%s); converting here", exc)
         return ensure_onnx(dat, engines_dir)
