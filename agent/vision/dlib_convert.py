@@ -9,14 +9,8 @@ refers to, so we read it against the same type (`ANET_TYPE` below, top layer fir
 and check every layer header, shape and hyper-parameter we read against it; anything else is a
 `DlibFormatError` naming the byte offset.
 
-The ONNX graph (opset 13, dynamic batch):
-    input      "input"      float32 (N, 3, 150, 150): RGB chips already normalised by `preprocess`
-                            ((pixel - mean[c]) / 256 with dlib's per-channel means, exactly as dlib's
-                            input_rgb_image_sized::to_tensor computes it in float32);
-    output     "embedding"  float32 (N, 128): the same descriptor dlib returns (not re-normalised).
-Normalisation stays outside the graph so the very same float tensor feeds ONNX Runtime and TensorRT
-(TensorRT's uint8 network inputs are not usable on all the versions we target). The means are also
-stored in the model's metadata (`input_mean_rgb`).
+The graph it writes (names, shapes, the normalisation kept outside it) is described in
+agent/vision/dlib_resnet.py.
 
 Layer semantics reproduced (dlib/dnn/layers.h, cpu_dlib.cpp):
 - con_: cross-correlation, zero padding (default padding: stride != 1 -> 0, else size/2), + bias;
