@@ -474,7 +474,7 @@ def test_cli_round_trip(tmp_path, broker, keyfile, agents, capsys):
     stored = sorted(p.name for p in agent.gallery.photos_of("Joe Biden"))
     code, out, _ = cli("remove", "Joe Biden", stored[0], "--agent", "agent-1")
     assert code == 0 and "removed" in out
-    code, out, _ = cli("list", "--agent", "agent-1", "--json")
+    code, out, _ = cli("people", "--agent", "agent-1", "--json")  # named like the local `people`
     data = json.loads(out)
     assert data["verified"] and data["people"]["Joe Biden"]["photos"] == 1
     code, out, _ = cli("forget", "Joe Biden", "--agent", "agent-1")

@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("rename", parents=[common], help="rename a person")
     a.add_argument("old")
     a.add_argument("new")
-    actions.add_parser("list", parents=[common], help="enrolled people and the model of each agent")
+    # `people`, as the local command that lists the same; `list` (the protocol's command name) still works
+    actions.add_parser("people", aliases=["list"], parents=[common], help="enrolled people and the model of each agent")
     actions.add_parser("retrain", parents=[common], help="retrain now and report the model")
     k = actions.add_parser("keygen", help="print a new 'key_id:secret' line for the key files")
     k.add_argument("key_id")
@@ -109,7 +110,8 @@ def build(args: argparse.Namespace, cfg: Config, key_id: str, secret: bytes) -> 
         return proto.build_request(proto.FORGET, key_id, secret, person=args.person, **common)
     if args.action == "rename":
         return proto.build_request(proto.RENAME, key_id, secret, person=args.old, new_name=args.new, **common)
-    return proto.build_request(args.action, key_id, secret, **common)  # list, retrain
+    command = "list" if args.action == "people" else args.action  # the protocol's name for it
+    return proto.build_request(command, key_id, secret, **common)  # list, retrain
 
 
 class Exchange:
