@@ -477,6 +477,9 @@ class Gallery:
             if not result.ok:
                 return ImageAdd(sha, False, result.status, f"{name}: {result.reason}")
             stored = self.add_photos(person, [tmp], names=[name or tmp.name])[0]
+            chip = self.chip_path(person, tmp, sha)  # cut from the temporary copy: name it after the photo
+            if chip.exists():
+                chip.replace(self.chip_path(person, stored, sha))
         finally:
             tmp.unlink(missing_ok=True)
         return ImageAdd(sha, True, message=result.reason or None, stored_as=stored.name, new=True)

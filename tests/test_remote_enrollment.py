@@ -469,6 +469,8 @@ def test_cli_round_trip(tmp_path, broker, keyfile, agents, capsys):
     assert len(agent.gallery.photos_of("biden")) == 2
     sent = {Path(p).stem for p in photos}  # stored as <sent name>-<sha8>: traceable to the sender's file
     assert {p.stem.rsplit("-", 1)[0] for p in agent.gallery.photos_of("biden")} == sent
+    chips = {p.stem for p in (agent.gallery.aligned / "biden").iterdir()}  # one chip a photo, named after it
+    assert chips == {p.stem for p in agent.gallery.photos_of("biden")}
     code, out, _ = cli("rename", "biden", "Joe Biden", "--agent", "agent-1")
     assert code == 0 and "biden -> Joe Biden" in out
     stored = sorted(p.name for p in agent.gallery.photos_of("Joe Biden"))
