@@ -68,6 +68,15 @@ def _utc(t: float | str | None) -> str:
     return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _source_line(source: dict[str, Any]) -> str | None:
+    if not source:
+        return None
+    text = "connected" if source.get("connected") else "not connected"
+    text += f", {source.get('frames_read', 0)} frames read, {source.get('dropped', 0)} dropped, " \
+            f"{source.get('reconnects', 0)} reconnects"
+    return text + (f"; last error: {source['last_error']}" if source.get("last_error") else "")
+
+
 class Console:
     """What the pages need from the agent's storage, built once per process."""
 
@@ -167,10 +176,11 @@ class Console:
         stats, report = status.get("stats") or {}, status.get("health") or {}
         checks = report.get("checks") or {}
         since = checks.get("broker_connected_since")
-        info.update(running=not health.is_stale(status), state=report.get("state"), reasons=report.get("reasons"),
+        running = report.get("state") != "stopped" and not health.is_stale(status)
+        info.update(running=running, state=report.get("state"), reasons=report.get("reasons"),
                     fps=stats.get("fps"), frames=stats.get("frames"), events=stats.get("events"),
                     tracks=stats.get("tracks"), backend=stats.get("backend"),
-                    source=(stats.get("source") or {}).get("name") or (stats.get("source") or {}).get("uri"),
+                    source=_source_line(stats.get("source") or {}),
                     broker=("not used" if not self.cfg.mqtt.enabled else
                             f"connected since {_utc(since)}" if since else
                             "disconnected" if "broker_connected_since" in checks else "unknown"),
