@@ -166,3 +166,22 @@ def test_after_login_files_only_from_the_agents_folders(locked_console):
     # a session ends with logout
     assert client.request("POST", "/logout", headers={"X-CSRF-Token": token})[0] == 204
     assert client.request("GET", "/people")[0] == 303
+
+
+def test_the_optional_unit_passes_systemd_analyze_verify(tmp_path):
+    import shutil
+
+    from test_deploy import FAKE_EXE, systemd_root, verify
+
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze not found: `apt-get install systemd` (make system-deps / .ci/run do)")
+    root = systemd_root(tmp_path)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "face-agent-web.service", root / "etc/systemd/system/face-agent-web.service")
+    exe = root / "opt/face-agent/venv/bin/face-agent"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(FAKE_EXE)
+    exe.chmod(0o755)
+    run = verify(analyze, root, "face-agent-web.service")
+    assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
