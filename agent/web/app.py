@@ -11,6 +11,7 @@ enrollment - no restart.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 LOGIN_DELAY = 0.5  # seconds a wrong password waits (slows guessing)
+MAX_FLASH, MAX_FLASH_SESSIONS = 100, 1000  # messages kept for a session's next page; sessions with messages
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
 _B64 = re.compile(r"^[A-Za-z0-9+/=]+$")
 
@@ -88,6 +90,7 @@ class Console:
         self.work_dir = Path(tempfile.mkdtemp(prefix="face-agent-web-"))  # private (0700) upload copies
         self.train_lock = threading.Lock()
         self.last_training: dict[str, Any] = {}
+        self.flashes: dict[str, list[str]] = {}  # CSRF token of a session -> messages for its next page
 
     # ---- people ---------------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
@@ -201,13 +204,17 @@ def create_app(cfg: Config) -> Starlette:
     templates.env.globals["utc"] = _utc
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        flash = request.session.pop("flash", [])
+        flash = console.flashes.pop(csrf_token(request.session), [])
         return templates.TemplateResponse(request, name, {
             "csrf": csrf_token(request.session), "login": bool(web.password_hash), "flash": flash,
             "path": request.url.path, **context}, status_code=status_code)
 
     def flash(request: Request, *messages: str) -> None:
-        request.session["flash"] = [*request.session.get("flash", []), *messages]
+        """Messages for the session's next page, kept here (a cookie holds 4 kB: not enough for an upload's)."""
+        key = csrf_token(request.session)
+        console.flashes[key] = [*console.flashes.pop(key, []), *messages][-MAX_FLASH:]
+        while len(console.flashes) > MAX_FLASH_SESSIONS:
+            console.flashes.pop(next(iter(console.flashes)))
 
     def go(url: str) -> Response:
         """After an htmx action: load `url` as a page."""
@@ -238,7 +245,7 @@ def create_app(cfg: Config) -> Starlette:
         if not same_token(str(form.get(CSRF_FIELD, "")), request.session):
             return page(request, "login.html", 403, error="the form expired: try again")
         if not await run_in_threadpool(verify_password, str(form.get("password", "")), web.password_hash):
-            time.sleep(LOGIN_DELAY)
+            await asyncio.sleep(LOGIN_DELAY)
             log.warning("web: failed login from %s", escape(request.client.host if request.client else "?"))
             return page(request, "login.html", 401, error="wrong password")
         request.session.clear()
