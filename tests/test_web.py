@@ -185,3 +185,48 @@ def test_the_optional_unit_passes_systemd_analyze_verify(tmp_path):
     exe.chmod(0o755)
     run = verify(analyze, root, "face-agent-web.service")
     assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "face-agent-test-boundary"
+    out = b""
+    for name, value in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+    for filename, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{filename}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_uploads_keep_the_gallerys_caps(tmp_path):
+    """Too many files, a file over the byte cap, a picture over the pixel cap, not an image: refused, each
+    with its reason, and nothing is stored."""
+    import io
+
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("L", (1500, 1500)).save(big, "PNG")  # 2.25 Mpx in a few kB: over [images] max_pixels below
+    console = WebConsole(write_config(tmp_path, images={"max_pixels": 1_000_000},
+                                      web={"max_upload_bytes": 50_000, "max_upload_files": 3}))
+    try:
+        client = Client(console)
+        token = client.csrf("/people")
+        body, kind = multipart({"person": "ada"}, [("a.jpg", b"x")] * 4)
+        status, _, _ = client.request("POST", "/people/upload", body, {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 400  # more files than [web] max_upload_files
+        files = [("bomb.png", big.getvalue()), ("large.jpg", b"\xff\xd8" + b"x" * 60_000), ("text.jpg", b"hello")]
+        body, kind = multipart({"person": "ada"}, files)
+        status, headers, _ = client.request("POST", "/people/upload", body,
+                                            {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 204 and headers["hx-redirect"] == "/people"  # nothing accepted
+        _, _, text = client.request("GET", "/people")
+        for name in ("bomb.png", "large.jpg", "text.jpg"):
+            assert f"{name}: refused" in text
+        assert "pixels" in text and "Nobody is enrolled yet" in text
+        assert not list((tmp_path / "faces").rglob("*.*"))
+        body, kind = multipart({"person": "../x"}, [("a.jpg", b"x")])
+        status, _, text = client.request("POST", "/people/upload", body, {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 400 and "name" in text
+    finally:
+        console.stop()
