@@ -169,6 +169,16 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     assert "issue 13" in page.inner_text("main")
     fits_the_phone(page)
 
+    # a desktop-sized window gets the wider layout
+    desktop = browser.new_context(viewport={"width": 1280, "height": 800}, storage_state=context.storage_state())
+    wide = desktop.new_page()
+    wide.goto(url + "/people/obama")
+    assert wide.url == url + "/people/obama" and wide.locator("figure.photo").count() == 2
+    wide.screenshot(path=str(shots / "06-person-desktop.png"), full_page=True)
+    wide.goto(url + "/live")
+    wide.screenshot(path=str(shots / "07-live-desktop.png"), full_page=True)
+    desktop.close()
+
     # logged out: nothing again
     page.click("#logout")
     page.wait_for_url(url + "/login")

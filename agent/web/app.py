@@ -122,6 +122,13 @@ class Console:
                            "chip": chip.name if chip is not None and chip.is_file() else None})
         return {"name": name, "photos": photos}
 
+    def first_chip(self, name: str) -> str | None:
+        """The chip of the person's first photo that has one (chips are named after their photo)."""
+        for photo in self.gallery.photos_of(name):
+            if (self.gallery.aligned / name / f"{photo.stem}.png").is_file():
+                return f"{photo.stem}.png"
+        return None
+
     def add_uploads(self, person: str, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         max_bytes = min(self.cfg.web.max_upload_bytes, self.cfg.images.max_bytes)
         out = []
@@ -282,11 +289,7 @@ def create_app(cfg: Config) -> Starlette:
 
     async def people(request: Request) -> Response:
         summary = await run_in_threadpool(console.gallery.summary)
-        chips = {}
-        for name in summary:
-            folder = console.gallery.aligned / name
-            first = sorted(folder.glob("*.png"))[:1] if folder.is_dir() else []
-            chips[name] = first[0].name if first else None
+        chips = {name: console.first_chip(name) for name in summary}
         return page(request, "people.html", summary=summary, chips=chips, training=console.training_state(),
                     web=web)
 
