@@ -72,6 +72,8 @@ class Service:
         self._live: AnnotatedWriter | None = None  # [service] live_frame_interval: <storage>/live.jpg
         self._next_live = 0.0
         self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last loaded
+        self._model_lock = threading.Lock()
+        self._loaded_from_file: tuple[int, int] | None = None  # stamp of the file the last reload swapped in
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -134,7 +136,16 @@ class Service:
         self.intake.start()
 
     def _on_model_updated(self, classifier: Classifier, info: dict | None = None) -> None:
-        """From the enrollment thread: swap the classifier in and log a model_updated event."""
+        """From the enrollment thread: swap the classifier in and log a model_updated event (unless the health
+        check already read it from the file the enrollment saved just before calling back)."""
+        with self._model_lock:
+            stamp = self._classifier_file_stamp()
+            if stamp is not None and stamp == self._loaded_from_file:
+                return
+            self._classifier_stamp = stamp
+            self._swap(classifier)
+
+    def _swap(self, classifier: Classifier) -> None:
         if self.pipeline is not None:
             self.pipeline.set_classifier(classifier)
         self._model_event(classifier)
@@ -150,17 +161,17 @@ class Service:
 
     def _reload_classifier_if_changed(self) -> None:
         """Another process (`face-agent web`, `enroll`) retrained through the gallery: swap its classifier in."""
-        stamp = self._classifier_file_stamp()
-        if stamp is None or stamp == self._classifier_stamp or self.gallery is None or self.pipeline is None:
-            return
-        self._classifier_stamp = stamp
-        classifier = self.gallery.load_classifier()
-        current = self.pipeline.classifier
-        if classifier is None or (current is not None
-                                  and current.meta.get("fingerprint") == classifier.meta.get("fingerprint")):
-            return
-        log.info("the classifier on disk changed (%d people): swapping it in", len(classifier.people))
-        self._on_model_updated(classifier)
+        with self._model_lock:
+            stamp = self._classifier_file_stamp()
+            if stamp is None or stamp == self._classifier_stamp or self.gallery is None or self.pipeline is None:
+                return
+            self._classifier_stamp = stamp
+            classifier = self.gallery.load_classifier()
+            if classifier is None or _same_model(self.pipeline.classifier, classifier):
+                return
+            log.info("the classifier on disk changed (%d people): swapping it in", len(classifier.people))
+            self._loaded_from_file = stamp
+            self._swap(classifier)
 
     def _model_event(self, classifier: Classifier) -> None:
         meta = classifier.meta
@@ -327,6 +338,13 @@ class Service:
             systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+
+def _same_model(a: Classifier | None, b: Classifier | None) -> bool:
+    """The same training (data fingerprint and time): a classifier file read back, not a new model."""
+    keys = ("fingerprint", "trained_at")
+    return a is not None and b is not None and all(a.meta.get(k) == b.meta.get(k) for k in keys)
+
 
 def install_signal_handlers(service: Service) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
