@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import DLIB, FR, make_config
+from PIL import Image
 from webconsole import WebConsole, write_config
 
 from agent.gallery import Gallery
+from agent.health import status_path, write_status
 from agent.service import Service
 from agent.web.security import hash_password
 
@@ -48,6 +49,7 @@ def site(tmp_path_factory, analyzer):
     for person in ("obama", "biden"):
         gallery.add_photos(person, sorted((KNN_TRAIN / person).iterdir()))
     gallery.add_photos("lin", [FR / "examples" / "lin-manuel-miranda.png"])
+    gallery.add_photos("biden", [DLIB / "examples" / "faces" / "dogs.jpg"])  # in the folder, refused: no face
     gallery.ensure_trained(progress=False)
     gallery.close()
     assert Service(cfg, source_uri=str(HAMILTON), every_frame=True, analyzer=analyzer).run() == 0
@@ -107,6 +109,12 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     assert "onnxruntime" in page.inner_text(".facts")
     fits_the_phone(page)
     page.screenshot(path=str(shots / "02-live.png"), full_page=True)
+    # the panel follows the status file (htmx polls it every 2 s)
+    write_status(status_path(make_config(storage)), {"interval": 10.0, "agent_id": "web-test", "health": {
+        "state": "ok", "reasons": [], "checks": {}}, "stats": {"fps": 12.5, "frames": 1, "events": 0,
+                                                             "backend": "onnxruntime", "source": {}}})
+    playwright.expect(page.locator("#fps")).to_contain_text("12.5", timeout=10_000)
+    assert page.inner_text("#agent-state") == "ok"
 
     # Events: the run's timeline with face thumbnails; filters by type and person; a track's events
     page.goto(url + "/events")
@@ -129,15 +137,16 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     # People: upload photos for a new person (one refused: no face) and see them trained
     page.goto(url + "/people")
     assert "obama" in page.inner_text(".grid") and "3 people" in page.inner_text("#training")
+    assert "3 photos, 2 trained" in page.locator("a.person", has_text="biden").inner_text()
     page.fill("input[name=person]", "Kit Harington")
     photos = sorted((KNN_TRAIN / "kit_harington").iterdir())
-    dogs = tmp_path / "dogs.jpg"
-    shutil.copyfile(DLIB / "examples" / "faces" / "dogs.jpg", dogs)
-    page.set_input_files("form.upload input[type=file]", [*map(str, photos), str(dogs)])
+    wall = tmp_path / "wall.jpg"
+    Image.new("RGB", (320, 240), (180, 170, 160)).save(wall)
+    page.set_input_files("form.upload input[type=file]", [*map(str, photos), str(wall)])
     page.click("form.upload button[type=submit]")
     page.wait_for_url(url + "/people/Kit%20Harington", timeout=120_000)
     flash = page.inner_text("main")
-    assert "dogs.jpg: refused - dogs.jpg: no face found" in flash and "classifier retrained: 4 people" in flash
+    assert "wall.jpg: refused - wall.jpg: no face found" in flash and "classifier retrained: 4 people" in flash
     assert page.locator("figure.photo.ok").count() == len(photos)
     assert f"{len(photos)} in the classifier" in page.inner_text("#person-state")
     assert page.locator("figure.photo img.chip").count() == len(photos)
@@ -172,8 +181,10 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     # a desktop-sized window gets the wider layout
     desktop = browser.new_context(viewport={"width": 1280, "height": 800}, storage_state=context.storage_state())
     wide = desktop.new_page()
-    wide.goto(url + "/people/obama")
-    assert wide.url == url + "/people/obama" and wide.locator("figure.photo").count() == 2
+    wide.goto(url + "/people/biden")
+    assert wide.url == url + "/people/biden" and wide.locator("figure.photo.ok").count() == 2
+    refused = wide.locator("figure.photo.refused")
+    assert refused.count() == 1 and "no face" in refused.inner_text()
     wide.screenshot(path=str(shots / "06-person-desktop.png"), full_page=True)
     wide.goto(url + "/live")
     wide.screenshot(path=str(shots / "07-live-desktop.png"), full_page=True)
