@@ -13,7 +13,7 @@ import pytest
 from webconsole import ROOT, WebConsole, write_config
 
 from agent.config import config_as_dict, config_from_dict
-from agent.web.security import check_hash_format, hash_password, is_loopback, safe_file, verify_password
+from agent.web.security import Logins, check_hash_format, hash_password, is_loopback, safe_file, verify_password
 
 PASSWORD = "correct horse battery"
 
@@ -163,9 +163,24 @@ def test_after_login_files_only_from_the_agents_folders(locked_console):
     status, _, text = client.request("POST", "/people/upload", b"x" * 2_000_000, {
         "X-CSRF-Token": token, "Content-Type": "multipart/form-data; boundary=b"})
     assert status == 413 and "larger than" in text
-    # a session ends with logout
+    # a session ends with logout, on the server too: the old cookie, replayed, no longer works
+    old_cookies = dict(client.cookies)
     assert client.request("POST", "/logout", headers={"X-CSRF-Token": token})[0] == 204
     assert client.request("GET", "/people")[0] == 303
+    client.cookies = old_cookies
+    assert client.request("GET", "/people")[0] == 303
+
+
+def test_logins_expire():
+    now = [1000.0]
+    logins = Logins(60, clock=lambda: now[0])
+    first = logins.start()
+    assert logins.valid(first) and not logins.valid("forged") and not logins.valid(True)
+    now[0] += 61
+    assert not logins.valid(first)
+    second = logins.start()
+    logins.end(second)
+    assert not logins.valid(second)
 
 
 def test_the_optional_unit_passes_systemd_analyze_verify(tmp_path):

@@ -44,7 +44,16 @@ from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolled
 from agent.images import ImageError, is_image_path
 from agent.logsafe import escape
 from agent.store import EventStore
-from agent.web.security import CSRF_FIELD, Guard, csrf_token, is_loopback, safe_file, same_token, verify_password
+from agent.web.security import (
+    CSRF_FIELD,
+    Guard,
+    Logins,
+    csrf_token,
+    is_loopback,
+    safe_file,
+    same_token,
+    verify_password,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +216,7 @@ def create_app(cfg: Config) -> Starlette:
     """The console for `cfg` (see the module docstring and agent/web/security.py)."""
     web = cfg.web
     console = Console(cfg)
+    logins = Logins(web.session_hours * 3600)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["utc"] = _utc
 
@@ -256,10 +266,11 @@ def create_app(cfg: Config) -> Starlette:
             log.warning("web: failed login from %s", escape(request.client.host if request.client else "?"))
             return page(request, "login.html", 401, error="wrong password")
         request.session.clear()
-        request.session.update(user=True, csrf=secrets.token_urlsafe(32))
+        request.session.update(user=logins.start(), csrf=secrets.token_urlsafe(32))
         return RedirectResponse("/", status_code=303)
 
     async def logout(request: Request) -> Response:
+        logins.end(request.session.get("user"))
         request.session.clear()
         return go("/login" if web.password_hash else "/")
 
@@ -406,7 +417,7 @@ def create_app(cfg: Config) -> Starlette:
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts),  # loopback: no DNS rebinding from a web page
         Middleware(SessionMiddleware, secret_key=secrets.token_hex(32), session_cookie="face_agent_session",
                    max_age=int(web.session_hours * 3600), same_site="strict"),
-        Middleware(Guard, password_hash=web.password_hash, max_body=max_body),
+        Middleware(Guard, password_hash=web.password_hash, max_body=max_body, logins=logins),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> Any:

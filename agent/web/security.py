@@ -3,7 +3,8 @@
 - Password: `[web] password_hash` (or $FACE_AGENT_WEB_PASSWORD_HASH) holds `scrypt$n$r$p$salt$hash` (base64,
   `face-agent web --hash-password` makes one). Without one the console only listens on loopback.
 - Session: a signed cookie (Starlette's SessionMiddleware, a key made at start: a restart ends every login),
-  HttpOnly, SameSite=Strict, lasting `[web] session_hours`. It carries the CSRF token and, once logged in, `user`.
+  HttpOnly, SameSite=Strict, lasting `[web] session_hours`. It carries the CSRF token and, once logged in, `user`:
+  a login id the console keeps (`Logins`), so logout and expiry end it on the server as well.
 - `Guard` (an ASGI middleware behind the session): with a password, every path but /login and the
   package's static files needs the login (pages redirect to /login, anything else gets 401); every request
   that may change something (not GET/HEAD) needs the session's CSRF token in the `X-CSRF-Token` header (htmx
@@ -20,6 +21,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,30 @@ def same_token(given: str | None, session: dict) -> bool:
     return bool(given and want) and hmac.compare_digest(str(given), str(want))
 
 
+class Logins:
+    """The logins this console gave out (id -> expiry): logout and expiry end one on the server too, so a
+    copied cookie stops working with them (the signed cookie alone would stay valid until it expires)."""
+
+    def __init__(self, lifetime: float, clock: Any = time.time) -> None:
+        self.lifetime = lifetime
+        self._clock = clock
+        self._expiry: dict[str, float] = {}
+
+    def start(self) -> str:
+        now = self._clock()
+        self._expiry = {k: t for k, t in self._expiry.items() if t > now}
+        login = secrets.token_urlsafe(32)
+        self._expiry[login] = now + self.lifetime
+        return login
+
+    def valid(self, login: Any) -> bool:
+        return isinstance(login, str) and self._expiry.get(login, 0.0) > self._clock()
+
+    def end(self, login: Any) -> None:
+        if isinstance(login, str):
+            self._expiry.pop(login, None)
+
+
 class BodyTooLargeError(Exception):
     pass
 
@@ -104,10 +130,11 @@ async def _plain(send: Any, status: int, text: str, headers: list | None = None)
 class Guard:
     """Login, CSRF and body size for every request (see the module docstring). Sits inside SessionMiddleware."""
 
-    def __init__(self, app: Any, *, password_hash: str, max_body: int) -> None:
+    def __init__(self, app: Any, *, password_hash: str, max_body: int, logins: Logins) -> None:
         self.app = app
         self.password_hash = password_hash
         self.max_body = max_body
+        self.logins = logins
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -118,7 +145,7 @@ class Guard:
         path, method = scope["path"], scope["method"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         public = path == PUBLIC_PATHS[0] or path.startswith(PUBLIC_PATHS[1])
-        if self.password_hash and not session.get("user") and not public:
+        if self.password_hash and not self.logins.valid(session.get("user")) and not public:
             if method in SAFE_METHODS and "hx-request" not in headers:
                 await _plain(send, 303, "login needed", [(b"location", b"/login")])
             else:
