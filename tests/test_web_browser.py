@@ -125,11 +125,16 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     page.screenshot(path=str(shots / "03-events.png"), full_page=True)
     page.select_option("select[name=type]", "identified")
     page.fill("input[name=person]", "lin")
+    page.select_option("select[name=camera]", "stage")
+    page.fill("input[name=since]", "1h")
     page.click("form.filters button[type=submit]")
     page.wait_for_url(re.compile(r".*type=identified.*"))
     kinds = page.locator("li.event strong").all_inner_texts()
     assert kinds and set(kinds) == {"identified"}
     assert set(page.locator("li.event .name").all_inner_texts()) == {"lin"}
+    page.goto(url + "/events?since=2000-01-01&until=2000-01-02")  # a time with nothing in it
+    assert page.locator("li.event").count() == 0 and "No events match" in page.inner_text("main")
+    page.go_back()
     page.locator("li.event a", has_text="track").first.click()
     page.wait_for_url(re.compile(r".*track=\d+.*"))
     assert page.locator("li.event").count() >= 2  # the track's start, its naming, its end

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         from agent.web.app import create_app
     except ImportError as exc:
         return fail(f"the web console needs the 'web' extra: pip install 'face-agent[web]' ({exc})")
+    if not is_loopback(web.host):
+        log.warning("the console listens on %s without TLS: put a reverse proxy with TLS in front of it", web.host)
     app = create_app(cfg)
     url_host = f"[{web.host}]" if ":" in web.host else web.host
     print(f"face-agent web console on http://{url_host}:{web.port}/ "
