@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - install the agent's runtime into .venv (nothing for tests) and run it (face-agent run) with ./agent.toml
-#   make test   - add the test extras (pytest, ruff, matplotlib, the mtcnn weights; plus mosquitto from Debian if
-#                 missing) to .venv and run the test suite
+#   make test   - add the test extras (pytest, ruff, matplotlib, the web console and Playwright, the mtcnn weights;
+#                 plus mosquitto and chromium from Debian if missing) to .venv and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -35,6 +35,9 @@ system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd (Debian package, for systemd-analyze verify) for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (Debian package, the web console's browser tests drive it with Playwright)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: install-runtime
 	$(VENV)/bin/face-agent run $(ARGS)

@@ -30,6 +30,7 @@ COMMANDS = [
     "remote",
     "engines",
     "doctor",
+    "web",
 ]
 
 log = logging.getLogger(__name__)

@@ -277,6 +277,20 @@ class ServiceSection:
     max_backlog: int = setting(1000, bounds=AT_LEAST_1)  # unpublished events above which the agent reports degraded
     # consecutive health checks with a growing backlog (while connected)
     backlog_growth_checks: int = setting(6, bounds=AT_LEAST_1)
+    # seconds between writes of <storage>/live.jpg, the latest annotated frame (web console's Live page); 0 = off
+    live_frame_interval: float = setting(0.0, bounds=Range(0, 3600))
+
+
+@dataclass
+class WebSection:
+    host: str = "127.0.0.1"  # address `face-agent web` listens on; anything but loopback needs password_hash
+    port: int = setting(8080, bounds=Range(1, 65535))  # TCP port of the web console
+    # scrypt hash from `face-agent web --hash-password` (or $FACE_AGENT_WEB_PASSWORD_HASH); "" = no login
+    password_hash: str = ""
+    session_hours: float = setting(12.0, bounds=Range(0.1, 720))  # a login lasts this long
+    max_upload_bytes: int = setting(10_000_000, bounds=AT_LEAST_1)  # per uploaded photo (and [images] max_bytes)
+    max_upload_files: int = setting(20, bounds=Range(1, 1000))  # photos per upload
+    events_per_page: int = setting(100, bounds=Range(1, 5000))  # events listed on the Events page
 
 
 @dataclass
@@ -296,6 +310,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     remote_enroll: RemoteEnrollSection = field(default_factory=RemoteEnrollSection)
     service: ServiceSection = field(default_factory=ServiceSection)
+    web: WebSection = field(default_factory=WebSection)
     base_dir: Path = field(default_factory=Path.cwd)  # folder relative paths are resolved against
 
     def path(self, name: str) -> Path:
@@ -312,8 +327,9 @@ ENV_OVERRIDES = {
     "FACE_AGENT_MQTT_PASSWORD": ("mqtt", "password"),
     "FACE_AGENT_MQTT_USERNAME": ("mqtt", "username"),
     "FACE_AGENT_MQTT_HOST": ("mqtt", "host"),
+    "FACE_AGENT_WEB_PASSWORD_HASH": ("web", "password_hash"),
 }
-SECRET_KEYS = {("mqtt", "password")}
+SECRET_KEYS = {("mqtt", "password"), ("web", "password_hash")}
 
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+LIVE_FRAME = "live.jpg"  # in [paths] storage: the latest annotated frame ([service] live_frame_interval)
 COLOURS = {"named": (0, 200, 0), "unknown": (0, 160, 255), "pending": (200, 200, 200)}  # BGR
 
 

@@ -22,7 +22,7 @@ from agent.config import Config
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory, FramePosition
 from agent.frame_events import frame_events, track_ended
-from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
+from agent.frame_output import LIVE_FRAME, AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
@@ -69,6 +69,11 @@ class Service:
         self._frames_out: FramesWriter | None = None
         self._position: FramePosition | None = None  # where the last processed frame is in the source
         self._connected_at = 0.0
+        self._live: AnnotatedWriter | None = None  # [service] live_frame_interval: <storage>/live.jpg
+        self._next_live = 0.0
+        self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last loaded
+        self._model_lock = threading.Lock()
+        self._loaded_from_file: tuple[int, int] | None = None  # stamp of the file the last reload swapped in
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -109,6 +114,9 @@ class Service:
             self._frames_out = FramesWriter(self.frames_out_path)
         if self.show_path:
             self._writer = AnnotatedWriter(self.show_path, self.source.fps)
+        if cfg.service.live_frame_interval > 0:
+            self._live = AnnotatedWriter(storage / LIVE_FRAME, None)
+        self._classifier_stamp = self._classifier_file_stamp()
         self.monitor = health.HealthMonitor.from_config(
             cfg, camera_ok=lambda: self.source.connected if self.source else None,
             broker_connected_since=self._broker_since,
@@ -128,10 +136,42 @@ class Service:
         self.intake.start()
 
     def _on_model_updated(self, classifier: Classifier, info: dict | None = None) -> None:
-        """From the enrollment thread: swap the classifier in and log a model_updated event."""
+        """From the enrollment thread: swap the classifier in and log a model_updated event (unless the health
+        check already read it from the file the enrollment saved just before calling back)."""
+        with self._model_lock:
+            stamp = self._classifier_file_stamp()
+            if stamp is not None and stamp == self._loaded_from_file:
+                return
+            self._classifier_stamp = stamp
+            self._swap(classifier)
+
+    def _swap(self, classifier: Classifier) -> None:
         if self.pipeline is not None:
             self.pipeline.set_classifier(classifier)
         self._model_event(classifier)
+
+    def _classifier_file_stamp(self) -> tuple[int, int] | None:
+        from agent.vision.classifier import META_NAME
+
+        try:
+            st = (self.cfg.path("svm") / META_NAME).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _reload_classifier_if_changed(self) -> None:
+        """Another process (`face-agent web`, `enroll`) retrained through the gallery: swap its classifier in."""
+        with self._model_lock:
+            stamp = self._classifier_file_stamp()
+            if stamp is None or stamp == self._classifier_stamp or self.gallery is None or self.pipeline is None:
+                return
+            self._classifier_stamp = stamp
+            classifier = self.gallery.load_classifier()
+            if classifier is None or _same_model(self.pipeline.classifier, classifier):
+                return
+            log.info("the classifier on disk changed (%d people): swapping it in", len(classifier.people))
+            self._loaded_from_file = stamp
+            self._swap(classifier)
 
     def _model_event(self, classifier: Classifier) -> None:
         meta = classifier.meta
@@ -170,8 +210,9 @@ class Service:
                 self._emit(track_ended(self.factory, track, size, self._position))
 
     def _output(self, frame: Frame, result: FrameResult) -> None:
-        """--frames-out and --show: the same record, written and drawn."""
-        if self._frames_out is None and self._writer is None:
+        """--frames-out, --show and the live frame: the same record, written and drawn."""
+        live = self._live is not None and time.monotonic() >= self._next_live
+        if self._frames_out is None and self._writer is None and not live:
             return
         time_value = frame.media_time if frame.media_time is not None else frame.timestamp
         record = frame_record(frame.index, time_value, result.update.tracks, self.cfg.tracker.show_coasting)
@@ -179,6 +220,12 @@ class Service:
             self._frames_out.write(record)
         if self._writer is not None:
             self._writer.write(frame.image, record)
+        if live:
+            self._next_live = time.monotonic() + self.cfg.service.live_frame_interval
+            try:
+                self._live.write(frame.image, record)
+            except OSError as exc:
+                log.warning("cannot write the live frame: %s", exc)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -216,6 +263,7 @@ class Service:
                 now = time.monotonic()
                 if now >= next_status:
                     next_status = now + self.cfg.service.status_interval
+                    self._reload_classifier_if_changed()
                     self._write_status()
                 if self.status_line is not None:
                     self.status_line.draw(self._tracks())
@@ -265,7 +313,16 @@ class Service:
         health_state = self.monitor.last["state"] if self.monitor and self.monitor.last else None
         return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
                 "events": self.stats.events, "tracks": tracks, "latency_ms": self.stats.latency_ms(),
-                "health": health_state, "source": self.source.stats() if self.source else {}}
+                "health": health_state, "source": self.source.stats() if self.source else {},
+                "backend": self._backend()}
+
+    def _backend(self) -> str | None:
+        """The detector's inference backend (and the embedder's when it is another)."""
+        if self.pipeline is None:
+            return None
+        analyzer = self.pipeline.analyzer
+        names = [getattr(analyzer.detector.backend, "name", None), getattr(analyzer.embedder, "name", None)]
+        return " + ".join(dict.fromkeys(str(n) for n in names if n)) or None
 
     def _write_status(self, state: str | None = None) -> None:
         if self.monitor is None:
@@ -281,6 +338,13 @@ class Service:
             systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+
+def _same_model(a: Classifier | None, b: Classifier | None) -> bool:
+    """The same training (data fingerprint and time): a classifier file read back, not a new model."""
+    keys = ("fingerprint", "trained_at")
+    return a is not None and b is not None and all(a.meta.get(k) == b.meta.get(k) for k in keys)
+
 
 def install_signal_handlers(service: Service) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -385,11 +385,11 @@ class EventStore:
 
     def query(self, since: float | None = None, until: float | None = None, name: str | None = None,
               type: str | None = None, limit: int | None = 100,
-              state: str | None = None) -> list[StoredEvent]:
+              state: str | None = None, camera: str | None = None) -> list[StoredEvent]:
         """Events in time order; with a limit, the most recent `limit` that match. Times: epoch seconds."""
         where, params = [], []
         for cond, value in (("t >= ?", since), ("t < ?", until), ("name = ?", name), ("type = ?", type),
-                            ("state = ?", state)):
+                            ("state = ?", state), ("camera = ?", camera)):
             if value is not None:
                 where.append(cond)
                 params.append(value)

@@ -179,7 +179,9 @@ def test_config_check_sees_existing_tls_files(tmp_path):
 
 def test_config_show_round_trips_and_masks_secrets(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FACE_AGENT_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("FACE_AGENT_WEB_PASSWORD_HASH", raising=False)
     conf = write(tmp_path, '[mqtt]\npassword = "hunter2-in-file"\nusername = "agent-3"\n'
+                           '[web]\npassword_hash = "scrypt$hash-in-file"\n'
                            '[agent]\ncamera_name = "caméra \\"east\\" \\\\ door"\n')
     assert main(["--config", conf, "config", "show"]) == 0
     out = capsys.readouterr().out

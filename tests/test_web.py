@@ -1,0 +1,247 @@
+"""The web console's guard over HTTP, against a real `face-agent web` process: loopback without a login, the
+login when a password is set, CSRF on every change, upload limits, files only from the agent's folders."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import sys
+from http.cookies import SimpleCookie
+
+import pytest
+from webconsole import ROOT, WebConsole, write_config
+
+from agent.config import config_as_dict, config_from_dict
+from agent.web.security import Logins, check_hash_format, hash_password, is_loopback, safe_file, verify_password
+
+PASSWORD = "correct horse battery"
+
+
+class Client:
+    """http.client with one cookie jar; never follows redirects (the tests look at them)."""
+
+    def __init__(self, console: WebConsole) -> None:
+        self.port = console.port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None
+                ) -> tuple[int, dict, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        h = dict(headers or {})
+        if self.cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        conn.request(method, path, body=body, headers=h)
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+        for value in resp.headers.get_all("set-cookie") or []:
+            for name, morsel in SimpleCookie(value).items():
+                self.cookies[name] = morsel.value
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, text
+
+    def csrf(self, path: str = "/login") -> str:
+        _, _, text = self.request("GET", path)
+        found = re.search(r'name="csrf_token" value="([^"]+)"', text) or re.search(r'"X-CSRF-Token": "([^"]+)"', text)
+        return found.group(1)
+
+    def login(self, password: str = PASSWORD) -> int:
+        token = self.csrf("/login")
+        body = f"password={password.replace(' ', '+')}&csrf_token={token}"
+        status, _, _ = self.request("POST", "/login", body,
+                                    {"Content-Type": "application/x-www-form-urlencoded"})
+        return status
+
+
+@pytest.fixture
+def open_console(tmp_path):
+    console = WebConsole(write_config(tmp_path))
+    yield console
+    console.stop()
+
+
+@pytest.fixture
+def locked_console(tmp_path):
+    person = tmp_path / "faces" / "train" / "raw" / "ada"
+    person.mkdir(parents=True)
+    (person / "a.jpg").write_bytes(b"\xff\xd8not really a jpeg")
+    (tmp_path / "secret.jpg").write_bytes(b"outside")
+    console = WebConsole(write_config(tmp_path, web={"password_hash": hash_password(PASSWORD),
+                                                     "max_upload_bytes": 200_000, "max_upload_files": 2}))
+    yield console
+    console.stop()
+
+
+def test_password_hash_round_trip_and_format():
+    stored = hash_password("s3cret")
+    check_hash_format(stored)
+    assert verify_password("s3cret", stored) and not verify_password("s3cret ", stored)
+    assert not verify_password("x", "not a hash")
+    with pytest.raises(ValueError):
+        check_hash_format("plain-password")
+    with pytest.raises(ValueError):
+        hash_password("")
+
+
+def test_loopback_and_safe_file(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    (tmp_path / "root" / "p").mkdir(parents=True)
+    (tmp_path / "root" / "p" / "x.png").write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (tmp_path / "root" / "p" / "link.png").symlink_to(tmp_path / "outside.png")
+    root = tmp_path / "root"
+    assert safe_file(root, "p", "x.png") == (root / "p" / "x.png").resolve()
+    for parts in (("..", "outside.png"), ("p", "../../outside.png"), ("p", "link.png"), ("p", ".x.png"),
+                  ("p", ""), ("p", "missing.png"), ("/etc", "passwd")):
+        assert safe_file(root, *parts) is None, parts
+
+
+def test_password_hash_from_the_environment_is_masked():
+    cfg = config_from_dict({}, env={"FACE_AGENT_WEB_PASSWORD_HASH": hash_password("x")})
+    assert cfg.web.password_hash.startswith("scrypt$")
+    assert config_as_dict(cfg)["web"]["password_hash"] == "********"
+
+
+def test_other_addresses_need_a_password(tmp_path):
+    config = write_config(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "agent", "-c", str(config), "web", "--host", "0.0.0.0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "password_hash" in done.stderr
+    config = write_config(tmp_path, web={"password_hash": "hunter2"})  # a plain password pasted by mistake
+    done = subprocess.run([sys.executable, "-m", "agent", "-c", str(config), "web"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--hash-password" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "agent", "web", "--hash-password"], cwd=ROOT, input="pw\n",
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and verify_password("pw", done.stdout.strip())
+
+
+def test_loopback_console_without_login_still_checks_csrf_and_host(open_console):
+    client = Client(open_console)
+    for path in ("/live", "/events", "/people", "/unknowns", "/live/panel"):
+        status, headers, _ = client.request("GET", path)
+        assert status == 200, path
+        assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+    assert client.request("POST", "/people/retrain")[0] == 403  # no CSRF token
+    assert client.request("POST", "/people/retrain", headers={"X-CSRF-Token": "forged"})[0] == 403
+    token = client.csrf("/people")
+    assert client.request("POST", "/people/retrain", headers={"X-CSRF-Token": token})[0] == 204
+    # a page of another site that resolves its own name to 127.0.0.1 (DNS rebinding) is refused
+    assert client.request("GET", "/people", headers={"Host": "evil.example:80"})[0] == 400
+
+
+def test_nothing_without_the_login(locked_console):
+    client = Client(locked_console)
+    for path in ("/", "/live", "/live/panel", "/events", "/people", "/people/ada", "/unknowns",
+                 "/files/photo/ada/a.jpg", "/files/chip/ada/a.png", "/files/live/live.jpg"):
+        status, headers, _ = client.request("GET", path)
+        assert status == 303 and headers["location"] == "/login", path
+        assert client.request("GET", path, headers={"HX-Request": "true"})[0] == 401, path
+    for path in ("/people/upload", "/people/retrain", "/people/ada/forget", "/people/ada/rename", "/logout"):
+        assert client.request("POST", path, headers={"X-CSRF-Token": client.csrf()})[0] == 401, path
+    assert client.request("GET", "/static/htmx.min.js")[0] == 200  # the package's own script, no data
+    assert client.login("wrong password") == 401
+    assert client.request("GET", "/people")[0] == 303
+    # the login form needs its CSRF token too
+    status, _, _ = client.request("POST", "/login", f"password={PASSWORD}",
+                                  {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403
+
+
+def test_after_login_files_only_from_the_agents_folders(locked_console):
+    client = Client(locked_console)
+    assert client.login() == 303
+    assert client.request("GET", "/people")[0] == 200
+    status, headers, _ = client.request("GET", "/files/photo/ada/a.jpg")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    for path in ("/files/photo/ada/..%2F..%2F..%2Fsecret.jpg", "/files/photo/../secret.jpg",
+                 "/files/photo/ada/%2e%2e/%2e%2e/%2e%2e/secret.jpg", "/files/chip/ada/../../raw/ada/a.jpg",
+                 "/files/storage/events.db", "/files/live/events.db", "/files/photo/ada", "/files/photo/%2Fetc/passwd"):
+        assert client.request("GET", path)[0] in (404, 307), path
+    token = client.csrf("/people")
+    status, _, text = client.request("POST", "/people/upload", b"x" * 2_000_000, {
+        "X-CSRF-Token": token, "Content-Type": "multipart/form-data; boundary=b"})
+    assert status == 413 and "larger than" in text
+    # a session ends with logout, on the server too: the old cookie, replayed, no longer works
+    old_cookies = dict(client.cookies)
+    assert client.request("POST", "/logout", headers={"X-CSRF-Token": token})[0] == 204
+    assert client.request("GET", "/people")[0] == 303
+    client.cookies = old_cookies
+    assert client.request("GET", "/people")[0] == 303
+
+
+def test_logins_expire():
+    now = [1000.0]
+    logins = Logins(60, clock=lambda: now[0])
+    first = logins.start()
+    assert logins.valid(first) and not logins.valid("forged") and not logins.valid(True)
+    now[0] += 61
+    assert not logins.valid(first)
+    second = logins.start()
+    logins.end(second)
+    assert not logins.valid(second)
+
+
+def test_the_optional_unit_passes_systemd_analyze_verify(tmp_path):
+    import shutil
+
+    from test_deploy import FAKE_EXE, systemd_root, verify
+
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze not found: `apt-get install systemd` (make system-deps / .ci/run do)")
+    root = systemd_root(tmp_path)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy" / "face-agent-web.service", root / "etc/systemd/system/face-agent-web.service")
+    exe = root / "opt/face-agent/venv/bin/face-agent"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(FAKE_EXE)
+    exe.chmod(0o755)
+    run = verify(analyze, root, "face-agent-web.service")
+    assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
+
+
+def multipart(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "face-agent-test-boundary"
+    out = b""
+    for name, value in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+    for filename, data in files:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{filename}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_uploads_keep_the_gallerys_caps(tmp_path):
+    """Too many files, a file over the byte cap, a picture over the pixel cap, not an image: refused, each
+    with its reason, and nothing is stored."""
+    import io
+
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("L", (1500, 1500)).save(big, "PNG")  # 2.25 Mpx in a few kB: over [images] max_pixels below
+    console = WebConsole(write_config(tmp_path, images={"max_pixels": 1_000_000},
+                                      web={"max_upload_bytes": 50_000, "max_upload_files": 3}))
+    try:
+        client = Client(console)
+        token = client.csrf("/people")
+        body, kind = multipart({"person": "ada"}, [("a.jpg", b"x")] * 4)
+        status, _, _ = client.request("POST", "/people/upload", body, {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 400  # more files than [web] max_upload_files
+        files = [("bomb.png", big.getvalue()), ("large.jpg", b"\xff\xd8" + b"x" * 60_000), ("text.jpg", b"hello")]
+        body, kind = multipart({"person": "ada"}, files)
+        status, headers, _ = client.request("POST", "/people/upload", body,
+                                            {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 204 and headers["hx-redirect"] == "/people"  # nothing accepted
+        _, _, text = client.request("GET", "/people")
+        for name in ("bomb.png", "large.jpg", "text.jpg"):
+            assert f"{name}: refused" in text
+        assert "pixels" in text and "Nobody is enrolled yet" in text
+        assert not list((tmp_path / "faces").rglob("*.*"))
+        body, kind = multipart({"person": "../x"}, [("a.jpg", b"x")])
+        status, _, text = client.request("POST", "/people/upload", body, {"X-CSRF-Token": token, "Content-Type": kind})
+        assert status == 400 and "name" in text
+    finally:
+        console.stop()
