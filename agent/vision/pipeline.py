@@ -94,18 +94,13 @@ class Pipeline:
             t3 = time.perf_counter()
             predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
             for request, embedding, prediction in zip(requests, embeddings, predictions):
-                if prediction.reason in QUALITY_REASONS:  # too small, blurry or turned away: no vote, no check
-                    result.recognitions.append(Recognition(request.track, request.detection, prediction))
-                    change = self.tracker.add_prediction(request.track.id, None, 0.0, vote=False)
-                    if change is not None:
-                        result.changes.append(change)
-                    continue
-                track = self.tracker.verify(request.track.id, embedding, prediction.name)  # or a new track
-                if track is None:
+                usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
+                track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
+                if track is None:  # (verify: the same face, or a new track when it is somebody else's)
                     continue
                 result.recognitions.append(Recognition(track, request.detection, prediction))
                 change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
-                                                     request.quality)
+                                                     request.quality, vote=usable)
                 if change is not None:
                     result.changes.append(change)
             t4 = time.perf_counter()
