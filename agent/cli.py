@@ -19,6 +19,7 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "unknowns",
     "rename",
     "run",
     "eval",

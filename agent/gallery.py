@@ -46,6 +46,7 @@ from agent import database
 from agent.config import Config
 from agent.files import StorageError, file_sha256, storage_hint, storage_state
 from agent.images import ImageError, decode_image, is_image_path, load_image
+from agent.sightings import SightingStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -525,8 +526,9 @@ class Gallery:
 
     def forget(self, person: str) -> Path | None:
         """Forget a person: their photos move to <faces>/train/trash/<person>-<time>/ (never deleted: they are
-        the user's), the chips (derived) are deleted. The trash folder (None without photos to keep), or
-        NotEnrolledError if the person has neither photos nor chips."""
+        the user's), the chips (derived) are deleted, and so are the faces of them the camera kept
+        (agent.sightings) and the faces said not to be them (`reject`). The trash folder (None without photos to
+        keep), or NotEnrolledError if the person has neither photos nor chips."""
         name = validate_person_name(person)
         with self._lock:
             photos, chips = self.raw / name, self.aligned / name
@@ -542,7 +544,13 @@ class Gallery:
                     photos.rmdir()
             if chips.is_dir():
                 shutil.rmtree(chips)
-            log.info("forgot %s%s", name, f"; photos moved to {moved}" if moved else "")
+            store = SightingStore(self.cfg)
+            try:
+                sightings = store.forget(name)
+            finally:
+                store.close()
+            log.info("forgot %s%s; %d sightings deleted", name, f"; photos moved to {moved}" if moved else "",
+                     sightings)
             return moved
 
     def _trash_folder(self, name: str) -> Path:

@@ -20,12 +20,13 @@ from typing import Any
 from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, FramePosition
+from agent.events import Event, EventFactory, FramePosition, new_event_id
 from agent.frame_events import frame_events, track_ended
 from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
+from agent.sightings import Sightings
 from agent.sources import Frame, Source, open_source
 from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
@@ -64,6 +65,7 @@ class Service:
         self.source: Source | None = None
         self.gallery: Gallery | None = None
         self.intake: Any = None
+        self.sightings: Sightings | None = None  # the faces kept of each track ([sightings] privacy)
         self.monitor: health.HealthMonitor | None = None
         self._writer: AnnotatedWriter | None = None
         self._frames_out: FramesWriter | None = None
@@ -96,6 +98,8 @@ class Service:
             self._model_event(classifier)
         tracker = Tracker(cfg.tracker, cfg.voting)
         self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
+        if cfg.sightings.privacy != "off":
+            self.sightings = Sightings(cfg, run=new_event_id())
         # the intake subscribes before the client connects: requests the broker queued while the agent
         # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
@@ -161,13 +165,16 @@ class Service:
 
     def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
         """The events of one processed frame (agent.frame_events), placed in the source."""
-        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time))
+        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time),
+                            self.sightings.unknown_id if self.sightings is not None else None)
 
     def _end_tracks(self, size: tuple[int, int]) -> None:
         """End every live track (source lost, shutdown): their track_ended events, at the last frame."""
         if self.pipeline is not None and self.store is not None:
             for track in self.pipeline.finish():
                 self._emit(track_ended(self.factory, track, size, self._position))
+                if self.sightings is not None:
+                    self.sightings.ended(track)
 
     def _output(self, frame: Frame, result: FrameResult) -> None:
         """--frames-out and --show: the same record, written and drawn."""
@@ -206,8 +213,13 @@ class Service:
                     result = self.pipeline.process(frame.image, frame.timestamp)
                     size = result.size
                     self._position = FramePosition(frame.index, frame.media_time)
+                    if self.sightings is not None:
+                        self.sightings.observe(result, frame.image)
                     for event in self.events_for(result, frame):
                         self._emit(event)
+                    if self.sightings is not None:
+                        for track in result.update.ended:
+                            self.sightings.ended(track)
                     self.stats.frame(result)
                     watchdog.frame_done()
                     self._output(frame, result)
@@ -239,6 +251,8 @@ class Service:
         if self.source is not None:
             self.source.stop()
         self._end_tracks(size)
+        if self.sightings is not None:
+            self.sightings.close()
         self._write_status(state="stopped")
         if self.publisher is not None:
             left = self.publisher.stop()

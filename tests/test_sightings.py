@@ -1,0 +1,208 @@
+"""Sightings and unknown people, with the real models on the shared photos and clips built from them.
+
+- the store: real chips and embeddings from LFW photos; bounds (count, MB, days) hold, the oldest unknown
+  sightings go first; `forget` removes a person's sightings; a track joins the cluster of the same person;
+- end to end through `face-agent run` on a clip of strangers nobody enrolled (bench/bench_sightings.py):
+  every cluster holds one person, one cluster per person, a stranger seen again is announced with the
+  cluster's `unknown_id`, `face-agent unknowns --json` lists chips that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+
+from agent.config import load_config
+from agent.sightings import Candidate, SightingStore, TrackFaces, cluster_label, context_crop, parse_cluster
+from bench import bench_sightings as bs
+from bench import identity_clips as ic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _faces(analyzer, photos: list[Path], quality: float = 0.8) -> list[Candidate]:
+    """Real candidates: chip, context crop and embedding of the face in each photo."""
+    from agent.images import load_image
+
+    out = []
+    for photo in photos:
+        rgb = load_image(photo)
+        detections = analyzer.detect(rgb)
+        assert detections, photo
+        face = max(detections, key=lambda d: d.area)
+        chips, embeddings = analyzer.embed(rgb, [face])
+        out.append(Candidate(quality, time.time(), embeddings[0], chips[0], context_crop(rgb, face.box, 2.0)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lfw_faces(analyzer):
+    if not ic.LFW.is_dir():
+        pytest.skip(f"{ic.LFW} not found")
+    people = ic.lfw_people()[10:13]
+    return {p.name: _faces(analyzer, ic.lfw_photos(p)[:4]) for p in people}
+
+
+def _track(faces: list[Candidate], track_id: int, name: str | None = None, t: float | None = None) -> TrackFaces:
+    t = time.time() if t is None else t
+    for f in faces:
+        f.t = t
+    return TrackFaces(track_id, t, t + 1, name, None, list(faces))
+
+
+def test_a_track_joins_the_cluster_of_the_same_person(tmp_path, lfw_faces):
+    store = SightingStore(make_config(tmp_path))
+    a, b, c = lfw_faces
+    store.add_track("r1", _track(lfw_faces[a][:2], 1))
+    store.add_track("r1", _track(lfw_faces[b][:2], 2))
+    store.add_track("r2", _track(lfw_faces[a][2:], 1))  # the same person, other photos, another run
+    store.add_track("r2", _track(lfw_faces[c][:2], 2))
+    clusters = store.clusters()
+    assert [cl["sightings"] for cl in clusters] == [4, 2, 2]
+    assert clusters[0]["tracks"] == 2
+    assert all(Path(chip).is_file() for cl in clusters for chip in cl["chips"])
+    assert parse_cluster(clusters[0]["id"]) == 1 and cluster_label(7) == "u7"
+    with pytest.raises(ValueError):
+        parse_cluster("alice")
+    store.close()
+
+
+def test_bounds_hold_oldest_unknown_first(tmp_path, lfw_faces):
+    cfg = make_config(tmp_path, sightings={"max_count": 6, "max_days": 1.0})
+    store = SightingStore(cfg)
+    a, b, c = lfw_faces
+    old = time.time() - 3600
+    store.add_track("r", _track(lfw_faces[a][:2], 1, name="alice", t=old - 10))  # named, oldest
+    store.add_track("r", _track(lfw_faces[b][:2], 2, t=old))  # unknown, older
+    store.add_track("r", _track(lfw_faces[c][:2], 3, t=old + 10))
+    store.add_track("r", _track(lfw_faces[b][2:], 4, t=old + 20))  # 8 > 6: the two oldest unknown go
+    rows = store.sightings()
+    assert len(rows) == 6
+    assert {r["track_id"] for r in rows} == {1, 3, 4}  # the named ones stay although they are older
+    files = {p.relative_to(store.folder).as_posix() for p in store.folder.rglob("*.jpg")}
+    assert files == {r[k] for r in rows for k in ("chip", "context")}  # deleted rows left no files
+    size = store.totals()["bytes"]
+    assert size == sum((store.folder / f).stat().st_size for f in files)
+    # MB bound: room for about two sightings
+    store.s = type(store.s)(**{**vars(store.s), "max_mb": 2.5 * size / len(rows) / 1e6})
+    store.enforce_bounds()
+    rows = store.sightings()
+    assert len(rows) == 2 and all(r["name"] == "alice" for r in rows)
+    assert store.totals()["bytes"] <= 2.5 * size / 6
+    # days bound: everything older than max_days goes
+    store.enforce_bounds(now=time.time() + 2 * 86400)
+    assert store.sightings() == [] and not list(store.folder.rglob("*.jpg"))
+    store.close()
+
+
+def test_forget_removes_the_persons_sightings(tmp_path, lfw_faces):
+    from agent.gallery import Gallery
+
+    cfg = make_config(tmp_path)
+    store = SightingStore(cfg)
+    a, b, _ = lfw_faces
+    store.add_track("r", _track(lfw_faces[a][:2], 1, name="alice"))
+    store.add_track("r", _track(lfw_faces[b][:2], 2))
+    store.mark_named(parse_cluster(store.clusters()[0]["id"]), "bob")  # named from its cluster
+    store.close()
+    gallery = Gallery(cfg)
+    for person in ("alice", "bob"):
+        (gallery.raw / person).mkdir(parents=True)
+    gallery.forget("alice")
+    store = SightingStore(cfg)
+    assert {r["track_id"] for r in store.sightings()} == {2}
+    store.close()
+    gallery.forget("bob")
+    store = SightingStore(cfg)
+    assert store.sightings() == [] and store.clusters() == []
+    assert not list(store.folder.rglob("*.jpg"))
+    store.close()
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+class Agent:
+    """`face-agent` with its own config in a temporary folder (MQTT off), as a user runs it."""
+
+    def __init__(self, folder: Path, toml: str = "") -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "agent.toml").write_text('[mqtt]\nenabled = false\n[sightings]\nprivacy = "all"\n' + toml)
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(self.folder / "agent.toml"), *args],
+                             capture_output=True, text=True, cwd=self.folder, timeout=900,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if check:
+            assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    def events(self) -> list[dict]:
+        return [json.loads(x) for x in self("events", "--json", "--limit", "0").stdout.splitlines() if x.strip()]
+
+    def run(self, video: Path) -> list[dict]:
+        """Run on a video; the events of this run."""
+        before = {e["event_id"] for e in self.events()}
+        self("run", "--source", str(video))
+        return [e for e in self.events() if e["event_id"] not in before]
+
+    def unknowns(self) -> list[dict]:
+        return json.loads(self("unknowns", "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def strangers(tmp_path_factory):
+    """A clip of 4 strangers, 3 appearances each (hard cuts), run once with nobody enrolled."""
+    if not ic.LFW.is_dir():
+        pytest.skip(f"{ic.LFW} not found")
+    folder = tmp_path_factory.mktemp("strangers")
+    agent = Agent(folder / "agent")
+    clip = bs.strangers_clip(4, 3)
+    video = ic.render(clip, folder / "strangers.mp4")
+    events = agent.run(video)
+    return agent, clip, video, events
+
+
+def test_clusters_each_hold_one_person(strangers):
+    agent, clip, _, events = strangers
+    clusters = agent.unknowns()
+    sightings = bs.stored_sightings(agent.folder)
+    scores = bs.cluster_scores(clusters, sightings, bs.track_people(clip, events))
+    assert scores["purity"] == 1.0, scores
+    assert scores["clusters"] == scores["people"] == 4, scores
+    assert not scores["people_without_cluster"]
+    for c in clusters:
+        assert c["tracks"] >= 3 and c["name"] is None
+        assert c["representative"] == c["chips"][0] and all(Path(p).is_file() for p in c["chips"])
+    # each track keeps at most per_track faces
+    per_track: dict = {}
+    for s in sightings:
+        per_track[s["track_id"]] = per_track.get(s["track_id"], 0) + 1
+    assert max(per_track.values()) <= load_config(agent.folder / "agent.toml").sightings.per_track
+    text = agent("unknowns").stdout
+    assert all(c["id"] in text for c in clusters)
+
+
+def test_a_stranger_seen_again_is_announced_with_their_unknown_id(strangers):
+    agent, clip, _, events = strangers
+    people = bs.track_people(clip, events)
+    ids: dict[str, set] = {}
+    first_round = clip.frames // 3
+    for e in events:
+        if e["type"] == "unknown_face":
+            assert e["schema_version"] == 3 and "unknown_id" in e
+            if e["frame_index"] < first_round:
+                assert e["unknown_id"] is None  # nobody seen before: a new stranger
+            elif e["unknown_id"] is not None:
+                ids.setdefault(people[e["track_id"]], set()).add(e["unknown_id"])
+    assert len(ids) == 4, ids  # every stranger was recognised as seen before at a later appearance
+    assert all(len(v) == 1 for v in ids.values()), ids  # always as the same unknown person
+    assert len({next(iter(v)) for v in ids.values()}) == 4
