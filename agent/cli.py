@@ -20,6 +20,8 @@ COMMANDS = [
     "people",
     "forget",
     "unknowns",
+    "name",
+    "reject",
     "rename",
     "run",
     "eval",

@@ -234,6 +234,7 @@ class SightingsSection:
     max_mb: float = setting(500.0, bounds=POSITIVE)  # MB of crop files at most; oldest unknown ones go first
     context_scale: float = setting(2.0, bounds=Range(1, 4))  # context crop side / face box side
     jpeg_quality: int = setting(90, bounds=Range(10, 100))  # JPEG quality of the stored crops
+    name_faces: int = setting(5, bounds=Range(1, 50))  # best faces `face-agent name` enrolls (one per track first)
     # after a retrain, unknown sightings this recent are checked again (`reidentified` events)
     reidentify_hours: float = setting(24.0, bounds=AT_LEAST_0)
 

@@ -56,6 +56,8 @@ SIGHTING_COLUMNS = {
     "t": float,  # when this face was seen (epoch seconds)
     "first_seen": float,  # the track's first and last time
     "last_seen": float,
+    "logged_from": float,  # wall-clock time of the track's first kept face and of its end: its events lie between
+    "logged_until": float,
     "name": str,  # the track's final name (null: unknown)
     "cluster": int,  # unknown person cluster (null for named tracks)
     "quality": float,  # 0..1, the tracker's face quality
@@ -75,7 +77,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
                "name TEXT)")
     database.ensure_index(db["sightings"], "sightings_t", ["t"])
     database.ensure_index(db["sightings"], "sightings_cluster", ["cluster"])
-    database.ensure_index(db["sightings"], "sightings_track", ["track_id", "first_seen"])
+    database.ensure_index(db["sightings"], "sightings_track", ["track_id", "logged_from"])
 
 
 def cluster_label(cluster: int) -> str:
@@ -112,6 +114,8 @@ class TrackFaces:
     name: str | None
     unknown_id: int | None  # the cluster its unknown_face event named, if any
     faces: list[Candidate] = field(default_factory=list)
+    logged_from: float = 0.0  # wall-clock times its events lie between (file sources may run faster than
+    logged_until: float = 0.0  # real time, so the frame times above need not match the events' timestamps)
 
 
 def context_crop(image: np.ndarray, box: Any, scale: float) -> np.ndarray:
@@ -179,7 +183,8 @@ class SightingStore:
                 size = self._write_jpeg(f"{stem}-chip.jpg", face.chip) + self._write_jpeg(f"{stem}-context.jpg",
                                                                                           face.context)
                 row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
-                       "last_seen": track.last_seen, "name": track.name, "cluster": cluster,
+                       "last_seen": track.last_seen, "logged_from": track.logged_from,
+                       "logged_until": track.logged_until, "name": track.name, "cluster": cluster,
                        "quality": round(float(face.quality), 4),
                        "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
                        "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
@@ -257,8 +262,9 @@ class SightingStore:
             return list(self.db.query(f"SELECT * FROM sightings WHERE {where} ORDER BY id", list(params)))
 
     def track_sightings(self, track_id: int, at: float, slack: float = 2.0) -> list[dict[str, Any]]:
-        """The sightings of track `track_id` that was live at time `at` (track ids restart every run)."""
-        return self.sightings("track_id = ? AND first_seen - ? <= ? AND last_seen + ? >= ?",
+        """The sightings of track `track_id` that had an event at wall-clock time `at` (track ids restart
+        with every run)."""
+        return self.sightings("track_id = ? AND logged_from - ? <= ? AND logged_until + ? >= ?",
                               [track_id, slack, at, slack, at])
 
     def best_faces(self, where: str, params: list | tuple, limit: int) -> list[dict[str, Any]]:
@@ -275,6 +281,11 @@ class SightingStore:
             for i in ids:
                 self.db.execute("UPDATE sightings SET name = ?, rejected = COALESCE(?, rejected) WHERE id = ?",
                                 [person, rejected, i])
+
+    def set_cluster(self, ids: list[int], cluster: int) -> None:
+        with self._lock, self.db.conn:
+            for i in ids:
+                self.db.execute("UPDATE sightings SET cluster = ? WHERE id = ?", [cluster, i])
 
     def mark_reidentified(self, ids: list[int], person: str) -> None:
         with self._lock, self.db.conn:
@@ -345,6 +356,7 @@ class Sightings:
         self.store = SightingStore(cfg)
         self._live: dict[int, list[Candidate]] = {}  # track id -> best faces so far
         self._unknown_ids: dict[int, int] = {}  # track id -> cluster named in its unknown_face event
+        self._logged_from: dict[int, float] = {}  # track id -> wall-clock time of its first kept face
         self._queue: queue.Queue[TrackFaces | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="sightings", daemon=True)
         self._thread.start()
@@ -358,6 +370,7 @@ class Sightings:
             track = rec.track
             quality = float(track.embed_quality)
             kept = self._live.setdefault(track.id, [])
+            self._logged_from.setdefault(track.id, time.time())
             if len(kept) >= self.s.per_track and quality <= kept[-1].quality:
                 continue
             kept.append(Candidate(quality, float(result.timestamp), np.asarray(rec.embedding, np.float32).copy(),
@@ -386,10 +399,12 @@ class Sightings:
         """A track ended: its faces are stored (by the writer thread) if the privacy setting allows."""
         faces = self._live.pop(track.id, [])
         unknown_id = self._unknown_ids.pop(track.id, None)
+        logged_from = self._logged_from.pop(track.id, time.time())
         name = track.name if track.status == "named" else None
         if not faces or (name is not None and self.s.privacy != "all"):
             return
-        self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces))
+        self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces,
+                                   logged_from, time.time()))
 
     def _work(self) -> None:
         while True:

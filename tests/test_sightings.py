@@ -54,7 +54,7 @@ def _track(faces: list[Candidate], track_id: int, name: str | None = None, t: fl
     t = time.time() if t is None else t
     for f in faces:
         f.t = t
-    return TrackFaces(track_id, t, t + 1, name, None, list(faces))
+    return TrackFaces(track_id, t, t + 1, name, None, list(faces), t, t + 1)
 
 
 def test_a_track_joins_the_cluster_of_the_same_person(tmp_path, lfw_faces):
@@ -206,3 +206,87 @@ def test_a_stranger_seen_again_is_announced_with_their_unknown_id(strangers):
     assert len(ids) == 4, ids  # every stranger was recognised as seen before at a later appearance
     assert all(len(v) == 1 for v in ids.values()), ids  # always as the same unknown person
     assert len({next(iter(v)) for v in ids.values()}) == 4
+
+
+def _people_of_clusters(agent: Agent, clip: ic.Clip, events: list[dict]) -> dict[str, str]:
+    """cluster id -> the person (LFW folder name) whose sightings it holds."""
+    people = bs.track_people(clip, events)
+    out = {}
+    for s in bs.stored_sightings(agent.folder):
+        if s["cluster"] is not None:
+            out[s["cluster"]] = people[s["track_id"]].removeprefix("stranger:")
+    return out
+
+
+def test_naming_an_unknown_person_names_them_in_the_next_run(strangers, tmp_path):
+    """`face-agent name u<n> PERSON` enrolls the cluster's faces: the next run names that person from other
+    photos; the earlier unknown tracks of them are re-identified; another stranger stays unknown."""
+    agent, clip, _, events = strangers
+    who = _people_of_clusters(agent, clip, events)
+    unknown_id, folder_name = sorted(who.items())[0]
+    out = agent("name", unknown_id, "visitor")
+    assert "is now visitor" in out.stdout, out.stdout
+    cluster = next(c for c in agent.unknowns() if c["id"] == unknown_id)
+    assert cluster["name"] == "visitor"
+    people = json.loads(agent("people", "--json").stdout)
+    assert 1 <= people["visitor"]["photos"] <= 5
+    # every earlier unknown track of that person is re-identified, nobody else's
+    reid = [e for e in agent.events() if e["type"] == "reidentified"]
+    tracks = bs.track_people(clip, events)
+    assert reid and all(e["name"] == "visitor" and e["unknown_id"] == unknown_id for e in reid)
+    assert {tracks[e["track_id"]] for e in reid} == {"stranger:" + folder_name}
+    assert len(reid) == cluster["tracks"]
+    assert "reidentified" not in agent("name", unknown_id, "visitor").stdout  # once only
+    # a new run: that person from photos never seen, then a stranger never seen
+    person = next(p for p in ic.lfw_people() if p.name == folder_name)
+    other = ic.lfw_people()[60]
+    new = ic.Clip("again", 80, [ic.Actor("visitor", ic.lfw_photos(person)[8], 0, 40),
+                                ic.Actor("stranger:" + other.name, ic.lfw_photos(other)[8], 40, 80)],
+                  scenes=[ic.Scene(0, 40, 11), ic.Scene(40, 80, 12)])
+    run = agent.run(ic.render(new, tmp_path / "again.mp4"))
+    named = [e for e in run if e["type"] == "identified"]
+    assert named and all(e["name"] == "visitor" and e["frame_index"] < 40 for e in named), named
+    assert any(e["type"] == "unknown_face" and e["frame_index"] >= 40 for e in run)
+
+
+def test_name_errors_are_clear(strangers):
+    agent = strangers[0]
+    out = agent("name", "u999", "x", check=False)
+    assert out.returncode == 1 and "no unknown person u999" in out.stderr
+    out = agent("name", "bob", "x", check=False)
+    assert out.returncode == 1 and "is not an unknown person's id" in out.stderr
+    out = agent("name", "--track", "9999", "x", check=False)
+    assert out.returncode == 1 and "no faces of track 9999" in out.stderr
+    out = agent("name", "x", check=False)
+    assert out.returncode == 2
+
+
+def test_a_rejected_identification_is_not_repeated(tmp_path):
+    """A gate loose enough to name a stranger as the one enrolled person: after `reject EVENT_ID` the same
+    stranger is unknown on the next run, and the enrolled person is still named."""
+    if not ic.LFW.is_dir():
+        pytest.skip(f"{ic.LFW} not found")
+    agent = Agent(tmp_path / "agent", "[recognition]\nmargin_weight = 5.0\nmax_margin = 0.3\n")
+    alice, stranger = ic.lfw_people()[0], ic.lfw_people()[1]  # as in ic.cast(): photos 0-4 enroll
+    agent("enroll", "alice", *map(str, ic.lfw_photos(alice)[:5]))
+    clip = ic.Clip("wrong", 80, [ic.Actor("stranger:x", ic.lfw_photos(stranger)[5], 0, 40),
+                                 ic.Actor("alice", ic.lfw_photos(alice)[5], 40, 80)],
+                   scenes=[ic.Scene(0, 40, 21), ic.Scene(40, 80, 22)])
+    video = ic.render(clip, tmp_path / "wrong.mp4")
+    before = agent.run(video)
+    wrong = [e for e in before if e["type"] == "identified" and e["frame_index"] < 40]
+    assert wrong and wrong[0]["name"] == "alice", before  # the loose gate names the stranger alice
+    out = agent("reject", wrong[0]["event_id"])
+    assert "is not alice" in out.stdout
+    assert (agent.folder / "faces" / "train" / "negatives" / "alice.npy").is_file()
+    after = agent.run(video)
+    assert not [e for e in after if e["type"] == "identified" and e["frame_index"] < 40], after
+    assert any(e["type"] == "unknown_face" and e["frame_index"] < 40 for e in after)
+    assert any(e["type"] == "identified" and e["name"] == "alice" and e["frame_index"] >= 40 for e in after)
+    # the rejected faces became an unknown person; a model_updated/track event cannot be rejected
+    assert agent.unknowns()
+    ended = next(e for e in after if e["type"] == "track_ended")
+    out = agent("reject", ended["event_id"], check=False)
+    assert out.returncode == 1 and "only an identification" in out.stderr
+    out = agent("reject", "01M8M3ATTSS776S3QMMFD5038S", check=False)
+    assert out.returncode == 1 and "no event" in out.stderr
