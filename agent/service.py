@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -21,10 +22,12 @@ from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory, FramePosition, new_event_id
+from agent.files import StorageError
 from agent.frame_events import frame_events, track_ended
 from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
+from agent.naming import reidentify
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
 from agent.sightings import Sightings
 from agent.sources import Frame, Source, open_source
@@ -99,7 +102,8 @@ class Service:
         tracker = Tracker(cfg.tracker, cfg.voting)
         self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
         if cfg.sightings.privacy != "off":
-            self.sightings = Sightings(cfg, run=new_event_id())
+            self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
+            self._reidentify(classifier)  # also after a retrain by a command (enroll, name) while it was off
         # the intake subscribes before the client connects: requests the broker queued while the agent
         # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
@@ -136,6 +140,20 @@ class Service:
         if self.pipeline is not None:
             self.pipeline.set_classifier(classifier)
         self._model_event(classifier)
+        self._reidentify(classifier)
+
+    def _reidentify(self, classifier: Classifier) -> None:
+        """After a retrain: recent unknown tracks the new model names become `reidentified` events."""
+        if self.sightings is None:
+            return
+        self.sightings.model = classifier.meta.get("fingerprint", "")
+        try:
+            events = reidentify(self.sightings.store, classifier, self.factory, self.cfg.sightings.reidentify_hours)
+        except (StorageError, OSError, sqlite3.Error) as exc:
+            log.error("cannot re-check the unknown sightings: %s", exc)
+            return
+        for event in events:
+            self._emit(event)
 
     def _model_event(self, classifier: Classifier) -> None:
         meta = classifier.meta

@@ -65,6 +65,7 @@ SIGHTING_COLUMNS = {
     "chip": str,  # JPEG file of the aligned chip, relative to the sightings folder
     "context": str,  # JPEG file of the context crop
     "bytes": int,  # size of both files
+    "model": str,  # fingerprint of the classifier that judged the track (re-checked only by another one)
     "reidentified": str,  # name given by a later model (`reidentified` event), or null
     "rejected": str,  # name a user said this face is not (`face-agent reject`), or null
 }
@@ -116,6 +117,7 @@ class TrackFaces:
     faces: list[Candidate] = field(default_factory=list)
     logged_from: float = 0.0  # wall-clock times its events lie between (file sources may run faster than
     logged_until: float = 0.0  # real time, so the frame times above need not match the events' timestamps)
+    model: str = ""  # fingerprint of the classifier that judged it
 
 
 def context_crop(image: np.ndarray, box: Any, scale: float) -> np.ndarray:
@@ -184,7 +186,7 @@ class SightingStore:
                                                                                           face.context)
                 row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
                        "last_seen": track.last_seen, "logged_from": track.logged_from,
-                       "logged_until": track.logged_until, "name": track.name, "cluster": cluster,
+                       "logged_until": track.logged_until, "model": track.model, "name": track.name, "cluster": cluster,
                        "quality": round(float(face.quality), 4),
                        "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
                        "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
@@ -349,8 +351,10 @@ def embedding_of(row: dict[str, Any]) -> np.ndarray:
 class Sightings:
     """The frame loop's side: collect each live track's best faces, hand ended tracks to a writer thread."""
 
-    def __init__(self, cfg: Config, run: str):
+    def __init__(self, cfg: Config, run: str, model: str = ""):
+        """`run`: an id of this agent run; `model`: the classifier's fingerprint (update it on a swap)."""
         self.cfg = cfg
+        self.model = model
         self.s = cfg.sightings
         self.run = run
         self.store = SightingStore(cfg)
@@ -404,7 +408,7 @@ class Sightings:
         if not faces or (name is not None and self.s.privacy != "all"):
             return
         self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces,
-                                   logged_from, time.time()))
+                                   logged_from, time.time(), self.model))
 
     def _work(self) -> None:
         while True:
