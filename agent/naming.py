@@ -9,8 +9,8 @@
   (`Gallery.add_negatives`; the classifier's gate uses them), the sightings become unknown ones (and join
   an unknown person), and the classifier retrains.
 - `reidentify`: after a retrain, the unknown sightings of the last `[sightings] reidentify_hours` are
-  checked against the new classifier; a track the majority of whose faces now match a person gives a
-  `reidentified` event (once).
+  checked against the new classifier (those a different one judged); a track the majority of whose faces
+  now match a person gives a `reidentified` event (once).
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def track_faces(store: SightingStore, track_id: int) -> list[dict[str, Any]]:
 
 
 def name_faces(gallery: Gallery, store: SightingStore, rows: list[dict[str, Any]], person: str,
-               progress: bool = False) -> Named:
-    """Enroll the best of `rows` (sighting rows) as `person` and retrain; NamingError if none is usable."""
+               progress: bool = False, retrain: bool = True) -> Named:
+    """Enroll the best of `rows` (sighting rows) as `person` and (`retrain`) retrain; NamingError if none is
+    usable."""
     person = validate_person_name(person)
     limit = gallery.cfg.sightings.name_faces
     chosen = _spread_over_tracks(rows, limit)
@@ -108,23 +109,25 @@ def name_faces(gallery: Gallery, store: SightingStore, rows: list[dict[str, Any]
     if not named.enrolled:
         raise NamingError(f"none of the {len(chosen)} faces could be enrolled as {person}: "
                           + "; ".join(named.refused[:3]))
-    named.classifier, _, _ = gallery.ensure_trained(progress=progress)
+    if retrain:
+        named.classifier, _, _ = gallery.ensure_trained(progress=progress)
     return named
 
 
 def name_cluster(gallery: Gallery, store: SightingStore, unknown_id: str, person: str,
-                 progress: bool = False) -> Named:
+                 progress: bool = False, retrain: bool = True) -> Named:
     """`face-agent name UNKNOWN_ID PERSON`: enroll the cluster's best faces, mark the cluster named."""
     cluster, rows = cluster_faces(store, unknown_id)
-    named = name_faces(gallery, store, rows, person, progress)
+    named = name_faces(gallery, store, rows, person, progress, retrain)
     store.mark_named(cluster, named.person)
     log.info("%s named %s: %d faces enrolled", cluster_label(cluster), named.person, len(named.enrolled))
     return named
 
 
-def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool = False) -> tuple[int, Classifier]:
+def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool = False,
+           retrain: bool = True) -> tuple[int, Classifier | None]:
     """`face-agent reject EVENT_ID`: the faces of the track `event` (identified) named are not that person.
-    Returns (negatives recorded for the person, the retrained classifier)."""
+    Returns (negatives recorded for the person, the retrained classifier or None without `retrain`)."""
     if event.type not in (IDENTIFIED, REIDENTIFIED) or not event.name or event.track_id is None:
         raise NamingError(f"event {event.event_id} is a {event.type} event: only an identification "
                           "(identified, reidentified) can be rejected")
@@ -141,6 +144,8 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
     store.set_cluster([r["id"] for r in rows], cluster)
     log.info("event %s: %d faces of track %d are not %s (now %s)", event.event_id, len(rows), event.track_id,
              event.name, cluster_label(cluster))
+    if not retrain:
+        return count, None
     classifier, _, _ = gallery.ensure_trained(progress=progress)
     return count, classifier
 
@@ -149,7 +154,9 @@ def reidentify(store: SightingStore, classifier: Classifier, factory: EventFacto
                now: float | None = None) -> list[Event]:
     """`reidentified` events for the recent unknown tracks the new classifier names (each once)."""
     now = time.time() if now is None else now
-    rows = store.sightings("name IS NULL AND reidentified IS NULL AND t >= ?", [now - hours * 3600])
+    model = classifier.meta.get("fingerprint", "")
+    rows = store.sightings("name IS NULL AND reidentified IS NULL AND t >= ? AND COALESCE(model, '') != ?",
+                           [now - hours * 3600, model])
     tracks: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         tracks[(r["run"], r["track_id"])].append(r)

@@ -20,6 +20,7 @@ import pytest
 from conftest import make_config
 
 from agent.config import load_config
+from agent.events import parse_timestamp as parse_ts
 from agent.sightings import Candidate, SightingStore, TrackFaces, cluster_label, context_crop, parse_cluster
 from bench import bench_sightings as bs
 from bench import identity_clips as ic
@@ -290,3 +291,93 @@ def test_a_rejected_identification_is_not_repeated(tmp_path):
     assert out.returncode == 1 and "only an identification" in out.stderr
     out = agent("reject", "01M8M3ATTSS776S3QMMFD5038S", check=False)
     assert out.returncode == 1 and "no event" in out.stderr
+
+
+def test_after_a_retrain_the_running_agent_reidentifies_recent_unknown_tracks(tmp_path):
+    """Default privacy ("unknown"): a stranger's track is kept as an unknown person; once the person is
+    enrolled (`face-agent enroll`), the agent's next start retrains and logs a `reidentified` event for
+    that earlier track (its track id, the old unknown id, the new name, when it was seen)."""
+    if not ic.LFW.is_dir():
+        pytest.skip(f"{ic.LFW} not found")
+    agent = Agent(tmp_path / "agent")
+    (agent.folder / "agent.toml").write_text("[mqtt]\nenabled = false\n")  # privacy: the default
+    carol, other = ic.lfw_people()[2], ic.lfw_people()[4]
+    clip = ic.Clip("carol", 80, [ic.Actor("stranger:carol", ic.lfw_photos(carol)[6], 0, 40),
+                                 ic.Actor("stranger:other", ic.lfw_photos(other)[6], 40, 80)],
+                   scenes=[ic.Scene(0, 40, 31), ic.Scene(40, 80, 32)])
+    video = ic.render(clip, tmp_path / "carol.mp4")
+    first = agent.run(video)
+    unknown = {e["track_id"]: e for e in first if e["type"] == "unknown_face"}
+    carol_track = next(t for t, e in unknown.items() if e["frame_index"] < 40)
+    clusters = agent.unknowns()
+    assert len(clusters) == 2
+    agent("enroll", "carol", *map(str, ic.lfw_photos(carol)[:5]))
+    empty = ic.render(ic.Clip("empty", 10, []), tmp_path / "empty.mp4")
+    second = agent.run(empty)
+    reid = [e for e in second if e["type"] == "reidentified"]
+    assert len(reid) == 1, second
+    e = reid[0]
+    assert e["track_id"] == carol_track and e["name"] == "carol" and e["unknown_id"] in {c["id"] for c in clusters}
+    started = next(x for x in first if x["type"] == "track_started" and x["track_id"] == carol_track)
+    assert abs(parse_ts(e["seen_at"]) - parse_ts(started["timestamp"])) < 5
+    assert not [x for x in agent.run(empty) if x["type"] == "reidentified"]  # once only
+    # the documented example has the shape of this real one
+    from test_docs import doc_examples, shape
+
+    example = next(x for x in doc_examples() if x["type"] == "reidentified")
+    assert shape(example) == shape(e)
+
+
+# ------------------------------------------------------------------------------------------- over MQTT
+
+from test_remote_enrollment import USERS, agents, broker, keyfile  # noqa: E402, F401 - fixtures reused
+
+
+def test_remote_unknowns_name_and_reject(tmp_path, broker, keyfile, agents, capsys, lfw_faces):  # noqa: F811
+    """The signed remote commands through a real mosquitto and `face-agent remote`: `unknowns` lists the
+    agent's unknown people (with the best chip), `name` enrolls one and the agent retrains, `reject` records
+    a wrong identification's faces as negatives."""
+    from agent.cli import main
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    cfg = make_config(tmp_path / "agent-1", agent={"id": "agent-1"}, sightings={"privacy": "all"},
+                      mqtt={"host": broker.host, "port": broker.port, "username": "agent-1",
+                            "password": USERS["agent-1"], "reconnect_min_delay": 0.1},
+                      remote_enroll={"key_file": str(keyfile), "debounce": 0.5})
+    a, b, _ = lfw_faces
+    store = SightingStore(cfg)
+    store.add_track("r", _track(lfw_faces[a][:2], 1))
+    store.add_track("r", _track(lfw_faces[a][2:], 2))
+    now = time.time()
+    store.add_track("r", _track(lfw_faces[b][:2], 3, name="dave", t=now))
+    store.close()
+    wrong = EventFactory.from_config(cfg).identified(3, "dave", 0.8, 2, (1, 2, 3, 4), (640, 360))
+    with EventStore(cfg) as events:
+        events.add(wrong)
+    agent = agents(cfg).start()
+    toml = tmp_path / "operator.toml"
+    toml.write_text(f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nusername = "operator"\n'
+                    f'password = "{USERS["operator"]}"\n[remote_enroll]\nkey_file = "{keyfile}"\n')
+
+    def cli(*argv) -> tuple[int, str, str]:
+        code = main(["-q", "-c", str(toml), "remote", *argv, "--agent", "agent-1", "--timeout", "60"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, _ = cli("unknowns", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["verified"] and [u["id"] for u in data["unknowns"]] == ["u1"]
+    assert data["unknowns"][0]["tracks"] == 2 and data["unknowns"][0]["chip_jpeg"]
+    code, out, _ = cli("name", "u1", "carol", "--wait-trained")
+    assert code == 0 and "u1 -> carol:" in out and "retrained" in out, out
+    assert agent.gallery.photos_of("carol") and agent.updates[-1][0].people == ["carol"]
+    code, out, _ = cli("unknowns")
+    assert code == 0 and "named carol" in out
+    code, out, _ = cli("reject", wrong.event_id)
+    assert code == 0 and "now known not to be dave" in out, out
+    assert (agent.gallery.negatives_dir / "dave.npy").is_file()
+    code, out, _ = cli("name", "u77", "x")
+    assert code == 1 and "not_found" in out
+    code, out, _ = cli("reject", "01M8M3ATTSS776S3QMMFD5038S")
+    assert code == 1 and "not_found" in out
