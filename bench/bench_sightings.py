@@ -110,9 +110,11 @@ def main() -> int:
     ap.add_argument("--people", type=int, default=4)
     ap.add_argument("--appearances", type=int, default=3)
     ap.add_argument("--offset", type=int, default=40, help="first LFW person (alphabetical index)")
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sightings-") as tmp:
-        folder = Path(tmp)
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "agent.toml").write_text('[mqtt]\nenabled = false\n[sightings]\nprivacy = "all"\n')
         clip = strangers_clip(args.people, args.appearances, args.offset)
         video = ic.render(clip, folder / "strangers.mp4")
