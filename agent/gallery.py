@@ -550,11 +550,15 @@ class Gallery:
             if chips.is_dir():
                 shutil.rmtree(chips)
             self._negatives_file(name).unlink(missing_ok=True)
-            store = SightingStore(self.cfg)
             try:
-                sightings = store.forget(name)
-            finally:
-                store.close()
+                store = SightingStore(self.cfg)
+                try:
+                    sightings = store.forget(name)
+                finally:
+                    store.close()
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.error("the sightings of %s could not be deleted: %s", name, exc)
+                sightings = 0
             log.info("forgot %s%s; %d sightings deleted", name, f"; photos moved to {moved}" if moved else "",
                      sightings)
             return moved

@@ -102,7 +102,10 @@ class Service:
         tracker = Tracker(cfg.tracker, cfg.voting)
         self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
         if cfg.sightings.privacy != "off":
-            self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
+            try:
+                self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
+            except StorageError as exc:  # a full or read-only disk: the video loop runs without them
+                log.error("faces are not kept this run: %s", exc)
             self._reidentify(classifier)  # also after a retrain by a command (enroll, name) while it was off
         # the intake subscribes before the client connects: requests the broker queued while the agent
         # was offline arrive right after the connect and must find their callback in place

@@ -38,7 +38,7 @@ import sqlite_utils
 
 from agent import database
 from agent.config import Config
-from agent.files import StorageError, storage_hint
+from agent.files import StorageError, atomic_write, storage_hint
 from agent.vision.classifier import Classifier, Prediction, unit_rows
 from agent.vision.recognizer import QUALITY_REASONS
 
@@ -164,29 +164,37 @@ class SightingStore:
                                 [cv2.IMWRITE_JPEG_QUALITY, int(self.s.jpeg_quality)])
         if not ok:
             raise StorageError(f"{path}: cannot encode the crop")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data.tobytes())
-        tmp.replace(path)
-        return len(data)
+        return atomic_write(path, data.tobytes())
 
     def add_track(self, run: str, track: TrackFaces) -> list[int]:
         """Store an ended track's faces (files, then rows); an unknown track joins or starts a cluster.
         Returns the new sighting ids."""
         if not track.faces:
             return []
+        day = time.strftime("%Y%m%d", time.gmtime(track.first_seen))
+        stems = [f"{day}/{run}-{track.track_id}-{n}" for n in range(len(track.faces))]
+        try:
+            return self._add_track(run, track, stems)
+        except (OSError, sqlite3.Error) as exc:  # a full disk: no files left without their rows
+            for stem in stems:
+                for kind in ("chip", "context"):
+                    (self.folder / f"{stem}-{kind}.jpg").unlink(missing_ok=True)
+            raise StorageError(f"{self.path}: cannot keep the faces of track {track.track_id}: {exc} "
+                               f"({storage_hint(self.folder)})") from None
+
+    def _add_track(self, run: str, track: TrackFaces, stems: list[str]) -> list[int]:
+        sizes = [self._write_jpeg(f"{stem}-chip.jpg", face.chip) + self._write_jpeg(f"{stem}-context.jpg", face.context)
+                 for face, stem in zip(track.faces, stems, strict=True)]  # outside the lock: the frame loop matches
         with self._lock:
             cluster = None
             if track.name is None:
                 cluster = self.assign_cluster(np.stack([c.embedding for c in track.faces]), track.unknown_id)
-            day = time.strftime("%Y%m%d", time.gmtime(track.first_seen))
             ids = []
-            for n, face in enumerate(track.faces):
-                stem = f"{day}/{run}-{track.track_id}-{n}"
-                size = self._write_jpeg(f"{stem}-chip.jpg", face.chip) + self._write_jpeg(f"{stem}-context.jpg",
-                                                                                          face.context)
+            for face, stem, size in zip(track.faces, stems, sizes, strict=True):
                 row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
                        "last_seen": track.last_seen, "logged_from": track.logged_from,
-                       "logged_until": track.logged_until, "model": track.model, "name": track.name, "cluster": cluster,
+                       "logged_until": track.logged_until, "model": track.model, "name": track.name,
+                       "cluster": cluster,
                        "quality": round(float(face.quality), 4),
                        "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
                        "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}

@@ -8,7 +8,10 @@ against who was really there (the actor on screen at each track's first frame):
 
 - purity: of all the sightings in clusters, the share that belongs to its cluster's main person;
 - clusters per person: clusters / people (1.0 = one cluster per stranger);
-- sightings per minute of video, and disk (crop files + index) per hour of video at that rate.
+- sightings per minute of video, and disk (crop files + index) per hour of video at that rate;
+- with --cost: the same clip run with --every-frame and `privacy = "off"` then `"all"` (fresh folders,
+  `--repeat` times each): wall seconds per run (model loading included, the same in both) and the
+  difference per frame, what keeping sightings costs the frame loop and the process.
 
     .venv/bin/python bench/bench_sightings.py --people 4 --appearances 3
 """
@@ -21,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -105,11 +109,27 @@ def agent(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return out
 
 
+def cost(video: Path, frames: int, repeat: int) -> dict[str, Any]:
+    """Wall seconds of `run --every-frame` with privacy off and all (best of `repeat`, fresh folders)."""
+    best: dict[str, float] = {}
+    for privacy in ("off", "all") * repeat:
+        with tempfile.TemporaryDirectory(prefix="bench-sightings-cost-") as tmp:
+            folder = Path(tmp)
+            (folder / "agent.toml").write_text(f'[mqtt]\nenabled = false\n[sightings]\nprivacy = "{privacy}"\n')
+            started = time.perf_counter()
+            agent(folder, "run", "--source", str(video), "--every-frame")
+            best[privacy] = min(best.get(privacy, 1e9), time.perf_counter() - started)
+    return {"seconds_off": round(best["off"], 2), "seconds_all": round(best["all"], 2),
+            "ms_per_frame": round((best["all"] - best["off"]) / frames * 1000, 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--people", type=int, default=4)
     ap.add_argument("--appearances", type=int, default=3)
     ap.add_argument("--offset", type=int, default=40, help="first LFW person (alphabetical index)")
+    ap.add_argument("--cost", action="store_true", help="also time runs with privacy off and all")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per privacy setting with --cost")
     ap.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sightings-") as tmp:
@@ -132,6 +152,8 @@ def main() -> int:
                       unknown_events_with_id=sum(1 for e in events if e["type"] == "unknown_face"
                                                  and e.get("unknown_id")),
                       unknown_events=sum(1 for e in events if e["type"] == "unknown_face"))
+        if args.cost:
+            scores["cost"] = cost(video, clip.frames, args.repeat)
         print(json.dumps(scores, indent=2))
     return 0
 

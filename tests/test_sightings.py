@@ -127,6 +127,24 @@ def test_forget_removes_the_persons_sightings(tmp_path, lfw_faces):
     store.close()
 
 
+def test_a_full_disk_keeps_nothing_half_written(tmp_path, lfw_faces, disk):  # noqa: F811
+    """No room for the crops: a clear StorageError, no files without their rows, what is stored stays
+    (a real small tmpfs: tests/test_storage_faults.py, root only, else skipped)."""
+    from agent.files import StorageError
+
+    store = SightingStore(make_config(tmp_path, paths={"storage": str(disk.path / "storage")}))
+    a, b, _ = lfw_faces
+    store.add_track("r", _track(lfw_faces[a][:2], 1))
+    before = store.sightings()
+    disk.fill()
+    with pytest.raises(StorageError, match="cannot keep the faces of track 2"):
+        store.add_track("r", _track(lfw_faces[b], 2))
+    assert store.sightings() == before
+    files = {p.relative_to(store.folder).as_posix() for p in store.folder.rglob("*") if p.is_file()}
+    assert files == {r[k] for r in before for k in ("chip", "context")}
+    store.close()
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
 
@@ -331,6 +349,7 @@ def test_after_a_retrain_the_running_agent_reidentifies_recent_unknown_tracks(tm
 # ------------------------------------------------------------------------------------------- over MQTT
 
 from test_remote_enrollment import USERS, agents, broker, keyfile  # noqa: E402, F401 - fixtures reused
+from test_storage_faults import disk  # noqa: E402, F401 - a real small tmpfs
 
 
 def test_remote_unknowns_name_and_reject(tmp_path, broker, keyfile, agents, capsys, lfw_faces):  # noqa: F811
