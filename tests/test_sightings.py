@@ -400,3 +400,21 @@ def test_remote_unknowns_name_and_reject(tmp_path, broker, keyfile, agents, caps
     assert code == 1 and "not_found" in out
     code, out, _ = cli("reject", "01M8M3ATTSS776S3QMMFD5038S")
     assert code == 1 and "not_found" in out
+
+
+def test_bounds_hold_through_a_run(strangers, tmp_path):
+    """The same clip with tight bounds: count and disk stay under them, and what is dropped is the oldest."""
+    video = strangers[2]
+    agent = Agent(tmp_path / "tight", "max_count = 10\nmax_mb = 0.15\n")  # appended to [sightings]
+    agent.run(video)
+    sightings = bs.stored_sightings(agent.folder)
+    store = SightingStore(load_config(agent.folder / "agent.toml"))
+    totals = store.totals()
+    store.close()
+    assert 0 < len(sightings) <= 10 and totals["count"] == len(sightings)
+    assert totals["bytes"] <= 150_000
+    on_disk = sum(f.stat().st_size for f in (agent.folder / "storage" / "sightings").rglob("*.jpg"))
+    assert on_disk == totals["bytes"]
+    # the ones kept are the newest: from the last appearances of the clip (track ids grow with time)
+    last = max(e["track_id"] for e in agent.events() if e["track_id"] is not None)
+    assert min(s["track_id"] for s in sightings) > last // 2, sightings
