@@ -4,7 +4,8 @@ For each confirmed track the best `[sightings] per_track` faces (by the tracker'
 aligned 150x150 chip and a larger context crop (JPEG files under `<storage>/sightings/`), with the
 embedding the pipeline already computed for the vote (nothing is embedded again) and the quality, indexed
 in `<storage>/sightings.db` (SQLite, tables `sightings` and `clusters`). Which tracks: `[sightings] privacy`
-= off (none), unknown (tracks that end unknown) or all. Bounds: `max_days`, `max_count` and `max_mb`; over
+= off (none), unknown (tracks that end unknown) or all (also named ones); a track that ends before its
+votes settled is never kept (it may be somebody enrolled). Bounds: `max_days`, `max_count` and `max_mb`; over
 a bound the oldest unknown sightings go first, then the oldest named ones.
 
 Unknown people: every unknown track joins an "unknown person" cluster (id `u<number>`, never reused). The
@@ -413,8 +414,8 @@ class Sightings:
         unknown_id = self._unknown_ids.pop(track.id, None)
         logged_from = self._logged_from.pop(track.id, time.time())
         name = track.name if track.status == "named" else None
-        if not faces or (name is not None and self.s.privacy != "all"):
-            return
+        if not faces or track.status not in ("named", "unknown") or (name is not None and self.s.privacy != "all"):
+            return  # never settled (who it was is not known: maybe somebody enrolled), or privacy
         self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces,
                                    logged_from, time.time(), self.model))
 
