@@ -225,6 +225,21 @@ class StoreSection:
 
 
 @dataclass
+class SightingsSection:
+    # which confirmed tracks keep face crops: off | unknown (only tracks that end unknown) | all
+    privacy: str = setting("unknown", choices=("off", "unknown", "all"))
+    per_track: int = setting(3, bounds=Range(1, 20))  # best face crops (by quality) kept per track
+    max_count: int = setting(5000, bounds=AT_LEAST_1)  # sightings kept at most; oldest unknown ones go first
+    max_days: float = setting(30.0, bounds=POSITIVE)  # sightings older than this are deleted
+    max_mb: float = setting(500.0, bounds=POSITIVE)  # MB of crop files at most; oldest unknown ones go first
+    context_scale: float = setting(2.0, bounds=Range(1, 4))  # context crop side / face box side
+    jpeg_quality: int = setting(90, bounds=Range(10, 100))  # JPEG quality of the stored crops
+    name_faces: int = setting(5, bounds=Range(1, 50))  # best faces `face-agent name` enrolls (one per track first)
+    # after a retrain, unknown sightings this recent are checked again (`reidentified` events)
+    reidentify_hours: float = setting(24.0, bounds=AT_LEAST_0)
+
+
+@dataclass
 class MqttSection:
     enabled: bool = True  # publish events over MQTT
     host: str = "127.0.0.1"  # broker
@@ -307,6 +322,7 @@ class Config:
     voting: VotingSection = field(default_factory=VotingSection)
     events: EventsSection = field(default_factory=EventsSection)
     store: StoreSection = field(default_factory=StoreSection)
+    sightings: SightingsSection = field(default_factory=SightingsSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     remote_enroll: RemoteEnrollSection = field(default_factory=RemoteEnrollSection)
     service: ServiceSection = field(default_factory=ServiceSection)

@@ -1,4 +1,4 @@
-"""The one event schema (version 2): what the agent logs in SQLite and publishes on `<prefix>/events`.
+"""The one event schema (version 3): what the agent logs in SQLite and publishes on `<prefix>/events`.
 
 An `Event` is a flat JSON object. Common fields are always present (`null` where they do not apply);
 type-specific fields are present only for their type (see `TYPE_FIELDS`). The JSON Schema in
@@ -8,6 +8,8 @@ runtime dependency on `jsonschema` is needed (tests check that both agree). See 
 Version 2 added `frame_index` and `media_time` (where in the source the event happened); version 1
 events (in an older log) are still valid without them, and consumers of version 1 keep working: nothing
 else changed.
+Version 3 added `unknown_id` to `unknown_face` (the unknown person, from agent.sightings, the track joined)
+and the `reidentified` type; version 1 and 2 events are still valid as they were.
 
 Event ids are ULIDs: 26 Crockford base32 characters, a 48-bit millisecond timestamp then 80 random bits,
 monotonic within one process, so they sort by creation time and are unique across agents.
@@ -28,25 +30,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 2
-SCHEMA_VERSIONS = (1, 2)  # versions this code reads (an event log may hold older events)
+SCHEMA_VERSION = 3
+SCHEMA_VERSIONS = (1, 2, 3)  # versions this code reads (an event log may hold older events)
 
 TRACK_STARTED = "track_started"
 IDENTIFIED = "identified"
 UNKNOWN_FACE = "unknown_face"
 TRACK_ENDED = "track_ended"
 MODEL_UPDATED = "model_updated"
-EVENT_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED, MODEL_UPDATED)
+REIDENTIFIED = "reidentified"
+EVENT_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED, MODEL_UPDATED, REIDENTIFIED)
 TRACK_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED)  # need track_id, box and frame
 
 # type-specific fields: required for their type, absent from every other type
 TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     TRACK_STARTED: (),
     IDENTIFIED: ("previous_name",),
-    UNKNOWN_FACE: ("attempts",),
+    UNKNOWN_FACE: ("attempts", "unknown_id"),
     TRACK_ENDED: ("duration_s", "best_confidence"),
     MODEL_UPDATED: ("people", "counts", "training_s", "cv_score"),
+    REIDENTIFIED: ("unknown_id", "seen_at"),
 }
+TYPE_FIELDS_V2 = {**TYPE_FIELDS, UNKNOWN_FACE: ("attempts",)}  # versions 1 and 2 (no reidentified type)
+UNKNOWN_ID_RE = re.compile(r"^u[1-9][0-9]{0,17}$")
+
+
+def type_fields(etype: str, version: int) -> tuple[str, ...]:
+    """The type-specific fields of `etype` in schema `version`."""
+    return (TYPE_FIELDS if version >= 3 else TYPE_FIELDS_V2).get(etype, ())
 COMMON_FIELDS_V1 = ("schema_version", "event_id", "type", "agent_id", "camera", "timestamp", "track_id",
                     "name", "confidence", "votes", "box", "frame")
 COMMON_FIELDS = (*COMMON_FIELDS_V1, "frame_index", "media_time")
@@ -136,6 +147,8 @@ class Event:
     counts: dict[str, int] | None = None  # model_updated: photos per person
     training_s: float | None = None  # model_updated: training time in seconds
     cv_score: float | None = None  # model_updated: cross-validation accuracy (0..1), null if too few photos
+    unknown_id: str | None = None  # unknown_face: the unknown person joined (u<n>); reidentified: the one it was
+    seen_at: str | None = None  # reidentified: when the face was seen (the track's first sighting)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +157,7 @@ class Event:
         out = {key: getattr(self, key) for key in common}
         if self.thumbnail is not None:
             out["thumbnail"] = self.thumbnail
-        for key in TYPE_FIELDS.get(self.type, ()):
+        for key in type_fields(self.type, self.schema_version):
             out[key] = getattr(self, key)
         return out
 
@@ -232,8 +245,11 @@ def validate_event(data: Any) -> None:
     etype = data.get("type")
     if etype not in EVENT_TYPES:
         _fail("type", f"{etype!r} is not one of {', '.join(EVENT_TYPES)}")
-    allowed = set(common) | set(OPTIONAL_FIELDS) | set(TYPE_FIELDS[etype])
-    missing = [k for k in (*common, *TYPE_FIELDS[etype]) if k not in data]
+    if etype == REIDENTIFIED and version < 3:
+        _fail("type", f"{etype} needs schema_version 3 or later")
+    fields = type_fields(etype, version)
+    allowed = set(common) | set(OPTIONAL_FIELDS) | set(fields)
+    missing = [k for k in (*common, *fields) if k not in data]
     if missing:
         _fail("event", f"missing field(s) {', '.join(missing)} for type {etype}")
     extra = sorted(set(data) - allowed)
@@ -255,7 +271,12 @@ def validate_event(data: Any) -> None:
             _fail("media_time", f"expected a non-negative number or null, got {t!r}")
 
     is_track = etype in TRACK_TYPES
-    if is_track:
+    if etype == REIDENTIFIED:  # about a track seen earlier: its id, no box of now
+        _check_nonneg_int(data, "track_id", nullable=False)
+        for key in ("box", "frame", "votes", "frame_index", "media_time"):
+            if data[key] is not None:
+                _fail(key, f"must be null for {etype}")
+    elif is_track:
         _check_nonneg_int(data, "track_id", nullable=False)
         _check_object(data["box"], "box", ("left", "top", "right", "bottom"))
         _check_object(data["frame"], "frame", ("width", "height"))
@@ -276,6 +297,8 @@ def validate_event(data: Any) -> None:
         if data["name"] is not None:
             _fail("name", "must be null for unknown_face")
         _check_nonneg_int(data, "attempts", nullable=False)
+        if version >= 3:
+            _check_unknown_id(data, nullable=True)
     elif etype == TRACK_ENDED:
         if not _is_num(data["duration_s"]) or data["duration_s"] < 0:
             _fail("duration_s", f"expected a non-negative number, got {data['duration_s']!r}")
@@ -290,6 +313,18 @@ def validate_event(data: Any) -> None:
         if not _is_num(data["training_s"]) or data["training_s"] < 0:
             _fail("training_s", f"expected a non-negative number, got {data['training_s']!r}")
         _check_prob(data, "cv_score")
+    elif etype == REIDENTIFIED:
+        _check_str(data, "name", nullable=False)
+        _check_unknown_id(data, nullable=True)
+        parse_timestamp(data["seen_at"])
+
+
+def _check_unknown_id(data: dict, nullable: bool) -> None:
+    v = data["unknown_id"]
+    if v is None and nullable:
+        return
+    if not isinstance(v, str) or not UNKNOWN_ID_RE.match(v):
+        _fail("unknown_id", f"expected an unknown person's id like u12{' or null' if nullable else ''}, got {v!r:.40}")
 
 
 # ---------------------------------------------------------------------------------------------- factories
@@ -392,10 +427,12 @@ class EventFactory:
 
     def unknown_face(self, track_id: int, attempts: int, box: Any, frame_size: Sequence[int],
                      confidence: float | None = None, votes: int | None = None, image: Any = None,
-                     at: FramePosition | None = None) -> Event:
-        """A track still unknown after its attempts; `confidence` = best score of any person, if any."""
+                     at: FramePosition | None = None, unknown_id: str | None = None) -> Event:
+        """A track still unknown after its attempts; `confidence` = best score of any person, if any;
+        `unknown_id`: the unknown person (agent.sightings) it is, when seen before."""
         return self._track_event(UNKNOWN_FACE, track_id, box, frame_size, image, at,
-                                 confidence=_round(confidence), votes=_int(votes), attempts=int(attempts))
+                                 confidence=_round(confidence), votes=_int(votes), attempts=int(attempts),
+                                 unknown_id=unknown_id)
 
     def track_ended(self, track_id: int, name: str | None, duration_s: float, best_confidence: float | None,
                     box: Any, frame_size: Sequence[int], votes: int | None = None,
@@ -405,6 +442,15 @@ class EventFactory:
                                  confidence=_round(confidence), votes=_int(votes),
                                  duration_s=round(float(duration_s), 3),
                                  best_confidence=_round(best_confidence))
+
+    def reidentified(self, track_id: int, name: str, confidence: float | None, unknown_id: str | None,
+                     seen_at: float) -> Event:
+        """A track that was unknown when seen (at `seen_at`, epoch seconds) is `name` to the new model."""
+        event = Event(type=REIDENTIFIED, agent_id=self.agent_id, camera=self.camera, track_id=int(track_id),
+                      name=name, confidence=_round(confidence), unknown_id=unknown_id,
+                      seen_at=format_timestamp(seen_at))
+        validate_event(event.to_dict())
+        return event
 
     def model_updated(self, people: Sequence[str], counts: dict[str, int], training_s: float,
                       cv_score: float | None) -> Event:

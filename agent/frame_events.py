@@ -3,6 +3,7 @@ changes (agent.events builds and validates each one; this module only decides wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.events import Event, EventFactory, FramePosition
@@ -14,9 +15,11 @@ def track_ended(factory: EventFactory, track: Any, size: tuple[int, int], at: Fr
                                votes=track.votes, at=at)
 
 
-def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePosition) -> list[Event]:
+def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePosition,
+                 unknown_id: Callable[[Any], str | None] | None = None) -> list[Event]:
     """The events of one processed frame (agent.vision.pipeline.FrameResult), in order: tracks that ended
-    (lost, a shot cut, a split), tracks that started, identity changes; each says where it happened."""
+    (lost, a shot cut, a split), tracks that started, identity changes; each says where it happened.
+    `unknown_id(track)`: the unknown person a track that settled unknown is (agent.sightings), if any."""
     size = result.size
     events = [track_ended(factory, track, size, at) for track in result.update.ended]
     for track in result.update.started:
@@ -26,7 +29,7 @@ def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePositi
         if change.kind == "unknown":
             confidence = change.confidence if change.votes else None  # no vote: attempts ran out (poor faces)
             events.append(factory.unknown_face(t.id, t.attempts, t.box, size, confidence, change.votes,
-                                               image=image, at=at))
+                                               image=image, at=at, unknown_id=unknown_id(t) if unknown_id else None))
         else:
             events.append(factory.identified(t.id, change.name, change.confidence, change.votes, t.box, size,
                                              previous_name=change.previous, image=image, at=at))

@@ -6,6 +6,8 @@ On disk (root = `[paths] faces`):
     train/aligned/<person>/<stem>.png the 150x150 chip cut from each usable photo, named after the photo
                                       (<photo stem>-<sha8>.png; older versions used <sha16>.png: renamed on use)
     train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes)
+    train/negatives/<person>.npy      embeddings of faces a user said are not that person (`reject`): the
+                                      classifier's gate keeps them from being named so again
 and in `[paths] storage`: `embeddings.db`, a cache keyed by (photo sha256, embedding backend,
 detection settings) so re-running touches only new photos; in `[paths] svm`: the classifier.
 
@@ -44,8 +46,9 @@ from tqdm import tqdm
 
 from agent import database
 from agent.config import Config
-from agent.files import StorageError, file_sha256, storage_hint, storage_state
+from agent.files import StorageError, atomic_write, file_sha256, storage_hint, storage_state
 from agent.images import ImageError, decode_image, is_image_path, load_image
+from agent.sightings import SightingStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -271,6 +274,7 @@ class Gallery:
         self.raw = self.root / "raw"
         self.aligned = self.root / "aligned"
         self.trash = self.root / "trash"
+        self.negatives_dir = self.root / "negatives"
         self.svm_dir = cfg.path("svm")
         self._analyzer = analyzer
         self._cache: EmbeddingCache | None = None
@@ -411,7 +415,9 @@ class Gallery:
             return results, X, names, fingerprint
 
     def _fingerprint(self, items: list[tuple[str, str]]) -> str:
-        payload = json.dumps({"photos": items, "settings": self.settings_key()})
+        negatives = {p: hashlib.sha256(a.tobytes()).hexdigest() for p, a in sorted(self.negatives().items())}
+        payload = json.dumps({"photos": items, "settings": self.settings_key(),
+                              **({"negatives": negatives} if negatives else {})})
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def add_photos(self, person: str, sources: Iterable[Path], names: Iterable[str] | None = None) -> list[Path]:
@@ -528,8 +534,9 @@ class Gallery:
 
     def forget(self, person: str) -> Path | None:
         """Forget a person: their photos move to <faces>/train/trash/<person>-<time>/ (never deleted: they are
-        the user's), the chips (derived) are deleted. The trash folder (None without photos to keep), or
-        NotEnrolledError if the person has neither photos nor chips."""
+        the user's), the chips (derived) are deleted, and so are the faces of them the camera kept
+        (agent.sightings) and the faces said not to be them (`reject`). The trash folder (None without photos to
+        keep), or NotEnrolledError if the person has neither photos nor chips."""
         name = validate_person_name(person)
         with self._lock:
             photos, chips = self.raw / name, self.aligned / name
@@ -545,7 +552,18 @@ class Gallery:
                     photos.rmdir()
             if chips.is_dir():
                 shutil.rmtree(chips)
-            log.info("forgot %s%s", name, f"; photos moved to {moved}" if moved else "")
+            self._negatives_file(name).unlink(missing_ok=True)
+            try:
+                store = SightingStore(self.cfg)
+                try:
+                    sightings = store.forget(name)
+                finally:
+                    store.close()
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.error("the sightings of %s could not be deleted: %s", name, exc)
+                sightings = 0
+            log.info("forgot %s%s; %d sightings deleted", name, f"; photos moved to {moved}" if moved else "",
+                     sightings)
             return moved
 
     def _trash_folder(self, name: str) -> Path:
@@ -572,6 +590,36 @@ class Gallery:
             os.replace(self.raw / old, self.raw / new)
             if (self.aligned / old).is_dir():
                 os.replace(self.aligned / old, self.aligned / new)
+            if self._negatives_file(old).is_file():
+                os.replace(self._negatives_file(old), self._negatives_file(new))
+
+    # ---- negatives: "that was not X" ------------------------------------------------------------
+    def _negatives_file(self, person: str) -> Path:
+        return self.negatives_dir / f"{validate_person_name(person)}.npy"
+
+    def negatives(self) -> dict[str, np.ndarray]:
+        """Person -> (M, 128) embeddings of faces said not to be them (unreadable files are logged, skipped)."""
+        out = {}
+        if self.negatives_dir.is_dir():
+            for path in sorted(self.negatives_dir.glob("*.npy")):
+                try:
+                    array = np.load(path, allow_pickle=False)
+                    out[validate_person_name(path.stem)] = np.asarray(array, dtype=np.float32).reshape(-1, 128)
+                except (OSError, ValueError, InvalidNameError) as exc:
+                    log.warning("%s: cannot read these negatives: %s", path, exc)
+        return out
+
+    def add_negatives(self, person: str, embeddings: np.ndarray) -> int:
+        """Record faces that are not `person` (kept even if the person is not enrolled yet); the next
+        ensure_trained retrains. Returns how many are recorded for the person now."""
+        with self._lock:
+            path = self._negatives_file(person)
+            new = np.asarray(embeddings, dtype=np.float32).reshape(-1, 128)
+            old = self.negatives().get(validate_person_name(person), np.zeros((0, 128), np.float32))
+            merged = np.unique(np.concatenate([old, new]), axis=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: np.save(f, merged, allow_pickle=False))
+            return len(merged)
 
     # ---- the classifier -----------------------------------------------------------------------
     def load_classifier(self) -> Classifier | None:
@@ -600,13 +648,16 @@ class Gallery:
             except ClassifierFileError as exc:
                 if (self.svm_dir / "classifier.npz").exists() or (self.svm_dir / "classifier.json").exists():
                     log.warning("retraining: %s", exc)
+            negatives = self.negatives()
             if existing is not None and not force and existing.meta.get("fingerprint") == fingerprint:
+                existing.negatives = {p: a for p, a in negatives.items() if p in existing.people}
                 return existing, results, False
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
             args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
                                                "warnings": self.warnings})
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
+            clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}
             clf.save(self.svm_dir)
             return clf, results, True
 

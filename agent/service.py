@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -20,12 +21,15 @@ from typing import Any
 from agent import __version__, health, systemd
 from agent.config import Config
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, FramePosition
+from agent.events import Event, EventFactory, FramePosition, new_event_id
+from agent.files import StorageError
 from agent.frame_events import frame_events, track_ended
 from agent.frame_output import LIVE_FRAME, AnnotatedWriter, FramesWriter, frame_record
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
+from agent.naming import reidentify
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
+from agent.sightings import Sightings
 from agent.sources import Frame, Source, open_source
 from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
@@ -64,6 +68,7 @@ class Service:
         self.source: Source | None = None
         self.gallery: Gallery | None = None
         self.intake: Any = None
+        self.sightings: Sightings | None = None  # the faces kept of each track ([sightings] privacy)
         self.monitor: health.HealthMonitor | None = None
         self._writer: AnnotatedWriter | None = None
         self._frames_out: FramesWriter | None = None
@@ -101,6 +106,12 @@ class Service:
             self._model_event(classifier)
         tracker = Tracker(cfg.tracker, cfg.voting)
         self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
+        if cfg.sightings.privacy != "off":
+            try:
+                self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
+            except StorageError as exc:  # a full or read-only disk: the video loop runs without them
+                log.error("faces are not kept this run: %s", exc)
+            self._reidentify(classifier)  # also after a retrain by a command (enroll, name) while it was off
         # the intake subscribes before the client connects: requests the broker queued while the agent
         # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
@@ -149,6 +160,20 @@ class Service:
         if self.pipeline is not None:
             self.pipeline.set_classifier(classifier)
         self._model_event(classifier)
+        self._reidentify(classifier)
+
+    def _reidentify(self, classifier: Classifier) -> None:
+        """After a retrain: recent unknown tracks the new model names become `reidentified` events."""
+        if self.sightings is None:
+            return
+        self.sightings.model = classifier.meta.get("fingerprint", "")
+        try:
+            events = reidentify(self.sightings.store, classifier, self.factory, self.cfg.sightings.reidentify_hours)
+        except (StorageError, OSError, sqlite3.Error) as exc:
+            log.error("cannot re-check the unknown sightings: %s", exc)
+            return
+        for event in events:
+            self._emit(event)
 
     def _classifier_file_stamp(self) -> tuple[int, int] | None:
         from agent.vision.classifier import META_NAME
@@ -201,13 +226,16 @@ class Service:
 
     def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
         """The events of one processed frame (agent.frame_events), placed in the source."""
-        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time))
+        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time),
+                            self.sightings.unknown_id if self.sightings is not None else None)
 
     def _end_tracks(self, size: tuple[int, int]) -> None:
         """End every live track (source lost, shutdown): their track_ended events, at the last frame."""
         if self.pipeline is not None and self.store is not None:
             for track in self.pipeline.finish():
                 self._emit(track_ended(self.factory, track, size, self._position))
+                if self.sightings is not None:
+                    self.sightings.ended(track)
 
     def _output(self, frame: Frame, result: FrameResult) -> None:
         """--frames-out, --show and the live frame: the same record, written and drawn."""
@@ -253,8 +281,13 @@ class Service:
                     result = self.pipeline.process(frame.image, frame.timestamp)
                     size = result.size
                     self._position = FramePosition(frame.index, frame.media_time)
+                    if self.sightings is not None:
+                        self.sightings.observe(result, frame.image)
                     for event in self.events_for(result, frame):
                         self._emit(event)
+                    if self.sightings is not None:
+                        for track in result.update.ended:
+                            self.sightings.ended(track)
                     self.stats.frame(result)
                     watchdog.frame_done()
                     self._output(frame, result)
@@ -287,6 +320,8 @@ class Service:
         if self.source is not None:
             self.source.stop()
         self._end_tracks(size)
+        if self.sightings is not None:
+            self.sightings.close()
         self._write_status(state="stopped")
         if self.publisher is not None:
             left = self.publisher.stop()

@@ -38,10 +38,13 @@ def test_event_examples_have_the_fields_and_nulls_of_real_events(tmp_path, analy
     real = [json.loads(r.payload) for r in store.query(limit=None)]
     store.close()
     examples = doc_examples()
-    assert {e["type"] for e in examples} == {e["type"] for e in real} == {
+    assert {e["type"] for e in examples} - {"reidentified"} == {e["type"] for e in real} == {
         "track_started", "identified", "unknown_face", "track_ended", "model_updated"}
     real_shapes = {(e["type"], json.dumps(shape(e), sort_keys=True)) for e in real}
     for example in examples:
+        if example["type"] == "reidentified":  # needs a retrain after unknown sightings: tests/test_sightings.py
+            validate_event(example)
+            continue
         validate_event(example)
         assert (example["type"], json.dumps(shape(example), sort_keys=True)) in real_shapes, \
             f"no real {example['type']} event looks like the documented one: {example}"

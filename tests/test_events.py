@@ -49,6 +49,9 @@ def one_of_each(factory: EventFactory) -> list[Event]:
                            previous_name="alice"),
         factory.unknown_face(2, attempts=6, box=(0, 0, 50, 60), frame_size=(640, 480), confidence=0.31, votes=0),
         factory.unknown_face(3, attempts=6, box=(0, 0, 50, 60), frame_size=(640, 480)),
+        factory.unknown_face(4, attempts=2, box=(0, 0, 50, 60), frame_size=(640, 480), unknown_id="u17"),
+        factory.reidentified(4, "carol", 0.83, "u17", seen_at=1_700_000_000.25),
+        factory.reidentified(5, "carol", None, None, seen_at=1_700_000_000.0),
         factory.track_ended(1, "bob", 12.3456, 0.91, (10, 20, 110, 140), (1280, 720), votes=5),
         factory.track_ended(2, None, 3.0, None, (0, 0, 50, 60), (640, 480)),
         factory.model_updated(["bob", "alice"], {"alice": 12, "bob": 9}, 4.2, 0.97),
@@ -121,7 +124,16 @@ def _mutations(factory) -> list[tuple[str, dict]]:
                 d[k] = v
         cases.append((label, d))
 
-    case("schema_version", base, schema_version=3)
+    reid = json.loads(factory.reidentified(4, "carol", 0.8, "u3", 1_700_000_000.0).to_json())
+    case("schema_version", base, schema_version=4)
+    case("v2 unknown with unknown_id", unknown, schema_version=2)
+    case("v3 unknown without unknown_id", unknown, unknown_id=KeyError)
+    case("unknown_id not u<n>", unknown, unknown_id="stranger")
+    case("reidentified in v2", reid, schema_version=2, frame_index=None, media_time=None)
+    case("reidentified without name", reid, name=None)
+    case("reidentified with a box", reid, box={"left": 1, "top": 2, "right": 3, "bottom": 4})
+    case("reidentified seen_at", reid, seen_at="yesterday")
+    case("reidentified without track", reid, track_id=None)
     case("v1 with v2 fields", base, schema_version=1)
     case("v2 without frame_index", base, frame_index=KeyError)
     case("frame_index negative", base, frame_index=-1)
@@ -166,7 +178,7 @@ def test_events_say_where_in_the_source(schema, factory):
     at = FramePosition(211, 7.04)
     event = factory.track_ended(6, "lin", 4.2, 0.9, (1, 2, 3, 4), (640, 360), at=at)
     data = json.loads(event.to_json())
-    assert data["schema_version"] == 2 and data["frame_index"] == 211 and data["media_time"] == 7.04
+    assert data["schema_version"] == SCHEMA_VERSION and data["frame_index"] == 211 and data["media_time"] == 7.04
     live = json.loads(factory.track_started(1, (1, 2, 3, 4), (640, 360), at=FramePosition(5)).to_json())
     assert live["frame_index"] == 5 and live["media_time"] is None
     model = json.loads(factory.model_updated(["a"], {"a": 1}, 1.0, 0.5).to_json())
@@ -178,6 +190,16 @@ def test_events_say_where_in_the_source(schema, factory):
     validate_event(v1)  # an older event in the log
     assert not list(validator.iter_errors(v1))
     assert Event.from_dict(v1).to_dict() == v1  # read back and re-serialised as it was
+
+
+def test_version_2_unknown_face_still_reads(schema, factory):
+    """Version 3 added unknown_id to unknown_face: a version 2 one without it (an older log) still reads."""
+    v3 = json.loads(factory.unknown_face(2, 6, (1, 2, 3, 4), (10, 10), unknown_id="u2").to_json())
+    assert v3["schema_version"] == 3 and v3["unknown_id"] == "u2"
+    v2 = {k: v for k, v in v3.items() if k != "unknown_id"} | {"schema_version": 2}
+    validate_event(v2)
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(v2))
+    assert Event.from_dict(v2).to_dict() == v2
 
 
 def test_factories_accept_numpy_values(factory):

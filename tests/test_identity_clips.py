@@ -20,6 +20,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from agent.events import SCHEMA_VERSION
 from bench import identity_clips as ic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def cast_agent(tmp_path_factory, request):
 def _check_events(clip: ic.Clip, events: list[dict]) -> None:
     """Every event says where it happened; every identification is of the person really at its box."""
     track_events = [e for e in events if e["track_id"] is not None]
-    assert track_events and all(e["schema_version"] == 2 and e["frame_index"] is not None
+    assert track_events and all(e["schema_version"] == SCHEMA_VERSION and e["frame_index"] is not None
                                 and e["media_time"] is not None for e in track_events)
     for e in track_events:
         assert e["media_time"] == pytest.approx(e["frame_index"] / ic.FPS, abs=0.002)

@@ -63,6 +63,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("new")
     # `people`, as the local command that lists the same; `list` (the protocol's command name) still works
     actions.add_parser("people", aliases=["list"], parents=[common], help="enrolled people and the model of each agent")
+    a = actions.add_parser("name", parents=[common], help="enroll an unknown person (or --track) as PERSON")
+    a.add_argument("unknown_id", nargs="?", help="the unknown person, e.g. u3 (see `remote unknowns`)")
+    a.add_argument("person")
+    a.add_argument("--track", type=int, metavar="TRACK_ID", help="name this track instead")
+    a.add_argument("--wait-trained", action="store_true", help="also wait until the agents retrained")
+    actions.add_parser("unknowns", parents=[common], help="the unknown people each agent has seen")
+    a = actions.add_parser("reject", parents=[common], help="an identification (EVENT_ID) was wrong")
+    a.add_argument("event_id")
+    a.add_argument("--wait-trained", action="store_true", help="also wait until the agents retrained")
     actions.add_parser("retrain", parents=[common], help="retrain now and report the model")
     k = actions.add_parser("keygen", help="print a new 'key_id:secret' line for the key files")
     k.add_argument("key_id")
@@ -110,8 +119,15 @@ def build(args: argparse.Namespace, cfg: Config, key_id: str, secret: bytes) -> 
         return proto.build_request(proto.FORGET, key_id, secret, person=args.person, **common)
     if args.action == "rename":
         return proto.build_request(proto.RENAME, key_id, secret, person=args.old, new_name=args.new, **common)
+    if args.action == "name":
+        if (args.unknown_id is None) == (args.track is None):
+            raise ValueError("give either UNKNOWN_ID or --track TRACK_ID")
+        return proto.build_request(proto.NAME, key_id, secret, person=args.person, unknown_id=args.unknown_id,
+                                   track_id=args.track, **common)
+    if args.action == "reject":
+        return proto.build_request(proto.REJECT, key_id, secret, event_id=args.event_id.strip().upper(), **common)
     command = "list" if args.action == "people" else args.action  # the protocol's name for it
-    return proto.build_request(command, key_id, secret, **common)  # list, retrain
+    return proto.build_request(command, key_id, secret, **common)  # list, retrain, unknowns
 
 
 class Exchange:
@@ -221,6 +237,16 @@ def _print_result(r: dict, verified: bool) -> None:
         print(f"  {r.get('person')} -> {r['new_name']}")
     if r.get("moved_to"):
         print(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (not deleted)")
+    if r.get("enrolled") is not None:
+        print(f"  {r.get('unknown_id') or 'track ' + str(r.get('track_id'))} -> {r.get('person')}: "
+              f"{len(r['enrolled'])} of {r.get('offered')} faces enrolled")
+    if r.get("negatives") is not None:
+        print(f"  {r.get('event_id')}: {r['negatives']} faces now known not to be {r.get('person')}")
+    for u in r.get("unknowns") or []:
+        print(f"  {u['id']}: {u['sightings']} sightings in {u['tracks']} tracks"
+              + (f", named {u['name']}" if u.get("name") else ""))
+    if r.get("unknowns") == []:
+        print("  no unknown people seen")
     if r.get("people") is not None:
         people = r["people"]
         if not people:
@@ -236,7 +262,8 @@ def _print_result(r: dict, verified: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not getattr(args, "action", None):
-        return fail("give an action: enroll, remove, forget, rename, list, retrain or keygen", 2)
+        return fail("give an action: enroll, remove, forget, rename, list, retrain, name, unknowns, reject "
+                    "or keygen", 2)
     if args.action == "keygen":
         try:
             print(proto.new_secret_line(args.key_id))

@@ -38,6 +38,9 @@ from agent import database
 from agent.config import Config
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.logsafe import RateLimitedLog, escape
+from agent.naming import NamingError, name_cluster, name_faces, reject, track_faces
+from agent.sightings import SightingStore
+from agent.store import EventStore
 from agent.sync import enrollment_protocol as proto
 from agent.sync.enrollment_protocol import ProtocolError
 from agent.topics import Topics, replies_prefix
@@ -359,7 +362,8 @@ class EnrollmentIntake:
     def _execute(self, req: proto.Request) -> dict:
         self._count(f"command_{req.command}")
         handler = {proto.ADD: self._add, proto.REMOVE_IMAGES: self._remove_images, proto.FORGET: self._forget,
-                   proto.RENAME: self._rename, proto.RETRAIN: self._retrain_now, proto.LIST: self._list}
+                   proto.RENAME: self._rename, proto.RETRAIN: self._retrain_now, proto.LIST: self._list,
+                   proto.NAME: self._name, proto.UNKNOWNS: self._unknowns, proto.REJECT: self._reject}
         return handler[req.command](req)
 
     def _changed(self, req: proto.Request) -> None:
@@ -485,6 +489,67 @@ class EnrollmentIntake:
                      "cv_score": (clf.meta.get("cross_validation") or {}).get("balanced_accuracy")}
         return self._result(req, proto.OK, people=self.gallery.summary(), model=model,
                             retrain_pending=self._retrain_at is not None)
+
+    def _name(self, req: proto.Request) -> dict:
+        """Enroll an unknown person's (or a track's) kept faces; the debounced retrain follows."""
+        person = self._person(req.person)
+        store = SightingStore(self.cfg)
+        try:
+            if req.unknown_id is not None:
+                named = name_cluster(self.gallery, store, req.unknown_id, person, retrain=False)
+            else:
+                assert req.track_id is not None
+                named = name_faces(self.gallery, store, track_faces(store, req.track_id), person, retrain=False)
+        except NamingError as exc:
+            raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
+        finally:
+            store.close()
+        self._changed(req)
+        log.info("remote enrollment: %s: %s named %r: %d face(s) enrolled", req.request_id,
+                 req.unknown_id or f"track {req.track_id}", person, len(named.enrolled))
+        return self._result(req, proto.OK, person=person, unknown_id=req.unknown_id, track_id=req.track_id,
+                            enrolled=named.enrolled, offered=named.offered,
+                            retrain=f"in {self.settings.debounce:g} s")
+
+    def _unknowns(self, req: proto.Request) -> dict:
+        """The unknown people seen, with their counts, times and best chip (base64 JPEG)."""
+        import base64
+
+        store = SightingStore(self.cfg)
+        try:
+            clusters = store.clusters()
+        finally:
+            store.close()
+        out = []
+        for c in clusters:
+            chip = None
+            if c["representative"]:
+                try:
+                    chip = base64.b64encode(Path(c["representative"]).read_bytes()).decode("ascii")
+                except OSError:
+                    chip = None
+            out.append({k: c[k] for k in ("id", "name", "sightings", "tracks", "first_seen", "last_seen")}
+                       | {"chip_jpeg": chip})
+        return self._result(req, proto.OK, unknowns=out)
+
+    def _reject(self, req: proto.Request) -> dict:
+        """An identification was wrong: the track's faces become negatives of that name; retrain follows."""
+        with EventStore(self.cfg) as events:
+            stored = events.get(req.event_id or "")
+        if stored is None:
+            raise ProtocolError(proto.NOT_FOUND, f"no event {req.event_id} in this agent's log")
+        event = stored.event()
+        store = SightingStore(self.cfg)
+        try:
+            count, _ = reject(self.gallery, store, event, retrain=False)
+        except NamingError as exc:
+            raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
+        finally:
+            store.close()
+        self._changed(req)
+        log.info("remote enrollment: %s: track %s is not %r", req.request_id, event.track_id, event.name)
+        return self._result(req, proto.OK, person=event.name, event_id=req.event_id, negatives=count,
+                            retrain=f"in {self.settings.debounce:g} s")
 
     # ------------------------------------------------------------------------------------------ retraining
 

@@ -48,8 +48,13 @@ FORGET = "forget"
 RENAME = "rename"
 RETRAIN = "retrain"
 LIST = "list"
-COMMANDS = (ADD, REMOVE_IMAGES, FORGET, RENAME, RETRAIN, LIST)
-PERSON_COMMANDS = (ADD, REMOVE_IMAGES, FORGET, RENAME)
+NAME = "name"  # enroll an unknown person (agent.sightings cluster) or a track as `person`
+UNKNOWNS = "unknowns"  # list the unknown people seen
+REJECT = "reject"  # an identification (event_id) was wrong
+COMMANDS = (ADD, REMOVE_IMAGES, FORGET, RENAME, RETRAIN, LIST, NAME, UNKNOWNS, REJECT)
+PERSON_COMMANDS = (ADD, REMOVE_IMAGES, FORGET, RENAME, NAME)
+UNKNOWN_ID_RE = re.compile(r"^u[1-9][0-9]{0,17}$")
+EVENT_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 # request-level rejection codes
 TOO_LARGE = "too_large"
@@ -266,10 +271,14 @@ def _envelope(command: str, target: str, key_id: str, now: float | None, valid_f
 def build_request(command: str, key_id: str, secret: bytes, target: str = FLEET, *, person: str | None = None,
                   new_name: str | None = None, images: list[tuple[str, bytes]] | None = None,
                   refs: list[str] | None = None, now: float | None = None, valid_for: float | None = None,
-                  request_id: str | None = None) -> dict:
+                  request_id: str | None = None, unknown_id: str | None = None, track_id: int | None = None,
+                  event_id: str | None = None) -> dict:
     """A signed JSON request. images: (file name, encoded bytes) for `add`; refs: sha256 or stored file
-    names for `remove_images`."""
+    names for `remove_images`; unknown_id or track_id for `name`; event_id for `reject`."""
     fields = _envelope(command, target, key_id, now, valid_for, request_id)
+    for key, value in (("unknown_id", unknown_id), ("track_id", track_id), ("event_id", event_id)):
+        if value is not None:
+            fields[key] = value
     if person is not None:
         fields["person"] = person
     if new_name is not None:
@@ -425,6 +434,9 @@ class Request:
     new_name: str | None = None
     images: list[Image] = field(default_factory=list)  # add
     refs: list[str] = field(default_factory=list)  # remove_images
+    unknown_id: str | None = None  # name: the unknown person (u<n>)
+    track_id: int | None = None  # name: or the track
+    event_id: str | None = None  # reject: the identification
     binary: bool = False
     key_id: str = ""
 
@@ -454,6 +466,20 @@ def validate(fields: dict, max_image_bytes: int, payload: bytes | None = None) -
         req.person = _text(fields, "person")
     if command == RENAME:
         req.new_name = _text(fields, "new_name")
+    if command == NAME:
+        unknown_id, track_id = fields.get("unknown_id"), fields.get("track_id")
+        if (unknown_id is None) == (track_id is None):
+            raise ProtocolError(MALFORMED, "name needs exactly one of 'unknown_id' (like u3) and 'track_id'")
+        if unknown_id is not None and (not isinstance(unknown_id, str) or not UNKNOWN_ID_RE.match(unknown_id)):
+            raise ProtocolError(MALFORMED, "unknown_id must be an unknown person's id like u3")
+        if track_id is not None and (not isinstance(track_id, int) or isinstance(track_id, bool) or track_id < 0):
+            raise ProtocolError(MALFORMED, "track_id must be a non-negative integer")
+        req.unknown_id, req.track_id = unknown_id, track_id
+    if command == REJECT:
+        event_id = _text(fields, "event_id")
+        if not EVENT_ID_RE.match(event_id):
+            raise ProtocolError(MALFORMED, "event_id must be an event's 26-character id")
+        req.event_id = event_id
     if payload is not None:
         if command != ADD:
             raise ProtocolError(MALFORMED, "binary (MQTT v5) requests carry one image: only 'add'")

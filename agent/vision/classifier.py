@@ -21,6 +21,10 @@ counts as `max_margin`). The face is that person only if the effective distance 
 `distance_threshold` and the SVM votes for the same person. `confidence` (0..1) is a logistic of
 `distance_threshold - effective distance`.
 
+Negatives ("that was not X", `face-agent reject`): embeddings a user said are not a person. A face the
+rule would name X is unknown instead (reason "rejected") when it is nearer one of X's negatives than X's
+centroid: the same face is not named X again, while X's own faces stay nearer X.
+
 The trained model is stored as `classifier.npz` (arrays only, no pickle) plus `classifier.json`
 (metadata). The SVMs are evaluated with numpy from their support vectors/weights, so loading never
 executes code from the file; a corrupt or incompatible file is reported and the caller retrains.
@@ -268,6 +272,7 @@ class Classifier:
     rule: RecognitionSection = field(default_factory=RecognitionSection)  # thresholds of the open-set rule
     meta: dict = field(default_factory=dict)
     svm_veto: bool = True  # the SVM must vote for the same person (bench_openset measures it without)
+    negatives: dict[str, np.ndarray] = field(default_factory=dict)  # person -> (M, DIM) faces said not to be them
 
     def __post_init__(self) -> None:
         self.centroids, self.spreads = person_models(self.embeddings, self.labels, len(self.people),
@@ -308,9 +313,18 @@ class Classifier:
                 name, reason, conf = None, "svm_disagrees", conf * 0.5
             elif conf < self.rule.min_confidence:
                 name, reason = None, "low_confidence"
+            elif candidate in self.negatives and self.nearest_negative(X[i], candidate) < c1[i]:
+                name, reason = None, "rejected"
             out.append(Prediction(name, conf, float(c1[i]), candidate, svm_name, reason,
                                   margin=float(c2[i] - c1[i]), effective=e))
         return out
+
+    def nearest_negative(self, x: np.ndarray, person: str) -> float:
+        """Distance of a unit-length face to the nearest face said not to be `person` (inf: none)."""
+        negatives = self.negatives.get(person)
+        if negatives is None or not len(negatives):
+            return math.inf
+        return float(l2(unit_rows(x.reshape(1, DIM)), unit_rows(negatives)).min())
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -326,7 +340,11 @@ class Classifier:
                     arrays[f"sv{k}"] = self.svm.support[k]
                     arrays[f"alpha{k}"] = self.svm.alpha[k]
             arrays["bias"] = np.asarray(self.svm.bias, dtype=np.float64)
+        negatives = sorted(p for p in self.negatives if p in self.people)
+        for k, person in enumerate(negatives):
+            arrays[f"neg{k}"] = np.asarray(self.negatives[person], dtype=np.float32).reshape(-1, DIM)
         meta = dict(self.meta)
+        meta["negatives"] = negatives
         meta.update({
             "format_version": FORMAT_VERSION,
             "dim": DIM,
@@ -364,6 +382,8 @@ class Classifier:
                         else:
                             svm.support.append(np.asarray(npz[f"sv{k}"], dtype=np.float64))
                             svm.alpha.append(np.asarray(npz[f"alpha{k}"], dtype=np.float64))
+                negatives = {str(p): np.asarray(npz[f"neg{k}"], dtype=np.float32).reshape(-1, DIM)
+                             for k, p in enumerate(meta.get("negatives") or [])}
         except ClassifierFileError:
             raise
         except Exception as exc:  # any damage to either file means "retrain"
@@ -371,7 +391,7 @@ class Classifier:
         if embeddings.ndim != 2 or embeddings.shape[1] != DIM or len(labels) != len(embeddings) \
                 or (len(labels) and (labels.min() < 0 or labels.max() >= len(people))):
             raise ClassifierFileError(f"{folder}: classifier arrays do not match its metadata")
-        return cls(people, embeddings, labels, svm, rule or RecognitionSection(), meta)
+        return cls(people, embeddings, labels, svm, rule or RecognitionSection(), meta, negatives=negatives)
 
 
 def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: str = "",

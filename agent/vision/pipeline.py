@@ -37,6 +37,8 @@ class Recognition:
     track: Track
     detection: Detection
     prediction: Prediction
+    embedding: np.ndarray | None = None  # the face's 128-d embedding (kept by agent.sightings)
+    chip: np.ndarray | None = None  # its aligned 150x150 RGB chip
 
 
 @dataclass
@@ -90,15 +92,15 @@ class Pipeline:
         result = FrameResult(timestamp, (rgb.shape[1], rgb.shape[0]), detections, update)
         if update.to_embed and classifier is not None:
             requests = update.to_embed
-            _, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
+            chips, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
             t3 = time.perf_counter()
             predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
-            for request, embedding, prediction in zip(requests, embeddings, predictions):
+            for request, chip, embedding, prediction in zip(requests, chips, embeddings, predictions):
                 usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
                 track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
                 if track is None:  # (verify: the same face, or a new track when it is somebody else's)
                     continue
-                result.recognitions.append(Recognition(track, request.detection, prediction))
+                result.recognitions.append(Recognition(track, request.detection, prediction, embedding, chip))
                 change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
                                                      request.quality, vote=usable)
                 if change is not None:

@@ -1,0 +1,446 @@
+"""Sightings: the faces the agent saw, kept so that strangers can be grouped, named and re-identified.
+
+For each confirmed track the best `[sightings] per_track` faces (by the tracker's quality) are kept: the
+aligned 150x150 chip and a larger context crop (JPEG files under `<storage>/sightings/`), with the
+embedding the pipeline already computed for the vote (nothing is embedded again) and the quality, indexed
+in `<storage>/sightings.db` (SQLite, tables `sightings` and `clusters`). Which tracks: `[sightings] privacy`
+= off (none), unknown (tracks that end unknown) or all (also named ones); a track that ends before its
+votes settled is never kept (it may be somebody enrolled). Bounds: `max_days`, `max_count` and `max_mb`; over
+a bound the oldest unknown sightings go first, then the oldest named ones.
+
+Unknown people: every unknown track joins an "unknown person" cluster (id `u<number>`, never reused). The
+clustering is incremental: a track is compared with the existing clusters by the open-set rule of
+`agent.vision.classifier` itself - the clusters stand in for enrolled people (their sightings are the
+"photos"), and the track's unit-mean embedding joins the cluster the rule would name (distance to the
+centroid, widened by the cluster's spread and the margin to the next cluster, against
+`[recognition] distance_threshold`); a track the rule calls unknown starts a new cluster. Why not
+`dlib.chinese_whispers_clustering`: it re-labels the whole graph on every run (randomised, ids not kept),
+so a stranger's id would change between two sightings; assigning each track once keeps ids stable, costs
+one prediction per track, and uses the same notion of "the same person" as naming does.
+
+The frame loop only copies the candidate crops of live tracks (`observe`, a few arrays per embedded face);
+JPEG encoding, files, SQLite and clustering run on a background thread when a track ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import sqlite_utils
+
+from agent import database
+from agent.config import Config
+from agent.files import StorageError, atomic_write, storage_hint
+from agent.vision.classifier import Classifier, Prediction, unit_rows
+from agent.vision.recognizer import QUALITY_REASONS
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "sightings.db"
+FOLDER = "sightings"
+LAYOUT_VERSION = 1
+DIM = 128
+
+SIGHTING_COLUMNS = {
+    "id": int,
+    "run": str,  # the agent run the track belongs to (track ids restart with every run)
+    "track_id": int,
+    "t": float,  # when this face was seen (epoch seconds)
+    "first_seen": float,  # the track's first and last time
+    "last_seen": float,
+    "logged_from": float,  # wall-clock time of the track's first kept face and of its end: its events lie between
+    "logged_until": float,
+    "name": str,  # the track's final name (null: unknown)
+    "cluster": int,  # unknown person cluster (null for named tracks)
+    "quality": float,  # 0..1, the tracker's face quality
+    "embedding": bytes,  # 128 float32
+    "chip": str,  # JPEG file of the aligned chip, relative to the sightings folder
+    "context": str,  # JPEG file of the context crop
+    "bytes": int,  # size of both files
+    "model": str,  # fingerprint of the classifier that judged the track (re-checked only by another one)
+    "reidentified": str,  # name given by a later model (`reidentified` event), or null
+    "rejected": str,  # name a user said this face is not (`face-agent reject`), or null
+}
+
+
+def _create_tables(db: sqlite_utils.Database) -> None:
+    db["sightings"].create(SIGHTING_COLUMNS, pk="id", not_null={"run", "track_id", "t", "embedding"}, ignore=True)
+    # AUTOINCREMENT: a cluster id is never given again, even after its cluster was deleted
+    db.execute("CREATE TABLE IF NOT EXISTS clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
+               "name TEXT)")
+    database.ensure_index(db["sightings"], "sightings_t", ["t"])
+    database.ensure_index(db["sightings"], "sightings_cluster", ["cluster"])
+    database.ensure_index(db["sightings"], "sightings_track", ["track_id", "logged_from"])
+
+
+def cluster_label(cluster: int) -> str:
+    """The id users see: u<number>."""
+    return f"u{cluster}"
+
+
+def parse_cluster(label: str) -> int:
+    """`u12` (or `12`) -> 12; ValueError otherwise."""
+    text = label.strip().lower().removeprefix("u")
+    if not text.isdigit():
+        raise ValueError(f"{label!r} is not an unknown person's id (like u12)")
+    return int(text)
+
+
+@dataclass
+class Candidate:
+    """One face of a live track, a candidate for keeping."""
+
+    quality: float
+    t: float
+    embedding: np.ndarray
+    chip: np.ndarray  # RGB 150x150
+    context: np.ndarray  # RGB crop around the face
+
+
+@dataclass
+class TrackFaces:
+    """What is kept of one ended track."""
+
+    track_id: int
+    first_seen: float
+    last_seen: float
+    name: str | None
+    unknown_id: int | None  # the cluster its unknown_face event named, if any
+    faces: list[Candidate] = field(default_factory=list)
+    logged_from: float = 0.0  # wall-clock times its events lie between (file sources may run faster than
+    logged_until: float = 0.0  # real time, so the frame times above need not match the events' timestamps)
+    model: str = ""  # fingerprint of the classifier that judged it
+
+
+def context_crop(image: np.ndarray, box: Any, scale: float) -> np.ndarray:
+    """A square crop `scale` times the face box's longer side, centred on it, clipped to the frame (a copy)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = image.shape[:2]
+    left, top = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    right, bottom = min(w, int(cx + side / 2)), min(h, int(cy + side / 2))
+    return image[top:bottom, left:right].copy()
+
+
+class SightingStore:
+    """The sightings index and files of one config. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.s = cfg.sightings
+        storage = cfg.path("storage")
+        self.folder = storage / FOLDER
+        self.path = storage / DB_NAME
+        self._lock = threading.RLock()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db = database.database(database.connect(self.path))
+            database.ensure_layout(self.db, LAYOUT_VERSION, _create_tables)
+        except database.LayoutError as exc:
+            raise StorageError(f"{self.path}: cannot use the sightings: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"{self.path}: cannot open the sightings: {exc} ({storage_hint(storage)})") from None
+        self._model: Classifier | None = None  # the clusters as an open-set "classifier"
+        self._model_stamp = -1
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    # ---- writing ------------------------------------------------------------------------------------
+    def _write_jpeg(self, rel: str, rgb: np.ndarray) -> int:
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, int(self.s.jpeg_quality)])
+        if not ok:
+            raise StorageError(f"{path}: cannot encode the crop")
+        return atomic_write(path, data.tobytes())
+
+    def add_track(self, run: str, track: TrackFaces) -> list[int]:
+        """Store an ended track's faces (files, then rows); an unknown track joins or starts a cluster.
+        Returns the new sighting ids."""
+        if not track.faces:
+            return []
+        day = time.strftime("%Y%m%d", time.gmtime(track.first_seen))
+        stems = [f"{day}/{run}-{track.track_id}-{n}" for n in range(len(track.faces))]
+        try:
+            return self._add_track(run, track, stems)
+        except (OSError, sqlite3.Error) as exc:  # a full disk: no files left without their rows
+            for stem in stems:
+                for kind in ("chip", "context"):
+                    (self.folder / f"{stem}-{kind}.jpg").unlink(missing_ok=True)
+            raise StorageError(f"{self.path}: cannot keep the faces of track {track.track_id}: {exc} "
+                               f"({storage_hint(self.folder)})") from None
+
+    def _add_track(self, run: str, track: TrackFaces, stems: list[str]) -> list[int]:
+        sizes = [self._write_jpeg(f"{stem}-chip.jpg", face.chip) + self._write_jpeg(f"{stem}-context.jpg", face.context)
+                 for face, stem in zip(track.faces, stems, strict=True)]  # outside the lock: the frame loop matches
+        with self._lock:
+            cluster = None
+            if track.name is None:
+                cluster = self.assign_cluster(np.stack([c.embedding for c in track.faces]), track.unknown_id)
+            ids = []
+            for face, stem, size in zip(track.faces, stems, sizes, strict=True):
+                row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
+                       "last_seen": track.last_seen, "logged_from": track.logged_from,
+                       "logged_until": track.logged_until, "model": track.model, "name": track.name,
+                       "cluster": cluster,
+                       "quality": round(float(face.quality), 4),
+                       "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
+                       "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
+                ids.append(self.db["sightings"].insert(row).last_pk)
+            self.db.conn.commit()
+            self.enforce_bounds()
+            return ids
+
+    # ---- clusters -----------------------------------------------------------------------------------
+    def _cluster_model(self) -> Classifier | None:
+        """Every unknown cluster as a "person" of an open-set classifier (no SVM), each of its tracks one
+        "photo" (the unit mean of the track's faces: faces of one track are not independent looks), so the
+        rule that names enrolled people decides who is the same stranger."""
+        stamp = self.db.execute("SELECT COALESCE(MAX(id), 0) + COUNT(*) FROM sightings").fetchone()[0]
+        if self._model is not None and stamp == self._model_stamp:
+            return self._model
+        tracks: dict[tuple[str, int], list] = {}
+        for r in self.db.query("SELECT run, track_id, cluster, embedding FROM sightings WHERE cluster IS NOT NULL "
+                               "ORDER BY cluster, id"):
+            tracks.setdefault((r["run"], r["track_id"]), [r["cluster"], []])[1].append(
+                np.frombuffer(r["embedding"], dtype=np.float32))
+        if not tracks:
+            self._model, self._model_stamp = None, stamp
+            return None
+        clusters = sorted({c for c, _ in tracks.values()})
+        index = {c: i for i, c in enumerate(clusters)}
+        X = np.stack([unit_rows(np.stack(e)).mean(axis=0) for _, e in tracks.values()]).astype(np.float32)
+        labels = np.array([index[c] for c, _ in tracks.values()], dtype=np.int64)
+        self._model = Classifier([str(c) for c in clusters], X, labels, None, self.cfg.recognition)
+        self._model_stamp = stamp
+        return self._model
+
+    def match(self, embeddings: np.ndarray) -> Prediction | None:
+        """The open-set rule on the unit mean of a track's embeddings against the clusters (None: none yet)."""
+        embeddings = np.asarray(embeddings, dtype=np.float64).reshape(-1, DIM)
+        if not len(embeddings):
+            return None
+        with self._lock:
+            model = self._cluster_model()
+        if model is None:
+            return None
+        mean = unit_rows(embeddings).mean(axis=0)
+        return model.predict(mean[None, :])[0]
+
+    def assign_cluster(self, embeddings: np.ndarray, hint: int | None = None) -> int:
+        """The cluster a track's faces join: `hint` (what its event said) if it still exists, else the one
+        the rule names, else a new one."""
+        with self._lock:
+            if hint is not None and self.db.execute("SELECT 1 FROM clusters WHERE id = ?", [hint]).fetchone():
+                return hint
+            prediction = self.match(embeddings)
+            if prediction is not None and prediction.name is not None:
+                return int(prediction.name)
+            cur = self.db.execute("INSERT INTO clusters (created, name) VALUES (?, NULL)", [time.time()])
+            return int(cur.lastrowid)
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """Every cluster with its counts, times and best chips (best first)."""
+        with self._lock:
+            rows = list(self.db.query(
+                "SELECT c.id, c.name, COUNT(s.id) AS sightings, COUNT(DISTINCT s.run || ':' || s.track_id) AS tracks, "
+                "MIN(s.t) AS first_seen, MAX(s.t) AS last_seen FROM clusters c JOIN sightings s ON s.cluster = c.id "
+                "GROUP BY c.id ORDER BY c.id"))
+            out = []
+            for r in rows:
+                chips = [str(self.folder / c["chip"]) for c in self.db.query(
+                    "SELECT chip FROM sightings WHERE cluster = ? ORDER BY quality DESC, id", [r["id"]])]
+                out.append({"id": cluster_label(r["id"]), "name": r["name"], "sightings": r["sightings"],
+                            "tracks": r["tracks"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+                            "representative": chips[0] if chips else None, "chips": chips})
+            return out
+
+    def sightings(self, where: str = "1", params: list | tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(f"SELECT * FROM sightings WHERE {where} ORDER BY id", list(params)))
+
+    def track_sightings(self, track_id: int, at: float, slack: float = 2.0) -> list[dict[str, Any]]:
+        """The sightings of track `track_id` that had an event at wall-clock time `at` (track ids restart
+        with every run)."""
+        return self.sightings("track_id = ? AND logged_from - ? <= ? AND logged_until + ? >= ?",
+                              [track_id, slack, at, slack, at])
+
+    def best_faces(self, where: str, params: list | tuple, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(f"SELECT * FROM sightings WHERE {where} ORDER BY quality DESC, id LIMIT ?",
+                                      [*params, limit]))
+
+    def mark_named(self, cluster: int, person: str) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("UPDATE clusters SET name = ? WHERE id = ?", [person, cluster])
+
+    def set_track_name(self, ids: list[int], person: str | None, rejected: str | None = None) -> None:
+        with self._lock, self.db.conn:
+            for i in ids:
+                self.db.execute("UPDATE sightings SET name = ?, rejected = COALESCE(?, rejected) WHERE id = ?",
+                                [person, rejected, i])
+
+    def set_cluster(self, ids: list[int], cluster: int) -> None:
+        with self._lock, self.db.conn:
+            for i in ids:
+                self.db.execute("UPDATE sightings SET cluster = ? WHERE id = ?", [cluster, i])
+
+    def mark_reidentified(self, ids: list[int], person: str) -> None:
+        with self._lock, self.db.conn:
+            for i in ids:
+                self.db.execute("UPDATE sightings SET reidentified = ? WHERE id = ?", [person, i])
+
+    # ---- deleting -----------------------------------------------------------------------------------
+    def _delete(self, rows: list[dict[str, Any]]) -> int:
+        for r in rows:
+            for rel in (r["chip"], r["context"]):
+                if rel:
+                    (self.folder / rel).unlink(missing_ok=True)
+        with self.db.conn:
+            self.db.conn.executemany("DELETE FROM sightings WHERE id = ?", [(r["id"],) for r in rows])
+            self.db.execute("DELETE FROM clusters WHERE name IS NULL AND id NOT IN "
+                            "(SELECT DISTINCT cluster FROM sightings WHERE cluster IS NOT NULL)")
+        return len(rows)
+
+    def forget(self, person: str) -> int:
+        """Delete every sighting of `person` (named, re-identified, or in a cluster named after them)."""
+        with self._lock:
+            rows = self.sightings("name = ? OR reidentified = ? OR cluster IN (SELECT id FROM clusters WHERE name = ?)",
+                                  [person, person, person])
+            n = self._delete(rows)
+            with self.db.conn:
+                self.db.execute("DELETE FROM clusters WHERE name = ?", [person])
+            return n
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            count, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM sightings").fetchone()
+            return {"count": int(count), "bytes": int(size)}
+
+    def enforce_bounds(self, now: float | None = None) -> int:
+        """Apply max_days, then max_count and max_mb (oldest unknown sightings first). Returns rows deleted."""
+        now = time.time() if now is None else now
+        with self._lock:
+            deleted = self._delete(self.sightings("t < ?", [now - self.s.max_days * 86400]))
+            totals = self.totals()
+            excess_count = totals["count"] - self.s.max_count
+            excess_bytes = totals["bytes"] - int(self.s.max_mb * 1e6)
+            if excess_count <= 0 and excess_bytes <= 0:
+                return deleted
+            victims = []
+            for r in self.db.query("SELECT id, chip, context, bytes FROM sightings "
+                                   "ORDER BY name IS NOT NULL, t, id"):
+                if excess_count <= 0 and excess_bytes <= 0:
+                    break
+                victims.append(r)
+                excess_count -= 1
+                excess_bytes -= r["bytes"] or 0
+            deleted += self._delete(victims)
+            log.info("sightings over their bounds: %d deleted", deleted)
+            return deleted
+
+
+def embedding_of(row: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(row["embedding"], dtype=np.float32).copy()
+
+
+class Sightings:
+    """The frame loop's side: collect each live track's best faces, hand ended tracks to a writer thread."""
+
+    def __init__(self, cfg: Config, run: str, model: str = ""):
+        """`run`: an id of this agent run; `model`: the classifier's fingerprint (update it on a swap)."""
+        self.cfg = cfg
+        self.model = model
+        self.s = cfg.sightings
+        self.run = run
+        self.store = SightingStore(cfg)
+        self._live: dict[int, list[Candidate]] = {}  # track id -> best faces so far
+        self._unknown_ids: dict[int, int] = {}  # track id -> cluster named in its unknown_face event
+        self._logged_from: dict[int, float] = {}  # track id -> wall-clock time of its first kept face
+        self._queue: queue.Queue[TrackFaces | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="sightings", daemon=True)
+        self._thread.start()
+        self.stored = 0  # sightings written
+
+    def observe(self, result: Any, image: np.ndarray) -> None:
+        """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst."""
+        for rec in result.recognitions:
+            if rec.embedding is None or rec.chip is None or rec.prediction.reason in QUALITY_REASONS:
+                continue
+            track = rec.track
+            quality = float(track.embed_quality)
+            kept = self._live.setdefault(track.id, [])
+            self._logged_from.setdefault(track.id, time.time())
+            if len(kept) >= self.s.per_track and quality <= kept[-1].quality:
+                continue
+            kept.append(Candidate(quality, float(result.timestamp), np.asarray(rec.embedding, np.float32).copy(),
+                                  np.ascontiguousarray(rec.chip).copy(),
+                                  context_crop(image, rec.detection.box, self.s.context_scale)))
+            kept.sort(key=lambda c: -c.quality)
+            del kept[self.s.per_track:]
+
+    def unknown_id(self, track: Any) -> str | None:
+        """The existing unknown person a track that just settled unknown is (its `unknown_face` event), or
+        None: a new stranger (or no usable face)."""
+        embeddings = [c.embedding for c in self._live.get(track.id, [])] or list(track.embeddings)
+        if not embeddings:
+            return None
+        try:
+            prediction = self.store.match(np.stack(embeddings))
+        except sqlite3.Error as exc:
+            log.warning("cannot match the unknown face against the sightings: %s", exc)
+            return None
+        if prediction is None or prediction.name is None:
+            return None
+        self._unknown_ids[track.id] = int(prediction.name)
+        return cluster_label(int(prediction.name))
+
+    def ended(self, track: Any) -> None:
+        """A track ended: its faces are stored (by the writer thread) if the privacy setting allows."""
+        faces = self._live.pop(track.id, [])
+        unknown_id = self._unknown_ids.pop(track.id, None)
+        logged_from = self._logged_from.pop(track.id, time.time())
+        name = track.name if track.status == "named" else None
+        if not faces or track.status not in ("named", "unknown") or (name is not None and self.s.privacy != "all"):
+            return  # never settled (who it was is not known: maybe somebody enrolled), or privacy
+        self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces,
+                                   logged_from, time.time(), self.model))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.stored += len(self.store.add_track(self.run, item))
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.error("the faces of track %d were not kept: %s", item.track_id, exc)
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+        self.store.close()
+
+
+def majority(predictions: list[Prediction]) -> tuple[str | None, float]:
+    """The name most of a track's predictions give (None if most say unknown) and its best confidence."""
+    names = Counter(p.name for p in predictions)
+    name, votes = names.most_common(1)[0]
+    if name is None or votes * 2 <= len(predictions):
+        return None, 0.0
+    return name, max(p.confidence for p in predictions if p.name == name)
+
