@@ -245,3 +245,37 @@ def test_uploads_keep_the_gallerys_caps(tmp_path):
         assert status == 400 and "name" in text
     finally:
         console.stop()
+
+
+def test_name_and_reject_need_csrf_and_say_why_they_cannot(tmp_path):
+    """The sightings actions refuse without the CSRF token; with it, their errors are agent.naming's own:
+    an identification whose faces were not kept (privacy "unknown", the default) cannot be rejected."""
+    from agent.config import load_config
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    event = EventFactory.from_config(cfg).identified(4, "ada", 0.9, 3, (10, 10, 60, 60), (640, 360))
+    with EventStore(cfg) as store:
+        store.add(event)
+    console = WebConsole(config)
+    try:
+        client = Client(console)
+        assert client.request("POST", f"/events/{event.event_id}/reject")[0] == 403
+        assert client.request("POST", "/unknowns/u1/name", "person=bob")[0] == 403
+        token = client.csrf("/events")
+        _, _, page = client.request("GET", "/events")
+        assert f"/events/{event.event_id}/reject" in page and "That was not ada" in page
+        form = {"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
+        status, _, text = client.request("POST", f"/events/{event.event_id}/reject", headers=form)
+        assert status == 400 and "no faces of track 4" in text and "privacy = 'unknown'" in text
+        status, _, text = client.request("POST", "/events/NOSUCHEVENT/reject", headers=form)
+        assert status == 400 and "no event" in text
+        status, _, text = client.request("POST", "/unknowns/u1/name", "person=bob", headers=form)
+        assert status == 400 and "no unknown person u1" in text
+        status, _, text = client.request("GET", "/unknowns")
+        assert status == 200 and "No unknown people seen yet" in text
+        assert client.request("GET", "/files/sighting/../sightings.db")[0] == 404
+    finally:
+        console.stop()

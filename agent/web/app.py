@@ -23,6 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -38,11 +39,13 @@ from starlette.templating import Jinja2Templates
 
 from agent import health
 from agent.config import Config
-from agent.events import EVENT_TYPES
+from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED, EventFactory
 from agent.frame_output import LIVE_FRAME
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.images import ImageError, is_image_path
 from agent.logsafe import escape
+from agent.naming import Named, NamingError, name_cluster, reidentify, reject
+from agent.sightings import SightingStore
 from agent.store import EventStore
 from agent.web.security import (
     CSRF_FIELD,
@@ -61,6 +64,7 @@ HERE = Path(__file__).parent
 LOGIN_DELAY = 0.5  # seconds a wrong password waits (slows guessing)
 MAX_FLASH, MAX_FLASH_SESSIONS = 100, 1000  # messages kept for a session's next page; sessions with messages
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
+CHIPS_SHOWN = 6  # chips of an unknown person shown on its card, best first
 _B64 = re.compile(r"^[A-Za-z0-9+/=]+$")
 
 
@@ -96,6 +100,7 @@ class Console:
         self.storage = cfg.path("storage")
         self.gallery = Gallery(cfg, train_in_subprocess=True)
         self.store = EventStore(cfg)
+        self.sightings = SightingStore(cfg)
         self.work_dir = Path(tempfile.mkdtemp(prefix="face-agent-web-"))  # private (0700) upload copies
         self.train_lock = threading.Lock()
         self.last_training: dict[str, Any] = {}
@@ -169,10 +174,51 @@ class Console:
             thumb = payload.get("thumbnail")
             if not isinstance(thumb, str) or not _B64.match(thumb):
                 thumb = None
-            out.append({"time": _utc(row.t), "type": row.type, "name": row.name, "camera": row.camera,
-                        "track_id": row.track_id, "confidence": row.confidence, "thumbnail": thumb,
-                        "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state})
+            out.append({"event_id": row.event_id, "time": _utc(row.t), "type": row.type, "name": row.name,
+                        "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
+                        "thumbnail": thumb,
+                        "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
+                        "rejectable": row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name)
+                        and row.track_id is not None})
         return out
+
+    # ---- unknown people: the sightings room's operations (`face-agent unknowns`, `name`, `reject`) -------
+    def unknowns(self) -> list[dict[str, Any]]:
+        """`SightingStore.clusters()` with each chip as its parts under the sightings folder (for /files)."""
+        clusters = self.sightings.clusters()
+        for c in clusters:
+            c["chips"] = [Path(chip).relative_to(self.sightings.folder).parts for chip in c["chips"][:CHIPS_SHOWN]]
+        return clusters
+
+    def _after_training(self, named_classifier: Any) -> int:
+        """What `face-agent name` does after naming: recent unknown tracks the new model names become
+        `reidentified` events in the log. Returns how many."""
+        events = reidentify(self.sightings, named_classifier, EventFactory.from_config(self.cfg),
+                            self.cfg.sightings.reidentify_hours)
+        for event in events:
+            self.store.add(event)
+        return len(events)
+
+    def name_cluster(self, unknown_id: str, person: str) -> tuple[Named, int]:
+        """`face-agent name UNKNOWN_ID PERSON` (agent.naming.name_cluster, retraining through the gallery)."""
+        with self.train_lock:
+            named = name_cluster(self.gallery, self.sightings, unknown_id, person)
+            self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
+            reidentified = self._after_training(named.classifier)
+        log.info("web: %s named %s (%d faces enrolled)", escape(unknown_id), escape(named.person),
+                 len(named.enrolled))
+        return named, reidentified
+
+    def reject(self, event_id: str) -> tuple[Any, int]:
+        """`face-agent reject EVENT_ID` (agent.naming.reject). Returns (the event, negatives recorded)."""
+        stored = self.store.get(event_id.strip().upper())
+        if stored is None:
+            raise NamingError(f"no event {event_id!r} in the log")
+        event = stored.event()
+        with self.train_lock:
+            count, _ = reject(self.gallery, self.sightings, event)
+        log.info("web: event %s rejected (not %s)", escape(event.event_id), escape(event.name or ""))
+        return event, count
 
     def cameras(self) -> list[str]:
         """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""
@@ -210,6 +256,7 @@ class Console:
     def close(self) -> None:
         self.gallery.close()
         self.store.close()
+        self.sightings.close()
 
 
 def create_app(cfg: Config) -> Starlette:
@@ -378,12 +425,39 @@ def create_app(cfg: Config) -> Starlette:
         return go("/people")
 
     async def unknowns(request: Request) -> Response:
-        return page(request, "unknowns.html")
+        clusters = await run_in_threadpool(console.unknowns)
+        return page(request, "unknowns.html", clusters=clusters, people=console.gallery.people_on_disk(),
+                    privacy=cfg.sightings.privacy)
+
+    async def name_unknown(request: Request) -> Response:
+        form = await request.form()
+        unknown_id = request.path_params["unknown_id"]
+        try:
+            named, reidentified = await run_in_threadpool(console.name_cluster, unknown_id,
+                                                          str(form.get("person", "")))
+        except (InvalidNameError, NamingError) as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        flash(request, f"{unknown_id} is now {named.person}: {len(named.enrolled)} of {named.offered} faces enrolled",
+              *[f"not enrolled: {message}" for message in named.refused],
+              *([f"classifier retrained: {len(named.classifier.people)} people"] if named.classifier else []),
+              *([f"{reidentified} earlier unknown tracks re-identified (reidentified events logged)"]
+                if reidentified else []))
+        return go(person_url(named.person))
+
+    async def reject_event(request: Request) -> Response:
+        try:
+            event, count = await run_in_threadpool(console.reject, request.path_params["event_id"])
+        except NamingError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        flash(request, f"track {event.track_id} is not {event.name}: {count} faces are now known not to be "
+                       f"{event.name}; classifier retrained")
+        back = urlsplit(request.headers.get("hx-current-url", ""))
+        return go(back.path + (f"?{back.query}" if back.query else "") if back.path == "/events" else "/events")
 
     # ---- files: only from the agent's own folders ------------------------------------------------------
     async def file(request: Request) -> Response:
         kind, parts = request.path_params["kind"], request.path_params["rest"].split("/")
-        roots = {"photo": console.gallery.raw, "chip": console.gallery.aligned}
+        roots = {"photo": console.gallery.raw, "chip": console.gallery.aligned, "sighting": console.sightings.folder}
         path = None
         if kind in roots and len(parts) == 2:
             path = safe_file(roots[kind], *parts)
@@ -408,6 +482,8 @@ def create_app(cfg: Config) -> Starlette:
         Route("/people/{name}/rename", rename, methods=["POST"]),
         Route("/people/{name}/forget", forget, methods=["POST"]),
         Route("/unknowns", unknowns),
+        Route("/unknowns/{unknown_id}/name", name_unknown, methods=["POST"]),
+        Route("/events/{event_id}/reject", reject_event, methods=["POST"]),
         Route("/files/{kind}/{rest:path}", file),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
