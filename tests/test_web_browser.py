@@ -18,6 +18,7 @@ from agent.gallery import Gallery
 from agent.health import status_path, write_status
 from agent.service import Service
 from agent.web.security import hash_password
+from bench import identity_clips as ic
 
 CHROMIUM = Path(os.environ.get("FACE_AGENT_CHROMIUM", "/usr/bin/chromium"))
 playwright = pytest.importorskip("playwright.sync_api")
@@ -39,10 +40,12 @@ def shots() -> Path:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, analyzer):
-    """Storage with obama and biden enrolled and the events of one run on the Hamilton clip (thumbnails on,
-    live frame on), and a console with a password on it."""
+    """Storage with obama and biden enrolled and the events of a run on a clip of an LFW stranger, then one on
+    the Hamilton clip (thumbnails on, live frame on, every settled track's faces kept: privacy "all"), and a
+    console with a password on it."""
     tmp = tmp_path_factory.mktemp("web")
     sections = {"events": {"thumbnails": True}, "service": {"live_frame_interval": 0.5},
+                "sightings": {"privacy": "all"},
                 "agent": {"id": "web-test", "camera_name": "stage"}, "mqtt": {"enabled": False}}
     cfg = make_config(tmp, **sections)
     gallery = Gallery(cfg, analyzer=analyzer)
@@ -52,6 +55,10 @@ def site(tmp_path_factory, analyzer):
     gallery.add_photos("biden", [DLIB / "examples" / "faces" / "dogs.jpg"])  # in the folder, refused: no face
     gallery.ensure_trained(progress=False)
     gallery.close()
+    stranger = ic.lfw_people()[0]  # never enrolled: an unknown person with several good faces
+    clip = ic.Clip("stranger", 60, [ic.Actor("stranger:" + stranger.name, ic.lfw_photos(stranger)[5], 0, 60)])
+    video = ic.render(clip, tmp / "stranger.mp4")
+    assert Service(cfg, source_uri=str(video), every_frame=True, analyzer=analyzer).run() == 0
     assert Service(cfg, source_uri=str(HAMILTON), every_frame=True, analyzer=analyzer).run() == 0
     config = write_config(tmp, web={"password_hash": hash_password(PASSWORD)}, **sections)
     console = WebConsole(config)
@@ -180,7 +187,7 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     assert "not allowed in a name" in page.inner_text("#error")
 
     page.goto(url + "/unknowns")
-    assert "issue 13" in page.inner_text("main")
+    assert page.locator("section.cluster").count() > 0
     fits_the_phone(page)
 
     # a desktop-sized window gets the wider layout
@@ -201,3 +208,69 @@ def test_the_console_in_a_browser(site, browser, shots, tmp_path):
     page.goto(url + "/events")
     assert page.url == url + "/login"
     context.close()
+
+
+def login(browser, url: str, **context_args):
+    context = browser.new_context(**context_args)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(url + "/login")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/live")
+    return context, page
+
+
+def test_name_an_unknown_person_and_reject_an_identification(site, browser, shots):
+    """The strangers of the Hamilton run are unknown people with chips; naming one enrolls it (People page);
+    "that was not lin" on an identification is taken and said so."""
+    console, _ = site
+    url = console.url
+    context, page = login(browser, url, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+
+    page.goto(url + "/unknowns")
+    clusters = page.locator("section.cluster.open")
+    assert clusters.count() > 0
+    assert page.evaluate("Array.from(document.querySelectorAll('.cluster img.chip'))"
+                         ".every(i => i.complete && i.naturalWidth == 150)")
+    counts = [re.search(r"(\d+) sightings in \d+ tracks\s+first seen 20\d\d-.*UTC\s+last seen 20\d\d-", text)
+              for text in clusters.locator(".counts").all_inner_texts()]
+    assert all(counts)
+    stranger = clusters.nth(max(range(len(counts)), key=lambda i: int(counts[i].group(1))))  # the LFW stranger
+    assert stranger.locator("img.chip").count() >= 2
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "08-unknowns.png"), full_page=True)
+
+    # name the first one as a new person: its faces are enrolled and the classifier retrained
+    unknown_id = stranger.locator("h2").inner_text().split()[0]
+    stranger.locator("input[name=person]").fill("Stranger One")
+    stranger.locator("button[type=submit]").click()
+    page.wait_for_url(url + "/people/Stranger%20One", timeout=120_000)
+    text = page.inner_text("main")
+    assert f"{unknown_id} is now Stranger One" in text and "classifier retrained: 4 people" in text
+    assert page.locator("figure.photo.ok").count() > 0
+    page.screenshot(path=str(shots / "09-named.png"), full_page=True)
+    page.goto(url + "/people")
+    assert "Stranger One" in page.inner_text(".grid")
+    page.goto(url + "/unknowns")
+    named = page.locator(f"#cluster-{unknown_id}")
+    assert "named Stranger One" in named.inner_text() and named.locator("form").count() == 0
+
+    # "that was not lin" on an identification of the run
+    page.goto(url + "/events?type=identified&person=lin")
+    button = page.locator("li.event button.reject").first
+    assert button.inner_text() == "That was not lin"
+    button.click()
+    page.wait_for_selector("p.flash", timeout=120_000)
+    flash = page.inner_text("main")
+    assert re.search(r"track \d+ is not lin: \d+ faces are now known not to be lin", flash), flash
+    assert page.url.startswith(url + "/events?type=identified")
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "10-rejected.png"), full_page=True)
+    context.close()
+
+    desktop, wide = login(browser, url, viewport={"width": 1280, "height": 800})
+    wide.goto(url + "/unknowns")
+    wide.screenshot(path=str(shots / "11-unknowns-desktop.png"), full_page=True)
+    desktop.close()
