@@ -266,6 +266,8 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     flash = page.inner_text("main")
     assert re.search(r"track \d+ is not lin: \d+ faces are now known not to be lin", flash), flash
     assert page.url.startswith(url + "/events?type=identified")
+    assert page.locator("li.event .rejected").all_inner_texts() == ["rejected: not lin"]
+    assert page.locator("li.event button.reject").count() == page.locator("li.event").count() - 1
     fits_the_phone(page)
     page.screenshot(path=str(shots / "10-rejected.png"), full_page=True)
     context.close()

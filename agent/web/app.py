@@ -179,8 +179,14 @@ class Console:
                         "thumbnail": thumb,
                         "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
                         "rejectable": row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name)
-                        and row.track_id is not None})
+                        and row.track_id is not None, "rejected": False})
+            if out[-1]["rejectable"]:
+                out[-1]["rejected"] = self.was_rejected(row.track_id, row.name, row.t)
         return out
+
+    def was_rejected(self, track_id: int, name: str, at: float) -> bool:
+        """Whether the faces kept of this track were said not to be `name` (`face-agent reject`)."""
+        return any(r["rejected"] == name for r in self.sightings.track_sightings(track_id, at))
 
     # ---- unknown people: the sightings room's operations (`face-agent unknowns`, `name`, `reject`) -------
     def unknowns(self) -> list[dict[str, Any]]:
