@@ -1,6 +1,7 @@
 """`face-agent web`: the browser console (optional extra `web`: Starlette, uvicorn, Jinja2).
 
-    app.py        the pages (Live, Events, People, Unknown people) and actions; enrollment through the gallery
+    app.py        the pages (Live, Events, People, Unknown people) and actions; enrollment through the gallery,
+                  naming and rejecting through agent.naming
     security.py   password hashes, login session, CSRF, request size, files only from the agent's folders
     templates/    Jinja2 pages (htmx attributes for the actions)
     static/       console.css, console.js and htmx

@@ -2,10 +2,11 @@
 
 It reads what the agent keeps - the status file, the live frame, the event log, the gallery's folders - and
 changes enrollment only through `agent.gallery.Gallery` (the same operations as `face-agent enroll`, `rename`,
-`forget` and remote enrollment). After every change it retrains through the gallery (`ensure_trained`, SVMs in
-a child process) and saves the classifier in `[paths] svm`; the running agent notices the new file at its
-next health check (`[service] status_interval`) and swaps it in between two frames, as after a remote
-enrollment - no restart.
+`forget` and remote enrollment) and the sightings' operations in `agent.naming` (`name_cluster`, `reidentify`
+and `reject`: the same as `face-agent name` and `reject`). After every change it retrains through the gallery
+(`ensure_trained`, SVMs in a child process) and saves the classifier in `[paths] svm`; the running agent
+notices the new file at its next health check (`[service] status_interval`) and swaps it in between two
+frames, as after a remote enrollment - no restart.
 """
 
 from __future__ import annotations
