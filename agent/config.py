@@ -60,6 +60,7 @@ class DetectorSection:
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
     max_input_side: int = 0  # 0 = no limit; else frames are downscaled so the long side fits
     threads: int = 2  # ONNX Runtime intra-op threads
+    pyramid_workers: int = 2  # onnxruntime only: P-Net pyramid scales run on this many threads at once
     precision: str = "fp16"  # TensorRT only: fp16 | fp32
     inference_timeout: float = 5.0  # seconds before a stalled GPU call counts as hung
     max_batch: int = 128  # TensorRT only: largest R-Net/O-Net batch per engine call (more are chunked)
@@ -282,6 +283,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("images", "max_bytes"): AT_LEAST_1,
     ("detector", "max_input_side"): AT_LEAST_0,
     ("detector", "threads"): Range(1, 256),
+    ("detector", "pyramid_workers"): Range(1, 64),
     ("embedding", "batch_size"): Range(1, 1024),
     ("embedding", "jitter"): Range(0, 100),
     ("embedding", "threads"): Range(1, 256),

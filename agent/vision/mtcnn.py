@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,7 +264,7 @@ class MTCNN:
     def __init__(self, backend: Any, min_face_size: int = 20, scale_factor: float = 0.709,
                  thresholds: tuple[float, float, float] | list[float] = (0.6, 0.7, 0.7),
                  nms_thresholds: tuple[float, float, float] | list[float] = (0.5, 0.7, 0.7),
-                 max_input_side: int = 0, min_score: float = 0.0):
+                 max_input_side: int = 0, min_score: float = 0.0, pyramid_workers: int = 1):
         thresholds = tuple(float(t) for t in thresholds)
         nms_thresholds = tuple(float(t) for t in nms_thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -276,12 +277,19 @@ class MTCNN:
             raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
         if int(max_input_side) != 0 and int(max_input_side) < PNET_CELL:
             raise ValueError(f"max_input_side must be 0 (no limit) or >= {PNET_CELL}, got {max_input_side}")
+        if int(pyramid_workers) < 1:
+            raise ValueError(f"pyramid_workers must be >= 1, got {pyramid_workers}")
         self.backend = backend
         self.min_face_size = int(min_face_size)
         self.scale_factor = float(scale_factor)
         self.thresholds = thresholds
         self.nms_thresholds = nms_thresholds
         self.max_input_side = int(max_input_side)
+        # pyramid scales run on this many threads at once, when the backend allows concurrent calls (ONNX
+        # Runtime; a GPU backend takes one call at a time); the results are merged in scale order, so the
+        # faces found are the same as one scale after another
+        self.pyramid_workers = int(pyramid_workers) if getattr(backend, "concurrent", False) else 1
+        self._pool: ThreadPoolExecutor | None = None
         # faces scoring below this are not reported by detect()/refine() unless the caller lowers it: video
         # passes 0 so that a tracked face is followed down to the O-Net threshold
         self.min_score = float(min_score)
@@ -294,7 +302,7 @@ class MTCNN:
         s = detector_section
         return cls(backend, min_face_size=s.min_face_size, scale_factor=s.scale_factor,
                    thresholds=tuple(s.thresholds), nms_thresholds=tuple(s.nms_thresholds),
-                   max_input_side=s.max_input_side, min_score=s.min_score)
+                   max_input_side=s.max_input_side, min_score=s.min_score, pyramid_workers=s.pyramid_workers)
 
     def __repr__(self) -> str:
         return (f"MTCNN(backend={getattr(self.backend, 'name', self.backend)!r}, "
@@ -383,26 +391,76 @@ class MTCNN:
 
     # ---- stages -----------------------------------------------------------------------------------------
 
-    def _stage1(self, image: np.ndarray) -> np.ndarray:
-        """P-Net over the pyramid -> square candidate boxes (N, 5): integer x1, y1, x2, y2 (1-based), score."""
+    def _pyramid(self, image: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """(scale, normalised float32 NCHW batch) for every pyramid scale, largest first.
+
+        The image is normalised once and every scale resized from it in float32: INTER_AREA is a weighted mean,
+        so this is the reference's picture without its rounding to uint8 after the resize, and OpenCV's float
+        INTER_AREA is faster than its uint8 one (3.8 against 5.0 ms for a 640x360 pyramid here). (Resizing
+        each scale from the one before would cost 1.3 ms but moves boxes by a few pixels.)"""
         height, width = image.shape[:2]
-        found = []
+        levels = []
+        normalised = (image.astype(np.float32) - 127.5) * 0.0078125
         for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
             sh, sw = _scaled_size(height, width, scale)
-            scaled = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-            batch = ((scaled.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)[None]
-            prob, reg = self.backend.run("pnet", np.ascontiguousarray(batch))
-            score_map = prob[0, 1]
-            rows, cols = np.nonzero(score_map >= self.thresholds[0])
-            if rows.size == 0:
-                continue
-            x1 = np.fix((PNET_STRIDE * cols + 1) / scale)
-            y1 = np.fix((PNET_STRIDE * rows + 1) / scale)
-            x2 = np.fix((PNET_STRIDE * cols + PNET_CELL) / scale)
-            y2 = np.fix((PNET_STRIDE * rows + PNET_CELL) / scale)
-            cand = np.column_stack([x1, y1, x2, y2, score_map[rows, cols], reg[0][:, rows, cols].T])
-            keep = nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], "union")
-            found.append(cand[keep])
+            scaled = cv2.resize(normalised, (sw, sh), interpolation=cv2.INTER_AREA)
+            levels.append((scale, np.ascontiguousarray(scaled.transpose(2, 0, 1)[None])))
+        return levels
+
+    def _pnet_candidates(self, scale: float, batch: np.ndarray) -> np.ndarray | None:
+        """P-Net on one pyramid level -> its candidates after NMS (N, 9): box, score, regression; None if none."""
+        prob, reg = self.backend.run("pnet", batch)
+        score_map = prob[0, 1]
+        rows, cols = np.nonzero(score_map >= self.thresholds[0])
+        if rows.size == 0:
+            return None
+        x1 = np.fix((PNET_STRIDE * cols + 1) / scale)
+        y1 = np.fix((PNET_STRIDE * rows + 1) / scale)
+        x2 = np.fix((PNET_STRIDE * cols + PNET_CELL) / scale)
+        y2 = np.fix((PNET_STRIDE * rows + PNET_CELL) / scale)
+        cand = np.column_stack([x1, y1, x2, y2, score_map[rows, cols], reg[0][:, rows, cols].T])
+        keep = nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], "union")
+        return cand[keep]
+
+    def _run_levels(self, levels: list[tuple[float, np.ndarray]]) -> list[np.ndarray | None]:
+        """`_pnet_candidates` of every level, in level order; on `pyramid_workers` threads when > 1.
+
+        Levels are dealt to the workers largest first, each to the least loaded one (by pixels), so that the
+        workers finish together: with two workers the largest scale (about half the work) runs beside all
+        the others."""
+        if self.pyramid_workers == 1 or len(levels) < 2:
+            return [self._pnet_candidates(scale, batch) for scale, batch in levels]
+        workers = min(self.pyramid_workers, len(levels))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.pyramid_workers - 1, thread_name_prefix="pnet")
+        groups: list[list[int]] = [[] for _ in range(workers)]
+        load = [0] * workers
+        for k in sorted(range(len(levels)), key=lambda k: -levels[k][1].shape[2] * levels[k][1].shape[3]):
+            w = load.index(min(load))
+            groups[w].append(k)
+            load[w] += levels[k][1].shape[2] * levels[k][1].shape[3]
+
+        def run_group(indices: list[int]) -> list[tuple[int, np.ndarray | None]]:
+            return [(k, self._pnet_candidates(*levels[k])) for k in indices]
+
+        futures = [self._pool.submit(run_group, g) for g in groups[1:]]
+        done = run_group(groups[0])  # the calling thread is one of the workers
+        for future in futures:
+            done += future.result()
+        results: list[np.ndarray | None] = [None] * len(levels)
+        for k, cand in done:
+            results[k] = cand
+        return results
+
+    def close(self) -> None:
+        """Stop the pyramid threads (the detector still works afterwards: they are made again when needed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _stage1(self, image: np.ndarray) -> np.ndarray:
+        """P-Net over the pyramid -> square candidate boxes (N, 5): integer x1, y1, x2, y2 (1-based), score."""
+        found = [cand for cand in self._run_levels(self._pyramid(image)) if cand is not None]
         if not found:
             return np.empty((0, 5))
         cand = np.concatenate(found)
