@@ -199,6 +199,7 @@ class ServiceSection:
     broker_grace: float = 30.0  # seconds the broker may be unreachable before the agent reports degraded
     max_backlog: int = 1000  # unpublished events above which the agent reports degraded
     backlog_growth_checks: int = 6  # consecutive health checks with a growing backlog (while connected)
+    mmap_threshold_kb: int = 0  # glibc: 0 = its dynamic mmap threshold (fast); N = fixed (less memory, ~2x CPU)
 
 
 @dataclass
@@ -284,6 +285,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("detector", "max_input_side"): AT_LEAST_0,
     ("detector", "threads"): Range(1, 256),
     ("detector", "pyramid_workers"): Range(1, 64),
+    ("service", "mmap_threshold_kb"): Range(0, 32768),
     ("embedding", "batch_size"): Range(1, 1024),
     ("embedding", "jitter"): Range(0, 100),
     ("embedding", "threads"): Range(1, 256),
