@@ -217,8 +217,9 @@ _MAX_CANVAS_PIXELS = 2_000_000
 
 
 def _crop_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Square crops of `image` (float32 H, W, 3) for integer boxes in the reference's 1-based inclusive
-    coordinates, zero padded where they leave the image, resized (INTER_AREA) to size x size.
+    """Square crops of `image` (uint8 or float32 H, W, 3) for integer boxes in the reference's 1-based
+    inclusive coordinates, zero padded where they leave the image, resized (INTER_AREA, in float32) to
+    size x size. Only the crops are converted to float, not the whole frame.
 
     Returns float32 (N, size, size, 3) in pixel units (not normalised).
     """
@@ -229,12 +230,12 @@ def _crop_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         w, h = bx2 - bx1 + 1, by2 - by1 + 1
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(bx2, width), min(by2, height)
         if ix0 == x0 and iy0 == y0 and ix1 == bx2 and iy1 == by2:
-            crop = image[iy0:iy1, ix0:ix1]
+            crop = image[iy0:iy1, ix0:ix1].astype(np.float32)
         else:
             f = min(1.0, math.sqrt(_MAX_CANVAS_PIXELS / float(w * h)))
             crop = np.zeros((max(1, round(h * f)), max(1, round(w * f)), 3), dtype=np.float32)
             if ix1 > ix0 and iy1 > iy0:
-                part = image[iy0:iy1, ix0:ix1]
+                part = image[iy0:iy1, ix0:ix1].astype(np.float32)
                 px0, py0 = round((ix0 - x0) * f), round((iy0 - y0) * f)
                 pw = min(max(1, round((ix1 - ix0) * f)), crop.shape[1] - px0)
                 ph = min(max(1, round((iy1 - iy0) * f)), crop.shape[0] - py0)
@@ -378,13 +379,12 @@ class MTCNN:
         """R-Net then O-Net on candidate boxes, mapped back to the original image (height, width, small_h,
         small_w): (detections, R-Net ms, O-Net ms)."""
         t0 = time.perf_counter()
-        image_f = image.astype(np.float32) if len(boxes) else None
         if len(boxes):
-            boxes = self._stage2(image_f, boxes)
+            boxes = self._stage2(image, boxes)
         t1 = time.perf_counter()
         points = np.empty((0, 5, 2))
         if len(boxes):
-            boxes, points = self._stage3(image_f, boxes)
+            boxes, points = self._stage3(image, boxes)
         t2 = time.perf_counter()
         detections = self._finish(boxes, points, *sizes, self.min_score if min_score is None else min_score)
         return detections, (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -473,9 +473,9 @@ class MTCNN:
         boxes[:, :4] = np.fix(boxes[:, :4])
         return boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
 
-    def _stage2(self, image_f: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _stage2(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """R-Net on all candidates in one batch -> refined square boxes (N, 5), float."""
-        prob, reg = self.backend.run("rnet", _to_batch(_crop_resize(image_f, boxes, 24)))
+        prob, reg = self.backend.run("rnet", _to_batch(_crop_resize(image, boxes, 24)))
         score = prob[:, 1]
         ok = score > self.thresholds[1]
         boxes = np.column_stack([boxes[ok, :4], score[ok]])
@@ -485,14 +485,14 @@ class MTCNN:
         keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[1], "union")
         return _rerec(_bbreg(boxes[keep], reg[keep]))
 
-    def _stage3(self, image_f: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stage3(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """O-Net on all candidates in one batch -> final boxes (N, 5) and landmarks (N, 5, 2)."""
         boxes = boxes.copy()
         boxes[:, :4] = np.fix(boxes[:, :4])
         boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
         if len(boxes) == 0:
             return boxes, np.empty((0, 5, 2))
-        prob, reg, marks = self.backend.run("onet", _to_batch(_crop_resize(image_f, boxes, 48)))
+        prob, reg, marks = self.backend.run("onet", _to_batch(_crop_resize(image, boxes, 48)))
         score = prob[:, 1]
         ok = score > self.thresholds[2]
         boxes = np.column_stack([boxes[ok, :4], score[ok]])
