@@ -35,8 +35,8 @@ def enroll(cfg, analyzer, with_lin: bool = True) -> None:
     gallery.ensure_trained(progress=False)
 
 
-def agent_config(tmp_path: Path, broker=None, **sections):
-    mqtt = {"enabled": broker is not None, "stats_interval": 1.0}
+def agent_config(tmp_path: Path, broker=None, mqtt_settings: dict | None = None, **sections):
+    mqtt = {"enabled": broker is not None, "stats_interval": 1.0, **(mqtt_settings or {})}
     if broker is not None:
         mqtt.update(host=broker.host, port=broker.port)
     return make_config(tmp_path, mqtt=mqtt, agent={"id": "test-agent", "camera_name": "stage"}, **sections)
@@ -106,7 +106,8 @@ def test_walking_crowd_tracks_start_and_end_no_enrolled_names(tmp_path, analyzer
 
 
 def test_broker_down_at_start_every_event_arrives(tmp_path, mosquitto, analyzer):
-    cfg = agent_config(tmp_path, mosquitto)
+    # the clip takes ~2 s: retry the broker every second, so the reconnect falls within the run and its flush
+    cfg = agent_config(tmp_path, mosquitto, mqtt_settings={"reconnect_max_delay": 1.0})
     enroll(cfg, analyzer)
     collector = Collector(mosquitto, "faces/events").start()  # persistent session: the broker keeps it
     mosquitto.stop()
