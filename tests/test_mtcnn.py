@@ -464,3 +464,42 @@ def test_refine_finds_the_faces_near_given_boxes_only(detector):
     h, w = rgb.shape[:2]
     assert detector.refine(rgb, [(0, 0, 60, 60), (w - 80, h - 80, w, h)]) == []  # no face there
     assert detector.refine(rgb, []) == []
+
+
+@pytest.mark.parametrize("path", [
+    SAMPLES / "000_5.jpg",
+    SHARED / "facenet-pytorch" / "data" / "multiface.jpg",
+    FR / "examples" / "two_people.jpg",
+], ids=["compreface", "multiface", "two_people"])
+def test_parallel_pyramid_finds_exactly_the_faces_of_the_serial_one(path):
+    # P-Net single-threaded, the scales spread over 2 and 3 threads: the same boxes, scores and landmarks
+    backend = create_backend("onnxruntime", threads=2, pnet_threads=1)
+    try:
+        rgb = load_image(path)
+        serial = MTCNN(backend, thresholds=(0.8, 0.8, 0.7), pyramid_workers=1).detect(rgb)
+        assert serial
+        for workers in (2, 3):
+            parallel = MTCNN(backend, thresholds=(0.8, 0.8, 0.7), pyramid_workers=workers)
+            assert parallel.pyramid_workers == workers
+            found = parallel.detect(rgb)
+            parallel.close()
+            assert [d.box + (d.score,) for d in found] == [d.box + (d.score,) for d in serial]
+            for a, b in zip(found, serial):
+                assert np.array_equal(a.landmarks, b.landmarks)
+    finally:
+        backend.close()
+
+
+def test_pyramid_runs_one_scale_at_a_time_on_a_backend_that_takes_one_call_at_a_time(backend):
+    class OneAtATime:  # like the TensorRT backend: no `concurrent` attribute
+        name = "one-at-a-time"
+
+        def run(self, net, batch):
+            return backend.run(net, batch)
+
+    assert MTCNN(OneAtATime(), pyramid_workers=4).pyramid_workers == 1
+    assert MTCNN(backend, pyramid_workers=4).pyramid_workers == 4
+    with pytest.raises(ValueError, match="pyramid_workers"):
+        MTCNN(backend, pyramid_workers=0)
+    with pytest.raises(BackendError, match="pnet_threads"):
+        OnnxRuntimeBackend(pnet_threads=-1)

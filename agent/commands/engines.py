@@ -65,7 +65,8 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"{spec.label}: {cache.paths(spec)[0]}")
         built, cached = cache.builds, cache.loads
         # load them once the way the service does (deserialize, allocate): proves they run here
-        options = {k: v for k, v in options_from_config(cfg).items() if k not in ("threads", "inference_timeout")}
+        options = {k: v for k, v in options_from_config(cfg).items()
+                   if k not in ("threads", "pnet_threads", "inference_timeout")}
         TensorRTBackend(cache=cache, **options).close()
     except (EngineCacheError, BackendError, OSError) as exc:
         return fail(str(exc))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,8 +217,9 @@ _MAX_CANVAS_PIXELS = 2_000_000
 
 
 def _crop_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Square crops of `image` (float32 H, W, 3) for integer boxes in the reference's 1-based inclusive
-    coordinates, zero padded where they leave the image, resized (INTER_AREA) to size x size.
+    """Square crops of `image` (uint8 or float32 H, W, 3) for integer boxes in the reference's 1-based
+    inclusive coordinates, zero padded where they leave the image, resized (INTER_AREA, in float32) to
+    size x size. Only the crops are converted to float, not the whole frame.
 
     Returns float32 (N, size, size, 3) in pixel units (not normalised).
     """
@@ -228,12 +230,12 @@ def _crop_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         w, h = bx2 - bx1 + 1, by2 - by1 + 1
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(bx2, width), min(by2, height)
         if ix0 == x0 and iy0 == y0 and ix1 == bx2 and iy1 == by2:
-            crop = image[iy0:iy1, ix0:ix1]
+            crop = image[iy0:iy1, ix0:ix1].astype(np.float32)
         else:
             f = min(1.0, math.sqrt(_MAX_CANVAS_PIXELS / float(w * h)))
             crop = np.zeros((max(1, round(h * f)), max(1, round(w * f)), 3), dtype=np.float32)
             if ix1 > ix0 and iy1 > iy0:
-                part = image[iy0:iy1, ix0:ix1]
+                part = image[iy0:iy1, ix0:ix1].astype(np.float32)
                 px0, py0 = round((ix0 - x0) * f), round((iy0 - y0) * f)
                 pw = min(max(1, round((ix1 - ix0) * f)), crop.shape[1] - px0)
                 ph = min(max(1, round((iy1 - iy0) * f)), crop.shape[0] - py0)
@@ -263,7 +265,7 @@ class MTCNN:
     def __init__(self, backend: Any, min_face_size: int = 20, scale_factor: float = 0.709,
                  thresholds: tuple[float, float, float] | list[float] = (0.6, 0.7, 0.7),
                  nms_thresholds: tuple[float, float, float] | list[float] = (0.5, 0.7, 0.7),
-                 max_input_side: int = 0, min_score: float = 0.0):
+                 max_input_side: int = 0, min_score: float = 0.0, pyramid_workers: int = 1):
         thresholds = tuple(float(t) for t in thresholds)
         nms_thresholds = tuple(float(t) for t in nms_thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -276,12 +278,19 @@ class MTCNN:
             raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
         if int(max_input_side) != 0 and int(max_input_side) < PNET_CELL:
             raise ValueError(f"max_input_side must be 0 (no limit) or >= {PNET_CELL}, got {max_input_side}")
+        if int(pyramid_workers) < 1:
+            raise ValueError(f"pyramid_workers must be >= 1, got {pyramid_workers}")
         self.backend = backend
         self.min_face_size = int(min_face_size)
         self.scale_factor = float(scale_factor)
         self.thresholds = thresholds
         self.nms_thresholds = nms_thresholds
         self.max_input_side = int(max_input_side)
+        # pyramid scales run on this many threads at once, when the backend allows concurrent calls (ONNX
+        # Runtime; a GPU backend takes one call at a time); the results are merged in scale order, so the
+        # faces found are the same as one scale after another
+        self.pyramid_workers = int(pyramid_workers) if getattr(backend, "concurrent", False) else 1
+        self._pool: ThreadPoolExecutor | None = None
         # faces scoring below this are not reported by detect()/refine() unless the caller lowers it: video
         # passes 0 so that a tracked face is followed down to the O-Net threshold
         self.min_score = float(min_score)
@@ -294,7 +303,7 @@ class MTCNN:
         s = detector_section
         return cls(backend, min_face_size=s.min_face_size, scale_factor=s.scale_factor,
                    thresholds=tuple(s.thresholds), nms_thresholds=tuple(s.nms_thresholds),
-                   max_input_side=s.max_input_side, min_score=s.min_score)
+                   max_input_side=s.max_input_side, min_score=s.min_score, pyramid_workers=s.pyramid_workers)
 
     def __repr__(self) -> str:
         return (f"MTCNN(backend={getattr(self.backend, 'name', self.backend)!r}, "
@@ -370,39 +379,83 @@ class MTCNN:
         """R-Net then O-Net on candidate boxes, mapped back to the original image (height, width, small_h,
         small_w): (detections, R-Net ms, O-Net ms)."""
         t0 = time.perf_counter()
-        image_f = image.astype(np.float32) if len(boxes) else None
         if len(boxes):
-            boxes = self._stage2(image_f, boxes)
+            boxes = self._stage2(image, boxes)
         t1 = time.perf_counter()
         points = np.empty((0, 5, 2))
         if len(boxes):
-            boxes, points = self._stage3(image_f, boxes)
+            boxes, points = self._stage3(image, boxes)
         t2 = time.perf_counter()
         detections = self._finish(boxes, points, *sizes, self.min_score if min_score is None else min_score)
         return detections, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
     # ---- stages -----------------------------------------------------------------------------------------
 
+    def _pnet_candidates(self, image: np.ndarray, scale: float) -> np.ndarray | None:
+        """P-Net on one pyramid level -> its candidates after NMS (N, 9): box, score, regression; None if none.
+
+        The level is made as the reference makes it: the uint8 frame resized (INTER_AREA), then normalised.
+        (Resizing the normalised frame in float32 would be ~1 ms faster per full detection, but its unrounded
+        pixels move a box now and then: 2 fewer named face-frames on the Hamilton clip.)"""
+        sh, sw = _scaled_size(image.shape[0], image.shape[1], scale)
+        scaled = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        batch = ((scaled.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)[None]
+        prob, reg = self.backend.run("pnet", np.ascontiguousarray(batch))
+        score_map = prob[0, 1]
+        rows, cols = np.nonzero(score_map >= self.thresholds[0])
+        if rows.size == 0:
+            return None
+        x1 = np.fix((PNET_STRIDE * cols + 1) / scale)
+        y1 = np.fix((PNET_STRIDE * rows + 1) / scale)
+        x2 = np.fix((PNET_STRIDE * cols + PNET_CELL) / scale)
+        y2 = np.fix((PNET_STRIDE * rows + PNET_CELL) / scale)
+        cand = np.column_stack([x1, y1, x2, y2, score_map[rows, cols], reg[0][:, rows, cols].T])
+        keep = nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], "union")
+        return cand[keep]
+
+    def _run_levels(self, image: np.ndarray) -> list[np.ndarray | None]:
+        """`_pnet_candidates` of every pyramid scale (resize included), largest scale first; on
+        `pyramid_workers` threads when > 1.
+
+        Scales are dealt to the workers largest first, each to the least loaded one (by pixels), so that the
+        workers finish together: with two workers the largest scale (about half the work) runs beside all
+        the others. The results are in scale order whatever the threads, so the faces are the same."""
+        height, width = image.shape[:2]
+        scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
+        if self.pyramid_workers == 1 or len(scales) < 2:
+            return [self._pnet_candidates(image, scale) for scale in scales]
+        workers = min(self.pyramid_workers, len(scales))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.pyramid_workers - 1, thread_name_prefix="pnet")
+        pixels = [math.prod(_scaled_size(height, width, scale)) for scale in scales]
+        groups: list[list[int]] = [[] for _ in range(workers)]
+        load = [0] * workers
+        for k in sorted(range(len(scales)), key=lambda k: -pixels[k]):
+            w = load.index(min(load))
+            groups[w].append(k)
+            load[w] += pixels[k]
+
+        def run_group(indices: list[int]) -> list[tuple[int, np.ndarray | None]]:
+            return [(k, self._pnet_candidates(image, scales[k])) for k in indices]
+
+        futures = [self._pool.submit(run_group, g) for g in groups[1:]]
+        done = run_group(groups[0])  # the calling thread is one of the workers
+        for future in futures:
+            done += future.result()
+        results: list[np.ndarray | None] = [None] * len(scales)
+        for k, cand in done:
+            results[k] = cand
+        return results
+
+    def close(self) -> None:
+        """Stop the pyramid threads (the detector still works afterwards: they are made again when needed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _stage1(self, image: np.ndarray) -> np.ndarray:
         """P-Net over the pyramid -> square candidate boxes (N, 5): integer x1, y1, x2, y2 (1-based), score."""
-        height, width = image.shape[:2]
-        found = []
-        for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
-            sh, sw = _scaled_size(height, width, scale)
-            scaled = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-            batch = ((scaled.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)[None]
-            prob, reg = self.backend.run("pnet", np.ascontiguousarray(batch))
-            score_map = prob[0, 1]
-            rows, cols = np.nonzero(score_map >= self.thresholds[0])
-            if rows.size == 0:
-                continue
-            x1 = np.fix((PNET_STRIDE * cols + 1) / scale)
-            y1 = np.fix((PNET_STRIDE * rows + 1) / scale)
-            x2 = np.fix((PNET_STRIDE * cols + PNET_CELL) / scale)
-            y2 = np.fix((PNET_STRIDE * rows + PNET_CELL) / scale)
-            cand = np.column_stack([x1, y1, x2, y2, score_map[rows, cols], reg[0][:, rows, cols].T])
-            keep = nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], "union")
-            found.append(cand[keep])
+        found = [cand for cand in self._run_levels(image) if cand is not None]
         if not found:
             return np.empty((0, 5))
         cand = np.concatenate(found)
@@ -415,9 +468,9 @@ class MTCNN:
         boxes[:, :4] = np.fix(boxes[:, :4])
         return boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
 
-    def _stage2(self, image_f: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _stage2(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """R-Net on all candidates in one batch -> refined square boxes (N, 5), float."""
-        prob, reg = self.backend.run("rnet", _to_batch(_crop_resize(image_f, boxes, 24)))
+        prob, reg = self.backend.run("rnet", _to_batch(_crop_resize(image, boxes, 24)))
         score = prob[:, 1]
         ok = score > self.thresholds[1]
         boxes = np.column_stack([boxes[ok, :4], score[ok]])
@@ -427,14 +480,14 @@ class MTCNN:
         keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[1], "union")
         return _rerec(_bbreg(boxes[keep], reg[keep]))
 
-    def _stage3(self, image_f: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stage3(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """O-Net on all candidates in one batch -> final boxes (N, 5) and landmarks (N, 5, 2)."""
         boxes = boxes.copy()
         boxes[:, :4] = np.fix(boxes[:, :4])
         boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
         if len(boxes) == 0:
             return boxes, np.empty((0, 5, 2))
-        prob, reg, marks = self.backend.run("onet", _to_batch(_crop_resize(image_f, boxes, 48)))
+        prob, reg, marks = self.backend.run("onet", _to_batch(_crop_resize(image, boxes, 48)))
         score = prob[:, 1]
         ok = score > self.thresholds[2]
         boxes = np.column_stack([boxes[ok, :4], score[ok]])

@@ -64,6 +64,7 @@ class Model:
     # a buffer per shape seen), and whether idle intra-op threads spin between calls
     varying_shapes: bool = False
     spin: bool = True
+    threads: int = 0  # ONNX Runtime intra-op threads for this model; 0 = the runner's setting
 
     def check(self, batch: Any) -> np.ndarray:
         """The batch as contiguous float32, or BackendError when it is not what this model takes."""
@@ -109,13 +110,14 @@ def model_check(models: Iterable[Model]) -> Callable[[str, Any], np.ndarray]:
     return check
 
 
-def mtcnn_models(model_dir: str | Path | None = None) -> list[Model]:
-    """MTCNN's three networks from `model_dir` (default MODEL_DIR)."""
+def mtcnn_models(model_dir: str | Path | None = None, pnet_threads: int = 0) -> list[Model]:
+    """MTCNN's three networks from `model_dir` (default MODEL_DIR); `pnet_threads` > 0 gives P-Net its own
+    ONNX Runtime thread count (1 when the detector runs several pyramid scales at once)."""
     folder = Path(model_dir) if model_dir is not None else MODEL_DIR
     outputs = {"pnet": ("prob", "reg"), "rnet": ("prob", "reg"), "onet": ("prob", "reg", "landmarks")}
     return [Model(net, folder / f"{net}.onnx", outputs[net], size=CROP_SIZE.get(net), min_side=PNET_MIN_SIDE,
                   label="MTCNN model", hint="regenerate with tools/build_mtcnn_onnx.py",
-                  varying_shapes=True, spin=False)
+                  varying_shapes=True, spin=False, threads=pnet_threads if net == "pnet" else 0)
             for net in NETS]
 
 
@@ -143,11 +145,12 @@ Backend = Runner  # the name the detector's code has always used
 def create_backend(kind: str, model_dir: str | Path | None = None, **options: Any) -> Backend:
     """The MTCNN runner by name, loaded from `model_dir` (default `MODEL_DIR`).
 
-    "onnxruntime": options `threads` (intra-op threads, default 2).
+    "onnxruntime": options `threads` (intra-op threads, default 2), `pnet_threads` (P-Net's own, 0 = threads).
     "tensorrt": TensorRT behind the watchdog (options: see tensorrt.create_tensorrt_backend and
     tensorrt.options_from_config); "auto": TensorRT when it imports and a GPU is present, else onnxruntime.
     Raises BackendError for an unknown kind or a backend that cannot start.
     """
+    pnet_threads = int(options.pop("pnet_threads", 0))  # ONNX Runtime only (see mtcnn_models)
     if kind in ("auto", "tensorrt"):
         from agent.vision.backends import tensorrt
 
@@ -161,5 +164,5 @@ def create_backend(kind: str, model_dir: str | Path | None = None, **options: An
     if kind == "onnxruntime":
         from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model_dir, threads=int(options.get("threads", 2)))
+        return OnnxRuntimeBackend(model_dir, threads=int(options.get("threads", 2)), pnet_threads=pnet_threads)
     raise BackendError(f"unknown detector backend {kind!r}; expected one of: auto, onnxruntime, tensorrt")

@@ -42,7 +42,7 @@ class OnnxRuntimeRunner:
 
     def _session(self, ort: Any, model: Model) -> Any:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = model.threads or self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -95,13 +95,21 @@ class OnnxRuntimeRunner:
 
 
 class OnnxRuntimeBackend(OnnxRuntimeRunner):
-    """MTCNN on ONNX Runtime: pnet, rnet and onet loaded from `model_dir`/{pnet,rnet,onet}.onnx."""
+    """MTCNN on ONNX Runtime: pnet, rnet and onet loaded from `model_dir`/{pnet,rnet,onet}.onnx.
 
-    def __init__(self, model_dir: str | Path | None = None, threads: int = 2):
+    `run` may be called from several threads at once (ONNX Runtime sessions are thread-safe), which the
+    detector uses to run pyramid scales in parallel (`concurrent`); `pnet_threads` > 0 sets P-Net's own
+    intra-op thread count (1 when scales run in parallel: each call then keeps to one core)."""
+
+    concurrent = True
+
+    def __init__(self, model_dir: str | Path | None = None, threads: int = 2, pnet_threads: int = 0):
         from agent.vision.backends import MODEL_DIR
 
+        if pnet_threads < 0:
+            raise BackendError(f"pnet_threads must be >= 0, got {pnet_threads}")
         self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
-        super().__init__(mtcnn_models(self.model_dir), threads, what="MTCNN")
+        super().__init__(mtcnn_models(self.model_dir, pnet_threads), threads, what="MTCNN")
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeBackend(model_dir={str(self.model_dir)!r}, threads={self.threads})"

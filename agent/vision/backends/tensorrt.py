@@ -677,7 +677,8 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
 def options_from_config(cfg: Any) -> dict[str, Any]:
     """create_backend options for the configured detector (cfg: agent.config.Config)."""
     d = cfg.detector
-    return {"threads": d.threads, "engines_dir": cfg.path("engines"),
+    return {"threads": d.threads, "pnet_threads": 1 if d.pyramid_workers > 1 else 0,
+            "engines_dir": cfg.path("engines"),
             "input_size": (cfg.source.height, cfg.source.width), "min_face_size": d.min_face_size,
             "scale_factor": d.scale_factor, "max_input_side": d.max_input_side, "precision": d.precision,
             "max_batch": d.max_batch, "workspace_mb": d.workspace_mb,
