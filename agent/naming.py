@@ -173,3 +173,12 @@ def reidentify(store: SightingStore, classifier: Classifier, factory: EventFacto
     if events:
         log.info("re-identified %d earlier unknown tracks", len(events))
     return events
+
+
+def log_reidentified(store: SightingStore, classifier: Classifier, cfg: Any, event_log: Any) -> int:
+    """After a retrain outside the agent (`face-agent name`, the web console): `reidentify` with the
+    configured window, the events written to `event_log` (agent.store.EventStore). Returns how many."""
+    events = reidentify(store, classifier, EventFactory.from_config(cfg), cfg.sightings.reidentify_hours)
+    for event in events:
+        event_log.add(event)
+    return len(events)

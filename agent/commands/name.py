@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from agent.commands._common import config_of, fail, show_progress
-from agent.events import EventFactory
 from agent.gallery import Gallery, InvalidNameError
-from agent.naming import NamingError, name_cluster, name_faces, reidentify, track_faces
+from agent.naming import NamingError, log_reidentified, name_cluster, name_faces, track_faces
 from agent.sightings import SightingStore
 from agent.store import EventStore
 
@@ -42,12 +41,10 @@ def run(args: argparse.Namespace) -> int:
         for message in named.refused:
             print(f"  not enrolled: {message}")
         assert named.classifier is not None
-        events = reidentify(store, named.classifier, EventFactory.from_config(cfg), cfg.sightings.reidentify_hours)
-        if events:
-            with EventStore(cfg) as log_:
-                for event in events:
-                    log_.add(event)
-            print(f"{len(events)} earlier unknown tracks re-identified (reidentified events logged)")
+        with EventStore(cfg) as event_log:
+            count = log_reidentified(store, named.classifier, cfg, event_log)
+        if count:
+            print(f"{count} earlier unknown tracks re-identified (reidentified events logged)")
         return 0
     except InvalidNameError as exc:
         return fail(str(exc), 2)

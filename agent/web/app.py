@@ -40,12 +40,12 @@ from starlette.templating import Jinja2Templates
 
 from agent import health
 from agent.config import Config
-from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED, EventFactory
+from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED
 from agent.frame_output import LIVE_FRAME
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.images import ImageError, is_image_path
 from agent.logsafe import escape
-from agent.naming import Named, NamingError, name_cluster, reidentify, reject
+from agent.naming import Named, NamingError, log_reidentified, name_cluster, reject
 from agent.sightings import SightingStore
 from agent.store import EventStore
 from agent.web.security import (
@@ -200,11 +200,7 @@ class Console:
     def _after_training(self, named_classifier: Any) -> int:
         """What `face-agent name` does after naming: recent unknown tracks the new model names become
         `reidentified` events in the log. Returns how many."""
-        events = reidentify(self.sightings, named_classifier, EventFactory.from_config(self.cfg),
-                            self.cfg.sightings.reidentify_hours)
-        for event in events:
-            self.store.add(event)
-        return len(events)
+        return log_reidentified(self.sightings, named_classifier, self.cfg, self.store)
 
     def name_cluster(self, unknown_id: str, person: str) -> tuple[Named, int]:
         """`face-agent name UNKNOWN_ID PERSON` (agent.naming.name_cluster, retraining through the gallery)."""
