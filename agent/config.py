@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -313,6 +314,31 @@ class WebSection:
 
 
 @dataclass
+class Camera:
+    """One camera: a `[[sources]]` entry with its settings merged over the agent-wide sections.
+
+    An entry holds `name` (unique; the `camera` of its events), any [source] key (uri is required), and
+    optional `[sources.tracker]`, `[sources.voting]` and `[sources.detector]` tables overriding those sections
+    for this camera (detector: only CAMERA_DETECTOR_KEYS; the models are shared)."""
+
+    name: str
+    source: SourceSection
+    tracker: TrackerSection
+    voting: VotingSection
+    detector: DetectorSection
+
+
+def camera_slug(name: str) -> str:
+    """A camera name as it appears in file names and Home Assistant ids: letters, digits, _ and - only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:64] or "camera"
+
+
+CAMERA_TABLES = {"tracker": TrackerSection, "voting": VotingSection, "detector": DetectorSection}
+CAMERA_DETECTOR_KEYS = ("min_face_size", "min_score")  # per-camera detector settings (the rest is shared)
+MAX_CAMERAS = 64
+
+
+@dataclass
 class Config:
     agent: AgentSection = field(default_factory=AgentSection)
     paths: PathsSection = field(default_factory=PathsSection)
@@ -331,7 +357,15 @@ class Config:
     remote_enroll: RemoteEnrollSection = field(default_factory=RemoteEnrollSection)
     service: ServiceSection = field(default_factory=ServiceSection)
     web: WebSection = field(default_factory=WebSection)
+    # [[sources]]: several cameras in one agent (empty: the one camera of [source], named [agent] camera_name)
+    sources: list[Camera] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # folder relative paths are resolved against
+
+    def cameras(self) -> list[Camera]:
+        """The cameras this agent reads: the [[sources]] entries, or the one [source] camera."""
+        if self.sources:
+            return list(self.sources)
+        return [Camera(self.agent.camera_name, self.source, self.tracker, self.voting, self.detector)]
 
     def path(self, name: str) -> Path:
         """An absolute path from the [paths] section."""
@@ -421,14 +455,57 @@ def config_from_dict(data: dict, base_dir: Path | None = None, env: dict | None 
         if env.get(var):
             data.setdefault(section, {})[key] = env[var]
     hints = typing.get_type_hints(Config)
-    sections = {f.name for f in dataclasses.fields(Config)} - {"base_dir"}
-    unknown = sorted(set(data) - sections)
+    sections = {f.name for f in dataclasses.fields(Config)} - {"base_dir", "sources"}
+    unknown = sorted(set(data) - sections - {"sources"})
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(sections))}")
-    built = {name: _build_section(hints[name], data[name], name) for name in data}
-    cfg = Config(**built, base_dir=(base_dir or Path.cwd()).resolve())
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(sections))}, "
+                          "[[sources]]")
+    built = {name: _build_section(hints[name], data[name], name) for name in data if name != "sources"}
+    cameras = _build_cameras(data.get("sources", []), data)
+    cfg = Config(**built, sources=cameras, base_dir=(base_dir or Path.cwd()).resolve())
     _check_values(cfg)
     return cfg
+
+
+def _build_cameras(entries: Any, data: dict) -> list[Camera]:
+    """The [[sources]] array of tables: each entry's keys over the agent-wide [source], [tracker], [voting]
+    and [detector] tables, checked by the same schema as those sections."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("sources: write each camera as a [[sources]] table (name = ..., uri = ...)")
+    if len(entries) > MAX_CAMERAS:
+        raise ConfigError(f"sources: at most {MAX_CAMERAS} cameras, got {len(entries)}")
+    source_keys = {f.name for f in dataclasses.fields(SourceSection)}
+    cameras: list[Camera] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name")
+        where = f"sources[{index}]"
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ConfigError(f"{where}.name: every camera needs a name of 1-200 characters (it is in its events)")
+        if any(ord(c) < 32 for c in name):
+            raise ConfigError(f"{where}.name: {name!r} has control characters")
+        if any(camera_slug(c.name) == camera_slug(name) for c in cameras):
+            raise ConfigError(f"{where}.name: {name!r} is (in file names: {camera_slug(name)!r}) the name of another "
+                              "camera; names must be unique, and not only by punctuation")
+        if "uri" not in entry:
+            raise ConfigError(f"{where} ({name}): uri is required (camera index, /dev/videoN, rtsp://..., file)")
+        known = {"name", *source_keys, *CAMERA_TABLES}
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ConfigError(f"{where} ({name}): unknown key(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(known))}")
+        own = {k: v for k, v in entry.items() if k in source_keys}
+        source = _build_section(SourceSection, {**data.get("source", {}), **own}, f"{where}.source")
+        tables = {}
+        for table, cls in CAMERA_TABLES.items():
+            override = entry.get(table, {})
+            if not isinstance(override, dict):
+                raise ConfigError(f"{where}.{table}: must be a table ([sources.{table}])")
+            if table == "detector" and set(override) - set(CAMERA_DETECTOR_KEYS):
+                raise ConfigError(f"{where}.detector: a camera may set only {', '.join(CAMERA_DETECTOR_KEYS)} "
+                                  "(the models and their other settings are shared)")
+            tables[table] = _build_section(cls, {**data.get(table, {}), **override}, f"{where}.{table}")
+        cameras.append(Camera(name, source, **tables))
+    return cameras
 
 
 def _check_values(cfg: Config) -> None:
@@ -437,8 +514,9 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.thresholds: three scores between 0 and 1 (P-Net, R-Net, O-Net)")
     if len(d.nms_thresholds) != 3 or not all(0.0 < t <= 1.0 for t in d.nms_thresholds):
         raise ConfigError("detector.nms_thresholds: three IoU values between 0 and 1")
-    if cfg.tracker.show_coasting > cfg.tracker.max_missed:
-        raise ConfigError("tracker.show_coasting: at most tracker.max_missed (a track ends after that)")
+    _check_camera("", cfg.tracker, cfg.voting)
+    for index, camera in enumerate(cfg.sources):
+        _check_camera(f"sources[{index}].", camera.tracker, camera.voting)
     if not 0.0 < cfg.recognition.distance_threshold <= 0.5:
         raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
                           "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")
@@ -448,12 +526,18 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"mqtt.{key}: {cfg.resolve(value)} does not exist")
     if cfg.mqtt.reconnect_max_delay < cfg.mqtt.reconnect_min_delay:
         raise ConfigError("mqtt.reconnect_max_delay: must be at least reconnect_min_delay")
-    if cfg.voting.min_votes > cfg.voting.window:
-        raise ConfigError("voting.min_votes: at most voting.window (the votes kept)")
     if not cfg.agent.camera_name or len(cfg.agent.camera_name) > 200:
         raise ConfigError("agent.camera_name: 1-200 characters (it is in every event)")
     if not cfg.agent.id or any(c in cfg.agent.id for c in "/#+ "):
         raise ConfigError(f"agent.id: {cfg.agent.id!r} must be non-empty without '/', '#', '+' or spaces")
+
+
+def _check_camera(where: str, tracker: TrackerSection, voting: VotingSection) -> None:
+    """Rules between the fields of a camera's [tracker] and [voting] (agent-wide or one [[sources]] entry)."""
+    if tracker.show_coasting > tracker.max_missed:
+        raise ConfigError(f"{where}tracker.show_coasting: at most tracker.max_missed (a track ends after that)")
+    if voting.min_votes > voting.window:
+        raise ConfigError(f"{where}voting.min_votes: at most voting.window (the votes kept)")
 
 
 def find_config(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -495,6 +579,10 @@ def config_as_dict(cfg: Config, mask_secrets: bool = True) -> dict:
     for f in dataclasses.fields(Config):
         if f.name == "base_dir":
             continue
+        if f.name == "sources":  # [[sources]] only when the file has cameras
+            if cfg.sources:
+                out["sources"] = [camera_as_dict(camera) for camera in cfg.sources]
+            continue
         section = dataclasses.asdict(getattr(cfg, f.name))
         for key in section:
             if mask_secrets and (f.name, key) in SECRET_KEYS and section[key]:
@@ -503,9 +591,17 @@ def config_as_dict(cfg: Config, mask_secrets: bool = True) -> dict:
     return out
 
 
+def camera_as_dict(camera: Camera) -> dict:
+    """A camera as its [[sources]] entry would write it (every value, merged with the agent-wide sections)."""
+    detector = dataclasses.asdict(camera.detector)
+    return {"name": camera.name, **dataclasses.asdict(camera.source),
+            "tracker": dataclasses.asdict(camera.tracker), "voting": dataclasses.asdict(camera.voting),
+            "detector": {k: detector[k] for k in CAMERA_DETECTOR_KEYS}}
+
+
 def bounds() -> dict[tuple[str, str], Range]:
     """(section, key) -> the Range of every bounded number (for tests and docs)."""
     hints = typing.get_type_hints(Config)
     return {(section.name, f.name): f.metadata["bounds"]
-            for section in dataclasses.fields(Config) if section.name != "base_dir"
+            for section in dataclasses.fields(Config) if section.name not in ("base_dir", "sources")
             for f in dataclasses.fields(hints[section.name]) if f.metadata.get("bounds") is not None}

@@ -394,9 +394,11 @@ class EventFactory:
         self.thumbnail_max_bytes = thumbnail_max_bytes
 
     @classmethod
-    def from_config(cls, cfg: Any) -> EventFactory:
+    def from_config(cls, cfg: Any, camera: str | None = None) -> EventFactory:
+        """For `camera` (a [[sources]] name); None: [agent] camera_name (agent-wide events, one camera)."""
         e = cfg.events
-        return cls(cfg.agent.id, cfg.agent.camera_name, e.thumbnails, e.thumbnail_size, e.thumbnail_max_bytes)
+        return cls(cfg.agent.id, camera or cfg.agent.camera_name, e.thumbnails, e.thumbnail_size,
+                   e.thumbnail_max_bytes)
 
     def _track_event(self, etype: str, track_id: int, box: Any, frame_size: Sequence[int], image: Any,
                      at: FramePosition | None = None, **fields: Any) -> Event:

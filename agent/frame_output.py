@@ -17,14 +17,24 @@ from typing import Any
 
 import numpy as np
 
+from agent.config import camera_slug
+
 log = logging.getLogger(__name__)
 
 LIVE_FRAME = "live.jpg"  # in [paths] storage: the latest annotated frame ([service] live_frame_interval)
+LIVE_PREFIX = "live-"  # several cameras: live-<camera slug>.jpg each
 COLOURS = {"named": (0, 200, 0), "unknown": (0, 160, 255), "pending": (200, 200, 200)}  # BGR
 
 
-def frame_record(index: int, time: float, tracks: Iterable[Any], show_coasting: int) -> dict[str, Any]:
-    """The record of one frame: `tracks` are the tracker's confirmed live tracks (agent.vision.tracker.Track)."""
+def live_frame_name(camera: str | None) -> str:
+    """The live frame's file name in [paths] storage: live.jpg (one camera) or live-<camera slug>.jpg."""
+    return LIVE_FRAME if camera is None else f"{LIVE_PREFIX}{camera_slug(camera)}.jpg"
+
+
+def frame_record(index: int, time: float, tracks: Iterable[Any], show_coasting: int,
+                 camera: str | None = None) -> dict[str, Any]:
+    """The record of one frame of `camera`: `tracks` are the tracker's confirmed live tracks
+    (agent.vision.tracker.Track)."""
     faces = []
     for track in tracks:
         if track.missed > show_coasting:
@@ -36,7 +46,8 @@ def frame_record(index: int, time: float, tracks: Iterable[Any], show_coasting: 
                       "status": status, "name": track.shown_name,
                       "confidence": None if status == "pending" else round(float(track.confidence), 4),
                       "coasting": bool(track.missed > 0)})
-    return {"frame": int(index), "time": round(float(time), 3), "faces": faces}
+    record = {"frame": int(index), "time": round(float(time), 3), "faces": faces}
+    return {"camera": camera, **record} if camera is not None else record
 
 
 def draw(rgb: np.ndarray, record: dict[str, Any]) -> np.ndarray:

@@ -55,7 +55,7 @@ class HealthMonitor:
 
     Each reading may be a value or a zero-argument callable (called on every check); readings not given
     are not checked (camera/backlog/gpu readings that return None are skipped too).
-      camera_ok:               bool, frames are arriving
+      camera_ok:               bool, frames are arriving; or {camera name: bool} with several cameras
       broker_connected_since:  unix time of the current broker connection, None/0 while disconnected
       outbox_backlog:          int, events stored but not yet published
       gpu_fallback:            bool, inference fell back from the GPU to the CPU
@@ -102,9 +102,16 @@ class HealthMonitor:
         reasons: dict[str, str] = {}
         checks: dict[str, Any] = {}
 
-        if values["camera_ok"] is not NOT_CHECKED and values["camera_ok"] is not None:
-            checks["camera_ok"] = bool(values["camera_ok"])
-            if not values["camera_ok"]:
+        cameras = values["camera_ok"]
+        if isinstance(cameras, dict):  # several cameras: degraded when any is down, and which one says why
+            checks["camera_ok"] = all(cameras.values())
+            checks["cameras_ok"] = {name: bool(ok) for name, ok in cameras.items()}
+            down = [name for name, ok in cameras.items() if not ok]
+            if down:
+                reasons["camera"] = "camera: no frames from " + ", ".join(down)
+        elif cameras is not NOT_CHECKED and cameras is not None:
+            checks["camera_ok"] = bool(cameras)
+            if not cameras:
                 reasons["camera"] = "camera: no frames from the source"
 
         since = values["broker_connected_since"]

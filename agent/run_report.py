@@ -109,11 +109,20 @@ class StatusLine:
         print(file=sys.stderr)
 
 
-def log_progress(stats: Stats, tracks: int, health: dict, source: dict) -> None:
-    """The journal's view of the status line (no terminal): one INFO line with fps, health and the source."""
+def log_progress(stats: Stats, tracks: int, health: dict, cameras: dict[str, dict]) -> None:
+    """The journal's view of the status line (no terminal): one INFO line with fps, health and the sources
+    (`cameras`: each camera's stats message, agent.cameras.CameraFeed.stats_message)."""
     state = health.get("state", "unknown")
     reasons = "; ".join(health.get("reasons", []))
-    log.info("%.1f fps, %d frames, %d tracks, %d events, health %s%s, source %s%s",
+    parts = []
+    for name, camera in cameras.items():
+        source = camera.get("source", {})
+        text = "connected" if source.get("connected") else f"down ({source.get('last_error') or 'not open'})"
+        if source.get("reconnects"):
+            text += f", {source['reconnects']} reconnects"
+        if len(cameras) > 1:
+            text = f"{name} {camera.get('fps', 0.0):.1f} fps {text}, {source.get('dropped', 0)} dropped"
+        parts.append(text)
+    log.info("%.1f fps, %d frames, %d tracks, %d events, health %s%s, %s %s",
              stats.fps, stats.frames, tracks, stats.events, state, f" ({reasons})" if reasons else "",
-             "connected" if source.get("connected") else f"down ({source.get('last_error') or 'not open'})",
-             f", {source['reconnects']} reconnects" if source.get("reconnects") else "")
+             "source" if len(cameras) <= 1 else "cameras", "; ".join(parts))

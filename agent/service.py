@@ -1,7 +1,9 @@
 """The run loop: capture -> detect -> track -> recognize -> vote -> event -> store -> publish.
 
 `Service(cfg, ...).run()` loads everything (event log check, models, classifier, broker connection in
-the background), tells systemd READY, then processes frames until the source ends or SIGTERM/SIGINT.
+the background), tells systemd READY, then processes frames until the sources end or SIGTERM/SIGINT.
+Several cameras ([[sources]]) share the models and are processed together, one frame of each per round
+(agent.cameras: `CameraFeed`, `FrameScheduler`; agent.vision.pipeline.process_frames batches them).
 Every event is written to SQLite before the publisher thread sends it; on shutdown the live tracks end
 (`track_ended` events), the outbox is flushed for `[mqtt] shutdown_timeout` seconds and what is left
 stays in the log for the next start. Remote enrollment (when a key file is configured) retrains in the
@@ -10,21 +12,25 @@ background and the new classifier is swapped in between frames.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import signal
 import sqlite3
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from agent import __version__, health, systemd
-from agent.config import Config
+from agent.cameras import CameraFeed, FrameScheduler
+from agent.config import Camera, Config, camera_slug
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory, FramePosition, new_event_id
 from agent.files import StorageError
 from agent.frame_events import frame_events, track_ended
-from agent.frame_output import LIVE_FRAME, AnnotatedWriter, FramesWriter, frame_record
+from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record, live_frame_name
 from agent.gallery import Gallery
 from agent.memory import limit_heap_growth
 from agent.naming import reidentify
@@ -34,7 +40,7 @@ from agent.sources import Frame, Source, open_source
 from agent.store import DB_NAME, EventStore, StoreError
 from agent.sync.publisher import Publisher
 from agent.vision.classifier import Classifier
-from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.pipeline import FrameResult, Pipeline, process_frames
 from agent.vision.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ class Service:
                  show: str | None = None, status_line: bool = False, max_frames: int = 0,
                  analyzer: Any = None, frames_out: str | None = None):
         limit_heap_growth(cfg.service.mmap_threshold_kb)
+        if source_uri is not None:  # `run --source`: the one camera of [source], whatever [[sources]] says
+            cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, uri=source_uri), sources=[])
         self.cfg = cfg
         self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
         self.source_uri = source_uri
@@ -60,32 +68,54 @@ class Service:
         if status_line:
             self.status_line = StatusLine(self.stats)
         self.progress_period = PROGRESS_LOG_PERIOD
-        self.factory = EventFactory.from_config(cfg)
+        self.factory = EventFactory.from_config(cfg)  # agent-wide events (model_updated, reidentified)
         self._stop = threading.Event()
         self.store: EventStore | None = None
         self.publisher: Publisher | None = None
-        self.pipeline: Pipeline | None = None
-        self.source: Source | None = None
+        self.feeds: list[CameraFeed] = []  # one per camera, in the config's order
+        self.scheduler: FrameScheduler | None = None
+        self._watchdog: systemd.Watchdog | None = None
         self.gallery: Gallery | None = None
         self.intake: Any = None
         self.sightings: Sightings | None = None  # the faces kept of each track ([sightings] privacy)
         self.monitor: health.HealthMonitor | None = None
-        self._writer: AnnotatedWriter | None = None
+        self._writers: dict[str, AnnotatedWriter] = {}  # --show, per camera
         self._frames_out: FramesWriter | None = None
-        self._position: FramePosition | None = None  # where the last processed frame is in the source
         self._connected_at = 0.0
-        self._live: AnnotatedWriter | None = None  # [service] live_frame_interval: <storage>/live.jpg
-        self._next_live = 0.0
+        self._live: dict[str, AnnotatedWriter] = {}  # [service] live_frame_interval: <storage>/live*.jpg
+        self._next_live: dict[str, float] = {}
         self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last loaded
         self._model_lock = threading.Lock()
         self._loaded_from_file: tuple[int, int] | None = None  # stamp of the file the last reload swapped in
+
+    # ---- the cameras ---------------------------------------------------------------------------------
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The first camera's pipeline (the classifier and models are the same in all)."""
+        return self.feeds[0].pipeline if self.feeds else None
+
+    @property
+    def source(self) -> Source | None:
+        """The first camera's source."""
+        return self.feeds[0].source if self.feeds else None
+
+    def _open_feed(self, camera: Camera, classifier: Classifier | None, ids: itertools.count) -> CameraFeed:
+        cfg = self.cfg
+        source = open_source(camera.source, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
+                             cfg.images.max_bytes)
+        if len(cfg.cameras()) > 1:
+            source.name = f"{camera.name} ({source.name})"
+        tracker = Tracker(camera.tracker, camera.voting, ids)
+        pipeline = Pipeline(self.gallery.analyzer, tracker, classifier, camera.detector.min_face_size,
+                            camera.detector.min_score)
+        return CameraFeed(camera, source, pipeline, EventFactory.from_config(cfg, camera.name))
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
         """Ask the loop to finish (signal handlers, other threads)."""
         self._stop.set()
-        if self.source is not None:
-            self.source.wake()  # the loop is usually waiting for a frame
+        if self.scheduler is not None:
+            self.scheduler.wake()  # the loop is usually waiting for a frame
 
     def load(self) -> None:
         """Everything the loop needs; raises on a configuration or model that cannot work."""
@@ -104,8 +134,9 @@ class Service:
         classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
         if retrained:
             self._model_event(classifier)
-        tracker = Tracker(cfg.tracker, cfg.voting)
-        self.pipeline = Pipeline(self.gallery.analyzer, tracker, classifier)
+        ids = itertools.count(1)  # track ids unique across the cameras (events, sightings)
+        self.feeds = [self._open_feed(camera, classifier, ids) for camera in cfg.cameras()]
+        self.scheduler = FrameScheduler(self.feeds)
         if cfg.sightings.privacy != "off":
             try:
                 self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
@@ -116,20 +147,21 @@ class Service:
         # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
         self.publisher.start()
-        section = cfg.source
-        if self.source_uri is not None:
-            section = type(section)(**{**vars(section), "uri": self.source_uri})
-        self.source = open_source(section, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
-                                  cfg.images.max_bytes)
         if self.frames_out_path:
             self._frames_out = FramesWriter(self.frames_out_path)
-        if self.show_path:
-            self._writer = AnnotatedWriter(self.show_path, self.source.fps)
-        if cfg.service.live_frame_interval > 0:
-            self._live = AnnotatedWriter(storage / LIVE_FRAME, None)
+        several = len(self.feeds) > 1
+        for feed in self.feeds:
+            if self.show_path:  # several cameras: one video each, <stem>-<camera><suffix>
+                path = Path(self.show_path)
+                if several:
+                    path = path.with_name(f"{path.stem}-{camera_slug(feed.name)}{path.suffix}")
+                self._writers[feed.name] = AnnotatedWriter(path, feed.source.fps)
+            if cfg.service.live_frame_interval > 0:
+                self._live[feed.name] = AnnotatedWriter(storage / live_frame_name(feed.name if several else None),
+                                                        None)
         self._classifier_stamp = self._classifier_file_stamp()
         self.monitor = health.HealthMonitor.from_config(
-            cfg, camera_ok=lambda: self.source.connected if self.source else None,
+            cfg, camera_ok=self._cameras_ok,
             broker_connected_since=self._broker_since,
             outbox_backlog=lambda: self.store.count("pending") if self.store else None,
             gpu_fallback=lambda: self.pipeline.analyzer.gpu_fallback if self.pipeline else None)
@@ -157,8 +189,8 @@ class Service:
             self._swap(classifier)
 
     def _swap(self, classifier: Classifier) -> None:
-        if self.pipeline is not None:
-            self.pipeline.set_classifier(classifier)
+        for feed in self.feeds:
+            feed.pipeline.set_classifier(classifier)
         self._model_event(classifier)
         self._reidentify(classifier)
 
@@ -214,7 +246,7 @@ class Service:
         return self._connected_at if client.connected else 0.0
 
     # ---- events -------------------------------------------------------------------------------------
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Event, feed: CameraFeed | None = None) -> None:
         assert self.store is not None
         try:
             self.store.add(event)
@@ -222,77 +254,107 @@ class Service:
             log.error("event %s %s not logged: %s", event.type, event.event_id, exc)
             return
         self.stats.event(event)
-        log.info("event %s", event_summary(event))
+        if feed is not None:
+            feed.stats.event(event)
+        log.info("event %s%s", event_summary(event), f" ({feed.name})" if feed and len(self.feeds) > 1 else "")
 
-    def events_for(self, result: FrameResult, frame: Frame) -> list[Event]:
-        """The events of one processed frame (agent.frame_events), placed in the source."""
-        return frame_events(self.factory, result, frame.image, FramePosition(frame.index, frame.media_time),
+    def events_for(self, feed: CameraFeed, result: FrameResult, frame: Frame) -> list[Event]:
+        """The events of one processed frame of a camera (agent.frame_events), placed in its source."""
+        return frame_events(feed.factory, result, frame.image, FramePosition(frame.index, frame.media_time),
                             self.sightings.unknown_id if self.sightings is not None else None)
 
-    def _end_tracks(self, size: tuple[int, int]) -> None:
-        """End every live track (source lost, shutdown): their track_ended events, at the last frame."""
-        if self.pipeline is not None and self.store is not None:
-            for track in self.pipeline.finish():
-                self._emit(track_ended(self.factory, track, size, self._position))
-                if self.sightings is not None:
-                    self.sightings.ended(track)
+    def _end_tracks(self, feed: CameraFeed) -> None:
+        """End every live track of a camera (source lost or ended, shutdown): their track_ended events, at
+        its last frame."""
+        if self.store is None:
+            return
+        for track in feed.pipeline.finish():
+            self._emit(track_ended(feed.factory, track, feed.size, feed.position), feed)
+            if self.sightings is not None:
+                self.sightings.ended(track)
 
-    def _output(self, frame: Frame, result: FrameResult) -> None:
+    def _output(self, feed: CameraFeed, frame: Frame, result: FrameResult) -> None:
         """--frames-out, --show and the live frame: the same record, written and drawn."""
-        live = self._live is not None and time.monotonic() >= self._next_live
-        if self._frames_out is None and self._writer is None and not live:
+        writer = self._writers.get(feed.name)
+        live = self._live.get(feed.name)
+        live_due = live is not None and time.monotonic() >= self._next_live.get(feed.name, 0.0)
+        if self._frames_out is None and writer is None and not live_due:
             return
         time_value = frame.media_time if frame.media_time is not None else frame.timestamp
-        record = frame_record(frame.index, time_value, result.update.tracks, self.cfg.tracker.show_coasting)
+        record = frame_record(frame.index, time_value, result.update.tracks, feed.camera.tracker.show_coasting,
+                              camera=feed.name)
         if self._frames_out is not None:
             self._frames_out.write(record)
-        if self._writer is not None:
-            self._writer.write(frame.image, record)
-        if live:
-            self._next_live = time.monotonic() + self.cfg.service.live_frame_interval
+        if writer is not None:
+            writer.write(frame.image, record)
+        if live_due:
+            self._next_live[feed.name] = time.monotonic() + self.cfg.service.live_frame_interval
             try:
-                self._live.write(frame.image, record)
+                live.write(frame.image, record)
             except OSError as exc:
-                log.warning("cannot write the live frame: %s", exc)
+                log.warning("cannot write the live frame of %s: %s", feed.name, exc)
 
     # ---- the loop -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start capturing on every camera (after load())."""
+        for feed in self.feeds:
+            feed.source.start()
+
+    def step(self, timeout: float = READ_TIMEOUT) -> bool:
+        """One round of the loop: a frame of every camera that has one, processed together, plus the cameras
+        that were lost or ended. False once every stream is over."""
+        assert self.scheduler is not None
+        batch = self.scheduler.next_frames(timeout)
+        if batch:
+            self.process(batch)
+        for feed in self.feeds:
+            if feed.source.ended:
+                if not feed.finished:
+                    feed.finished = True
+                    if len(self.feeds) > 1:
+                        log.info("%s ended after %d frames", feed.name, feed.stats.frames)
+                    self._end_tracks(feed)
+            elif feed.source.lost and not feed.down:
+                self._source_lost(feed)
+        if not batch and self._watchdog is not None and any(feed.down for feed in self.feeds):
+            self._watchdog.alive()  # waiting for a reconnect on purpose, not hung
+        return not self.scheduler.ended
+
+    def process(self, batch: list[tuple[CameraFeed, Frame]]) -> None:
+        """Detect, track, recognize and vote on one frame of each camera in `batch`; log the events."""
+        results = process_frames([(feed.pipeline, frame.image, frame.timestamp) for feed, frame in batch])
+        for (feed, frame), result in zip(batch, results):
+            feed.took(frame, result.size)
+            if self.sightings is not None:
+                self.sightings.observe(result, frame.image)
+            for event in self.events_for(feed, result, frame):
+                self._emit(event, feed)
+            if self.sightings is not None:
+                for track in result.update.ended:
+                    self.sightings.ended(track)
+            self.stats.frame(result)
+            feed.stats.frame(result)
+            if self._watchdog is not None:
+                self._watchdog.frame_done()
+            self._output(feed, frame, result)
+
     def run(self) -> int:
-        size = (0, 0)
         try:
             self.load()
-            assert self.source is not None and self.pipeline is not None
-            self.source.start()
-            watchdog = systemd.Watchdog()
-            systemd.ready(f"watching {self.source.name}")
-            log.info("face-agent %s running: %s, %d people enrolled", __version__, self.source.name,
-                     len(self.pipeline.classifier.people) if self.pipeline.classifier else 0)
+            self.start()
+            self._watchdog = systemd.Watchdog()
+            names = ", ".join(feed.source.name for feed in self.feeds)
+            systemd.ready(f"watching {names}")
+            log.info("face-agent %s running: %s, %d people enrolled", __version__, names,
+                     len(self.pipeline.classifier.people) if self.pipeline and self.pipeline.classifier else 0)
             next_status = 0.0
             next_progress = time.monotonic() + self.progress_period
             while not self._stop.is_set():
-                frame = self.source.read(timeout=READ_TIMEOUT)
-                if frame is None:
-                    if self.source.ended:
-                        log.info("source ended after %d frames", self.stats.frames)
-                        break
-                    if not self.source.connected:
-                        watchdog.alive()  # waiting for a reconnect on purpose, not hung
-                        self._source_lost(size)
-                else:
-                    result = self.pipeline.process(frame.image, frame.timestamp)
-                    size = result.size
-                    self._position = FramePosition(frame.index, frame.media_time)
-                    if self.sightings is not None:
-                        self.sightings.observe(result, frame.image)
-                    for event in self.events_for(result, frame):
-                        self._emit(event)
-                    if self.sightings is not None:
-                        for track in result.update.ended:
-                            self.sightings.ended(track)
-                    self.stats.frame(result)
-                    watchdog.frame_done()
-                    self._output(frame, result)
-                    if self.max_frames and self.stats.frames >= self.max_frames:
-                        break
+                if not self.step():
+                    log.info("source ended after %d frames", self.stats.frames)
+                    break
+                if self.max_frames and self.stats.frames >= self.max_frames:
+                    break
                 now = time.monotonic()
                 if now >= next_status:
                     next_status = now + self.cfg.service.status_interval
@@ -303,23 +365,28 @@ class Service:
                 elif now >= next_progress:
                     next_progress = now + self.progress_period
                     log_progress(self.stats, self._tracks(), self.monitor.last or {} if self.monitor else {},
-                                 self.source.stats() if self.source else {})
+                                 {feed.name: feed.stats_message() for feed in self.feeds})
         finally:
-            self.shutdown(size)
+            self.shutdown()
         return 0
 
-    def _source_lost(self, size: tuple[int, int]) -> None:
-        """The source is down: end the open tracks now (nobody is seen any more) and report 0 fps."""
-        self.stats.source_lost()
-        self._end_tracks(size)
+    def _source_lost(self, feed: CameraFeed) -> None:
+        """A camera is down: end its open tracks now (nobody is seen there any more); its frame rate is 0,
+        and the agent's too when no camera is left."""
+        feed.down = True
+        feed.stats.source_lost()
+        if all(f.down or f.finished for f in self.feeds):
+            self.stats.source_lost()
+        self._end_tracks(feed)
 
-    def shutdown(self, size: tuple[int, int] = (0, 0)) -> None:
+    def shutdown(self) -> None:
         systemd.stopping("flushing events")
         if self.status_line is not None:
             self.status_line.close()
-        if self.source is not None:
-            self.source.stop()
-        self._end_tracks(size)
+        for feed in self.feeds:
+            feed.source.stop()
+        for feed in self.feeds:
+            self._end_tracks(feed)
         if self.sightings is not None:
             self.sightings.close()
         self._write_status(state="stopped")
@@ -331,8 +398,8 @@ class Service:
             self.intake.stop()
         if self.store is not None:
             self.store.close()
-        if self._writer is not None:
-            self._writer.close()
+        for writer in self._writers.values():
+            writer.close()
         if self._frames_out is not None:
             self._frames_out.close()
         if self.gallery is not None:
@@ -340,15 +407,25 @@ class Service:
 
     # ---- reporting ----------------------------------------------------------------------------------
     def _tracks(self) -> int:
-        return len(self.pipeline.tracker.tracks) if self.pipeline else 0
+        return sum(len(feed.pipeline.tracker.tracks) for feed in self.feeds)
+
+    def _cameras_ok(self) -> bool | dict[str, bool] | None:
+        """Health reading: frames are arriving (one camera), or per camera name (several)."""
+        if not self.feeds:
+            return None
+        if len(self.feeds) == 1:
+            return self.feeds[0].source.connected
+        return {feed.name: feed.source.connected or feed.source.ended for feed in self.feeds}
 
     def stats_message(self) -> dict:
-        """The periodic stats payload (publisher thread)."""
+        """The periodic stats payload (publisher thread): the agent's totals (fps: frames of all cameras per
+        second), `source` of the first camera, and each camera's own figures under `cameras`."""
         tracks = self._tracks()
         health_state = self.monitor.last["state"] if self.monitor and self.monitor.last else None
         return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
                 "events": self.stats.events, "tracks": tracks, "latency_ms": self.stats.latency_ms(),
                 "health": health_state, "source": self.source.stats() if self.source else {},
+                "cameras": {feed.name: feed.stats_message() for feed in self.feeds},
                 "backend": self._backend()}
 
     def _backend(self) -> str | None:

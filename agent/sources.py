@@ -423,6 +423,7 @@ class Source:
         self.dropped = 0  # frames replaced in the box before anyone read them (latest-frame mode only)
         self.reconnects = 0  # successful reopens after a loss
         self.last_error = ""  # why the source is down (empty while it delivers), for health reports
+        self.listener: threading.Event | None = None  # set when a frame arrives or the stream ends (agent.cameras)
 
     # -- consumer side -------------------------------------------------------------------------------------
 
@@ -436,6 +437,12 @@ class Source:
     def connected(self) -> bool:
         """True while the source is open and delivering."""
         return self._connected
+
+    @property
+    def lost(self) -> bool:
+        """True while a started source is down and being reopened (not while it is still opening at start,
+        nor once the stream is over)."""
+        return self._thread is not None and not self._connected and not self._ended
 
     @property
     def ended(self) -> bool:
@@ -586,6 +593,8 @@ class Source:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+            if self.listener is not None:
+                self.listener.set()
 
     def _measure_fps(self) -> None:
         """Count the first frames of a live source; after FPS_MEASURE_SECONDS log the rate as received."""
@@ -632,6 +641,8 @@ class Source:
                 self.dropped += 1
             self._box.append(frame)
             self._cond.notify_all()
+        if self.listener is not None:
+            self.listener.set()
 
 
 def open_source(section: Any, every_frame: bool | None = None, base_dir: Path | None = None,

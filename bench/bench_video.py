@@ -120,18 +120,11 @@ for name, photos in people.items():
 cfg = config_from_dict(settings, base_dir=work)
 service = Service(cfg, source_uri=clip, every_frame=True, frames_out=str(work / "frames.jsonl"))
 service.load()
-service.source.start()
+service.start()
 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
-while True:
-    frame = service.source.read(timeout=5)
-    if frame is None:
-        break
-    result = service.pipeline.process(frame.image, frame.timestamp)
-    for event in service.events_for(result, frame):
-        service._emit(event)
-    service.stats.frame(result)
-    service._output(frame, result)
+while service.step(timeout=5):  # the service's own loop, one round at a time (start-up excluded)
+    pass
 elapsed = time.perf_counter() - t0
 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
 tracker = service.pipeline.tracker

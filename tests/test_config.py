@@ -27,7 +27,7 @@ from agent.config import (
 )
 
 AGENT_TOML = ROOT / "agent.toml"
-SECTIONS = [f for f in dataclasses.fields(Config) if f.name != "base_dir"]
+SECTIONS = [f for f in dataclasses.fields(Config) if f.name not in ("base_dir", "sources")]
 
 
 def default_of(f: dataclasses.Field):

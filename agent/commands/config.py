@@ -116,6 +116,17 @@ def to_toml(data: dict) -> str:
     """A {section: {key: value}} dict as TOML (the shapes config_as_dict produces)."""
     out = []
     for section, values in data.items():
+        if section == "sources":
+            for camera in values:
+                out.append("[[sources]]")
+                out.extend(f"{key} = {_toml_value(value)}" for key, value in camera.items()
+                           if not isinstance(value, dict))
+                for table, table_values in camera.items():
+                    if isinstance(table_values, dict):
+                        out.append(f"[sources.{table}]")
+                        out.extend(f"{key} = {_toml_value(value)}" for key, value in table_values.items())
+                out.append("")
+            continue
         out.append(f"[{section}]")
         out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
         out.append("")

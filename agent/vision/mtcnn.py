@@ -252,6 +252,17 @@ def _to_batch(crops: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((crops - 127.5) * 0.0078125).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+@dataclass
+class DetectRequest:
+    """One image for `MTCNN.detect_many`: a full detection (boxes None) or a refine around `boxes`."""
+
+    rgb: np.ndarray
+    boxes: np.ndarray | list | None = None  # x1, y1, x2, y2 (image pixels) to refine; None = full detection
+    margin: float = 0.1  # refine: each box grown by this on every side
+    min_score: float | None = None  # None: the detector's min_score
+    min_face_size: int | None = None  # full detection: None = the detector's min_face_size
+
+
 class MTCNN:
     """The three-stage cascade over a backend (see `agent.vision.backends`).
 
@@ -332,18 +343,7 @@ class MTCNN:
         """Faces in an (H, W, 3) uint8 RGB image, best score first; boxes clipped to the image.
 
         Only faces scoring at least `min_score` (default: the detector's `min_score`) are returned."""
-        t0 = time.perf_counter()
-        image, height, width, small_h, small_w = self._prepare(rgb, "detect")
-
-        boxes = self._stage1(image)
-        t1 = time.perf_counter()
-        detections, rnet_ms, onet_ms = self._last_stages(image, boxes, (height, width, small_h, small_w),
-                                                         min_score)
-        self.last_timings = {"pnet": (t1 - t0) * 1e3, "rnet": rnet_ms, "onet": onet_ms,
-                             "total": (time.perf_counter() - t0) * 1e3}
-        log.debug("%d face(s) in %dx%d image in %.1f ms", len(detections), width, height,
-                  self.last_timings["total"])
-        return detections
+        return self.detect_many([DetectRequest(rgb, min_score=min_score)])[0]
 
     def refine(self, rgb: np.ndarray, boxes: np.ndarray | list, margin: float = 0.1,
                min_score: float | None = None) -> list[Detection]:
@@ -353,12 +353,47 @@ class MTCNN:
         are re-detected here at a fraction of the cost; each box is grown by `margin` on every side and
         squared, R-Net and O-Net regress it onto the face (or reject it when the face is gone).
         """
+        return self.detect_many([DetectRequest(rgb, boxes=boxes, margin=margin, min_score=min_score)])[0]
+
+    def detect_many(self, requests: list[DetectRequest]) -> list[list[Detection]]:
+        """`detect` or `refine` on several images (one per camera) at once: the P-Net pyramid runs per image,
+        R-Net and O-Net each run once on the candidates of all images together (one batch per stage instead
+        of one per image). The faces of each image are what `detect`/`refine` would find on it alone."""
         t0 = time.perf_counter()
-        image, height, width, small_h, small_w = self._prepare(rgb, "refine")
+        pnet_seconds = 0.0
+        prepared, candidates = [], []
+        for request in requests:
+            image, height, width, small_h, small_w = self._prepare(
+                request.rgb, "detect" if request.boxes is None else "refine")
+            prepared.append((image, (height, width, small_h, small_w)))
+            if request.boxes is None:
+                start = time.perf_counter()
+                candidates.append(self._stage1(image, request.min_face_size))
+                pnet_seconds += time.perf_counter() - start
+            else:
+                candidates.append(self._box_candidates(request.boxes, request.margin, height, width,
+                                                       small_h, small_w))
+        t1 = time.perf_counter()
+        images = [image for image, _ in prepared]
+        candidates = self._stage2(images, candidates)
+        t2 = time.perf_counter()
+        finished = self._stage3(images, candidates)
+        t3 = time.perf_counter()
+        results = [self._finish(boxes, points, *sizes, self.min_score if r.min_score is None else r.min_score)
+                   for (boxes, points), (_, sizes), r in zip(finished, prepared, requests)]
+        self.last_timings = {"pnet": pnet_seconds * 1e3, "rnet": (t2 - t1) * 1e3, "onet": (t3 - t2) * 1e3,
+                             "total": (time.perf_counter() - t0) * 1e3}
+        log.debug("%d face(s) in %d image(s) in %.1f ms", sum(map(len, results)), len(requests),
+                  self.last_timings["total"])
+        return results
+
+    @staticmethod
+    def _box_candidates(boxes: np.ndarray | list, margin: float, height: int, width: int, small_h: int,
+                        small_w: int) -> np.ndarray:
+        """Given boxes (x1, y1, x2, y2, image pixels), grown by `margin` and squared, as R-Net candidates."""
         given = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if len(given) == 0:
-            self.last_timings = {"pnet": 0.0, "rnet": 0.0, "onet": 0.0, "total": 0.0}
-            return []
+            return np.empty((0, 5))
         scale = np.array([small_w / width, small_h / height] * 2)
         b = given * scale
         grow = (b[:, 2:4] - b[:, 0:2]) * margin
@@ -367,27 +402,7 @@ class MTCNN:
         # 0-based [x1, x2) -> the reference's 1-based inclusive boxes
         cand = _rerec(np.column_stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3], np.ones(len(b))]))
         cand[:, :4] = np.fix(cand[:, :4])
-        cand = cand[(cand[:, 2] - cand[:, 0] >= PNET_CELL - 1) & (cand[:, 3] - cand[:, 1] >= PNET_CELL - 1)]
-        detections, rnet_ms, onet_ms = self._last_stages(image, cand, (height, width, small_h, small_w),
-                                                         min_score)
-        self.last_timings = {"pnet": 0.0, "rnet": rnet_ms, "onet": onet_ms,
-                             "total": (time.perf_counter() - t0) * 1e3}
-        return detections
-
-    def _last_stages(self, image: np.ndarray, boxes: np.ndarray, sizes: tuple[int, int, int, int],
-                     min_score: float | None) -> tuple[list[Detection], float, float]:
-        """R-Net then O-Net on candidate boxes, mapped back to the original image (height, width, small_h,
-        small_w): (detections, R-Net ms, O-Net ms)."""
-        t0 = time.perf_counter()
-        if len(boxes):
-            boxes = self._stage2(image, boxes)
-        t1 = time.perf_counter()
-        points = np.empty((0, 5, 2))
-        if len(boxes):
-            boxes, points = self._stage3(image, boxes)
-        t2 = time.perf_counter()
-        detections = self._finish(boxes, points, *sizes, self.min_score if min_score is None else min_score)
-        return detections, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return cand[(cand[:, 2] - cand[:, 0] >= PNET_CELL - 1) & (cand[:, 3] - cand[:, 1] >= PNET_CELL - 1)]
 
     # ---- stages -----------------------------------------------------------------------------------------
 
@@ -413,7 +428,7 @@ class MTCNN:
         keep = nms(cand[:, :4], cand[:, 4], self.nms_thresholds[0], "union")
         return cand[keep]
 
-    def _run_levels(self, image: np.ndarray) -> list[np.ndarray | None]:
+    def _run_levels(self, image: np.ndarray, min_face_size: int | None = None) -> list[np.ndarray | None]:
         """`_pnet_candidates` of every pyramid scale (resize included), largest scale first; on
         `pyramid_workers` threads when > 1.
 
@@ -421,7 +436,7 @@ class MTCNN:
         workers finish together: with two workers the largest scale (about half the work) runs beside all
         the others. The results are in scale order whatever the threads, so the faces are the same."""
         height, width = image.shape[:2]
-        scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
+        scales = pyramid_scales(height, width, min_face_size or self.min_face_size, self.scale_factor)
         if self.pyramid_workers == 1 or len(scales) < 2:
             return [self._pnet_candidates(image, scale) for scale in scales]
         workers = min(self.pyramid_workers, len(scales))
@@ -453,9 +468,9 @@ class MTCNN:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _stage1(self, image: np.ndarray) -> np.ndarray:
+    def _stage1(self, image: np.ndarray, min_face_size: int | None = None) -> np.ndarray:
         """P-Net over the pyramid -> square candidate boxes (N, 5): integer x1, y1, x2, y2 (1-based), score."""
-        found = [cand for cand in self._run_levels(image) if cand is not None]
+        found = [cand for cand in self._run_levels(image, min_face_size) if cand is not None]
         if not found:
             return np.empty((0, 5))
         cand = np.concatenate(found)
@@ -468,41 +483,70 @@ class MTCNN:
         boxes[:, :4] = np.fix(boxes[:, :4])
         return boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
 
-    def _stage2(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """R-Net on all candidates in one batch -> refined square boxes (N, 5), float."""
-        prob, reg = self.backend.run("rnet", _to_batch(_crop_resize(image, boxes, 24)))
-        score = prob[:, 1]
-        ok = score > self.thresholds[1]
-        boxes = np.column_stack([boxes[ok, :4], score[ok]])
-        reg = reg[ok]
-        if len(boxes) == 0:
-            return boxes
-        keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[1], "union")
-        return _rerec(_bbreg(boxes[keep], reg[keep]))
+    def _run_batched(self, network: str, images: list[np.ndarray], boxes: list[np.ndarray],
+                     size: int) -> list[tuple[np.ndarray, ...]]:
+        """One `network` call on the crops of every image's boxes: its outputs, split back per image."""
+        counts = [len(b) for b in boxes]
+        if not sum(counts):
+            return [()] * len(boxes)
+        crops = np.concatenate([_crop_resize(image, b, size) for image, b in zip(images, boxes) if len(b)])
+        outputs = self.backend.run(network, _to_batch(crops))
+        ends = np.cumsum(counts)
+        return [tuple(out[end - n:end] for out in outputs) for n, end in zip(counts, ends)]
 
-    def _stage3(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """O-Net on all candidates in one batch -> final boxes (N, 5) and landmarks (N, 5, 2)."""
-        boxes = boxes.copy()
-        boxes[:, :4] = np.fix(boxes[:, :4])
-        boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
-        if len(boxes) == 0:
-            return boxes, np.empty((0, 5, 2))
-        prob, reg, marks = self.backend.run("onet", _to_batch(_crop_resize(image, boxes, 48)))
-        score = prob[:, 1]
-        ok = score > self.thresholds[2]
-        boxes = np.column_stack([boxes[ok, :4], score[ok]])
-        reg, marks = reg[ok], marks[ok].astype(np.float64)
-        if len(boxes) == 0:
-            return boxes, np.empty((0, 5, 2))
-        w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        # landmarks relative to the box; "- 1" turns the reference's 1-based box corner into 0-based pixels
-        xs = w * marks[:, 0:5] + boxes[:, 0:1] - 1
-        ys = h * marks[:, 5:10] + boxes[:, 1:2] - 1
-        points = np.stack([xs, ys], axis=2)
-        boxes = _bbreg(boxes, reg)
-        keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[2], "min")
-        return boxes[keep], points[keep]
+    def _stage2(self, images: list[np.ndarray], candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """R-Net on all candidates of all images in one batch -> refined square boxes (N, 5) per image, float."""
+        refined = []
+        for boxes, outputs in zip(candidates, self._run_batched("rnet", images, candidates, 24)):
+            if not len(boxes):
+                refined.append(boxes)
+                continue
+            prob, reg = outputs
+            score = prob[:, 1]
+            ok = score > self.thresholds[1]
+            boxes = np.column_stack([boxes[ok, :4], score[ok]])
+            reg = reg[ok]
+            if len(boxes) == 0:
+                refined.append(boxes)
+                continue
+            keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[1], "union")
+            refined.append(_rerec(_bbreg(boxes[keep], reg[keep])))
+        return refined
+
+    def _stage3(self, images: list[np.ndarray],
+                candidates: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """O-Net on all candidates of all images in one batch -> final boxes (N, 5) and landmarks (N, 5, 2)
+        per image."""
+        inputs = []
+        for boxes in candidates:
+            boxes = boxes.copy()
+            if len(boxes):
+                boxes[:, :4] = np.fix(boxes[:, :4])
+                boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
+            inputs.append(boxes)
+        finished = []
+        for boxes, outputs in zip(inputs, self._run_batched("onet", images, inputs, 48)):
+            if not len(boxes):
+                finished.append((np.empty((0, 5)), np.empty((0, 5, 2))))
+                continue
+            prob, reg, marks = outputs
+            score = prob[:, 1]
+            ok = score > self.thresholds[2]
+            boxes = np.column_stack([boxes[ok, :4], score[ok]])
+            reg, marks = reg[ok], marks[ok].astype(np.float64)
+            if len(boxes) == 0:
+                finished.append((boxes, np.empty((0, 5, 2))))
+                continue
+            w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            # landmarks relative to the box; "- 1" turns the reference's 1-based box corner into 0-based pixels
+            xs = w * marks[:, 0:5] + boxes[:, 0:1] - 1
+            ys = h * marks[:, 5:10] + boxes[:, 1:2] - 1
+            points = np.stack([xs, ys], axis=2)
+            boxes = _bbreg(boxes, reg)
+            keep = nms(boxes[:, :4], boxes[:, 4], self.nms_thresholds[2], "min")
+            finished.append((boxes[keep], points[keep]))
+        return finished
 
     @staticmethod
     def _finish(boxes: np.ndarray, points: np.ndarray, height: int, width: int, small_h: int,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.vision.classifier import Classifier, Prediction
-from agent.vision.mtcnn import Detection
+from agent.vision.mtcnn import Detection, DetectRequest
 from agent.vision.recognizer import QUALITY_REASONS, FaceAnalyzer
 from agent.vision.tracker import IdentityChange, Track, Tracker, TrackerUpdate
 
@@ -53,11 +53,18 @@ class FrameResult:
 
 
 class Pipeline:
-    def __init__(self, analyzer: FaceAnalyzer, tracker: Tracker, classifier: Classifier | None = None):
+    """One camera's frames through the shared models: its own tracker and votes, the analyzer (detector,
+    aligner, embedder) shared with the other cameras' pipelines. `min_face_size` and `min_score` are the
+    camera's detector settings (None: the detector's own)."""
+
+    def __init__(self, analyzer: FaceAnalyzer, tracker: Tracker, classifier: Classifier | None = None,
+                 min_face_size: int | None = None, min_score: float | None = None):
         self.analyzer = analyzer
         self.tracker = tracker
         self._classifier = classifier
         self._lock = threading.Lock()
+        self.min_face_size = min_face_size
+        self.min_score = analyzer.detector.min_score if min_score is None else min_score
         self.frames = 0
         self.faces = 0  # faces seen (confirmed tracks with a detection) summed over frames
         self.embedded = 0  # faces embedded
@@ -70,50 +77,85 @@ class Pipeline:
         """Swap in a newly trained classifier; takes effect at the next frame."""
         with self._lock:
             self._classifier = classifier
-        log.info("classifier swapped in: %d people", len(classifier.people) if classifier else 0)
+        log.debug("classifier swapped in: %d people", len(classifier.people) if classifier else 0)
 
     def process(self, rgb: np.ndarray, timestamp: float | None = None) -> FrameResult:
-        timestamp = time.time() if timestamp is None else timestamp
-        with self._lock:
-            classifier = self._classifier
-        t0 = time.perf_counter()
-        detector = self.analyzer.detector
-        cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
-        full = cut or self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0
-        # every face down to the O-Net threshold; only those above min_score may start a track
-        if full:
-            detections = detector.detect(rgb, min_score=0.0)
-        else:  # between full detections: only where the tracks are expected
-            predicted = self.tracker.predicted_boxes()
-            detections = detector.refine(rgb, predicted, min_score=0.0) if len(predicted) else []
-        t1 = time.perf_counter()
-        update = self.tracker.update(detections, rgb, timestamp, start_min_score=detector.min_score)
-        t2 = time.perf_counter()
-        result = FrameResult(timestamp, (rgb.shape[1], rgb.shape[0]), detections, update)
-        if update.to_embed and classifier is not None:
-            requests = update.to_embed
-            chips, embeddings = self.analyzer.embed(rgb, [r.detection for r in requests])
-            t3 = time.perf_counter()
-            predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
-            for request, chip, embedding, prediction in zip(requests, chips, embeddings, predictions):
-                usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
-                track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
-                if track is None:  # (verify: the same face, or a new track when it is somebody else's)
-                    continue
-                result.recognitions.append(Recognition(track, request.detection, prediction, embedding, chip))
-                change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
-                                                     request.quality, vote=usable)
-                if change is not None:
-                    result.changes.append(change)
-            t4 = time.perf_counter()
-            self.embedded += len(requests)
-            result.timings.update(embed=(t3 - t2) * 1000, classify=(t4 - t3) * 1000)
-        result.timings.update(detect=(t1 - t0) * 1000, track=(t2 - t1) * 1000,
-                              total=(time.perf_counter() - t0) * 1000)
-        self.frames += 1
-        self.faces += sum(1 for t in update.tracks if t.missed == 0)  # tracked faces seen on this frame
-        return result
+        return process_frames([(self, rgb, timestamp)])[0]
 
     def finish(self) -> list[Track]:
         """End every live track (end of stream or shutdown)."""
         return self.tracker.finish()
+
+    # ---- the phases of process_frames, per camera ------------------------------------------------------
+    def _detect_request(self, rgb: np.ndarray) -> DetectRequest | None:
+        """What to detect on this frame: everything (every detect_every frames and after a shot cut), the
+        tracks' predicted boxes in between, or nothing when there are no tracks to follow."""
+        cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
+        # every face down to the O-Net threshold; only those above min_score may start a track
+        if cut or self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0:
+            return DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
+        predicted = self.tracker.predicted_boxes()
+        return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None
+
+    def _vote(self, result: FrameResult, rgb: np.ndarray, chips: np.ndarray, embeddings: np.ndarray,
+              classifier: Classifier) -> None:
+        """Check each embedding against its track's own face, then let it vote."""
+        requests = result.update.to_embed
+        predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
+        for request, chip, embedding, prediction in zip(requests, chips, embeddings, predictions):
+            usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
+            track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
+            if track is None:  # (verify: the same face, or a new track when it is somebody else's)
+                continue
+            result.recognitions.append(Recognition(track, request.detection, prediction, embedding, chip))
+            change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
+                                                 request.quality, vote=usable)
+            if change is not None:
+                result.changes.append(change)
+        self.embedded += len(requests)
+
+
+def process_frames(frames: list[tuple[Pipeline, np.ndarray, float | None]]) -> list[FrameResult]:
+    """One frame of each camera (its pipeline, RGB image, timestamp) through detect -> track -> embed ->
+    vote. The pipelines share one analyzer: R-Net/O-Net candidates of all the frames go through one batch
+    per stage and every face to embed through one embedder batch; tracking and votes stay per camera.
+    A frame always uses one classifier from start to end (a swap takes effect at the next call)."""
+    if not frames:
+        return []
+    analyzer = frames[0][0].analyzer
+    if any(pipeline.analyzer is not analyzer for pipeline, _, _ in frames):
+        raise ValueError("process_frames: the pipelines must share one analyzer")
+    now = time.time()
+    classifiers = []
+    for pipeline, _, _ in frames:
+        with pipeline._lock:
+            classifiers.append(pipeline._classifier)
+    t0 = time.perf_counter()
+    requests = [pipeline._detect_request(rgb) for pipeline, rgb, _ in frames]
+    asked = [r for r in requests if r is not None]
+    found = iter(analyzer.detector.detect_many(asked) if asked else [])
+    detections = [next(found) if r is not None else [] for r in requests]
+    t1 = time.perf_counter()
+    results = []
+    for (pipeline, rgb, timestamp), found_here in zip(frames, detections):
+        update = pipeline.tracker.update(found_here, rgb, now if timestamp is None else timestamp,
+                                         start_min_score=pipeline.min_score)
+        results.append(FrameResult(now if timestamp is None else timestamp, (rgb.shape[1], rgb.shape[0]),
+                                   found_here, update))
+    t2 = time.perf_counter()
+    wanted = [k for k, (result, classifier) in enumerate(zip(results, classifiers))
+              if result.update.to_embed and classifier is not None]
+    embedded = analyzer.embed_many([(frames[k][1], [r.detection for r in results[k].update.to_embed])
+                                    for k in wanted]) if wanted else []
+    t3 = time.perf_counter()
+    for k, (chips, embeddings) in zip(wanted, embedded):
+        pipeline, rgb, _ = frames[k]
+        pipeline._vote(results[k], rgb, chips, embeddings, classifiers[k])
+    t4 = time.perf_counter()
+    for (pipeline, _, _), result in zip(frames, results):
+        if wanted:
+            result.timings.update(embed=(t3 - t2) * 1000, classify=(t4 - t3) * 1000)
+        result.timings.update(detect=(t1 - t0) * 1000, track=(t2 - t1) * 1000, total=(t4 - t0) * 1000)
+        pipeline.frames += 1
+        pipeline.faces += sum(1 for t in result.update.tracks if t.missed == 0)  # tracked faces seen on it
+    return results

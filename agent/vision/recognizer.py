@@ -123,11 +123,18 @@ class FaceAnalyzer:
 
     def embed(self, rgb: np.ndarray, detections: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
         """(chips (N,150,150,3), embeddings (N,128)) for the given detections, in one batch."""
-        boxes = [d.box for d in detections]
-        chips = self.aligner.chips(rgb, boxes)
-        if len(chips) == 0:
-            return chips, np.zeros((0, 128), dtype=np.float32)
-        return chips, self.embedder.embed(chips)
+        return self.embed_many([(rgb, detections)])[0]
+
+    def embed_many(self, faces: list[tuple[np.ndarray, list[Detection]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`embed` for the detections of several images (one per camera): the chips of all of them go to
+        the embedder together, in one batch."""
+        chips = [self.aligner.chips(rgb, [d.box for d in detections]) for rgb, detections in faces]
+        counts = [len(c) for c in chips]
+        if not sum(counts):
+            return [(c, np.zeros((0, 128), dtype=np.float32)) for c in chips]
+        embeddings = self.embedder.embed(np.concatenate([c for c in chips if len(c)]))
+        ends = np.cumsum(counts)
+        return [(c, embeddings[end - n:end]) for c, n, end in zip(chips, counts, ends)]
 
     def quality(self, rgb: np.ndarray, detections: list[Detection]) -> list[str]:
         """quality_reason of each detection ("" = good enough to be named)."""

@@ -37,10 +37,11 @@ Everything counts in processed frames, not seconds; timestamps only date the tra
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -244,14 +245,15 @@ class TrackerUpdate:
 class Tracker:
     """Tracks faces across frames; see the module docstring. `tracker`/`voting`: agent.config sections."""
 
-    def __init__(self, tracker: Any, voting: Any):
-        """`tracker`, `voting`: the config sections, whose ranges agent.config checked."""
+    def __init__(self, tracker: Any, voting: Any, ids: Iterator[int] | None = None):
+        """`tracker`, `voting`: the config sections, whose ranges agent.config checked. `ids`: where track ids
+        come from (one counter shared by the cameras of an agent keeps them unique; default 1, 2, ...)."""
         t = tracker
         self.cfg = t
         self.voting = voting
         self.frame = 0
         self._tracks: list[Track] = []  # tentative and confirmed, oldest first
-        self._next_id = 1
+        self._ids = itertools.count(1) if ids is None else ids
         self._scene: np.ndarray | None = None  # scene_signature of the previous frame
         self._cut_ended: list[Track] = []  # confirmed tracks ended by a cut, reported by the next update
         self._update: TrackerUpdate | None = None  # the current frame's update (splits are added to it)
@@ -399,8 +401,7 @@ class Tracker:
 
     def _confirm(self, track: Track) -> None:
         track.confirmed = True
-        track.id = self._next_id
-        self._next_id += 1
+        track.id = next(self._ids)
         log.debug("track %d started at %s", track.id, [round(float(v)) for v in track.box])
 
     def _schedule(self, track: Track, image: np.ndarray | None) -> EmbedRequest | None:

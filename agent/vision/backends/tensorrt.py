@@ -677,9 +677,12 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
 def options_from_config(cfg: Any) -> dict[str, Any]:
     """create_backend options for the configured detector (cfg: agent.config.Config)."""
     d = cfg.detector
+    cameras = cfg.cameras()  # one P-Net profile covers every camera: the largest frame, the smallest faces
+    input_size = (max(c.source.height for c in cameras), max(c.source.width for c in cameras))
+    min_face_size = min(c.detector.min_face_size for c in cameras)
     return {"threads": d.threads, "pnet_threads": 1 if d.pyramid_workers > 1 else 0,
             "engines_dir": cfg.path("engines"),
-            "input_size": (cfg.source.height, cfg.source.width), "min_face_size": d.min_face_size,
+            "input_size": input_size, "min_face_size": min_face_size,
             "scale_factor": d.scale_factor, "max_input_side": d.max_input_side, "precision": d.precision,
             "max_batch": d.max_batch, "workspace_mb": d.workspace_mb,
             "inference_timeout": d.inference_timeout}
