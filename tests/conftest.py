@@ -32,7 +32,10 @@ def make_config(tmp: Path, **sections):
 
     data = {"paths": {"storage": "storage", "engines": "engines", "svm": "svm", "faces": "faces"}}
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # [[sources]]
+            data[name] = values
+        else:
+            data.setdefault(name, {}).update(values)
     return config_from_dict(data, base_dir=tmp, env={})
 
 

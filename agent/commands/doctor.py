@@ -162,11 +162,15 @@ def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
     report["opencv_gstreamer"] = gstreamer
     if gstreamer is None:
         problems.append(f"OpenCV (cv2) is {report['opencv']}")
-    elif not gstreamer and _source_needs_gstreamer(cfg.source.uri):
-        problems.append(f"[source] uri {cfg.source.uri!r} needs OpenCV built with GStreamer, but this OpenCV "
-                        f"({report['opencv']}) has none (pip's opencv-python wheels never do): on a Jetson use "
-                        "JetPack's OpenCV from a venv made with --system-site-packages, without pip's "
-                        "opencv-python-headless (deploy/install.sh does this)")
+    elif not gstreamer:
+        for camera in cfg.cameras():
+            if not _source_needs_gstreamer(camera.source.uri):
+                continue
+            where = f"camera {camera.name!r}" if cfg.sources else "[source]"
+            problems.append(f"{where} uri {camera.source.uri!r} needs OpenCV built with GStreamer, but this OpenCV "
+                            f"({report['opencv']}) has none (pip's opencv-python wheels never do): on a Jetson use "
+                            "JetPack's OpenCV from a venv made with --system-site-packages, without pip's "
+                            "opencv-python-headless (deploy/install.sh does this)")
     report["models"], model_problems = _model_files(cfg)
     problems += model_problems
 

@@ -105,7 +105,10 @@ def _human(result: dict, now: float) -> str:
         info.append(("uptime", _duration(float(data["written_at"]) - float(data["started_at"]))))
     for key, value in (health.get("checks") or {}).items():
         info.append((key.replace("_", " "), value))
-    info += _flat(data.get("stats") or {})
+    stats = dict(data.get("stats") or {})
+    if len(stats.get("cameras") or {}) <= 1:  # one camera: its figures are the agent's
+        stats.pop("cameras", None)
+    info += _flat(stats)
     width = max((len(k) for k, v in info if v is not None), default=0)
     for key, value in info:
         if value is None:

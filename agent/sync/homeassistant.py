@@ -8,6 +8,11 @@
   and `known` false for a stranger);
 - availability from the agent's status topic (`online` / `offline`, Last Will).
 
+With several cameras ([[sources]]) the device also gets, per camera, its own "Recognition <camera>" event
+entity and "Last person <camera>" sensor (topics `.../ha/<camera slug>/...`) and a "Frame rate <camera>"
+sensor read from the stats topic, so an automation can act on the door camera alone; the two agent-wide
+entities still fire for every camera.
+
 Discovery configs are retained on `<discovery_prefix>/<component>/<node_id>/<object_id>/config` and sent
 again on every connect and whenever Home Assistant announces itself (`<discovery_prefix>/status` =
 `online`). The entities read small per-agent topics (`<prefix>/<agent_id>/ha/...`) so Home Assistant never
@@ -24,6 +29,7 @@ import time
 from typing import Any
 
 from agent import __version__
+from agent.config import camera_slug
 from agent.events import UNKNOWN_FACE, Event
 from agent.sync.mqtt import OFFLINE, ONLINE, MqttClient
 from agent.topics import Topics
@@ -48,6 +54,10 @@ class HomeAssistant:
         self.recognition_topic = f"{self.topics.ha_base}/recognition"
         self.last_person_topic = f"{self.topics.ha_base}/last_person"
         self.ha_status_topic = self.topics.ha_status
+        names = [camera.name for camera in cfg.cameras()]
+        # several cameras: entities per camera as well (camera name -> its slug in topics and ids)
+        self.cameras = {name: camera_slug(name) for name in names} if len(names) > 1 else {}
+        self.stats_topic = self.topics.stats
         self.announcements = 0
 
     def config_topic(self, component: str, object_id: str) -> str:
@@ -66,8 +76,25 @@ class HomeAssistant:
         sensor = {"name": "Last person", "unique_id": f"{self.node_id}_last_person",
                   "state_topic": self.last_person_topic, "value_template": "{{ value_json.state }}",
                   "json_attributes_topic": self.last_person_topic, "icon": "mdi:account", **common}
-        return {self.config_topic("event", "recognition"): event,
-                self.config_topic("sensor", "last_person"): sensor}
+        configs = {self.config_topic("event", "recognition"): event,
+                   self.config_topic("sensor", "last_person"): sensor}
+        for name, slug in self.cameras.items():
+            configs[self.config_topic("event", f"recognition_{slug}")] = {
+                **event, "name": f"Recognition {name}", "unique_id": f"{self.node_id}_recognition_{slug}",
+                "state_topic": self._camera_topic(slug, "recognition")}
+            topic = self._camera_topic(slug, "last_person")
+            configs[self.config_topic("sensor", f"last_person_{slug}")] = {
+                **sensor, "name": f"Last person {name}", "unique_id": f"{self.node_id}_last_person_{slug}",
+                "state_topic": topic, "json_attributes_topic": topic}
+            configs[self.config_topic("sensor", f"fps_{slug}")] = {
+                "name": f"Frame rate {name}", "unique_id": f"{self.node_id}_fps_{slug}",
+                "state_topic": self.stats_topic, "unit_of_measurement": "fps", "state_class": "measurement",
+                "value_template": f"{{{{ value_json.cameras[{json.dumps(name)}].fps }}}}",
+                "icon": "mdi:cctv", **common}
+        return configs
+
+    def _camera_topic(self, slug: str, entity: str) -> str:
+        return f"{self.topics.ha_base}/{slug}/{entity}"
 
     def attach(self) -> None:
         """Announce on every connect and when Home Assistant comes online (call before client.start())."""
@@ -94,7 +121,12 @@ class HomeAssistant:
         details = {"name": event.name if event.type != UNKNOWN_FACE else None, "confidence": event.confidence,
                    "votes": event.votes, "camera": event.camera, "track_id": event.track_id,
                    "event_id": event.event_id, "timestamp": event.timestamp}
-        self.client.publish(self.recognition_topic, json.dumps({"event_type": event.type, **details}), qos=1)
-        last = {"state": details["name"] or STRANGER, "known": details["name"] is not None, **details}
-        self.client.publish(self.last_person_topic, json.dumps(last), qos=1, retain=True)
+        fired = json.dumps({"event_type": event.type, **details})
+        last = json.dumps({"state": details["name"] or STRANGER, "known": details["name"] is not None, **details})
+        self.client.publish(self.recognition_topic, fired, qos=1)
+        self.client.publish(self.last_person_topic, last, qos=1, retain=True)
+        slug = self.cameras.get(event.camera)
+        if slug is not None:
+            self.client.publish(self._camera_topic(slug, "recognition"), fired, qos=1)
+            self.client.publish(self._camera_topic(slug, "last_person"), last, qos=1, retain=True)
         return True
