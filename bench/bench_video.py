@@ -2,6 +2,7 @@
 
     python bench/bench_video.py [--clips hamilton walkers replace_cut replace_gap crossing scene_cut]
                                 [--skip-baseline] [--set tracker.detect_every=5 ...] [--repeat N] [--recall]
+                                [--cameras 1 2 4]
 
 Both runners get the same frames and the same enrolled people, one after the other in this one invocation,
 each in its own process so that its peak memory (VmHWM) is its own:
@@ -15,8 +16,11 @@ each in its own process so that its peak memory (VmHWM) is its own:
 Speed: frames per second and process CPU time per frame for both (the machine may be shared: CPU time is the
 steadier figure; `--repeat N` alternates the runners N times and keeps each one's fastest run), cores used
 (CPU time / wall time), peak RSS, and the P-Net pyramid's arithmetic per full-detection frame (the detector's
-floor: its multiply-adds against the cores' peak). `--recall` adds the detector's recall on dlib's annotated
-photo sets (`face-agent eval --detections`), to check that a speed setting keeps the same faces.
+floor: its multiply-adds against the cores' peak). `--cameras 1 2 4` runs the agent also with that many cameras
+([[sources]]), the same clip on each, every frame of each: fps is then frames of all cameras per second, and
+its per-frame quality is scored per camera (it must be the same on each). `--recall` adds the detector's
+recall on dlib's annotated photo sets (`face-agent eval --detections`), to check that a speed setting keeps
+the same faces.
 
 Quality is judged per frame against who is really there (bench/identity_clips.py): face-frames with a
 wrong name, named boxes on nothing, the share of enrolled people's face-frames shown with their name
@@ -107,6 +111,7 @@ sys.path.insert(0, sys.argv[4])
 from agent.config import config_from_dict
 from agent.service import Service
 clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])
+cameras = int(sys.argv[6])
 settings = {"mqtt": {"enabled": False}}
 for key, value in overrides.items():
     section, name = key.split(".")
@@ -117,8 +122,11 @@ for key, value in overrides.items():
 for name, photos in people.items():
     subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", name, *photos],
                    check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
+if cameras > 1:  # the same clip on every camera
+    settings["sources"] = [{"name": f"cam{k + 1}", "uri": clip} for k in range(cameras)]
 cfg = config_from_dict(settings, base_dir=work)
-service = Service(cfg, source_uri=clip, every_frame=True, frames_out=str(work / "frames.jsonl"))
+service = Service(cfg, source_uri=clip if cameras == 1 else None, every_frame=True,
+                  frames_out=str(work / "frames.jsonl"))
 service.load()
 service.start()
 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -131,8 +139,9 @@ tracker = service.pipeline.tracker
 service.shutdown()
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-print(json.dumps({"frames": service.stats.frames, "faces": service.pipeline.faces,
-                  "embedded": service.pipeline.embedded, "events": service.stats.events,
+print(json.dumps({"frames": service.stats.frames, "faces": sum(f.pipeline.faces for f in service.feeds),
+                  "embedded": sum(f.pipeline.embedded for f in service.feeds), "events": service.stats.events,
+                  "cameras": [f.name for f in service.feeds] if cameras > 1 else [None],
                   "splits": tracker.splits, "cuts": tracker.cuts,
                   "seconds": elapsed, "cores_busy": cpu / elapsed, "cpu_seconds": cpu, "peak_mib": int(hwm) / 1024,
                   "latency_ms": service.stats.latency_ms()}))
@@ -226,11 +235,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="run both runners N times, alternating, and keep each one's fastest run (a shared, "
                          "noisy machine); per-frame quality is the same in every run")
+    ap.add_argument("--cameras", nargs="+", type=int, default=[1], metavar="N",
+                    help="run the agent with each of these numbers of cameras (the same clip on each), e.g. 1 2 4")
     ap.add_argument("--recall", action="store_true",
                     help="also the detector's recall on dlib's annotated photo sets (face-agent eval --detections)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if any(n < 1 for n in args.cameras):
+        ap.error("--cameras: 1 or more")
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     speed_rows, quality_rows = [], []
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
@@ -244,11 +257,13 @@ def main() -> int:
                     frames_out = work / f"{truth.name}-peer-{attempt}.jsonl"
                     runs["face_recognition"] = run(BASELINE, str(video), people_json, str(frames_out))
                     runs["face_recognition"]["frames_out"] = frames_out
-                agent_dir = work / f"{truth.name}-agent-{attempt}"
-                agent_dir.mkdir()
-                runs["face-agent"] = run(AGENT, str(video), people_json, str(agent_dir), str(ROOT),
-                                         json.dumps(overrides))
-                runs["face-agent"]["frames_out"] = agent_dir / "frames.jsonl"
+                for cameras in args.cameras:
+                    runner = "face-agent" if cameras == 1 else f"face-agent x{cameras} cams"
+                    agent_dir = work / f"{truth.name}-agent-{cameras}-{attempt}"
+                    agent_dir.mkdir()
+                    runs[runner] = run(AGENT, str(video), people_json, str(agent_dir), str(ROOT),
+                                       json.dumps(overrides), str(cameras))
+                    runs[runner]["frames_out"] = agent_dir / "frames.jsonl"
                 for runner, r in runs.items():
                     r["fps"] = r["frames"] / r["seconds"]
                     r["cpu_ms"] = 1000 * r["cpu_seconds"] / max(1, r["frames"])
@@ -260,14 +275,19 @@ def main() -> int:
                         flush=True)
             for runner, r in results.items():
                 speed_rows.append((truth.name, runner, r))
-                quality = ic.score(truth, ic.read_frames(r["frames_out"]))
+                scores = [ic.score(truth, ic.read_frames(r["frames_out"], camera))
+                          for camera in r.get("cameras", [None])]
+                quality = scores[0]
+                if any(ic.format_scores([q]) != ic.format_scores([quality]) for q in scores[1:]):
+                    print(f"{truth.name} {runner}: the cameras differ: " + "; ".join(
+                        ic.format_scores([q]).splitlines()[1] for q in scores), flush=True)
                 quality["runner"] = runner
                 quality_rows.append(quality)
                 extra = (f"; splits {r['splits']}, cuts {r['cuts']}, latency ms {r['latency_ms']}"
                          if "splits" in r else "")
                 print(f"{truth.name} {runner}: {r['fps']:.1f} fps; per person {quality['per_person']}; "
                       f"settle {quality['settle_frames']}{extra}", flush=True)
-            if "face_recognition" in results:
+            if "face_recognition" in results and "face-agent" in results:
                 peer, agent = results["face_recognition"], results["face-agent"]
                 print(f"{truth.name}: speed-up x{agent['fps'] / peer['fps']:.2f} in frames per second, "
                       f"x{peer['cpu_ms'] / agent['cpu_ms']:.2f} in CPU time per frame", flush=True)

@@ -217,13 +217,14 @@ def render(clip: Clip, path: Path) -> Path:
 MIN_VISIBLE = 0.5  # an actor less than half visible is not a face-frame to be named
 
 
-def read_frames(path: Path) -> dict[int, list[dict[str, Any]]]:
-    """frame index -> shown faces, from a --frames-out JSON Lines file."""
+def read_frames(path: Path, camera: str | None = None) -> dict[int, list[dict[str, Any]]]:
+    """frame index -> shown faces, from a --frames-out JSON Lines file (of one `camera`, when given)."""
     out: dict[int, list[dict[str, Any]]] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
-            out[record["frame"]] = record["faces"]
+            if camera is None or record.get("camera") == camera:
+                out[record["frame"]] = record["faces"]
     return out
 
 
