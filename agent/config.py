@@ -108,7 +108,7 @@ class DetectorSection:
     pyramid_workers: int = setting(2, bounds=Range(1, 64))
     precision: str = setting("fp16", choices=("fp16", "fp32"))  # TensorRT only: fp16 | fp32
     inference_timeout: float = setting(5.0, bounds=POSITIVE)  # seconds before a stalled GPU call counts as hung
-    # TensorRT only: largest R-Net/O-Net batch per engine call (more are chunked)
+    # largest R-Net/O-Net batch per call (more are chunked): bounds a call's memory; TensorRT builds for it
     max_batch: int = setting(128, bounds=AT_LEAST_1)
     workspace_mb: int = setting(256, bounds=Range(16))  # TensorRT only: builder workspace memory pool limit (MB)
 

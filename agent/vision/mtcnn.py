@@ -276,7 +276,8 @@ class MTCNN:
     def __init__(self, backend: Any, min_face_size: int = 20, scale_factor: float = 0.709,
                  thresholds: tuple[float, float, float] | list[float] = (0.6, 0.7, 0.7),
                  nms_thresholds: tuple[float, float, float] | list[float] = (0.5, 0.7, 0.7),
-                 max_input_side: int = 0, min_score: float = 0.0, pyramid_workers: int = 1):
+                 max_input_side: int = 0, min_score: float = 0.0, pyramid_workers: int = 1,
+                 max_batch: int = 128):
         thresholds = tuple(float(t) for t in thresholds)
         nms_thresholds = tuple(float(t) for t in nms_thresholds)
         if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
@@ -291,12 +292,17 @@ class MTCNN:
             raise ValueError(f"max_input_side must be 0 (no limit) or >= {PNET_CELL}, got {max_input_side}")
         if int(pyramid_workers) < 1:
             raise ValueError(f"pyramid_workers must be >= 1, got {pyramid_workers}")
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.backend = backend
         self.min_face_size = int(min_face_size)
         self.scale_factor = float(scale_factor)
         self.thresholds = thresholds
         self.nms_thresholds = nms_thresholds
         self.max_input_side = int(max_input_side)
+        # R-Net/O-Net crops per backend call: bounds the memory of a call (the candidates of several cameras'
+        # frames, or of a crowd, would otherwise make one huge batch; TensorRT engines are built for this size)
+        self.max_batch = int(max_batch)
         # pyramid scales run on this many threads at once, when the backend allows concurrent calls (ONNX
         # Runtime; a GPU backend takes one call at a time); the results are merged in scale order, so the
         # faces found are the same as one scale after another
@@ -314,7 +320,8 @@ class MTCNN:
         s = detector_section
         return cls(backend, min_face_size=s.min_face_size, scale_factor=s.scale_factor,
                    thresholds=tuple(s.thresholds), nms_thresholds=tuple(s.nms_thresholds),
-                   max_input_side=s.max_input_side, min_score=s.min_score, pyramid_workers=s.pyramid_workers)
+                   max_input_side=s.max_input_side, min_score=s.min_score, pyramid_workers=s.pyramid_workers,
+                   max_batch=s.max_batch)
 
     def __repr__(self) -> str:
         return (f"MTCNN(backend={getattr(self.backend, 'name', self.backend)!r}, "
@@ -490,7 +497,9 @@ class MTCNN:
         if not sum(counts):
             return [()] * len(boxes)
         crops = np.concatenate([_crop_resize(image, b, size) for image, b in zip(images, boxes) if len(b)])
-        outputs = self.backend.run(network, _to_batch(crops))
+        chunks = [self.backend.run(network, _to_batch(crops[k:k + self.max_batch]))
+                  for k in range(0, len(crops), self.max_batch)]
+        outputs = [np.concatenate(parts) for parts in zip(*chunks)] if len(chunks) > 1 else chunks[0]
         ends = np.cumsum(counts)
         return [tuple(out[end - n:end] for out in outputs) for n, end in zip(counts, ends)]
 
