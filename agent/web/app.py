@@ -2,8 +2,10 @@
 
 It reads what the agent keeps - the status file, the live frame, the event log, the gallery's folders - and
 changes enrollment only through `agent.gallery.Gallery` (the same operations as `face-agent enroll`, `rename`,
-`forget` and remote enrollment) and the sightings' operations in `agent.naming` (`name_cluster`, `reidentify`
-and `reject`: the same as `face-agent name` and `reject`). After every change it retrains through the gallery
+`forget` and remote enrollment) and the sightings' operations in `agent.naming` (`name_cluster`, `reidentify`,
+`reject`, `merge_unknowns` and `ignore_unknown`: the same as `face-agent name`, `reject` and `unknowns
+merge|ignore|unignore`). The People page links the last `eval`/`tune` reports (agent.evaluation.report) and
+can run `tune`. After every change it retrains through the gallery
 (`ensure_trained`, SVMs in a child process) and saves the classifier in `[paths] svm`; the running agent
 notices the new file at its next health check (`[service] status_interval`) and swaps it in between two
 frames, as after a remote enrollment - no restart.
@@ -443,8 +445,9 @@ def create_app(cfg: Config) -> Starlette:
             report = await run_in_threadpool(console.run_tune)
         except EvalError as exc:
             return PlainTextResponse(str(exc), status_code=400)
+        threshold = report["suggested_threshold"]
         flash(request, f"tune: {len(report['photos'])} photos of {len(report['people'])} people; suggested "
-                       f"distance_threshold {report['suggested_threshold']}")
+                       f"distance_threshold {'n/a' if threshold is None else f'{threshold:.3f}'}")
         return go("/reports")
 
     async def people(request: Request) -> Response:
@@ -542,7 +545,7 @@ def create_app(cfg: Config) -> Starlette:
         except NamingError as exc:
             return PlainTextResponse(str(exc), status_code=400)
         flash(request, f"{source} merged into {target}: {moved} sightings moved; {source} now means {target}")
-        return go(f"/unknowns#cluster-{target}")
+        return go("/unknowns")  # no #fragment: a redirect that only changes it would not reload the page
 
     async def ignore_or_show(request: Request) -> Response:
         ignored = request.url.path.endswith("/ignore")
@@ -552,7 +555,7 @@ def create_app(cfg: Config) -> Starlette:
             return PlainTextResponse(str(exc), status_code=400)
         flash(request, f"{label} ignored: hidden here and from naming; their next sightings join {label}"
               if ignored else f"{label} is shown again")
-        return go("/unknowns" if ignored else f"/unknowns#cluster-{label}")
+        return go("/unknowns")
 
     async def name_unknown(request: Request) -> Response:
         form = await request.form()
