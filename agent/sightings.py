@@ -312,10 +312,6 @@ class SightingStore:
             return None
         return dict(zip(("id", "created", "name", "merged_into", "ignored", "sightings"), row, strict=True))
 
-    def ignored_clusters(self) -> set[int]:
-        with self._lock:
-            return {r[0] for r in self.db.execute("SELECT id FROM clusters WHERE ignored IS NOT NULL")}
-
     def merge_clusters(self, source: int, target: int) -> int:
         """Every sighting of `source` moves to `target`; `source` (and what was merged into it) then points
         at `target`, and `target` is ignored if either was. One transaction. Returns the sightings moved
