@@ -302,6 +302,13 @@ class ServiceSection:
 
 
 @dataclass
+class EvaluationSection:
+    # folder (under [paths] storage unless absolute) where `eval` and `tune` keep their last report and plot
+    # (the web console shows them); "" = keep none
+    reports: str = "reports"
+
+
+@dataclass
 class WebSection:
     host: str = "127.0.0.1"  # address `face-agent web` listens on; anything but loopback needs password_hash
     port: int = setting(8080, bounds=Range(1, 65535))  # TCP port of the web console
@@ -356,6 +363,7 @@ class Config:
     mqtt: MqttSection = field(default_factory=MqttSection)
     remote_enroll: RemoteEnrollSection = field(default_factory=RemoteEnrollSection)
     service: ServiceSection = field(default_factory=ServiceSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     web: WebSection = field(default_factory=WebSection)
     # [[sources]]: several cameras in one agent (empty: the one camera of [source], named [agent] camera_name)
     sources: list[Camera] = field(default_factory=list)

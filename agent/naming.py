@@ -11,6 +11,9 @@
 - `reidentify`: after a retrain, the unknown sightings of the last `[sightings] reidentify_hours` are
   checked against the new classifier (those a different one judged); a track the majority of whose faces
   now match a person gives a `reidentified` event (once).
+- `merge_unknowns` / `ignore_unknown`: correct the clustering of unknown people (two clusters that are one
+  person; a person nobody wants to see again, e.g. the postman) - `face-agent unknowns merge|ignore|
+  unignore` and the web console call these; what they do to the store is in agent.sightings.
 """
 
 from __future__ import annotations
@@ -60,15 +63,60 @@ def _spread_over_tracks(rows: list[dict[str, Any]], limit: int) -> list[dict[str
     return [r for _, r in sorted(keyed, key=lambda kr: kr[0])][:limit]
 
 
-def cluster_faces(store: SightingStore, unknown_id: str) -> tuple[int, list[dict[str, Any]]]:
+def find_cluster(store: SightingStore, unknown_id: str) -> dict[str, Any]:
+    """The clusters row of an unknown person with sightings (SightingStore.cluster); NamingError if the id is
+    malformed, unknown, or was merged into another one (the message names it)."""
     try:
         cluster = parse_cluster(unknown_id)
     except ValueError as exc:
         raise NamingError(str(exc)) from None
-    rows = store.sightings("cluster = ?", [cluster])
-    if not rows:
+    row = store.cluster(cluster)
+    if row is not None and row["merged_into"] is not None:
+        raise NamingError(f"{cluster_label(cluster)} was merged into {cluster_label(row['merged_into'])}: "
+                          f"use {cluster_label(row['merged_into'])}")
+    if row is None or not row["sightings"]:
         raise NamingError(f"no unknown person {cluster_label(cluster)} (see `face-agent unknowns`)")
-    return cluster, rows
+    return row
+
+
+def cluster_faces(store: SightingStore, unknown_id: str) -> tuple[int, list[dict[str, Any]]]:
+    """The sightings of an unknown person to name; an ignored one is not offered (NamingError)."""
+    row = find_cluster(store, unknown_id)
+    label = cluster_label(row["id"])
+    if row["ignored"] is not None:
+        raise NamingError(f"{label} is ignored: `face-agent unknowns unignore {label}` first to name it")
+    return row["id"], store.sightings("cluster = ?", [row["id"]])
+
+
+def merge_unknowns(store: SightingStore, source_id: str, target_id: str) -> tuple[int, int]:
+    """`face-agent unknowns merge SOURCE TARGET`: the two clusters are one person; every sighting of SOURCE
+    moves to TARGET (its next tracks join TARGET), SOURCE's id points at TARGET from now on, and TARGET is
+    ignored if either was. Named clusters are not merged (name the other one as that person instead).
+    Returns (target cluster, sightings moved)."""
+    source, target = find_cluster(store, source_id), find_cluster(store, target_id)
+    s_label, t_label = cluster_label(source["id"]), cluster_label(target["id"])
+    if source["id"] == target["id"]:
+        raise NamingError(f"{s_label} cannot be merged into itself")
+    for row, label, other in ((source, s_label, t_label), (target, t_label, s_label)):
+        if row["name"] is not None:
+            raise NamingError(f"{label} is named {row['name']}: name {other} as {row['name']} instead of merging "
+                              f"(`face-agent name {other} {row['name']}`)")
+    moved = store.merge_clusters(source["id"], target["id"])
+    log.info("%s merged into %s: %d sightings moved", s_label, t_label, moved)
+    return target["id"], moved
+
+
+def ignore_unknown(store: SightingStore, unknown_id: str, ignored: bool = True) -> int:
+    """`face-agent unknowns ignore|unignore UNKNOWN_ID`: hide the cluster from the unknown list and from
+    naming (its person's next tracks still join it, so it stays ignored), or show it again. Returns the
+    cluster."""
+    row = find_cluster(store, unknown_id)
+    label = cluster_label(row["id"])
+    if ignored and row["name"] is not None:
+        raise NamingError(f"{label} is named {row['name']}: `face-agent forget {row['name']}` instead")
+    store.set_ignored(row["id"], ignored)
+    log.info("%s %s", label, "ignored" if ignored else "shown again")
+    return row["id"]
 
 
 def track_faces(store: SightingStore, track_id: int) -> list[dict[str, Any]]:

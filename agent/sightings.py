@@ -18,6 +18,15 @@ centroid, widened by the cluster's spread and the margin to the next cluster, ag
 so a stranger's id would change between two sightings; assigning each track once keeps ids stable, costs
 one prediction per track, and uses the same notion of "the same person" as naming does.
 
+Users correct the clustering (`face-agent unknowns merge|ignore|unignore`, the web console's Unknown page;
+the checks are in agent.naming): a merge moves every sighting of one cluster into another (the cluster
+model is rebuilt from the sightings, so the merged person's next tracks join the merged cluster) and the
+merged id keeps pointing at the cluster it joined (`clusters.merged_into`), so an event or request that
+still names it reaches the right cluster. An ignored cluster (`clusters.ignored`: when) is left out of the
+unknown list and of naming, but stays in the cluster model: its person's next tracks join it and stay
+ignored. Their `unknown_face` events are logged and published as before (with the ignored id): ignoring is
+a matter of what users look at, not of what the agent records (docs/events.md).
+
 The frame loop only copies the candidate crops of live tracks (`observe`, a few arrays per embedded face);
 JPEG encoding, files, SQLite and clustering run on a background thread when a track ends.
 """
@@ -47,7 +56,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "sightings.db"
 FOLDER = "sightings"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: clusters.merged_into and clusters.ignored
 DIM = 128
 
 SIGHTING_COLUMNS = {
@@ -75,11 +84,24 @@ SIGHTING_COLUMNS = {
 def _create_tables(db: sqlite_utils.Database) -> None:
     db["sightings"].create(SIGHTING_COLUMNS, pk="id", not_null={"run", "track_id", "t", "embedding"}, ignore=True)
     # AUTOINCREMENT: a cluster id is never given again, even after its cluster was deleted
+    # merged_into: the cluster this one's sightings moved to (merge); ignored: when it was ignored (null: shown)
     db.execute("CREATE TABLE IF NOT EXISTS clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
-               "name TEXT)")
+               "name TEXT, merged_into INTEGER, ignored REAL)")
     database.ensure_index(db["sightings"], "sightings_t", ["t"])
     database.ensure_index(db["sightings"], "sightings_cluster", ["cluster"])
     database.ensure_index(db["sightings"], "sightings_track", ["track_id", "logged_from"])
+
+
+def _add_merge_and_ignore(db: sqlite_utils.Database) -> None:
+    """Layout 1 -> 2: the clusters table gets `merged_into` and `ignored`."""
+    if "clusters" in db.table_names():
+        columns = db["clusters"].columns_dict
+        for column, kind in (("merged_into", int), ("ignored", float)):
+            if column not in columns:
+                db["clusters"].add_column(column, kind)
+
+
+MIGRATIONS = {1: _add_merge_and_ignore}
 
 
 def cluster_label(cluster: int) -> str:
@@ -145,13 +167,13 @@ class SightingStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.db = database.database(database.connect(self.path))
-            database.ensure_layout(self.db, LAYOUT_VERSION, _create_tables)
+            database.ensure_layout(self.db, LAYOUT_VERSION, _create_tables, MIGRATIONS)
         except database.LayoutError as exc:
             raise StorageError(f"{self.path}: cannot use the sightings: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{self.path}: cannot open the sightings: {exc} ({storage_hint(storage)})") from None
         self._model: Classifier | None = None  # the clusters as an open-set "classifier"
-        self._model_stamp = -1
+        self._model_stamp: tuple = ()
 
     def close(self) -> None:
         with self._lock:
@@ -208,8 +230,11 @@ class SightingStore:
     def _cluster_model(self) -> Classifier | None:
         """Every unknown cluster as a "person" of an open-set classifier (no SVM), each of its tracks one
         "photo" (the unit mean of the track's faces: faces of one track are not independent looks), so the
-        rule that names enrolled people decides who is the same stranger."""
-        stamp = self.db.execute("SELECT COALESCE(MAX(id), 0) + COUNT(*) FROM sightings").fetchone()[0]
+        rule that names enrolled people decides who is the same stranger. Rebuilt when the sightings changed,
+        in this process or another one (the console): a new sighting raises MAX(id), a deleted one lowers
+        COUNT(*), and a sighting moved to another cluster (merge, reject) changes SUM(cluster)."""
+        stamp = tuple(self.db.execute("SELECT COALESCE(MAX(id), 0), COUNT(*), COALESCE(SUM(cluster), 0) "
+                                      "FROM sightings").fetchone())
         if self._model is not None and stamp == self._model_stamp:
             return self._model
         tracks: dict[tuple[str, int], list] = {}
@@ -241,32 +266,68 @@ class SightingStore:
         return model.predict(mean[None, :])[0]
 
     def assign_cluster(self, embeddings: np.ndarray, hint: int | None = None) -> int:
-        """The cluster a track's faces join: `hint` (what its event said) if it still exists, else the one
-        the rule names, else a new one."""
+        """The cluster a track's faces join: `hint` (what its event said) if it still exists (or the one it
+        was merged into), else the one the rule names, else a new one."""
         with self._lock:
-            if hint is not None and self.db.execute("SELECT 1 FROM clusters WHERE id = ?", [hint]).fetchone():
-                return hint
+            if hint is not None:
+                found = self.db.execute("SELECT COALESCE(merged_into, id) FROM clusters WHERE id = ?",
+                                        [hint]).fetchone()
+                if found:
+                    return int(found[0])
             prediction = self.match(embeddings)
             if prediction is not None and prediction.name is not None:
                 return int(prediction.name)
             cur = self.db.execute("INSERT INTO clusters (created, name) VALUES (?, NULL)", [time.time()])
             return int(cur.lastrowid)
 
-    def clusters(self) -> list[dict[str, Any]]:
-        """Every cluster with its counts, times and best chips (best first)."""
+    def clusters(self, ignored: bool | None = False) -> list[dict[str, Any]]:
+        """Every cluster with its counts, times and best chips (best first): `ignored` False = the ones shown
+        (not ignored), True = only the ignored ones, None = all."""
+        shown = {False: "WHERE c.ignored IS NULL ", True: "WHERE c.ignored IS NOT NULL ", None: ""}[ignored]
         with self._lock:
             rows = list(self.db.query(
-                "SELECT c.id, c.name, COUNT(s.id) AS sightings, COUNT(DISTINCT s.run || ':' || s.track_id) AS tracks, "
-                "MIN(s.t) AS first_seen, MAX(s.t) AS last_seen FROM clusters c JOIN sightings s ON s.cluster = c.id "
-                "GROUP BY c.id ORDER BY c.id"))
+                "SELECT c.id, c.name, c.ignored, COUNT(s.id) AS sightings, "
+                "COUNT(DISTINCT s.run || ':' || s.track_id) AS tracks, MIN(s.t) AS first_seen, MAX(s.t) AS last_seen "
+                f"FROM clusters c JOIN sightings s ON s.cluster = c.id {shown}GROUP BY c.id ORDER BY c.id"))
             out = []
             for r in rows:
                 chips = [str(self.folder / c["chip"]) for c in self.db.query(
                     "SELECT chip FROM sightings WHERE cluster = ? ORDER BY quality DESC, id", [r["id"]])]
+                merged = [cluster_label(m["id"]) for m in self.db.query(
+                    "SELECT id FROM clusters WHERE merged_into = ? ORDER BY id", [r["id"]])]
                 out.append({"id": cluster_label(r["id"]), "name": r["name"], "sightings": r["sightings"],
                             "tracks": r["tracks"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+                            "ignored": r["ignored"] is not None, "merged": merged,
                             "representative": chips[0] if chips else None, "chips": chips})
             return out
+
+    def cluster(self, cluster: int) -> dict[str, Any] | None:
+        """The clusters row of `cluster` (id, created, name, merged_into, ignored) with its sighting count,
+        or None."""
+        with self._lock:
+            row = self.db.execute("SELECT id, created, name, merged_into, ignored, "
+                                  "(SELECT COUNT(*) FROM sightings WHERE cluster = clusters.id) "
+                                  "FROM clusters WHERE id = ?", [cluster]).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "created", "name", "merged_into", "ignored", "sightings"), row, strict=True))
+
+    def merge_clusters(self, source: int, target: int) -> int:
+        """Every sighting of `source` moves to `target`; `source` (and what was merged into it) then points
+        at `target`, and `target` is ignored if either was. One transaction. Returns the sightings moved
+        (checks: agent.naming.merge_unknowns)."""
+        with self._lock, self.db.conn:
+            moved = self.db.execute("UPDATE sightings SET cluster = ? WHERE cluster = ?", [target, source]).rowcount
+            self.db.execute("UPDATE clusters SET ignored = COALESCE(ignored, (SELECT ignored FROM clusters "
+                            "WHERE id = ?)) WHERE id = ?", [source, target])
+            self.db.execute("UPDATE clusters SET merged_into = ? WHERE id = ? OR merged_into = ?",
+                            [target, source, source])
+            self._model = None
+        return moved
+
+    def set_ignored(self, cluster: int, ignored: bool) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("UPDATE clusters SET ignored = ? WHERE id = ?", [time.time() if ignored else None, cluster])
 
     def sightings(self, where: str = "1", params: list | tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -311,9 +372,16 @@ class SightingStore:
                     (self.folder / rel).unlink(missing_ok=True)
         with self.db.conn:
             self.db.conn.executemany("DELETE FROM sightings WHERE id = ?", [(r["id"],) for r in rows])
-            self.db.execute("DELETE FROM clusters WHERE name IS NULL AND id NOT IN "
-                            "(SELECT DISTINCT cluster FROM sightings WHERE cluster IS NOT NULL)")
+            self._drop_empty_clusters()
         return len(rows)
+
+    def _drop_empty_clusters(self) -> None:
+        """Unnamed clusters without sightings go (an ignored one too: nothing is left to match its person
+        by), and merged ids whose cluster went."""
+        self.db.execute("DELETE FROM clusters WHERE name IS NULL AND merged_into IS NULL AND id NOT IN "
+                        "(SELECT DISTINCT cluster FROM sightings WHERE cluster IS NOT NULL)")
+        self.db.execute("DELETE FROM clusters WHERE merged_into IS NOT NULL AND merged_into NOT IN "
+                        "(SELECT id FROM clusters)")
 
     def forget(self, person: str) -> int:
         """Delete every sighting of `person` (named, re-identified, or in a cluster named after them)."""
@@ -323,6 +391,7 @@ class SightingStore:
             n = self._delete(rows)
             with self.db.conn:
                 self.db.execute("DELETE FROM clusters WHERE name = ?", [person])
+                self._drop_empty_clusters()
             return n
 
     def totals(self) -> dict[str, int]:

@@ -191,6 +191,13 @@ def test_cli_json_and_plot(tmp_path, capsys, cache):
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width >= 1000 and img.height >= 500
     assert not (tmp_path / "faces").exists()  # the live gallery is never touched
+    # the last report is kept for the web console: [evaluation] reports under the storage folder
+    kept = tmp_path / "storage" / "reports"
+    assert json.loads((kept / "eval.json").read_text())["recognition"]["closed_set"]["accuracy"] == 1.0
+    assert "closed-set identification" in (kept / "eval.txt").read_text()
+    with Image.open(kept / "eval.png") as img:
+        assert img.format == "PNG" and img.width >= 1000
+    assert sorted(p.name for p in kept.iterdir()) == ["eval.json", "eval.png", "eval.txt"]  # no temporary files
 
 
 def test_cli_table(tmp_path, capsys, cache):
@@ -386,3 +393,12 @@ def test_tune_cli(tmp_path, capsys, analyzer):
     assert "distance_threshold = 0." in out and png.stat().st_size > 10_000
     assert main(["-q", "-c", str(cfg_path), "tune", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["suggested_threshold"] is not None
+    from agent.config import load_config
+    from agent.evaluation.report import last_reports
+
+    (last,) = last_reports(load_config(cfg_path))  # the last tune, kept with its plot (no --plot needed)
+    assert last["kind"] == "tune" and "distance_threshold = 0." in last["text"] and last["plot"] == "tune.png"
+    assert (tmp_path / "storage" / "reports" / "tune.png").stat().st_size > 10_000
+    # keeping reports can be turned off
+    cfg_path.write_text(cfg_path.read_text() + '\n[evaluation]\nreports = ""\n')
+    assert main(["-q", "-c", str(cfg_path), "tune"]) == 0 and last_reports(load_config(cfg_path)) == []

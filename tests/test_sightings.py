@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_config
 
@@ -124,6 +125,118 @@ def test_forget_removes_the_persons_sightings(tmp_path, lfw_faces):
     store = SightingStore(cfg)
     assert store.sightings() == [] and store.clusters() == []
     assert not list(store.folder.rglob("*.jpg"))
+    store.close()
+
+
+def test_merge_moves_the_sightings_and_the_next_track_joins_the_merged_cluster(tmp_path, lfw_faces, capsys):
+    """`face-agent unknowns merge u2 u1`: u2's sightings are u1's; the cluster model of another process (the
+    running agent, which matched before the merge) sees it: the next track of u2's person joins u1, and an
+    event that still says u2 reaches u1."""
+    from agent.cli import main
+    from agent.naming import NamingError, merge_unknowns
+
+    (tmp_path / "agent.toml").write_text("[mqtt]\nenabled = false\n")
+    cfg = make_config(tmp_path)
+    agent_side, console_side = SightingStore(cfg), SightingStore(cfg)
+    a, b, c = lfw_faces
+    agent_side.add_track("r", _track(lfw_faces[a][:2], 1))
+    agent_side.add_track("r", _track(lfw_faces[b][:2], 2))
+    agent_side.add_track("r", _track(lfw_faces[c][:2], 3))
+    assert [cl["id"] for cl in console_side.clusters()] == ["u1", "u2", "u3"]
+    assert agent_side.match(np.stack([f.embedding for f in lfw_faces[b][2:]])).name == "2"  # model cached
+    assert main(["-q", "-c", str(tmp_path / "agent.toml"), "unknowns", "merge", "u2", "u1"]) == 0
+    assert "u2 merged into u1: 2 sightings moved" in capsys.readouterr().out
+    clusters = console_side.clusters()
+    assert [(cl["id"], cl["sightings"], cl["tracks"], cl["merged"]) for cl in clusters] == [
+        ("u1", 4, 2, ["u2"]), ("u3", 2, 1, [])]
+    assert all(Path(chip).is_file() for chip in clusters[0]["chips"])
+    # the agent's process: its cached model is rebuilt, b's next track joins u1
+    assert agent_side.match(np.stack([f.embedding for f in lfw_faces[b][2:]])).name == "1"
+    agent_side.add_track("r", _track(lfw_faces[b][2:], 4))
+    assert {r["cluster"] for r in agent_side.sightings("track_id = 4")} == {1}
+    assert agent_side.assign_cluster(np.stack([f.embedding for f in lfw_faces[c][2:]]), hint=2) == 1
+    # what cannot be merged says why; a merged id points at its cluster
+    for source, target, message in (("u2", "u3", "u2 was merged into u1: use u1"), ("u1", "u1", "into itself"),
+                                    ("u9", "u1", "no unknown person u9"), ("bob", "u1", "not an unknown person")):
+        with pytest.raises(NamingError, match=message):
+            merge_unknowns(console_side, source, target)
+    console_side.mark_named(3, "carol")
+    with pytest.raises(NamingError, match="u3 is named carol: name u1 as carol instead"):
+        merge_unknowns(console_side, "u1", "u3")
+    assert main(["-q", "-c", str(tmp_path / "agent.toml"), "unknowns", "merge", "u1", "u3"]) == 1
+    assert "is named carol" in capsys.readouterr().err
+    with console_side.db.conn:
+        console_side.db.execute("UPDATE clusters SET name = NULL WHERE id = 3")
+    # a merge chain: u1 (with u2) into u3; both old ids point at u3, and deleting u3 drops them
+    merge_unknowns(console_side, "u1", "u3")
+    assert [(cl["id"], cl["merged"], cl["sightings"]) for cl in console_side.clusters()] == [("u3", ["u1", "u2"], 8)]
+    assert console_side.cluster(2)["merged_into"] == 3 and console_side.cluster(1)["merged_into"] == 3
+    console_side.enforce_bounds(now=time.time() + 40 * 86400)  # every sighting too old
+    assert console_side.cluster(3) is None and console_side.cluster(1) is None and console_side.cluster(2) is None
+    agent_side.close()
+    console_side.close()
+
+
+def test_an_ignored_unknown_person_stays_hidden_and_is_not_offered_for_naming(tmp_path, lfw_faces, capsys):
+    from agent.cli import main
+    from agent.gallery import Gallery
+    from agent.naming import NamingError, ignore_unknown, merge_unknowns, name_cluster
+
+    (tmp_path / "agent.toml").write_text("[mqtt]\nenabled = false\n")
+    config = str(tmp_path / "agent.toml")
+    cfg = make_config(tmp_path)
+    store = SightingStore(cfg)
+    a, b, c = lfw_faces
+    store.add_track("r", _track(lfw_faces[a][:2], 1))
+    store.add_track("r", _track(lfw_faces[b][:2], 2))
+    assert main(["-q", "-c", config, "unknowns", "ignore", "u1"]) == 0
+    assert "u1 ignored" in capsys.readouterr().out
+    assert [cl["id"] for cl in store.clusters()] == ["u2"]
+    assert [(cl["id"], cl["ignored"]) for cl in store.clusters(ignored=True)] == [("u1", True)]
+    assert [cl["id"] for cl in store.clusters(ignored=None)] == ["u1", "u2"]
+    assert main(["-q", "-c", config, "unknowns", "--json"]) == 0
+    assert [cl["id"] for cl in json.loads(capsys.readouterr().out)] == ["u2"]
+    assert main(["-q", "-c", config, "unknowns", "--ignored"]) == 0
+    assert "(ignored)" in capsys.readouterr().out
+    # the person's next track still joins the ignored cluster: it stays hidden
+    assert store.match(np.stack([f.embedding for f in lfw_faces[a][2:]])).name == "1"
+    store.add_track("r", _track(lfw_faces[a][2:], 3))
+    assert [cl["id"] for cl in store.clusters()] == ["u2"] and store.clusters(ignored=True)[0]["tracks"] == 2
+    gallery = Gallery(cfg)
+    with pytest.raises(NamingError, match="u1 is ignored: `face-agent unknowns unignore u1` first"):
+        name_cluster(gallery, store, "u1", "alice", retrain=False)
+    gallery.close()
+    # merging into an ignored one (or an ignored one into another) keeps the person ignored
+    merge_unknowns(store, "u2", "u1")
+    assert store.clusters() == [] and store.clusters(ignored=True)[0]["merged"] == ["u2"]
+    assert main(["-q", "-c", config, "unknowns", "unignore", "u1"]) == 0
+    assert [cl["id"] for cl in store.clusters()] == ["u1"] and store.clusters(ignored=True) == []
+    assert main(["-q", "-c", config, "unknowns", "ignore", "u7"]) == 1
+    assert "no unknown person u7" in capsys.readouterr().err
+    store.mark_named(1, "alice")
+    with pytest.raises(NamingError, match="forget alice"):
+        ignore_unknown(store, "u1")
+    store.close()
+
+
+def test_a_layout_1_sightings_file_gets_merge_and_ignore_columns(tmp_path, lfw_faces):
+    """A sightings.db written before merge/ignore (layout 1) is migrated in place: data kept, new columns."""
+    import sqlite3
+
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "sightings.db")
+    conn.execute("CREATE TABLE clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, name TEXT)")
+    conn.execute("INSERT INTO clusters (created, name) VALUES (1.0, NULL), (2.0, 'bob')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SightingStore(make_config(tmp_path))
+    a = next(iter(lfw_faces))
+    store.add_track("r", _track(lfw_faces[a][:2], 1))  # the sightings table, created as before
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {"merged_into", "ignored"} <= set(store.db["clusters"].columns_dict)
+    assert store.cluster(2)["name"] == "bob" and store.cluster(2)["ignored"] is None
     store.close()
 
 

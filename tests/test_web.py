@@ -134,11 +134,13 @@ def test_loopback_console_without_login_still_checks_csrf_and_host(open_console)
 def test_nothing_without_the_login(locked_console):
     client = Client(locked_console)
     for path in ("/", "/live", "/live/panel", "/events", "/people", "/people/ada", "/unknowns",
-                 "/files/photo/ada/a.jpg", "/files/chip/ada/a.png", "/files/live/live.jpg"):
+                 "/files/photo/ada/a.jpg", "/files/chip/ada/a.png", "/files/live/live.jpg", "/reports",
+                 "/files/report/tune.png", "/events/01M8M3ATTSS776S3QMMFD5038S/faces", "/unknowns?show=ignored"):
         status, headers, _ = client.request("GET", path)
         assert status == 303 and headers["location"] == "/login", path
         assert client.request("GET", path, headers={"HX-Request": "true"})[0] == 401, path
-    for path in ("/people/upload", "/people/retrain", "/people/ada/forget", "/people/ada/rename", "/logout"):
+    for path in ("/people/upload", "/people/retrain", "/people/ada/forget", "/people/ada/rename", "/logout",
+                 "/unknowns/u1/merge", "/unknowns/u1/ignore", "/unknowns/u1/unignore", "/reports/tune"):
         assert client.request("POST", path, headers={"X-CSRF-Token": client.csrf()})[0] == 401, path
     assert client.request("GET", "/static/htmx.min.js")[0] == 200  # the package's own script, no data
     assert client.login("wrong password") == 401
@@ -277,5 +279,58 @@ def test_name_and_reject_need_csrf_and_say_why_they_cannot(tmp_path):
         status, _, text = client.request("GET", "/unknowns")
         assert status == 200 and "No unknown people seen yet" in text
         assert client.request("GET", "/files/sighting/../sightings.db")[0] == 404
+    finally:
+        console.stop()
+
+
+def test_merge_ignore_and_tune_need_csrf_and_say_why_they_cannot(tmp_path):
+    """The new unknown-people actions and "run tune" refuse without the CSRF token; with it, their errors are
+    agent.naming's own. The Events page links nothing for a track with no kept faces; the track page says why.
+    Report plots are served only by their own names from [evaluation] reports."""
+    from agent.config import load_config
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    event = EventFactory.from_config(cfg).unknown_face(4, 3, (10, 10, 60, 60), (640, 360), unknown_id="u9")
+    with EventStore(cfg) as store:
+        store.add(event)
+    reports = tmp_path / "storage" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "tune.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a plot")
+    (reports / "tune.txt").write_text("face-agent tune: 2 people\n<script>x</script>")
+    (reports / "other.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "storage" / "secret.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    console = WebConsole(config)
+    try:
+        client = Client(console)
+        for path in ("/unknowns/u1/merge", "/unknowns/u1/ignore", "/unknowns/u1/unignore", "/reports/tune"):
+            assert client.request("POST", path, "into=u2")[0] == 403, path
+        token = client.csrf("/unknowns")
+        form = {"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
+        status, _, text = client.request("POST", "/unknowns/u1/merge", "into=u2", headers=form)
+        assert status == 400 and "no unknown person u1" in text
+        status, _, text = client.request("POST", "/unknowns/x/ignore", headers=form)
+        assert status == 400 and "not an unknown person's id" in text
+        status, _, text = client.request("POST", "/reports/tune", headers=form)
+        assert status == 400 and "nobody is enrolled" in text
+        status, _, page = client.request("GET", "/unknowns?show=ignored")
+        assert status == 200 and "No ignored unknown people" in page
+        # the event names a cluster that no longer exists and kept no faces: no links
+        _, _, page = client.request("GET", "/events")
+        assert f"/events/{event.event_id}/faces" not in page and "#cluster-u9" not in page
+        status, _, page = client.request("GET", f"/events/{event.event_id}/faces")
+        assert status == 200 and "No faces of this track were kept" in page and 'privacy = "unknown"' in page
+        assert client.request("GET", "/events/NOSUCHEVENT/faces")[0] == 404
+        # the last reports: text escaped, the plot by its own name only
+        status, _, page = client.request("GET", "/reports")
+        assert status == 200 and "face-agent tune: 2 people" in page and "&lt;script&gt;" in page
+        assert '/files/report/tune.png' in page
+        status, headers, _ = client.request("GET", "/files/report/tune.png")
+        assert status == 200 and headers["content-type"] == "image/png"
+        for path in ("/files/report/other.png", "/files/report/..%2Fsecret.png", "/files/report/../secret.png",
+                     "/files/report/tune.txt", "/files/report/reports/tune.png"):
+            assert client.request("GET", path)[0] in (404, 307), path
     finally:
         console.stop()

@@ -245,7 +245,7 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     # name the first one as a new person: its faces are enrolled and the classifier retrained
     unknown_id = stranger.locator("h2").inner_text().split()[0]
     stranger.locator("input[name=person]").fill("Stranger One")
-    stranger.locator("button[type=submit]").click()
+    stranger.locator("form.name-form button[type=submit]").click()
     page.wait_for_url(url + "/people/Stranger%20One", timeout=120_000)
     text = page.inner_text("main")
     assert f"{unknown_id} is now Stranger One" in text and "classifier retrained: 4 people" in text
@@ -276,3 +276,79 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     wide.goto(url + "/unknowns")
     wide.screenshot(path=str(shots / "11-unknowns-desktop.png"), full_page=True)
     desktop.close()
+
+
+def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, browser, shots):
+    """Two unknown people of the runs merged into one (its counts add up, the merged id is listed), one
+    ignored (gone from the list, on the ignored list without a name form) and shown again; an event's link to
+    the faces kept of its track; "Run tune now" on the People page's report page shows the report and its plot."""
+    console, _ = site
+    url = console.url
+    context, page = login(browser, url, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+
+    def sightings(card) -> int:
+        return int(re.search(r"(\d+) sightings", card.locator(".counts").inner_text()).group(1))
+
+    page.goto(url + "/unknowns")
+    clusters = page.locator("section.cluster.open")
+    assert clusters.count() >= 2
+    source, target = clusters.nth(0), clusters.nth(1)
+    source_id, target_id = (c.locator("h2").inner_text().split()[0] for c in (source, target))
+    total = sightings(source) + sightings(target)
+    source.locator("select[name=into]").select_option(target_id)
+    source.locator("form.merge-form button[type=submit]").click()
+    page.wait_for_selector("p.flash")
+    assert f"{source_id} merged into {target_id}" in page.inner_text("main")
+    merged = page.locator(f"#cluster-{target_id}")
+    assert sightings(merged) == total and f"merged from {source_id}" in merged.inner_text()
+    assert page.locator(f"#cluster-{source_id}").count() == 0
+    assert all(source_id not in options for options in page.locator("select[name=into]").all_inner_texts())
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "12-merged.png"), full_page=True)
+
+    # ignore the merged one: hidden here, listed with the ignored ones (no name form), then shown again
+    page.locator(f"#cluster-{target_id} button.ignore").click()
+    page.wait_for_selector("p.flash")
+    assert f"{target_id} ignored" in page.inner_text("main") and page.locator(f"#cluster-{target_id}").count() == 0
+    page.click("#show-filter a")
+    page.wait_for_url(url + "/unknowns?show=ignored")
+    ignored = page.locator(f"#cluster-{target_id}")
+    assert ignored.count() == 1 and "ignored" in ignored.locator("h2").inner_text()
+    assert ignored.locator("form.name-form").count() == 0
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "13-ignored.png"), full_page=True)
+    ignored.locator("button.unignore").click()
+    page.wait_for_selector("p.flash")
+    assert f"{target_id} is shown again" in page.inner_text("main")
+    assert page.locator(f"#cluster-{target_id} form.name-form").count() == 1
+
+    # Events: a track event links to the faces kept of its track
+    page.goto(url + "/events?type=track_ended")
+    link = page.locator("li.event a.faces").first
+    count = int(link.inner_text().split()[0])
+    link.click()
+    page.wait_for_url(re.compile(r".*/events/[0-9A-Z]{26}/faces$"))
+    faces = page.locator("figure.face")
+    assert faces.count() == count >= 1
+    assert page.evaluate("Array.from(document.querySelectorAll('figure.face img.chip'))"
+                         ".every(i => i.complete && i.naturalWidth == 150)")
+    assert page.evaluate("Array.from(document.querySelectorAll('figure.face img.context'))"
+                         ".every(i => i.complete && i.naturalWidth > 0)")
+    assert re.search(r"quality 0\.\d\d", faces.first.inner_text())
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "14-track-faces.png"), full_page=True)
+
+    # People -> the evaluation reports: none yet; run tune from the console, see the report and its plot
+    page.goto(url + "/people")
+    page.click("#reports-link")
+    page.wait_for_url(url + "/reports")
+    assert page.locator("#no-reports").count() == 1
+    page.click("#run-tune")
+    page.wait_for_selector("p.flash", timeout=120_000)
+    assert "tune:" in page.inner_text("main") and "suggested distance_threshold" in page.inner_text("main")
+    report = page.locator("#report-tune")
+    assert "distance_threshold = 0." in report.locator("pre").inner_text()
+    assert page.evaluate("document.querySelector('#report-tune img.plot').naturalWidth") >= 1000
+    fits_the_phone(page)
+    page.screenshot(path=str(shots / "15-tune-report.png"), full_page=True)
+    context.close()

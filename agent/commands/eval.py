@@ -10,7 +10,7 @@ from agent.commands._common import config_of, fail, show_progress
 from agent.evaluation import EvalError
 from agent.evaluation.detections import evaluate_detections
 from agent.evaluation.folders import evaluate_folder
-from agent.evaluation.report import format_detections, format_eval, plot_report
+from agent.evaluation.report import format_detections, format_eval, plot_report, save_last
 from agent.vision.recognizer import FaceAnalyzer
 
 
@@ -68,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
             detections = evaluate_detections(args.detections, analyzer, cfg, args.iou, progress=show_progress())
     except EvalError as exc:
         return fail(str(exc), 2)
+    parts = [format_eval(recognition)] if recognition else []
+    parts += [format_detections(detections)] if detections else []
+    save_last(cfg, "eval", "\n\n".join(parts), {"recognition": recognition, "detections": detections}, recognition)
     if args.json:
         print(json.dumps({"recognition": recognition, "detections": detections}, ensure_ascii=False))
     else:
-        parts = [format_eval(recognition)] if recognition else []
-        parts += [format_detections(detections)] if detections else []
         if args.plot is not None:
             parts.append(f"plot written to {args.plot}")
         print("\n\n".join(parts))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.evaluation import EvalError
-from agent.evaluation.report import format_tune, plot_report
+from agent.evaluation.report import format_tune, plot_report, save_last
 from agent.evaluation.tune import tune_gallery
 from agent.gallery import Gallery
 
@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    gallery = Gallery(config_of(args))
+    cfg = config_of(args)
+    gallery = Gallery(cfg)
     try:
         report = tune_gallery(gallery, args.target_far, progress=show_progress())
         if args.plot is not None:
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     finally:
         gallery.close()
+    if report["photos"]:
+        save_last(cfg, "tune", format_tune(report), report, report)
     if not report["photos"] and not args.json:
         return fail(f"nobody is enrolled: put photos in {gallery.raw}/<person>/ and run `face-agent enroll`")
     if args.json:

@@ -1,38 +1,83 @@
-"""`face-agent unknowns`: the unknown people the camera saw (clusters of unknown sightings)."""
+"""`face-agent unknowns`: the unknown people the camera saw (clusters of unknown sightings);
+`unknowns merge SOURCE TARGET`, `unknowns ignore|unignore UNKNOWN_ID`: correct them (agent.naming)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from agent.commands._common import config_of
+from agent.commands._common import config_of, fail
 from agent.events import format_timestamp
-from agent.sightings import SightingStore
+from agent.naming import NamingError, ignore_unknown, merge_unknowns
+from agent.sightings import SightingStore, cluster_label
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("unknowns", help="list the unknown people seen (clusters of unknown faces) with their chips",
+    p = sub.add_parser("unknowns", help="list the unknown people seen (clusters of unknown faces); merge or ignore one",
                        description="Every unknown person the agent has seen ([sightings] privacy = unknown or "
                        "all): its id (use it with `face-agent name`), sightings and tracks, first and last seen, "
-                       "and its chips (aligned 150x150 JPEGs), best first.")
+                       "and its chips (aligned 150x150 JPEGs), best first. Ignored ones are left out (--ignored "
+                       "lists them). ACTIONS change the list: merge two that are one person, ignore one.")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--ignored", action="store_true", help="list only the ignored unknown people")
+    shown.add_argument("--all", action="store_true", help="list the ignored ones too")
     p.add_argument("--json", action="store_true", help="one JSON array with every chip path")
     p.set_defaults(func=run)
+    actions = p.add_subparsers(dest="unknowns_action", metavar="ACTION")
+    merge = actions.add_parser("merge", help="SOURCE and TARGET are one person: SOURCE's sightings move to TARGET",
+                               description="Every sighting of SOURCE moves to TARGET; the person's next tracks join "
+                               "TARGET, and SOURCE (e.g. in older events) means TARGET from now on. TARGET is "
+                               "ignored if either was. Named unknown people are not merged.")
+    merge.add_argument("source", help="the unknown person that goes, e.g. u7")
+    merge.add_argument("target", help="the unknown person that stays, e.g. u3")
+    merge.set_defaults(func=run_merge)
+    for action, text in (("ignore", "hide an unknown person from the list and from naming; their next tracks "
+                                    "join it and stay hidden (their unknown_face events are still logged)"),
+                         ("unignore", "show an ignored unknown person again")):
+        a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        a.add_argument("unknown_id", help="the unknown person, e.g. u5")
+        a.set_defaults(func=run_ignore, ignore=action == "ignore")
 
 
 def run(args: argparse.Namespace) -> int:
     store = SightingStore(config_of(args))
     try:
-        clusters = store.clusters()
+        clusters = store.clusters(ignored=None if args.all else args.ignored)
     finally:
         store.close()
     if args.json:
         print(json.dumps(clusters, ensure_ascii=False))
         return 0
     if not clusters:
-        print("no unknown people seen yet")
+        print("no ignored unknown people" if args.ignored else "no unknown people seen yet")
         return 0
     print(f"{'id':8s} {'named':20s} {'sightings':>9s} {'tracks':>6s}  {'first seen':24s} {'last seen':24s} chip")
     for c in clusters:
-        print(f"{c['id']:8s} {c['name'] or '-':20s} {c['sightings']:9d} {c['tracks']:6d}  "
+        label = c["name"] or ("(ignored)" if c["ignored"] else "-")
+        print(f"{c['id']:8s} {label:20s} {c['sightings']:9d} {c['tracks']:6d}  "
               f"{format_timestamp(c['first_seen']):24s} {format_timestamp(c['last_seen']):24s} {c['representative']}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    store = SightingStore(config_of(args))
+    try:
+        target, moved = merge_unknowns(store, args.source, args.target)
+    except NamingError as exc:
+        return fail(str(exc))
+    finally:
+        store.close()
+    print(f"{args.source} merged into {cluster_label(target)}: {moved} sightings moved")
+    return 0
+
+
+def run_ignore(args: argparse.Namespace) -> int:
+    store = SightingStore(config_of(args))
+    try:
+        cluster = ignore_unknown(store, args.unknown_id, args.ignore)
+    except NamingError as exc:
+        return fail(str(exc))
+    finally:
+        store.close()
+    print(f"{cluster_label(cluster)} {'ignored' if args.ignore else 'shown again'}")
     return 0

@@ -1,13 +1,77 @@
-"""The reports of `face-agent eval` and `tune` (agent.evaluation) as text tables and a PNG plot."""
+"""The reports of `face-agent eval` and `tune` (agent.evaluation) as text tables and a PNG plot; the last
+of each kept in `[evaluation] reports` (`save_last`, read back by `last_reports`: the web console)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from agent.evaluation import EvalError
+from agent.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+REPORT_KINDS = ("tune", "eval")  # <kind>.txt (what the command printed), <kind>.json, <kind>.png (the plot)
+
+
+def reports_folder(cfg: Any) -> Path | None:
+    """`[evaluation] reports` under `[paths] storage` (or absolute); None when keeping reports is off."""
+    value = cfg.evaluation.reports
+    return cfg.path("storage") / Path(value).expanduser() if value else None
+
+
+def save_last(cfg: Any, kind: str, text: str, data: dict, plotted: dict | None) -> Path | None:
+    """Keep this `kind` (eval or tune) report as the last one: the text, the JSON and (`plotted`: the
+    recognition report, when matplotlib is installed) the plot; an older plot goes with a new report without
+    one. A folder that cannot be written is logged, not fatal (the report was printed). Returns the folder."""
+    folder = reports_folder(cfg)
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        png = folder / f"{kind}.png"
+        if plotted is not None:
+            tmp = folder / f".{kind}-{os.getpid()}.png"  # a hidden name: never served half-written
+            try:
+                plot_report(plotted, tmp)
+                os.replace(tmp, png)
+            except EvalError as exc:  # no matplotlib: the text is kept all the same
+                log.info("the %s plot is not kept: %s", kind, exc)
+                png.unlink(missing_ok=True)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            png.unlink(missing_ok=True)
+        atomic_write(folder / f"{kind}.json", json.dumps({"saved_at": time.time(), **data},
+                                                         ensure_ascii=False).encode())
+        atomic_write(folder / f"{kind}.txt", text.encode())
+    except OSError as exc:
+        log.warning("cannot keep the last %s report in %s: %s", kind, folder, exc)
+        return None
+    return folder
+
+
+def last_reports(cfg: Any) -> list[dict]:
+    """The kept reports, tune first: kind, when (epoch seconds), text, plot (file name or None)."""
+    folder = reports_folder(cfg)
+    out = []
+    for kind in REPORT_KINDS if folder is not None else ():
+        text_file = folder / f"{kind}.txt"
+        try:
+            text = text_file.read_text(encoding="utf-8", errors="replace")
+            when = text_file.stat().st_mtime
+        except OSError:
+            continue
+        plot = folder / f"{kind}.png"
+        out.append({"kind": kind, "when": when, "text": text, "plot": plot.name if plot.is_file() else None})
+    return out
 
 
 def _pct(v: float | None) -> str:

@@ -2,8 +2,10 @@
 
 It reads what the agent keeps - the status file, the live frame, the event log, the gallery's folders - and
 changes enrollment only through `agent.gallery.Gallery` (the same operations as `face-agent enroll`, `rename`,
-`forget` and remote enrollment) and the sightings' operations in `agent.naming` (`name_cluster`, `reidentify`
-and `reject`: the same as `face-agent name` and `reject`). After every change it retrains through the gallery
+`forget` and remote enrollment) and the sightings' operations in `agent.naming` (`name_cluster`, `reidentify`,
+`reject`, `merge_unknowns` and `ignore_unknown`: the same as `face-agent name`, `reject` and `unknowns
+merge|ignore|unignore`). The People page links the last `eval`/`tune` reports (agent.evaluation.report) and
+can run `tune`. After every change it retrains through the gallery
 (`ensure_trained`, SVMs in a child process) and saves the classifier in `[paths] svm`; the running agent
 notices the new file at its next health check (`[service] status_interval`) and swaps it in between two
 frames, as after a remote enrollment - no restart.
@@ -40,14 +42,16 @@ from starlette.templating import Jinja2Templates
 
 from agent import health
 from agent.config import Config
-from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED
+from agent.evaluation import EvalError
+from agent.evaluation.report import REPORT_KINDS, reports_folder
+from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED, parse_timestamp
 from agent.frame_output import LIVE_FRAME
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.images import ImageError, is_image_path
 from agent.logsafe import escape
-from agent.naming import Named, NamingError, log_reidentified, name_cluster, reject
-from agent.sightings import SightingStore
-from agent.store import EventStore
+from agent.naming import Named, NamingError, ignore_unknown, log_reidentified, merge_unknowns, name_cluster, reject
+from agent.sightings import SightingStore, cluster_label, parse_cluster
+from agent.store import EventStore, StoredEvent
 from agent.web.security import (
     CSRF_FIELD,
     Guard,
@@ -82,6 +86,14 @@ def _utc(t: float | str | None) -> str:
     if isinstance(t, str):
         return t.replace("T", " ").replace("Z", " UTC")
     return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _track_time(type_: str, t: float, payload: dict[str, Any]) -> float:
+    """When the track an event is about was seen: a `reidentified` event comes later and says when."""
+    if type_ == REIDENTIFIED and isinstance(payload.get("seen_at"), str):
+        with contextlib.suppress(ValueError):
+            return parse_timestamp(payload["seen_at"])
+    return t
 
 
 def _source_line(source: dict[str, Any]) -> str | None:
@@ -127,6 +139,25 @@ class Console:
             self.last_training = {"retrained": retrained, "people": len(clf.people), "at": time.time()}
             log.info("web: classifier %s (%d people)", "retrained" if retrained else "unchanged", len(clf.people))
             return self.last_training
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The last `face-agent eval` and `tune` reports kept in `[evaluation] reports` (agent.evaluation.report)."""
+        from agent.evaluation.report import last_reports
+
+        return last_reports(self.cfg)
+
+    def run_tune(self) -> dict[str, Any]:
+        """`face-agent tune` on the enrolled photos (embeddings are cached: seconds), kept like the command's."""
+        from agent.evaluation.report import format_tune, save_last
+        from agent.evaluation.tune import tune_gallery
+
+        with self.train_lock:
+            report = tune_gallery(self.gallery)
+        if not report["photos"]:
+            raise EvalError("nobody is enrolled: there is nothing to tune")
+        save_last(self.cfg, "tune", format_tune(report), report, report)
+        log.info("web: tune run (%d photos)", len(report["photos"]))
+        return report
 
     def person(self, name: str) -> dict[str, Any]:
         results, _, _, _ = self.gallery.scan([name], progress=False)
@@ -175,27 +206,77 @@ class Console:
             thumb = payload.get("thumbnail")
             if not isinstance(thumb, str) or not _B64.match(thumb):
                 thumb = None
+            faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload)) \
+                if row.track_id is not None else []
+            rejectable = row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name) and row.track_id is not None
             out.append({"event_id": row.event_id, "time": _utc(row.t), "type": row.type, "name": row.name,
                         "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
-                        "thumbnail": thumb,
+                        "thumbnail": thumb, "faces": len(faces), "unknown": self.unknown_link(payload),
                         "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
-                        "rejectable": row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name)
-                        and row.track_id is not None, "rejected": False})
-            if out[-1]["rejectable"]:
-                out[-1]["rejected"] = self.was_rejected(row.track_id, row.name, row.t)
+                        "rejectable": rejectable,
+                        "rejected": rejectable and any(r["rejected"] == row.name for r in faces)})
         return out
 
-    def was_rejected(self, track_id: int, name: str, at: float) -> bool:
-        """Whether the faces kept of this track were said not to be `name` (`face-agent reject`)."""
-        return any(r["rejected"] == name for r in self.sightings.track_sightings(track_id, at))
+    def unknown_link(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The unknown person an event names (`unknown_id`), as it is now: merged into another, ignored."""
+        label = payload.get("unknown_id")
+        try:
+            cluster = parse_cluster(label) if isinstance(label, str) else None
+        except ValueError:
+            cluster = None
+        row = self.sightings.cluster(cluster) if cluster is not None else None
+        if row is None:
+            return None
+        now = self.sightings.cluster(row["merged_into"]) if row["merged_into"] is not None else row
+        if now is None:
+            return None
+        return {"id": label, "now": cluster_label(now["id"]), "ignored": now["ignored"] is not None,
+                "named": now["name"]}
+
+    def track_faces(self, event_id: str) -> tuple[StoredEvent, list[dict[str, Any]]]:
+        """The kept faces of the track an event is about (`SightingStore.track_sightings`), best first, each
+        with its files as parts under the sightings folder; NamingError if there is no such track event."""
+        row = self.store.get(event_id.strip().upper())
+        if row is None or row.track_id is None:
+            raise NamingError(f"no track event {event_id!r} in the log")
+        try:
+            payload = json.loads(row.payload)
+        except ValueError:
+            payload = {}
+        faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload))
+        out = []
+        for face in sorted(faces, key=lambda r: (-(r["quality"] or 0.0), r["id"])):
+            out.append({"id": face["id"], "time": _utc(face["t"]), "quality": face["quality"], "name": face["name"],
+                        "cluster": cluster_label(face["cluster"]) if face["cluster"] else None,
+                        "rejected": face["rejected"], "reidentified": face["reidentified"],
+                        "chip": Path(face["chip"]).parts, "context": Path(face["context"]).parts})
+        return row, out
 
     # ---- unknown people: the sightings room's operations (`face-agent unknowns`, `name`, `reject`) -------
-    def unknowns(self) -> list[dict[str, Any]]:
-        """`SightingStore.clusters()` with each chip as its parts under the sightings folder (for /files)."""
-        clusters = self.sightings.clusters()
+    def unknowns(self, ignored: bool | None = False) -> list[dict[str, Any]]:
+        """`SightingStore.clusters(ignored)` with each chip as its parts under the sightings folder (for /files)."""
+        clusters = self.sightings.clusters(ignored)
         for c in clusters:
             c["chips"] = [Path(chip).relative_to(self.sightings.folder).parts for chip in c["chips"][:CHIPS_SHOWN]]
         return clusters
+
+    def merge_targets(self) -> list[dict[str, Any]]:
+        """The unknown people another one can be merged into: every unnamed one, ignored ones too (a new
+        cluster may be the person ignored before)."""
+        return [{"id": c["id"], "ignored": c["ignored"], "sightings": c["sightings"]}
+                for c in self.sightings.clusters(ignored=None) if c["name"] is None]
+
+    def merge(self, source: str, target: str) -> tuple[str, int]:
+        """`face-agent unknowns merge SOURCE TARGET` (agent.naming.merge_unknowns). Returns (target, moved)."""
+        cluster, moved = merge_unknowns(self.sightings, source, target)
+        log.info("web: %s merged into %s", escape(source), cluster_label(cluster))
+        return cluster_label(cluster), moved
+
+    def set_ignored(self, unknown_id: str, ignored: bool) -> str:
+        """`face-agent unknowns ignore|unignore UNKNOWN_ID` (agent.naming.ignore_unknown)."""
+        label = cluster_label(ignore_unknown(self.sightings, unknown_id, ignored))
+        log.info("web: %s %s", label, "ignored" if ignored else "shown again")
+        return label
 
     def _after_training(self, named_classifier: Any) -> int:
         """What `face-agent name` does after naming: recent unknown tracks the new model names become
@@ -348,6 +429,27 @@ def create_app(cfg: Config) -> Starlette:
         return page(request, "events.html", rows=rows, filters=filters, error=error, types=EVENT_TYPES,
                     cameras=console.cameras(), people=console.gallery.people_on_disk())
 
+    async def track_faces(request: Request) -> Response:
+        try:
+            event, faces = await run_in_threadpool(console.track_faces, request.path_params["event_id"])
+        except NamingError as exc:
+            return PlainTextResponse(str(exc), status_code=404)
+        return page(request, "track.html", event=event, faces=faces, time=_utc(event.t), privacy=cfg.sightings.privacy)
+
+    async def reports(request: Request) -> Response:
+        found = await run_in_threadpool(console.reports)
+        return page(request, "reports.html", reports=found, folder=reports_folder(cfg))
+
+    async def run_tune(request: Request) -> Response:
+        try:
+            report = await run_in_threadpool(console.run_tune)
+        except EvalError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        threshold = report["suggested_threshold"]
+        flash(request, f"tune: {len(report['photos'])} photos of {len(report['people'])} people; suggested "
+                       f"distance_threshold {'n/a' if threshold is None else f'{threshold:.3f}'}")
+        return go("/reports")
+
     async def people(request: Request) -> Response:
         summary = await run_in_threadpool(console.gallery.summary)
         chips = {name: console.first_chip(name) for name in summary}
@@ -428,9 +530,32 @@ def create_app(cfg: Config) -> Starlette:
         return go("/people")
 
     async def unknowns(request: Request) -> Response:
-        clusters = await run_in_threadpool(console.unknowns)
+        show_ignored = request.query_params.get("show") == "ignored"
+        clusters = await run_in_threadpool(console.unknowns, show_ignored)
+        targets = await run_in_threadpool(console.merge_targets)
         return page(request, "unknowns.html", clusters=clusters, people=console.gallery.people_on_disk(),
-                    privacy=cfg.sightings.privacy)
+                    privacy=cfg.sightings.privacy, show_ignored=show_ignored, targets=targets,
+                    ignored_count=sum(t["ignored"] for t in targets))
+
+    async def merge_unknown(request: Request) -> Response:
+        form = await request.form()
+        source = request.path_params["unknown_id"]
+        try:
+            target, moved = await run_in_threadpool(console.merge, source, str(form.get("into", "")))
+        except NamingError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        flash(request, f"{source} merged into {target}: {moved} sightings moved; {source} now means {target}")
+        return go("/unknowns")  # no #fragment: a redirect that only changes it would not reload the page
+
+    async def ignore_or_show(request: Request) -> Response:
+        ignored = request.url.path.endswith("/ignore")
+        try:
+            label = await run_in_threadpool(console.set_ignored, request.path_params["unknown_id"], ignored)
+        except NamingError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        flash(request, f"{label} ignored: hidden here and from naming; their next sightings join {label}"
+              if ignored else f"{label} is shown again")
+        return go("/unknowns")
 
     async def name_unknown(request: Request) -> Response:
         form = await request.form()
@@ -464,6 +589,9 @@ def create_app(cfg: Config) -> Starlette:
         path = None
         if kind in roots and len(parts) == 2:
             path = safe_file(roots[kind], *parts)
+        elif kind == "report" and len(parts) == 1 and parts[0] in {f"{k}.png" for k in REPORT_KINDS} \
+                and reports_folder(cfg) is not None:
+            path = safe_file(reports_folder(cfg), parts[0])
         elif kind == "live" and parts == [LIVE_FRAME]:
             path = safe_file(console.storage, LIVE_FRAME)
         if path is None or not is_image_path(path):
@@ -484,9 +612,15 @@ def create_app(cfg: Config) -> Starlette:
         Route("/people/{name}/remove", remove_photo, methods=["POST"]),
         Route("/people/{name}/rename", rename, methods=["POST"]),
         Route("/people/{name}/forget", forget, methods=["POST"]),
+        Route("/reports", reports),
+        Route("/reports/tune", run_tune, methods=["POST"]),
         Route("/unknowns", unknowns),
         Route("/unknowns/{unknown_id}/name", name_unknown, methods=["POST"]),
+        Route("/unknowns/{unknown_id}/merge", merge_unknown, methods=["POST"]),
+        Route("/unknowns/{unknown_id}/ignore", ignore_or_show, methods=["POST"]),
+        Route("/unknowns/{unknown_id}/unignore", ignore_or_show, methods=["POST"]),
         Route("/events/{event_id}/reject", reject_event, methods=["POST"]),
+        Route("/events/{event_id}/faces", track_faces),
         Route("/files/{kind}/{rest:path}", file),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
