@@ -225,11 +225,38 @@ def test_pnet_input_shapes_are_what_pnet_sees_and_stages_are_batched(backend):
     rgb = load_image(FR / "examples" / "two_people.jpg")
     for max_side in (0, 640):
         rec = RecordingBackend(backend)
-        MTCNN(rec, max_input_side=max_side).detect(rgb)
+        MTCNN(rec, max_input_side=max_side, max_batch=100_000).detect(rgb)
         seen = [shape[2:] for net, shape in rec.calls if net == "pnet"]
         assert seen == pnet_input_shapes(*rgb.shape[:2], 20, 0.709, max_input_side=max_side)
         assert [net for net, _ in rec.calls].count("rnet") == 1
         assert [net for net, _ in rec.calls].count("onet") == 1
+
+
+def test_several_images_share_each_stage_call_and_big_batches_are_chunked(backend):
+    """detect_many (one frame per camera): R-Net and O-Net run once for all the images' candidates, in
+    chunks of max_batch, and every image gets exactly the faces detect/refine find on it alone."""
+    from agent.vision.mtcnn import DetectRequest
+
+    a = load_image(FR / "examples" / "two_people.jpg")
+    b = load_image(COMPREFACE / "embedding-calculator" / "sample_images" / "000_5.jpg")
+    alone = MTCNN(backend)
+    expected = [alone.detect(a), alone.detect(b)]
+    rec = RecordingBackend(backend)
+    together = MTCNN(rec, max_batch=100_000).detect_many([DetectRequest(a), DetectRequest(b)])
+    assert [[d.box for d in faces] for faces in together] == [[d.box for d in faces] for faces in expected]
+    rnet = [shape[0] for net, shape in rec.calls if net == "rnet"]
+    assert len(rnet) == 1 and [net for net, _ in rec.calls].count("onet") == 1
+
+    rec = RecordingBackend(backend)
+    chunked = MTCNN(rec, max_batch=16).detect_many([DetectRequest(a), DetectRequest(b)])
+    assert [[d.box for d in faces] for faces in chunked] == [[d.box for d in faces] for faces in expected]
+    sizes = [shape[0] for net, shape in rec.calls if net == "rnet"]
+    assert max(sizes) == 16 and sum(sizes) == rnet[0] and len(sizes) == -(-rnet[0] // 16)
+
+    boxes = [f.box for f in expected[1][:2]]  # a refine and a full detection in one call
+    mixed = MTCNN(backend).detect_many([DetectRequest(b, boxes=boxes), DetectRequest(a)])
+    assert [d.box for d in mixed[0]] == [d.box for d in alone.refine(b, boxes)]
+    assert [d.box for d in mixed[1]] == [d.box for d in expected[0]]
 
 
 def test_nms_union_and_min():
