@@ -178,6 +178,8 @@ class TrackerSection:
     # variance of the Laplacian below which a face is too blurry
     min_sharpness: float = setting(20.0, bounds=AT_LEAST_0)
     embed_every: int = setting(5, bounds=AT_LEAST_1)  # frames between embeddings of an unsettled track
+    # frames between embeddings of a new track until it has the votes a name needs (voting.min_votes)
+    settle_embed_every: int = setting(1, bounds=AT_LEAST_1)
     # frames between embeddings (re-verification) once the identity is settled
     settled_embed_every: int = setting(10, bounds=AT_LEAST_1)
     max_attempts: int = setting(6, bounds=AT_LEAST_1)  # embeddings before an unsettled track is declared unknown
@@ -197,7 +199,7 @@ class TrackerSection:
     # face size changed by more than this factor in one frame: unverified
     resize_ratio: float = setting(1.5, bounds=Range(1, lo_open=True))
     # correlation of 16x16 grey face thumbnails with the frame before below: unverified
-    look_threshold: float = setting(0.6, bounds=Range(-1, 1))
+    look_threshold: float = setting(0.7, bounds=Range(-1, 1))
     # frames a track without a detection is still drawn and listed in --frames-out
     show_coasting: int = setting(3, bounds=AT_LEAST_0)
 
@@ -208,6 +210,8 @@ class VotingSection:
     min_votes: int = setting(2, bounds=AT_LEAST_1)  # agreeing votes needed to settle a name
     # a settled name changes only if the challenger's weight is this many times its own
     hysteresis: float = setting(1.5, bounds=AT_LEAST_1)
+    # a track's first votes, all for one name, settle it before min_votes when one is more certain than this
+    single_vote_certainty: float = setting(0.9, bounds=Range(0, 1))
 
 
 @dataclass

@@ -26,7 +26,8 @@ from bench import identity_clips as ic
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SCHEMA = json.loads((ROOT / "agent" / "schemas" / "frame.schema.json").read_text())
 MIN_NAMED_SHARE = 0.85  # of an enrolled person's face-frames, once the appearance has had 10 frames
-MAX_SETTLE_FRAMES = 12  # frames from a person's first frame to their name (min_votes 2, embed_every 5)
+MAX_SETTLE_FRAMES = 2  # frames from a person's first frame to their name: confirmed on its 2nd detection (min_hits
+# 2), a new track embedded on consecutive frames (settle_embed_every 1), named by 2 votes or 1 very certain one
 
 
 class Agent:
@@ -157,6 +158,8 @@ def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
     assert s["wrong_name"] == 0, s["wrong_examples"]
     assert s["name_on_nothing"] == 0
     assert s["per_person"]["lin_manuel"]["share"] >= MIN_NAMED_SHARE
+    lin = [f for a, f in zip((a for a in truth.actors if a.enrolled), s["settle_frames"]) if a.label == "lin_manuel"]
+    assert lin and all(f is not None and f <= MAX_SETTLE_FRAMES for f in lin), s["settle_frames"]
     assert not [e for e in events if e["name"] == "lin_manuel" and e["type"] == "identified"
                 and e["frame_index"] >= 211]
     assert [e for e in events if e["type"] == "track_ended" and e["name"] == "lin_manuel"

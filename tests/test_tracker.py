@@ -31,7 +31,8 @@ def det(x: float, y: float, size: float = 60, score: float = 0.99) -> Detection:
 
 
 def make_tracker(**changes) -> Tracker:
-    voting = {k: changes.pop(k) for k in ("window", "min_votes", "hysteresis") if k in changes}
+    voting = {k: changes.pop(k) for k in ("window", "min_votes", "hysteresis", "single_vote_certainty")
+              if k in changes}
     return Tracker(dataclasses.replace(TrackerSection(), **changes), dataclasses.replace(VotingSection(), **voting))
 
 
@@ -162,8 +163,33 @@ def embed_frames(updates) -> list[int]:
     return [u.frame for u in updates if u.to_embed]
 
 
+def test_embed_schedule_new_then_unsettled_then_settled():
+    """A new track is embedded on consecutive frames until it has min_votes votes (its name can settle on its
+    2nd embedding, not 5 frames later); votes that disagree leave it unsettled: every embed_every frames."""
+    tracker = make_tracker(min_hits=2, settle_embed_every=1, embed_every=5, settled_embed_every=20,
+                           max_attempts=100, min_votes=2)
+    embedded = []
+    names = iter(["ann", "bob", "carol", "dave"])  # all different: nothing settles
+    for i in range(14):
+        update = tracker.update([det(100, 100)], None, float(i))
+        if update.to_embed:
+            embedded.append(update.frame)
+            tracker.add_prediction(1, next(names), 0.6)
+    assert embedded == [2, 3, 8, 13] and tracker.get(1).status == PENDING
+    # no votes fed back at all (too poor to vote): embedded every frame until max_attempts
+    tracker = make_tracker(min_hits=2, settle_embed_every=1, embed_every=5, max_attempts=3)
+    embedded = []
+    for i in range(10):
+        update = tracker.update([det(100, 100)], None, float(i))
+        if update.to_embed:
+            embedded.append(update.frame)
+            tracker.add_prediction(1, None, 0.0, vote=False)
+    assert embedded == [2, 3, 4] and tracker.get(1).status == UNKNOWN
+
+
 def test_embed_schedule_unsettled_then_settled():
-    tracker = make_tracker(min_hits=2, embed_every=5, settled_embed_every=20, max_attempts=100)
+    tracker = make_tracker(min_hits=2, settle_embed_every=5, embed_every=5, settled_embed_every=20,
+                           max_attempts=100)
     updates = run(tracker, [[det(100, 100)]] * 16)
     # confirmed on frame 2 -> embedded at once, then every 5 frames
     assert embed_frames(updates) == [2, 7, 12]
@@ -179,7 +205,7 @@ def test_embed_schedule_unsettled_then_settled():
 
 
 def test_embed_early_when_the_face_gets_clearly_larger():
-    tracker = make_tracker(embed_every=10, max_attempts=100)
+    tracker = make_tracker(settle_embed_every=10, embed_every=10, max_attempts=100)
     sizes = [60, 60, 60, 62, 64, 70, 75]  # 75^2 / 60^2 = 1.56 >= 1.3; 70^2/60^2 = 1.36 too
     updates = run(tracker, [[det(100, 100, s)] for s in sizes])
     assert embed_frames(updates) == [2, 6]
@@ -188,7 +214,7 @@ def test_embed_early_when_the_face_gets_clearly_larger():
 
 
 def test_small_and_blurry_faces_are_not_embedded():
-    tracker = make_tracker(min_face_size=40)
+    tracker = make_tracker(min_face_size=40, settle_embed_every=5)
     updates = run(tracker, [[det(100, 100, size=30)]] * 5 + [[det(100, 100, size=45)]] * 2)
     assert updates[1].started and not any(u.to_embed for u in updates[:5])
     assert embed_frames(updates) == [6]  # the first frame it is large enough
@@ -238,6 +264,21 @@ def test_ballot_settles_after_min_votes():
     assert ballot.add("ann", 0.9, 1) is True
     assert ballot.settled and ballot.identity == "ann"
     assert ballot.add("ann", 0.9, 1) is False  # no change, no news
+
+
+def test_ballot_a_first_vote_well_inside_the_gate_settles_alone():
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5, single_vote_certainty=0.9)
+    assert ballot.add("ann", 0.95, 1) is True and ballot.identity == "ann"  # named on its first frame
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5, single_vote_certainty=0.9)
+    assert ballot.add("ann", 0.9, 1) is False  # not more certain than 0.9: waits for a 2nd vote
+    assert ballot.add("ann", 0.6, 1) is True
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5, single_vote_certainty=0.9)
+    assert ballot.add(None, 0.01, 1) is False  # "unknown" always needs min_votes
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5, single_vote_certainty=0.9)
+    assert ballot.add("bob", 0.5, 1) is False
+    assert ballot.add("ann", 0.99, 1) is False  # the votes disagree: no single vote decides
+    ballot = Ballot(window=10, min_votes=2, hysteresis=1.5, single_vote_certainty=1.0)
+    assert ballot.add("ann", 0.999, 1) is False  # 1 = never
 
 
 def test_ballot_one_bad_frame_does_not_flip_but_a_sustained_change_does():

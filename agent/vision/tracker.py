@@ -7,6 +7,7 @@
   dropped, one with `min_hits` detections is confirmed (and gets its id: 1, 2, 3... in confirmation order).
   A confirmed track coasts on its prediction through `max_missed` frames without a detection, then ends.
 - scheduling: the update lists the confirmed tracks to embed now - a new track at once, then every
+  `settle_embed_every` frames until it has the votes a name needs (`[voting] min_votes`), then every
   `embed_every` frames or as soon as the face is clearly larger (`reembed_area`) or sharper
   (`reembed_sharpness`) than the best one embedded so far, until its identity is settled (or declared
   unknown); after that every `settled_embed_every` frames. Faces smaller than `min_face_size` or blurrier
@@ -338,7 +339,8 @@ class Tracker:
             if j in matched_dets or getattr(det, "score", 1.0) < start_min_score:
                 continue
             track = Track(box=boxes[j].copy(), detection=det, first_seen=now, last_seen=now,
-                          ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis))
+                          ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis,
+                                        self.voting.single_vote_certainty))
             if c.min_hits <= 1:
                 self._confirm(track)
                 started.append(track)
@@ -424,7 +426,8 @@ class Tracker:
         elif track.status == PENDING:
             better = area >= c.reembed_area * track.embedded_area or (
                 sharpness is not None and sharpness >= c.reembed_sharpness * track.embedded_sharpness)
-            due = since >= c.embed_every or better
+            first_votes = track.ballot.count < self.voting.min_votes  # a name cannot have settled yet
+            due = since >= (c.settle_embed_every if first_votes else c.embed_every) or better
         else:
             due = since >= c.settled_embed_every
         if not due:
@@ -465,7 +468,8 @@ class Tracker:
     def _split(self, old: Track, distance: float) -> Track:
         """End `old` (somebody else's face is on its box now) and start a track for the new face."""
         new = Track(box=old.box.copy(), detection=old.detection, first_seen=old.last_seen, last_seen=old.last_seen,
-                    ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis),
+                    ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis,
+                                        self.voting.single_vote_certainty),
                     velocity=old.velocity.copy(), hits=1, look=old.look)
         new.scheduled, new.last_embed_frame = 1, self.frame
         new.embedded_area, new.embedded_sharpness = old.embedded_area, old.embedded_sharpness

@@ -3,7 +3,9 @@
 Each prediction of a track is a vote for a name, or for "unknown" (None). A vote weighs the certainty of
 its outcome (the classifier's confidence for a name; one minus the confidence in the nearest candidate for
 "unknown") scaled by the face quality (0..1: size and sharpness of the face). The identity is settled on
-the label with the most weight in the last `window` votes once it has `min_votes` votes there. A settled
+the label with the most weight in the last `window` votes once it has `min_votes` votes there, or sooner
+when every vote so far is for one name and one of them is more certain than `single_vote_certainty` (a face
+well inside the recognition gate is named on its first frame, as a per-frame loop would). A settled
 identity changes only when a challenger has `min_votes` votes AND more than `hysteresis` times the
 settled label's weight, so one bad frame never flips a name. "Unknown" is an outcome like any name.
 """
@@ -52,6 +54,7 @@ class Ballot:
     window: int = 10
     min_votes: int = 2
     hysteresis: float = 1.5
+    single_vote_certainty: float = 1.0  # a first name this certain settles alone (1 = never)
     votes: collections.deque = field(init=False)
     settled: bool = field(default=False, init=False)
     identity: str | None = field(default=None, init=False)  # the settled label (None = unknown)
@@ -86,7 +89,8 @@ class Ballot:
         ranked = sorted(tally.items(), key=lambda kv: (kv[1][1], kv[1][0]), reverse=True)
         top, (top_votes, top_weight) = ranked[0]
         if not self.settled:
-            if top_votes < self.min_votes:
+            sure = top is not None and len(tally) == 1 and self.totals[top].best_certainty > self.single_vote_certainty
+            if top_votes < self.min_votes and not sure:
                 return False
             self.settled, self.identity = True, top
             return True
