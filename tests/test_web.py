@@ -334,3 +334,27 @@ def test_merge_ignore_and_tune_need_csrf_and_say_why_they_cannot(tmp_path):
             assert client.request("GET", path)[0] in (404, 307), path
     finally:
         console.stop()
+
+
+def test_live_page_shows_each_camera_and_serves_only_their_live_frames(tmp_path):
+    """Several cameras: one live frame each (live-<camera>.jpg), each shown on the Live page with its own
+    figures; live.jpg (or any other file name) is not served."""
+    config = write_config(tmp_path)
+    with open(config, "a", encoding="utf-8") as f:
+        f.write('[[sources]]\nname = "front door"\nuri = "rtsp://a/1"\n[[sources]]\nname = "garden"\nuri = "rtsp://b/1"\n')
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    for name in ("live-front_door.jpg", "live-garden.jpg", "live.jpg"):
+        (storage / name).write_bytes(b"\xff\xd8" + name.encode())
+    console = WebConsole(config)
+    try:
+        client = Client(console)
+        status, _, page = client.request("GET", "/live/panel")
+        assert status == 200 and "front door" in page and "garden" in page
+        assert "/files/live/live-front_door.jpg?v=" in page and "/files/live/live-garden.jpg?v=" in page
+        status, _, body = client.request("GET", "/files/live/live-garden.jpg")
+        assert status == 200 and body.endswith("live-garden.jpg")
+        for path in ("/files/live/live.jpg", "/files/live/live-kitchen.jpg", "/files/live/..%2Flive-garden.jpg"):
+            assert client.request("GET", path)[0] == 404, path
+    finally:
+        console.stop()

@@ -45,7 +45,7 @@ from agent.config import Config
 from agent.evaluation import EvalError
 from agent.evaluation.report import REPORT_KINDS, reports_folder
 from agent.events import EVENT_TYPES, IDENTIFIED, REIDENTIFIED, parse_timestamp
-from agent.frame_output import LIVE_FRAME
+from agent.frame_output import live_frame_name
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.images import ImageError, is_image_path
 from agent.logsafe import escape
@@ -310,19 +310,33 @@ class Console:
         return sorted(found | {self.cfg.agent.camera_name})
 
     # ---- live -----------------------------------------------------------------------------------------
+    def live_frames(self) -> dict[str, str]:
+        """camera name -> its live frame's file name in the storage folder (agent.frame_output)."""
+        cameras = self.cfg.cameras()
+        if len(cameras) == 1:
+            return {cameras[0].name: live_frame_name(None)}
+        return {camera.name: live_frame_name(camera.name) for camera in cameras}
+
     def live(self) -> dict[str, Any]:
         try:
             status = health.read_status(health.status_path(self.cfg))
         except PermissionError:
             status = None
-        frame = self.storage / LIVE_FRAME
-        frame_time = frame.stat().st_mtime if frame.is_file() else None
-        info: dict[str, Any] = {"running": False, "camera": self.cfg.agent.camera_name,
-                                "frame_version": int(frame_time or 0), "frame_time": _utc(frame_time),
+        stats = (status or {}).get("stats") or {}
+        cameras = []  # each camera's live frame (live.jpg, or live-<camera>.jpg with several) and figures
+        for name, file in self.live_frames().items():
+            frame = self.storage / file
+            frame_time = frame.stat().st_mtime if frame.is_file() else None
+            own = (stats.get("cameras") or {}).get(name) or {}
+            cameras.append({"camera": name, "file": file, "frame_version": int(frame_time or 0),
+                            "frame_time": _utc(frame_time), "fps": own.get("fps"),
+                            "source": _source_line(own.get("source") or {})})
+        info: dict[str, Any] = {"running": False, "camera": cameras[0]["camera"], "cameras": cameras,
+                                "frame_version": cameras[0]["frame_version"], "frame_time": cameras[0]["frame_time"],
                                 "live_interval": self.cfg.service.live_frame_interval}
         if status is None:
             return info
-        stats, report = status.get("stats") or {}, status.get("health") or {}
+        report = status.get("health") or {}
         checks = report.get("checks") or {}
         since = checks.get("broker_connected_since")
         running = report.get("state") != "stopped" and not health.is_stale(status)
@@ -592,8 +606,8 @@ def create_app(cfg: Config) -> Starlette:
         elif kind == "report" and len(parts) == 1 and parts[0] in {f"{k}.png" for k in REPORT_KINDS} \
                 and reports_folder(cfg) is not None:
             path = safe_file(reports_folder(cfg), parts[0])
-        elif kind == "live" and parts == [LIVE_FRAME]:
-            path = safe_file(console.storage, LIVE_FRAME)
+        elif kind == "live" and len(parts) == 1 and parts[0] in console.live_frames().values():
+            path = safe_file(console.storage, parts[0])
         if path is None or not is_image_path(path):
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(path, headers={"Cache-Control": "no-store"})
