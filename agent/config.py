@@ -175,6 +175,8 @@ class TrackerSection:
     min_hits: int = setting(2, bounds=AT_LEAST_1)  # detections before a track is confirmed
     max_missed: int = setting(15, bounds=AT_LEAST_0)  # frames without a detection before a track ends
     min_face_size: int = setting(40, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
+    # px: an unverified track's smaller face is embedded only to verify it is still its person (no vote)
+    verify_min_face_size: int = setting(32, bounds=AT_LEAST_1)
     # variance of the Laplacian below which a face is too blurry
     min_sharpness: float = setting(20.0, bounds=AT_LEAST_0)
     embed_every: int = setting(5, bounds=AT_LEAST_1)  # frames between embeddings of an unsettled track

@@ -158,6 +158,10 @@ def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
     assert s["wrong_name"] == 0, s["wrong_examples"]
     assert s["name_on_nothing"] == 0
     assert s["per_person"]["lin_manuel"]["share"] >= MIN_NAMED_SHARE
+    # at least the face_recognition loop's 139 named face-frames (bench/bench_video.py): his small turned face
+    # at frames 10-19 (37-40 px) keeps his name because it still verifies his track ([tracker]
+    # verify_min_face_size)
+    assert s["named_all"] >= 139, s["per_person"]
     lin = [f for a, f in zip((a for a in truth.actors if a.enrolled), s["settle_frames"]) if a.label == "lin_manuel"]
     assert lin and all(f is not None and f <= MAX_SETTLE_FRAMES for f in lin), s["settle_frames"]
     assert not [e for e in events if e["name"] == "lin_manuel" and e["type"] == "identified"

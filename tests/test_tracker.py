@@ -521,3 +521,27 @@ def test_a_shot_cut_ends_every_track():
     assert update.tracks == [] and tracker.cuts == 1  # the face on the new shot starts a new track
     update = tracker.update([det(100, 100)], None, 7.0)
     assert [t.id for t in update.started] == [2]
+
+
+def test_a_small_face_only_verifies_its_track_never_votes_or_splits():
+    """Below min_face_size (but at least verify_min_face_size) an unverified track's face is embedded to show
+    it is still the track's person: near its faces it verifies, far it proves nothing (no split), and it is
+    never a vote."""
+    tracker = make_tracker(min_hits=1, min_face_size=40, verify_min_face_size=32)
+    (request,) = tracker.update([det(50, 50, 50)], None, 0.0).to_embed
+    assert not request.verify_only
+    me = np.zeros(128, np.float32)
+    track = tracker.verify(request.track.id, me)
+    tracker.add_prediction(track.id, "ada", 0.95)
+    track.verified, track.unverified_by = False, "look"  # e.g. the look check fired
+    (request,) = tracker.update([det(52, 52, 36)], None, 1.0).to_embed  # 36 px
+    assert request.verify_only and request.track is track
+    assert not tracker.reverify(track.id, me + 0.6 / np.sqrt(128)) and not track.verified  # far: proves nothing
+    assert tracker.get(track.id) is track and tracker.splits == 0 and len(track.embeddings) == 1
+    (request,) = tracker.update([det(52, 52, 36)], None, 2.0).to_embed  # still unverified: asked again
+    assert request.verify_only
+    assert tracker.reverify(track.id, me + 0.3 / np.sqrt(128)) and track.verified
+    assert len(track.embeddings) == 1 and track.votes == 1
+    assert tracker.update([det(52, 52, 36)], None, 3.0).to_embed == []  # verified: nothing to do at this size
+    track.verified, track.unverified_by = False, "look"
+    assert tracker.update([det(52, 52, 28)], None, 4.0).to_embed == []  # 28 px: below verify_min_face_size

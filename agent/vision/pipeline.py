@@ -103,6 +103,9 @@ class Pipeline:
         requests = result.update.to_embed
         predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
         for request, chip, embedding, prediction in zip(requests, chips, embeddings, predictions):
+            if request.verify_only:  # too small to vote: it may only show the face is still the track's person
+                self.tracker.reverify(request.track.id, embedding)
+                continue
             usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
             track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
             if track is None:  # (verify: the same face, or a new track when it is somebody else's)

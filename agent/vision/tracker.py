@@ -217,6 +217,7 @@ class EmbedRequest:
     size: float  # min(width, height) of the face, px
     sharpness: float | None  # None when update() got no image
     quality: float  # 0..1, the default weight factor of the resulting vote
+    verify_only: bool = False  # a face below min_face_size: it may only verify its track (Tracker.reverify)
 
 
 @dataclass(frozen=True, eq=False)
@@ -412,12 +413,18 @@ class Tracker:
         det = track.detection
         width, height = det.box[2] - det.box[0], det.box[3] - det.box[1]
         size = float(min(width, height))
-        if size < c.min_face_size:
+        # a face too small to vote may still show that it is the track's person (verify_min_face_size)
+        verify_only = size < c.min_face_size
+        if verify_only and (size < c.verify_min_face_size or track.verified or not track.embeddings):
             return None
         sharpness = face_sharpness(image, det.box) if image is not None else None
         if sharpness is not None and sharpness < c.min_sharpness:
             return None
         quality = self.quality(size, sharpness)
+        if verify_only:  # every frame until it is verified; no vote, so no embedding counted for the ballot
+            track.last_embed_frame = self.frame
+            return EmbedRequest(track=track, detection=det, size=size, sharpness=sharpness, quality=quality,
+                                verify_only=True)
         track.best_quality = max(track.best_quality, quality)
         area = float(width * height)
         since = self.frame - track.last_embed_frame
@@ -464,6 +471,24 @@ class Tracker:
         track.verified = True
         track.unverified_by = ""
         return track
+
+    def reverify(self, track_id: int, embedding: np.ndarray) -> bool:
+        """A small face's embedding (an EmbedRequest with verify_only): it verifies the track when it lies
+        within `split_distance` of the track's own faces (different people come that close as rarely at 32 px
+        as at full size: bench/calibrate_track_split.py --small 32); a farther one proves nothing at this size,
+        so it neither splits the track nor is remembered. True when the track is verified now."""
+        track = self.get(track_id)
+        if track is None or not track.embeddings:
+            return False
+        embedding = np.asarray(embedding, dtype=np.float32).ravel()
+        nearest = float(np.min(np.linalg.norm(np.asarray(track.embeddings) - embedding, axis=1)))
+        if nearest > self.cfg.split_distance:
+            return False
+        if not track.verified:
+            log.debug("track %d verified by a small face (was %s)", track.id, track.unverified_by)
+        track.verified = True
+        track.unverified_by = ""
+        return True
 
     def _split(self, old: Track, distance: float) -> Track:
         """End `old` (somebody else's face is on its box now) and start a track for the new face."""
