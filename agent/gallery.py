@@ -299,6 +299,8 @@ class Gallery:
         d, e = self.cfg.detector, self.cfg.enrollment
         parts = [self.analyzer.embedder.name, d.min_face_size, d.scale_factor, d.thresholds,
                  d.nms_thresholds, e.dominance, e.min_face_size]
+        if self.analyzer.flip:  # other embeddings: re-embedded, and the classifier's fingerprint changes
+            parts.append("flip")
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     # ---- folders ------------------------------------------------------------------------------
@@ -625,10 +627,18 @@ class Gallery:
     def load_classifier(self) -> Classifier | None:
         r = self.cfg.recognition
         try:
-            return Classifier.load(self.svm_dir, r)
+            clf = Classifier.load(self.svm_dir, r)
         except ClassifierFileError as exc:
             log.debug("%s", exc)
             return None
+        # embeddings of another kind are never mixed (without loading the models just to ask); a model the
+        # gallery trained before [embedding] flip existed has embedding_backend but no embedding_flip: chip only
+        flip = self._analyzer.flip if self._analyzer is not None else self.cfg.embedding.flip
+        if clf.meta.get("embedding_flip", False if "embedding_backend" in clf.meta else flip) != flip:
+            log.warning("the saved classifier was trained with [embedding] flip = %s, this agent embeds with "
+                        "%s: it needs retraining", str(not flip).lower(), str(flip).lower())
+            return None
+        return clf
 
     def ensure_trained(self, force: bool = False, progress: bool = True
                        ) -> tuple[Classifier, list[PhotoResult], bool]:
@@ -655,6 +665,7 @@ class Gallery:
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
             args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
+                                               "embedding_flip": self.analyzer.flip,
                                                "warnings": self.warnings})
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
             clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}

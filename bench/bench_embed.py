@@ -5,7 +5,9 @@
 Input: the 55 aligned 150x150 chips of ../shared/faces/dlib/examples/johns (real faces, what the pipeline
 feeds the embedder). For each backend and batch size (1 and 8) all chips are embedded `--runs` times after
 one warm-up pass; the table shows the median per-face time, faces per second, and the speed-up over dlib
-at the same batch size. Also prints the max L2 difference between the two backends on these chips.
+at the same batch size. Also prints the max L2 difference between the two backends on these chips, and
+the per-face time as video embeds (one face per call, batch_size 8) with and without `[embedding] flip`
+(the chip and its mirror in one call, averaged).
 The ONNX file is converted into a temporary folder first (not timed).
 """
 
@@ -25,8 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.images import load_image  # noqa: E402
-from agent.vision.dlib_resnet import ensure_onnx  # noqa: E402
-from agent.vision.embed import RESNET_DAT, DlibEmbedder, OnnxRuntimeEmbedder, dlib_model_path  # noqa: E402
+from agent.vision.dlib_convert import ensure_onnx  # noqa: E402
+from agent.vision.embed import (  # noqa: E402
+    RESNET_DAT,
+    DlibEmbedder,
+    OnnxRuntimeEmbedder,
+    dlib_model_path,
+    embed_chips,
+)
 
 JOHNS = ROOT.parent / "shared" / "faces" / "dlib" / "examples" / "johns"
 BATCHES = (1, 8)
@@ -38,6 +46,18 @@ def per_face_ms(embedder, chips: np.ndarray, runs: int) -> float:
     for _ in range(runs):
         start = time.perf_counter()
         embedder.embed(chips)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / len(chips) * 1000.0
+
+
+def one_face_per_call_ms(embedder, chips: np.ndarray, runs: int, flip: bool) -> float:
+    """Median per-face time embedding one face per call, as the video loop does (flip: chip + mirror)."""
+    embed_chips(embedder, chips[:1], flip)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for k in range(len(chips)):
+            embed_chips(embedder, chips[k:k + 1], flip)
         times.append(time.perf_counter() - start)
     return statistics.median(times) / len(chips) * 1000.0
 
@@ -65,6 +85,8 @@ def main() -> int:
                 rows.append((name, batch, per_face_ms(embedder, chips, args.runs)))
                 outputs[name] = embedder.embed(chips)
         diff = float(np.linalg.norm(outputs["dlib"] - outputs["onnxruntime"], axis=1).max())
+        video = OnnxRuntimeEmbedder(onnx_path, 8, args.threads)
+        per_call = {flip: one_face_per_call_ms(video, chips, args.runs, flip) for flip in (False, True)}
 
     import dlib
     import onnxruntime
@@ -77,6 +99,8 @@ def main() -> int:
     for name, batch, t in rows:
         print(f"{name:<12} {batch:>5} {t:>9.1f} {1000.0 / t:>9.1f} {dlib_ms[batch] / t:>16.1f}x")
     print(f"max L2 difference dlib vs onnxruntime: {diff:.2e}")
+    print(f"onnxruntime, one face per call (video): {per_call[False]:.1f} ms/face; with [embedding] flip "
+          f"(chip + mirror in one call): {per_call[True]:.1f} ms/face ({per_call[True] / per_call[False]:.2f}x)")
     return 0
 
 

@@ -1,12 +1,13 @@
 """Open-set recognition on people never enrolled: what each ingredient of the decision buys.
 
-    python bench/bench_openset.py [--embedding onnxruntime|dlib] [--json bench/results/openset.json]
+    python bench/bench_openset.py [--embedding onnxruntime|dlib] [--json bench/results/openset.json] [--variants]
 
 Data: ../shared/faces/lfw-subset (144 people x 10 photos), split by PEOPLE. Split A enrolls the 1st, 3rd, ...
 person in alphabetical order, split B the 2nd, 4th, ...: 72 enrolled people (first 5 photos in name order
 are the gallery, the last 5 are probes that should be named) and 72 strangers (all 10 photos must stay
 unknown). The face of a photo is `recognizer.principal_face` among the faces scoring `[detector] min_score`.
-Every photo is embedded once with the real models (bench/openset_cache.py caches all faces in bench/results/);
+Every photo is embedded once with the real models (bench/openset_cache.py caches all faces in bench/results/,
+each chip's descriptor and its mirror image's: `[embedding] flip` averages the two, as the agent does);
 the real classifier (`agent.vision.classifier.train`: SVMs by cross-validation) is trained once per split
 and cached there too, so reruns take seconds.
 
@@ -18,7 +19,10 @@ person / probe photos. Tables (markdown, pasted into docs/evaluation.md):
 2. gallery size: FAR / ID at fixed thresholds when 1 ... 72 people are enrolled, and at the defaults when
    the 72 people are enrolled with only 1, 2, 3 or 5 photos each.
 3. quality: LFW photos the quality limits turn away.
-4. with --compare-embedders: the names `identify` would give every LFW photo at the defaults, with dlib's
+4. with --variants: chip-only vs flip embeddings x person models (centroid, margin_weight 1.0, mixes of the
+   centroid with the nearest enrolled photos), each at its split's own 1% threshold and at ONE threshold
+   for both splits;
+5. with --compare-embedders: the names `identify` would give every LFW photo at the defaults, with dlib's
    own ResNet and with the converted one on ONNX Runtime (the dlib run embeds the 1,440 photos once, ~5 min).
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -48,6 +53,7 @@ from agent.vision.classifier import (  # noqa: E402
     stratified_folds,
     train,
     train_svm,
+    unit_rows,
 )
 from agent.vision.mtcnn import Detection  # noqa: E402
 from agent.vision.recognizer import judge_quality, principal_face, yaw_ratio  # noqa: E402
@@ -71,8 +77,15 @@ class Photos:
     quality: np.ndarray  # (n,) "" or too_small | blurry | pose
 
 
+def face_embeddings(data: dict, flip: bool) -> np.ndarray:
+    """Every cached face's embedding as the agent makes it: with `[embedding] flip`, the mean of the chip's
+    and its mirror's descriptors (agent.vision.embed.embed_chips)."""
+    return (data["embedding"] + data["embedding_mirror"]) / 2 if flip else data["embedding"]
+
+
 def principal_faces(data: dict, cfg: Config) -> Photos:
     n = len(data["photo_file"])
+    embeddings = face_embeddings(data, cfg.embedding.flip)
     emb = np.zeros((n, 128))
     quality = np.full(n, "no_face", dtype=object)
     for i in range(n):
@@ -83,7 +96,7 @@ def principal_faces(data: dict, cfg: Config) -> Photos:
         if k is None:
             continue
         j, det = idx[k], dets[k]
-        emb[i] = data["embedding"][j]
+        emb[i] = embeddings[j]
         quality[i] = judge_quality(min(det.width, det.height), float(data["sharpness"][j]),
                                    yaw_ratio(det.landmarks), cfg)
     return Photos(np.asarray(data["photo_person"]), np.asarray(data["photo_file"]), emb, quality)
@@ -105,8 +118,10 @@ def split(photos: Photos, parity: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def trained(photos: Photos, gallery: np.ndarray, recognition: RecognitionSection, key: str) -> Classifier:
-    """The real classifier on these gallery photos, cached in bench/results/."""
-    folder = RESULTS / "classifiers" / key
+    """The real classifier on these gallery photos, cached in bench/results/ (per embedding kind: the
+    checksum of the gallery embeddings is part of the folder name)."""
+    digest = hashlib.sha256(np.ascontiguousarray(photos.embedding[gallery], dtype=np.float64).tobytes()).hexdigest()
+    folder = RESULTS / "classifiers" / f"{key}-{digest[:8]}"
     svm_settings = {"kernel": recognition.kernel, "cv_folds": recognition.cv_folds}
     try:
         clf = Classifier.load(folder, recognition)
@@ -298,6 +313,62 @@ def ingredient_rows(photos: Photos, cfg: Config, backend: str) -> tuple[list[dic
                           for k, v in per_split.items()}}
 
 
+def knn_mix_score(clf: Classifier, X: np.ndarray, rule: RecognitionSection, k: int, weight: float) -> Scored:
+    """The shipped effective distance with each person's distance replaced by weight * (distance to their
+    centroid) + (1 - weight) * (mean distance to their k nearest enrolled photos): a person model between
+    the mean and the nearest neighbours (weight 1 = the shipped rule)."""
+    U, G = unit_rows(X), unit_rows(clf.embeddings)
+    D, C = l2(U, G), l2(U, clf.centroids)
+    P = np.stack([weight * C[:, j] + (1 - weight) * np.sort(D[:, clf.labels == j], axis=1)[:, :k].mean(1)
+                  for j in range(len(clf.people))], axis=1)
+    order = np.argsort(P, axis=1)
+    rows = np.arange(len(X))
+    best = order[:, 0]
+    return Scored(best, effective_distance(P[rows, best], P[rows, order[:, 1]], clf.spreads[best], rule))
+
+
+VARIANTS = (  # (label, margin_weight, k nearest photos, weight of the centroid)
+    ("shipped rule (centroid, margin_weight 0.5)", 0.5, 1, 1.0),
+    ("margin_weight 1.0", 1.0, 1, 1.0),
+    ("0.75 centroid + 0.25 nearest photo", 0.5, 1, 0.75),
+    ("0.75 centroid + 0.25 mean of 2 nearest photos", 0.5, 2, 0.75),
+    ("0.5 centroid + 0.5 mean of 3 nearest photos", 0.5, 3, 0.5),
+    ("mean of 3 nearest photos", 0.5, 3, 0.0),
+)
+
+
+def variant_rows(data: dict, cfg: Config, backend: str) -> list[dict]:
+    """Embedding (flip or not) x person model: ID at each split's own 1% threshold, and FAR / ID on both
+    splits at ONE threshold (the largest letting <= 1% of both splits' strangers through: what a default
+    can do). SVM agreement and quality limits as shipped."""
+    rows = []
+    for flip in (False, True):
+        flip_cfg = dataclasses.replace(cfg, embedding=dataclasses.replace(cfg.embedding, flip=flip))
+        photos = principal_faces(data, flip_cfg)
+        splits = {}
+        for name, parity in (("A", 0), ("B", 1)):
+            gallery, probes, strangers = split(photos, parity)
+            clf = trained(photos, gallery, cfg.recognition, f"{backend}-{cache_path(backend, cfg).stem}-split{name}")
+            index = {p: k for k, p in enumerate(clf.people)}
+            splits[name] = (clf, np.array([index[p] for p in photos.person[probes]]), photos.embedding[probes],
+                            photos.embedding[strangers], photos.quality[probes] == "", photos.quality[strangers] == "")
+        for label, margin_weight, k, weight in VARIANTS:
+            rule = dataclasses.replace(cfg.recognition, margin_weight=margin_weight)
+            scored, own = {}, {}
+            for name, (clf, truth, Xp, Xs, qp, qs) in splits.items():
+                sp, ss = knn_mix_score(clf, Xp, rule, k, weight), knn_mix_score(clf, Xs, rule, k, weight)
+                p_ok = qp & (clf.svm.scores(Xp).argmax(1) == sp.candidate)
+                s_ok = qs & (clf.svm.scores(Xs).argmax(1) == ss.candidate)
+                t = threshold_for(np.where(s_ok, ss.score, np.inf))
+                own[name] = {"threshold": t, **rates(sp, truth, ss, t, p_ok, s_ok)}
+                scored[name] = (sp, truth, ss, p_ok, s_ok)
+            common = min(v["threshold"] for v in own.values())
+            rows.append({"flip": flip, "variant": label, "own": own, "threshold": common,
+                         "common": {name: rates(sp, truth, ss, common, p_ok, s_ok)
+                                    for name, (sp, truth, ss, p_ok, s_ok) in scored.items()}})
+    return rows
+
+
 def gallery_size_rows(photos: Photos, cfg: Config, ingredient: list[dict]) -> list[dict]:
     """FAR / ID at fixed thresholds (the old 0.6 rule, plain centroid distance at its 72-person threshold
     of split A, the shipped rule) with N people enrolled, drawn from the split's enrolled half."""
@@ -422,6 +493,17 @@ def print_tables(report: dict) -> None:
         print(f"| {r['photos']} | {pct(r['A']['far'])} ({r['A']['strangers_named']}/{r['A']['strangers']}) / "
               f"{pct(r['A']['id'])} | {pct(r['B']['far'])} ({r['B']['strangers_named']}/{r['B']['strangers']}) / "
               f"{pct(r['B']['id'])} |")
+    if report.get("variants"):
+        print()
+        print("| embedding | person model | A: ID @ FAR<=1% (own t) | B: ID @ FAR<=1% (own t) | one threshold "
+              "| A: FAR / ID | B: FAR / ID |")
+        print("|---|---|---|---|---|---|---|")
+        for r in report["variants"]:
+            a, b = r["common"]["A"], r["common"]["B"]
+            print(f"| {'flip' if r['flip'] else 'chip only'} | {r['variant']} | {pct(r['own']['A']['id'])} "
+                  f"| {pct(r['own']['B']['id'])} | {r['threshold']:.4f} | {pct(a['far'])} / {pct(a['id'])} "
+                  f"({a['named_right']}/{a['probes']}) | {pct(b['far'])} / {pct(b['id'])} ({b['named_right']}/"
+                  f"{b['probes']}) |")
     print()
     print("quality of the 1,440 LFW faces at the defaults:", report["quality"])
     print("Classifier.predict + quality at the defaults:", report["extra"]["predict_check"])
@@ -437,16 +519,21 @@ def main() -> int:
     ap.add_argument("--embedding", default="onnxruntime", choices=("onnxruntime", "dlib"))
     ap.add_argument("--json", type=Path, default=RESULTS / "openset.json", help="write every figure here")
     ap.add_argument("--no-sizes", action="store_true", help="skip the gallery-size table (trains 100+ SVM sets)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also compare flip vs chip-only embeddings and person-model variants at one threshold")
     ap.add_argument("--compare-embedders", action="store_true",
                     help="also embed with dlib's own ResNet and compare the names (onnxruntime only)")
     args = ap.parse_args()
     cfg = config_from_dict({}, base_dir=ROOT, env={})  # the shipped defaults
-    photos = principal_faces(load_or_embed(args.embedding), cfg)
+    data = load_or_embed(args.embedding)
+    photos = principal_faces(data, cfg)
     ingredients, extra = ingredient_rows(photos, cfg, args.embedding)
     report = {"ingredients": ingredients, "extra": extra, "quality": quality_rows(photos),
               "gallery_size": [] if args.no_sizes else gallery_size_rows(photos, cfg, ingredients),
               "photos_per_person": photos_per_person_rows(photos, cfg),
-              "defaults": dataclasses.asdict(cfg.recognition), "embedding": args.embedding}
+              "variants": variant_rows(data, cfg, args.embedding) if args.variants else [],
+              "defaults": dataclasses.asdict(cfg.recognition), "embedding": args.embedding,
+              "flip": cfg.embedding.flip}
     if args.compare_embedders and args.embedding == "onnxruntime":
         report["embedders"] = embedder_agreement(cfg, names_at_defaults(photos, cfg, args.embedding))
     args.json.parent.mkdir(parents=True, exist_ok=True)

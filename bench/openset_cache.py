@@ -38,14 +38,15 @@ def lfw_people(root: Path = LFW) -> dict[str, list[Path]]:
 
 def cache_path(backend: str, cfg) -> Path:
     d = cfg.detector
-    key = json.dumps([backend, d.thresholds, d.nms_thresholds, d.min_face_size, d.scale_factor])
+    key = json.dumps([backend, d.thresholds, d.nms_thresholds, d.min_face_size, d.scale_factor, "mirror"])
     return RESULTS / f"lfw_faces_{backend}_{hashlib.sha256(key.encode()).hexdigest()[:10]}.npz"
 
 
 def load_or_embed(backend: str = "onnxruntime", root: Path = LFW, work: Path | None = None) -> dict:
     """The cached faces of lfw-subset (embedding them first if needed) as a dict of arrays:
     photo_person, photo_file, photo_size (W, H); face_photo (index into the photos), box (x1, y1, x2, y2),
-    score, landmarks (MTCNN, 5x2), dlib5 (5x2), sharpness, embedding (128)."""
+    score, landmarks (MTCNN, 5x2), dlib5 (5x2), sharpness, embedding (128) of the aligned chip and
+    embedding_mirror (128) of its horizontal mirror (the flip_embeddings setting averages the two)."""
     work = work or RESULTS / "work"
     cfg = config_from_dict({"paths": {"storage": str(work / "storage"), "engines": str(work / "engines")},
                             "embedding": {"backend": backend}}, base_dir=ROOT, env={})
@@ -57,7 +58,8 @@ def load_or_embed(backend: str = "onnxruntime", root: Path = LFW, work: Path | N
     people = lfw_people(root)
     photos = [(p, f) for p, files in people.items() for f in files]
     out: dict[str, list] = {k: [] for k in ("photo_person", "photo_file", "photo_size", "face_photo", "box",
-                                            "score", "landmarks", "dlib5", "sharpness", "embedding")}
+                                            "score", "landmarks", "dlib5", "sharpness", "embedding",
+                                            "embedding_mirror")}
     for i, (person, file) in enumerate(tqdm(photos, desc="embedding lfw-subset", unit="photo")):
         rgb = load_image(file)
         out["photo_person"].append(person)
@@ -67,8 +69,10 @@ def load_or_embed(backend: str = "onnxruntime", root: Path = LFW, work: Path | N
         if not dets:
             continue
         lms = analyzer.aligner.landmarks(rgb, [d.box for d in dets])
-        _, emb = analyzer.embed(rgb, dets)
-        for d, lm, e in zip(dets, lms, emb):
+        chips = analyzer.aligner.chips(rgb, [d.box for d in dets])
+        emb = analyzer.embedder.embed(chips)
+        mirror = analyzer.embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+        for d, lm, e, m in zip(dets, lms, emb, mirror):
             out["face_photo"].append(i)
             out["box"].append(d.box)
             out["score"].append(d.score)
@@ -76,6 +80,7 @@ def load_or_embed(backend: str = "onnxruntime", root: Path = LFW, work: Path | N
             out["dlib5"].append(lm)
             out["sharpness"].append(face_sharpness(rgb, d.box))
             out["embedding"].append(e)
+            out["embedding_mirror"].append(m)
     arrays = {k: np.asarray(v) for k, v in out.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

@@ -26,6 +26,7 @@ from agent.vision.embed import (
     OnnxRuntimeEmbedder,
     create_embedder,
     dlib_model_path,
+    embed_chips,
 )
 
 TOLERANCE = 1e-3  # max L2 between dlib's and the ONNX descriptor (measured: ~1e-6)
@@ -120,6 +121,24 @@ def test_batch_size_does_not_change_descriptors(chips_and_reference, engines):
     one = OnnxRuntimeEmbedder(engines[1], batch_size=1, threads=1).embed(chips)
     eight = OnnxRuntimeEmbedder(engines[1], batch_size=8, threads=2).embed(chips)
     assert np.abs(one - eight).max() < 1e-5
+
+
+def test_flip_averages_chip_and_mirror_alike_on_both_backends(chips_and_reference, dat_path, engines):
+    """[embedding] flip: the mean of the chip's and its mirror image's descriptors, in one batch; a mirrored
+    face gets the same descriptor, and dlib and ONNX Runtime still agree."""
+    chips = chips_and_reference[0][:9]
+    mirrored = np.ascontiguousarray(chips[:, :, ::-1])
+    ort = OnnxRuntimeEmbedder(engines[1], batch_size=8, threads=1)
+    flipped = embed_chips(ort, chips, flip=True)
+    assert flipped.shape == (9, 128) and flipped.dtype == np.float32
+    assert np.abs(flipped - (ort.embed(chips) + ort.embed(mirrored)) / 2).max() < 1e-5
+    assert np.abs(embed_chips(ort, mirrored, flip=True) - flipped).max() < 1e-5
+    assert np.array_equal(embed_chips(ort, chips, flip=False), ort.embed(chips))
+    assert embed_chips(ort, chips[:0], flip=True).shape == (0, 128)
+    dlib_flipped = embed_chips(DlibEmbedder(batch_size=16, model_path=dat_path), chips, flip=True)
+    assert np.linalg.norm(dlib_flipped - flipped, axis=1).max() < TOLERANCE
+    # a different descriptor than the chip's alone, but the same face: far closer than two people (~0.6)
+    assert 0.0 < np.linalg.norm(flipped - ort.embed(chips), axis=1).max() < 0.3
 
 
 def test_extreme_chips_match_dlib(dat_path, engines):

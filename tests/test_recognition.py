@@ -22,6 +22,7 @@ from agent.gallery import (
 )
 from agent.images import ImageError, load_image
 from agent.vision.classifier import Classifier, ClassifierFileError, train
+from agent.vision.recognizer import FaceAnalyzer
 
 KNN = FR / "examples" / "knn_examples"
 JOHNS = DLIB / "examples" / "johns"
@@ -109,6 +110,26 @@ def test_unchanged_photos_do_not_retrain_and_new_ones_do(knn_gallery, analyzer):
         shutil.rmtree(gallery.person_dir("obama"))
         gallery.add_photos("obama", sorted((KNN / "train" / "obama").iterdir()))
         gallery.ensure_trained(progress=False)
+
+
+def test_flip_setting_change_reembeds_and_retrains(knn_gallery, analyzer, caplog):
+    """A classifier trained on embeddings of another kind ([embedding] flip) is never used with this one's:
+    the photos are embedded again and the classifier retrained, and load_classifier refuses it."""
+    gallery, clf, _, _ = knn_gallery
+    assert analyzer.flip and clf.meta["embedding_flip"] is True
+    other_cfg = make_config(gallery.cfg.base_dir, embedding={"flip": False})
+    other = Gallery(other_cfg, analyzer=FaceAnalyzer(other_cfg, detector=analyzer.detector,
+                                                      embedder=analyzer.embedder))
+    try:
+        assert other.load_classifier() is None and "needs retraining" in caplog.text
+        chip_only, results, retrained = other.ensure_trained(progress=False)
+        assert retrained and not any(r.cached for r in results)
+        assert chip_only.meta["embedding_flip"] is False and chip_only.people == clf.people
+        assert gallery.load_classifier() is None
+        assert names_in(other.analyzer, chip_only, FR / "tests" / "test_images" / "obama2.jpg") == ["obama"]
+    finally:
+        again, _, retrained = gallery.ensure_trained(progress=False)
+        assert retrained and again.meta["embedding_flip"] is True
 
 
 def test_open_set_johns_strangers_are_unknown(tmp_path, analyzer):

@@ -2,7 +2,8 @@
 
 Backends (`[embedding] backend`), all fed the same (N, 150, 150, 3) uint8 RGB chips made by
 agent/vision/align.py (dlib's 5-point shape predictor + get_face_chips(size=150, padding=0.25)), all
-returning dlib's descriptor as (N, 128) float32, in chunks of `[embedding] batch_size` faces:
+returning dlib's descriptor as (N, 128) float32, in chunks of `[embedding] batch_size` faces
+(`embed_chips` adds `[embedding] flip`: the mean of a chip's and its mirror's descriptors, on any backend):
 
 - dlib: the reference, `face_recognition_model_v1.compute_face_descriptor` on a list of chips per chunk
   (only this one honours `jitter`);
@@ -98,6 +99,17 @@ def check_chips(chips: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise ValueError(f"chips: expected uint8 pixels, got {arr.dtype}")
     return np.ascontiguousarray(arr)
+
+
+def embed_chips(embedder: Embedder, chips: np.ndarray, flip: bool = False) -> np.ndarray:
+    """(N, 128) descriptors of the chips; flip: the mean of each chip's and its horizontal mirror's (both in
+    one batch), as dlib's jitter averages its jittered copies (the length stays dlib's scale; the classifier
+    scales to unit length itself)."""
+    if not flip or len(chips) == 0:
+        return embedder.embed(chips)
+    chips = check_chips(chips)
+    both = embedder.embed(np.concatenate([chips, chips[:, :, ::-1]]))
+    return (both[:len(chips)] + both[len(chips):]) / 2
 
 
 class DlibEmbedder:

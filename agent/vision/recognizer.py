@@ -23,7 +23,7 @@ from agent.vision.align import Aligner
 from agent.vision.backends import create_backend
 from agent.vision.backends.tensorrt import options_from_config
 from agent.vision.classifier import Classifier, Prediction
-from agent.vision.embed import Embedder, create_embedder
+from agent.vision.embed import Embedder, create_embedder, embed_chips
 from agent.vision.mtcnn import MTCNN, Detection
 from agent.vision.tracker import face_sharpness
 
@@ -111,6 +111,7 @@ class FaceAnalyzer:
         self.embedder = embedder or create_embedder(cfg.embedding, cfg.path("engines"), cfg.base_dir,
                                                     inference_timeout=cfg.detector.inference_timeout)
         self.classifier = classifier
+        self.flip = cfg.embedding.flip  # embeddings are the mean of the chip's and its mirror's
 
     @property
     def gpu_fallback(self) -> bool:
@@ -122,7 +123,8 @@ class FaceAnalyzer:
         return self.detector.detect(rgb)
 
     def embed(self, rgb: np.ndarray, detections: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
-        """(chips (N,150,150,3), embeddings (N,128)) for the given detections, in one batch."""
+        """(chips (N,150,150,3), embeddings (N,128)) for the given detections, in one batch (with
+        `[embedding] flip`: each the mean of the chip's and its mirror image's)."""
         return self.embed_many([(rgb, detections)])[0]
 
     def embed_many(self, faces: list[tuple[np.ndarray, list[Detection]]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -132,7 +134,7 @@ class FaceAnalyzer:
         counts = [len(c) for c in chips]
         if not sum(counts):
             return [(c, np.zeros((0, 128), dtype=np.float32)) for c in chips]
-        embeddings = self.embedder.embed(np.concatenate([c for c in chips if len(c)]))
+        embeddings = embed_chips(self.embedder, np.concatenate([c for c in chips if len(c)]), self.flip)
         ends = np.cumsum(counts)
         return [(c, embeddings[end - n:end]) for c, n, end in zip(chips, counts, ends)]
 
