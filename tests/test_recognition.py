@@ -116,20 +116,20 @@ def test_flip_setting_change_reembeds_and_retrains(knn_gallery, analyzer, caplog
     """A classifier trained on embeddings of another kind ([embedding] flip) is never used with this one's:
     the photos are embedded again and the classifier retrained, and load_classifier refuses it."""
     gallery, clf, _, _ = knn_gallery
-    assert analyzer.flip and clf.meta["embedding_flip"] is True
-    other_cfg = make_config(gallery.cfg.base_dir, embedding={"flip": False})
+    assert not analyzer.flip and clf.meta["embedding_flip"] is False  # the default: chip only
+    other_cfg = make_config(gallery.cfg.base_dir, embedding={"flip": True})
     other = Gallery(other_cfg, analyzer=FaceAnalyzer(other_cfg, detector=analyzer.detector,
                                                       embedder=analyzer.embedder))
     try:
         assert other.load_classifier() is None and "needs retraining" in caplog.text
-        chip_only, results, retrained = other.ensure_trained(progress=False)
+        flipped, results, retrained = other.ensure_trained(progress=False)
         assert retrained and not any(r.cached for r in results)
-        assert chip_only.meta["embedding_flip"] is False and chip_only.people == clf.people
+        assert flipped.meta["embedding_flip"] is True and flipped.people == clf.people
         assert gallery.load_classifier() is None
-        assert names_in(other.analyzer, chip_only, FR / "tests" / "test_images" / "obama2.jpg") == ["obama"]
+        assert names_in(other.analyzer, flipped, FR / "tests" / "test_images" / "obama2.jpg") == ["obama"]
     finally:
         again, _, retrained = gallery.ensure_trained(progress=False)
-        assert retrained and again.meta["embedding_flip"] is True
+        assert retrained and again.meta["embedding_flip"] is False
 
 
 def test_open_set_johns_strangers_are_unknown(tmp_path, analyzer):
