@@ -579,6 +579,9 @@ class Source:
                     self._reader.close()
                     self._connected = False
                     self._fps_frames = 0  # a measure across an outage would be wrong
+                    if self.is_live:  # a frame from before the loss, not read yet, is stale by the time we are back
+                        with self._cond:
+                            self._box.clear()
                     down_since = time.monotonic()
                     continue
                 self.frames_read += 1

@@ -105,7 +105,7 @@ def test_two_cameras_give_each_the_events_it_gives_alone(tmp_path, analyzer):
     enroll(alone, analyzer)
     Service(alone, every_frame=True, analyzer=analyzer).run()
     reference = [e[:3] for e in camera_events(alone)["stage"]]
-    assert ("identified", "lin", 6) in reference
+    assert any(e[:2] == ("identified", "lin") for e in reference)
 
     cfg = make_config(tmp_path / "two", mqtt={"enabled": False},
                       sources=[{"name": "stage left", "uri": str(HAMILTON)},
