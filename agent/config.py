@@ -173,7 +173,7 @@ class TrackerSection:
     detect_every: int = setting(5, bounds=AT_LEAST_1)
     # min IoU between a track's predicted box and a detection
     iou_threshold: float = setting(0.3, bounds=Range(0, 1, lo_open=True))
-    min_hits: int = setting(2, bounds=AT_LEAST_1)  # detections before a track is confirmed
+    min_hits: int = setting(1, bounds=AT_LEAST_1)  # detections before a track is confirmed
     max_missed: int = setting(15, bounds=AT_LEAST_0)  # frames without a detection before a track ends
     min_face_size: int = setting(40, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
     # px: an unverified track's smaller face is embedded only to verify it is still its person (no vote)
@@ -181,7 +181,7 @@ class TrackerSection:
     # variance of the Laplacian below which a face is too blurry
     min_sharpness: float = setting(20.0, bounds=AT_LEAST_0)
     embed_every: int = setting(5, bounds=AT_LEAST_1)  # frames between embeddings of an unsettled track
-    # frames between embeddings of a new track until it has the votes a name needs (voting.min_votes)
+    # frames between embeddings of an unsettled new track for its first voting.min_votes + 1 votes
     settle_embed_every: int = setting(1, bounds=AT_LEAST_1)
     # frames between embeddings (re-verification) once the identity is settled
     settled_embed_every: int = setting(10, bounds=AT_LEAST_1)

@@ -31,6 +31,9 @@ def det(x: float, y: float, size: float = 60, score: float = 0.99) -> Detection:
 
 
 def make_tracker(**changes) -> Tracker:
+    """A tracker with the default settings, but confirming a track on its 2nd detection unless `min_hits` is
+    given: most tests below follow a tentative track through its confirmation."""
+    changes.setdefault("min_hits", 2)
     voting = {k: changes.pop(k) for k in ("window", "min_votes", "hysteresis", "single_vote_certainty")
               if k in changes}
     return Tracker(dataclasses.replace(TrackerSection(), **changes), dataclasses.replace(VotingSection(), **voting))
@@ -164,27 +167,29 @@ def embed_frames(updates) -> list[int]:
 
 
 def test_embed_schedule_new_then_unsettled_then_settled():
-    """A new track is embedded on consecutive frames until it has min_votes votes (its name can settle on its
-    2nd embedding, not 5 frames later); votes that disagree leave it unsettled: every embed_every frames."""
+    """A new track is embedded on consecutive frames for its first min_votes + 1 votes (its name can settle on
+    its 2nd embedding, not 5 frames later, and one early vote that disagrees is outvoted at once); votes that
+    keep disagreeing leave it unsettled: every embed_every frames."""
     tracker = make_tracker(min_hits=2, settle_embed_every=1, embed_every=5, settled_embed_every=20,
                            max_attempts=100, min_votes=2)
     embedded = []
-    names = iter(["ann", "bob", "carol", "dave"])  # all different: nothing settles
+    names = iter(["ann", "bob", "carol", "dave", "eve"])  # all different: nothing settles
     for i in range(14):
         update = tracker.update([det(100, 100)], None, float(i))
         if update.to_embed:
             embedded.append(update.frame)
             tracker.add_prediction(1, next(names), 0.6)
-    assert embedded == [2, 3, 8, 13] and tracker.get(1).status == PENDING
-    # no votes fed back at all (too poor to vote): embedded every frame until max_attempts
+    assert embedded == [2, 3, 4, 9, 14] and tracker.get(1).status == PENDING
+    # no votes fed back at all (too turned or blurry to vote): every embed_every frames until max_attempts,
+    # waiting for a better view instead of using the attempts up in as many frames
     tracker = make_tracker(min_hits=2, settle_embed_every=1, embed_every=5, max_attempts=3)
     embedded = []
-    for i in range(10):
+    for i in range(16):
         update = tracker.update([det(100, 100)], None, float(i))
         if update.to_embed:
             embedded.append(update.frame)
             tracker.add_prediction(1, None, 0.0, vote=False)
-    assert embedded == [2, 3, 4] and tracker.get(1).status == UNKNOWN
+    assert embedded == [2, 7, 12] and tracker.get(1).status == UNKNOWN
 
 
 def test_embed_schedule_unsettled_then_settled():

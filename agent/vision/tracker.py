@@ -7,7 +7,9 @@
   dropped, one with `min_hits` detections is confirmed (and gets its id: 1, 2, 3... in confirmation order).
   A confirmed track coasts on its prediction through `max_missed` frames without a detection, then ends.
 - scheduling: the update lists the confirmed tracks to embed now - a new track at once, then every
-  `settle_embed_every` frames until it has the votes a name needs (`[voting] min_votes`), then every
+  `settle_embed_every` frames for its first `[voting] min_votes` + 1 votes while it is unsettled (one more
+  than a name needs, so that one early vote that disagrees, e.g. the blurred frame of a cut, is outvoted on
+  the next frame, not `embed_every` frames later) as long as every embedding voted, then every
   `embed_every` frames or as soon as the face is clearly larger (`reembed_area`) or sharper
   (`reembed_sharpness`) than the best one embedded so far, until its identity is settled (or declared
   unknown); after that every `settled_embed_every` frames. Faces smaller than `min_face_size` or blurrier
@@ -433,7 +435,10 @@ class Tracker:
         elif track.status == PENDING:
             better = area >= c.reembed_area * track.embedded_area or (
                 sharpness is not None and sharpness >= c.reembed_sharpness * track.embedded_sharpness)
-            first_votes = track.ballot.count < self.voting.min_votes  # a name cannot have settled yet
+            # its first min_votes + 1 votes: a name cannot have settled yet, or one early vote disagreed; only
+            # while every embedding voted (a face too turned or blurry to vote waits embed_every frames for a
+            # better view instead of using up max_attempts in as many frames)
+            first_votes = track.ballot.count <= self.voting.min_votes and track.ballot.count == track.attempts
             due = since >= (c.settle_embed_every if first_votes else c.embed_every) or better
         else:
             due = since >= c.settled_embed_every
