@@ -226,11 +226,11 @@ def test_upgrade_keeps_the_config_and_writes_new_default_beside_it(tmp_path):
     assert conf.read_text() == mine and not (root / "etc/face-agent/agent.toml.new").exists()
 
     shipped = source / "agent.toml"  # the next release changes a default
-    shipped.write_text(shipped.read_text().replace("min_hits = 2 ", "min_hits = 3 "))
+    shipped.write_text(shipped.read_text().replace("max_missed = 15 ", "max_missed = 16 "))
     run = install(root, source=source)
     new = root / "etc/face-agent/agent.toml.new"
     assert conf.read_text() == mine  # kept
-    assert "min_hits = 3" in new.read_text() and "/var/lib/face-agent/storage" in new.read_text()
+    assert "max_missed = 16" in new.read_text() and "/var/lib/face-agent/storage" in new.read_text()
     assert "agent.toml.new" in run.stdout
     assert (root / "etc/face-agent/agent.toml.dist").read_text() == new.read_text()
 

@@ -40,7 +40,7 @@ def shots() -> Path:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, analyzer):
-    """Storage with obama and biden enrolled and the events of a run on a clip of an LFW stranger, then one on
+    """Storage with obama and biden enrolled and the events of runs on clips of three LFW strangers, then one on
     the Hamilton clip (thumbnails on, live frame on, every settled track's faces kept: privacy "all"), and a
     console with a password on it."""
     tmp = tmp_path_factory.mktemp("web")
@@ -55,10 +55,11 @@ def site(tmp_path_factory, analyzer):
     gallery.add_photos("biden", [DLIB / "examples" / "faces" / "dogs.jpg"])  # in the folder, refused: no face
     gallery.ensure_trained(progress=False)
     gallery.close()
-    stranger = ic.lfw_people()[0]  # never enrolled: an unknown person with several good faces
-    clip = ic.Clip("stranger", 60, [ic.Actor("stranger:" + stranger.name, ic.lfw_photos(stranger)[5], 0, 60)])
-    video = ic.render(clip, tmp / "stranger.mp4")
-    assert Service(cfg, source_uri=str(video), every_frame=True, analyzer=analyzer).run() == 0
+    # never enrolled: unknown people with several good faces (one to name, two to merge and ignore)
+    for k, stranger in enumerate(ic.lfw_people()[:3]):
+        clip = ic.Clip(f"stranger{k}", 60, [ic.Actor("stranger:" + stranger.name, ic.lfw_photos(stranger)[5], 0, 60)])
+        video = ic.render(clip, tmp / f"stranger{k}.mp4")
+        assert Service(cfg, source_uri=str(video), every_frame=True, analyzer=analyzer).run() == 0
     assert Service(cfg, source_uri=str(HAMILTON), every_frame=True, analyzer=analyzer).run() == 0
     config = write_config(tmp, web={"password_hash": hash_password(PASSWORD)}, **sections)
     console = WebConsole(config)
