@@ -233,8 +233,10 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     page.goto(url + "/unknowns")
     clusters = page.locator("section.cluster.open")
     assert clusters.count() > 0
-    assert page.evaluate("Array.from(document.querySelectorAll('.cluster img.chip'))"
-                         ".every(i => i.complete && i.naturalWidth == 150)")
+    # the chips load lazily (below the fold on a phone): load them all now, then every one is a 150 px chip
+    page.evaluate("document.querySelectorAll('.cluster img.chip').forEach(i => { i.loading = 'eager'; })")
+    page.wait_for_function("Array.from(document.querySelectorAll('.cluster img.chip'))"
+                           ".every(i => i.complete && i.naturalWidth == 150)", timeout=15000)
     counts = [re.search(r"(\d+) sightings in \d+ tracks\s+first seen 20\d\d-.*UTC\s+last seen 20\d\d-", text)
               for text in clusters.locator(".counts").all_inner_texts()]
     assert all(counts)
@@ -331,10 +333,11 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     page.wait_for_url(re.compile(r".*/events/[0-9A-Z]{26}/faces$"))
     faces = page.locator("figure.face")
     assert faces.count() == count >= 1
-    assert page.evaluate("Array.from(document.querySelectorAll('figure.face img.chip'))"
-                         ".every(i => i.complete && i.naturalWidth == 150)")
-    assert page.evaluate("Array.from(document.querySelectorAll('figure.face img.context'))"
-                         ".every(i => i.complete && i.naturalWidth > 0)")
+    page.evaluate("document.querySelectorAll('figure.face img').forEach(i => { i.loading = 'eager'; })")  # lazy
+    page.wait_for_function("Array.from(document.querySelectorAll('figure.face img.chip'))"
+                           ".every(i => i.complete && i.naturalWidth == 150)", timeout=15000)
+    page.wait_for_function("Array.from(document.querySelectorAll('figure.face img.context'))"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=15000)
     assert re.search(r"quality 0\.\d\d", faces.first.inner_text())
     fits_the_phone(page)
     page.screenshot(path=str(shots / "14-track-faces.png"), full_page=True)
