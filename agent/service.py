@@ -296,9 +296,10 @@ class Service:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start capturing on every camera (after load())."""
+        """Start capturing on every camera (after load()). With several cameras a local camera that is not
+        plugged in does not stop the others: it is reopened in the background like a stream that is down."""
         for feed in self.feeds:
-            feed.source.start()
+            feed.source.start(missing_device_fatal=len(self.feeds) == 1)
 
     def step(self, timeout: float = READ_TIMEOUT) -> bool:
         """One round of the loop: a frame of every camera that has one, processed together, plus the cameras

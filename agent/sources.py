@@ -460,10 +460,11 @@ class Source:
                 "dropped": self.dropped, "reconnects": self.reconnects, "skipped": self.skipped,
                 "connected": self._connected, "last_error": self.last_error}
 
-    def start(self) -> Source:
+    def start(self, missing_device_fatal: bool = True) -> Source:
         """Open the source and start capturing. Raises SourceError if a file or folder cannot be used, or
-        a local camera does not exist (no /dev/videoN); a live source that cannot be opened yet is retried
-        in the background with a warning."""
+        a local camera does not exist (no /dev/videoN) unless `missing_device_fatal` is False (one of several
+        cameras: it is waited for like a stream that is down); a live source that cannot be opened yet is
+        retried in the background with a warning."""
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: already started")
         self._t0_wall, self._t0_mono = time.time(), time.monotonic()
@@ -475,7 +476,7 @@ class Source:
             else:
                 log.info("opened %s (replay, %.4g fps)", self.name, self.fps)
         except _OpenError as exc:
-            if not self.is_live or isinstance(exc, _MissingDeviceError):
+            if not self.is_live or (missing_device_fatal and isinstance(exc, _MissingDeviceError)):
                 raise SourceError(str(exc)) from None
             self.last_error = str(exc)
             log.warning("%s; retrying in the background", exc)

@@ -218,3 +218,28 @@ def test_home_assistant_gets_entities_per_camera(tmp_path, mosquitto):
         publisher.stop()
         store.close()
         col.stop()
+
+
+def test_a_camera_not_plugged_in_does_not_stop_the_others(tmp_path, analyzer):
+    """One camera alone that does not exist is one clear error (tests/test_sources.py); one of several is
+    waited for like a stream that is down, while the others run and health says which one is missing."""
+    from pathlib import Path
+
+    index = next(i for i in range(64) if not Path(f"/dev/video{i}").exists())
+    hall = MJPEGServer(HAMILTON).start()
+    cfg = make_config(tmp_path, mqtt={"enabled": False}, service={"status_interval": 0.5},
+                      sources=[{"name": "usb", "uri": str(index)}, {"name": "hall", "uri": hall.url}])
+    service = Service(cfg, analyzer=analyzer)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(service.feeds) == 2 and service.feeds[1].stats.frames > 30, 120)
+        usb = service.feeds[0]
+        assert usb.stats.frames == 0 and usb.source.lost and "does not exist" in usb.source.last_error
+        assert wait_for(lambda: (service.monitor.last or {}).get("reasons") == ["camera: no frames from usb"], 5), \
+            service.monitor.last
+    finally:
+        service.stop()
+        thread.join(30)
+        hall.stop()
+    assert not thread.is_alive()
