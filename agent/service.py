@@ -27,7 +27,7 @@ from agent import __version__, health, systemd
 from agent.cameras import CameraFeed, FrameScheduler
 from agent.config import Camera, Config, camera_slug
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, FramePosition, new_event_id
+from agent.events import Event, EventFactory, new_event_id
 from agent.files import StorageError
 from agent.frame_events import frame_events, track_ended
 from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record, live_frame_name
@@ -57,8 +57,8 @@ class Service:
         if source_uri is not None:  # `run --source`: the one camera of [source], whatever [[sources]] says
             cfg = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, uri=source_uri), sources=[])
         self.cfg = cfg
+        self._several = len(cfg.cameras()) > 1  # more than one camera: names and files say which one
         self._analyzer = analyzer  # a FaceAnalyzer to reuse (tests); built from cfg when None
-        self.source_uri = source_uri
         self.every_frame = every_frame
         self.show_path = show
         self.frames_out_path = frames_out
@@ -103,7 +103,7 @@ class Service:
         cfg = self.cfg
         source = open_source(camera.source, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
                              cfg.images.max_bytes)
-        if len(cfg.cameras()) > 1:
+        if self._several:
             source.name = f"{camera.name} ({source.name})"
         tracker = Tracker(camera.tracker, camera.voting, ids)
         pipeline = Pipeline(self.gallery.analyzer, tracker, classifier, camera.detector.min_face_size,
@@ -149,16 +149,15 @@ class Service:
         self.publisher.start()
         if self.frames_out_path:
             self._frames_out = FramesWriter(self.frames_out_path)
-        several = len(self.feeds) > 1
         for feed in self.feeds:
             if self.show_path:  # several cameras: one video each, <stem>-<camera><suffix>
                 path = Path(self.show_path)
-                if several:
+                if self._several:
                     path = path.with_name(f"{path.stem}-{camera_slug(feed.name)}{path.suffix}")
                 self._writers[feed.name] = AnnotatedWriter(path, feed.source.fps)
             if cfg.service.live_frame_interval > 0:
-                self._live[feed.name] = AnnotatedWriter(storage / live_frame_name(feed.name if several else None),
-                                                        None)
+                self._live[feed.name] = AnnotatedWriter(
+                    storage / live_frame_name(feed.name if self._several else None), None)
         self._classifier_stamp = self._classifier_file_stamp()
         self.monitor = health.HealthMonitor.from_config(
             cfg, camera_ok=self._cameras_ok,
@@ -256,11 +255,11 @@ class Service:
         self.stats.event(event)
         if feed is not None:
             feed.stats.event(event)
-        log.info("event %s%s", event_summary(event), f" ({feed.name})" if feed and len(self.feeds) > 1 else "")
+        log.info("event %s%s", event_summary(event), f" ({feed.name})" if feed and self._several else "")
 
     def events_for(self, feed: CameraFeed, result: FrameResult, frame: Frame) -> list[Event]:
         """The events of one processed frame of a camera (agent.frame_events), placed in its source."""
-        return frame_events(feed.factory, result, frame.image, FramePosition(frame.index, frame.media_time),
+        return frame_events(feed.factory, result, frame.image, feed.position,
                             self.sightings.unknown_id if self.sightings is not None else None)
 
     def _end_tracks(self, feed: CameraFeed) -> None:
@@ -299,7 +298,7 @@ class Service:
         """Start capturing on every camera (after load()). With several cameras a local camera that is not
         plugged in does not stop the others: it is reopened in the background like a stream that is down."""
         for feed in self.feeds:
-            feed.source.start(missing_device_fatal=len(self.feeds) == 1)
+            feed.source.start(missing_device_fatal=not self._several)
 
     def step(self, timeout: float = READ_TIMEOUT) -> bool:
         """One round of the loop: a frame of every camera that has one, processed together, plus the cameras
@@ -312,7 +311,7 @@ class Service:
             if feed.source.ended:
                 if not feed.finished:
                     feed.finished = True
-                    if len(self.feeds) > 1:
+                    if self._several:
                         log.info("%s ended after %d frames", feed.name, feed.stats.frames)
                     self._end_tracks(feed)
             elif feed.source.lost and not feed.down:
@@ -414,7 +413,7 @@ class Service:
         """Health reading: frames are arriving (one camera), or per camera name (several)."""
         if not self.feeds:
             return None
-        if len(self.feeds) == 1:
+        if not self._several:
             return self.feeds[0].source.connected
         return {feed.name: feed.source.connected or feed.source.ended for feed in self.feeds}
 

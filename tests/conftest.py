@@ -1,7 +1,8 @@
-"""Shared fixtures: paths to the real photos in ../shared/faces and a config writing only to tmp folders."""
+"""Shared fixtures and helpers: the real photos in ../shared/faces, configs in tmp folders, wait_for."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "shared" in item.fixturenames:
                 item.add_marker(skip)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll `predicate` every 50 ms for up to `timeout` seconds: True as soon as it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture(scope="session")

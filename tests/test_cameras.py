@@ -13,7 +13,7 @@ import time
 
 import pytest
 from broker import Collector
-from conftest import FR, make_config
+from conftest import FR, make_config, wait_for
 from stream import MJPEGServer
 from test_service import enroll, stored_events
 
@@ -22,15 +22,6 @@ from agent.service import Service
 
 HAMILTON = FR / "examples" / "short_hamilton_clip.mp4"
 TRACK_TYPES = ("track_started", "identified", "unknown_face", "track_ended")
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # ---------------------------------------------------------------------------------------------------- config

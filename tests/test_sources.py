@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
+from broker import free_port
+from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED, wait_for
 from stream import MJPEGServer
 
 from agent.config import SourceSection
@@ -228,21 +228,6 @@ def test_file_that_breaks_mid_run_is_reopened_where_it_stopped(shared, tmp_path,
 # ---------------------------------------------------------------------------------------------------------
 # a live network stream (an MJPEG camera over HTTP: tests/stream.py serves the clip in real time)
 # ---------------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 @pytest.fixture
 def camera(shared):

@@ -101,11 +101,14 @@ class Pipeline:
               classifier: Classifier) -> None:
         """Check each embedding against its track's own face, then let it vote."""
         requests = result.update.to_embed
-        predictions = self.analyzer.predict(rgb, [r.detection for r in requests], embeddings, classifier)
-        for request, chip, embedding, prediction in zip(requests, chips, embeddings, predictions):
+        for request, embedding in zip(requests, embeddings):
             if request.verify_only:  # too small to vote: it may only show the face is still the track's person
                 self.tracker.reverify(request.track.id, embedding)
-                continue
+        voting = [k for k, request in enumerate(requests) if not request.verify_only]
+        predictions = self.analyzer.predict(rgb, [requests[k].detection for k in voting], embeddings[voting],
+                                            classifier) if voting else []
+        for k, prediction in zip(voting, predictions):
+            request, chip, embedding = requests[k], chips[k], embeddings[k]
             usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
             track = self.tracker.verify(request.track.id, embedding, prediction.name) if usable else request.track
             if track is None:  # (verify: the same face, or a new track when it is somebody else's)
@@ -141,10 +144,9 @@ def process_frames(frames: list[tuple[Pipeline, np.ndarray, float | None]]) -> l
     t1 = time.perf_counter()
     results = []
     for (pipeline, rgb, timestamp), found_here in zip(frames, detections):
-        update = pipeline.tracker.update(found_here, rgb, now if timestamp is None else timestamp,
-                                         start_min_score=pipeline.min_score)
-        results.append(FrameResult(now if timestamp is None else timestamp, (rgb.shape[1], rgb.shape[0]),
-                                   found_here, update))
+        timestamp = now if timestamp is None else timestamp
+        update = pipeline.tracker.update(found_here, rgb, timestamp, start_min_score=pipeline.min_score)
+        results.append(FrameResult(timestamp, (rgb.shape[1], rgb.shape[0]), found_here, update))
     t2 = time.perf_counter()
     wanted = [k for k, (result, classifier) in enumerate(zip(results, classifiers))
               if result.update.to_embed and classifier is not None]

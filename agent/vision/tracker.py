@@ -246,6 +246,18 @@ class TrackerUpdate:
     ended: list[Track]  # confirmed tracks that ended on this frame (final identity in name/status)
 
 
+def _nearest(track: Track, embedding: np.ndarray) -> float:
+    """Distance from `embedding` to the nearest of the track's remembered embeddings."""
+    return float(np.min(np.linalg.norm(np.asarray(track.embeddings) - embedding, axis=1)))
+
+
+def _mark_verified(track: Track, how: str) -> None:
+    if not track.verified:
+        log.debug("track %d verified%s (was %s)", track.id, how, track.unverified_by)
+    track.verified = True
+    track.unverified_by = ""
+
+
 class Tracker:
     """Tracks faces across frames; see the module docstring. `tracker`/`voting`: agent.config sections."""
 
@@ -465,16 +477,13 @@ class Tracker:
             return None
         embedding = np.asarray(embedding, dtype=np.float32).ravel()
         if track.embeddings:
-            nearest = float(np.min(np.linalg.norm(np.asarray(track.embeddings) - embedding, axis=1)))
+            nearest = _nearest(track, embedding)
             same_name = name is not None and track.status == NAMED and name == track.name
             if nearest > self.cfg.split_distance and not same_name:
                 track = self._split(track, nearest)
         track.embeddings.append(embedding)
         del track.embeddings[:-APPEARANCE_MEMORY]
-        if not track.verified:
-            log.debug("track %d verified (was %s)", track.id, track.unverified_by)
-        track.verified = True
-        track.unverified_by = ""
+        _mark_verified(track, "")
         return track
 
     def reverify(self, track_id: int, embedding: np.ndarray) -> bool:
@@ -485,14 +494,9 @@ class Tracker:
         track = self.get(track_id)
         if track is None or not track.embeddings:
             return False
-        embedding = np.asarray(embedding, dtype=np.float32).ravel()
-        nearest = float(np.min(np.linalg.norm(np.asarray(track.embeddings) - embedding, axis=1)))
-        if nearest > self.cfg.split_distance:
+        if _nearest(track, np.asarray(embedding, dtype=np.float32).ravel()) > self.cfg.split_distance:
             return False
-        if not track.verified:
-            log.debug("track %d verified by a small face (was %s)", track.id, track.unverified_by)
-        track.verified = True
-        track.unverified_by = ""
+        _mark_verified(track, " by a small face")
         return True
 
     def _split(self, old: Track, distance: float) -> Track:
