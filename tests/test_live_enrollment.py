@@ -44,8 +44,9 @@ def clip_folder(folder: Path, first: int = 0, last: int = 150, repeats: int = 3)
     return folder
 
 
-def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: int = 30) -> dict:
-    """Run the service on the clip folder; send a signed `add lin` after `send_after_frames` frames.
+def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: int = 30, repeats: int = 3) -> dict:
+    """Run the service on the clip folder (150 frames, `repeats` times); send a signed `add lin` after
+    `send_after_frames` frames and 2 s of measuring the frame rate.
 
     Returns the events, the frame counts/times around the retraining, and the service's stats.
     """
@@ -56,7 +57,7 @@ def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: in
     cfg = make_config(work, agent={"id": "live-agent"},
                       mqtt={"host": broker.host, "port": broker.port},
                       remote_enroll={"key_file": str(keyfile), "debounce": 0.5})
-    frames = clip_folder(work / "frames")
+    frames = clip_folder(work / "frames", repeats=repeats)
     service = Service(cfg, source_uri=str(frames), every_frame=True, analyzer=analyzer)
     runner = threading.Thread(target=service.run, name="service")
     runner.start()
@@ -94,9 +95,11 @@ def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: in
 
 
 def test_remote_enrollment_into_a_running_agent(tmp_path, mosquitto, analyzer):
-    run = live_enrollment_run(tmp_path, mosquitto, analyzer)
+    # 1500 frames: the agent reads ~200 a second here, so 450 could all be done before the retrained model
+    # arrives (2 s of measuring, then the retrain) and nobody would be left to name
+    run = live_enrollment_run(tmp_path, mosquitto, analyzer, repeats=10)
     events = run["events"]
-    assert run["frames"] == 450
+    assert run["frames"] == 1500
     updates = [e for e in events if e["type"] == "model_updated"]
     assert updates and "lin" in updates[-1]["people"], updates
     swapped_at = updates[-1]["timestamp"]
