@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,19 @@ def browser(tmp_path_factory):
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = old_home
+
+
+def images_loaded(page, selector: str, width: int | None = None, timeout: float = 15.0) -> None:
+    """Wait until every image matching selector has loaded (naturalWidth == width, or > 0 when width is None).
+
+    Polled from Python with page.evaluate: page.wait_for_function evaluates its predicate with eval() in the page,
+    which the console's Content-Security-Policy (script-src 'self') forbids once the check has to poll."""
+    check = (f"Array.from(document.querySelectorAll({selector!r}))"
+             f".every(i => i.complete && {'i.naturalWidth > 0' if width is None else f'i.naturalWidth == {width}'})")
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(check):
+        assert time.monotonic() < deadline, f"images {selector} not loaded within {timeout} s"
+        time.sleep(0.1)
 
 
 def fits_the_phone(page) -> None:
@@ -235,8 +249,7 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     assert clusters.count() > 0
     # the chips load lazily (below the fold on a phone): load them all now, then every one is a 150 px chip
     page.evaluate("document.querySelectorAll('.cluster img.chip').forEach(i => { i.loading = 'eager'; })")
-    page.wait_for_function("Array.from(document.querySelectorAll('.cluster img.chip'))"
-                           ".every(i => i.complete && i.naturalWidth == 150)", timeout=15000)
+    images_loaded(page, ".cluster img.chip", width=150)
     counts = [re.search(r"(\d+) sightings in \d+ tracks\s+first seen 20\d\d-.*UTC\s+last seen 20\d\d-", text)
               for text in clusters.locator(".counts").all_inner_texts()]
     assert all(counts)
@@ -334,10 +347,8 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     faces = page.locator("figure.face")
     assert faces.count() == count >= 1
     page.evaluate("document.querySelectorAll('figure.face img').forEach(i => { i.loading = 'eager'; })")  # lazy
-    page.wait_for_function("Array.from(document.querySelectorAll('figure.face img.chip'))"
-                           ".every(i => i.complete && i.naturalWidth == 150)", timeout=15000)
-    page.wait_for_function("Array.from(document.querySelectorAll('figure.face img.context'))"
-                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=15000)
+    images_loaded(page, "figure.face img.chip", width=150)
+    images_loaded(page, "figure.face img.context")
     assert re.search(r"quality 0\.\d\d", faces.first.inner_text())
     fits_the_phone(page)
     page.screenshot(path=str(shots / "14-track-faces.png"), full_page=True)
