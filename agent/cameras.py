@@ -53,6 +53,7 @@ class CameraFeed:
         """This camera's part of the stats payload."""
         return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
                 "events": self.stats.events, "tracks": len(self.pipeline.tracker.tracks),
+                "still_skipped": self.pipeline.motion.skipped,
                 "latency_ms": self.stats.latency_ms(), "source": self.source.stats()}
 
 

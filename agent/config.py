@@ -140,6 +140,8 @@ class RecognitionSection:
     min_sharpness: float = setting(25.0, bounds=AT_LEAST_0)
     # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
     max_yaw: float = setting(1.0, bounds=POSITIVE)
+    # video: share of the face's aligned chip that must lie inside the frame; less is "cut_off"
+    min_in_frame: float = setting(0.95, bounds=Range(0, 1))
     min_confidence: float = setting(0.0, bounds=Range(0, 1))  # below this a match is reported as unknown
     # auto | linear | rbf: SVM kernel (auto picks by cross-validation)
     kernel: str = setting("auto", choices=("auto", "linear", "rbf"))
@@ -171,6 +173,11 @@ class SourceSection:
 class TrackerSection:
     # full-frame detection every N frames; in between only tracked faces are re-detected
     detect_every: int = setting(5, bounds=AT_LEAST_1)
+    # grey levels (0-255): with no live track, a scheduled full detection runs only if an 8x8 px cell of the
+    # frame changed by more than this since the last full detection (0: always run it)
+    motion_threshold: float = setting(8.0, bounds=Range(0, 255))
+    # frames: with nothing moving, the full detection still runs at least this often
+    motion_recheck_every: int = setting(50, bounds=AT_LEAST_1)
     # min IoU between a track's predicted box and a detection
     iou_threshold: float = setting(0.3, bounds=Range(0, 1, lo_open=True))
     min_hits: int = setting(1, bounds=AT_LEAST_1)  # detections before a track is confirmed

@@ -2,7 +2,7 @@
 
     python bench/bench_video.py [--clips hamilton walkers replace_cut replace_gap crossing scene_cut]
                                 [--skip-baseline] [--set tracker.detect_every=5 ...] [--repeat N] [--recall]
-                                [--cameras 1 2 4]
+                                [--cameras 1 2 4] [--variant tracker.motion_threshold=0]
 
 Both runners get the same frames and the same enrolled people, one after the other in this one invocation,
 each in its own process so that its peak memory (VmHWM) is its own:
@@ -27,7 +27,10 @@ wrong name, named boxes on nothing, the share of enrolled people's face-frames s
 (after each appearance's first 10 frames) and the frames until a name settles. Clips:
 - hamilton: the shared clip with lin-manuel-miranda, alex-lacamoire and obama enrolled (as the issue);
 - walkers: facenet-pytorch's crowd clip (1080p), nobody in it enrolled (lin-manuel-miranda is): every name is wrong;
-- replace_cut, replace_gap, crossing, scene_cut: built from LFW photos (3 enrolled people, 5 photos each).
+- replace_cut, replace_gap, crossing, scene_cut: built from LFW photos (3 enrolled people, 5 photos each);
+- idle: an empty scene with a camera's noise for most of its 400 frames, one walk-in and one sudden
+  appearance: what the motion gate ([tracker] motion_threshold) saves where nobody is there
+  (`--variant tracker.motion_threshold=0` runs the agent without it beside).
 
 Needs `pip install --no-deps face-recognition==1.3.0` for the baseline (its models package is found on
 disk; `pkg_resources` is not needed).
@@ -51,7 +54,7 @@ from bench import identity_clips as ic  # noqa: E402
 
 FR_EXAMPLES = ic.SHARED / "face_recognition" / "examples"
 WALKERS = ic.SHARED / "facenet-pytorch" / "examples" / "video.mp4"
-SYNTHETIC = ("replace_cut", "replace_gap", "crossing", "scene_cut")
+SYNTHETIC = ("replace_cut", "replace_gap", "crossing", "scene_cut", "idle")
 
 BASELINE = r'''
 import importlib.util, json, sys, time, types
@@ -143,6 +146,7 @@ print(json.dumps({"frames": service.stats.frames, "faces": sum(f.pipeline.faces 
                   "embedded": sum(f.pipeline.embedded for f in service.feeds), "events": service.stats.events,
                   "cameras": [f.name for f in service.feeds] if cameras > 1 else [None],
                   "splits": tracker.splits, "cuts": tracker.cuts,
+                  "still_skipped": sum(f.pipeline.motion.skipped for f in service.feeds),
                   "seconds": elapsed, "cores_busy": cpu / elapsed, "cpu_seconds": cpu, "peak_mib": int(hwm) / 1024,
                   "latency_ms": service.stats.latency_ms()}))
 '''
@@ -166,7 +170,7 @@ def clips(names: list[str], work: Path) -> list[tuple[ic.Clip, Path, dict[str, l
     wanted = [n for n in SYNTHETIC if n in names]
     if wanted:
         enrolled, strangers = ic.cast()
-        for clip in ic.standard_clips(list(enrolled), strangers):
+        for clip in [*ic.standard_clips(list(enrolled), strangers), ic.idle_clip(list(enrolled))]:
             if clip.name in wanted:
                 out.append((clip, ic.render(clip, work / f"{clip.name}.mp4"), enrolled))
     return out
@@ -237,6 +241,9 @@ def main() -> int:
                          "noisy machine); per-frame quality is the same in every run")
     ap.add_argument("--cameras", nargs="+", type=int, default=[1], metavar="N",
                     help="run the agent with each of these numbers of cameras (the same clip on each), e.g. 1 2 4")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="SECTION.KEY=JSON",
+                    help="also run the agent (1 camera) with these settings on top of --set, as its own runner; "
+                         "repeat for several, e.g. --variant tracker.motion_threshold=0")
     ap.add_argument("--recall", action="store_true",
                     help="also the detector's recall on dlib's annotated photo sets (face-agent eval --detections)")
     args = ap.parse_args()
@@ -264,6 +271,14 @@ def main() -> int:
                     runs[runner] = run(AGENT, str(video), people_json, str(agent_dir), str(ROOT),
                                        json.dumps(overrides), str(cameras))
                     runs[runner]["frames_out"] = agent_dir / "frames.jsonl"
+                for variant in args.variant:
+                    runner = "agent " + " ".join(variant)
+                    agent_dir = work / f"{truth.name}-variant-{len(runs)}-{attempt}"
+                    agent_dir.mkdir()
+                    settings = {**overrides, **{k: json.loads(v) for k, v in (item.split("=", 1) for item in variant)}}
+                    runs[runner] = run(AGENT, str(video), people_json, str(agent_dir), str(ROOT),
+                                       json.dumps(settings), "1")
+                    runs[runner]["frames_out"] = agent_dir / "frames.jsonl"
                 for runner, r in runs.items():
                     r["fps"] = r["frames"] / r["seconds"]
                     r["cpu_ms"] = 1000 * r["cpu_seconds"] / max(1, r["frames"])
@@ -283,7 +298,8 @@ def main() -> int:
                         ic.format_scores([q]).splitlines()[1] for q in scores), flush=True)
                 quality["runner"] = runner
                 quality_rows.append(quality)
-                extra = (f"; splits {r['splits']}, cuts {r['cuts']}, latency ms {r['latency_ms']}"
+                extra = (f"; splits {r['splits']}, cuts {r['cuts']}, full detections skipped (still) "
+                         f"{r['still_skipped']}, latency ms {r['latency_ms']}"
                          if "splits" in r else "")
                 print(f"{truth.name} {runner}: {r['fps']:.1f} fps; per person {quality['per_person']}; "
                       f"settle {quality['settle_frames']}{extra}", flush=True)

@@ -80,6 +80,7 @@ class Clip:
     actors: list[Actor]
     scenes: list[Scene] = field(default_factory=list)
     description: str = ""
+    sensor_noise: float = 0.0  # grey levels: Gaussian noise drawn anew for every frame (a real camera's)
 
     def truth(self, frame: int) -> list[tuple[Actor, tuple[int, int, int, int], float]]:
         """(actor, its rectangle, visible share of it) on `frame`, front-most first."""
@@ -95,6 +96,10 @@ class Clip:
                 x2, y2 = min(fb[2], box[2]) - box[0], min(fb[3], box[3]) - box[1]
                 if x2 > x1 and y2 > y1:
                     covered[y1:y2, x1:x2] = True
+            if actor.photo is not None:  # a pasted photo: the part outside the frame is not seen either
+                w, h = FRAME_SIZE
+                covered[:max(0, -box[1]), :] = covered[:, :max(0, -box[0])] = True
+                covered[max(0, h - box[1]):, :] = covered[:, max(0, w - box[0]):] = True
             out.append((actor, box, 1.0 - covered.sum() / max(1, area)))
         return out
 
@@ -165,6 +170,21 @@ def standard_clips(enrolled: Sequence[str], strangers: Sequence[Path]) -> list[C
     return clips
 
 
+def idle_clip(enrolled: Sequence[str]) -> Clip:
+    """A door camera: an empty scene most of the time, with a camera's noise on every frame (400 frames). The
+    first enrolled person walks in from the left edge (half in the frame at first) and stops; later the second
+    appears at once (a fast entry between two full detections) and leaves. Checks the motion gate (the empty
+    stretches skip the full detector, and every face is still named as soon as without the gate) and faces
+    cut off by the frame's edge (no "unknown" for a person coming in)."""
+    a, b = enrolled[:2]
+    return Clip("idle", 400, [
+        Actor(a, clip_photo(a, 8), 100, 135, xy=(-75, 105), velocity=(5.0, 0.0), jitter=0.0),
+        Actor(a, clip_photo(a, 8), 135, 200, xy=(100, 105), jitter=0.0),
+        Actor(b, clip_photo(b, 8), 263, 300, xy=(400, 100), jitter=0.0),
+    ], description="an empty scene with a walk-in, a sudden appearance and empty stretches between",
+        sensor_noise=4.0)
+
+
 def background(seed: int) -> np.ndarray:
     """A smooth, textured RGB background (no faces), different for every seed."""
     rng = np.random.default_rng(seed)
@@ -206,6 +226,9 @@ def render(clip: Clip, path: Path) -> Path:
                 dx1, dy1, dx2, dy2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
                 if dx2 > dx1 and dy2 > dy1:
                     img[dy1:dy2, dx1:dx2] = images[actor.photo][sy1:sy1 + dy2 - dy1, sx1:sx1 + dx2 - dx1]
+            if clip.sensor_noise:
+                noise = np.random.default_rng(frame).normal(0, clip.sensor_noise, img.shape)
+                img = np.clip(img + noise, 0, 255).astype(np.uint8)
             writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()

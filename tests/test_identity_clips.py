@@ -169,3 +169,40 @@ def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
     assert [e for e in events if e["type"] == "track_ended" and e["name"] == "lin_manuel"
             and e["frame_index"] == 211]  # the cut ends his track, with his name
     assert all(f["name"] != "lin_manuel" for i in range(211, 275) for f in shown.get(i, []))
+
+
+def test_an_empty_scene_skips_the_detector_and_a_person_coming_in_is_named_not_unknown(cast_agent, tmp_path):
+    """A door camera (bench/identity_clips.idle_clip: an empty, noisy scene, a walk-in from the side, a sudden
+    appearance). With the motion gate the full detector is skipped where nobody is tracked and nothing moved,
+    and what is shown is as good as without it; the person walking in half cut off by the frame's edge is never
+    shown nor reported as unknown (`cut_off`), only pending until the name."""
+    agent, _ = cast_agent
+    enrolled, _ = ic.cast()
+    clip = ic.idle_clip(list(enrolled))
+    mp4 = ic.render(clip, agent.folder / "idle.mp4")
+    gated = Agent(tmp_path / "gated")
+    ungated = Agent(tmp_path / "ungated")
+    ungated.config.write_text(gated.config.read_text() + "[tracker]\nmotion_threshold = 0.0\n")
+    scores, skipped = {}, {}
+    for name, run_agent in (("gated", gated), ("ungated", ungated)):
+        for sub in ("faces", "svm", "storage"):  # the same enrolled people
+            subprocess.run(["cp", "-r", str(agent.folder / sub), str(run_agent.folder / sub)], check=True)
+        shown, events = run_agent.run(mp4, name)
+        scores[name] = s = ic.score(clip, shown)
+        print(name, ic.format_scores([s]), s["per_person"], s["settle_frames"])
+        assert s["wrong_name"] == 0 and s["name_on_nothing"] == 0, s["wrong_examples"]
+        status = json.loads((run_agent.folder / "storage" / "status.json").read_text())
+        skipped[name] = status["stats"]["cameras"]["camera"]["still_skipped"]
+        # the walk-in: the track that starts at the frame's left edge shows pending, then the name, never unknown
+        walk_in = next(f["track_id"] for f in shown[clip.actors[0].start] if f["box"]["left"] < 5)
+        statuses = [f["status"] for frame in range(clip.actors[0].start, clip.actors[1].end)
+                    for f in shown.get(frame, []) if f["track_id"] == walk_in]
+        assert "unknown" not in statuses and statuses[-1] == "named", statuses
+        assert not [e for e in events if e["track_id"] == walk_in and e["type"] == "unknown_face"]
+        assert [e["name"] for e in events if e["track_id"] == walk_in and e["type"] == "identified"] \
+            == [clip.actors[0].label]
+    assert skipped["ungated"] == 0
+    # 80 full detections are due on 400 frames; about half of them on frames where nobody is there
+    assert skipped["gated"] >= 30, skipped
+    for key in ("face_frames", "named_all", "named_right", "settle_frames"):
+        assert scores["gated"][key] == scores["ungated"][key], key

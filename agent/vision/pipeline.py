@@ -9,7 +9,8 @@ One `Pipeline.process(rgb, timestamp)` per frame returns a `FrameResult`: the de
 update (tracks started/ended, all live tracks) and the identity changes the votes produced. Every embedding
 is first checked against its track's own face (`Tracker.verify`): a different person splits the track
 before the vote, so a name never passes from one person to another. A shot cut (`Tracker.check_scene`)
-ends every track and makes the frame a full-detection frame. Turning
+ends every track and makes the frame a full-detection frame. On a camera where nobody is tracked, the full
+detection is skipped while nothing in the picture moves (`agent.vision.motion.MotionGate`). Turning
 those into events is the service's job. The classifier can be replaced between frames
 (`set_classifier`) by another thread: the reference is swapped atomically and a frame always uses one
 classifier from start to end.
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.vision.classifier import Classifier, Prediction
+from agent.vision.motion import MotionGate
 from agent.vision.mtcnn import Detection, DetectRequest
 from agent.vision.recognizer import QUALITY_REASONS, FaceAnalyzer
 from agent.vision.tracker import IdentityChange, Track, Tracker, TrackerUpdate
@@ -65,6 +67,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self.min_face_size = min_face_size
         self.min_score = analyzer.detector.min_score if min_score is None else min_score
+        self.motion = MotionGate(tracker.cfg.motion_threshold, tracker.cfg.motion_recheck_every)
         self.frames = 0
         self.faces = 0  # faces seen (confirmed tracks with a detection) summed over frames
         self.embedded = 0  # faces embedded
@@ -88,11 +91,17 @@ class Pipeline:
 
     # ---- the phases of process_frames, per camera ------------------------------------------------------
     def _detect_request(self, rgb: np.ndarray) -> DetectRequest | None:
-        """What to detect on this frame: everything (every detect_every frames and after a shot cut), the
-        tracks' predicted boxes in between, or nothing when there are no tracks to follow."""
+        """What to detect on this frame: everything (every detect_every frames and after a shot cut, unless no
+        track is live and nothing moved: agent.vision.motion), the tracks' predicted boxes in between, or
+        nothing when there are no tracks to follow."""
         cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
-        # every face down to the O-Net threshold; only those above min_score may start a track
-        if cut or self.tracker.frame % max(1, self.tracker.cfg.detect_every) == 0:
+        frame = self.tracker.frame
+        if cut or frame % max(1, self.tracker.cfg.detect_every) == 0:
+            if cut or self.tracker.following:
+                self.motion.detected(rgb, frame)
+            elif self.motion.still(rgb, frame):  # nobody tracked and nothing moved: no face can have come
+                return None
+            # every face down to the O-Net threshold; only those above min_score may start a track
             return DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
         predicted = self.tracker.predicted_boxes()
         return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None

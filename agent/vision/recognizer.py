@@ -6,7 +6,9 @@ this module holds them together and serves `face-agent identify`, enrollment and
 Quality: a face smaller than `[enrollment] min_face_size`, blurrier than `[recognition] min_sharpness` or
 turned further than `[recognition] max_yaw` (from MTCNN's landmarks) is never named: its prediction is
 unknown with the reason `too_small`, `blurry` or `pose` (the nearest candidate is still reported), and in
-video it does not vote. `principal_face` says which face of a photo is "the" person (eval's queries).
+video it does not vote. In video a face cut off by the frame's edge (`[recognition] min_in_frame`) is
+`cut_off` too; a photo's face is not (photos are often cropped close to the face). `principal_face` says
+which face of a photo is "the" person (eval's queries).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from agent.vision.tracker import face_sharpness
 
 log = logging.getLogger(__name__)
 
-TOO_SMALL, BLURRY, POSE = "too_small", "blurry", "pose"
-QUALITY_REASONS = (TOO_SMALL, BLURRY, POSE)  # predictions with these reasons are never names nor votes
+TOO_SMALL, BLURRY, POSE, CUT_OFF = "too_small", "blurry", "pose", "cut_off"
+QUALITY_REASONS = (TOO_SMALL, BLURRY, POSE, CUT_OFF)  # predictions with these reasons are never names nor votes
 
 
 def yaw_ratio(landmarks: np.ndarray) -> float:
@@ -81,7 +83,8 @@ class FaceResult:
     detection: Detection
     landmarks5: np.ndarray  # dlib's 5 points (x, y) used for alignment
     prediction: Prediction | None  # None: no classifier
-    quality: str = ""  # "" or too_small | blurry | pose: why the face is not named whatever the classifier says
+    # "" or too_small | blurry | pose (| cut_off in video): why the face is not named whatever the classifier says
+    quality: str = ""
 
     def to_dict(self) -> dict:
         d = self.detection.to_dict()
@@ -144,8 +147,14 @@ class FaceAnalyzer:
 
     def predict(self, rgb: np.ndarray, detections: list[Detection], embeddings: np.ndarray,
                 classifier: Classifier) -> list[Prediction]:
-        """The classifier's predictions for embedded detections, low-quality faces made unknown."""
-        return with_quality(classifier.predict(embeddings), self.quality(rgb, detections))
+        """The classifier's predictions for embedded video detections, low-quality faces made unknown, and
+        faces cut off by the frame's edge too (`cut_off`: less than `[recognition] min_in_frame` of the
+        chip inside the frame; a person walking in at the side would otherwise vote "unknown")."""
+        reasons = self.quality(rgb, detections)
+        in_frame = self.aligner.in_frame(rgb, [d.box for d in detections])
+        reasons = [reason or (CUT_OFF if share < self.cfg.recognition.min_in_frame else "")
+                   for reason, share in zip(reasons, in_frame)]
+        return with_quality(classifier.predict(embeddings), reasons)
 
     def identify(self, rgb: np.ndarray) -> list[FaceResult]:
         """Every face found in the image with its name (or unknown, with the reason)."""

@@ -283,6 +283,11 @@ class Tracker:
         """Confirmed live tracks."""
         return [t for t in self._tracks if t.confirmed]
 
+    @property
+    def following(self) -> bool:
+        """Any live track, tentative or confirmed."""
+        return bool(self._tracks)
+
     def get(self, track_id: int) -> Track | None:
         """The live confirmed track with this id, or None (never existed, or ended)."""
         return next((t for t in self._tracks if t.confirmed and t.id == track_id), None)
