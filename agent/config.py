@@ -173,8 +173,8 @@ class SourceSection:
 class TrackerSection:
     # full-frame detection every N frames; in between only tracked faces are re-detected
     detect_every: int = setting(5, bounds=AT_LEAST_1)
-    # grey levels (0-255): with no live track, a scheduled full detection runs only if an 8x8 px cell of the
-    # frame changed by more than this since the last full detection (0: always run it)
+    # grey levels (0-255): with no live track, a due full detection runs only on a frame where an 8x8 px cell
+    # changed by more than this since the last full detection (0: every detect_every frames)
     motion_threshold: float = setting(8.0, bounds=Range(0, 255))
     # frames: with nothing moving, the full detection still runs at least this often
     motion_recheck_every: int = setting(50, bounds=AT_LEAST_1)

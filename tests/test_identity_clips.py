@@ -174,8 +174,9 @@ def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
 def test_an_empty_scene_skips_the_detector_and_a_person_coming_in_is_named_not_unknown(cast_agent, tmp_path):
     """A door camera (bench/identity_clips.idle_clip: an empty, noisy scene, a walk-in from the side, a sudden
     appearance). With the motion gate the full detector is skipped where nobody is tracked and nothing moved,
-    and what is shown is as good as without it; the person walking in half cut off by the frame's edge is never
-    shown nor reported as unknown (`cut_off`), only pending until the name."""
+    and what is shown is at least as good as without it (better: it detects on the first frame that moved);
+    the person walking in half cut off by the frame's edge is never shown nor reported as unknown (`cut_off`),
+    only pending until the name."""
     agent, _ = cast_agent
     enrolled, _ = ic.cast()
     clip = ic.idle_clip(list(enrolled))
@@ -202,7 +203,11 @@ def test_an_empty_scene_skips_the_detector_and_a_person_coming_in_is_named_not_u
         assert [e["name"] for e in events if e["track_id"] == walk_in and e["type"] == "identified"] \
             == [clip.actors[0].label]
     assert skipped["ungated"] == 0
-    # 80 full detections are due on 400 frames; about half of them on frames where nobody is there
-    assert skipped["gated"] >= 30, skipped
-    for key in ("face_frames", "named_all", "named_right", "settle_frames"):
-        assert scores["gated"][key] == scores["ungated"][key], key
+    # about 250 of the 400 frames have nobody; the detector is due on most of them and skipped while still
+    assert skipped["gated"] >= 150, skipped
+    gated, ungated = scores["gated"], scores["ungated"]
+    assert gated["face_frames"] == ungated["face_frames"]
+    assert gated["named_right"] >= ungated["named_right"] and gated["named_all"] >= ungated["named_all"]
+    assert all(g <= u for g, u in zip(gated["settle_frames"], ungated["settle_frames"]))
+    # the sudden appearance in the empty scene: the gate sees it move and detects on that very frame
+    assert gated["settle_frames"][2] == 0, gated["settle_frames"]

@@ -1,10 +1,13 @@
 """Motion gate: skip the full detector on a camera where nobody is tracked and nothing moved.
 
 Most of the time a door or garden camera shows an empty scene, and the full detector (the P-Net pyramid)
-is most of the agent's work on it. Where the camera has no live track, the scheduled full detection of a frame
-runs only if some part of the picture changed since the last full detection that ran: a face that was not
-there then cannot be there now without changing the pixels where it is. The comparison is with that frame,
-not with the frame before, so a person walking in slowly adds up to a change too.
+is most of the agent's work on it. Where the camera has no live track, a full detection that is due (at least
+`[tracker] detect_every` frames after the last one) runs only if some part of the picture changed since the
+last full detection that ran: a face that was not there then cannot be there now without changing the pixels
+where it is. The comparison is with that frame, not with the frame before, so a person walking in slowly adds
+up to a change too. The check is cheap (0.4 ms a 640x360 frame, 1.7 ms at 1080p), so it is made on every
+frame while the detection is due: the detector runs on the first frame that moved, not at the next multiple
+of `detect_every`, and a person appearing in an empty scene is found at once.
 
 The frame is shrunk `SHRINK` times (area average, grey), and the mean absolute change of its pixels is taken
 per cell of `CELL` x `CELL` frame pixels. A face of 20 px (the detector's smallest) always covers a whole cell,
@@ -16,6 +19,8 @@ One `MotionGate` per camera; it only answers, the pipeline decides.
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -49,19 +54,24 @@ class MotionGate:
         self.threshold = threshold
         self.recheck_every = recheck_every
         self._reference: np.ndarray | None = None  # the motion picture of the last frame that was detected
-        self._reference_frame = 0  # its frame number
-        self.skipped = 0  # full detections skipped
+        self._reference_frame: int | None = None  # its frame number
+        self.skipped = 0  # frames on which a due full detection was skipped
+
+    def since_detection(self, frame: int) -> float:
+        """Frames since the last full detection (inf before the first)."""
+        return math.inf if self._reference_frame is None else frame - self._reference_frame
 
     def still(self, image: np.ndarray, frame: int) -> bool:
-        """True when the scheduled full detection of `image` (frame number `frame`) can be skipped: nothing
-        changed by more than the threshold since the last detected frame, and the recheck is not due. False
-        makes `image` the new reference (the caller detects it)."""
+        """True when the due full detection of `image` (frame number `frame`) can be skipped: nothing changed
+        by more than the threshold since the last detected frame, and the recheck is not due. False makes
+        `image` the new reference (the caller detects it)."""
         if self.threshold <= 0:
+            self._reference_frame = frame
             return False
         picture = motion_picture(image)
         reference = self._reference
         if (reference is not None and reference.shape == picture.shape
-                and frame - self._reference_frame < self.recheck_every
+                and self.since_detection(frame) < self.recheck_every
                 and largest_change(reference, picture) <= self.threshold):
             self.skipped += 1
             return True
@@ -70,7 +80,6 @@ class MotionGate:
 
     def detected(self, image: np.ndarray, frame: int, picture: np.ndarray | None = None) -> None:
         """A full detection ran on `image` (for any reason): changes are measured from it from now on."""
-        if self.threshold <= 0:
-            return
-        self._reference = motion_picture(image) if picture is None else picture
         self._reference_frame = frame
+        if self.threshold > 0:
+            self._reference = motion_picture(image) if picture is None else picture

@@ -91,18 +91,20 @@ class Pipeline:
 
     # ---- the phases of process_frames, per camera ------------------------------------------------------
     def _detect_request(self, rgb: np.ndarray) -> DetectRequest | None:
-        """What to detect on this frame: everything (every detect_every frames and after a shot cut, unless no
-        track is live and nothing moved: agent.vision.motion), the tracks' predicted boxes in between, or
-        nothing when there are no tracks to follow."""
+        """What to detect on this frame: everything after a shot cut and every detect_every frames while
+        faces are tracked; the tracks' predicted boxes in between. With nobody tracked: everything on the
+        first frame that moved once detect_every frames have passed since the last full detection
+        (agent.vision.motion), else nothing."""
         cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
-        frame = self.tracker.frame
-        if cut or frame % max(1, self.tracker.cfg.detect_every) == 0:
-            if cut or self.tracker.following:
-                self.motion.detected(rgb, frame)
-            elif self.motion.still(rgb, frame):  # nobody tracked and nothing moved: no face can have come
-                return None
-            # every face down to the O-Net threshold; only those above min_score may start a track
-            return DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
+        frame, every = self.tracker.frame, max(1, self.tracker.cfg.detect_every)
+        # every face down to the O-Net threshold; only those above min_score may start a track
+        everything = DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
+        if cut or (self.tracker.following and frame % every == 0):
+            self.motion.detected(rgb, frame)
+            return everything
+        if not self.tracker.following:  # nobody here: look once it is due, if something moved
+            due = self.motion.since_detection(frame) >= every
+            return everything if due and not self.motion.still(rgb, frame) else None
         predicted = self.tracker.predicted_boxes()
         return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None
 
