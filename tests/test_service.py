@@ -55,7 +55,8 @@ def stored_events(cfg) -> list[dict]:
 
 
 def test_hamilton_clip_names_lin_over_mqtt(tmp_path, mosquitto, analyzer):
-    cfg = agent_config(tmp_path, mosquitto)
+    # stats and health checks often enough that a run of ~2 s (less on a faster machine) has several of each
+    cfg = agent_config(tmp_path, mosquitto, mqtt_settings={"stats_interval": 0.1}, service={"status_interval": 0.2})
     enroll(cfg, analyzer)
     collector = Collector(mosquitto, ["faces/events", "faces/test-agent/#"]).start()
     service = Service(cfg, source_uri=str(HAMILTON), every_frame=True, analyzer=analyzer)
@@ -147,6 +148,7 @@ def test_sigterm_ends_tracks_and_keeps_every_event(tmp_path, mosquitto, analyzer
                             text=True)
     assert collector.wait_for(lambda msgs: any(json.loads(m.text)["type"] == "track_started" for m in msgs),
                               240), "no event before SIGTERM"
+    assert proc.poll() is None, "the clip ended before SIGTERM: the test would not test SIGTERM"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

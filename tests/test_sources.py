@@ -278,7 +278,7 @@ def test_live_stream_latest_frame_real_fps_and_fast_reconnect(camera, caplog):
     opened = [msg for level, msg in messages if level == "INFO" and msg.startswith("opened")]
     assert len(opened) == 1 and "it announces 25" in opened[0], opened
     measured = float(re.search(r"live, ([\d.]+) fps", opened[0]).group(1))
-    assert measured == pytest.approx(29.97, abs=0.5), opened  # as received (a 2 s measure), not the announced 25
+    assert measured == pytest.approx(29.97, abs=1.5), opened  # as received (a 2 s measure), not the announced 25
     assert any(level == "WARNING" and "lost (the stream ended or the connection closed)" in msg
                for level, msg in messages)
     reopen = [msg for level, msg in messages if level == "WARNING" and "reopen failed" in msg]
@@ -423,7 +423,7 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
 
     (tmp_path / "agent.toml").write_text(
         f'[agent]\nid = "live-agent"\n[mqtt]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
-        '[service]\nstatus_interval = 1.0\n[source]\ntimeout = 5.0\n'
+        '[service]\nstatus_interval = 1.0\n[source]\ntimeout = 30.0\n'
         '[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n')
     status_file = tmp_path / "storage" / "status.json"
     collector = Collector(mosquitto, "faces/events").start()
@@ -452,7 +452,8 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
                 return {}
 
         assert wait_for(lambda: status().get("stats", {}).get("fps") == 0.0
-                        and not status()["stats"]["source"]["connected"], 10), status()
+                        and not status()["stats"]["source"]["connected"]
+                        and "refused" in status()["stats"]["source"]["last_error"], 10), status()
         down = status()
         assert down["stats"]["tracks"] == 0
         assert down["health"]["state"] == "degraded"
@@ -469,7 +470,7 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
         assert wait_for(lambda: status().get("stats", {}).get("frames", 0) > frames_before + 10
                         and status()["stats"]["fps"] > 1.0, 30), status()
 
-        camera.stall()  # hung: the connection stays open, no more bytes; FFmpeg waits for its 5 s timeout
+        camera.stall()  # hung: the connection stays open, no more bytes; FFmpeg waits for its 30 s timeout
         time.sleep(1.5)
         assert proc.poll() is None
         t0 = time.monotonic()
@@ -484,10 +485,11 @@ def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_pa
     log_text = log_file.read_text()
     assert proc.returncode == 0, log_text
     print(f"SIGTERM while the stream was stalled: the process ended {took:.2f} s later")
-    assert took < 1.0, f"SIGTERM while the stream was stalled took {took:.2f} s"
+    # the agent does not wait for the hung read (~30 s): it ends at once (0.2 s here; a loaded machine needs more)
+    assert took < 10.0, f"SIGTERM while the stream was stalled took {took:.2f} s"
     assert "[ WARN" not in log_text and "[tcp @" not in log_text, log_text  # OpenCV's / FFmpeg's own lines
     opened = re.search(r"opened stream http://\S+ \(live, ([\d.]+) fps; it announces 25\)", log_text)
-    assert opened and float(opened.group(1)) == pytest.approx(29.97, abs=0.5), log_text
+    assert opened and float(opened.group(1)) == pytest.approx(29.97, abs=1.5), log_text
     assert "reopen failed (cannot open stream http" in log_text and "refused" in log_text
     assert "recovered after" in log_text
     assert not [line for line in log_text.splitlines() if line != line.rstrip() or "None" in line], log_text

@@ -98,6 +98,12 @@ def images_loaded(page, selector: str, width: int | None = None, timeout: float 
         time.sleep(0.1)
 
 
+def flash_says(page, says: str | re.Pattern, timeout: float = 30_000) -> None:
+    """Wait for the flash message of this action (a page can still show the one of the action before: htmx
+    navigates only once the POST has been answered, after click() returned)."""
+    playwright.expect(page.locator("p.flash", has_text=says).first).to_be_visible(timeout=timeout)
+
+
 def fits_the_phone(page) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"] + 1, f"{page.url}: {width} px wide on a {PHONE['width']} px screen"
@@ -278,7 +284,7 @@ def test_name_an_unknown_person_and_reject_an_identification(site, browser, shot
     button = page.locator("li.event button.reject").first
     assert button.inner_text() == "That was not lin"
     button.click()
-    page.wait_for_selector("p.flash", timeout=120_000)
+    flash_says(page, re.compile(r"track \d+ is not lin"), timeout=120_000)
     flash = page.inner_text("main")
     assert re.search(r"track \d+ is not lin: \d+ faces are now known not to be lin", flash), flash
     assert page.url.startswith(url + "/events?type=identified")
@@ -313,7 +319,7 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     total = sightings(source) + sightings(target)
     source.locator("select[name=into]").select_option(target_id)
     source.locator("form.merge-form button[type=submit]").click()
-    page.wait_for_selector("p.flash")
+    flash_says(page, f"{source_id} merged into {target_id}")
     assert f"{source_id} merged into {target_id}" in page.inner_text("main")
     merged = page.locator(f"#cluster-{target_id}")
     assert sightings(merged) == total and f"merged from {source_id}" in merged.inner_text()
@@ -324,7 +330,7 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
 
     # ignore the merged one: hidden here, listed with the ignored ones (no name form), then shown again
     page.locator(f"#cluster-{target_id} button.ignore").click()
-    page.wait_for_selector("p.flash")
+    flash_says(page, f"{target_id} ignored")
     assert f"{target_id} ignored" in page.inner_text("main") and page.locator(f"#cluster-{target_id}").count() == 0
     page.click("#show-filter a")
     page.wait_for_url(url + "/unknowns?show=ignored")
@@ -334,7 +340,7 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     fits_the_phone(page)
     page.screenshot(path=str(shots / "13-ignored.png"), full_page=True)
     ignored.locator("button.unignore").click()
-    page.wait_for_selector("p.flash")
+    flash_says(page, f"{target_id} is shown again")
     assert f"{target_id} is shown again" in page.inner_text("main")
     assert page.locator(f"#cluster-{target_id} form.name-form").count() == 1
 
@@ -359,10 +365,11 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     page.wait_for_url(url + "/reports")
     assert page.locator("#no-reports").count() == 1
     page.click("#run-tune")
-    page.wait_for_selector("p.flash", timeout=120_000)
+    flash_says(page, "tune:", timeout=120_000)
     assert "tune:" in page.inner_text("main") and "suggested distance_threshold" in page.inner_text("main")
     report = page.locator("#report-tune")
     assert "distance_threshold = 0." in report.locator("pre").inner_text()
+    images_loaded(page, "#report-tune img.plot")
     assert page.evaluate("document.querySelector('#report-tune img.plot').naturalWidth") >= 1000
     fits_the_phone(page)
     page.screenshot(path=str(shots / "15-tune-report.png"), full_page=True)
