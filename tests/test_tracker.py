@@ -376,6 +376,22 @@ def test_unsettled_track_becomes_unknown_after_max_attempts_then_rarely_rechecke
     assert kinds == ["identified"]
 
 
+def test_a_face_cut_off_by_the_frame_edge_waits_without_using_up_the_attempts():
+    """A person coming in at the side: their cut-off faces (attempt=False) neither vote nor count towards
+    max_attempts, so the track stays pending however long it takes, then the first whole faces name it. Faces
+    too poor to vote for other reasons (turned, blurry) still count."""
+    tracker = confirmed_tracker(max_attempts=3, min_votes=2)
+    assert all(tracker.add_prediction(1, None, 0.0, vote=False, attempt=False) is None for _ in range(10))
+    track = tracker.get(1)
+    assert track.status == "pending" and track.attempts == 10 and track.cut_off == 10 and track.votes == 0
+    kinds = [c.kind for c in (tracker.add_prediction(1, "ann", 0.8) for _ in range(2)) if c]
+    assert kinds == ["identified"] and tracker.get(1).name == "ann"
+    tracker = confirmed_tracker(max_attempts=3, min_votes=2)
+    tracker.add_prediction(1, None, 0.0, vote=False, attempt=False)
+    changes = [tracker.add_prediction(1, None, 0.0, vote=False) for _ in range(3)]  # turned away: they count
+    assert [c.kind if c else None for c in changes] == [None, None, "unknown"]
+
+
 def test_prediction_for_an_ended_track_is_ignored():
     tracker = confirmed_tracker(max_missed=1)
     run(tracker, [[], []])

@@ -28,7 +28,7 @@ import numpy as np
 from agent.vision.classifier import Classifier, Prediction
 from agent.vision.motion import MotionGate
 from agent.vision.mtcnn import Detection, DetectRequest
-from agent.vision.recognizer import QUALITY_REASONS, FaceAnalyzer
+from agent.vision.recognizer import CUT_OFF, QUALITY_REASONS, FaceAnalyzer
 from agent.vision.tracker import IdentityChange, Track, Tracker, TrackerUpdate
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Pipeline:
                 continue
             result.recognitions.append(Recognition(track, request.detection, prediction, embedding, chip))
             change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
-                                                 request.quality, vote=usable)
+                                                 request.quality, vote=usable, attempt=prediction.reason != CUT_OFF)
             if change is not None:
                 result.changes.append(change)
         self.embedded += len(requests)

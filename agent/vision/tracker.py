@@ -153,6 +153,7 @@ class Track:
     status: str = PENDING  # pending | named | unknown
     name: str | None = None  # the identity while status is "named"
     attempts: int = 0  # predictions received
+    cut_off: int = 0  # ... of them of a face cut off by the frame's edge (not counted towards max_attempts)
     scheduled: int = 0  # embeddings scheduled
     last_embed_frame: int = 0  # tracker frame of the last scheduled embedding
     embedded_area: float = 0.0  # largest face area scheduled so far
@@ -525,13 +526,16 @@ class Tracker:
         return new
 
     def add_prediction(self, track_id: int, name: str | None, confidence: float,
-                       quality: float | None = None, vote: bool = True) -> IdentityChange | None:
+                       quality: float | None = None, vote: bool = True,
+                       attempt: bool = True) -> IdentityChange | None:
         """Vote with one recognition of a track: `name` (None = unknown) and `confidence` as the classifier
         gives them (agent.vision.classifier.Prediction: for an unknown face, the confidence in the nearest
         candidate). `quality` defaults to the quality of the face scheduled last. `vote=False`: the face was
         too poor to recognise (too small, blurry, turned away): it counts as an attempt but not as a vote, so
-        a track that never shows a usable face ends up unknown after `max_attempts`. Returns the change of the
-        track's identity this caused, or None (no change, or the track has ended)."""
+        a track that never shows a usable face ends up unknown after `max_attempts`. `attempt=False` (with
+        vote=False): the face was not all in the picture yet (cut off by the frame's edge): it does not count
+        towards `max_attempts`, so a person coming in slowly is not declared unknown before their face is in.
+        Returns the change of the track's identity this caused, or None (no change, or the track has ended)."""
         track = self.get(track_id)
         if track is None:
             log.debug("prediction for track %s ignored: no such live track", track_id)
@@ -539,12 +543,13 @@ class Tracker:
         if not math.isfinite(confidence):
             raise ValueError(f"add_prediction: confidence must be a finite number, got {confidence}")
         track.attempts += 1
+        track.cut_off += not (attempt or vote)
         if vote:
             track.ballot.add(name, confidence, track.embed_quality if quality is None else quality)
         ballot = track.ballot
         if ballot.settled:
             status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)
-        elif track.attempts >= self.cfg.max_attempts:
+        elif track.attempts - track.cut_off >= self.cfg.max_attempts:
             status, new_name = UNKNOWN, None
         else:
             status, new_name = track.status, track.name
