@@ -15,6 +15,7 @@ import pytest
 from broker import Collector
 from conftest import FR, make_config, wait_for
 from stream import MJPEGServer
+from test_live_enrollment import clip_folder
 from test_service import enroll, stored_events
 
 from agent.config import ConfigError, config_as_dict, config_from_dict, tomllib
@@ -22,6 +23,7 @@ from agent.service import Service
 
 HAMILTON = FR / "examples" / "short_hamilton_clip.mp4"
 TRACK_TYPES = ("track_started", "identified", "unknown_face", "track_ended")
+REPLAY_FPS = 100  # frames/s each camera offers in the overload test: ~14 times what the loop gives one here (~7)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -133,11 +135,20 @@ def test_a_camera_that_drops_out_does_not_disturb_the_other(tmp_path, analyzer):
     try:
         assert wait_for(lambda: len(service.feeds) == 2 and all(f.stats.frames > 30 for f in service.feeds), 120)
         feeds = {f.name: f for f in service.feeds}
-        assert wait_for(lambda: any(t.name for t in feeds["door"].pipeline.tracker.tracks), 30), "nobody named"
-        live_at_door = {t.id for t in feeds["door"].pipeline.tracker.tracks if t.confirmed}
+        live_at_door: set[int] = set()
+
+        def someone_named_at_door() -> bool:
+            tracks = feeds["door"].pipeline.tracker.tracks  # one read: a track may end between two
+            if any(t.name for t in tracks):
+                live_at_door.update(t.id for t in tracks if t.confirmed)
+                return True
+            return False
+
+        assert wait_for(someone_named_at_door, 30), "nobody named"
         door.stop()  # the door camera goes away with Lin-Manuel in view
-        assert wait_for(lambda: feeds["door"].down, 15)
-        assert feeds["door"].pipeline.tracker.tracks == [], "the door's tracks ended while it is down"
+        # the loop marks the camera down, then ends its tracks: wait for both
+        assert wait_for(lambda: feeds["door"].down and not feeds["door"].pipeline.tracker.tracks, 15), \
+            "the door's tracks ended while it is down"
         hall_frames = feeds["hall"].stats.frames
         assert wait_for(lambda: feeds["hall"].stats.frames > hall_frames + 30, 15), "the hall stopped too"
         assert feeds["hall"].source.connected and feeds["hall"].pipeline.tracker.tracks
@@ -161,16 +172,22 @@ def test_a_camera_that_drops_out_does_not_disturb_the_other(tmp_path, analyzer):
 
 
 def test_cameras_offering_more_than_the_machine_can_do_are_slowed_alike(tmp_path, analyzer):
-    """Three cameras (the Hamilton clip replayed in real time, 30 fps each, newest frame only) with a full
-    detection on every frame: more than two cores can do. Every camera gets its turn every round: their
-    processed frames stay equal, and what each dropped is counted in its stats."""
+    """Three cameras (the Hamilton clip's frames as a folder, each replayed like a camera at REPLAY_FPS, newest
+    frame only) with a full detection on every frame, down to 12 px faces: the cameras offer ~14 times what
+    this machine processes (~21 frames/s for all three), so a machine 4 times faster is still well behind.
+    Every camera gets its turn every round: their processed frames stay equal, and what each dropped is
+    counted in its stats."""
+    # 90 s of frames: the run takes ~4.5 s here, ~13 s with three busy processes on the two cores
+    frames = clip_folder(tmp_path / "frames", last=275, length=90 * REPLAY_FPS)
     names = ("north", "south", "west")
-    sources = [{"name": name, "uri": str(HAMILTON), "tracker": {"detect_every": 1}} for name in names]
+    sources = [{"name": name, "uri": str(frames), "fps": REPLAY_FPS, "tracker": {"detect_every": 1},
+                "detector": {"min_face_size": 12}} for name in names]
     cfg = make_config(tmp_path, mqtt={"enabled": False}, sources=sources)
-    service = Service(cfg, every_frame=False, analyzer=analyzer, max_frames=150)
+    service = Service(cfg, every_frame=False, analyzer=analyzer, max_frames=90)
     assert service.run() == 0
     counts = [f.stats.frames for f in service.feeds]
-    assert sum(counts) >= 150 and max(counts) - min(counts) <= 1, counts
+    assert sum(counts) >= 90, f"the folder ended before 90 frames were processed: {counts}"
+    assert max(counts) - min(counts) <= 1, counts
     stats = service.stats_message()["cameras"]
     for name in names:
         source = stats[name]["source"]
