@@ -122,10 +122,11 @@ def test_rate_limited_log_says_how_many_it_left_out(caplog):
     from agent.logsafe import RateLimitedLog, escape
 
     caplog.set_level(logging.INFO)
-    limited = RateLimitedLog(logging.getLogger("agent.test"), per_period=3, period=0.2)
+    # a period far longer than the 10 calls take, even on a loaded machine
+    limited = RateLimitedLog(logging.getLogger("agent.test"), per_period=3, period=2.0)
     logged = [limited.warning("rejected %s", escape(f"x{i}\n")) for i in range(10)]
     assert logged == [True] * 3 + [False] * 7
-    time.sleep(0.25)
+    time.sleep(2.05)
     assert limited.warning("again")
     assert "7 similar messages were not logged" in caplog.text
     assert escape("é ok") == "é ok" and escape("a\u202eb") == "a\\u202eb"

@@ -125,12 +125,14 @@ def test_pings_flow_with_frames_and_stop_when_the_loop_stalls(receiver, monkeypa
     dog = systemd.Watchdog()
     assert dog.enabled and dog.period == pytest.approx(0.1)
     hang = threading.Event()
+    parked = threading.Event()
     stop = threading.Event()
     frames = []
 
     def frame_loop():  # the service's loop: capture/process a frame, then frame_done()
         while not stop.is_set():
             if hang.is_set():  # a camera read or a GPU call that never returns
+                parked.set()
                 stop.wait()
                 break
             time.sleep(0.01)
@@ -149,6 +151,7 @@ def test_pings_flow_with_frames_and_stop_when_the_loop_stalls(receiver, monkeypa
     assert len(flowing) <= len(frames)  # rate-limited: far fewer pings than frames
 
     hang.set()
+    assert parked.wait(5)  # the loop is stuck now; its last frame_done() is behind it
     time.sleep(0.15)  # a ping possibly in flight when the loop hung
     receiver.drain(0.05)
     assert receiver.get(0.5) is None  # no ping while the pipeline is stuck: systemd would restart us
