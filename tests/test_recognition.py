@@ -341,9 +341,9 @@ def test_identities_identical_with_dlib_and_onnxruntime_embeddings(tmp_path, ana
         detections = analyzer.detect(rgb)
         if not detections:
             continue
-        chips = analyzer.aligner.chips(rgb, [d.box for d in detections])
+        chips, in_frame = analyzer.aligner.chips_in_frame(rgb, [d.box for d in detections])
         for name, which in (("onnxruntime", analyzer), ("dlib", reference)):
-            predictions = which.predict(rgb, detections, which.embedder.embed(chips), classifiers[name])
+            predictions = which.predict(rgb, detections, which.embedder.embed(chips), in_frame, classifiers[name])
             outcomes[name] += [(path.name, p.name, p.reason, p.distance) for p in predictions]
     assert images >= 120 and len(outcomes["dlib"]) >= 180
     assert [o[:3] for o in outcomes["onnxruntime"]] == [o[:3] for o in outcomes["dlib"]]

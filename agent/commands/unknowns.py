@@ -59,25 +59,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_merge(args: argparse.Namespace) -> int:
+def _change(args: argparse.Namespace, operation) -> int:
+    """Run one agent.naming operation on the sightings store; `operation(store)` returns what to print."""
     store = SightingStore(config_of(args))
     try:
-        target, moved = merge_unknowns(store, args.source, args.target)
+        message = operation(store)
     except NamingError as exc:
         return fail(str(exc))
     finally:
         store.close()
-    print(f"{args.source} merged into {cluster_label(target)}: {moved} sightings moved")
+    print(message)
     return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    def merge(store: SightingStore) -> str:
+        target, moved = merge_unknowns(store, args.source, args.target)
+        return f"{args.source} merged into {cluster_label(target)}: {moved} sightings moved"
+    return _change(args, merge)
 
 
 def run_ignore(args: argparse.Namespace) -> int:
-    store = SightingStore(config_of(args))
-    try:
+    def ignore(store: SightingStore) -> str:
         cluster = ignore_unknown(store, args.unknown_id, args.ignore)
-    except NamingError as exc:
-        return fail(str(exc))
-    finally:
-        store.close()
-    print(f"{cluster_label(cluster)} {'ignored' if args.ignore else 'shown again'}")
-    return 0
+        return f"{cluster_label(cluster)} {'ignored' if args.ignore else 'shown again'}"
+    return _change(args, ignore)

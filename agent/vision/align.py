@@ -44,26 +44,32 @@ class Aligner:
 
     def chips(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
         """(N, 150, 150, 3) uint8 RGB chips, one per box."""
+        return self.chips_in_frame(rgb, boxes)[0]
+
+    def in_frame(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """The share (0..1) of each box's chip that lies inside the image (see chips_in_frame)."""
+        return self.chips_in_frame(rgb, boxes, cut=False)[1]
+
+    def chips_in_frame(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]],
+                       cut: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 150, 150, 3) uint8 RGB chips (empty when not `cut`) and the share (0..1) of each chip that lies
+        inside the image, from one run of the shape predictor. A face cut off by the frame's edge gets a chip
+        partly black and an embedding that drifts from the person's (bench/calibrate_cut_off.py: LFW photos
+        cut at the side, 90% of the embeddings within 0.14 of the uncut one at 0.95 inside, 0.31 at 0.9).
+
+        The share comes from the chip's placement as dlib cuts it (its rectangle rotated by its angle about
+        the centre, dlib's get_mapping_to_chip), sampled on a 16x16 grid: within 0.03 of the share of
+        non-black pixels in the chip of a white image."""
+        no_chips = np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
         if len(boxes) == 0:
-            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+            return no_chips, np.zeros(0)
         rgb = np.ascontiguousarray(rgb)
         dets = self._dlib.full_object_detections()
         dets.extend(self.shapes(rgb, boxes))
-        chips = self._dlib.get_face_chips(rgb, dets, size=CHIP_SIZE, padding=PADDING)
-        return np.stack([np.asarray(c, dtype=np.uint8) for c in chips])
-
-    def in_frame(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
-        """The share (0..1) of each box's chip that lies inside the image: a face cut off by the frame's edge
-        gets a chip partly black, and an embedding that drifts from the person's (bench: LFW photos cut at
-        the side, 90% of the embeddings within 0.14 of the uncut one at 0.95 inside, 0.31 at 0.9).
-
-        From the chip's placement as dlib cuts it (its rectangle rotated by its angle about the centre,
-        dlib's get_mapping_to_chip), sampled on a 16x16 grid: within 0.03 of the share of non-black pixels
-        in the chip of a white image."""
-        if len(boxes) == 0:
-            return np.zeros(0)
-        dets = self._dlib.full_object_detections()
-        dets.extend(self.shapes(np.ascontiguousarray(rgb), boxes))
+        chips = no_chips
+        if cut:
+            cuts = self._dlib.get_face_chips(rgb, dets, size=CHIP_SIZE, padding=PADDING)
+            chips = np.stack([np.asarray(c, dtype=np.uint8) for c in cuts])
         height, width = rgb.shape[:2]
         grid = (np.arange(IN_FRAME_GRID) + 0.5) / IN_FRAME_GRID - 0.5
         shares = []
@@ -74,7 +80,7 @@ class Aligner:
             x = (r.left() + r.right()) / 2 + cos * u - sin * v
             y = (r.top() + r.bottom()) / 2 + sin * u + cos * v
             shares.append(float(((x >= 0) & (x < width) & (y >= 0) & (y < height)).mean()))
-        return np.asarray(shares)
+        return chips, np.asarray(shares)
 
     def landmarks(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[np.ndarray]:
         """The dlib 5 points (x, y) per box, as (5, 2) float arrays."""

@@ -97,19 +97,19 @@ class Pipeline:
         (agent.vision.motion), else nothing."""
         cut = self.tracker.check_scene(rgb)  # a shot cut ends every track: look for faces everywhere
         frame, every = self.tracker.frame, max(1, self.tracker.cfg.detect_every)
-        # every face down to the O-Net threshold; only those above min_score may start a track
-        everything = DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
         if cut or (self.tracker.following and frame % every == 0):
             self.motion.detected(rgb, frame)
-            return everything
-        if not self.tracker.following:  # nobody here: look once it is due, if something moved
-            due = self.motion.since_detection(frame) >= every
-            return everything if due and not self.motion.still(rgb, frame) else None
-        predicted = self.tracker.predicted_boxes()
-        return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None
+        elif not self.tracker.following:  # nobody here: look once it is due, if something moved
+            if self.motion.since_detection(frame) < every or self.motion.still(rgb, frame):
+                return None
+        else:
+            predicted = self.tracker.predicted_boxes()
+            return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None
+        # every face down to the O-Net threshold; only those above min_score may start a track
+        return DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
 
     def _vote(self, result: FrameResult, rgb: np.ndarray, chips: np.ndarray, embeddings: np.ndarray,
-              classifier: Classifier) -> None:
+              in_frame: np.ndarray, classifier: Classifier) -> None:
         """Check each embedding against its track's own face, then let it vote."""
         requests = result.update.to_embed
         for request, embedding in zip(requests, embeddings):
@@ -117,7 +117,7 @@ class Pipeline:
                 self.tracker.reverify(request.track.id, embedding)
         voting = [k for k, request in enumerate(requests) if not request.verify_only]
         predictions = self.analyzer.predict(rgb, [requests[k].detection for k in voting], embeddings[voting],
-                                            classifier) if voting else []
+                                            in_frame[voting], classifier) if voting else []
         for k, prediction in zip(voting, predictions):
             request, chip, embedding = requests[k], chips[k], embeddings[k]
             usable = prediction.reason not in QUALITY_REASONS  # too small, blurry, turned away: no vote, no check
@@ -164,9 +164,9 @@ def process_frames(frames: list[tuple[Pipeline, np.ndarray, float | None]]) -> l
     embedded = analyzer.embed_many([(frames[k][1], [r.detection for r in results[k].update.to_embed])
                                     for k in wanted]) if wanted else []
     t3 = time.perf_counter()
-    for k, (chips, embeddings) in zip(wanted, embedded):
+    for k, (chips, embeddings, in_frame) in zip(wanted, embedded):
         pipeline, rgb, _ = frames[k]
-        pipeline._vote(results[k], rgb, chips, embeddings, classifiers[k])
+        pipeline._vote(results[k], rgb, chips, embeddings, in_frame, classifiers[k])
     t4 = time.perf_counter()
     for (pipeline, _, _), result in zip(frames, results):
         if wanted:

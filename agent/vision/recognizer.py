@@ -128,30 +128,33 @@ class FaceAnalyzer:
     def embed(self, rgb: np.ndarray, detections: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
         """(chips (N,150,150,3), embeddings (N,128)) for the given detections, in one batch (with
         `[embedding] flip`: each the mean of the chip's and its mirror image's)."""
-        return self.embed_many([(rgb, detections)])[0]
+        chips, embeddings, _ = self.embed_many([(rgb, detections)])[0]
+        return chips, embeddings
 
-    def embed_many(self, faces: list[tuple[np.ndarray, list[Detection]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def embed_many(self, faces: list[tuple[np.ndarray, list[Detection]]]
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """`embed` for the detections of several images (one per camera): the chips of all of them go to
-        the embedder together, in one batch."""
-        chips = [self.aligner.chips(rgb, [d.box for d in detections]) for rgb, detections in faces]
-        counts = [len(c) for c in chips]
+        the embedder together, in one batch. Per image: (chips, embeddings, the share of each chip inside
+        the image: Aligner.chips_in_frame)."""
+        aligned = [self.aligner.chips_in_frame(rgb, [d.box for d in detections]) for rgb, detections in faces]
+        counts = [len(chips) for chips, _ in aligned]
         if not sum(counts):
-            return [(c, np.zeros((0, 128), dtype=np.float32)) for c in chips]
-        embeddings = embed_chips(self.embedder, np.concatenate([c for c in chips if len(c)]), self.flip)
+            return [(chips, np.zeros((0, 128), dtype=np.float32), in_frame) for chips, in_frame in aligned]
+        embeddings = embed_chips(self.embedder, np.concatenate([c for c, _ in aligned if len(c)]), self.flip)
         ends = np.cumsum(counts)
-        return [(c, embeddings[end - n:end]) for c, n, end in zip(chips, counts, ends)]
+        return [(chips, embeddings[end - n:end], in_frame) for (chips, in_frame), n, end in zip(aligned, counts, ends)]
 
     def quality(self, rgb: np.ndarray, detections: list[Detection]) -> list[str]:
         """quality_reason of each detection ("" = good enough to be named)."""
         return [quality_reason(rgb, d, self.cfg) for d in detections]
 
-    def predict(self, rgb: np.ndarray, detections: list[Detection], embeddings: np.ndarray,
+    def predict(self, rgb: np.ndarray, detections: list[Detection], embeddings: np.ndarray, in_frame: np.ndarray,
                 classifier: Classifier) -> list[Prediction]:
         """The classifier's predictions for embedded video detections, low-quality faces made unknown, and
         faces cut off by the frame's edge too (`cut_off`: less than `[recognition] min_in_frame` of the
-        chip inside the frame; a person walking in at the side would otherwise vote "unknown")."""
+        chip inside the frame, `in_frame` as embed_many gives it; a person walking in at the side would
+        otherwise vote "unknown")."""
         reasons = self.quality(rgb, detections)
-        in_frame = self.aligner.in_frame(rgb, [d.box for d in detections])
         reasons = [reason or (CUT_OFF if share < self.cfg.recognition.min_in_frame else "")
                    for reason, share in zip(reasons, in_frame)]
         return with_quality(classifier.predict(embeddings), reasons)
