@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class Actor:
         if self.region is not None:
             return self.region
         t = frame - self.start
-        dx = self.jitter * np.sin(1.7 * t + hash(self.label) % 7)
+        dx = self.jitter * np.sin(1.7 * t + zlib.crc32(self.label.encode()) % 7)  # not hash(): salted per process
         dy = self.jitter * np.cos(1.3 * t)
         x = int(round(self.xy[0] + self.velocity[0] * t + dx))
         y = int(round(self.xy[1] + self.velocity[1] * t + dy))
