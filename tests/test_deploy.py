@@ -16,7 +16,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import config_as_dict, load_config
@@ -419,26 +419,17 @@ class Client:
     def subscribe(self, topic: str):
         n = len(self.suback)
         self.c.subscribe(topic, qos=1)
-        wait(lambda: len(self.suback) > n)
+        wait_for(lambda: len(self.suback) > n, 5.0)
         return self.suback[-1]
 
     def publish(self, topic: str, payload: bytes):
         info = self.c.publish(topic, payload, qos=1)
-        wait(lambda: info.mid in self.puback)
+        wait_for(lambda: info.mid in self.puback, 5.0)
         return self.puback[info.mid]
 
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
-
-
-def wait(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_mosquitto_example_enforces_the_acl(tmp_path, mosquitto_factory):
@@ -490,7 +481,7 @@ def test_mosquitto_example_enforces_the_acl(tmp_path, mosquitto_factory):
             ha: ["faces/agent-1/status", "faces/agent-1/ha/recognition", "homeassistant/status",
                  "homeassistant/event/face_agent_agent-1/recognition/config"],
         }
-        assert wait(lambda: all(len(c.received) >= len(t) for c, t in expected.items()))
+        assert wait_for(lambda: all(len(c.received) >= len(t) for c, t in expected.items()), 5.0)
         time.sleep(0.3)  # anything that should not arrive would have arrived by now
         for client, topics in expected.items():
             assert sorted(t for t, _ in client.received) == sorted(topics)
