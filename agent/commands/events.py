@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import time
-from datetime import datetime, timezone
 
 from agent.commands._common import config_of, fail
 from agent.events import EVENT_TYPES, format_timestamp
 from agent.store import DB_NAME, PENDING, EventStore, StoreError
-
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from agent.times import parse_when
 
 
-def parse_when(value: str, now: float | None = None) -> float:
-    """Epoch seconds of '2024-05-01', '2024-05-01T12:00', an ISO time with Z/offset (naive = UTC), or a
-    relative age like '30m', '2h', '7d' (that long ago)."""
-    text = value.strip()
-    m = _RELATIVE.match(text)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+def _when(value: str) -> float:
+    """argparse type for --since/--until (agent.times.parse_when, as the web console's filters)."""
     try:
-        dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected a date/time like 2024-05-01 or 2024-05-01T12:00:00Z, "
-            "or an age like 30m, 2h, 7d"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        return parse_when(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Events are listed oldest first; with --limit, the most recent that "
                        "match. "
                        "Times are UTC: a date, an ISO time, or an age like 30m, 2h, 7d.")
-    p.add_argument("--since", type=parse_when, help="only events at or after this time")
-    p.add_argument("--until", type=parse_when, help="only events before this time")
+    p.add_argument("--since", type=_when, help="only events at or after this time")
+    p.add_argument("--until", type=_when, help="only events before this time")
     p.add_argument("--name", help="only events of this person")
     p.add_argument("--type", choices=EVENT_TYPES, help="only events of this type")
     p.add_argument("--pending", action="store_true", help="only events not yet delivered to the broker")

@@ -1,7 +1,10 @@
 """`face-agent web`: the browser console (optional extra `web`: Starlette, uvicorn, Jinja2).
 
-    app.py        the pages (Live, Events, People, Unknown people) and actions; enrollment through the gallery,
-                  naming and rejecting through agent.naming
+    app.py        the app: the route modules mounted behind the session, host and CSRF guards
+    routes/       one module per page (live, events, people, unknowns, reports, auth, files): pages and actions
+    site.py       what every page shares: templates, flash messages, the data layer, retrain-and-say
+    console.py    the data layer: status file, live frame, event log, gallery, sightings; enrollment through
+                  the gallery, naming and rejecting through agent.naming
     security.py   password hashes, login session, CSRF, request size, files only from the agent's folders
     templates/    Jinja2 pages (htmx attributes for the actions)
     static/       console.css, console.js and htmx

@@ -1,0 +1,324 @@
+"""The web console's data layer: what the pages read from the agent's storage and the operations they run.
+
+`Console` reads what the agent keeps - the status file, the live frame, the event log, the gallery's folders,
+the sightings - and changes enrollment only through `agent.gallery.Gallery` (the same operations as
+`face-agent enroll`, `rename`, `forget` and remote enrollment) and the sightings' operations in `agent.naming`
+(`name_cluster`, `reidentify`, `reject`, `merge_unknowns` and `ignore_unknown`: the same as `face-agent name`,
+`reject` and `unknowns merge|ignore|unignore`). It knows nothing of HTTP; the pages are in `agent.web.routes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent import health
+from agent.config import Config
+from agent.evaluation import EvalError
+from agent.events import IDENTIFIED, REIDENTIFIED, parse_timestamp
+from agent.frame_output import live_frame_name
+from agent.gallery import Gallery
+from agent.images import ImageError
+from agent.logsafe import escape
+from agent.naming import Named, NamingError, ignore_unknown, log_reidentified, merge_unknowns, name_cluster, reject
+from agent.sightings import SightingStore, cluster_label, parse_cluster
+from agent.store import EventStore, StoredEvent
+from agent.times import parse_when
+
+log = logging.getLogger(__name__)
+
+CHIPS_SHOWN = 6  # chips of an unknown person shown on its card, best first
+_B64 = re.compile(r"^[A-Za-z0-9+/=]+$")
+
+
+def when(value: str) -> float | None:
+    """Epoch seconds of a filter value ('2h', '2026-11-29T16:00', ...; naive = UTC), None when empty;
+    ValueError when it is neither (the same syntax as `face-agent events --since`)."""
+    return parse_when(value) if value.strip() else None
+
+
+def utc(t: float | str | None) -> str:
+    if t in (None, ""):
+        return ""
+    if isinstance(t, str):
+        return t.replace("T", " ").replace("Z", " UTC")
+    return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _track_time(type_: str, t: float, payload: dict[str, Any]) -> float:
+    """When the track an event is about was seen: a `reidentified` event comes later and says when."""
+    if type_ == REIDENTIFIED and isinstance(payload.get("seen_at"), str):
+        with contextlib.suppress(ValueError):
+            return parse_timestamp(payload["seen_at"])
+    return t
+
+
+def _source_line(source: dict[str, Any]) -> str | None:
+    if not source:
+        return None
+    text = "connected" if source.get("connected") else "not connected"
+    text += f", {source.get('frames_read', 0)} frames read, {source.get('dropped', 0)} dropped, " \
+            f"{source.get('reconnects', 0)} reconnects"
+    return text + (f"; last error: {source['last_error']}" if source.get("last_error") else "")
+
+
+
+
+class Console:
+    """What the pages need from the agent's storage, built once per process."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.storage = cfg.path("storage")
+        self.gallery = Gallery(cfg, train_in_subprocess=True)
+        self.store = EventStore(cfg)
+        self.sightings = SightingStore(cfg)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="face-agent-web-"))  # private (0700) upload copies
+        self.train_lock = threading.Lock()
+        self.last_training: dict[str, Any] = {}
+        self.flashes: dict[str, list[str]] = {}  # CSRF token of a session -> messages for its next page
+
+    # ---- people ---------------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        clf = self.gallery.load_classifier()
+        if clf is None:
+            return {"trained": False}
+        meta = clf.meta
+        cv = meta.get("cross_validation") or {}
+        return {"trained": True, "people": len(clf.people), "counts": meta.get("counts", {}),
+                "trained_at": utc(meta.get("trained_at")), "seconds": meta.get("training_seconds"),
+                "cv_accuracy": cv.get("balanced_accuracy"), "cv_folds": cv.get("folds"),
+                "cv_grid": cv.get("grid") or [], "kernel": (meta.get("svm") or {}).get("kernel"),
+                "warnings": meta.get("warnings") or []}
+
+    def retrain(self) -> dict[str, Any]:
+        """ensure_trained through the gallery; the running agent picks the saved classifier up (module doc)."""
+        with self.train_lock:
+            clf, results, retrained = self.gallery.ensure_trained(progress=False)
+            self.last_training = {"retrained": retrained, "people": len(clf.people), "at": time.time()}
+            log.info("web: classifier %s (%d people)", "retrained" if retrained else "unchanged", len(clf.people))
+            return self.last_training
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The last `face-agent eval` and `tune` reports kept in `[evaluation] reports` (agent.evaluation.report)."""
+        from agent.evaluation.report import last_reports
+
+        return last_reports(self.cfg)
+
+    def run_tune(self) -> dict[str, Any]:
+        """`face-agent tune` on the enrolled photos (embeddings are cached: seconds), kept like the command's."""
+        from agent.evaluation.report import format_tune, save_last
+        from agent.evaluation.tune import tune_gallery
+
+        with self.train_lock:
+            report = tune_gallery(self.gallery)
+        if not report["photos"]:
+            raise EvalError("nobody is enrolled: there is nothing to tune")
+        save_last(self.cfg, "tune", format_tune(report), report, report)
+        log.info("web: tune run (%d photos)", len(report["photos"]))
+        return report
+
+    def person(self, name: str) -> dict[str, Any]:
+        results, _, _, _ = self.gallery.scan([name], progress=False)
+        photos = []
+        for r in results:
+            chip = self.gallery.chip_path(name, r.path, r.sha256) if r.sha256 else None
+            photos.append({"name": r.path.name, "status": r.status, "reason": r.reason, "ok": r.ok,
+                           "chip": chip.name if chip is not None and chip.is_file() else None})
+        return {"name": name, "photos": photos}
+
+    def first_chip(self, name: str) -> str | None:
+        """The chip of the person's first photo that has one (chips are named after their photo)."""
+        for photo in self.gallery.photos_of(name):
+            if (self.gallery.aligned / name / f"{photo.stem}.png").is_file():
+                return f"{photo.stem}.png"
+        return None
+
+    def add_uploads(self, person: str, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        max_bytes = min(self.cfg.web.max_upload_bytes, self.cfg.images.max_bytes)
+        out = []
+        for filename, data in files:
+            try:
+                added = self.gallery.add_image(person, data, filename, max_bytes, self.work_dir)
+            except ImageError as exc:
+                out.append({"file": filename, "ok": False, "message": str(exc)})
+                continue
+            out.append({"file": filename, "ok": added.accepted, "reason": added.reason,
+                        "message": added.message or ("enrolled" if added.accepted else added.reason)})
+            log.info("web: upload for %s: %s -> %s", escape(person), escape(filename),
+                     "accepted" if added.accepted else added.reason)
+        return out
+
+    # ---- events ---------------------------------------------------------------------------------------
+    def events(self, person: str, type_: str, camera: str, since: float | None, until: float | None,
+               track: int | None) -> list[dict[str, Any]]:
+        rows = self.store.query(since=since, until=until, name=person or None, type=type_ or None,
+                                camera=camera or None, limit=self.cfg.web.events_per_page)
+        out = []
+        for row in reversed(rows):  # newest first
+            if track is not None and row.track_id != track:
+                continue
+            try:
+                payload = json.loads(row.payload)
+            except ValueError:
+                payload = {}
+            thumb = payload.get("thumbnail")
+            if not isinstance(thumb, str) or not _B64.match(thumb):
+                thumb = None
+            faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload)) \
+                if row.track_id is not None else []
+            rejectable = row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name) and row.track_id is not None
+            out.append({"event_id": row.event_id, "time": utc(row.t), "type": row.type, "name": row.name,
+                        "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
+                        "thumbnail": thumb, "faces": len(faces), "unknown": self.unknown_link(payload),
+                        "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
+                        "rejectable": rejectable,
+                        "rejected": rejectable and any(r["rejected"] == row.name for r in faces)})
+        return out
+
+    def unknown_link(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The unknown person an event names (`unknown_id`), as it is now: merged into another, ignored."""
+        label = payload.get("unknown_id")
+        try:
+            cluster = parse_cluster(label) if isinstance(label, str) else None
+        except ValueError:
+            cluster = None
+        row = self.sightings.cluster(cluster) if cluster is not None else None
+        if row is None:
+            return None
+        now = self.sightings.cluster(row["merged_into"]) if row["merged_into"] is not None else row
+        if now is None:
+            return None
+        return {"id": label, "now": cluster_label(now["id"]), "ignored": now["ignored"] is not None,
+                "named": now["name"]}
+
+    def track_faces(self, event_id: str) -> tuple[StoredEvent, list[dict[str, Any]]]:
+        """The kept faces of the track an event is about (`SightingStore.track_sightings`), best first, each
+        with its files as parts under the sightings folder; NamingError if there is no such track event."""
+        row = self.store.get(event_id.strip().upper())
+        if row is None or row.track_id is None:
+            raise NamingError(f"no track event {event_id!r} in the log")
+        try:
+            payload = json.loads(row.payload)
+        except ValueError:
+            payload = {}
+        faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload))
+        out = []
+        for face in sorted(faces, key=lambda r: (-(r["quality"] or 0.0), r["id"])):
+            out.append({"id": face["id"], "time": utc(face["t"]), "quality": face["quality"], "name": face["name"],
+                        "cluster": cluster_label(face["cluster"]) if face["cluster"] else None,
+                        "rejected": face["rejected"], "reidentified": face["reidentified"],
+                        "chip": Path(face["chip"]).parts, "context": Path(face["context"]).parts})
+        return row, out
+
+    # ---- unknown people: the sightings room's operations (`face-agent unknowns`, `name`, `reject`) -------
+    def unknowns(self, ignored: bool | None = False) -> list[dict[str, Any]]:
+        """`SightingStore.clusters(ignored)` with each chip as its parts under the sightings folder (for /files)."""
+        clusters = self.sightings.clusters(ignored)
+        for c in clusters:
+            c["chips"] = [Path(chip).relative_to(self.sightings.folder).parts for chip in c["chips"][:CHIPS_SHOWN]]
+        return clusters
+
+    def merge_targets(self) -> list[dict[str, Any]]:
+        """The unknown people another one can be merged into: every unnamed one, ignored ones too (a new
+        cluster may be the person ignored before)."""
+        return [{"id": c["id"], "ignored": c["ignored"], "sightings": c["sightings"]}
+                for c in self.sightings.clusters(ignored=None) if c["name"] is None]
+
+    def merge(self, source: str, target: str) -> tuple[str, int]:
+        """`face-agent unknowns merge SOURCE TARGET` (agent.naming.merge_unknowns). Returns (target, moved)."""
+        cluster, moved = merge_unknowns(self.sightings, source, target)
+        log.info("web: %s merged into %s", escape(source), cluster_label(cluster))
+        return cluster_label(cluster), moved
+
+    def set_ignored(self, unknown_id: str, ignored: bool) -> str:
+        """`face-agent unknowns ignore|unignore UNKNOWN_ID` (agent.naming.ignore_unknown)."""
+        label = cluster_label(ignore_unknown(self.sightings, unknown_id, ignored))
+        log.info("web: %s %s", label, "ignored" if ignored else "shown again")
+        return label
+
+    def _after_training(self, named_classifier: Any) -> int:
+        """What `face-agent name` does after naming: recent unknown tracks the new model names become
+        `reidentified` events in the log. Returns how many."""
+        return log_reidentified(self.sightings, named_classifier, self.cfg, self.store)
+
+    def name_cluster(self, unknown_id: str, person: str) -> tuple[Named, int]:
+        """`face-agent name UNKNOWN_ID PERSON` (agent.naming.name_cluster, retraining through the gallery)."""
+        with self.train_lock:
+            named = name_cluster(self.gallery, self.sightings, unknown_id, person)
+            self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
+            reidentified = self._after_training(named.classifier)
+        log.info("web: %s named %s (%d faces enrolled)", escape(unknown_id), escape(named.person),
+                 len(named.enrolled))
+        return named, reidentified
+
+    def reject(self, event_id: str) -> tuple[Any, int]:
+        """`face-agent reject EVENT_ID` (agent.naming.reject). Returns (the event, negatives recorded)."""
+        stored = self.store.get(event_id.strip().upper())
+        if stored is None:
+            raise NamingError(f"no event {event_id!r} in the log")
+        event = stored.event()
+        with self.train_lock:
+            count, _ = reject(self.gallery, self.sightings, event)
+        log.info("web: event %s rejected (not %s)", escape(event.event_id), escape(event.name or ""))
+        return event, count
+
+    def cameras(self) -> list[str]:
+        """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""
+        found = {r[0] for r in self.store.conn.execute("SELECT DISTINCT camera FROM events")}
+        return sorted(found | {self.cfg.agent.camera_name})
+
+    # ---- live -----------------------------------------------------------------------------------------
+    def live_frames(self) -> dict[str, str]:
+        """camera name -> its live frame's file name in the storage folder (agent.frame_output)."""
+        cameras = self.cfg.cameras()
+        if len(cameras) == 1:
+            return {cameras[0].name: live_frame_name(None)}
+        return {camera.name: live_frame_name(camera.name) for camera in cameras}
+
+    def live(self) -> dict[str, Any]:
+        try:
+            status = health.read_status(health.status_path(self.cfg))
+        except PermissionError:
+            status = None
+        stats = (status or {}).get("stats") or {}
+        cameras = []  # each camera's live frame (live.jpg, or live-<camera>.jpg with several) and figures
+        for name, file in self.live_frames().items():
+            frame = self.storage / file
+            frame_time = frame.stat().st_mtime if frame.is_file() else None
+            own = (stats.get("cameras") or {}).get(name) or {}
+            cameras.append({"camera": name, "file": file, "frame_version": int(frame_time or 0),
+                            "frame_time": utc(frame_time), "fps": own.get("fps"),
+                            "source": _source_line(own.get("source") or {})})
+        info: dict[str, Any] = {"running": False, "camera": cameras[0]["camera"], "cameras": cameras,
+                                "frame_version": cameras[0]["frame_version"], "frame_time": cameras[0]["frame_time"],
+                                "live_interval": self.cfg.service.live_frame_interval}
+        if status is None:
+            return info
+        report = status.get("health") or {}
+        checks = report.get("checks") or {}
+        since = checks.get("broker_connected_since")
+        running = report.get("state") != "stopped" and not health.is_stale(status)
+        info.update(running=running, state=report.get("state"), reasons=report.get("reasons"),
+                    fps=stats.get("fps"), frames=stats.get("frames"), events=stats.get("events"),
+                    tracks=stats.get("tracks"), backend=stats.get("backend"),
+                    source=_source_line(stats.get("source") or {}),
+                    broker=("not used" if not self.cfg.mqtt.enabled else
+                            f"connected since {utc(since)}" if since else
+                            "disconnected" if "broker_connected_since" in checks else "unknown"),
+                    backlog=checks.get("outbox_backlog"), written=utc(status.get("written_at")),
+                    agent_id=status.get("agent_id"))
+        return info
+
+    def close(self) -> None:
+        self.gallery.close()
+        self.store.close()
+        self.sightings.close()

@@ -1,0 +1,118 @@
+"""People: the enrolled people and their photos; upload, remove a photo, rename, forget, retrain (each through
+the gallery, then retrained)."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from agent.gallery import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
+from agent.web.site import go, person_url, site
+
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
+
+
+async def people(request: Request) -> Response:
+    s = site(request)
+    summary = await run_in_threadpool(s.console.gallery.summary)
+    chips = {name: s.console.first_chip(name) for name in summary}
+    return s.page(request, "people.html", summary=summary, chips=chips, training=s.console.training_state(),
+                  web=s.web)
+
+
+async def person(request: Request) -> Response:
+    s = site(request)
+    name = request.path_params["name"]
+    try:
+        name = validate_person_name(name)
+    except InvalidNameError as exc:
+        return PlainTextResponse(str(exc), status_code=404)
+    if name not in s.console.gallery.people_on_disk():
+        return PlainTextResponse(f"{name} is not enrolled", status_code=404)
+    data = await run_in_threadpool(s.console.person, name)
+    training = s.console.training_state()
+    return s.page(request, "person.html", person=data, training=training,
+                  trained_photos=training.get("counts", {}).get(name, 0), web=s.web)
+
+
+async def upload(request: Request) -> Response:
+    s = site(request)
+    web = s.web
+    form = await request.form(max_files=web.max_upload_files, max_fields=10,
+                              max_part_size=web.max_upload_bytes + MULTIPART_OVERHEAD)
+    try:
+        name = validate_person_name(str(form.get("person", "")))
+    except InvalidNameError as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    files = []
+    for item in form.getlist("photos"):
+        if isinstance(item, UploadFile) and item.filename:
+            files.append((item.filename, await item.read()))
+    if not files:
+        return PlainTextResponse("choose at least one photo", status_code=400)
+    results = await run_in_threadpool(s.console.add_uploads, name, files)
+    accepted = [r for r in results if r["ok"]]
+    s.flash(request, *[f"{r['file']}: {'accepted' if r['ok'] else 'refused'} - {r['message']}" for r in results])
+    if accepted:
+        await s.retrain(request)
+    elif not s.console.gallery.photos_of(name):  # a new person whose photos were all refused
+        return go("/people")
+    return go(person_url(name))
+
+
+async def remove_photo(request: Request) -> Response:
+    s = site(request)
+    name = validate_person_name(request.path_params["name"])
+    form = await request.form()
+    photo = s.console.gallery.find_photo(name, str(form.get("photo", "")))
+    if photo is None:
+        return PlainTextResponse("no such photo", status_code=404)
+    await run_in_threadpool(s.console.gallery.remove_photo, name, photo)
+    s.flash(request, f"removed {photo.name}")
+    await s.retrain(request)
+    return go(person_url(name))
+
+
+async def rename(request: Request) -> Response:
+    s = site(request)
+    form = await request.form()
+    try:
+        old = validate_person_name(request.path_params["name"])
+        new = validate_person_name(str(form.get("new_name", "")))
+        await run_in_threadpool(s.console.gallery.rename, old, new)
+    except (InvalidNameError, NameTakenError, NotEnrolledError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"renamed {old} to {new}")
+    await s.retrain(request)
+    return go(person_url(new))
+
+
+async def forget(request: Request) -> Response:
+    s = site(request)
+    try:
+        name = validate_person_name(request.path_params["name"])
+        moved = await run_in_threadpool(s.console.gallery.forget, name)
+    except (InvalidNameError, NotEnrolledError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"forgot {name}" + (f"; the photos were moved to {moved}" if moved else ""))
+    await s.retrain(request)
+    return go("/people")
+
+
+async def retrain_now(request: Request) -> Response:
+    await site(request).retrain(request)
+    return go("/people")
+
+
+routes = [
+    Route("/people", people),
+    Route("/people/upload", upload, methods=["POST"]),
+    Route("/people/retrain", retrain_now, methods=["POST"]),
+    Route("/people/{name}", person),
+    Route("/people/{name}/remove", remove_photo, methods=["POST"]),
+    Route("/people/{name}/rename", rename, methods=["POST"]),
+    Route("/people/{name}/forget", forget, methods=["POST"]),
+]

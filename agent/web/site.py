@@ -1,0 +1,85 @@
+"""What every page of the web console shares: the data layer, the templates, flash messages, the login state.
+
+One `Site` is built per app (agent.web.app.create_app) and kept in `app.state.site`; the route modules
+(agent.web.routes) reach it with `site(request)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from agent.config import Config
+from agent.web.console import Console, utc
+from agent.web.security import Logins, csrf_token
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+MAX_FLASH, MAX_FLASH_SESSIONS = 100, 1000  # messages kept for a session's next page; sessions with messages
+
+
+class Site:
+    """The console's data layer (`Console`), its templates and the sessions' flash messages."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.web = cfg.web
+        self.console = Console(cfg)
+        self.logins = Logins(self.web.session_hours * 3600)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.globals["utc"] = utc
+
+    def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        """A full page: the template with the session's CSRF token and its flash messages."""
+        flash = self.console.flashes.pop(csrf_token(request.session), [])
+        return self.templates.TemplateResponse(request, name, {
+            "csrf": csrf_token(request.session), "login": bool(self.web.password_hash), "flash": flash,
+            "path": request.url.path, **context}, status_code=status_code)
+
+    def fragment(self, request: Request, name: str, **context: Any) -> Response:
+        """A part of a page (htmx swaps it in)."""
+        return self.templates.TemplateResponse(request, name, context)
+
+    def flash(self, request: Request, *messages: str) -> None:
+        """Messages for the session's next page, kept here (a cookie holds 4 kB: not enough for an upload's)."""
+        flashes = self.console.flashes
+        key = csrf_token(request.session)
+        flashes[key] = [*flashes.pop(key, []), *messages][-MAX_FLASH:]
+        while len(flashes) > MAX_FLASH_SESSIONS:
+            flashes.pop(next(iter(flashes)))
+
+    async def retrain(self, request: Request) -> None:
+        """Retrain after a change (Console.retrain in a thread) and say how it went in a flash message."""
+        try:
+            info = await run_in_threadpool(self.console.retrain)
+        except Exception as exc:  # the change is on disk; training failing must say so, not lose it
+            log.exception("web: retraining failed")
+            self.flash(request, f"retraining failed: {exc}")
+            return
+        self.flash(request, f"classifier {'retrained' if info['retrained'] else 'already up to date'}: "
+                            f"{info['people']} people")
+
+    def close(self) -> None:
+        self.console.close()
+
+
+def site(request: Request) -> Site:
+    """The Site of the app serving `request`."""
+    return request.app.state.site
+
+
+def go(url: str) -> Response:
+    """After an htmx action: load `url` as a page."""
+    return Response(status_code=204, headers={"HX-Redirect": url})
+
+
+def person_url(name: str) -> str:
+    return "/people/" + quote(name, safe="")
