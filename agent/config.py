@@ -332,6 +332,7 @@ class WebSection:
     max_upload_bytes: int = setting(10_000_000, bounds=AT_LEAST_1)  # per uploaded photo (and [images] max_bytes)
     max_upload_files: int = setting(20, bounds=Range(1, 1000))  # photos per upload
     events_per_page: int = setting(100, bounds=Range(1, 5000))  # events listed on the Events page
+    visits_per_page: int = setting(20, bounds=Range(1, 500))  # visits (one card per track) per Events page
 
 
 @dataclass

@@ -50,17 +50,26 @@ def frame_record(index: int, time: float, tracks: Iterable[Any], show_coasting: 
     return {"camera": camera, **record} if camera is not None else record
 
 
+LABELS = {"unknown": "unknown", "pending": "identifying..."}  # plain words for a track's status on the picture
+
+
 def draw(rgb: np.ndarray, record: dict[str, Any]) -> np.ndarray:
-    """A BGR copy of the frame with the record's faces drawn (coasting boxes thin)."""
+    """A BGR copy of the frame with the record's faces drawn (coasting boxes thin); each label on a dark band,
+    its size following the frame's width (readable on a phone, where a 1280 px frame is shown 390 px wide)."""
     import cv2
 
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    scale = max(0.6, img.shape[1] / 640 * 0.7)
+    thickness = max(1, int(round(scale * 1.5)))
     for face in record["faces"]:
         b = face["box"]
         colour = COLOURS[face["status"]]
         cv2.rectangle(img, (b["left"], b["top"]), (b["right"], b["bottom"]), colour, 1 if face["coasting"] else 2)
-        label = f"{face['track_id']} {face['name'] or face['status']}"
-        cv2.putText(img, label, (b["left"], max(12, b["top"] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+        label = face["name"] or LABELS.get(face["status"], face["status"])
+        (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        x, y = max(0, b["left"]), max(h + base + 2, b["top"] - 2)
+        cv2.rectangle(img, (x, y - h - base - 2), (x + w + 4, y + 2), (20, 20, 20), -1)
+        cv2.putText(img, label, (x + 2, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
     return img
 
 

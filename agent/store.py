@@ -370,6 +370,11 @@ class EventStore:
         return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by, select=_SELECT,
                                                                     limit=limit)]
 
+    def rows(self, where: str, params: Sequence[Any] = (), order_by: str | None = None,
+             limit: int | None = None) -> list[StoredEvent]:
+        """Events matching a WHERE clause over the columns above (the web console's visits: one track's events)."""
+        return self._rows(where, params, order_by, limit)
+
     def pending(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[StoredEvent]:
         """Up to `limit` undelivered events in insertion order, skipping the ids in `exclude` (in flight)."""
         skip = set(exclude)

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from http.cookies import SimpleCookie
+from urllib.parse import urlencode
 
 import pytest
 from webconsole import ROOT, WebConsole, write_config
@@ -137,7 +138,9 @@ def test_nothing_without_the_login(locked_console):
                  "/files/photo/ada/a.jpg", "/files/chip/ada/a.png", "/files/live/live.jpg", "/reports",
                  "/files/report/tune.png", "/events/01M8M3ATTSS776S3QMMFD5038S/faces", "/unknowns?show=ignored"):
         status, headers, _ = client.request("GET", path)
-        assert status == 303 and headers["location"] == "/login", path
+        # the login form, keeping the page that was asked for (back there after the login)
+        assert status == 303 and headers["location"] == ("/login" if path == "/" else
+                                                         "/login?" + urlencode({"next": path})), path
         assert client.request("GET", path, headers={"HX-Request": "true"})[0] == 401, path
     for path in ("/people/upload", "/people/retrain", "/people/ada/forget", "/people/ada/rename", "/logout",
                  "/unknowns/u1/merge", "/unknowns/u1/ignore", "/unknowns/u1/unignore", "/reports/tune"):
@@ -149,6 +152,17 @@ def test_nothing_without_the_login(locked_console):
     status, _, _ = client.request("POST", "/login", f"password={PASSWORD}",
                                   {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 403
+
+
+def test_the_login_returns_to_the_page_asked_for_on_this_site_only(locked_console):
+    for asked, lands in (("/unknowns?show=ignored", "/unknowns?show=ignored"), ("/people/ada", "/people/ada"),
+                         ("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/\\evil.example", "/")):
+        client = Client(locked_console)
+        token = client.csrf("/login?" + urlencode({"next": asked}))
+        body = urlencode({"csrf_token": token, "password": PASSWORD, "next": asked})
+        status, headers, _ = client.request("POST", "/login", body,
+                                            {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 303 and headers["location"] == lands, asked
 
 
 def test_after_login_files_only_from_the_agents_folders(locked_console):
@@ -267,7 +281,7 @@ def test_name_and_reject_need_csrf_and_say_why_they_cannot(tmp_path):
         assert client.request("POST", f"/events/{event.event_id}/reject")[0] == 403
         assert client.request("POST", "/unknowns/u1/name", "person=bob")[0] == 403
         token = client.csrf("/events")
-        _, _, page = client.request("GET", "/events")
+        _, _, page = client.request("GET", "/events/log")
         assert f"/events/{event.event_id}/reject" in page and "That was not ada" in page
         form = {"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
         status, _, text = client.request("POST", f"/events/{event.event_id}/reject", headers=form)
@@ -318,7 +332,7 @@ def test_merge_ignore_and_tune_need_csrf_and_say_why_they_cannot(tmp_path):
         status, _, page = client.request("GET", "/unknowns?show=ignored")
         assert status == 200 and "No ignored unknown people" in page
         # the event names a cluster that no longer exists and kept no faces: no links
-        _, _, page = client.request("GET", "/events")
+        _, _, page = client.request("GET", "/events/log")
         assert f"/events/{event.event_id}/faces" not in page and "#cluster-u9" not in page
         status, _, page = client.request("GET", f"/events/{event.event_id}/faces")
         assert status == 200 and "No faces of this track were kept" in page and 'privacy = "unknown"' in page

@@ -23,12 +23,30 @@ from typing import Any
 from agent import health
 from agent.config import Config
 from agent.evaluation import EvalError
-from agent.events import IDENTIFIED, REIDENTIFIED, parse_timestamp
+from agent.events import (
+    IDENTIFIED,
+    REIDENTIFIED,
+    TRACK_ENDED,
+    TRACK_STARTED,
+    UNKNOWN_FACE,
+    format_timestamp,
+    parse_timestamp,
+)
 from agent.frame_output import live_frame_name
-from agent.gallery import Gallery
+from agent.gallery import Gallery, validate_person_name
 from agent.images import ImageError
 from agent.logsafe import escape
-from agent.naming import Named, NamingError, ignore_unknown, log_reidentified, merge_unknowns, name_cluster, reject
+from agent.naming import (
+    Named,
+    NamingError,
+    find_cluster,
+    ignore_unknown,
+    log_reidentified,
+    merge_unknowns,
+    name_cluster,
+    name_faces,
+    reject,
+)
 from agent.sightings import SightingStore, cluster_label, parse_cluster
 from agent.store import EventStore, StoredEvent
 from agent.times import parse_when
@@ -37,6 +55,9 @@ log = logging.getLogger(__name__)
 
 CHIPS_SHOWN = 6  # chips of an unknown person shown on its card, best first
 _B64 = re.compile(r"^[A-Za-z0-9+/=]+$")
+REPEAT_SECONDS = 120.0  # a naming/rejecting request repeated within this long is answered, not done again
+MAX_VISIT_SECONDS = 6 * 3600  # a track's events are looked for this long after it started
+MAX_VISIT_EVENTS = 500  # events of one track read for its card (start, namings, unknown, end)
 
 
 def when(value: str) -> float | None:
@@ -53,12 +74,25 @@ def utc(t: float | str | None) -> str:
     return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def iso(t: float | None) -> str:
+    """An ISO time in UTC for a <time datetime>; the page shows it in the browser's time zone (console.js)."""
+    return format_timestamp(float(t)) if t not in (None, "") else ""
+
+
 def _track_time(type_: str, t: float, payload: dict[str, Any]) -> float:
     """When the track an event is about was seen: a `reidentified` event comes later and says when."""
     if type_ == REIDENTIFIED and isinstance(payload.get("seen_at"), str):
         with contextlib.suppress(ValueError):
             return parse_timestamp(payload["seen_at"])
     return t
+
+
+def _payload(row: StoredEvent) -> dict[str, Any]:
+    try:
+        payload = json.loads(row.payload)
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
 
 
 def _source_line(source: dict[str, Any]) -> str | None:
@@ -84,7 +118,8 @@ class Console:
         self.work_dir = Path(tempfile.mkdtemp(prefix="face-agent-web-"))  # private (0700) upload copies
         self.train_lock = threading.Lock()
         self.last_training: dict[str, Any] = {}
-        self.flashes: dict[str, list[str]] = {}  # CSRF token of a session -> messages for its next page
+        self.recent: dict[tuple[Any, ...], tuple[float, Any]] = {}  # request -> (when, result): Console.once
+        self.flashes: dict[str, list[tuple[str, str]]] = {}  # CSRF token of a session -> messages for its next page
 
     # ---- people ---------------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
@@ -176,13 +211,96 @@ class Console:
             faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload)) \
                 if row.track_id is not None else []
             rejectable = row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name) and row.track_id is not None
-            out.append({"event_id": row.event_id, "time": utc(row.t), "type": row.type, "name": row.name,
-                        "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
+            out.append({"event_id": row.event_id, "time": utc(row.t), "iso": iso(row.t), "type": row.type,
+                        "name": row.name, "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
                         "thumbnail": thumb, "faces": len(faces), "unknown": self.unknown_link(payload),
                         "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
                         "rejectable": rejectable,
                         "rejected": rejectable and any(r["rejected"] == row.name for r in faces)})
         return out
+
+    def visits(self, person: str, camera: str, since: float | None, until: float | None,
+               before: float | None) -> tuple[list[dict[str, Any]], float | None]:
+        """One card per track (a visit), newest first: the tracks that started before `before` (the cursor of
+        the page before), or, with `person`, the tracks that person was named on. Returns (visits, the cursor
+        of the next page or None at the end)."""
+        limit = self.cfg.web.visits_per_page
+        top = until if before is None else before if until is None else min(before, until)
+        anchors = self.store.query(since=since, until=top, name=person or None, camera=camera or None,
+                                   type=None if person else TRACK_STARTED, limit=limit * (4 if person else 1) + 1)
+        anchors.reverse()  # newest first
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, int, float]] = set()
+        for row in anchors:
+            if row.track_id is None or (person and row.type not in (IDENTIFIED, REIDENTIFIED)):
+                continue
+            start = row if row.type == TRACK_STARTED else self._start_of(row)
+            key = (start.camera, start.track_id, start.t)
+            if key in seen:
+                continue
+            if len(out) == limit:
+                return out, row.t + 1e-6  # the next page starts with this one
+            seen.add(key)
+            out.append(self._visit(start))
+        full = len(anchors) == limit * (4 if person else 1) + 1
+        return out, (anchors[-1].t if full and anchors else None)
+
+    def _start_of(self, row: StoredEvent) -> StoredEvent:
+        """The track_started event of the track `row` is about (the row itself when it was not logged)."""
+        at = _track_time(row.type, row.t, _payload(row))
+        found = self.store.rows("type = ? AND camera = ? AND track_id = ? AND t <= ?",
+                                 [TRACK_STARTED, row.camera, row.track_id, at], order_by="t DESC", limit=1)
+        return found[0] if found else row
+
+    def _visit(self, start: StoredEvent) -> dict[str, Any]:
+        """The events of one track from its start to its end (or the newest), as one card."""
+        rows = self.store.rows("camera = ? AND track_id = ? AND t >= ? AND t <= ?",
+                                [start.camera, start.track_id, start.t, start.t + MAX_VISIT_SECONDS],
+                                order_by="t, seq", limit=MAX_VISIT_EVENTS)
+        events, end = [], None
+        for row in rows:
+            if row.type == TRACK_STARTED and row.event_id != start.event_id:
+                break  # the same id in a later run
+            events.append(row)
+            if row.type == TRACK_ENDED:
+                end = row
+                break
+        if start.type != TRACK_STARTED and start not in events:
+            events.insert(0, start)
+        last = events[-1] if events else start
+        until = end.t if end is not None else last.t
+        later = self.store.rows("type = ? AND camera = ? AND track_id = ? AND t > ?",
+                                 [REIDENTIFIED, start.camera, start.track_id, until], order_by="t", limit=20)
+        events += [r for r in later if start.t - 2 <= _track_time(r.type, r.t, _payload(r)) <= until + 2]
+        name, confidence, unknown, thumb, named_by = None, None, None, None, None
+        for row in events:
+            payload = _payload(row)
+            if isinstance(payload.get("thumbnail"), str) and _B64.match(payload["thumbnail"]) and \
+                    (thumb is None or row.type in (IDENTIFIED, UNKNOWN_FACE)):
+                thumb = payload["thumbnail"]
+            if row.type in (IDENTIFIED, REIDENTIFIED) and row.name:
+                name, confidence, named_by = row.name, row.confidence, row
+            elif row.type == UNKNOWN_FACE:
+                unknown = self.unknown_link(payload) or unknown
+        end_payload = _payload(end) if end is not None else {}
+        if isinstance(end_payload.get("best_confidence"), (int, float)) and named_by is not None \
+                and named_by.type == IDENTIFIED:
+            confidence = max(confidence or 0.0, float(end_payload["best_confidence"]))
+        duration = end_payload.get("duration_s") if isinstance(end_payload.get("duration_s"), (int, float)) \
+            else until - start.t
+        faces = self.sightings.track_sightings(start.track_id, start.t if end is None else (start.t + until) / 2)
+        faces = [f for f in faces if f["logged_until"] + 2 >= start.t and f["logged_from"] - 2 <= until] or faces
+        best = max(faces, key=lambda f: (f["quality"] or 0.0, -f["id"]), default=None)
+        rejected = bool(name) and any(f["rejected"] == name for f in faces)
+        return {"key": start.event_id, "event_id": (named_by or start).event_id, "camera": start.camera,
+                "track_id": start.track_id, "start": start.t, "start_text": utc(start.t), "iso": iso(start.t),
+                "ongoing": end is None, "duration": duration, "name": None if rejected else name,
+                "rejected": name if rejected else None,
+                "confidence": confidence, "unknown": unknown, "thumbnail": thumb, "faces": len(faces),
+                "best_face": Path(best["chip"]).parts if best is not None else None,
+                "reidentified": named_by is not None and named_by.type == REIDENTIFIED,
+                "rejectable": named_by is not None and not rejected and bool(faces),
+                "events": len(events)}
 
     def unknown_link(self, payload: dict[str, Any]) -> dict[str, Any] | None:
         """The unknown person an event names (`unknown_id`), as it is now: merged into another, ignored."""
@@ -213,25 +331,49 @@ class Console:
         faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload))
         out = []
         for face in sorted(faces, key=lambda r: (-(r["quality"] or 0.0), r["id"])):
-            out.append({"id": face["id"], "time": utc(face["t"]), "quality": face["quality"], "name": face["name"],
+            out.append({"id": face["id"], "time": utc(face["t"]), "iso": iso(face["t"]), "quality": face["quality"],
+                        "name": face["name"],
                         "cluster": cluster_label(face["cluster"]) if face["cluster"] else None,
                         "rejected": face["rejected"], "reidentified": face["reidentified"],
                         "chip": Path(face["chip"]).parts, "context": Path(face["context"]).parts})
         return row, out
 
     # ---- unknown people: the sightings room's operations (`face-agent unknowns`, `name`, `reject`) -------
-    def unknowns(self, ignored: bool | None = False) -> list[dict[str, Any]]:
-        """`SightingStore.clusters(ignored)` with each chip as its parts under the sightings folder (for /files)."""
-        clusters = self.sightings.clusters(ignored)
+    def unknowns(self, ignored: bool | None = False, only: str | None = None) -> list[dict[str, Any]]:
+        """`SightingStore.clusters(ignored)` still to deal with (named ones leave the list), each chip as its
+        parts under the sightings folder (for /files) and the wider crop around the best one; `only`: that one."""
+        clusters = [c for c in self.sightings.clusters(ignored) if c["name"] is None and c["id"] == (only or c["id"])]
         for c in clusters:
             c["chips"] = [Path(chip).relative_to(self.sightings.folder).parts for chip in c["chips"][:CHIPS_SHOWN]]
+            c["context"] = None
+            if c["chips"]:
+                day, chip = c["chips"][0]
+                context = self.sightings.folder / day / chip.replace("-chip.jpg", "-context.jpg")
+                c["context"] = (day, context.name) if chip.endswith("-chip.jpg") and context.is_file() else None
         return clusters
 
     def merge_targets(self) -> list[dict[str, Any]]:
         """The unknown people another one can be merged into: every unnamed one, ignored ones too (a new
-        cluster may be the person ignored before)."""
-        return [{"id": c["id"], "ignored": c["ignored"], "sightings": c["sightings"]}
+        cluster may be the person ignored before), each with its best face."""
+        return [{"id": c["id"], "ignored": c["ignored"], "sightings": c["sightings"],
+                 "chip": Path(c["representative"]).relative_to(self.sightings.folder).parts
+                 if c["representative"] else None}
                 for c in self.sightings.clusters(ignored=None) if c["name"] is None]
+
+    def once(self, key: tuple[Any, ...], run: Any) -> tuple[Any, bool]:
+        """`run()` unless the same request (`key`) was done in the last REPEAT_SECONDS: a double tap, or a
+        request sent again, neither enrolls nor retrains twice. Returns (the result, whether it was a repeat).
+        Requests wait for each other (the training lock), so the second sees the first one's result."""
+        with self.train_lock:
+            now = time.monotonic()
+            for old in [k for k, (t, _) in self.recent.items() if now - t > REPEAT_SECONDS]:
+                del self.recent[old]
+            if key in self.recent:
+                log.info("web: %s repeated: done once already", escape(str(key)))
+                return self.recent[key][1], True
+            result = run()
+            self.recent[key] = (time.monotonic(), result)
+            return result, False
 
     def merge(self, source: str, target: str) -> tuple[str, int]:
         """`face-agent unknowns merge SOURCE TARGET` (agent.naming.merge_unknowns). Returns (target, moved)."""
@@ -250,15 +392,23 @@ class Console:
         `reidentified` events in the log. Returns how many."""
         return log_reidentified(self.sightings, named_classifier, self.cfg, self.store)
 
-    def name_cluster(self, unknown_id: str, person: str) -> tuple[Named, int]:
-        """`face-agent name UNKNOWN_ID PERSON` (agent.naming.name_cluster, retraining through the gallery)."""
-        with self.train_lock:
+    def name_cluster(self, unknown_id: str, person: str) -> tuple[Named, int, bool]:
+        """`face-agent name UNKNOWN_ID PERSON` (agent.naming.name_cluster, retraining through the gallery), once
+        (`once`: a repeated request does not enroll or retrain again). Returns (named, re-identified, repeat)."""
+        person = validate_person_name(person)
+
+        def run() -> tuple[Named, int]:
+            row = find_cluster(self.sightings, unknown_id)
+            if row["name"] is not None:
+                raise NamingError(f"{cluster_label(row['id'])} was already named {row['name']}")
             named = name_cluster(self.gallery, self.sightings, unknown_id, person)
             self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
-            reidentified = self._after_training(named.classifier)
-        log.info("web: %s named %s (%d faces enrolled)", escape(unknown_id), escape(named.person),
-                 len(named.enrolled))
-        return named, reidentified
+            log.info("web: %s named %s (%d faces enrolled)", escape(unknown_id), escape(named.person),
+                     len(named.enrolled))
+            return named, self._after_training(named.classifier)
+
+        (named, reidentified), repeat = self.once(("name", unknown_id.strip().lower(), person), run)
+        return named, reidentified, repeat
 
     def reject(self, event_id: str) -> tuple[Any, int]:
         """`face-agent reject EVENT_ID` (agent.naming.reject). Returns (the event, negatives recorded)."""
@@ -266,10 +416,40 @@ class Console:
         if stored is None:
             raise NamingError(f"no event {event_id!r} in the log")
         event = stored.event()
-        with self.train_lock:
-            count, _ = reject(self.gallery, self.sightings, event)
+        count, _ = self.once(("reject", event.event_id), lambda: reject(self.gallery, self.sightings, event)[0])
         log.info("web: event %s rejected (not %s)", escape(event.event_id), escape(event.name or ""))
         return event, count
+
+    def visit_of(self, event_id: str) -> dict[str, Any]:
+        """The visit (card) of the track an event is about; NamingError if there is no such track event."""
+        row = self.store.get(event_id.strip().upper())
+        if row is None or row.track_id is None:
+            raise NamingError(f"no track event {event_id!r} in the log")
+        return self._visit(row if row.type == TRACK_STARTED else self._start_of(row))
+
+    def name_track(self, event_id: str, person: str) -> tuple[str, int, int]:
+        """"This is PERSON" / "That was PERSON" on a visit: `face-agent name --track` on the faces kept of the
+        event's track (agent.naming.name_faces, then the re-identification of `face-agent name`); when the
+        track was named someone else, first `face-agent reject` of that naming (agent.naming.reject).
+        Returns (the person, faces enrolled, earlier unknown tracks re-identified)."""
+        visit = self.visit_of(event_id)
+        person = validate_person_name(person)
+        row = self.store.get(visit["event_id"])
+        assert row is not None
+        faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, _payload(row)))
+        if not faces:
+            raise NamingError("no faces of this visit were kept, so there is nothing to learn from")
+
+        def run() -> tuple[str, int, int]:
+            if visit["name"] and visit["name"] != person and row.type in (IDENTIFIED, REIDENTIFIED):
+                reject(self.gallery, self.sightings, row.event(), retrain=False)
+            named = name_faces(self.gallery, self.sightings, faces, person)
+            self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
+            log.info("web: track %s of event %s named %s (%d faces)", row.track_id, escape(row.event_id),
+                     escape(person), len(named.enrolled))
+            return named.person, len(named.enrolled), self._after_training(named.classifier)
+
+        return self.once(("name-track", visit["key"], person), run)[0]
 
     def cameras(self) -> list[str]:
         """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""
@@ -296,7 +476,7 @@ class Console:
             frame_time = frame.stat().st_mtime if frame.is_file() else None
             own = (stats.get("cameras") or {}).get(name) or {}
             cameras.append({"camera": name, "file": file, "frame_version": int(frame_time or 0),
-                            "frame_time": utc(frame_time), "fps": own.get("fps"),
+                            "frame_time": utc(frame_time), "frame_iso": iso(frame_time), "fps": own.get("fps"),
                             "source": _source_line(own.get("source") or {})})
         info: dict[str, Any] = {"running": False, "camera": cameras[0]["camera"], "cameras": cameras,
                                 "frame_version": cameras[0]["frame_version"], "frame_time": cameras[0]["frame_time"],
@@ -315,6 +495,8 @@ class Console:
                             f"connected since {utc(since)}" if since else
                             "disconnected" if "broker_connected_since" in checks else "unknown"),
                     backlog=checks.get("outbox_backlog"), written=utc(status.get("written_at")),
+                    written_iso=iso(status.get("written_at")) if isinstance(status.get("written_at"), (int, float))
+                    else str(status.get("written_at") or ""),
                     agent_id=status.get("agent_id"))
         return info
 

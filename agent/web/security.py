@@ -24,6 +24,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 SCRYPT_MAXMEM = 64 * 1024 * 1024
@@ -127,6 +128,15 @@ async def _plain(send: Any, status: int, text: str, headers: list | None = None)
     await send({"type": "http.response.body", "body": body})
 
 
+def local_path(value: str, default: str = "/") -> str:
+    """`value` when it is a path on this site (a login's `next`), else `default`: no scheme, host or `//`."""
+    parts = urlsplit(value)
+    if not value.startswith("/") or value.startswith("//") or "\\" in value or parts.scheme or parts.netloc \
+            or any(ord(c) < 32 for c in value):
+        return default
+    return value
+
+
 class Guard:
     """Login, CSRF and body size for every request (see the module docstring). Sits inside SessionMiddleware."""
 
@@ -147,7 +157,9 @@ class Guard:
         public = path == PUBLIC_PATHS[0] or path.startswith(PUBLIC_PATHS[1])
         if self.password_hash and not self.logins.valid(session.get("user")) and not public:
             if method in SAFE_METHODS and "hx-request" not in headers:
-                await _plain(send, 303, "login needed", [(b"location", b"/login")])
+                asked = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                where = "/login" if path == "/" else "/login?" + urlencode({"next": asked})
+                await _plain(send, 303, "login needed", [(b"location", where.encode("latin-1"))])
             else:
                 await _plain(send, 401, "login needed", [(b"hx-redirect", b"/login")])
             return

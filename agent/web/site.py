@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from agent.config import Config
-from agent.web.console import Console, utc
+from agent.web.console import Console, iso, utc
 from agent.web.security import Logins, csrf_token
 
 log = logging.getLogger(__name__)
@@ -35,24 +35,26 @@ class Site:
         self.console = Console(cfg)
         self.logins = Logins(self.web.session_hours * 3600)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.templates.env.globals["utc"] = utc
+        self.templates.env.globals.update(utc=utc, iso=iso)
 
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         """A full page: the template with the session's CSRF token and its flash messages."""
         flash = self.console.flashes.pop(csrf_token(request.session), [])
+        logged_in = not self.web.password_hash or self.logins.valid(request.session.get("user"))
         return self.templates.TemplateResponse(request, name, {
             "csrf": csrf_token(request.session), "login": bool(self.web.password_hash), "flash": flash,
-            "path": request.url.path, **context}, status_code=status_code)
+            "logged_in": logged_in, "path": request.url.path, **context}, status_code=status_code)
 
     def fragment(self, request: Request, name: str, **context: Any) -> Response:
         """A part of a page (htmx swaps it in)."""
         return self.templates.TemplateResponse(request, name, context)
 
-    def flash(self, request: Request, *messages: str) -> None:
-        """Messages for the session's next page, kept here (a cookie holds 4 kB: not enough for an upload's)."""
+    def flash(self, request: Request, *messages: str, kind: str = "done") -> None:
+        """Messages for the session's next page, kept here (a cookie holds 4 kB: not enough for an upload's);
+        `kind` "done" (what was done) or "warning" (what was refused, and why)."""
         flashes = self.console.flashes
         key = csrf_token(request.session)
-        flashes[key] = [*flashes.pop(key, []), *messages][-MAX_FLASH:]
+        flashes[key] = [*flashes.pop(key, []), *((kind, m) for m in messages)][-MAX_FLASH:]
         while len(flashes) > MAX_FLASH_SESSIONS:
             flashes.pop(next(iter(flashes)))
 
@@ -62,7 +64,7 @@ class Site:
             info = await run_in_threadpool(self.console.retrain)
         except Exception as exc:  # the change is on disk; training failing must say so, not lose it
             log.exception("web: retraining failed")
-            self.flash(request, f"retraining failed: {exc}")
+            self.flash(request, f"Retraining failed: {exc}", kind="warning")
             return
         self.flash(request, f"classifier {'retrained' if info['retrained'] else 'already up to date'}: "
                             f"{info['people']} people")

@@ -1,8 +1,9 @@
-"""Events: the event log with filters, the faces kept of a track, and "that was not X" on an identification."""
+"""Events: who came by, one card per visit (a track), newest first and paged on; the raw event log one click
+away; the faces kept of a track; "This is ..." / "That was ..." / "That was not X" on a visit."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -10,15 +11,42 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.events import EVENT_TYPES
+from agent.gallery import InvalidNameError
 from agent.naming import NamingError
-from agent.web.console import utc, when
+from agent.web.console import iso, utc, when
 from agent.web.site import go, site
 
 
-async def events(request: Request) -> Response:
+def _filters(request: Request, keys: tuple[str, ...]) -> dict[str, str]:
+    return {k: request.query_params.get(k, "").strip() for k in keys}
+
+
+async def visits(request: Request) -> Response:
     s = site(request)
-    q = request.query_params
-    filters = {k: q.get(k, "").strip() for k in ("person", "type", "camera", "since", "until", "track")}
+    filters = _filters(request, ("person", "camera", "since", "until", "before"))
+    error, found, cursor = None, [], None
+    try:
+        since, until = when(filters["since"]), when(filters["until"])
+        before = float(filters["before"]) if filters["before"] else None
+        found, cursor = await run_in_threadpool(s.console.visits, filters["person"], filters["camera"], since,
+                                                until, before)
+    except ValueError as exc:  # a bad time
+        error = str(exc)
+    more_url = None
+    if cursor is not None:
+        kept = {k: v for k, v in filters.items() if v and k != "before"}
+        more_url = "/events?" + urlencode({**kept, "before": repr(cursor)})
+    people = s.console.gallery.people_on_disk()
+    if request.query_params.get("part") and request.headers.get("hx-request"):  # "Older visits": the next cards
+        return s.fragment(request, "visits.html", visits=found, more=cursor is not None, more_url=more_url,
+                          csrf=None)
+    return s.page(request, "events.html", visits=found, filters=filters, error=error, more=cursor is not None,
+                  more_url=more_url, cameras=s.console.cameras(), people=people)
+
+
+async def event_log(request: Request) -> Response:
+    s = site(request)
+    filters = _filters(request, ("person", "type", "camera", "since", "until", "track"))
     error, rows = None, []
     try:
         since, until = when(filters["since"]), when(filters["until"])
@@ -27,7 +55,7 @@ async def events(request: Request) -> Response:
                                        since, until, track)
     except ValueError as exc:  # a bad time or track number
         error = str(exc)
-    return s.page(request, "events.html", rows=rows, filters=filters, error=error, types=EVENT_TYPES,
+    return s.page(request, "event_log.html", rows=rows, filters=filters, error=error, types=EVENT_TYPES,
                   cameras=s.console.cameras(), people=s.console.gallery.people_on_disk())
 
 
@@ -37,8 +65,19 @@ async def track_faces(request: Request) -> Response:
         event, faces = await run_in_threadpool(s.console.track_faces, request.path_params["event_id"])
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=404)
-    return s.page(request, "track.html", event=event, faces=faces, time=utc(event.t),
+    return s.page(request, "track.html", event=event, faces=faces, time=utc(event.t), iso=iso(event.t),
                   privacy=s.cfg.sightings.privacy)
+
+
+def _card(request: Request, event_id: str, note: str, note_class: str = "flash") -> Response:
+    """The visit's card again (htmx swaps it in place), with what was done."""
+    s = site(request)
+    visit = s.console.visit_of(event_id)
+    return s.fragment(request, "visit.html", v=visit, note=note, note_class=note_class)
+
+
+def _on_card(request: Request) -> bool:
+    return (request.headers.get("hx-target") or "").startswith("visit-")
 
 
 async def reject_event(request: Request) -> Response:
@@ -47,14 +86,40 @@ async def reject_event(request: Request) -> Response:
         event, count = await run_in_threadpool(s.console.reject, request.path_params["event_id"])
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"track {event.track_id} is not {event.name}: {count} faces are now known not to be "
-                     f"{event.name}; classifier retrained")
+    message = f"track {event.track_id} is not {event.name}: {count} faces are now known not to be " \
+              f"{event.name}; classifier retrained"
+    if _on_card(request):
+        return await run_in_threadpool(_card, request, event.event_id,
+                                       f"Noted: that was not {event.name}. The agent learned from it.")
+    s.flash(request, message)
     back = urlsplit(request.headers.get("hx-current-url", ""))
-    return go(back.path + (f"?{back.query}" if back.query else "") if back.path == "/events" else "/events")
+    if back.path in ("/events", "/events/log"):
+        return go(back.path + (f"?{back.query}" if back.query else ""))
+    return go("/events")
+
+
+async def name_track(request: Request) -> Response:
+    """"This is PERSON" / "That was PERSON" on a visit (Console.name_track)."""
+    s = site(request)
+    form = await request.form()
+    event_id = request.path_params["event_id"]
+    try:
+        person, enrolled, reidentified = await run_in_threadpool(s.console.name_track, event_id,
+                                                                 str(form.get("person", "")))
+    except (InvalidNameError, NamingError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    note = f"Learned: this is {person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." + \
+        (f" {reidentified} earlier visits recognised again." if reidentified else "")
+    if _on_card(request):
+        return await run_in_threadpool(_card, request, event_id, note)
+    s.flash(request, note)
+    return go("/events")
 
 
 routes = [
-    Route("/events", events),
+    Route("/events", visits),
+    Route("/events/log", event_log),
     Route("/events/{event_id}/reject", reject_event, methods=["POST"]),
+    Route("/events/{event_id}/name", name_track, methods=["POST"]),
     Route("/events/{event_id}/faces", track_faces),
 ]

@@ -55,7 +55,8 @@ async def upload(request: Request) -> Response:
         return PlainTextResponse("choose at least one photo", status_code=400)
     results = await run_in_threadpool(s.console.add_uploads, name, files)
     accepted = [r for r in results if r["ok"]]
-    s.flash(request, *[f"{r['file']}: {'accepted' if r['ok'] else 'refused'} - {r['message']}" for r in results])
+    s.flash(request, *[f"{r['file']}: accepted - {r['message']}" for r in results if r["ok"]])
+    s.flash(request, *[f"{r['file']}: refused - {r['message']}" for r in results if not r["ok"]], kind="warning")
     if accepted:
         await s.retrain(request)
     elif not s.console.gallery.photos_of(name):  # a new person whose photos were all refused

@@ -1,4 +1,6 @@
-"""Unknown people: the sightings' clusters; name one (enrolls its faces, retrains), merge two, ignore one."""
+"""Unknown people: the sightings' clusters still to deal with; name one (enrolls its faces, retrains), merge
+two, ignore one. Each action answers with the card it changed (htmx swaps it in place); without htmx it
+flashes and reloads the page as before."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ from agent.naming import NamingError
 from agent.web.site import go, person_url, site
 
 
+def _on_card(request: Request) -> bool:
+    return (request.headers.get("hx-target") or "").startswith("cluster-")
+
+
 async def unknowns(request: Request) -> Response:
     s = site(request)
     show_ignored = request.query_params.get("show") == "ignored"
@@ -22,6 +28,14 @@ async def unknowns(request: Request) -> Response:
                   ignored_count=sum(t["ignored"] for t in targets))
 
 
+def _card(request: Request, label: str, **context: object) -> Response:
+    s = site(request)
+    found = s.console.unknowns(None, only=label)
+    if not found:
+        return s.fragment(request, "cluster_done.html", id=label, note=f"{label} is gone.", target=None)
+    return s.fragment(request, "cluster.html", c=found[0], targets=s.console.merge_targets(), **context)
+
+
 async def merge_unknown(request: Request) -> Response:
     s = site(request)
     form = await request.form()
@@ -30,7 +44,12 @@ async def merge_unknown(request: Request) -> Response:
         target, moved = await run_in_threadpool(s.console.merge, source, str(form.get("into", "")))
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"{source} merged into {target}: {moved} sightings moved; {source} now means {target}")
+    message = f"{source} merged into {target}: {moved} sightings moved; {source} now means {target}"
+    if _on_card(request):
+        found = await run_in_threadpool(s.console.unknowns, None, target)
+        return s.fragment(request, "cluster_done.html", id=source, note=f"Merged into {target}.",
+                          target=found[0] if found else None, targets=s.console.merge_targets())
+    s.flash(request, message)
     return go("/unknowns")  # no #fragment: a redirect that only changes it would not reload the page
 
 
@@ -41,6 +60,11 @@ async def ignore_or_show(request: Request) -> Response:
         label = await run_in_threadpool(s.console.set_ignored, request.path_params["unknown_id"], ignored)
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=400)
+    if _on_card(request):
+        if ignored:
+            return s.fragment(request, "cluster_done.html", id=label, undo=True,
+                              note=f"{label} ignored: hidden here; their visits are still logged.")
+        return await run_in_threadpool(_card, request, label)
     s.flash(request, f"{label} ignored: hidden here and from naming; their next sightings join {label}"
             if ignored else f"{label} is shown again")
     return go("/unknowns")
@@ -51,15 +75,23 @@ async def name_unknown(request: Request) -> Response:
     form = await request.form()
     unknown_id = request.path_params["unknown_id"]
     try:
-        named, reidentified = await run_in_threadpool(s.console.name_cluster, unknown_id,
-                                                      str(form.get("person", "")))
+        named, reidentified, repeat = await run_in_threadpool(s.console.name_cluster, unknown_id,
+                                                              str(form.get("person", "")))
     except (InvalidNameError, NamingError) as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"{unknown_id} is now {named.person}: {len(named.enrolled)} of {named.offered} faces enrolled",
-            *[f"not enrolled: {message}" for message in named.refused],
-            *([f"classifier retrained: {len(named.classifier.people)} people"] if named.classifier else []),
-            *([f"{reidentified} earlier unknown tracks re-identified (reidentified events logged)"]
-              if reidentified else []))
+    if _on_card(request):
+        note = f"{unknown_id} is now {named.person}: {len(named.enrolled)} faces learned" + \
+            (f"; {reidentified} earlier visits recognised again" if reidentified else "") + "."
+        if named.refused:
+            note += f" {len(named.refused)} faces were not usable (too small or blurry)."
+        return s.fragment(request, "cluster_done.html", id=unknown_id, note=note, person=named.person)
+    if not repeat:
+        s.flash(request, f"{unknown_id} is now {named.person}: {len(named.enrolled)} of {named.offered} faces "
+                         "enrolled",
+                *([f"classifier retrained: {len(named.classifier.people)} people"] if named.classifier else []),
+                *([f"{reidentified} earlier unknown tracks re-identified (reidentified events logged)"]
+                  if reidentified else []))
+        s.flash(request, *[f"not enrolled: {message}" for message in named.refused], kind="warning")
     return go(person_url(named.person))
 
 
