@@ -129,7 +129,8 @@ class Console:
         meta = clf.meta
         cv = meta.get("cross_validation") or {}
         return {"trained": True, "people": len(clf.people), "counts": meta.get("counts", {}),
-                "trained_at": utc(meta.get("trained_at")), "seconds": meta.get("training_seconds"),
+                "trained_at": utc(meta.get("trained_at")),
+                "trained_iso": str(meta.get("trained_at") or ""), "seconds": meta.get("training_seconds"),
                 "cv_accuracy": cv.get("balanced_accuracy"), "cv_folds": cv.get("folds"),
                 "cv_grid": cv.get("grid") or [], "kernel": (meta.get("svm") or {}).get("kernel"),
                 "warnings": meta.get("warnings") or []}
