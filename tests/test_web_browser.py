@@ -456,8 +456,21 @@ def test_name_an_unknown_person_teach_from_a_visit_and_reject_an_identification(
         flow.click(card.locator("form.train button[type=submit]"))
         playwright.expect(page.locator(f"#{key}")).to_contain_text("Learned: this is Visitor Two", timeout=120_000)
     page.screenshot(path=str(shots / "12-taught.png"), full_page=True)
+    # "That was ..." on a visit named someone (Stranger One's earlier visits, re-identified when the person
+    # was named): that naming is rejected and the faces are enrolled as the right person
+    known = page.locator("article.visit.known", has=page.locator("form.train"))
+    assert known.count() > 0
+    card = known.first
+    key = card.get_attribute("id")
+    wrong = card.locator("a.who").inner_text()
+    assert card.locator("form.train label").inner_text().startswith("That was")
+    with Flow(record, "correct a visit (That was ...)") as flow:
+        card.locator("input[name=person]").fill("Stranger Uno")
+        flow.click(card.locator("form.train button[type=submit]"))
+        playwright.expect(page.locator(f"#{key}")).to_contain_text("Learned: this is Stranger Uno", timeout=120_000)
+    assert f"Not {wrong}" in page.inner_text(f"#{key}")
     page.goto(url + "/people")
-    assert "Visitor Two" in page.inner_text(".grid")
+    assert "Visitor Two" in page.inner_text(".grid") and "Stranger Uno" in page.inner_text(".grid")
     context.close()
 
     desktop, wide = login(browser, url, viewport=DESKTOP)

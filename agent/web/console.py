@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 CHIPS_SHOWN = 6  # chips of an unknown person shown on its card, best first
 _B64 = re.compile(r"^[A-Za-z0-9+/=]+$")
 REPEAT_SECONDS = 120.0  # a naming/rejecting request repeated within this long is answered, not done again
-MAX_VISIT_SECONDS = 6 * 3600  # a track's events are looked for this long after it started
+FIRST_VISIT_SECONDS = 120.0  # a track's events are looked for this long after it started, then
+MAX_VISIT_SECONDS = 6 * 3600  # this long when it had not ended by then
 MAX_VISIT_EVENTS = 500  # events of one track read for its card (start, namings, unknown, end)
 
 
@@ -255,9 +256,13 @@ class Console:
 
     def _visit(self, start: StoredEvent) -> dict[str, Any]:
         """The events of one track from its start to its end (or the newest), as one card."""
-        rows = self.store.rows("camera = ? AND track_id = ? AND t >= ? AND t <= ?",
-                                [start.camera, start.track_id, start.t, start.t + MAX_VISIT_SECONDS],
-                                order_by="t, seq", limit=MAX_VISIT_EVENTS)
+        for span in (FIRST_VISIT_SECONDS, MAX_VISIT_SECONDS):  # most tracks end within the first (a short scan)
+            rows = self.store.rows("camera = ? AND track_id = ? AND t >= ? AND t <= ?",
+                                   [start.camera, start.track_id, start.t, start.t + span],
+                                   order_by="t, seq", limit=MAX_VISIT_EVENTS)
+            if any(r.type == TRACK_ENDED or (r.type == TRACK_STARTED and r.event_id != start.event_id)
+                   for r in rows):
+                break
         events, end = [], None
         for row in rows:
             if row.type == TRACK_STARTED and row.event_id != start.event_id:
