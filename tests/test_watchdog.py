@@ -133,48 +133,49 @@ def _pnet_batch():
     return np.random.default_rng(0).uniform(-1, 1, (1, 3, 40, 50)).astype(np.float32)
 
 
-def test_stall_answers_from_the_cpu_rebuilds_in_background_then_second_stall_falls_back(release, photo,
-                                                                                     reference, caplog):
+def test_stall_answers_from_the_cpu_and_falls_back_for_good_without_a_rebuild(release, photo, reference,
+                                                                                caplog):
+    """A stall is treated like a lost CUDA context: a rebuild on the same primary context would hang in its
+    warm-up behind the hung kernel while the abandoned engine still holds its GPU memory."""
     primary = Factory(lambda: SleepingBackend(release=release))
     fallback = Factory(OnnxRuntimeBackend)
     reports: list[str] = []
-    guarded = GuardedBackend(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append)
+    restarts: list[str] = []
+    guarded = GuardedBackend(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
+                             request_restart=lambda reason: restarts.append(reason) or True,
+                             restart_min_uptime=0.0)
     assert guarded.name == "sleeping" and not guarded.degraded
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
 
     start = time.monotonic()
     out = guarded.run("pnet", _pnet_batch())
     elapsed = time.monotonic() - start
-    # one stall (timeout) and the CPU answer: the rebuild is not waited for
+    # one stall (timeout) and the CPU answer
     assert TIMEOUT <= elapsed < TIMEOUT + MARGIN, elapsed
     expected = OnnxRuntimeBackend().run("pnet", _pnet_batch())
     assert all(np.array_equal(a, b) for a, b in zip(out, expected, strict=True))
-    assert guarded.wait_for_rebuild(MARGIN)
-    assert primary.calls == 2 and guarded.rebuilds == 1  # rebuilt exactly once
-    assert not guarded.degraded and guarded.name == "sleeping" and reports == []
-
-    start = time.monotonic()
-    guarded.run("pnet", _pnet_batch())  # the rebuilt backend stalls too: the CPU for good
-    assert time.monotonic() - start < TIMEOUT + MARGIN
+    assert primary.calls == 1 and guarded.rebuilds == 0 and not guarded.rebuilding  # no rebuild
     assert fallback.calls == 1 and guarded.degraded and guarded.final and guarded.name == "onnxruntime"
-    assert len(reports) == 1 and "stalled" in reports[0] and "pnet" in reports[0]
+    assert len(reports) == 1 and "stalled" in reports[0] and "pnet" in reports[0] and "no rebuild" in reports[0]
     assert "(1, 3, 40, 50)" in reports[0]  # batch shape in the context
+    assert restarts == reports  # a fresh process gets a fresh CUDA context
     logged = [r.getMessage() for r in caplog.records]
     assert any("stalled on batch (1, 3, 40, 50) after 0.5" in m for m in logged), logged
     assert any("degraded" in m for m in logged)
-    # the stalled workers are abandoned daemon threads, not joined
+    # the stalled worker is an abandoned daemon thread, not joined
     stuck = [t for t in threading.enumerate() if t.name.startswith("inference-primary")]
     assert stuck and all(t.daemon for t in stuck)
-    # stalled backends are not closed (their thread is still inside run())
+    # the stalled backend is not closed (its thread is still inside run())
     assert not any(b.closed for b in primary.made)
 
     # degraded: detections still come out, from the CPU, without touching the GPU backend again
     start = time.monotonic()
     assert guarded.status() == {"backend": "onnxruntime", "degraded": True, "reason": reports[0],
-                                "rebuilds": 1, "rebuilding": False, "failures": 2, "restart_requested": ""}
+                                "rebuilds": 0, "rebuilding": False, "failures": 1,
+                                "restart_requested": restarts[0]}
     _same(MTCNN(guarded).detect(photo), reference)
     assert time.monotonic() - start < MARGIN
-    assert primary.calls == 2 and len(reports) == 1
+    assert primary.calls == 1 and len(reports) == 1
     guarded.close()
 
 
@@ -185,7 +186,7 @@ def test_rebuild_runs_off_the_lock_and_the_cpu_answers_meanwhile(release, photo,
         gate.wait(60)  # an engine rebuild that takes a long time
         return SleepingBackend(stall_after=10**9)
 
-    primary = Factory(lambda: SleepingBackend(release=release), slow_rebuild)
+    primary = Factory(FailingBackend, slow_rebuild)  # a recoverable error: rebuilt once
     guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT, build_timeout=60.0)
     try:
         start = time.monotonic()
@@ -267,10 +268,9 @@ def test_lost_context_soon_after_start_stays_on_the_cpu_without_a_restart_loop(c
     guarded.close()
 
 
-def test_second_stall_after_a_rebuild_falls_back_at_once(release, photo, reference):
-    # first backend stalls at once; the rebuilt one works for 3 calls, then stalls
-    primary = Factory(lambda: SleepingBackend(release=release),
-                      lambda: SleepingBackend(stall_after=3, release=release))
+def test_stall_after_a_rebuild_falls_back_at_once(release, photo, reference):
+    # the first backend fails (recoverable: rebuilt once); the rebuilt one works for 3 calls, then stalls
+    primary = Factory(FailingBackend, lambda: SleepingBackend(stall_after=3, release=release))
     guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT)
     guarded.run("pnet", _pnet_batch())
     assert guarded.wait_for_rebuild(MARGIN)

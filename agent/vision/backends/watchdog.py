@@ -10,13 +10,15 @@ wrong:
 
 - the CUDA context is lost (`DeviceLostError`, or an error text naming a sticky CUDA error such as an
   illegal memory access or an unspecified launch failure: the CUDA documentation says the process "must
-  be terminated and relaunched"): no rebuild - it would reuse the same broken primary context. The
-  wrapper switches to the fallback for good and asks for a restart (`request_restart`, see below);
-- a stall (timeout) or another error, the first time: the primary backend is rebuilt ONCE, in a
+  be terminated and relaunched"), or a call stalled (timeout): no rebuild - it would reuse the same
+  primary context, where a hung kernel hangs the rebuild's warm-up too while the abandoned engine's GPU
+  memory is still held (twice the memory on a 4 GB board). The wrapper switches to the fallback for good
+  and asks for a restart (`request_restart`, see below): a fresh process gets a fresh context;
+- another error, the first time: the primary backend is rebuilt ONCE, in a
   background thread, off the inference lock (bounded by `build_timeout`); calls meanwhile go to the
   fallback (`rebuilding` and `degraded` are True). When the rebuild succeeds, the GPU serves again and
   `degraded` is False; when it fails or times out, the wrapper falls back for good;
-- a stall or error of the rebuilt backend: the fallback for good.
+- an error of the rebuilt backend: the fallback for good.
 
 "For good" means: `degraded` stays True, `degraded_reason` says why, `on_degraded(reason)` is called once,
 and `request_restart(reason)` is called once (the default for the service, `ask_systemd_for_restart`,
@@ -271,6 +273,9 @@ class GuardedBackend:
         self._drop_primary(close=not (stalled or lost))
         if lost:
             self._give_up(line + " (no rebuild: the CUDA context stays unusable until the process restarts)")
+        elif stalled:
+            self._give_up(line + " (no rebuild: a hung GPU call would hang the rebuild on the same CUDA "
+                                 "context; a fresh process gets a fresh one)")
         elif self.rebuilds == 0:
             self._start_rebuild(line)
         else:
