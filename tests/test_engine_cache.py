@@ -37,11 +37,13 @@ from agent.vision.backends.tensorrt import (
     batch_profile,
     builder_settings,
     check_tensorrt_version,
+    config_engine_specs,
     describe_device,
     engine_specs,
     fast_fp16_by_capability,
     gpu_error,
     pnet_profile,
+    pnet_profile_for,
     tensorrt_status,
 )
 from agent.vision.backends.watchdog import DeviceLostError, GuardedBackend
@@ -84,6 +86,27 @@ def test_profile_changes_with_input_size_and_min_face():
     assert pnet_profile(2160, 3840, 20, max_input_side=1280) == base  # the same frames reach P-Net
     with pytest.raises(ValueError, match="no pyramid scale"):
         pnet_profile(10, 10, 20)
+
+
+def test_one_pnet_profile_covers_every_camera_down_to_the_smallest():
+    """A 480p camera beside a 1080p one: the profile's minimum is the 480p pyramid's smallest scale, so
+    neither camera runs a scale on the CPU (review point 9: the minimum came from the largest camera only)."""
+    both = pnet_profile_for([(1080, 1920), (480, 640)], 20)
+    for height, width in ((1080, 1920), (480, 640)):
+        lo, _, hi = both
+        for h, w in pnet_input_shapes(height, width, 20, 0.709, 0):
+            assert lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3], (height, width, h, w, both)
+    assert both[1] == both[2] == pnet_profile(1080, 1920, 20)[2]  # opt/max: the largest camera's first scale
+    assert both[0][3] < pnet_profile(1080, 1920, 20)[0][3]  # the 480p pyramid reaches narrower inputs
+    assert pnet_profile_for([(720, 1280)], 20) == pnet_profile(720, 1280, 20)
+
+
+def test_config_engine_specs_take_every_camera(tmp_path):
+    from conftest import make_config
+
+    cfg = make_config(tmp_path, sources=[{"name": "yard", "uri": "rtsp://yard/1", "width": 1920, "height": 1080},
+                                         {"name": "door", "uri": "rtsp://door/1", "width": 640, "height": 480}])
+    assert config_engine_specs(cfg)["pnet"].profile["input"] == pnet_profile_for([(1080, 1920), (480, 640)], 20)
 
 
 def test_batch_profiles():

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +95,38 @@ TYPICAL_BATCH = {"rnet": 64, "onet": 16}
 def pnet_profile(height: int, width: int, min_face_size: int = 20, scale_factor: float = 0.709,
                  max_input_side: int = 0) -> list[list[int]]:
     """[min, opt, max] NCHW shapes covering every P-Net input of the pyramid of a height x width frame."""
+    return pnet_profile_for([(height, width)], min_face_size, scale_factor, max_input_side)
+
+
+def pnet_profile_for(sizes: Sequence[tuple[int, int]], min_face_size: int = 20, scale_factor: float = 0.709,
+                     max_input_side: int = 0) -> list[list[int]]:
+    """[min, opt, max] NCHW shapes covering every P-Net input of the pyramids of frames of every
+    (height, width) in `sizes` (one per camera): min from the smallest scale of any camera (a 480p camera
+    beside a 1080p one must not run its smallest scales on the CPU), max from the largest."""
     from agent.vision.mtcnn import pnet_input_shapes
 
-    shapes = pnet_input_shapes(height, width, min_face_size, scale_factor, max_input_side)
-    if not shapes:
-        raise ValueError(f"a {width}x{height} frame has no pyramid scale for min_face_size {min_face_size}")
+    sizes = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
+    if not sizes:
+        raise ValueError("pnet_profile_for: no frame size")
+    shapes: list[tuple[int, int]] = []
+    for height, width in sizes:
+        found = pnet_input_shapes(height, width, min_face_size, scale_factor, max_input_side)
+        if not found:
+            raise ValueError(f"a {width}x{height} frame has no pyramid scale for min_face_size {min_face_size}")
+        shapes += found
     hs, ws = [h for h, _ in shapes], [w for _, w in shapes]
-    # opt = the largest scale: TensorRT picks the kernels fastest at opt, and the first (largest) scale is
-    # about half of all P-Net work (each further scale has scale_factor^2 ~ 0.5 times the pixels)
-    opt_h, opt_w = shapes[0]
+    # opt = the largest scale (of the largest frame): TensorRT picks the kernels fastest at opt, and the
+    # first (largest) scale is about half of all P-Net work (each further scale has scale_factor^2 ~ 0.5
+    # times the pixels)
+    opt_h, opt_w = max(shapes, key=lambda hw: hw[0] * hw[1])
     return [[1, 3, min(hs), min(ws)], [1, 3, opt_h, opt_w], [1, 3, max(hs), max(ws)]]
+
+
+def input_sizes(input_size: tuple[int, int] | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """One (height, width) or a list of them (one per camera) as a list of (height, width)."""
+    if len(input_size) == 2 and all(isinstance(d, int | np.integer) for d in input_size):
+        return [(int(input_size[0]), int(input_size[1]))]  # type: ignore[arg-type]
+    return [(int(h), int(w)) for h, w in input_size]  # type: ignore[misc]
 
 
 def batch_profile(net: str, max_batch: int) -> list[list[int]]:
@@ -115,12 +137,12 @@ def batch_profile(net: str, max_batch: int) -> list[list[int]]:
     return [[1, 3, s, s], [min(TYPICAL_BATCH[net], max_batch), 3, s, s], [max_batch, 3, s, s]]
 
 
-def engine_specs(model_dir: Path, input_size: tuple[int, int], min_face_size: int = 20,
-                 scale_factor: float = 0.709, max_input_side: int = 0, precision: str = "fp16",
-                 max_batch: int = 128, workspace_mb: int = 256) -> dict[str, EngineSpec]:
-    """The three engine specs for one configuration (input_size = (height, width) of the frames)."""
-    height, width = input_size
-    profiles = {"pnet": pnet_profile(height, width, min_face_size, scale_factor, max_input_side),
+def engine_specs(model_dir: Path, input_size: tuple[int, int] | Sequence[tuple[int, int]],
+                 min_face_size: int = 20, scale_factor: float = 0.709, max_input_side: int = 0,
+                 precision: str = "fp16", max_batch: int = 128, workspace_mb: int = 256) -> dict[str, EngineSpec]:
+    """The three engine specs for one configuration (input_size = (height, width) of the frames, or a
+    list of them: one per camera, and the P-Net profile covers them all)."""
+    profiles = {"pnet": pnet_profile_for(input_sizes(input_size), min_face_size, scale_factor, max_input_side),
                 "rnet": batch_profile("rnet", max_batch), "onet": batch_profile("onet", max_batch)}
     return {net: EngineSpec(label=f"mtcnn-{net}", onnx_path=Path(model_dir) / f"{net}.onnx",
                             precision=precision, profile={INPUT_NAME: profiles[net]},
@@ -189,12 +211,15 @@ def require_tensorrt() -> None:
 
 class _TrtLog:
     """TensorRT's log into Python logging, keeping the last error messages: an `execute_async_v3` that
-    fails only returns False, the CUDA error that caused it is in the log (`take_errors`)."""
+    fails only returns False, the CUDA error that caused it is in the log (`take_errors`).
+
+    One logger serves every Builder and Runtime of the process, but the errors are kept per thread:
+    TensorRT calls the logger in the thread that made the failing call, and each runner's GPU calls run in
+    its own watchdog worker, so the detector's worker never takes (or loses) the embedder's errors."""
 
     def __init__(self, trt: Any):
         severity = trt.ILogger.Severity
-        self._errors: collections.deque[str] = collections.deque(maxlen=8)
-        self._lock = threading.Lock()  # "The Logger object implementation must be thread safe."
+        self._local = threading.local()  # .errors: this thread's deque of recent error messages
         levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
                   severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG}
         errors = (severity.INTERNAL_ERROR, severity.ERROR)
@@ -209,17 +234,23 @@ class _TrtLog:
                 if level is None:  # VERBOSE: thousands of lines during a build
                     return
                 if sev in errors:
-                    with owner._lock:
-                        owner._errors.append(str(msg))
+                    owner._errors().append(str(msg))
                 log.log(level, "TensorRT: %s", msg)
 
         self.logger = Logger()
 
-    def take_errors(self) -> list[str]:
-        with self._lock:
-            errors = list(self._errors)
-            self._errors.clear()
+    def _errors(self) -> collections.deque[str]:
+        errors = getattr(self._local, "errors", None)
+        if errors is None:
+            errors = self._local.errors = collections.deque(maxlen=8)
         return errors
+
+    def take_errors(self) -> list[str]:
+        """The error messages TensorRT logged in this thread since the last call (and forget them)."""
+        errors = self._errors()
+        taken = list(errors)
+        errors.clear()
+        return taken
 
 
 def _trt_log(trt: Any) -> _TrtLog:
@@ -353,6 +384,12 @@ def gpu_error(net: str, what: str, cause: BaseException | None = None, trt_error
 # The runner
 # --------------------------------------------------------------------------------------------------------
 
+class EngineRejectedError(BackendError):
+    """TensorRT rejects the engine bytes themselves (cannot deserialize them, or other tensors than the
+    model's): the cached file is dropped and built once more. Any other failure while loading (no memory for
+    the execution context or the buffers, a CUDA error) keeps the file: a rebuild would not help."""
+
+
 class _Engine:
     """One deserialized engine with its execution context, stream and buffers sized for the profile max."""
 
@@ -363,39 +400,54 @@ class _Engine:
         self.cuda = cuda
         self.engine = runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise BackendError(f"TensorRT could not deserialize the {net} engine")
+            raise EngineRejectedError(f"TensorRT could not deserialize the {net} engine")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         modes = {n: self.engine.get_tensor_mode(n) for n in names}
         ins = [n for n in names if modes[n] == trt.TensorIOMode.INPUT]
         outs = [n for n in names if modes[n] == trt.TensorIOMode.OUTPUT]
         if ins != [model.input] or sorted(outs) != sorted(model.outputs):
-            raise BackendError(f"{net} engine has inputs {ins} and outputs {outs}; expected "
+            raise EngineRejectedError(f"{net} engine has inputs {ins} and outputs {outs}; expected "
                                f"[{model.input!r}] and {list(model.outputs)}")
         self.outputs = model.outputs
         self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise BackendError(f"TensorRT could not create an execution context for {net} (GPU memory?)")
+        if self.context is None:  # TensorRT logs why: nearly always no memory for its activations
+            errors = "; ".join(_trt_log(trt).take_errors()) or "no reason logged"
+            raise BackendError(f"TensorRT could not create an execution context for {net} (out of GPU "
+                               f"memory? {errors}); the engine file is kept")
         self.min_shape, self.opt_shape, self.max_shape = (
             tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input, 0))
-        self.stream = cuda.Stream()
-        # size every buffer for the largest input of the profile: no allocation at run time
-        if not self.context.set_input_shape(self.input, self.max_shape):
-            raise BackendError(f"{net}: profile max shape {self.max_shape} rejected")
         self.host: dict[str, np.ndarray] = {}
         self.device: dict[str, Any] = {}
+        try:
+            self._allocate(trt, cuda)
+            # one warm-up run at the opt shape: the first real call is then as fast as the others (and
+            # within the watchdog's timeout), and a broken engine fails here, at start, not mid-stream
+            self.infer(np.zeros(self.opt_shape, np.float32))
+        except BaseException:
+            self.free()  # what was allocated before the failure (the caller never gets this object)
+            raise
+
+    def _allocate(self, trt: Any, cuda: Any) -> None:
+        """The stream and every buffer, sized for the largest input of the profile: no allocation at run
+        time. No memory is a BackendError (the engine file is fine)."""
+        net = self.net
+        self.stream = cuda.Stream()
+        if not self.context.set_input_shape(self.input, self.max_shape):
+            raise BackendError(f"{net}: profile max shape {self.max_shape} rejected")
         for name in [self.input, *self.outputs]:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             if dtype != np.float32:
-                raise BackendError(f"{net}: tensor {name} is {dtype}, expected float32 I/O")
+                raise EngineRejectedError(f"{net}: tensor {name} is {dtype}, expected float32 I/O")
             size = int(np.prod(shape))
-            self.host[name] = cuda.pagelocked_empty(size, dtype)
-            self.device[name] = cuda.mem_alloc(self.host[name].nbytes)
+            try:
+                self.host[name] = cuda.pagelocked_empty(size, dtype)
+                self.device[name] = cuda.mem_alloc(self.host[name].nbytes)
+            except Exception as exc:  # pycuda's MemoryError ("out of memory"), or a lost context
+                raise gpu_error(net, f"cannot allocate {size * dtype.itemsize} bytes for {name}", exc) from exc
         for name, mem in self.device.items():
-            self.context.set_tensor_address(name, int(mem))
-        # one warm-up run at the opt shape: the first real call is then as fast as the others (and
-        # within the watchdog's timeout), and a broken engine fails here, at start, not mid-stream
-        self.infer(np.zeros(self.opt_shape, np.float32))
+            if not self.context.set_tensor_address(name, int(mem)):
+                raise BackendError(f"{net}: TensorRT refused the address of {name}")
 
     def fits(self, shape: tuple[int, ...]) -> bool:
         return all(lo <= d <= hi for lo, d, hi in zip(self.min_shape[1:], shape[1:], self.max_shape[1:],
@@ -436,6 +488,8 @@ class _Engine:
         return tuple(host.reshape(shape).copy() for host, shape in results)
 
     def free(self) -> None:
+        """Device buffers first, then the execution context, then the engine (TensorRT's order: a context
+        must not outlive its engine). The CUDA context must be current."""
         for mem in self.device.values():
             mem.free()
         self.device.clear()
@@ -497,10 +551,10 @@ class TensorRTRunner:
     def _load(self, trt: Any, cuda: Any, runtime: Any, model: Model, spec: EngineSpec) -> _Engine:
         try:
             return _Engine(trt, cuda, runtime, self.cache.load_or_build(spec), model)
-        except DeviceLostError:
-            raise  # the GPU, not the engine file, is broken: a rebuild would not help
-        except BackendError as exc:
-            # an engine whose record matched but that TensorRT rejects: drop it and build once more
+        except EngineRejectedError as exc:
+            # an engine whose record matched but that TensorRT rejects: drop it and build once more. Any
+            # other error (out of memory at context creation, a lost context...) is the GPU's, not the
+            # file's: it propagates and the file stays (a rebuild would take minutes and not help)
             log.error("%s; rebuilding it", exc)
             engine_path, record_path = self.cache.paths(spec)
             for path in (record_path, engine_path):
@@ -677,8 +731,11 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
 def options_from_config(cfg: Any) -> dict[str, Any]:
     """create_backend options for the configured detector (cfg: agent.config.Config)."""
     d = cfg.detector
-    cameras = cfg.cameras()  # one P-Net profile covers every camera: the largest frame, the smallest faces
-    input_size = (max(c.source.height for c in cameras), max(c.source.width for c in cameras))
+    # one P-Net profile covers every camera: the pyramid scales of each camera's frame size (largest first),
+    # with the smallest faces any camera looks for
+    cameras = cfg.cameras()
+    sizes = sorted({(int(c.source.height), int(c.source.width)) for c in cameras}, key=lambda hw: -hw[0] * hw[1])
+    input_size = sizes[0] if len(sizes) == 1 else sizes
     min_face_size = min(c.detector.min_face_size for c in cameras)
     return {"threads": d.threads, "pnet_threads": 1 if d.pyramid_workers > 1 else 0,
             "engines_dir": cfg.path("engines"),
