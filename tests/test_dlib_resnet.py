@@ -314,7 +314,7 @@ def test_bad_embedding_settings_are_config_errors(tmp_path, key, value):
         config_from_dict({"embedding": {"backend": "onnxruntime", key: value}}, base_dir=tmp_path, env={})
 
 
-def test_tensorrt_backend_fails_clearly_without_tensorrt(tmp_path):
+def test_tensorrt_backend_without_tensorrt_falls_back_to_the_cpu_with_a_warning(tmp_path, caplog):
     pytest.importorskip("onnx")
     try:
         import tensorrt  # noqa: F401
@@ -326,8 +326,20 @@ def test_tensorrt_backend_fails_clearly_without_tensorrt(tmp_path):
     spec = engine_spec(tmp_path / "m.onnx", batch_size=8)
     assert spec.profile["input"] == [[1, 3, 150, 150], [1, 3, 150, 150], [8, 3, 150, 150]]
     cfg = config_from_dict({"embedding": {"backend": "tensorrt"}}, base_dir=tmp_path, env={})
-    with pytest.raises(ModelFileError, match="TensorRT is not available"):
-        create_embedder(cfg.embedding, cfg.path("engines"))
+    reports: list[str] = []
+    # review point 5: no restart loop on a machine without TensorRT/pycuda: the CPU, said loudly
+    embedder = create_embedder(cfg.embedding, cfg.path("engines"), on_degraded=reports.append)
+    try:
+        assert embedder.name == "onnxruntime" and embedder.runner.degraded and embedder.runner.final
+        assert len(reports) == 1 and "TensorRT is not available" in reports[0]
+        assert any("runs on the CPU" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+        assert embedder.embed(np.zeros((2, 150, 150, 3), np.uint8)).shape == (2, 128)
+    finally:
+        embedder.close()
+    from agent.vision.embed import TensorRTEmbedder
+
+    with pytest.raises(ModelFileError, match="TensorRT is not available"):  # the bare runner: an error
+        TensorRTEmbedder(cfg.path("engines") / "dlib_resnet.onnx", cfg.path("engines"), guard=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -66,3 +66,18 @@ def test_missing_dlib_fails(tmp_path, capsys, monkeypatch):
     assert report["dlib"].startswith("not available (") and "dlib" in report["dlib"]
     assert any(p.startswith("dlib is not available") and "aligns every face" in p for p in report["problems"])
     assert "deploy/install.sh builds it from source" in text
+
+
+def test_embedder_on_tensorrt_without_tensorrt_is_a_problem(tmp_path, capsys):
+    """Review point 5: doctor checks the embedder's backend too, not only the detector's."""
+    from agent.vision.backends.tensorrt import tensorrt_status
+
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT is usable here")
+    config = _config(tmp_path)
+    config.write_text(config.read_text() + '[embedding]\nbackend = "tensorrt"\n')
+    code, report, text = _doctor(config, capsys)
+    assert code == 1 and report["embedder"]["configured"] == "tensorrt"
+    assert report["embedder"]["runs_on"].startswith("onnxruntime (degraded")
+    assert any(p.startswith('[embedding] backend = "tensorrt" but') for p in report["problems"])
+    assert re.search(r"embedder backend +tensorrt \(runs on onnxruntime", text)

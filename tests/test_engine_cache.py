@@ -233,7 +233,7 @@ def test_builder_settings_are_part_of_the_key(tmp_path, onnx_file):
     cache = EngineCache(folder, lambda: ORIN, _builder(), settings=builder_settings)
     cache.load_or_build(_spec(onnx_file))
     record = json.loads(cache.paths(_spec(onnx_file))[1].read_text())
-    assert record["key"]["builder"] == {"network_flags": [], "builder_flags": ["FP16"],
+    assert record["key"]["builder"] == {"network_flags": [], "builder_flags": ["FP16"], "cleared_builder_flags": [],
                                         "memory_pool_limits": {"WORKSPACE": 256 << 20},
                                         "optimization_profiles": 1}
     again = EngineCache(folder, lambda: ORIN, _builder(), settings=builder_settings)
@@ -256,6 +256,10 @@ def test_builder_settings_follow_tensorrt_version_and_precision(onnx_file):
     assert trt8["memory_pool_limits"] == {"WORKSPACE": 512 << 20}
     assert builder_settings(spec, dataclasses.replace(ORIN, fast_fp16=False))["builder_flags"] == []
     assert builder_settings(_spec(onnx_file, precision="fp32"), ORIN)["builder_flags"] == []
+    # "fp32" is fp32: TF32 (on by default on Ampere/Orin, ~1e-3 relative error) is cleared; fp16 keeps it
+    assert builder_settings(_spec(onnx_file, precision="fp32"), ORIN)["cleared_builder_flags"] == ["TF32"]
+    assert builder_settings(dataclasses.replace(spec, precision="fp16"), ORIN)["cleared_builder_flags"] == []
+    assert builder_settings(spec, dataclasses.replace(ORIN, fast_fp16=False))["cleared_builder_flags"] == ["TF32"]
 
 
 def test_fast_fp16_comes_from_the_compute_capability():

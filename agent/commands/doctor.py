@@ -5,7 +5,7 @@ version: JetPack 6, TensorRT 8.6 or 10.x) and `pycuda` import, the GPU found, dl
 was built with GStreamer, the model files (with sha256) and the engines folder. Exit code 1, with one
 line per problem, when something the configuration needs is missing: dlib (every face is aligned with
 it), a model file, OpenCV with GStreamer for a `csi://` or `gst:` source, or TensorRT for
-`backend = "tensorrt"`.
+`backend = "tensorrt"` of the detector or the embedder.
 """
 
 from __future__ import annotations
@@ -178,8 +178,15 @@ def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
     report["detector"] = {"configured": cfg.detector.backend, "auto_picks": kind, "why": why,
                           "precision": cfg.detector.precision,
                           "inference_timeout": cfg.detector.inference_timeout}
-    if cfg.detector.backend == "tensorrt" and not tensorrt_status()[0]:
-        problems.append(f"[detector] backend = \"tensorrt\" but {tensorrt_status()[1]}")
+    usable, trt_why = tensorrt_status()
+    if cfg.detector.backend == "tensorrt" and not usable:
+        problems.append(f"[detector] backend = \"tensorrt\" but {trt_why}")
+    report["embedder"] = {"configured": cfg.embedding.backend, "precision": cfg.embedding.precision,
+                          "batch_size": cfg.embedding.batch_size,
+                          "runs_on": ("tensorrt" if usable else "onnxruntime (degraded: TensorRT not usable)")
+                          if cfg.embedding.backend == "tensorrt" else cfg.embedding.backend}
+    if cfg.embedding.backend == "tensorrt" and not usable:
+        problems.append(f"[embedding] backend = \"tensorrt\" but {trt_why}: the ResNet would run on the CPU")
     report["engines"] = _engines(cfg)
     return report, problems
 
@@ -209,6 +216,9 @@ def _print(report: dict[str, Any], problems: list[str]) -> None:
         print(f"  {m['role']:<34} {m['path']}\n  {'':<34} {state}")
     d = report["detector"]
     line("detector backend", f"{d['configured']} (auto picks {d['auto_picks']}: {d['why']})")
+    m = report["embedder"]
+    line("embedder backend", f"{m['configured']} (runs on {m['runs_on']}; precision {m['precision']}, "
+                             f"batch {m['batch_size']})")
     e = report["engines"]
     line("engines folder", f"{e['folder']}: {e['engines']} engine(s), {e['broken']} broken")
     line("  P-Net profile", e["pnet_profile"])

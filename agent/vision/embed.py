@@ -11,8 +11,9 @@ returning dlib's descriptor as (N, 128) float32, in chunks of `[embedding] batch
   with `[embedding] threads` threads; the converted file is made on first use from the .dat and cached
   in `[paths] engines`. Matches dlib to ~1e-6 L2 (tests/test_dlib_resnet.py);
 - tensorrt: that ONNX file as a TensorRT engine (GPU), from the engine cache in `[paths] engines`,
-  behind the same watchdog as the detector: a stalled or failed GPU call is answered by ONNX Runtime
-  on the CPU, the engine is rebuilt once in the background, a lost CUDA context asks for a restart.
+  behind the same watchdog as the detector: a failed GPU call is answered by ONNX Runtime on the CPU
+  and the engine is rebuilt once in the background; a stall or a lost CUDA context asks for a restart;
+  without TensorRT/pycuda/a GPU it starts degraded on the CPU, with a warning.
 
 The two ONNX backends are the detector's runners (agent/vision/backends/: "run this ONNX model on this
 batch") on one model, "resnet" (`resnet_model`); `RunnerEmbedder` feeds them `dlib_resnet.preprocess`,
@@ -207,9 +208,10 @@ class TensorRTEmbedder(RunnerEmbedder):
     engines_dir, behind the watchdog with ONNX Runtime (`threads`) as its CPU fallback, as the detector
     (`backends.tensorrt.create_tensorrt_runner`); guard=False: the bare TensorRT runner.
 
-    A missing or unsupported TensorRT or pycuda is a ModelFileError at once (the configuration asks for
-    what this machine cannot do); a GPU that fails to build, load or run the engine degrades to the CPU
-    (`runner.degraded`, `on_degraded(reason)`).
+    A missing or unsupported TensorRT or pycuda, like a GPU that fails to build, load or run the engine,
+    degrades to the CPU with a warning (`runner.degraded`, `on_degraded(reason)`, `face-agent status`),
+    as the detector's `backend = "tensorrt"` does: a restart loop would help no one. With guard=False
+    it is a ModelFileError.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike, batch_size: int = 8,
@@ -221,6 +223,12 @@ class TensorRTEmbedder(RunnerEmbedder):
         batch_size = max(1, int(batch_size))
         try:
             tensorrt.require_tensorrt()
+        except BackendError as exc:
+            if not guard:
+                raise ModelFileError(str(exc)) from None
+            log.warning("[embedding] backend = \"tensorrt\" but %s: the dlib ResNet runs on the CPU (ONNX "
+                        "Runtime) instead; `face-agent doctor` says what is missing", exc)
+        try:
             runner = tensorrt.create_tensorrt_runner(
                 [resnet_model(onnx_path)], {MODEL_NAME: engine_spec(onnx_path, batch_size, precision)},
                 engines_dir=engines_dir, cache=cache, guard=guard, inference_timeout=inference_timeout,

@@ -324,6 +324,10 @@ def builder_settings(spec: EngineSpec, device: DeviceInfo) -> dict:
         # TensorRT 10: every network is explicit-batch and the EXPLICIT_BATCH flag is deprecated (ignored)
         "network_flags": [] if major[0] >= 10 else ["EXPLICIT_BATCH"],
         "builder_flags": ["FP16"] if effective_precision(spec.precision, device) == "fp16" else [],
+        # TensorRT enables TF32 by default on Ampere and later (Orin: compute 8.7): its fp32 convolutions
+        # then multiply with 10-bit mantissas (~1e-3 relative error). "fp32" means fp32 here: the
+        # descriptors stay within ONNX Runtime's tolerance (docs/tensorrt.md); fp16 is the fast choice
+        "cleared_builder_flags": ["TF32"] if effective_precision(spec.precision, device) == "fp32" else [],
         "memory_pool_limits": {"WORKSPACE": int(spec.options.get("workspace_mb", 256)) << 20},
         "optimization_profiles": 1,
     }
@@ -356,6 +360,8 @@ def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
         config.set_memory_pool_limit(getattr(trt.MemoryPoolType, pool), int(limit))
     for name in settings["builder_flags"]:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in settings["cleared_builder_flags"]:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in spec.profile.items():
         profile.set_shape(name, lo, opt, hi)
