@@ -129,7 +129,6 @@ class Service:
         self.publisher = Publisher(cfg, self.store, self.stats_message)
         if self.publisher.client is not None:
             self.publisher.client.add_connect_listener(self._on_connect)
-        systemd.extend_timeout(900)  # model loading (and a TensorRT engine build) may take a while
         self.gallery = Gallery(cfg, analyzer=self._analyzer, train_in_subprocess=True)
         classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
         if retrained:
@@ -340,8 +339,11 @@ class Service:
 
     def run(self) -> int:
         try:
-            self.load()
-            self.start()
+            # model loading may build TensorRT engines (detector, then embedder: minutes each on a Jetson):
+            # systemd's start timeout is extended every 20 s until READY, within systemd.STARTUP_BUDGET
+            with systemd.extending_start():
+                self.load()
+                self.start()
             self._watchdog = systemd.Watchdog()
             names = ", ".join(feed.source.name for feed in self.feeds)
             systemd.ready(f"watching {names}")

@@ -62,6 +62,55 @@ def extend_timeout(seconds: float) -> bool:
     return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
 
+# Start-up budget. Each GPU runner (detector, embedder: one after the other) may build its TensorRT engines for
+# up to BUILD_TIMEOUT seconds (the watchdog's build_timeout) before it gives up and starts on the CPU; the rest
+# of a start (config, event log, classifier, cameras) gets STARTUP_SLACK. `extending_start` keeps systemd's
+# start timeout moving in EXTEND_STEP steps for at most STARTUP_BUDGET seconds; the unit's TimeoutStartSec
+# (deploy/face-agent.service, 35min) is the same budget, so either bound alone lets a slow first build finish.
+BUILD_TIMEOUT = 900.0
+STARTUP_SLACK = 300.0
+STARTUP_BUDGET = 2 * BUILD_TIMEOUT + STARTUP_SLACK
+EXTEND_STEP = 60.0  # each EXTEND_TIMEOUT_USEC asks for this much more, sent every EXTEND_STEP / 3
+
+
+class extending_start:  # noqa: N801 - used as a context manager, like contextlib's
+    """`with extending_start():` sends EXTEND_TIMEOUT_USEC=`step` at once and then every step/3 seconds from
+    a thread until the block ends or `budget` seconds have passed ("the service must send a new message"
+    within each extension, sd_notify(3)): a long engine build is never killed at TimeoutStartSec, and a
+    start that hangs past the budget still is. Outside systemd: a no-op."""
+
+    def __init__(self, budget: float = STARTUP_BUDGET, step: float = EXTEND_STEP, every: float | None = None):
+        import threading
+
+        self.budget, self.step = float(budget), float(step)
+        self.every = float(every) if every is not None else self.step / 3
+        self.sent = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="systemd-extend-start", daemon=True)
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.budget
+        while not self._done.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("start-up still not finished after %.0f s: no more EXTEND_TIMEOUT_USEC, systemd's "
+                          "start timeout will stop it", self.budget)
+                return
+            if extend_timeout(min(self.step, left)):
+                self.sent += 1
+            self._done.wait(min(self.every, left))
+
+    def __enter__(self) -> extending_start:
+        if os.environ.get("NOTIFY_SOCKET"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+
 def watchdog_ping() -> bool:
     """One keep-alive ping ("WATCHDOG=1")."""
     return notify("WATCHDOG=1")

@@ -23,6 +23,9 @@ VENV=yes
 WHEEL_DIR=
 SYSTEM_SITE=auto
 BUILD_ENGINES=no
+CUDA_ROOT="${CUDA_ROOT:-/usr/local/cuda}"  # JetPack's CUDA toolkit (nvcc): pycuda is built against it
+PYCUDA_SPEC="pycuda>=2022.1"
+DLIB_SPEC="dlib>=19.24"
 START=yes
 UNINSTALL=no
 PURGE=no
@@ -287,6 +290,17 @@ m = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
 sys.exit(0 if m and m.group(1).upper() == "YES" else 1)
 PYEOF
 }
+# system_cv2_in_venv PY: the system's cv2 (JetPack's, as $PYTHON imports it), imported by PY with PY's own
+# numpy and everything else, works and has GStreamer. Nothing is changed: the cv2 alone is put first on
+# PYTHONPATH through a symlink in a temporary folder.
+system_cv2_in_venv() {
+  local cv2_path only="$TMP/system-cv2"
+  cv2_path="$("$PYTHON" -c 'import cv2, os
+f = cv2.__file__
+print(os.path.dirname(f) if os.path.basename(f) == "__init__.py" else f)' 2>/dev/null)" || return 1
+  rm -rf "$only" && mkdir -p "$only" && ln -s "$cv2_path" "$only/$(basename "$cv2_path")"
+  PYTHONPATH="$only" has_gstreamer "$1"
+}
 if [ "$VENV" = yes ] && [ "$(uname -m)" = aarch64 ]; then
   py="$venv/bin/python"
   if ! "$py" -c 'import dlib' 2>/dev/null; then
@@ -300,17 +314,67 @@ if [ "$VENV" = yes ] && [ "$(uname -m)" = aarch64 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q build-essential cmake python3-dev libopenblas-dev \
           liblapack-dev >/dev/null || die "apt-get could not install dlib's build dependencies"
       fi
-      say "building dlib from source for aarch64 (dlib-bin has x86-64 wheels only): an estimated 10-30 minutes" \
-          "on an Orin Nano; a 4 GB module may need swap"
-      "$py" -m pip install -q dlib || die "building dlib failed (needs cmake, a C++ compiler, python3-dev, libopenblas-dev)"
+      # CPU-only, decided here rather than by whether CMake happens to find CUDA and cuDNN (it does on a
+      # JetPack image): dlib only runs the 5-point shape predictor here (CPU code either way), and a CUDA
+      # dlib with [embedding] backend = "dlib" would run the ResNet on the GPU outside the watchdog. The GPU
+      # path for the ResNet is backend = "tensorrt". dlib's setup.py takes `--no DLIB_USE_CUDA` only on its
+      # own command line, so the wheel is built from the source distribution here.
+      say "building dlib (CPU only) from source for aarch64 (dlib-bin has x86-64 wheels only): an estimated" \
+          "10-30 minutes on an Orin Nano; a 4 GB module may need swap"
+      mkdir -p "$TMP/dlib" "$TMP/dlib-wheel"
+      "$py" -m pip download -q --no-deps --no-binary :all: -d "$TMP/dlib" "$DLIB_SPEC" \
+        || die "cannot download dlib's source distribution"
+      tar -C "$TMP/dlib" -xf "$TMP/dlib"/dlib-*.tar.gz
+      "$py" -m pip install -q cmake wheel setuptools >/dev/null 2>&1 || true
+      (cd "$TMP"/dlib/dlib-*/ && "$py" setup.py -q bdist_wheel -d "$TMP/dlib-wheel" --no DLIB_USE_CUDA >/dev/null) \
+        || die "building dlib failed (needs cmake, a C++ compiler, python3-dev, libopenblas-dev)"
+      "$py" -m pip install -q "$TMP"/dlib-wheel/dlib-*.whl || die "installing the dlib wheel failed"
+    fi
+    if [ "$("$py" -c 'import dlib; print(bool(dlib.DLIB_USE_CUDA))')" = True ]; then
+      warn "this dlib was built with CUDA: [embedding] backend = \"dlib\" would run on the GPU without the" \
+           "watchdog; use backend = \"tensorrt\" for the GPU (face-agent warns at start)"
     fi
     say "installed dlib $("$py" -c 'import dlib; print(dlib.__version__)') into $PREFIX/venv"
     CHANGED=yes
   fi
+  # pycuda: TensorRT's device buffers and streams. Without it `auto` stays on the CPU. It is built from
+  # source against the CUDA toolkit: CUDA_ROOT and PATH name JetPack's /usr/local/cuda explicitly (sudo
+  # resets PATH, so a plain `sudo pip install pycuda` finds no nvcc and fails)
+  if ! "$py" -c 'import pycuda.driver' 2>/dev/null; then
+    if [ -n "$WHEEL_DIR" ] && "$py" -m pip install -q --no-index --find-links "$WHEEL_DIR" "$PYCUDA_SPEC" 2>/dev/null; then
+      say "installed pycuda from $WHEEL_DIR"
+      CHANGED=yes
+    elif [ -z "$WHEEL_DIR" ] && [ -x "$CUDA_ROOT/bin/nvcc" ]; then
+      say "building pycuda against $CUDA_ROOT (a few minutes)"
+      if CUDA_ROOT="$CUDA_ROOT" CUDA_HOME="$CUDA_ROOT" PATH="$CUDA_ROOT/bin:$PATH" \
+          "$py" -m pip install -q "$PYCUDA_SPEC"; then
+        say "installed pycuda $("$py" -c 'import pycuda; print(pycuda.VERSION_TEXT)' 2>/dev/null) into $PREFIX/venv"
+        CHANGED=yes
+      else
+        warn "building pycuda failed (needs python3-dev and a C++ compiler): TensorRT stays unused, the agent" \
+             "runs on the CPU; \`face-agent doctor\` says why"
+      fi
+    else
+      warn "pycuda not installed (no $CUDA_ROOT/bin/nvcc${WHEEL_DIR:+, no pycuda wheel in $WHEEL_DIR}): TensorRT" \
+           "stays unused and the agent runs on the CPU. JetPack's CUDA toolkit: sudo apt-get install nvidia-jetpack;" \
+           "then run this script again (CUDA_ROOT=... names another toolkit)"
+    fi
+  fi
   if has_gstreamer "$py"; then
     :  # the venv already sees an OpenCV with GStreamer (JetPack's)
   elif [ "$SYSTEM_SITE" = yes ] && has_gstreamer "$PYTHON"; then
-    # pip's opencv-python-headless (a dependency of face-agent) shadows JetPack's cv2: remove it from the venv
+    # pip's opencv-python-headless (a dependency of face-agent) shadows JetPack's cv2: it goes, but only
+    # once JetPack's cv2 is known to import in the venv. JetPack's OpenCV 4.8 is built against numpy 1.x and
+    # fails with numpy 2 ("_ARRAY_API not found"), which pip puts in a fresh venv: pin numpy<2 first.
+    if ! system_cv2_in_venv "$py"; then
+      say "JetPack's OpenCV does not import with the venv's numpy $("$py" -c 'import numpy; print(numpy.__version__)' \
+          2>/dev/null || echo '?'): installing numpy<2 into the venv (JetPack's OpenCV is built against numpy 1.x)"
+      "$py" -m pip install -q "numpy<2" || die "cannot install numpy<2 into the venv (pip's OpenCV is kept)"
+      CHANGED=yes
+    fi
+    system_cv2_in_venv "$py" \
+      || die "JetPack's OpenCV does not import in the venv even with numpy<2 (pip's OpenCV is kept; nothing removed):" \
+             "check: $py -c 'import cv2'"
     "$py" -m pip uninstall -q -y opencv-python-headless opencv-python opencv-contrib-python \
       opencv-contrib-python-headless >/dev/null 2>&1 || true
     has_gstreamer "$py" || die "removed pip's OpenCV, but the venv still sees no OpenCV with GStreamer"
@@ -365,20 +429,13 @@ EOF
   put_file "$TMP/env" "$env_file" 600 || true
 fi
 
-# 5. the systemd unit
+# 5. the systemd unit (installed and enabled here; started in step 7, after the engines are built)
 render_unit > "$TMP/unit"
 UNIT_CHANGED=no
 put_file "$TMP/unit" "$unit_path" 644 && UNIT_CHANGED=yes
 if [ "$SYSTEMD" = yes ]; then
   [ "$UNIT_CHANGED" = yes ] && systemctl daemon-reload
   systemctl is-enabled --quiet "$NAME.service" 2>/dev/null || systemctl enable "$NAME.service"
-  if [ "$START" = yes ]; then
-    if systemctl is-active --quiet "$NAME.service"; then
-      [ "$CHANGED" = yes ] && systemctl restart --no-block "$NAME.service" && say "restarting $NAME (upgraded)"
-    else
-      systemctl start --no-block "$NAME.service" && say "starting $NAME: watch it with journalctl -fu $NAME"
-    fi
-  fi
 else
   if [ "$(readlink "$wants_link" 2>/dev/null)" != "$UNIT_DIR/$NAME.service" ]; then
     mkdir -p "$(dirname "$wants_link")"
@@ -388,17 +445,34 @@ else
   say "systemd is not running for $ROOT: on the target run  systemctl daemon-reload && systemctl start $NAME"
 fi
 
-# 6. optional: TensorRT engines now rather than at the first start
+# 6. optional: TensorRT engines now rather than at the first start. BEFORE the service starts (or restarts
+#    after an upgrade): two processes building at once would need twice the memory of a 4 GB board. A
+#    failed build is reported, not fatal: the service then starts on the CPU and says why.
 if [ "$BUILD_ENGINES" = yes ]; then
   if [ "$LIVE" = yes ] && [ -x "$PREFIX/venv/bin/face-agent" ]; then
+    if [ "$SYSTEMD" = yes ] && systemctl is-active --quiet "$NAME.service"; then
+      systemctl stop "$NAME.service" && say "stopped $NAME while the engines are built"
+      CHANGED=yes  # started again below
+    fi
     say "building TensorRT engines (several minutes on a Jetson)"
-    runuser -u "$NAME" -- "$PREFIX/venv/bin/face-agent" --config "$CONF_DIR/agent.toml" engines build
+    runuser -u "$NAME" -- "$PREFIX/venv/bin/face-agent" --config "$CONF_DIR/agent.toml" engines build \
+      || warn "building the TensorRT engines failed (see above): the service starts on the CPU;" \
+              "\`face-agent doctor --gpu\` checks the GPU path"
   else
     warn "--build-engines skipped: needs the live system (not --root) and $PREFIX/venv/bin/face-agent"
   fi
 fi
 
-# 7. check the installed configuration with the installed code
+# 7. start (or restart after an upgrade)
+if [ "$SYSTEMD" = yes ] && [ "$START" = yes ]; then
+  if systemctl is-active --quiet "$NAME.service"; then
+    [ "$CHANGED" = yes ] && systemctl restart --no-block "$NAME.service" && say "restarting $NAME (upgraded)"
+  else
+    systemctl start --no-block "$NAME.service" && say "starting $NAME: watch it with journalctl -fu $NAME"
+  fi
+fi
+
+# 8. check the installed configuration with the installed code
 if [ "$LIVE" = yes ] && [ -x "$PREFIX/venv/bin/face-agent" ]; then
   runuser -u "$NAME" -- "$PREFIX/venv/bin/face-agent" --config "$CONF_DIR/agent.toml" config check \
     || warn "fix $CONF_DIR/agent.toml (see above), then: systemctl restart $NAME"

@@ -130,7 +130,11 @@ def test_unit_has_the_production_settings():
     assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
     assert one["WatchdogSec"] == "30s" and one["Restart"] == "on-failure"
     assert one["StartLimitIntervalSec"] and int(one["StartLimitBurst"]) >= 3
-    assert one["TimeoutStartSec"] == "15min"  # TensorRT engine build on the first start
+    # two TensorRT builds (detector, embedder) on the first start, each bounded by the agent's watchdog:
+    # the unit's limit is the agent's own start-up budget (it sends EXTEND_TIMEOUT_USEC within it)
+    from agent.systemd import BUILD_TIMEOUT, STARTUP_BUDGET
+
+    assert one["TimeoutStartSec"] == "35min" and STARTUP_BUDGET == 35 * 60 >= 2 * BUILD_TIMEOUT
     assert (one["User"], one["Group"], one["SupplementaryGroups"]) == ("face-agent", "face-agent", "video")
     assert one["ExecStart"] == "/opt/face-agent/venv/bin/face-agent --config /etc/face-agent/agent.toml run"
     assert one["EnvironmentFile"] == "-/etc/face-agent/env"
@@ -489,3 +493,72 @@ def test_mosquitto_example_enforces_the_acl(tmp_path, mosquitto_factory):
     finally:
         for c in (agent, op, ha):
             c.close()
+
+
+# ------------------------------------------------------------------------------ install.sh on a Jetson (aarch64)
+
+
+def _install_function(name: str) -> str:
+    """One shell function of install.sh, as text (to run it alone)."""
+    text = INSTALL.read_text()
+    start = text.index(f"{name}() {{")
+    return text[start:text.index("\n}\n", start) + 3]
+
+
+def _wrapper(path: Path, python: str, *extra: Path) -> Path:
+    """An executable `python` that runs `python` with `extra` appended to PYTHONPATH (fake site folders)."""
+    add = f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{":".join(map(str, extra))}" ' if extra else ""
+    path.write_text(f'#!/bin/sh\n{add}exec {python} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_jetpack_opencv_is_probed_with_the_venvs_numpy_before_anything_is_removed(tmp_path):
+    """Review point 1: JetPack's cv2 (built against numpy 1.x) is imported by the venv's python with the
+    venv's numpy before pip's OpenCV is removed; with numpy 2 the probe fails ("_ARRAY_API not found"), so
+    install.sh pins numpy<2 first and removes nothing until the probe passes."""
+    system = tmp_path / "system-site"
+    (system / "cv2").mkdir(parents=True)
+    # JetPack's OpenCV as it behaves: its import fails under numpy 2, it has GStreamer
+    (system / "cv2" / "__init__.py").write_text(
+        "import numpy\n"
+        "if int(numpy.__version__.split('.')[0]) >= 2:\n"
+        "    raise ImportError('numpy.core.multiarray failed to import (_ARRAY_API not found)')\n"
+        "def getBuildInformation():\n    return '  Video I/O:\\n    GStreamer:                   YES (1.20.3)\\n'\n")
+    numpy1 = tmp_path / "numpy1"
+    (numpy1 / "numpy").mkdir(parents=True)
+    (numpy1 / "numpy" / "__init__.py").write_text("__version__ = '1.26.4'\n")
+    system_python = _wrapper(tmp_path / "system-python", sys.executable, system, numpy1)  # JetPack: numpy 1.x
+    venv2 = _wrapper(tmp_path / "venv2-python", sys.executable)  # this venv: numpy 2
+    venv1 = _wrapper(tmp_path / "venv1-python", sys.executable, numpy1)  # after `pip install "numpy<2"`
+    script = (_install_function("has_gstreamer") + _install_function("system_cv2_in_venv")
+              + 'system_cv2_in_venv "$1" && echo works || echo fails\n')
+    import numpy
+
+    assert int(numpy.__version__.split(".")[0]) >= 2, "this test needs numpy 2 in the test venv"
+    for venv, expected in ((venv2, "fails"), (venv1, "works")):
+        run = subprocess.run(["bash", "-c", script, "probe", str(venv)], capture_output=True, text=True,
+                             env=dict(os.environ, PYTHON=str(system_python), TMP=str(tmp_path / "t")), timeout=60)
+        assert run.stdout.strip() == expected, (venv, run.stdout, run.stderr)
+    # and in the script: the probe, then numpy<2, then the probe again, and only then the uninstall
+    text = INSTALL.read_text()
+    probe = text.index('if ! system_cv2_in_venv "$py"; then')
+    pin = text.index('pip install -q "numpy<2"')
+    again = text.index('system_cv2_in_venv "$py" \\', pin)
+    uninstall = text.index("pip uninstall -q -y opencv-python-headless")
+    assert probe < pin < again < uninstall
+
+
+def test_install_builds_engines_before_it_starts_the_service_and_installs_pycuda():
+    """Review points 2, 3, 7: pycuda is built against /usr/local/cuda with CUDA_ROOT and PATH set (sudo resets
+    PATH); the engines are built before the service starts (never two builds at once on a 4 GB board) and
+    a failed build does not abort the install; dlib is built without CUDA, explicitly."""
+    text = INSTALL.read_text()
+    assert 'CUDA_ROOT="${CUDA_ROOT:-/usr/local/cuda}"' in text
+    assert 'CUDA_ROOT="$CUDA_ROOT" CUDA_HOME="$CUDA_ROOT" PATH="$CUDA_ROOT/bin:$PATH"' in text
+    assert "import pycuda.driver" in text
+    build = text.index("engines build")
+    assert build < text.index('systemctl start --no-block "$NAME.service"')
+    assert build < text.index('systemctl restart --no-block "$NAME.service"')
+    assert "|| warn \"building the TensorRT engines failed" in text
+    assert "--no DLIB_USE_CUDA" in text and "dlib.DLIB_USE_CUDA" in text

@@ -173,3 +173,26 @@ def test_a_real_child_process_notifies(receiver):
     code = "from agent import systemd; import sys; sys.exit(0 if systemd.ready('child') else 1)"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
     assert receiver.get() == "READY=1\nSTATUS=child"
+
+
+def test_start_up_extends_the_timeout_repeatedly_within_its_budget(receiver):
+    """Review point 3: EXTEND_TIMEOUT_USEC is sent again and again while loading (one message would let a
+    slow first engine build be killed), and stops at the budget so a hung start still times out."""
+    with systemd.extending_start(budget=0.6, step=0.3, every=0.1) as ext:
+        time.sleep(1.0)
+    messages = receiver.drain(0.2)
+    assert len(messages) >= 4 and ext.sent == len(messages), messages
+    assert all(m.startswith("EXTEND_TIMEOUT_USEC=") for m in messages)
+    assert all(int(m.split("=")[1]) <= 300_000 for m in messages)  # never past the budget
+    with systemd.extending_start(budget=30, step=60, every=10) as ext:  # ends with the block
+        pass
+    assert ext.sent <= 1 and len(receiver.drain(0.2)) == ext.sent
+    time.sleep(0.1)
+    assert receiver.drain(0.1) == []  # the thread ended with the block
+
+
+def test_extending_start_is_a_no_op_outside_systemd(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    with systemd.extending_start(budget=1, step=1, every=0.01) as ext:
+        time.sleep(0.05)
+    assert ext.sent == 0

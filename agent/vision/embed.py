@@ -129,6 +129,11 @@ class DlibEmbedder:
             raise ModelFileError(f"{path}: cannot load dlib ResNet ({first})") from None
         self.batch_size = max(1, batch_size)
         self.jitter = max(0, jitter)
+        if getattr(dlib, "DLIB_USE_CUDA", False):
+            # deploy/install.sh builds dlib without CUDA; a CUDA build runs this ResNet on the GPU with no
+            # watchdog (a hung or failed kernel is not answered by the CPU, nothing asks for a restart)
+            log.warning("this dlib was built with CUDA: [embedding] backend = \"dlib\" runs the ResNet on the "
+                        "GPU without the inference watchdog; backend = \"tensorrt\" is the guarded GPU path")
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         chips = check_chips(chips)

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.systemd import BUILD_TIMEOUT
 from agent.vision.backends import BackendError, check_batch
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class GuardedBackend:
 
     def __init__(self, primary_factory: Callable[[], Any], fallback_factory: Callable[[], Any],
                  timeout: float, on_degraded: Callable[[str], None] | None = None,
-                 build_timeout: float = 900.0, request_restart: Callable[[str], bool] | None = None,
+                 build_timeout: float = BUILD_TIMEOUT, request_restart: Callable[[str], bool] | None = None,
                  restart_min_uptime: float = 600.0,
                  check: Callable[[str, Any], np.ndarray] = check_batch):
         if timeout <= 0:
