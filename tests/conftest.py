@@ -80,3 +80,38 @@ def analyzer(tmp_path_factory):
     from agent.vision.recognizer import FaceAnalyzer
 
     return FaceAnalyzer(make_config(tmp_path_factory.mktemp("analyzer")))
+
+
+FAKEGPU = ROOT / "tests" / "fakegpu"
+_FAKE_MODULES = ("tensorrt", "pycuda", "fakegpu")
+
+
+def _drop_fake_modules() -> None:
+    import sys
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in _FAKE_MODULES:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def fakegpu(monkeypatch):
+    """The TensorRT/pycuda test double (tests/fakegpu/README.md) in place of the real packages: yields the
+    simulated device (`fakegpu.DEVICE`: reset, inject faults, read memory); everything is removed after."""
+    import sys
+
+    from agent.vision.backends import tensorrt as trt_backend
+
+    _drop_fake_modules()
+    monkeypatch.syspath_prepend(str(FAKEGPU))
+    monkeypatch.setattr(trt_backend, "_LOGGER", None)  # the ILogger subclass is made from the double's class
+    monkeypatch.setattr(trt_backend, "_NEWER_WARNED", False)
+    import fakegpu as control
+    import pycuda.driver
+
+    control.DEVICE.reset()
+    pycuda.driver._reset()
+    yield control.DEVICE
+    control.DEVICE.release_hangs()  # let abandoned worker threads finish
+    _drop_fake_modules()
+    sys.modules.pop("tensorrt", None)
