@@ -435,3 +435,97 @@ def test_device_lost_errors_are_classified(fakegpu, tmp_path):
             backend.run("rnet", _batch((1, 3, 24, 24)))
     finally:
         fakegpu.release_hangs()
+
+
+# ------------------------------------------------------------------------ face-agent doctor --gpu
+
+
+def _config_file(tmp_path, extra: str = "") -> str:
+    path = tmp_path / "agent.toml"
+    path.write_text('[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n'
+                    '[detector]\nbackend = "tensorrt"\nmax_batch = 16\nprecision = "fp32"\n'
+                    '[embedding]\nbackend = "tensorrt"\nbatch_size = 4\n'
+                    '[[sources]]\nname = "yard"\nuri = "0"\nwidth = 320\nheight = 180\n'
+                    '[[sources]]\nname = "door"\nuri = "1"\nwidth = 160\nheight = 120\n' + extra)
+    return str(path)
+
+
+def test_doctor_gpu_passes_on_a_healthy_gpu(fakegpu, tmp_path, capsys):
+    from agent.cli import main
+
+    config = _config_file(tmp_path)
+    assert main(["-c", config, "doctor", "--gpu", "--runs", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()]
+    names = [line[6:30].strip() for line in lines[:-1]]
+    assert "7 + 6" not in out and "13 pyramid shapes of 2 camera(s) on the GPU" in out
+    assert names == ["platform", "engines", "accuracy pnet", "accuracy rnet", "accuracy onet", "accuracy resnet",
+                     "speed pnet", "speed rnet", "speed onet", "speed resnet", "watchdog", "memory"], out
+    assert all(line.startswith(("ok", "info")) for line in lines[:-1]), out
+    assert lines[-1] == "GPU self-test passed"
+    assert "TensorRT 10.3.0" in lines[0] and "8 SMs" in lines[0]
+    assert "MTCNN built in" in lines[1] and "dlib ResNet built in" in lines[1]
+    assert "batches [1, 16, 17]" in out  # opt = max = 16 here, and one chunk more
+    assert "(0 MB not given back" in out or "(+0 MB not given back" in out
+    # the second run loads the engines from the cache, and --json says the same
+    assert main(["-c", config, "doctor", "--gpu", "--runs", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and "MTCNN loaded in" in report["checks"][1]["detail"]
+    pnet = next(c for c in report["checks"] if c["name"] == "accuracy pnet")
+    assert pnet["outside"] == [] and pnet["max_diff"] == 0.0
+    assert next(c for c in report["checks"] if c["name"] == "memory")["lost"] == 0
+
+
+def test_doctor_gpu_fails_when_a_camera_would_run_pnet_on_the_cpu(fakegpu, tmp_path, capsys, monkeypatch):
+    """A P-Net profile that leaves out a camera's scales is a failure, not a silent CPU fallback (here: the
+    profile is made from the largest camera only, as before review point 9: the 320x180 camera's smallest
+    scale is 14x25, the 160x120 one's 13x18)."""
+    from agent.cli import main
+    from agent.vision.backends import tensorrt as trt_backend
+
+    real = trt_backend.engine_specs
+
+    def largest_only(model_dir, input_size, *args, **kwargs):
+        sizes = trt_backend.input_sizes(input_size)
+        return real(model_dir, sizes[0], *args, **kwargs)
+
+    monkeypatch.setattr(trt_backend, "engine_specs", largest_only)
+    assert main(["-c", _config_file(tmp_path), "doctor", "--gpu", "--runs", "1"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "accuracy pnet" in line)
+    assert line.startswith("FAIL") and "OUTSIDE the profile" in line
+    assert out.rstrip().endswith("1 check(s) failed")
+
+
+def test_doctor_gpu_fails_on_a_wrong_result_and_on_a_leak(fakegpu, tmp_path, capsys, monkeypatch):
+    from agent.cli import main
+    from agent.vision.backends import tensorrt as trt_backend
+
+    real_infer = trt_backend._Engine.infer
+
+    def off_by_a_little(self, batch):
+        out = real_infer(self, batch)
+        return tuple(o + 0.01 for o in out) if self.net == "onet" else out
+
+    monkeypatch.setattr(trt_backend._Engine, "infer", off_by_a_little)
+    from agent.vision import gpu_selftest
+
+    kept: list = []
+    monkeypatch.setattr(trt_backend._Engine, "free", lambda self: kept.append(self))  # never frees its memory
+    monkeypatch.setattr(gpu_selftest, "MEMORY_SLACK", 1 << 20)  # the double's memory does not fluctuate
+    assert main(["-c", _config_file(tmp_path), "doctor", "--gpu", "--runs", "1", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["accuracy onet"] == "FAIL" and status["accuracy rnet"] == "ok", report
+    assert status["memory"] == "FAIL" and not report["ok"]
+
+
+def test_doctor_gpu_without_a_gpu_fails_at_the_platform_check(fakegpu, tmp_path, capsys):
+    from agent.cli import main
+
+    fakegpu.reset(present=False)
+    assert main(["-c", _config_file(tmp_path), "doctor", "--gpu"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("FAIL  platform")
+    assert "no CUDA-capable device" in out.splitlines()[0]
+    assert sum(line.startswith("skip") for line in out.splitlines()) == 5

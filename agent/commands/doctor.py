@@ -6,6 +6,9 @@ was built with GStreamer, the model files (with sha256) and the engines folder. 
 line per problem, when something the configuration needs is missing: dlib (every face is aligned with
 it), a model file, OpenCV with GStreamer for a `csi://` or `gst:` source, or TensorRT for
 `backend = "tensorrt"` of the detector or the embedder.
+
+`doctor --gpu` runs the GPU self-test instead (agent/vision/gpu_selftest.py; its healthy output on an Orin
+Nano is in docs/tensorrt.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from agent.files import file_sha256
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check Python, ONNX Runtime, TensorRT/GPU, dlib and model files")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU self-test instead (a few minutes): versions, engines loaded or built, TensorRT "
+                        "against ONNX Runtime at every shape the configuration uses, speed, a forced recoverable "
+                        "failure through the watchdog, memory given back; one line per check, exit 1 on a failure")
+    p.add_argument("--runs", type=int, default=100, help="--gpu: timed runs per network (default 100)")
     p.set_defaults(func=run)
 
 
@@ -230,8 +238,33 @@ def _print(report: dict[str, Any], problems: list[str]) -> None:
         print("\nno problems found")
 
 
+def run_gpu(cfg: Any, as_json: bool, runs: int) -> int:
+    """`doctor --gpu`: agent/vision/gpu_selftest.py, one line per check as it finishes (or one JSON
+    document); exit 1 when a check failed."""
+    from agent.vision.gpu_selftest import gpu_selftest
+
+    if runs < 1:
+        print("face-agent: --runs must be >= 1", file=sys.stderr)
+        return 2
+
+    def emit(check: Any) -> None:
+        if not as_json:
+            print(check.line(), flush=True)
+
+    checks = gpu_selftest(cfg, runs=runs, emit=emit)
+    failed = [c for c in checks if c.failed]
+    if as_json:
+        print(json.dumps({"ok": not failed, "checks": [{"name": c.name, "status": c.status, "detail": c.detail,
+                                                        **c.data} for c in checks]}, indent=2, default=str))
+    else:
+        print(f"\n{len(failed)} check(s) failed" if failed else "\nGPU self-test passed")
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
+    if getattr(args, "gpu", False):
+        return run_gpu(cfg, args.json, args.runs)
     report, problems = collect(cfg)
     if args.json:
         print(json.dumps({**report, "problems": problems}, indent=2, default=str))
