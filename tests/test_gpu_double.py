@@ -529,3 +529,44 @@ def test_doctor_gpu_without_a_gpu_fails_at_the_platform_check(fakegpu, tmp_path,
     assert out.splitlines()[0].startswith("FAIL  platform")
     assert "no CUDA-capable device" in out.splitlines()[0]
     assert sum(line.startswith("skip") for line in out.splitlines()) == 5
+
+
+def test_a_bare_runner_is_safe_to_call_from_several_threads(fakegpu, tmp_path, cpu):
+    """Its engines' contexts, streams and buffers are shared by calls: the runner serialises them itself
+    (found by bench/gpu_pycuda_check.py, which drives one runner from two threads)."""
+    backend = _backend(tmp_path)
+    errors: list[str] = []
+
+    def drive(seed: int) -> None:
+        for i in range(20):
+            x = _batch((1 + (seed + i) % 20, 3, 24, 24), seed=seed * 100 + i)
+            if not all(np.array_equal(a, b) for a, b in zip(backend.run("rnet", x), cpu.run("rnet", x))):
+                errors.append(f"thread {seed} call {i}: wrong output")
+
+    threads = [threading.Thread(target=drive, args=(s,)) for s in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        backend.close()
+    assert errors == []
+
+
+def test_the_pycuda_check_script_runs_on_the_double(tmp_path):
+    """bench/gpu_pycuda_check.py (for a real GPU without TensorRT) keeps working: here on the double."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FAKEGPU, ROOT
+
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_pycuda_check.py"), "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(FAKEGPU)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert report["ok"] and [c["name"] for c in report["checks"]] == [
+        "device", "echo through the runner", "memory while loaded", "context per thread",
+        "close one, the other serves", "watchdog rebuild", "memory given back"]

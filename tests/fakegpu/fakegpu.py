@@ -6,7 +6,6 @@ One DEVICE per process (like device 0). Tests reset it (`DEVICE.reset()`) and sw
 
 from __future__ import annotations
 
-import itertools
 import threading
 from dataclasses import dataclass, field
 
@@ -55,7 +54,7 @@ class Device:
             self.initialised = False
             self.allocations: dict[int, Allocation] = {}
             self.reserved: dict[int, int] = {}  # engine/context memory by owner id
-            self._addresses = itertools.count(0x7F0000000000, 0x100000)
+            self._next_address = 0x7F0000000000  # bump allocator: addresses are never reused
             self.faults: list[Fault] = []
             self.hang_release = threading.Event()
             self.primary = None  # the primary context object (pycuda.driver._PrimaryContext)
@@ -97,7 +96,9 @@ class Device:
         with self._lock:
             if nbytes > self.free or self.fires("alloc_oom"):
                 raise MemoryError("out of memory")
-            address = next(self._addresses)
+            address = self._next_address
+            # 256-byte aligned like cudaMalloc, with a gap so that an overrun never lands in a neighbour
+            self._next_address += (int(nbytes) + 255) // 256 * 256 + 0x10000
             alloc = Allocation(address, int(nbytes), context, np.zeros(int(nbytes), np.uint8))
             self.allocations[address] = alloc
             return alloc

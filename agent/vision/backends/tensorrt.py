@@ -535,6 +535,7 @@ class TensorRTRunner:
         self._overflow_warned = False
         self._engines: dict[str, _Engine] = {}
         self._ctx: Any = None
+        self._lock = threading.Lock()
         cuda.init()
         if cuda.Device.count() < 1:
             raise BackendError("no CUDA GPU found")
@@ -585,7 +586,9 @@ class TensorRTRunner:
         if not engine.fits(batch.shape):
             return self._run_overflow(net, batch, engine)
         step = engine.max_shape[0]
-        with self._cuda():
+        # one call at a time per runner: an engine's context, stream and buffers are shared by its calls
+        # (behind the watchdog the calls are serial anyway; this keeps a bare runner safe from threads)
+        with self._lock, self._cuda():
             parts = [engine.infer(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
@@ -607,7 +610,7 @@ class TensorRTRunner:
     def close(self) -> None:
         ctx = self._ctx
         if self._engines and ctx is not None:
-            with self._cuda():
+            with self._lock, self._cuda():
                 for engine in self._engines.values():
                     engine.free()
         self._engines.clear()

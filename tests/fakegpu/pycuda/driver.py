@@ -326,6 +326,19 @@ def memcpy_dtoh_async(dest: np.ndarray, src: Any, stream: Stream | None = None) 
         stream.enqueue(op)
 
 
+def memcpy_dtod_async(dest: Any, src: Any, size: int, stream: Stream | None = None) -> None:
+    _current("cuMemcpyDtoDAsync")
+    to, frm = _address(dest), _address(src)
+
+    def op() -> None:
+        _device_bytes(to, size)[:] = _device_bytes(frm, size)
+
+    if stream is None:
+        op()
+    else:
+        stream.enqueue(op)
+
+
 def memcpy_htod(dest: Any, src: np.ndarray) -> None:
     try:
         memcpy_htod_async(dest, src, None)
