@@ -136,6 +136,17 @@ class RecognitionSection:
     spread_weight: float = setting(0.75, bounds=Range(0, 5))
     # scatter of a person's photos around their mean (prior for few photos)
     typical_spread: float = setting(0.215, bounds=Range(0, 1, lo_open=True))
+    # a person's photos (or kept faces) this close (unit L2) to a view's first photo are one view (near-duplicates)
+    duplicate_distance: float = setting(0.15, bounds=Range(0, 1))
+    # the gate is this much stricter for a person with 1, 2, 3, 4 distinct views (5 or more: 0)
+    few_views_penalty: list[float] = field(default_factory=lambda: [0.035, 0.03, 0.0225, 0.0125])
+    # with fewer than small_gallery people enrolled the gate widens by this * (1/sqrt(people) - 1/sqrt(small_gallery))
+    gallery_bonus: float = setting(0.07, bounds=Range(0, 1))
+    small_gallery: int = setting(10, bounds=AT_LEAST_1)
+    min_face_size: int = setting(28, bounds=AT_LEAST_1)  # faces smaller than this (px) are never named: too_small
+    # faces smaller than this (px) get a gate stricter by small_face_penalty
+    small_face_size: int = setting(50, bounds=AT_LEAST_1)
+    small_face_penalty: float = setting(0.0125, bounds=Range(0, 0.5))
     # faces less sharp (variance of the Laplacian) are "blurry": never named
     min_sharpness: float = setting(25.0, bounds=AT_LEAST_0)
     # nose offset from the eyes' midpoint / half the eye distance; more is "pose"
@@ -182,7 +193,7 @@ class TrackerSection:
     iou_threshold: float = setting(0.3, bounds=Range(0, 1, lo_open=True))
     min_hits: int = setting(1, bounds=AT_LEAST_1)  # detections before a track is confirmed
     max_missed: int = setting(15, bounds=AT_LEAST_0)  # frames without a detection before a track ends
-    min_face_size: int = setting(40, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
+    min_face_size: int = setting(32, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
     # px: an unverified track's smaller face is embedded only to verify it is still its person (no vote)
     verify_min_face_size: int = setting(32, bounds=AT_LEAST_1)
     # variance of the Laplacian below which a face is too blurry
@@ -222,6 +233,8 @@ class VotingSection:
     hysteresis: float = setting(1.5, bounds=AT_LEAST_1)
     # a track's first votes, all for one name, settle it before min_votes when one is more certain than this
     single_vote_certainty: float = setting(0.9, bounds=Range(0, 1))
+    # votes of faces under [recognition] small_face_size px alone settle a name only with this many votes
+    small_face_votes: int = setting(3, bounds=AT_LEAST_1)
 
 
 @dataclass
@@ -540,6 +553,9 @@ def _check_values(cfg: Config) -> None:
     _check_camera("", cfg.tracker, cfg.voting)
     for index, camera in enumerate(cfg.sources):
         _check_camera(f"sources[{index}].", camera.tracker, camera.voting)
+    if len(cfg.recognition.few_views_penalty) != 4 or not all(
+            0.0 <= v <= 0.2 for v in cfg.recognition.few_views_penalty):
+        raise ConfigError("recognition.few_views_penalty: four values between 0 and 0.2 (1, 2, 3, 4 distinct views)")
     if not 0.0 < cfg.recognition.distance_threshold <= 0.5:
         raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
                           "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")

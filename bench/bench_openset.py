@@ -75,6 +75,7 @@ class Photos:
     file: np.ndarray  # (n,) file name
     embedding: np.ndarray  # (n, 128) of the principal face
     quality: np.ndarray  # (n,) "" or too_small | blurry | pose
+    side: np.ndarray  # (n,) the principal face's shorter side in px (nan: no face)
 
 
 def face_embeddings(data: dict, flip: bool) -> np.ndarray:
@@ -88,6 +89,7 @@ def principal_faces(data: dict, cfg: Config) -> Photos:
     embeddings = face_embeddings(data, cfg.embedding.flip)
     emb = np.zeros((n, 128))
     quality = np.full(n, "no_face", dtype=object)
+    side = np.full(n, np.nan)
     for i in range(n):
         idx = np.flatnonzero((data["face_photo"] == i) & (data["score"] >= cfg.detector.min_score))
         dets = [Detection(*data["box"][k], float(data["score"][k]), data["landmarks"][k]) for k in idx]
@@ -97,9 +99,9 @@ def principal_faces(data: dict, cfg: Config) -> Photos:
             continue
         j, det = idx[k], dets[k]
         emb[i] = embeddings[j]
-        quality[i] = judge_quality(min(det.width, det.height), float(data["sharpness"][j]),
-                                   yaw_ratio(det.landmarks), cfg)
-    return Photos(np.asarray(data["photo_person"]), np.asarray(data["photo_file"]), emb, quality)
+        side[i] = min(det.width, det.height)
+        quality[i] = judge_quality(side[i], float(data["sharpness"][j]), yaw_ratio(det.landmarks), cfg)
+    return Photos(np.asarray(data["photo_person"]), np.asarray(data["photo_file"]), emb, quality, side)
 
 
 def split(photos: Photos, parity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

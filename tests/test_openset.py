@@ -101,9 +101,15 @@ def test_small_blurry_and_turned_faces_are_never_named(analyzer, knn_and_bill):
     obama = load_image(OBAMA)
     (face,) = faces_in(analyzer, clf, obama)
     assert face.prediction.name == "obama" and face.quality == ""
-    small = cv2.resize(obama, None, fx=0.12, fy=0.12, interpolation=cv2.INTER_AREA)  # face ~30 px
+    full_gate = face.prediction.gate
+    small = cv2.resize(obama, None, fx=0.12, fy=0.12, interpolation=cv2.INTER_AREA)  # face ~32 px: a room away
     (face,) = faces_in(analyzer, clf, small)
-    assert min(face.detection.width, face.detection.height) < 40
+    assert 28 <= min(face.detection.width, face.detection.height) < 40
+    assert face.prediction.name == "obama" and face.quality == ""  # size is evidence, not a wall ...
+    assert face.prediction.gate < full_gate  # ... a small face is named within a stricter gate
+    tiny = cv2.resize(obama, None, fx=0.085, fy=0.085, interpolation=cv2.INTER_AREA)  # face ~23 px
+    (face,) = faces_in(analyzer, clf, tiny)
+    assert min(face.detection.width, face.detection.height) < 28  # [recognition] min_face_size
     assert face.prediction.name is None and face.prediction.reason == "too_small"
     assert face.prediction.candidate is not None  # the nearest person is still reported
     blurred = cv2.GaussianBlur(obama, (0, 0), 12)
@@ -123,13 +129,13 @@ def test_identify_json_reports_the_quality_reason(tmp_path, capsys, shared):
     cfg = str(tmp_path / "agent.toml")
     assert main(["-q", "-c", cfg, "enroll", "obama", *map(str, sorted((KNN / "train" / "obama").iterdir()))]) == 0
     small = tmp_path / "small.png"
-    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(OBAMA)), None, fx=0.12, fy=0.12, interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(OBAMA)), None, fx=0.085, fy=0.085, interpolation=cv2.INTER_AREA))
     capsys.readouterr()
     assert main(["-q", "-c", cfg, "identify", "--json", str(small), str(OBAMA)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [(f["name"], f["reason"]) for f in lines[0]["faces"]] == [(None, "too_small")]
     assert [(f["name"], f["reason"]) for f in lines[1]["faces"]] == [("obama", None)]
-    assert {"distance", "margin", "effective_distance", "candidate"} <= set(lines[1]["faces"][0])
+    assert {"distance", "margin", "effective_distance", "gate", "candidate"} <= set(lines[1]["faces"][0])
     assert main(["-q", "-c", cfg, "identify", str(small)]) == 0
     assert "too_small" in capsys.readouterr().out
 

@@ -7,19 +7,28 @@ k-fold cross-validation on balanced accuracy. One enrolled person, or one photo 
 the SVM step is skipped where it cannot be trained or validated.
 
 Prediction: the open-set rule of docs/evaluation.md, chosen by measurement on people never enrolled
-(bench/bench_openset.py). Embeddings are scaled to unit length; each person is the unit mean of their
-photos (`centroid`) and has a `spread`: how far a new photo of them is expected to lie from that centroid,
-their photos' scatter (measured leave-one-out, shrunk towards `typical_spread` when they have few photos)
-times sqrt(1 + 1/n) for a mean of n photos (`person_models`). For a face, `c1` / `c2` are the
-distances to the nearest / second-nearest person's centroid, and its **effective distance** is
+(bench/bench_openset.py, bench/bench_gate.py). Embeddings are scaled to unit length. A person's photos are first
+grouped into distinct *views*: photos whose embeddings lie within `duplicate_distance` of a view's first photo
+(frames of one track, burst shots, one photo at two sizes) are one view, the unit mean of its photos
+(`distinct_views`). Each person is the unit mean of their views (`centroid`) and has a `spread`: how far a new
+photo of them is expected to lie from that centroid, their views' scatter (measured leave-one-out, shrunk
+towards `typical_spread` when they have few views) times sqrt(1 + 1/n) for a mean of n views
+(`person_models`). For a face, `c1` / `c2` are the distances to the nearest / second-nearest person's
+centroid, and its **effective distance** is
 
     c1 - spread_weight * (spread - typical_spread) - margin_weight * min(c2 - c1, max_margin)
 
-(a person whose photos vary more, or who has fewer photos, gets a wider gate; a face much closer to one
-person than to every other gets a wider gate, up to `max_margin`; with one person enrolled the margin
-counts as `max_margin`). The face is that person only if the effective distance is at most
-`distance_threshold` and the SVM votes for the same person. `confidence` (0..1) is a logistic of
-`distance_threshold - effective distance`.
+(a person whose photos vary more gets a wider gate; a face much closer to one person than to every other gets a
+wider gate, up to `max_margin`; with one person enrolled the margin counts as `max_margin`).
+
+The face is that person only if the effective distance is at most the person's **gate** and the SVM votes for
+the same person. The gate is `distance_threshold`, calibrated so that false accepts stay at or under 1% of
+stranger faces whatever the enrollment (`gate_thresholds`): it is `few_views_penalty[n - 1]` stricter for a
+person with n < 5 distinct views (a mean of few photos is uncertain: without this a one-photo person let 2-3x
+as many strangers through), `gallery_bonus * (1/sqrt(people) - 1/sqrt(small_gallery))` wider with fewer than
+`small_gallery` people enrolled (fewer people, fewer chances for a stranger to resemble one),
+and `small_face_penalty` stricter for a face under `small_face_size` px (`predict(sizes=...)`).
+`confidence` (0..1) is a logistic of `gate - effective distance`.
 
 Negatives ("that was not X", `face-agent reject`): embeddings a user said are not a person. A face the
 rule would name X is unknown instead (reason "rejected") when it is nearer one of X's negatives than X's
@@ -77,7 +86,8 @@ class Prediction:
     svm_name: str | None  # the SVM's vote (None when no SVM was trained)
     reason: str = ""  # why unknown: "far" | "svm_disagrees" | "low_confidence" | "nobody_enrolled" | a quality
     margin: float = math.inf  # c2 - c1: how much nearer `candidate` is than the second-nearest person
-    effective: float = math.inf  # the effective distance compared with distance_threshold
+    effective: float = math.inf  # the effective distance compared with the gate
+    gate: float = math.inf  # the candidate's gate for this face (distance_threshold adjusted: gate_thresholds)
 
     def to_dict(self) -> dict:
         return {
@@ -86,6 +96,7 @@ class Prediction:
             "distance": _finite(self.distance),
             "margin": _finite(self.margin),
             "effective_distance": _finite(self.effective),
+            "gate": _finite(self.gate),
             "candidate": self.candidate,
             "svm": self.svm_name,
             "reason": self.reason or None,
@@ -108,21 +119,44 @@ def l2(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0))
 
 
-def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (n_people, DIM), spreads (n_people,)) from enrolled embeddings.
+def distinct_views(own: np.ndarray, duplicate_distance: float) -> np.ndarray:
+    """(m, DIM) unit-length views of one person's unit-length embeddings: each embedding joins the first view
+    whose first embedding is within `duplicate_distance` (near-identical faces: frames of one track, bursts, one
+    photo at two sizes), else starts a new view; a view is the unit mean of its embeddings, so near-duplicates
+    count once for the person's mean, scatter and number of views."""
+    leaders: list[np.ndarray] = []
+    sums: list[np.ndarray] = []
+    for u in own:
+        for k, lead in enumerate(leaders):
+            if float(np.linalg.norm(u - lead)) < duplicate_distance:
+                sums[k] = sums[k] + u
+                break
+        else:
+            leaders.append(u)
+            sums.append(u.copy())
+    return unit_rows(np.array(sums)) if sums else np.zeros((0, DIM))
 
-    centroid: the unit mean of a person's n unit-length embeddings. spread: how far a new photo of the
-    person is expected to lie from that centroid, scatter * sqrt(1 + 1/n): the scatter of their photos
-    (each photo's distance to the mean of the others is scatter * sqrt(1 + 1/(n-1)), measured leave-one-out
-    and shrunk towards `typical_spread` with the weight of SPREAD_PRIOR_PHOTOS photos; one photo: exactly
-    `typical_spread`) grown by the uncertainty of a mean of only n photos (one photo: x1.41, five: x1.10)."""
+
+def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float,
+                  duplicate_distance: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids (n_people, DIM), spreads (n_people,), views (n_people,)) from enrolled embeddings.
+
+    views: the number of distinct views of each person (`distinct_views`; 0: every photo is its own view).
+    centroid: the unit mean of a person's n views. spread: how far a new photo of the person is expected to lie
+    from that centroid, scatter * sqrt(1 + 1/n): the scatter of their views (each view's distance to the mean
+    of the others is scatter * sqrt(1 + 1/(n-1)), measured leave-one-out and shrunk towards `typical_spread`
+    with the weight of SPREAD_PRIOR_PHOTOS views; one view: exactly `typical_spread`) grown by the uncertainty
+    of a mean of only n views (one: x1.41, five: x1.10)."""
     U = unit_rows(embeddings)
     centroids = np.zeros((n_people, DIM))
     spreads = np.full(n_people, float(typical_spread))
+    views = np.zeros(n_people, dtype=np.int64)
     for k in range(n_people):
         own = U[labels == k]
+        if duplicate_distance > 0:
+            own = distinct_views(own, duplicate_distance)
         n = len(own)
+        views[k] = n
         if not n:
             continue
         total = own.sum(0)
@@ -133,7 +167,28 @@ def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
             measured = float(np.linalg.norm(own - loo, axis=1).mean()) / math.sqrt(1.0 + 1.0 / (n - 1))
             scatter = (n * measured + SPREAD_PRIOR_PHOTOS * typical_spread) / (n + SPREAD_PRIOR_PHOTOS)
         spreads[k] = scatter * math.sqrt(1.0 + 1.0 / n)
-    return centroids, spreads
+    return centroids, spreads, views
+
+
+def gate_thresholds(views: np.ndarray, rule: RecognitionSection) -> np.ndarray:
+    """(n_people,) each person's gate on the effective distance: `distance_threshold`, stricter by
+    `few_views_penalty[n - 1]` for a person with n < 5 distinct views, and wider with fewer than small_gallery
+    people enrolled by `gallery_bonus * (1/sqrt(people) - 1/sqrt(small_gallery))`. Calibrated so that strangers are
+    named at most 1% of the time however people were enrolled (bench/bench_gate.py)."""
+    views = np.asarray(views, dtype=np.int64)
+    penalties = np.asarray(list(rule.few_views_penalty) + [0.0], dtype=np.float64)
+    penalty = penalties[np.clip(views, 1, len(penalties)) - 1]
+    people = max(1, len(views))
+    bonus = rule.gallery_bonus * max(0.0, 1.0 / math.sqrt(people) - 1.0 / math.sqrt(rule.small_gallery))
+    return rule.distance_threshold - penalty + bonus
+
+
+def small_face_penalties(sizes: np.ndarray | None, count: int, rule: RecognitionSection) -> np.ndarray:
+    """(count,) how much stricter the gate is for each face: `small_face_penalty` under `small_face_size` px
+    (sizes: each face's shorter side in px; None: photos at full size)."""
+    if sizes is None:
+        return np.zeros(count)
+    return np.where(np.asarray(sizes, dtype=np.float64) < rule.small_face_size, rule.small_face_penalty, 0.0)
 
 
 def leave_one_out(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float
@@ -143,7 +198,7 @@ def leave_one_out(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
     person's spread without it; spreads (n_people,) everybody's spread with all photos)."""
     labels = np.asarray(labels)
     U = unit_rows(embeddings)
-    centroids, spreads = person_models(embeddings, labels, n_people, typical_spread)
+    centroids, spreads, _ = person_models(embeddings, labels, n_people, typical_spread)
     D = l2(U, centroids)
     own_spread = np.full(len(U), float(typical_spread))
     for i, k in enumerate(labels):
@@ -152,7 +207,7 @@ def leave_one_out(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
         if not len(rest):
             D[i, k] = np.inf
             continue
-        c, sp = person_models(U[rest], np.zeros(len(rest), dtype=int), 1, typical_spread)
+        c, sp, _ = person_models(U[rest], np.zeros(len(rest), dtype=int), 1, typical_spread)
         D[i, k] = float(np.linalg.norm(U[i] - c[0]))
         own_spread[i] = sp[0]
     return D, own_spread, spreads
@@ -275,8 +330,9 @@ class Classifier:
     negatives: dict[str, np.ndarray] = field(default_factory=dict)  # person -> (M, DIM) faces said not to be them
 
     def __post_init__(self) -> None:
-        self.centroids, self.spreads = person_models(self.embeddings, self.labels, len(self.people),
-                                                     self.rule.typical_spread)
+        self.centroids, self.spreads, self.views = person_models(
+            self.embeddings, self.labels, len(self.people), self.rule.typical_spread, self.rule.duplicate_distance)
+        self.gates = gate_thresholds(self.views, self.rule)
 
     @property
     def threshold(self) -> float:
@@ -287,7 +343,9 @@ class Classifier:
         """(N, n_people): distance of each unit-length embedding to each person's centroid."""
         return l2(unit_rows(X), self.centroids)
 
-    def predict(self, X: np.ndarray) -> list[Prediction]:
+    def predict(self, X: np.ndarray, sizes: np.ndarray | None = None) -> list[Prediction]:
+        """The open-set decision for each embedding; `sizes`: each face's shorter side in px (small faces get a
+        stricter gate; None: photos at full size)."""
         X = np.asarray(X, dtype=np.float64).reshape(-1, DIM)
         if not self.people:
             return [Prediction(None, 0.0, math.inf, None, None, "nobody_enrolled") for _ in X]
@@ -298,16 +356,17 @@ class Classifier:
         c1 = D[rows, best]
         c2 = D[rows, order[:, 1]] if len(self.people) > 1 else np.full(len(X), np.inf)
         effective = effective_distance(c1, c2, self.spreads[best], self.rule)
+        gates = self.gates[best] - small_face_penalties(sizes, len(X), self.rule)
         svm_votes = self.svm.scores(X).argmax(1) if self.svm is not None else None
         out = []
         for i in range(len(X)):
-            e = float(effective[i])
-            conf = 1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (self.threshold - e)))
+            e, gate = float(effective[i]), float(gates[i])
+            conf = 1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (gate - e)))
             svm_name = self.people[int(svm_votes[i])] if svm_votes is not None else None
             candidate = self.people[int(best[i])]
             name: str | None = candidate
             reason = ""
-            if e > self.threshold:
+            if e > gate:
                 name, reason = None, "far"
             elif self.svm_veto and svm_name is not None and svm_name != candidate:
                 name, reason, conf = None, "svm_disagrees", conf * 0.5
@@ -316,7 +375,7 @@ class Classifier:
             elif candidate in self.negatives and self.nearest_negative(X[i], candidate) < c1[i]:
                 name, reason = None, "rejected"
             out.append(Prediction(name, conf, float(c1[i]), candidate, svm_name, reason,
-                                  margin=float(c2[i] - c1[i]), effective=e))
+                                  margin=float(c2[i] - c1[i]), effective=e, gate=gate))
         return out
 
     def nearest_negative(self, x: np.ndarray, person: str) -> float:

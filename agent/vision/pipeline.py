@@ -126,7 +126,8 @@ class Pipeline:
                 continue
             result.recognitions.append(Recognition(track, request.detection, prediction, embedding, chip))
             change = self.tracker.add_prediction(track.id, prediction.name, prediction.confidence,
-                                                 request.quality, vote=usable, attempt=prediction.reason != CUT_OFF)
+                                                 request.quality, vote=usable, attempt=prediction.reason != CUT_OFF,
+                                                 small=request.size < classifier.rule.small_face_size)
             if change is not None:
                 result.changes.append(change)
         self.embedded += len(requests)

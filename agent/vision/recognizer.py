@@ -9,6 +9,11 @@ unknown with the reason `too_small`, `blurry` or `pose` (the nearest candidate i
 video it does not vote. In video a face cut off by the frame's edge (`[recognition] min_in_frame`) is
 `cut_off` too; a photo's face is not (photos are often cropped close to the face). `principal_face` says
 which face of a photo is "the" person (eval's queries).
+
+Close-ups: a photo whose face fills most of the picture (a passport photo, a crop) can escape MTCNN, whose
+cascade needs some context around a face; when a photo has no face at all, it is searched again with a border
+(CLOSE_UP_PADDING of its longer side, the edge pixels repeated), and the faces found are moved back into the
+photo. A photo with any face is never searched again, so this adds no box where a face was found.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from agent.config import Config
@@ -31,6 +37,7 @@ from agent.vision.tracker import face_sharpness
 
 log = logging.getLogger(__name__)
 
+CLOSE_UP_PADDING = (0.25, 0.5)  # borders (share of the longer side) tried in turn on a photo with no face
 TOO_SMALL, BLURRY, POSE, CUT_OFF = "too_small", "blurry", "pose", "cut_off"
 QUALITY_REASONS = (TOO_SMALL, BLURRY, POSE, CUT_OFF)  # predictions with these reasons are never names nor votes
 
@@ -45,7 +52,7 @@ def yaw_ratio(landmarks: np.ndarray) -> float:
 
 def judge_quality(side: float, sharpness: float, yaw: float, cfg: Config) -> str:
     """"" when a face of this size (px, shorter side), sharpness and yaw_ratio may be named, else why not."""
-    if side < cfg.enrollment.min_face_size:
+    if side < cfg.recognition.min_face_size:
         return TOO_SMALL
     if sharpness < cfg.recognition.min_sharpness:
         return BLURRY
@@ -58,6 +65,11 @@ def quality_reason(rgb: np.ndarray, detection: Detection, cfg: Config) -> str:
     """"" when the face may be named, else why not: too_small | blurry | pose."""
     return judge_quality(min(detection.width, detection.height), face_sharpness(rgb, detection.box),
                          yaw_ratio(detection.landmarks), cfg)
+
+
+def face_sides(detections: list[Detection]) -> np.ndarray:
+    """Each detection's shorter side in px (the classifier's gate is stricter for small faces)."""
+    return np.array([min(d.width, d.height) for d in detections], dtype=np.float64)
 
 
 def with_quality(predictions: list[Prediction], reasons: list[str]) -> list[Prediction]:
@@ -123,7 +135,21 @@ class FaceAnalyzer:
         return any(bool(getattr(r, "degraded", False)) for r in runners)  # only guarded runners degrade
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        return self.detector.detect(rgb)
+        """The faces of a photo; one with none is searched again with a border (a close-up: module docstring)."""
+        found = self.detector.detect(rgb)
+        if found:
+            return found
+        height, width = rgb.shape[:2]
+        for share in CLOSE_UP_PADDING:
+            pad = int(round(share * max(height, width)))
+            padded = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            found = self.detector.detect(padded)
+            if found:
+                log.debug("close-up: %d face(s) found with a %d px border", len(found), pad)
+                return [dataclasses.replace(d, x1=max(0.0, d.x1 - pad), y1=max(0.0, d.y1 - pad),
+                                            x2=min(float(width), d.x2 - pad), y2=min(float(height), d.y2 - pad),
+                                            landmarks=np.asarray(d.landmarks) - pad) for d in found]
+        return []
 
     def embed(self, rgb: np.ndarray, detections: list[Detection]) -> tuple[np.ndarray, np.ndarray]:
         """(chips (N,150,150,3), embeddings (N,128)) for the given detections, in one batch (with
@@ -157,7 +183,7 @@ class FaceAnalyzer:
         reasons = self.quality(rgb, detections)
         reasons = [reason or (CUT_OFF if share < self.cfg.recognition.min_in_frame else "")
                    for reason, share in zip(reasons, in_frame)]
-        return with_quality(classifier.predict(embeddings), reasons)
+        return with_quality(classifier.predict(embeddings, face_sides(detections)), reasons)
 
     def identify(self, rgb: np.ndarray) -> list[FaceResult]:
         """Every face found in the image with its name (or unknown, with the reason)."""
@@ -169,6 +195,7 @@ class FaceAnalyzer:
         _, embeddings = self.embed(rgb, detections)
         reasons = self.quality(rgb, detections)
         predictions: list[Prediction | None] = (
-            with_quality(self.classifier.predict(embeddings), reasons) if self.classifier is not None
+            with_quality(self.classifier.predict(embeddings, face_sides(detections)), reasons)
+            if self.classifier is not None
             else [None] * len(boxes))
         return [FaceResult(d, lm, p, r) for d, lm, p, r in zip(detections, landmarks, predictions, reasons)]

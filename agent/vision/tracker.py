@@ -360,8 +360,7 @@ class Tracker:
             if j in matched_dets or getattr(det, "score", 1.0) < start_min_score:
                 continue
             track = Track(box=boxes[j].copy(), detection=det, first_seen=now, last_seen=now,
-                          ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis,
-                                        self.voting.single_vote_certainty))
+                          ballot=self._ballot())
             if c.min_hits <= 1:
                 self._confirm(track)
                 started.append(track)
@@ -421,6 +420,10 @@ class Tracker:
             track.verified = False
             track.unverified_by = reason
             log.debug("track %d unverified: %s", track.id, reason)
+
+    def _ballot(self) -> Ballot:
+        v = self.voting
+        return Ballot(v.window, v.min_votes, v.hysteresis, v.single_vote_certainty, v.small_face_votes)
 
     def _confirm(self, track: Track) -> None:
         track.confirmed = True
@@ -508,8 +511,7 @@ class Tracker:
     def _split(self, old: Track, distance: float) -> Track:
         """End `old` (somebody else's face is on its box now) and start a track for the new face."""
         new = Track(box=old.box.copy(), detection=old.detection, first_seen=old.last_seen, last_seen=old.last_seen,
-                    ballot=Ballot(self.voting.window, self.voting.min_votes, self.voting.hysteresis,
-                                        self.voting.single_vote_certainty),
+                    ballot=self._ballot(),
                     velocity=old.velocity.copy(), hits=1, look=old.look)
         new.scheduled, new.last_embed_frame = 1, self.frame
         new.embedded_area, new.embedded_sharpness = old.embedded_area, old.embedded_sharpness
@@ -527,7 +529,7 @@ class Tracker:
 
     def add_prediction(self, track_id: int, name: str | None, confidence: float,
                        quality: float | None = None, vote: bool = True,
-                       attempt: bool = True) -> IdentityChange | None:
+                       attempt: bool = True, small: bool = False) -> IdentityChange | None:
         """Vote with one recognition of a track: `name` (None = unknown) and `confidence` as the classifier
         gives them (agent.vision.classifier.Prediction: for an unknown face, the confidence in the nearest
         candidate). `quality` defaults to the quality of the face scheduled last. `vote=False`: the face was
@@ -535,6 +537,7 @@ class Tracker:
         a track that never shows a usable face ends up unknown after `max_attempts`. `attempt=False` (with
         vote=False): the face was not all in the picture yet (cut off by the frame's edge): it does not count
         towards `max_attempts`, so a person coming in slowly is not declared unknown before their face is in.
+        `small`: the face is under [recognition] small_face_size (its votes need more agreement: voting).
         Returns the change of the track's identity this caused, or None (no change, or the track has ended)."""
         track = self.get(track_id)
         if track is None:
@@ -545,7 +548,7 @@ class Tracker:
         track.attempts += 1
         track.cut_off += not (attempt or vote)
         if vote:
-            track.ballot.add(name, confidence, track.embed_quality if quality is None else quality)
+            track.ballot.add(name, confidence, track.embed_quality if quality is None else quality, small)
         ballot = track.ballot
         if ballot.settled:
             status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)

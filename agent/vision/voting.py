@@ -8,6 +8,11 @@ when every vote so far is for one name and one of them is more certain than `sin
 well inside the recognition gate is named on its first frame, as a per-frame loop would). A settled
 identity changes only when a challenger has `min_votes` votes AND more than `hysteresis` times the
 settled label's weight, so one bad frame never flips a name. "Unknown" is an outcome like any name.
+
+Small faces (under `[recognition] small_face_size`: farther away, noisier embeddings) are weaker evidence:
+their votes count as usual, but a label whose votes in the window all come from small faces needs
+`small_face_votes` of them (instead of `min_votes`) to settle or take over, and a small face's single vote never
+settles a name alone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class Vote:
     confidence: float  # the classifier's confidence in its nearest candidate (0..1)
     quality: float  # face quality 0..1
     weight: float
+    small: bool = False  # a face under [recognition] small_face_size
 
 
 @dataclass
@@ -32,7 +38,7 @@ class LabelTotal:
     """Every vote a label got over the track's life (not just the window)."""
 
     count: int = 0
-    best_certainty: float = 0.0  # max over its votes of confidence (a name) or 1 - confidence (unknown)
+    best_certainty: float = 0.0  # max over its votes of faces not small of confidence (a name) or 1 - confidence
 
 
 def certainty(name: str | None, confidence: float) -> float:
@@ -55,6 +61,7 @@ class Ballot:
     min_votes: int = 2
     hysteresis: float = 1.5
     single_vote_certainty: float = 1.0  # a first name this certain settles alone (1 = never)
+    small_face_votes: int = 0  # votes a label of small faces only needs (0: min_votes)
     votes: collections.deque = field(init=False)
     settled: bool = field(default=False, init=False)
     identity: str | None = field(default=None, init=False)  # the settled label (None = unknown)
@@ -65,15 +72,17 @@ class Ballot:
         check_voting(self.window, self.min_votes, self.hysteresis)
         self.votes = collections.deque(maxlen=self.window)
 
-    def add(self, name: str | None, confidence: float, quality: float) -> bool:
-        """Count one prediction; True when the settled identity changed (including the first settling)."""
+    def add(self, name: str | None, confidence: float, quality: float, small: bool = False) -> bool:
+        """Count one prediction (`small`: of a face under small_face_size); True when the settled identity
+        changed (including the first settling)."""
         name = name or None  # "" counts as unknown too
-        vote = Vote(name, float(confidence), float(quality), vote_weight(name, confidence, quality))
+        vote = Vote(name, float(confidence), float(quality), vote_weight(name, confidence, quality), small)
         self.votes.append(vote)
         self.count += 1
         total = self.totals.setdefault(name, LabelTotal())
         total.count += 1
-        total.best_certainty = max(total.best_certainty, certainty(name, confidence))
+        if not small:
+            total.best_certainty = max(total.best_certainty, certainty(name, confidence))
         return self._decide()
 
     def tally(self) -> dict[str | None, tuple[int, float]]:
@@ -84,17 +93,23 @@ class Ballot:
             out[v.name] = (n + 1, w + v.weight)
         return out
 
+    def votes_needed(self, label: str | None) -> int:
+        """min_votes, or small_face_votes when every vote for `label` in the window is of a small face."""
+        if any(v.name == label and not v.small for v in self.votes):
+            return self.min_votes
+        return max(self.min_votes, self.small_face_votes)
+
     def _decide(self) -> bool:
         tally = self.tally()
         ranked = sorted(tally.items(), key=lambda kv: (kv[1][1], kv[1][0]), reverse=True)
         top, (top_votes, top_weight) = ranked[0]
         if not self.settled:
             sure = top is not None and len(tally) == 1 and self.totals[top].best_certainty > self.single_vote_certainty
-            if top_votes < self.min_votes and not sure:
+            if top_votes < self.votes_needed(top) and not sure:
                 return False
             self.settled, self.identity = True, top
             return True
-        if top == self.identity or top_votes < self.min_votes:
+        if top == self.identity or top_votes < self.votes_needed(top):
             return False
         held = tally.get(self.identity, (0, 0.0))[1]
         if top_weight > self.hysteresis * held:
