@@ -8,7 +8,7 @@ time decodes within a second), looped forever at the clip's frame rate, at rtsp:
 basic authentication (no --user: no authentication). Any other path is a 404, wrong credentials a 401. Each
 client gets its own stream, over TCP or UDP as it asks. SIGUSR1 stalls every stream (the connections stay
 open, no more frames: a hung camera), SIGUSR2 resumes; SIGTERM stops the server. Prints "ready" on stdout
-once it listens.
+once it listens, then "stream WALLTIME FPS FRAMES" when a client's stream starts.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class Feeder:
     def run(self) -> None:
         start, i = time.monotonic(), 0
         duration = int(Gst.SECOND / self.fps)
+        # when this client's stream starts (bench/bench_rtsp.py: frame k of loop L is sent at T + (L*n + k)/fps)
+        print(f"stream {time.time():.6f} {self.fps:.6f} {len(self.units)}", flush=True)
         while not self.done.is_set() and not self.stop.is_set():
             if not self.sending.is_set():
                 self.sending.wait(0.2)
