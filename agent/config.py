@@ -290,6 +290,9 @@ class MqttSection:
     max_inflight: int = setting(20, bounds=Range(1, 65535))  # events published but not yet acknowledged (PUBACK)
     ack_timeout: float = setting(30.0, bounds=POSITIVE)  # s connected without PUBACK before an event is published again
     shutdown_timeout: float = setting(5.0, bounds=AT_LEAST_0)  # s to flush the outbox on a clean shutdown
+    # s: an event not published within this long after it happened is not published late (automations would fire
+    # on a stale arrival): kept in the log as "expired" (face-agent events --resend-expired sends them); 0: no limit
+    max_event_age: float = setting(3600.0, bounds=AT_LEAST_0)
 
 
 @dataclass
