@@ -120,7 +120,7 @@ def test_broker_down_at_start_then_outage_mid_run_loses_nothing(tmp_path, mosqui
     everything = {e.event_id for e in first + second}
     assert col.wait_for(lambda m: set(event_ids(col)) >= everything, timeout=20)
     assert set(event_ids(col)) == everything  # none lost (duplicates would be allowed, none expected here)
-    assert wait_until(lambda: store.counts() == {"pending": 0, "delivered": 45, "total": 45})
+    assert wait_until(lambda: store.counts() == {"pending": 0, "delivered": 45, "expired": 0, "total": 45})
     assert pub.client.reconnects >= 1
     pub.stop()
     col.stop()
