@@ -91,5 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.dirname(os.path.abspath(exc.filename))
         print(f"face-agent: cannot write {exc.filename}: {exc.strerror} ({storage_hint(folder)})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: say so (commands with work to resume say more themselves)
+        print(f"\nface-agent: {args.command} interrupted", file=sys.stderr)
         return 130

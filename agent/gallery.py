@@ -140,6 +140,33 @@ CACHE_COLUMNS = {
 }
 
 
+_FILE_PREFIX = re.compile(r"^(?:[^:\n]*[/\\][^:\n]*|[^:/\\\n]+\.[A-Za-z0-9]{2,5}): ")
+
+
+def _without_file_name(reason: str) -> str:
+    """A refusal's reason without the file name it may start with ("/x/fake.jpg: not an image" -> "not an
+    image"): reasons are cached by content and shown next to the file they are about."""
+    return _FILE_PREFIX.sub("", reason or "", count=1)
+
+
+def _originals(results: list[PhotoResult]) -> dict[tuple[str, str], Path]:
+    """(person, sha256) -> the photo kept when a person's folder holds the same photo several times: the oldest
+    file (modification time, then name), i.e. not the copy just added."""
+    def age(path: Path) -> tuple[float, str]:
+        try:
+            return path.stat().st_mtime, path.name
+        except OSError:
+            return float("inf"), path.name
+
+    out: dict[tuple[str, str], Path] = {}
+    for r in results:
+        if r.ok and r.sha256:
+            key = (r.person, r.sha256)
+            if key not in out or age(r.path) < age(out[key]):
+                out[key] = r.path
+    return out
+
+
 def _create_cache_tables(db: sqlite_utils.Database) -> None:
     db["photos"].create(CACHE_COLUMNS, pk=("sha256", "settings"), ignore=True)
 
@@ -339,8 +366,10 @@ class Gallery:
         if cached is not None:
             status, reason, emb = cached
             if status != ENROLLED or self._chip_ready(person, path, sha):
-                return PhotoResult(person, path, status, reason, sha, cached=True), emb
+                # the cache is by content: a refusal cached for another file with the same bytes must not name it
+                return PhotoResult(person, path, status, _without_file_name(reason), sha, cached=True), emb
         result, emb, box = self._analyze(person, path, sha)
+        result.reason = _without_file_name(result.reason)  # the result names its file (path) already
         self.cache.put(sha, settings, result.status, result.reason, emb, box)
         return result, emb
 
@@ -401,16 +430,20 @@ class Gallery:
             embeddings: list[np.ndarray] = []
             names: list[str] = []
             seen: set[tuple[str, str]] = set()
-            for person, path in tqdm(jobs, desc="enrolling", unit="photo", disable=not progress or not jobs,
-                                     leave=False):
-                result, emb = self.process_photo(person, path, settings)
-                if result.ok and (person, result.sha256) in seen:
-                    result = PhotoResult(person, path, DUPLICATE, "same photo as another of this person",
-                                         result.sha256, result.cached)
+            analysed = [self.process_photo(person, path, settings)
+                        for person, path in tqdm(jobs, desc="enrolling", unit="photo",
+                                                 disable=not progress or not jobs, leave=False)]
+            originals = _originals([r for r, _ in analysed])
+            for result, emb in analysed:
+                original = originals.get((result.person, result.sha256)) if result.ok else None
+                if original is not None and original != result.path:
+                    result = PhotoResult(result.person, result.path, DUPLICATE,
+                                         f"a copy of {original.name} (the older file, which is kept): remove this "
+                                         "one", result.sha256, result.cached)
                 elif result.ok:
-                    seen.add((person, result.sha256))
+                    seen.add((result.person, result.sha256))
                     embeddings.append(emb)
-                    names.append(person)
+                    names.append(result.person)
                 results.append(result)
             X = np.stack(embeddings) if embeddings else np.zeros((0, 128), dtype=np.float32)
             fingerprint = self._fingerprint(sorted(seen))
@@ -667,7 +700,13 @@ class Gallery:
             args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
                                                "embedding_flip": self.analyzer.flip,
                                                "warnings": self.warnings})
+            if names:
+                log.info("training the classifier on %d photos of %d people (cross-validation picks the kernel)",
+                         len(names), len(set(names)))
+            started = time.monotonic()
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
+            if names:
+                log.info("trained in %.1f s", time.monotonic() - started)
             clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}
             clf.save(self.svm_dir)
             return clf, results, True

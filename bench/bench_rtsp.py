@@ -149,7 +149,7 @@ def main() -> int:
               f"(to the deciding frame {statistics.median(r[3] for r in rows) * 1000:.0f} ms, "
               f"capture -> broker {statistics.median(r[4] for r in rows) * 1000:.0f} ms)")
     print(f"at the end the agent's capture was {behind:.0f} frames ({behind / fps:.2f} s) behind the stream "
-          "(the decoding thread short of CPU: it grows with the machine's load)")
+          "(more when the decoding thread is short of CPU on a loaded machine)")
     return 0 if rows else 1
 
 
