@@ -20,6 +20,7 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "restore",
     "unknowns",
     "name",
     "reject",

@@ -5,7 +5,8 @@ On disk (root = `[paths] faces`):
                                       `enroll PERSON FILE` are named <original stem>-<sha8>.<ext>
     train/aligned/<person>/<stem>.png the 150x150 chip cut from each usable photo, named after the photo
                                       (<photo stem>-<sha8>.png; older versions used <sha16>.png: renamed on use)
-    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes)
+    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes;
+                                      `restore` moves them back)
     train/negatives/<person>.npy      embeddings of faces a user said are not that person (`reject`): the
                                       classifier's gate keeps them from being named so again
 and in `[paths] storage`: `embeddings.db`, a cache keyed by (photo sha256, embedding backend,
@@ -63,6 +64,20 @@ SEVERAL_FACES = "several_faces"
 TOO_SMALL = "too_small"
 UNREADABLE = "unreadable"
 DUPLICATE = "duplicate"
+
+
+_TRASH_NAME = re.compile(r"^(?P<person>.+)-(?P<date>\d{8})-(?P<time>\d{6})(?:-(?P<n>\d+))?$")  # forget's folders
+
+
+@dataclass(frozen=True)
+class Trashed:
+    """The photos of one forgotten person in the trash: <faces>/train/trash/<person>-<stamp>[-n]/."""
+
+    person: str
+    path: Path
+    stamp: str  # YYYYMMDD-HHMMSS, local time of the forget
+    n: int  # 2, 3... for a second forget of the same name in the same second
+    photos: int
 
 
 class InvalidNameError(ValueError):
@@ -710,6 +725,47 @@ class Gallery:
             clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}
             clf.save(self.svm_dir)
             return clf, results, True
+
+    # ---- undo of forget: restore from the trash (kept apart from forget, which decides what the trash holds)
+    def trashed(self, person: str | None = None) -> list[Trashed]:
+        """The forgotten people whose photos are in the trash (<faces>/train/trash/<person>-<time>/), newest
+        first; only `person`'s when given."""
+        found = []
+        if self.trash.is_dir():
+            for folder in self.trash.iterdir():
+                match = _TRASH_NAME.match(folder.name)
+                if not folder.is_dir() or match is None or (person is not None and match["person"] != person):
+                    continue
+                stamp = f"{match['date']}-{match['time']}"
+                photos = sum(1 for p in folder.iterdir() if p.is_file())
+                found.append(Trashed(match["person"], folder, stamp, int(match["n"] or 1), photos))
+        return sorted(found, key=lambda t: (t.stamp, t.n), reverse=True)
+
+    def restore(self, person: str, folder: str | None = None, as_name: str | None = None) -> Trashed:
+        """Undo `forget`: move the person's photos back from the trash to <faces>/train/raw/<as_name or
+        person>/ (the most recent forget of them, or the trash folder named `folder`); the caller retrains.
+        Raises NotEnrolledError when the trash holds no such folder, NameTakenError when that person has
+        photos again (restore under another name with as_name)."""
+        name = validate_person_name(person)
+        target_name = validate_person_name(as_name) if as_name else name
+        with self._lock:
+            candidates = self.trashed(name)
+            if folder is not None:
+                candidates = [t for t in candidates if t.path.name == folder]
+            if not candidates:
+                where = f" named {folder!r}" if folder is not None else ""
+                raise NotEnrolledError(f"no forgotten photos of {name!r}{where} in {self.trash}")
+            entry = candidates[0]
+            target = self.raw / target_name
+            if target.is_dir() and any(target.iterdir()):
+                raise NameTakenError(f"{target_name!r} has photos again ({target}): restore under another "
+                                     "name (--as NAME), then rename or merge by hand")
+            if target.is_dir():
+                target.rmdir()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(entry.path, target)
+            log.info("restored %s from %s (%d photos)", target_name, entry.path, entry.photos)
+            return entry
 
     def summary(self) -> dict[str, dict]:
         """Per person: photo files on disk and usable (cached) photos, without running any model."""
