@@ -1,11 +1,15 @@
 # Two commands set everything up on a fresh machine:
 #   make run    - install the agent's runtime into .venv (nothing for tests) and run it (face-agent run) with ./agent.toml
-#   make test   - add the test extras (pytest, ruff, matplotlib, the web console and Playwright, the mtcnn weights;
-#                 plus mosquitto and chromium from Debian if missing) to .venv and run the test suite
+#   make test   - add the test extras (pytest, ruff, matplotlib, the web console and Playwright, the mtcnn weights)
+#                 to .venv, the Debian packages the tests need if missing (mosquitto, systemd-analyze, chromium,
+#                 GStreamer's RTSP server for the system python3), and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 ARGS ?=
+# a real RTSP camera for the tests (tests/rtsp_server.py, run with the system python3)
+RTSP_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
 .PHONY: run test install install-runtime system-deps lint bench clean
 
@@ -38,6 +42,10 @@ system-deps:
 	@test -x /usr/bin/chromium || { \
 	  echo "installing chromium (Debian package, the web console's browser tests drive it with Playwright)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
+	  && gst-inspect-1.0 --exists x264enc && gst-inspect-1.0 --exists avdec_h264 || { \
+	  echo "installing GStreamer's RTSP server (Debian packages, tests/test_rtsp.py's camera)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(RTSP_PACKAGES) >/dev/null; }
 
 run: install-runtime
 	$(VENV)/bin/face-agent run $(ARGS)

@@ -11,6 +11,7 @@ import sys
 from agent import __version__
 from agent.config import ConfigError
 from agent.files import STORAGE_ERRNOS, StorageError, storage_hint
+from agent.logsafe import RedactingFormatter, redact
 from agent.memory import limit_heap_growth
 
 # subcommand modules in agent/commands/, in the order `--help` lists them
@@ -19,6 +20,7 @@ COMMANDS = [
     "identify",
     "people",
     "forget",
+    "restore",
     "unknowns",
     "name",
     "reject",
@@ -43,11 +45,9 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` leaves: output cut
 
 def setup_logging(verbosity: int) -> None:
     level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
         return EXIT_BROKEN_PIPE
     except ConfigError as exc:
-        print(f"face-agent: configuration error: {exc}", file=sys.stderr)
+        print(f"face-agent: configuration error: {redact(exc)}", file=sys.stderr)
         return 2
     except StorageError as exc:  # full disk, read-only mount: one line, not a traceback
-        print(f"face-agent: {exc}", file=sys.stderr)
+        print(f"face-agent: {redact(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS or not exc.filename:
@@ -92,5 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         folder = os.path.dirname(os.path.abspath(exc.filename))
         print(f"face-agent: cannot write {exc.filename}: {exc.strerror} ({storage_hint(folder)})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: say so (commands with work to resume say more themselves)
+        print(f"\nface-agent: {args.command} interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.logsafe import redact
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
@@ -178,6 +180,11 @@ class SourceSection:
     timeout: float = setting(10.0, bounds=POSITIVE)
     # tcp | udp: RTSP transport (tcp survives lossy links without smearing)
     rtsp_transport: str = setting("tcp", choices=("tcp", "udp"))
+    # auto | ffmpeg | gstreamer: who decodes an rtsp:// stream. auto: GStreamer with the Jetson's hardware
+    # decoder (nvv4l2decoder) when OpenCV has GStreamer and the decoder exists, else FFmpeg on the CPU; a
+    # GStreamer pipeline that does not start falls back to FFmpeg. gstreamer: always GStreamer (hardware if
+    # there, else libav on the CPU). ffmpeg: always FFmpeg
+    decoder: str = setting("auto", choices=("auto", "ffmpeg", "gstreamer"))
 
 
 @dataclass
@@ -296,6 +303,9 @@ class MqttSection:
     max_inflight: int = setting(20, bounds=Range(1, 65535))  # events published but not yet acknowledged (PUBACK)
     ack_timeout: float = setting(30.0, bounds=POSITIVE)  # s connected without PUBACK before an event is published again
     shutdown_timeout: float = setting(5.0, bounds=AT_LEAST_0)  # s to flush the outbox on a clean shutdown
+    # s: an event not published within this long after it happened is not published late (automations would fire
+    # on a stale arrival): kept in the log as "expired" (face-agent events --resend-expired sends them); 0: no limit
+    max_event_age: float = setting(3600.0, bounds=AT_LEAST_0)
 
 
 @dataclass
@@ -620,20 +630,26 @@ def config_as_dict(cfg: Config, mask_secrets: bool = True) -> dict:
             continue
         if f.name == "sources":  # [[sources]] only when the file has cameras
             if cfg.sources:
-                out["sources"] = [camera_as_dict(camera) for camera in cfg.sources]
+                out["sources"] = [camera_as_dict(camera, mask_secrets) for camera in cfg.sources]
             continue
         section = dataclasses.asdict(getattr(cfg, f.name))
         for key in section:
             if mask_secrets and (f.name, key) in SECRET_KEYS and section[key]:
                 section[key] = "********"
+        if mask_secrets and f.name == "source":
+            section["uri"] = redact(section["uri"])
         out[f.name] = section
     return out
 
 
-def camera_as_dict(camera: Camera) -> dict:
-    """A camera as its [[sources]] entry would write it (every value, merged with the agent-wide sections)."""
+def camera_as_dict(camera: Camera, mask_secrets: bool = True) -> dict:
+    """A camera as its [[sources]] entry would write it (every value, merged with the agent-wide sections);
+    the credentials in its uri redacted unless mask_secrets is False."""
     detector = dataclasses.asdict(camera.detector)
-    return {"name": camera.name, **dataclasses.asdict(camera.source),
+    source = dataclasses.asdict(camera.source)
+    if mask_secrets:
+        source["uri"] = redact(source["uri"])
+    return {"name": camera.name, **source,
             "tracker": dataclasses.asdict(camera.tracker), "voting": dataclasses.asdict(camera.voting),
             "detector": {k: detector[k] for k in CAMERA_DETECTOR_KEYS}}
 

@@ -5,7 +5,8 @@ On disk (root = `[paths] faces`):
                                       `enroll PERSON FILE` are named <original stem>-<sha8>.<ext>
     train/aligned/<person>/<stem>.png the 150x150 chip cut from each usable photo, named after the photo
                                       (<photo stem>-<sha8>.png; older versions used <sha16>.png: renamed on use)
-    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes)
+    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes;
+                                      `restore` moves them back)
     train/negatives/<person>.npy      embeddings of faces a user said are not that person (`reject`): the
                                       classifier's gate keeps them from being named so again
 and in `[paths] storage`: `embeddings.db`, a cache keyed by (photo sha256, embedding backend,
@@ -63,6 +64,20 @@ SEVERAL_FACES = "several_faces"
 TOO_SMALL = "too_small"
 UNREADABLE = "unreadable"
 DUPLICATE = "duplicate"
+
+
+_TRASH_NAME = re.compile(r"^(?P<person>.+)-(?P<date>\d{8})-(?P<time>\d{6})(?:-(?P<n>\d+))?$")  # forget's folders
+
+
+@dataclass(frozen=True)
+class Trashed:
+    """The photos of one forgotten person in the trash: <faces>/train/trash/<person>-<stamp>[-n]/."""
+
+    person: str
+    path: Path
+    stamp: str  # YYYYMMDD-HHMMSS, local time of the forget
+    n: int  # 2, 3... for a second forget of the same name in the same second
+    photos: int
 
 
 class InvalidNameError(ValueError):
@@ -138,6 +153,33 @@ CACHE_COLUMNS = {
     "embedding": bytes,  # 128 float32, or NULL
     "box": str,  # JSON [left, top, right, bottom] of the face, or null
 }
+
+
+_FILE_PREFIX = re.compile(r"^(?:[^:\n]*[/\\][^:\n]*|[^:/\\\n]+\.[A-Za-z0-9]{2,5}): ")
+
+
+def _without_file_name(reason: str) -> str:
+    """A refusal's reason without the file name it may start with ("/x/fake.jpg: not an image" -> "not an
+    image"): reasons are cached by content and shown next to the file they are about."""
+    return _FILE_PREFIX.sub("", reason or "", count=1)
+
+
+def _originals(results: list[PhotoResult]) -> dict[tuple[str, str], Path]:
+    """(person, sha256) -> the photo kept when a person's folder holds the same photo several times: the oldest
+    file (modification time, then name), i.e. not the copy just added."""
+    def age(path: Path) -> tuple[float, str]:
+        try:
+            return path.stat().st_mtime, path.name
+        except OSError:
+            return float("inf"), path.name
+
+    out: dict[tuple[str, str], Path] = {}
+    for r in results:
+        if r.ok and r.sha256:
+            key = (r.person, r.sha256)
+            if key not in out or age(r.path) < age(out[key]):
+                out[key] = r.path
+    return out
 
 
 def _create_cache_tables(db: sqlite_utils.Database) -> None:
@@ -339,8 +381,10 @@ class Gallery:
         if cached is not None:
             status, reason, emb = cached
             if status != ENROLLED or self._chip_ready(person, path, sha):
-                return PhotoResult(person, path, status, reason, sha, cached=True), emb
+                # the cache is by content: a refusal cached for another file with the same bytes must not name it
+                return PhotoResult(person, path, status, _without_file_name(reason), sha, cached=True), emb
         result, emb, box = self._analyze(person, path, sha)
+        result.reason = _without_file_name(result.reason)  # the result names its file (path) already
         self.cache.put(sha, settings, result.status, result.reason, emb, box)
         return result, emb
 
@@ -401,16 +445,20 @@ class Gallery:
             embeddings: list[np.ndarray] = []
             names: list[str] = []
             seen: set[tuple[str, str]] = set()
-            for person, path in tqdm(jobs, desc="enrolling", unit="photo", disable=not progress or not jobs,
-                                     leave=False):
-                result, emb = self.process_photo(person, path, settings)
-                if result.ok and (person, result.sha256) in seen:
-                    result = PhotoResult(person, path, DUPLICATE, "same photo as another of this person",
-                                         result.sha256, result.cached)
+            analysed = [self.process_photo(person, path, settings)
+                        for person, path in tqdm(jobs, desc="enrolling", unit="photo",
+                                                 disable=not progress or not jobs, leave=False)]
+            originals = _originals([r for r, _ in analysed])
+            for result, emb in analysed:
+                original = originals.get((result.person, result.sha256)) if result.ok else None
+                if original is not None and original != result.path:
+                    result = PhotoResult(result.person, result.path, DUPLICATE,
+                                         f"a copy of {original.name} (the older file, which is kept): remove this "
+                                         "one", result.sha256, result.cached)
                 elif result.ok:
-                    seen.add((person, result.sha256))
+                    seen.add((result.person, result.sha256))
                     embeddings.append(emb)
-                    names.append(person)
+                    names.append(result.person)
                 results.append(result)
             X = np.stack(embeddings) if embeddings else np.zeros((0, 128), dtype=np.float32)
             fingerprint = self._fingerprint(sorted(seen))
@@ -667,10 +715,57 @@ class Gallery:
             args = (X, names, r, fingerprint, {"embedding_backend": self.analyzer.embedder.name,
                                                "embedding_flip": self.analyzer.flip,
                                                "warnings": self.warnings})
+            if names:
+                log.info("training the classifier on %d photos of %d people (cross-validation picks the kernel)",
+                         len(names), len(set(names)))
+            started = time.monotonic()
             clf = train_elsewhere(*args) if self.train_in_subprocess else train(*args)
+            if names:
+                log.info("trained in %.1f s", time.monotonic() - started)
             clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}
             clf.save(self.svm_dir)
             return clf, results, True
+
+    # ---- undo of forget: restore from the trash (kept apart from forget, which decides what the trash holds)
+    def trashed(self, person: str | None = None) -> list[Trashed]:
+        """The forgotten people whose photos are in the trash (<faces>/train/trash/<person>-<time>/), newest
+        first; only `person`'s when given."""
+        found = []
+        if self.trash.is_dir():
+            for folder in self.trash.iterdir():
+                match = _TRASH_NAME.match(folder.name)
+                if not folder.is_dir() or match is None or (person is not None and match["person"] != person):
+                    continue
+                stamp = f"{match['date']}-{match['time']}"
+                photos = sum(1 for p in folder.iterdir() if p.is_file())
+                found.append(Trashed(match["person"], folder, stamp, int(match["n"] or 1), photos))
+        return sorted(found, key=lambda t: (t.stamp, t.n), reverse=True)
+
+    def restore(self, person: str, folder: str | None = None, as_name: str | None = None) -> Trashed:
+        """Undo `forget`: move the person's photos back from the trash to <faces>/train/raw/<as_name or
+        person>/ (the most recent forget of them, or the trash folder named `folder`); the caller retrains.
+        Raises NotEnrolledError when the trash holds no such folder, NameTakenError when that person has
+        photos again (restore under another name with as_name)."""
+        name = validate_person_name(person)
+        target_name = validate_person_name(as_name) if as_name else name
+        with self._lock:
+            candidates = self.trashed(name)
+            if folder is not None:
+                candidates = [t for t in candidates if t.path.name == folder]
+            if not candidates:
+                where = f" named {folder!r}" if folder is not None else ""
+                raise NotEnrolledError(f"no forgotten photos of {name!r}{where} in {self.trash}")
+            entry = candidates[0]
+            target = self.raw / target_name
+            if target.is_dir() and any(target.iterdir()):
+                raise NameTakenError(f"{target_name!r} has photos again ({target}): restore under another "
+                                     "name (--as NAME), then rename or merge by hand")
+            if target.is_dir():
+                target.rmdir()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(entry.path, target)
+            log.info("restored %s from %s (%d photos)", target_name, entry.path, entry.photos)
+            return entry
 
     def summary(self) -> dict[str, dict]:
         """Per person: photo files on disk and usable (cached) photos, without running any model."""

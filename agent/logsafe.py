@@ -1,7 +1,10 @@
 """Logging values that come from outside (MQTT requests, file names, image headers) without letting them
 forge log lines: `escape()` turns control characters (newlines, ANSI escapes, NUL...) into visible
 backslash escapes and cuts the text to a sane length; `RateLimitedLog` keeps a flood of rejected requests
-from flooding the journal.
+from flooding the journal; `redact()` hides the credentials of every URI in a text
+(rtsp://admin:pw@cam/ -> rtsp://***@cam/): the one helper for every place a camera URI can be shown (log
+lines - `RedactingFormatter` passes every record through it -, errors, the status file, the stats topic,
+Home Assistant, the web console, `doctor`, `config show`).
 
     log.warning("rejected %s", escape(fields.get("command")))
     rejections = RateLimitedLog(log, per_period=20, period=60.0)
@@ -11,11 +14,42 @@ from flooding the journal.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
 
 MAX_LOGGED_CHARS = 200  # longest outside value written into one log line
+REDACTED = "***"
+
+# scheme://USERINFO@host...: everything up to the last "@" before the path is the user and password
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@]*(?:@[^\s/?#@]*)*@")
+# ?user=...&password=... (cameras with HTTP snapshot/stream URLs, tokens)
+_SECRET_QUERY = re.compile(r"(?P<key>[?&;](?:user|username|usr|login|password|passwd|pass|pwd|psw|token|"
+                           r"access_token|auth|key|api_key|apikey|secret|signature|sig)=)[^&;#\s\"']*",
+                           re.IGNORECASE)
+# user-id=... user-pw=... (rtspsrc's properties in a gst: pipeline)
+_GST_CREDENTIALS = re.compile(r"(?P<key>\buser-(?:id|pw)=)(?:\"(?:[^\"\\]|\\.)*\"|[^\s!]*)")
+
+
+def redact(text: Any) -> str:
+    """`text` with the credentials of every URI in it replaced by ***: the user and password before the
+    host (rtsp://admin:pw@10.0.0.5/ -> rtsp://***@10.0.0.5/) and secret query values (?password=x ->
+    ?password=***). Everything else is left as it is, so the text still says which camera it is about."""
+    text = text if isinstance(text, str) else str(text)
+    if "://" not in text and "=" not in text:
+        return text
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+    text = _SECRET_QUERY.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
+    return _GST_CREDENTIALS.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose every line (message, arguments and traceback) went through `redact()`: a camera
+    password reaches no log, whoever logs the URI (our modules, OpenCV's or paho's messages, an exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def escape(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:

@@ -395,7 +395,8 @@ class Service:
         if self.publisher is not None:
             left = self.publisher.stop()
             if left:
-                log.warning("%d events not yet published; they are kept and sent at the next start", left)
+                log.warning("%d events not yet published; they are kept and sent at the next start (those older "
+                            "than [mqtt] max_event_age by then are kept as expired, not sent late)", left)
         if self.intake is not None:  # after the client: the broker keeps queueing requests for us
             self.intake.stop()
         if self.store is not None:

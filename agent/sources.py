@@ -26,6 +26,7 @@ OPENCV_LOG_LEVEL / OPENCV_FFMPEG_LOGLEVEL to see them); the reasons appear in th
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -41,7 +42,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent import rtsp
 from agent.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_image
+from agent.logsafe import redact
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +124,17 @@ def parse_uri(uri: str, base_dir: Path | None = None) -> tuple[str, Any]:
     if text.lower().startswith("csi://"):
         rest = text[len("csi://"):] or "0"
         if not rest.isdigit():
-            raise SourceError(f"source.uri {uri!r}: the CSI sensor id must be a number, as in csi://0")
+            raise SourceError(f"source.uri {redact(uri)!r}: the CSI sensor id must be a number, as in csi://0")
         return "csi", int(rest)
     if text.startswith("gst:"):
         pipeline = text[len("gst:"):].strip()
         if not pipeline:
-            raise SourceError(f"source.uri {uri!r}: an empty GStreamer pipeline")
+            raise SourceError(f"source.uri {redact(uri)!r}: an empty GStreamer pipeline")
         return "gst", pipeline
     if text.lower().startswith(STREAM_PREFIXES):
         return "stream", text
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        raise SourceError(f"source.uri {uri!r}: unsupported scheme (use rtsp://, http(s)://, csi:// or gst:)")
+        raise SourceError(f"source.uri {redact(uri)!r}: unsupported scheme (use rtsp://, http(s)://, csi:// or gst:)")
     path = Path(text).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
@@ -165,12 +168,35 @@ def _network_cause(url: str, timeout: float) -> str:
         return f"no answer from {host}:{port}"
     except OSError as exc:
         return f"{host}:{port}: {exc.strerror or exc}"
+    if parsed.scheme.lower() == "rtsp":
+        why = rtsp.explain(url, min(timeout, 5.0))  # the camera's own answer: 401, 404...
+        if why:
+            return why
     return f"{host}:{port} answers but sends no video FFmpeg can read (wrong path, credentials or format?)"
 
 
 def _gstreamer_available() -> bool:
     match = re.search(r"GStreamer:\s*(\w+)", cv2.getBuildInformation())
     return bool(match and match.group(1).upper() == "YES")
+
+
+def choose_decoder(kind: str, target: Any, setting: str) -> tuple[str, bool]:
+    """(decoder, hardware) for a source: ("gstreamer", True/False) or ("ffmpeg", False).
+
+    Only rtsp:// streams have a choice ([source] decoder): "ffmpeg" always FFmpeg on the CPU; "gstreamer"
+    GStreamer (Jetson's hardware decoder when the system's GStreamer has it, else libav on the CPU); "auto"
+    GStreamer with the hardware decoder when OpenCV has GStreamer and the decoder exists (a Jetson), else
+    FFmpeg. Raises SourceError for "gstreamer" with an OpenCV built without GStreamer."""
+    if kind != "stream" or not str(target).lower().startswith("rtsp://") or setting == "ffmpeg":
+        return "ffmpeg", False
+    if setting == "gstreamer":
+        if not _gstreamer_available():
+            raise SourceError('source.decoder = "gstreamer" needs OpenCV built with GStreamer (JetPack\'s '
+                              'python3-opencv); this OpenCV has none: use "auto" or "ffmpeg"')
+        return "gstreamer", rtsp.gstreamer_has(rtsp.HARDWARE_DECODER)
+    if _gstreamer_available() and rtsp.gstreamer_has(rtsp.HARDWARE_DECODER):
+        return "gstreamer", True
+    return "ffmpeg", False
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -200,9 +226,12 @@ class _CaptureReader:
         self.cap: cv2.VideoCapture | None = None
         self.fps = float(section.fps)
         self.index = -1  # index of the last frame read; continues across reopens
+        self.decoder, self.hardware = choose_decoder(kind, target, getattr(section, "decoder", "ffmpeg"))
+        self.fallback = getattr(section, "decoder", "ffmpeg") == "auto"  # GStreamer failing -> FFmpeg
 
     def describe(self) -> str:
-        return f"{self.kind} {self.target}" if self.kind != "gst" else "GStreamer pipeline"
+        """What the source is, for logs, errors and reports: credentials redacted, a pipeline not spelled out."""
+        return f"{self.kind} {redact(self.target)}" if self.kind != "gst" else "GStreamer pipeline"
 
     def device(self) -> str | None:
         """The device node of a local camera (camera index N is /dev/videoN on Linux), else None."""
@@ -222,11 +251,13 @@ class _CaptureReader:
             pipeline = csi_pipeline(self.target, s.width, s.height, s.fps) if self.kind == "csi" else self.target
             cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
         else:
-            is_rtsp = self.target.lower().startswith(("rtsp://", "rtsps://"))
-            if is_rtsp and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:  # the user's own options win
-                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{s.rtsp_transport}"
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-            cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
+            cap = self._open_gstreamer() if self.decoder == "gstreamer" else None
+            if cap is None:
+                is_rtsp = self.target.lower().startswith(("rtsp://", "rtsps://"))
+                if is_rtsp and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ:  # the user's own options win
+                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{s.rtsp_transport}"
+                params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+                cap = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             raise _OpenError(f"cannot open {self.describe()}: {self._why_not()}")
@@ -239,6 +270,27 @@ class _CaptureReader:
         if math.isfinite(fps) and 0 < fps < 1000:
             self.fps = float(fps)
         self.cap = cap
+
+    def _open_gstreamer(self) -> cv2.VideoCapture | None:
+        """The rtsp:// stream through the GStreamer pipeline (agent.rtsp); None after falling back to FFmpeg
+        ([source] decoder = "auto" and the pipeline did not start: logged once, FFmpeg from then on)."""
+        s = self.section
+        codec = "h264"
+        with contextlib.suppress(rtsp.ProbeError, OSError, ValueError):  # the open below fails and says why
+            codec = rtsp.probe(self.target, min(s.timeout, 5.0)).codec or codec
+        pipeline = rtsp.gstreamer_pipeline(self.target, codec, transport=s.rtsp_transport, hardware=self.hardware,
+                                           timeout=s.timeout)
+        cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+        if cap.isOpened() or not self.fallback:
+            log.debug("%s: decoding %s with GStreamer (%s)", self.describe(), codec.upper(),
+                      rtsp.HARDWARE_DECODER if self.hardware else rtsp.CODECS[codec][2])
+            return cap
+        cap.release()
+        log.warning("%s: the GStreamer %s pipeline did not start (%s); decoding with FFmpeg on the CPU from now "
+                    "on", self.describe(), "hardware decoding" if self.hardware else "decoding",
+                    _network_cause(self.target, s.timeout))
+        self.decoder = "ffmpeg"
+        return None
 
     def _why_not(self) -> str:
         """The likely cause of a failed open, since OpenCV does not say (and its log lines are silenced)."""
@@ -665,7 +717,7 @@ def open_source(section: Any, every_frame: bool | None = None, base_dir: Path | 
         reader = _FolderReader(target, section, max_pixels, max_bytes)
     else:
         if kind in ("csi", "gst") and not _gstreamer_available():
-            raise SourceError(f"source.uri {section.uri!r} needs OpenCV built with GStreamer "
+            raise SourceError(f"source.uri {redact(section.uri)!r} needs OpenCV built with GStreamer "
                               "(JetPack's python3-opencv); this OpenCV has no GStreamer support")
         reader = _CaptureReader(kind, target, section)
     live = kind not in ("file", "folder")

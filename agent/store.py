@@ -2,7 +2,10 @@
 
 Each row keeps the exact JSON that is published and an outbox state: `pending` until the broker
 acknowledged it (PUBACK), then `delivered`. After any outage - broker down, agent killed, power cut - the
-publisher drains the pending rows in insertion order, so nothing logged is lost.
+publisher drains the pending rows in insertion order, so nothing logged is lost. A pending event older than
+`[mqtt] max_event_age` (1 h) is not published late (automations would fire on a stale arrival): the
+publisher marks it `expired`; it stays in the log (`face-agent events`, counted in the stats' outbox) and
+`face-agent events --resend-expired` makes it pending again.
 
 Durability: WAL journal (readers never block the writer) with `synchronous = FULL` by default: every
 commit is fsynced, so an event that `add()` returned for survives a power cut, not just a crash. Edge
@@ -19,7 +22,7 @@ publisher thread reads the outbox and marks rows delivered); writes wait up to `
 for each other. Listeners registered with `add_listener` are called after each `add()` (the publisher uses
 it to wake up).
 
-Retention (`enforce_retention`): delivered events older than `[store] retention_days` are deleted; above
+Retention (`enforce_retention`): delivered (and expired) events older than `[store] retention_days` are deleted; above
 `[store] max_db_mb` (the database file plus its WAL, whose size is capped at a quarter of it) the WAL is
 checkpointed and just enough of the oldest delivered events are deleted, then the freed pages are given
 back to the file system (auto_vacuum = INCREMENTAL + incremental_vacuum). Pending events are never deleted
@@ -59,6 +62,8 @@ WAL_LIMIT_BYTES = 16 * 1024 * 1024  # journal_size_limit: the WAL is truncated b
 WAL_SHARE = 4  # the WAL may take at most 1/WAL_SHARE of max_db_mb (and at most WAL_LIMIT_BYTES)
 PENDING = "pending"
 DELIVERED = "delivered"
+EXPIRED = "expired"  # pending until older than [mqtt] max_event_age: kept in the log, never published late
+SETTLED = (DELIVERED, EXPIRED)  # states retention may delete (with MQTT on)
 
 COLUMNS = {
     "seq": int,  # insertion order (rowid)
@@ -70,8 +75,8 @@ COLUMNS = {
     "camera": str,
     "track_id": int,
     "confidence": float,
-    "state": str,  # pending | delivered
-    "created": float,  # when the row was written
+    "state": str,  # pending | delivered | expired
+    "created": float,  # when the row was written (or made pending again: resend_expired)
     "delivered_at": float,  # when the PUBACK came
     "payload": str,  # the exact JSON published
 }
@@ -288,7 +293,7 @@ class EventStore:
             return int(conn.execute(_INSERT, row).lastrowid)
 
     def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
-        freed = self._delete_oldest(DELIVERED if self.outbox else None, DELETE_BATCH)
+        freed = self._delete_oldest(SETTLED if self.outbox else None, DELETE_BATCH)
         if freed:
             log.warning("%s: disk full: deleted the %d oldest delivered events to make room",
                         self.path, freed)
@@ -314,9 +319,12 @@ class EventStore:
             f"the {pending} undelivered events already stored are kept. Free disk space "
             "(or set [store] max_db_mb / drop_pending_when_full)") from exc
 
-    def _delete_oldest(self, state: str | None, n: int) -> int:
-        """Delete the `n` oldest events in `state` (None: in any state); how many were deleted."""
-        where, params = ("WHERE state = ? ", [state, n]) if state is not None else ("", [n])
+    def _delete_oldest(self, state: str | tuple[str, ...] | None, n: int) -> int:
+        """Delete the `n` oldest events in `state` (a tuple: in any of them; None: in any state); how many
+        were deleted."""
+        states = (state,) if isinstance(state, str) else state
+        where, params = ((f"WHERE state IN ({', '.join('?' * len(states))}) ", [*states, n]) if states
+                         else ("", [n]))
         try:
             return self._delete(f"seq IN (SELECT seq FROM events {where}ORDER BY seq LIMIT ?)", params)
         except sqlite3.OperationalError as exc:
@@ -336,7 +344,7 @@ class EventStore:
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise StoreError(f"{self.path}: cannot mark events delivered: {exc}") from None
-            if self._delete_oldest(DELIVERED, DELETE_BATCH):
+            if self._delete_oldest(SETTLED, DELETE_BATCH):
                 try:
                     return self._mark(ids)
                 except sqlite3.OperationalError:
@@ -384,6 +392,24 @@ class EventStore:
         rows = [StoredEvent(*row) for row in self.conn.execute(_PENDING, (int(limit) + len(skip),))]
         return [r for r in rows if r.event_id not in skip][:limit]
 
+    def expire_pending(self, older_than: float, exclude: Iterable[str] = ()) -> int:
+        """Mark the pending events that happened and were queued before `older_than` (epoch seconds) expired,
+        except the ids in `exclude` (in flight); how many. They stay in the log (`events`, `status`);
+        `resend_expired()` undoes it."""
+        skip = list(exclude)
+        marks = f" AND event_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+        with self.conn as conn:
+            return conn.execute(f"UPDATE events SET state = ? WHERE state = 'pending' AND t < ? AND created < ?"
+                                f"{marks}", (EXPIRED, older_than, older_than, *skip)).rowcount
+
+    def resend_expired(self, since: float | None = None) -> int:
+        """Make expired events (at or after `since`, epoch seconds) pending again, queued now (`created`): published
+        at the next chance however old they are; how many."""
+        where, params = ("AND t >= ?", [since]) if since is not None else ("", [])
+        with self.conn as conn:
+            return conn.execute(f"UPDATE events SET state = ?, created = ? WHERE state = ? {where}",
+                                (PENDING, time.time(), EXPIRED, *params)).rowcount
+
     def get(self, event_id: str) -> StoredEvent | None:
         rows = self._rows("event_id = ?", [event_id], limit=1)
         return rows[0] if rows else None
@@ -406,8 +432,8 @@ class EventStore:
         return int(self.table.count if state is None else self.table.count_where("state = ?", [state]))
 
     def counts(self) -> dict[str, int]:
-        """{'pending': n, 'delivered': m, 'total': n + m}."""
-        out = {PENDING: 0, DELIVERED: 0}
+        """{'pending': n, 'delivered': m, 'expired': k, 'total': n + m + k}."""
+        out = {PENDING: 0, DELIVERED: 0, EXPIRED: 0}
         # plain SQL: both counts from one read (two count_where calls could see a row change state between them)
         for state, n in self.db.execute("SELECT state, count(*) FROM events GROUP BY state"):
             out[state] = int(n)
@@ -444,9 +470,9 @@ class EventStore:
         the same retention."""
         now = time.time() if now is None else now
         cutoff = now - self.retention_days * 86400
-        deletable = DELIVERED if self.outbox else None  # None: any state
-        by_age = self._delete("t < ?" + (" AND state = ?" if deletable else ""),
-                              [cutoff, deletable] if deletable else [cutoff])
+        deletable = SETTLED if self.outbox else None  # None: any state
+        by_age = self._delete("t < ?" + (" AND state IN (?, ?)" if deletable else ""),
+                              [cutoff, *deletable] if deletable else [cutoff])
         old_pending = 0
         if self.outbox:
             old_pending = int(self.table.count_where("state = ? AND t < ?", [PENDING, cutoff]))

@@ -38,3 +38,16 @@ def test_make_test_adds_the_test_extras_and_runs_ruff_and_pytest(tmp_path):
     assert any("bin/pytest" in line for line in lines)
     extras = (ROOT / "pyproject.toml").read_text()
     assert 'test = ["pytest' in extras and "matplotlib" in extras.split("[project.optional-dependencies]")[1]
+
+
+def test_the_rtsp_camera_packages_are_installed_by_make_test_and_ci(tmp_path):
+    """tests/test_rtsp.py's camera (gst-rtsp-server for the system python3) comes with a fresh clone's setup."""
+    packages = ("python3-gi", "gir1.2-gst-rtsp-server-1.0", "gstreamer1.0-plugins-good", "gstreamer1.0-plugins-bad",
+                "gstreamer1.0-plugins-ugly", "gstreamer1.0-libav")
+    deps = "\n".join(recipe("system-deps", tmp_path / "venv"))
+    ci = (ROOT / ".ci" / "run").read_text()
+    for package in packages:
+        assert package in deps, (package, deps)
+        assert package in ci, package
+    assert "system-deps" in subprocess.run(["make", "-n", "-p", "-C", str(ROOT), "test"], capture_output=True,
+                                           text=True).stdout.split("\ntest:")[1].splitlines()[0]

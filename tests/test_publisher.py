@@ -120,7 +120,7 @@ def test_broker_down_at_start_then_outage_mid_run_loses_nothing(tmp_path, mosqui
     everything = {e.event_id for e in first + second}
     assert col.wait_for(lambda m: set(event_ids(col)) >= everything, timeout=20)
     assert set(event_ids(col)) == everything  # none lost (duplicates would be allowed, none expected here)
-    assert wait_until(lambda: store.counts() == {"pending": 0, "delivered": 45, "total": 45})
+    assert wait_until(lambda: store.counts() == {"pending": 0, "delivered": 45, "expired": 0, "total": 45})
     assert pub.client.reconnects >= 1
     pub.stop()
     col.stop()
@@ -309,6 +309,8 @@ def test_unreachable_broker_retries_and_keeps_events(tmp_path, caplog):
         time.sleep(2.0)
     assert not pub.connected
     assert f"cannot reach broker 127.0.0.1:{port}" in caplog.text
+    first = [r.getMessage() for r in caplog.records if "cannot reach broker" in r.getMessage()][0]
+    assert "apt install mosquitto" in first and "[mqtt] enabled = false" in first, first  # what to do
     assert pub.stop(timeout=0.5) == 3  # nothing lost: still pending for the next start
     assert pub.error is None
 
@@ -432,3 +434,46 @@ def test_client_publish_with_v5_properties_and_wait(tmp_path, mosquitto):
     info = client.publish("faces/edge-1/replies", b"late")
     assert info.rc != 0 and not client.wait_published(info, 0.1)
     col.stop()
+
+
+def test_events_too_old_are_not_published_late_but_kept_and_can_be_resent(tmp_path, mosquitto, caplog):
+    """MQTT was off (or the broker down) for days: when a broker comes, events older than [mqtt]
+    max_event_age are not sent (automations would fire on stale arrivals); they stay in the log as expired,
+    counted in the stats, and `face-agent events --resend-expired` sends them anyway."""
+    cfg = config(tmp_path, mosquitto, max_event_age=3600.0)
+    store = EventStore(cfg)
+    events = add_events(store, cfg, 5)
+    old = [e.event_id for e in events[:3]]
+    two_hours_ago = time.time() - 7200
+    with store.conn as conn:  # three of them happened (and were queued) two hours ago
+        conn.execute(f"UPDATE events SET t = ?, created = ? WHERE event_id IN ({', '.join('?' * 3)})",
+                     (two_hours_ago, two_hours_ago, *old))
+    col = Collector(mosquitto, "faces/#").start()
+    pub = Publisher(cfg, store, lambda: {})
+    with caplog.at_level(logging.WARNING, logger="agent.sync.publisher"):
+        pub.start()
+        assert col.wait_for(lambda m: len(event_ids(col)) >= 2)
+        assert wait_until(lambda: store.counts()["pending"] == 0)
+        assert col.wait_for(lambda m: any(json.loads(x.payload).get("outbox", {}).get("expired") == 3
+                                          for x in col.on(f"faces/{AGENT}/stats")))
+    assert sorted(event_ids(col)) == sorted(e.event_id for e in events[3:])
+    assert store.counts() == {"pending": 0, "delivered": 2, "expired": 3, "total": 5}
+    assert pub.expired == 3
+    assert "3 events older than [mqtt] max_event_age (3600 s) were not published" in caplog.text
+    assert "--resend-expired" in caplog.text
+
+    cfg_path = tmp_path / "agent.toml"
+    cfg_path.write_text('[paths]\nstorage = "storage"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    listed = subprocess.run([sys.executable, "-m", "agent", "-c", str(cfg_path), "events", "--expired"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert listed.stdout.count(" expired ") == 3 and "3 event(s)" in listed.stdout, listed.stdout + listed.stderr
+    resend = subprocess.run([sys.executable, "-m", "agent", "-c", str(cfg_path), "events", "--resend-expired"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert resend.returncode == 0 and "3 expired event(s) made pending" in resend.stdout, resend.stderr
+    pub.wake()  # the running publisher sends them now, however old
+    assert col.wait_for(lambda m: set(event_ids(col)) >= {e.event_id for e in events}, timeout=20)
+    assert wait_until(lambda: store.counts()["delivered"] == 5)
+    pub.stop()
+    col.stop()
+    store.close()

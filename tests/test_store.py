@@ -67,7 +67,7 @@ def test_outbox_order_and_delivery(store):
     assert store.mark_delivered([events[1].event_id, events[0].event_id, "nonexistent"]) == 2
     assert store.mark_delivered([events[0].event_id]) == 0  # already delivered
     assert [r.event_id for r in store.pending(2)] == [events[2].event_id, events[3].event_id]
-    assert store.counts() == {"pending": 8, "delivered": 2, "total": 10}
+    assert store.counts() == {"pending": 8, "delivered": 2, "expired": 0, "total": 10}
     assert store.get(events[0].event_id).state == "delivered"
     with pytest.raises(StoreError, match="already stored"):
         store.add(events[0])
@@ -251,7 +251,7 @@ def test_concurrent_writer_and_publisher_threads(store):
     for t in threads:
         t.join(60)
     assert not errors
-    assert store.counts() == {"pending": 0, "delivered": total, "total": total}
+    assert store.counts() == {"pending": 0, "delivered": total, "expired": 0, "total": total}
 
 
 def test_bad_files_give_clear_errors(tmp_path, cfg):

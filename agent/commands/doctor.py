@@ -25,6 +25,7 @@ from typing import Any
 from agent import __version__
 from agent.commands._common import config_of
 from agent.files import file_sha256
+from agent.logsafe import redact
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -175,9 +176,9 @@ def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
             if not _source_needs_gstreamer(camera.source.uri):
                 continue
             where = f"camera {camera.name!r}" if cfg.sources else "[source]"
-            problems.append(f"{where} uri {camera.source.uri!r} needs OpenCV built with GStreamer, but this OpenCV "
-                            f"({report['opencv']}) has none (pip's opencv-python wheels never do): on a Jetson use "
-                            "JetPack's OpenCV from a venv made with --system-site-packages, without pip's "
+            problems.append(f"{where} uri {redact(camera.source.uri)!r} needs OpenCV built with GStreamer, but this "
+                            f"OpenCV ({report['opencv']}) has none (pip's opencv-python wheels never do): on a Jetson "
+                            "use JetPack's OpenCV from a venv made with --system-site-packages, without pip's "
                             "opencv-python-headless (deploy/install.sh does this)")
     report["models"], model_problems = _model_files(cfg)
     problems += model_problems

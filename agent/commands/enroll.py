@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
 from agent.images import ImageError
@@ -29,6 +31,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     gallery = Gallery(cfg)
+    try:
+        return _enroll(args, gallery)
+    except KeyboardInterrupt:
+        # every photo analysed so far is in the embedding cache: the next run goes on from there
+        print(f"\nface-agent: enroll interrupted; the photos analysed so far are cached "
+              f"({cfg.path('storage')}/embeddings.db) and the classifier was not changed: run `face-agent "
+              "enroll` again to go on", file=sys.stderr)
+        return 130
+    finally:
+        gallery.close()
+
+
+def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
     refused: list[PhotoResult] = []
     copied_from: dict[Path, Path] = {}
     analysed_now: set[str] = set()  # photos this command analysed first (new, though cached by now)
@@ -41,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             return fail("give at least one IMAGE after PERSON", 2)
         # analysed where they are first: only an enrollable photo is copied into the person's folder
         usable: list[Path] = []
-        for src in args.images:
+        for src in tqdm(args.images, desc="analysing", unit="photo", disable=not show_progress(), leave=False):
             result, _ = gallery.process_photo(person, Path(src))
             if not result.cached:
                 analysed_now.add(result.sha256)

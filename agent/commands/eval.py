@@ -70,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     parts = [format_eval(recognition)] if recognition else []
     parts += [format_detections(detections)] if detections else []
-    save_last(cfg, "eval", "\n\n".join(parts), {"recognition": recognition, "detections": detections}, recognition)
+    saved = save_last(cfg, "eval", "\n\n".join(parts), {"recognition": recognition, "detections": detections},
+                      recognition)
     if args.json:
         print(json.dumps({"recognition": recognition, "detections": detections}, ensure_ascii=False))
     else:
         if args.plot is not None:
             parts.append(f"plot written to {args.plot}")
+        if saved is not None:
+            parts.append(f"report saved to {saved / 'eval.txt'} (and .json; the web console's Evaluation reports)")
         print("\n\n".join(parts))
     return 1 if detections and detections["errors"] else 0

@@ -7,7 +7,7 @@ import sys
 
 from agent.commands._common import config_of, fail
 from agent.events import EVENT_TYPES, format_timestamp
-from agent.store import DB_NAME, PENDING, EventStore, StoreError
+from agent.store import DB_NAME, EXPIRED, PENDING, EventStore, StoreError
 from agent.times import parse_when
 
 
@@ -29,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="only events of this person")
     p.add_argument("--type", choices=EVENT_TYPES, help="only events of this type")
     p.add_argument("--pending", action="store_true", help="only events not yet delivered to the broker")
+    p.add_argument("--expired", action="store_true", help="only events that were never published because they "
+                   "were older than [mqtt] max_event_age by the time the broker could take them")
+    p.add_argument("--resend-expired", action="store_true", help="publish the expired events (those at or after "
+                   "--since) anyway: they become pending; a running agent sends them within seconds, else the "
+                   "next start does")
     p.add_argument("--limit", type=int, default=100,
                    help="at most this many (most recent); 0 = all (default 100)")
     p.add_argument("--json", action="store_true", help="JSON lines: each event exactly as published")
@@ -51,10 +56,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.limit < 0:
         return fail("--limit must be 0 (all) or more")
+    if args.resend_expired:
+        with EventStore(cfg, path) as store:
+            n = store.resend_expired(since=args.since)
+        print(f"{n} expired event(s) made pending: a running agent publishes them within seconds (whatever their "
+              "age), otherwise the next start does")
+        return 0
+    state = PENDING if args.pending else EXPIRED if args.expired else None
     try:
         with EventStore(cfg, path) as store:
             rows = store.query(since=args.since, until=args.until, name=args.name, type=args.type,
-                               limit=args.limit or None, state=PENDING if args.pending else None)
+                               limit=args.limit or None, state=state)
     except StoreError as exc:
         return fail(str(exc))
     out = sys.stdout

@@ -11,8 +11,8 @@ from agent.gallery import Gallery, InvalidNameError, NotEnrolledError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forget", help="forget a person (photos move to faces/train/trash/) and retrain",
                        description="Moves the person's photos from <faces>/train/raw/PERSON/ to "
-                       "<faces>/train/trash/PERSON-<time>/ (delete that folder yourself, or move it back "
-                       "and run `face-agent enroll` to undo), deletes their aligned chips and retrains.")
+                       "<faces>/train/trash/PERSON-<time>/ (delete that folder yourself; `face-agent restore PERSON` "
+                       "undoes the forget), deletes their aligned chips and retrains.")
     p.add_argument("person")
     p.set_defaults(func=run)
 
@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     clf, _, _ = gallery.ensure_trained(progress=show_progress())
     print(f"forgot {args.person}; {len(clf.people)} people remain")
     if trash is not None:
-        print(f"their photos were moved to {trash} (delete it to free the space, or move it back to "
-              f"{gallery.raw}/ to undo)")
+        print(f"their photos were moved to {trash} (delete it to free the space; undo: face-agent restore "
+              f"{args.person})")
     return 0

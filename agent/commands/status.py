@@ -19,7 +19,11 @@ EXIT_OK, EXIT_DEGRADED, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 1, 3, 4
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show whether the agent runs and how it is doing")
+    p = sub.add_parser("status", help="show whether the agent runs and how it is doing",
+                       description="Reads the running agent's status file (<storage>/status.json). Exit status: "
+                       f"{EXIT_OK} running and healthy, {EXIT_DEGRADED} running but degraded, {EXIT_NOT_RUNNING} not "
+                       "running (no status file, a stale one, or the agent stopped), "
+                       f"{EXIT_UNKNOWN} the status file cannot be read.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 

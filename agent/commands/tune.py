@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     finally:
         gallery.close()
-    if report["photos"]:
-        save_last(cfg, "tune", format_tune(report), report, report)
+    saved = save_last(cfg, "tune", format_tune(report), report, report) if report["photos"] else None
     if not report["photos"] and not args.json:
         return fail(f"nobody is enrolled: put photos in {gallery.raw}/<person>/ and run `face-agent enroll`")
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(format_tune(report) + (f"\n\nplot written to {args.plot}" if args.plot else ""))
+        print(format_tune(report) + (f"\n\nplot written to {args.plot}" if args.plot else "")
+              + (f"\n\nreport saved to {saved / 'tune.txt'} (and .json; the web console's Evaluation reports)"
+                 if saved is not None else ""))
     return 0 if report["photos"] else 1

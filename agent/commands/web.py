@@ -7,8 +7,10 @@ any address but loopback needs `[web] password_hash` (`face-agent web --hash-pas
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import logging
+import socket
 import sys
 
 from agent.commands._common import config_of, fail
@@ -68,10 +70,29 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"the web console needs the 'web' extra: pip install 'face-agent[web]' ({exc})")
     if not is_loopback(web.host):
         log.warning("the console listens on %s without TLS: put a reverse proxy with TLS in front of it", web.host)
+    try:  # the port is taken before anything says the console is on: a busy port is one clear error
+        sock = _listen(web.host, web.port)
+    except OSError as exc:
+        why = "already in use (another face-agent web, or another program: `ss -ltnp` says which)" \
+            if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        return fail(f"cannot listen on {web.host}:{web.port}: {why}; pick another port with --port or [web] port")
     app = create_app(cfg)
     url_host = f"[{web.host}]" if ":" in web.host else web.host
     print(f"face-agent web console on http://{url_host}:{web.port}/ "
           f"({'login required' if web.password_hash else 'no login: loopback only'})", flush=True)
-    uvicorn.run(app, host=web.host, port=web.port, log_level="warning", server_header=False,
-                proxy_headers=False)
+    config = uvicorn.Config(app, log_level="warning", server_header=False, proxy_headers=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (IPv6 for an address with ':'), as uvicorn would bind it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock

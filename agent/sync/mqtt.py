@@ -210,8 +210,10 @@ class MqttClient:
         self._failures += 1
         n = self._failures
         if n == 1 or n % 10 == 0:  # first failure and then every tenth: no log flood during long outages
-            log.warning("MQTT: cannot reach broker %s:%d (attempt %d); retrying with backoff up to %g s",
-                        self.settings.host, self.settings.port, n, self.settings.reconnect_max_delay)
+            hint = ("; events are kept in the event log and published once it answers. No broker yet? Start one "
+                    "(Debian: apt install mosquitto) or set [mqtt] enabled = false in agent.toml") if n == 1 else ""
+            log.warning("MQTT: cannot reach broker %s:%d (attempt %d); retrying with backoff up to %g s%s",
+                        self.settings.host, self.settings.port, n, self.settings.reconnect_max_delay, hint)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:

@@ -39,6 +39,7 @@ from agent.topics import Topics
 log = logging.getLogger(__name__)
 
 REJECT_BACKOFF = 5.0  # seconds before republishing after the broker refused a message (MQTT v5 reason)
+EXPIRE_EVERY = 1.0  # seconds between two looks for pending events older than [mqtt] max_event_age
 IDLE_WAKE = 1.0  # seconds: the loop checks timers at least this often
 
 
@@ -83,6 +84,8 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._next_stats = 0.0
         self._next_retention = 0.0
+        self._next_expiry = 0.0
+        self.expired = 0  # events this publisher marked expired ([mqtt] max_event_age)
         self._error: BaseException | None = None
         self._health_sent: tuple | None = None  # (state, reasons) last published on the health topic
         store.add_listener(lambda _event: self._wake.set())
@@ -199,6 +202,7 @@ class Publisher:
         self._process_acks()
         self._check_connection_and_timeouts()
         if self.client.connected and now >= self._hold_until:
+            self._expire_old(now)
             self._fill_window()
         if not stopping and self.client.connected and now >= self._next_stats:
             self._publish_stats()
@@ -263,6 +267,20 @@ class Publisher:
                 for record in done:
                     if record.type in (IDENTIFIED, UNKNOWN_FACE):
                         self.homeassistant.recognition(record.event())
+
+    def _expire_old(self, now: float) -> None:
+        """Pending events older than [mqtt] max_event_age become expired instead of being published late."""
+        max_age = self.cfg.mqtt.max_event_age
+        if max_age <= 0 or now < self._next_expiry:
+            return
+        self._next_expiry = now + EXPIRE_EVERY
+        busy = [e.record.event_id for e in self._inflight.values()]
+        n = self.store.expire_pending(time.time() - max_age, exclude=busy)
+        if n:
+            self.expired += n
+            log.warning("%d events older than [mqtt] max_event_age (%g s) were not published: too late for "
+                        "automations; they stay in the event log as expired (face-agent events "
+                        "--resend-expired publishes them anyway)", n, max_age)
 
     def _fill_window(self) -> None:
         room = self.window - len(self._inflight)

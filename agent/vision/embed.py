@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,9 +252,14 @@ def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path
     dat = resnet_dat_path(section, base_dir)
     try:
         if needs_conversion(dat, engines_dir):
+            # said first: the conversion takes seconds (6 on a desktop CPU, more on a Jetson) and happens once
+            log.info("converting dlib's face ResNet (%s) to ONNX for this machine: once, a few seconds; cached in "
+                     "%s", dat.name, engines_dir)
+            started = time.monotonic()
             # in a child process: the conversion's ~100 MiB would otherwise stay the agent's peak memory
             try:
                 run_module("agent.vision.dlib_convert", str(dat), str(engines_dir), timeout=600)
+                log.info("converted the ResNet in %.1f s", time.monotonic() - started)
             except (RuntimeError, OSError) as exc:  # converted below, in-process, for a clear error
                 log.warning("converting in a child process failed (%s); converting here", exc)
         return ensure_onnx(dat, engines_dir)
