@@ -6,7 +6,8 @@ embedding the pipeline already computed for the vote (nothing is embedded again)
 in `<storage>/sightings.db` (SQLite, tables `sightings` and `clusters`). Which tracks: `[sightings] privacy`
 = off (none), unknown (tracks that end unknown) or all (also named ones); a track that ends before its
 votes settled is never kept (it may be somebody enrolled). Bounds: `max_days`, `max_count` and `max_mb`; over
-a bound the oldest unknown sightings go first, then the oldest named ones.
+a bound the oldest unknown sightings go first, then the oldest named ones. No crops are written while the
+disk has less than `[store] reserve_mb` free: the event log needs that space more.
 
 Unknown people: every unknown track joins an "unknown person" cluster (id `u<number>`, never reused). The
 clustering is incremental: a track is compared with the existing clusters by the open-set rule of
@@ -34,6 +35,7 @@ JPEG encoding, files, SQLite and clustering run on a background thread when a tr
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -50,7 +52,7 @@ import sqlite_utils
 from agent import database
 from agent.config import Config
 from agent.dbcheck import DatabaseCheckError, check_database, error_hint, is_damage
-from agent.files import StorageError, atomic_write, storage_hint
+from agent.files import FULL_BELOW_BYTES, StorageError, atomic_write, storage_hint
 from agent.logsafe import RateLimitedLog
 from agent.vision.classifier import Classifier, Prediction, unit_rows
 from agent.vision.recognizer import QUALITY_REASONS
@@ -490,6 +492,8 @@ class Sightings:
         self._errors = RateLimitedLog(log, per_period=3)  # a full disk: 3 lines a minute, not one per track
         self.stored = 0  # sightings written
         self.lost = 0  # tracks whose faces could not be kept
+        # crops are not written into the last free space: the event log needs it more
+        self._floor = max(FULL_BELOW_BYTES, int(getattr(cfg.store, "reserve_mb", 0) * 2**20))
         self._thread.start()
 
     def observe(self, result: Any, image: np.ndarray) -> None:
@@ -544,6 +548,13 @@ class Sightings:
             if self._broken:
                 self.lost += 1
                 continue
+            free = _free_bytes(self.store.folder)
+            if free is not None and free < self._floor:
+                self.lost += 1
+                self._errors.log(logging.WARNING, "the faces of track %d were not kept: %.1f MB free on the disk "
+                                 "holding %s, the event log comes first ([store] reserve_mb)", item.track_id,
+                                 free / 2**20, self.store.folder)
+                continue
             try:
                 self.stored += len(self.store.add_track(self.run, item))
             except (StorageError, OSError, sqlite3.Error) as exc:
@@ -569,6 +580,14 @@ class Sightings:
         self._queue.put(None)
         self._thread.join()
         self.store.close()
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def majority(predictions: list[Prediction]) -> tuple[str | None, float]:
