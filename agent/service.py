@@ -28,9 +28,16 @@ from agent.cameras import CameraFeed, FrameScheduler
 from agent.config import Camera, Config, camera_slug
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory, new_event_id
-from agent.files import StorageError, storage_hint
+from agent.files import StorageError, folder_problem, storage_hint
 from agent.frame_events import frame_events, track_ended
-from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record, live_frame_name
+from agent.frame_output import (
+    AnnotatedWriter,
+    FramesWriter,
+    check_frames_out,
+    check_show,
+    frame_record,
+    live_frame_name,
+)
 from agent.gallery import Gallery
 from agent.logsafe import RateLimitedLog
 from agent.memory import limit_heap_growth
@@ -124,6 +131,7 @@ class Service:
         """Everything the loop needs; raises on a configuration or model that cannot work."""
         cfg = self.cfg
         storage = cfg.path("storage")
+        self._check_paths(storage)
         storage.mkdir(parents=True, exist_ok=True)
         moved = check_database(storage / DB_NAME)
         if moved is not None:
@@ -168,6 +176,17 @@ class Service:
             outbox_backlog=lambda: self.store.count("pending") if self.store else None,
             storage_problem=self._storage_problem,
             gpu_fallback=lambda: self.pipeline.analyzer.gpu_fallback if self.pipeline else None)
+
+    def _check_paths(self, storage: Path) -> None:
+        """Every path the run writes, checked before anything is loaded: a bad one is one clear error now,
+        not a traceback or a silent nothing later (OutputError, StorageError)."""
+        problem = folder_problem(storage)
+        if problem:
+            raise StorageError(f"[paths] storage: {storage} {problem}")
+        if self.frames_out_path:
+            check_frames_out(self.frames_out_path)
+        if self.show_path:
+            check_show(self.show_path)
 
     def _start_intake(self) -> None:
         if not self.cfg.remote_enroll.key_file:
@@ -290,9 +309,19 @@ class Service:
         record = frame_record(frame.index, time_value, result.update.tracks, feed.camera.tracker.show_coasting,
                               camera=feed.name)
         if self._frames_out is not None:
-            self._frames_out.write(record)
+            try:
+                self._frames_out.write(record)
+            except OSError as exc:  # e.g. the disk filled: said once, the run goes on
+                log.error("--frames-out: cannot write %s: %s; no more frame records this run",
+                          self.frames_out_path, exc.strerror or exc)
+                self._frames_out = None
         if writer is not None:
-            writer.write(frame.image, record)
+            try:
+                writer.write(frame.image, record)
+            except OSError as exc:
+                log.error("--show: %s; nothing more is drawn this run", exc.strerror or exc)
+                writer.close()
+                del self._writers[feed.name]
         if live_due:
             self._next_live[feed.name] = time.monotonic() + self.cfg.service.live_frame_interval
             try:
