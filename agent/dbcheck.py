@@ -12,7 +12,8 @@ The file and its -wal/-shm/-journal companions are renamed together to
 
 Before that, every row that can still be read is salvaged into a new file that takes the old one's place
 (same tables, indexes and user_version; rows in the `SALVAGE_FIRST` order, e.g. undelivered events first,
-so a read that gives up late has saved what matters most); the log says how many rows were saved.
+so a read that gives up late has saved what matters most); the log says how many rows were saved. A file cut
+short (shorter than its header says) is read as far as it goes.
 
 Plain sqlite3 here, not sqlite-utils: a damaged file is read chunk by chunk with each failure caught, and its
 tables and indexes are recreated from the file's own CREATE statements, whatever they are; AUTOINCREMENT
@@ -157,6 +158,10 @@ def _salvage(path: Path) -> tuple[Path | None, dict[str, int]]:
     target.unlink(missing_ok=True)
     try:
         src = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        # a file cut short (power loss while it grew) is shorter than its header says: SQLite refuses all of
+        # it unless the schema is "writable", then it reads the pages that are there (read-only: nothing is
+        # written)
+        src.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error:
         return None, {}
     counts: dict[str, int] = {}
