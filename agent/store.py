@@ -320,9 +320,8 @@ class EventStore:
             self.keep_reserve()
         if not self.full:
             return None
-        if self.not_stored:
-            return (f"disk full: {self.not_stored} events could not be stored in {self.path} "
-                    "(published from memory while the broker is there)")
+        if self.not_stored:  # no count here: the health state changes only when the situation does (stats count)
+            return f"disk full: new events cannot be stored in {self.path} (they are published from memory)"
         return f"disk full: the event log is writing into its reserve on {self.path.parent}"
 
     def _bound_wal(self) -> None:
