@@ -194,7 +194,7 @@ def test_a_full_disk_loses_no_event_and_health_says_disk_full(tmp_path, disk, mo
     assert {"track_started", "track_ended"} <= types, types
     assert len({e["event_id"] for e in received}) == service.stats.events + 1  # each run event + the stored one
     errors = [r for r in caplog.records if r.levelname == "ERROR" and "not stored" in r.getMessage()]
-    assert 1 <= len(errors) <= 3, [r.getMessage() for r in errors]
+    assert 1 <= len(errors) <= 6, [r.getMessage() for r in errors]  # rate-limited: a few, not one per event
     health = [json.loads(m.text) for m in collector.on(f"faces/{cfg.agent.id}/health")]
     assert any(h["state"] == "degraded" and any("disk full" in r for r in h["reasons"]) for h in health), health
     collector.stop()
