@@ -1,18 +1,23 @@
-"""Start-up check of the SQLite event log: a corrupt file is moved aside (never deleted) so the agent can
-start with a fresh database while the damaged one stays available for recovery.
+"""Start-up check of the SQLite event log and the sightings index: a corrupt file is moved aside (never
+deleted) so the agent can start with a fresh database while the damaged one stays available for recovery.
 
     moved = check_database(cfg.path("storage") / "events.db")
-    if moved: ...  # the service starts with an empty log; `moved` is kept for the operator
+    if moved: ...  # the service starts with the salvaged rows; `moved` is kept for the operator
+
+`events.db` is checked by the service at start (agent.service); `sightings.db` whenever a process first opens
+it (agent.sightings: the service, `unknowns`, `name`, the web console).
 
 The file and its -wal/-shm/-journal companions are renamed together to
 `<name>.corrupt-<UTC timestamp>` (+ the same suffixes), so the moved set is still a consistent database.
 
 Before that, every row that can still be read is salvaged into a new file that takes the old one's place
 (same tables, indexes and user_version; rows in the `SALVAGE_FIRST` order, e.g. undelivered events first,
-so a read that gives up late has saved what matters most); the log says how many rows were saved.
+so a read that gives up late has saved what matters most); the log says how many rows were saved. A file cut
+short (shorter than its header says) is read as far as it goes.
 
 Plain sqlite3 here, not sqlite-utils: a damaged file is read chunk by chunk with each failure caught, and its
-tables and indexes are recreated from the file's own CREATE statements, whatever they are.
+tables and indexes are recreated from the file's own CREATE statements, whatever they are; AUTOINCREMENT
+counters (sqlite_sequence) are carried over so an id is still never given twice.
 """
 
 from __future__ import annotations
@@ -35,6 +40,22 @@ SALVAGE_CHUNK = 200  # rows read per query; a failing chunk is retried row by ro
 
 class DatabaseCheckError(RuntimeError):
     """The database could not be checked (locked, unreadable): not evidence of corruption."""
+
+
+def is_damage(exc: BaseException) -> bool:
+    """A SQLite error that means the file is damaged ("file is not a database", "database disk image is
+    malformed"), not a lock, a full disk or permissions (those are OperationalError)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
+def error_hint(path: str | os.PathLike, exc: BaseException) -> str:
+    """What to do about an error using the SQLite file `path`: a damaged file is checked and salvaged at the
+    next start; anything else is about the disk (full, read-only) or permissions."""
+    path = Path(path)
+    if is_damage(exc):
+        return (f"{path.name} is damaged: it is checked and its readable rows salvaged at the next start "
+                "(the damaged file is kept beside it)")
+    return storage_hint(path.parent)
 
 
 def check_database(path: str | os.PathLike, full: bool = False, timeout: float = 10.0,
@@ -137,6 +158,10 @@ def _salvage(path: Path) -> tuple[Path | None, dict[str, int]]:
     target.unlink(missing_ok=True)
     try:
         src = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        # a file cut short (power loss while it grew) is shorter than its header says: SQLite refuses all of
+        # it unless the schema is "writable", then it reads the pages that are there (read-only: nothing is
+        # written)
+        src.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error:
         return None, {}
     counts: dict[str, int] = {}
@@ -167,6 +192,7 @@ def _salvage(path: Path) -> tuple[Path | None, dict[str, int]]:
         for kind, _name, _table, sql in schema:
             if kind == "index":
                 dst.execute(sql)
+        _copy_sequences(src, dst)
         dst.execute(f"PRAGMA user_version = {int(version)}")
         dst.commit()
     except sqlite3.Error as exc:  # the new file itself failed (disk): start empty rather than not at all
@@ -211,6 +237,21 @@ def _copy_rows(src: sqlite3.Connection, dst: sqlite3.Connection, table: str, col
                     continue
         saved += sum(dst.execute(insert, row).rowcount for row in rows)
     return saved
+
+
+def _copy_sequences(src: sqlite3.Connection, dst: sqlite3.Connection) -> None:
+    """The AUTOINCREMENT counters (a table made with AUTOINCREMENT gets sqlite_sequence on creation)."""
+    try:
+        rows = src.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+        dst.execute("SELECT 1 FROM sqlite_sequence LIMIT 1")
+    except sqlite3.DatabaseError:  # no such table (no AUTOINCREMENT), or its page is damaged
+        return
+    tables = {r[0] for r in dst.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for name, seq in rows:
+        if name in tables:
+            dst.execute("DELETE FROM sqlite_sequence WHERE name = ?", (name,))
+            dst.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, max(?, (SELECT COALESCE(max(rowid), 0) "
+                        f'FROM "{name}")))', (name, seq))
 
 
 def _move_aside(path: Path) -> Path:

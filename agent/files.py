@@ -21,11 +21,18 @@ class StorageError(RuntimeError):
     line naming the path and what to do."""
 
 
+def _virtual(st: os.statvfs_result) -> bool:
+    """A file system without blocks (/proc, /sys, ...): it cannot hold files at all (not "full")."""
+    return st.f_blocks == 0
+
+
 def storage_state(folder: str | os.PathLike) -> str | None:
     """"read-only" or "full" when the file system holding `folder` cannot take writes, else None."""
     try:
         st = os.statvfs(folder)
     except OSError:
+        return None
+    if _virtual(st):
         return None
     if st.f_flag & os.ST_RDONLY:
         return "read-only"
@@ -36,12 +43,62 @@ def storage_state(folder: str | os.PathLike) -> str | None:
 
 def storage_hint(folder: str | os.PathLike) -> str:
     """What to do about a write that failed in `folder`: free space, a writable mount, or permissions."""
+    with contextlib.suppress(OSError):
+        if _virtual(os.statvfs(_existing(Path(folder)))):
+            return f"{folder} is on a virtual file system (like /proc) that cannot hold files: point [paths] elsewhere"
     state = storage_state(folder)
     if state == "full":
         return f"the disk holding {folder} is full: free some space"
     if state == "read-only":
         return f"{folder} is on a read-only file system: mount it read-write or point [paths] elsewhere"
     return f"check that {folder} is writable by this user"
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing parent."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be a data folder the agent writes (None: it can, or can be created), as the end of a
+    sentence starting with the path: "is not a folder", "is not writable", "is on a virtual file system..."."""
+    path = Path(path).absolute()
+    existing = _existing(path)
+    if not existing.is_dir():
+        return "is not a folder" if existing == path else f"cannot be created ({existing} is not a folder)"
+    with contextlib.suppress(OSError):
+        if _virtual(os.statvfs(existing)):
+            return f"is on a virtual file system ({existing}) that cannot hold files"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "is not writable" if existing == path else \
+            f"does not exist and cannot be created ({existing} is not writable)"
+    return None
+
+
+def output_file_problem(path: str | os.PathLike) -> str | None:
+    """Why a file the agent is asked to write (e.g. `run --frames-out`) cannot be written there (None: it can),
+    as the end of a sentence starting with the path. The folder must exist: a typo is not created silently."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        return "is a folder, not a file"
+    folder = path.parent
+    if not folder.exists():
+        return f"cannot be written: the folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"cannot be written: {folder} is not a folder"
+    with contextlib.suppress(OSError):
+        if _virtual(os.statvfs(folder)):
+            return f"cannot be written: {folder} is on a virtual file system (like /proc)"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: the folder {folder} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "is not writable"
+    return None
+
+
 TMP_MARK = ".tmp-"  # temporary files are named <name>.tmp-<pid>-<thread>; cleaners look for this mark
 
 

@@ -18,12 +18,40 @@ from typing import Any
 import numpy as np
 
 from agent.config import camera_slug
+from agent.files import output_file_problem
 
 log = logging.getLogger(__name__)
 
 LIVE_FRAME = "live.jpg"  # in [paths] storage: the latest annotated frame ([service] live_frame_interval)
 LIVE_PREFIX = "live-"  # several cameras: live-<camera slug>.jpg each
 COLOURS = {"named": (0, 200, 0), "unknown": (0, 160, 255), "pending": (200, 200, 200)}  # BGR
+
+
+class OutputError(ValueError):
+    """An output path (--frames-out, --show) that cannot be written; the message names it and says why."""
+
+
+def check_frames_out(path: str | Path) -> None:
+    """Raise OutputError unless `path` can take the --frames-out lines (checked before the run starts)."""
+    problem = output_file_problem(path)
+    if problem:
+        raise OutputError(f"--frames-out {path} {problem}")
+
+
+def check_show(path: str | Path) -> None:
+    """Raise OutputError unless --show can write `path`: a picture format OpenCV writes or a video
+    (AnnotatedWriter.VIDEO), in a folder that exists and is writable."""
+    import cv2
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in AnnotatedWriter.VIDEO and (not suffix or not cv2.haveImageWriter(str(path))):
+        raise OutputError(f"--show {path}: {suffix or 'no suffix'} is not a picture or video format that can be "
+                          f"written; use .jpg or .png (the latest frame) or {', '.join(AnnotatedWriter.VIDEO)} "
+                          "(a video)")
+    problem = output_file_problem(path)
+    if problem:
+        raise OutputError(f"--show {path} {problem}")
 
 
 def live_frame_name(camera: str | None) -> str:
@@ -108,10 +136,15 @@ class AnnotatedWriter:
             if self._video is None:
                 fourcc = cv2.VideoWriter_fourcc(*("mp4v" if suffix == ".mp4" else "MJPG"))
                 self._video = cv2.VideoWriter(str(self.path), fourcc, self.fps, (img.shape[1], img.shape[0]))
+                if not self._video.isOpened():
+                    self._video = None
+                    raise OSError(f"{self.path}: cannot write a {suffix} video here (no encoder, or the folder "
+                                  "is gone)")
             self._video.write(img)
         else:
             tmp = self.path.with_name(f".{self.path.name}.tmp{self.path.suffix}")
-            cv2.imwrite(str(tmp), img)
+            if not cv2.imwrite(str(tmp), img):
+                raise OSError(f"{tmp}: cannot write the picture")
             tmp.replace(self.path)
 
     def close(self) -> None:

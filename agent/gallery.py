@@ -354,8 +354,8 @@ class Gallery:
             return []
         out = []
         for d in sorted(self.raw.iterdir()):
-            if not d.is_dir():
-                continue
+            if not d.is_dir() or not any(p.is_file() and is_image_path(p) for p in d.iterdir()):
+                continue  # a person without photos is nobody (e.g. the last one removed by hand)
             try:
                 out.append(validate_person_name(d.name))
             except InvalidNameError as exc:
@@ -390,7 +390,12 @@ class Gallery:
 
     def chip_path(self, person: str, path: Path, sha: str) -> Path:
         """The aligned chip of photo `path` (content hash `sha`): named after the photo."""
-        stem = path.stem if _carries_hash(path.stem, sha) else f"{path.stem}-{sha[:8]}"
+        if _carries_hash(path.stem, sha):
+            stem = path.stem
+        elif path.parent == self.raw / person:  # put there by hand, under the user's own name
+            stem = f"{path.stem}-{sha[:8]}"
+        else:  # not copied yet (CLI enroll analyses it where it is): named as its copy will be, so the chip of
+            stem = stored_stem(path.name, sha)  # "my photo.jpg" is the one of my_photo-<sha8>.jpg, not a second
         return self.aligned / person / f"{stem}.png"
 
     def _chip_ready(self, person: str, path: Path, sha: str) -> bool:
@@ -460,6 +465,8 @@ class Gallery:
                     embeddings.append(emb)
                     names.append(result.person)
                 results.append(result)
+            for person in people:
+                self._prune_chips(person, [r for r in results if r.person == person])
             X = np.stack(embeddings) if embeddings else np.zeros((0, 128), dtype=np.float32)
             fingerprint = self._fingerprint(sorted(seen))
             return results, X, names, fingerprint
@@ -571,7 +578,8 @@ class Gallery:
         return found
 
     def remove_photo(self, person: str, path: Path) -> None:
-        """Delete one photo of a person and its chip (remote `remove_images`)."""
+        """Delete one photo of a person and its chip (remote `remove_images`, the web page); after the last
+        photo the person's folders go too (a person with no photos is nobody to list)."""
         with self._lock:
             try:
                 sha = file_sha256(path)
@@ -581,6 +589,26 @@ class Gallery:
             if sha:
                 self.chip_path(person, path, sha).unlink(missing_ok=True)
                 (self.aligned / person / f"{sha[:16]}.png").unlink(missing_ok=True)
+            if not self.photos_of(person):
+                for folder in (self.aligned / person, self.raw / person):
+                    if folder.is_dir():
+                        for chip in folder.glob("*.png") if folder.parent == self.aligned else ():
+                            chip.unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):  # not empty: something of the user's is left there
+                            folder.rmdir()
+
+    def _prune_chips(self, person: str, results: list[PhotoResult]) -> None:
+        """Delete the person's chips that belong to no photo of theirs (derived files: a photo removed by hand,
+        or one enrolled twice under two names)."""
+        folder = self.aligned / person
+        if not folder.is_dir():
+            return
+        keep = {self.chip_path(person, r.path, r.sha256).name for r in results if r.sha256}
+        keep |= {f"{r.sha256[:16]}.png" for r in results if r.sha256}  # an older version's name, renamed on use
+        for chip in folder.glob("*.png"):
+            if chip.name not in keep:
+                log.info("deleting the chip %s: no photo of %s has it", chip, person)
+                chip.unlink(missing_ok=True)
 
     def forget(self, person: str) -> Path | None:
         """Forget a person: their photos move to <faces>/train/trash/<person>-<time>/ (never deleted: they are

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.files import atomic_write
+from agent.files import atomic_write, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class HealthMonitor:
       broker_connected_since:  unix time of the current broker connection, None/0 while disconnected
       outbox_backlog:          int, events stored but not yet published
       gpu_fallback:            bool, inference fell back from the GPU to the CPU
+      storage_problem:         str or None, why the agent cannot write its storage (e.g. "disk full: ...")
     Thresholds: `min_free_disk_mb` (free space on `storage`), `max_backlog`, `backlog_growth_checks`
     (consecutive checks with a growing backlog while connected), `broker_grace` (seconds a broker may be
     away before it counts). `from_config(cfg, ...)` takes them from the [service] section.
@@ -68,7 +69,7 @@ class HealthMonitor:
                  max_backlog: int = 1000, backlog_growth_checks: int = 6, broker_grace: float = 30.0,
                  mqtt_enabled: bool = True, camera_ok: Value = NOT_CHECKED,
                  broker_connected_since: Value = NOT_CHECKED, outbox_backlog: Value = NOT_CHECKED,
-                 gpu_fallback: Value = NOT_CHECKED,
+                 gpu_fallback: Value = NOT_CHECKED, storage_problem: Value = NOT_CHECKED,
                  clock: Callable[[], float] = time.time) -> None:
         self.storage = Path(storage)
         self.min_free_disk_mb = min_free_disk_mb
@@ -77,7 +78,8 @@ class HealthMonitor:
         self.broker_grace = broker_grace
         self.mqtt_enabled = mqtt_enabled
         self.readings = {"camera_ok": camera_ok, "broker_connected_since": broker_connected_since,
-                         "outbox_backlog": outbox_backlog, "gpu_fallback": gpu_fallback}
+                         "outbox_backlog": outbox_backlog, "gpu_fallback": gpu_fallback,
+                         "storage_problem": storage_problem}
         self._clock = clock
         self._disconnected_at: float | None = None
         self._last_backlog: int | None = None
@@ -148,9 +150,15 @@ class HealthMonitor:
         checks["free_disk_mb"] = None if free_mb is None else round(free_mb, 1)
         if free_mb is None:
             reasons["disk"] = f"disk: cannot read free space of {self.storage}"
+        elif storage_state(self.storage) == "full":
+            reasons["disk"] = f"disk full: {free_mb:.1f} MB free on {self.storage}"
         elif free_mb < self.min_free_disk_mb:
             reasons["disk"] = (f"disk: {free_mb:.0f} MB free on {self.storage} "
                                f"(min {self.min_free_disk_mb:.0f} MB)")
+        problem = values["storage_problem"]
+        if problem is not NOT_CHECKED and problem:
+            checks["storage_problem"] = str(problem)
+            reasons["storage"] = str(problem)
 
         if values["gpu_fallback"] is not NOT_CHECKED and values["gpu_fallback"] is not None:
             checks["gpu_fallback"] = bool(values["gpu_fallback"])

@@ -5,14 +5,18 @@ Everything returns an (H, W, 3) uint8 RGB array or raises `ImageError` with one 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from agent.logsafe import escape
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
     if len(data) > max_bytes:
         raise ImageError(f"{name}: {len(data)} bytes is over the {max_bytes}-byte limit")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _pillow_warnings(name):
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
@@ -62,6 +65,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
                          "decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+@contextlib.contextmanager
+def _pillow_warnings(name: str) -> Iterator[None]:
+    """Pillow's warnings while decoding `name`: a decompression bomb is an error; anything else (a damaged EXIF
+    block: "Tag data larger than file") is one escaped log line, not a UserWarning with a library path on
+    stderr - the image itself is still read."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            yield
+        finally:
+            for message in dict.fromkeys(str(w.message) for w in caught):  # each once (EXIF is read twice)
+                log.info("%s: %s (damaged metadata; the image is read without it)", escape(name), escape(message))
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -32,6 +32,7 @@ class Stats:
         self.frames = 0
         self.faces = 0
         self.events = 0
+        self.not_stored = 0  # events the log could not store (full disk); counted in `events` too
         self.last_event = ""
         self._times: deque[float] = deque(maxlen=FPS_WINDOW)
         self._stages: deque[dict[str, float]] = deque(maxlen=FPS_WINDOW)

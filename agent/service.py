@@ -28,10 +28,18 @@ from agent.cameras import CameraFeed, FrameScheduler
 from agent.config import Camera, Config, camera_slug
 from agent.dbcheck import check_database
 from agent.events import Event, EventFactory, new_event_id
-from agent.files import StorageError
+from agent.files import StorageError, folder_problem, storage_hint
 from agent.frame_events import frame_events, track_ended
-from agent.frame_output import AnnotatedWriter, FramesWriter, frame_record, live_frame_name
+from agent.frame_output import (
+    AnnotatedWriter,
+    FramesWriter,
+    check_frames_out,
+    check_show,
+    frame_record,
+    live_frame_name,
+)
 from agent.gallery import Gallery
+from agent.logsafe import RateLimitedLog
 from agent.memory import limit_heap_growth
 from agent.naming import reidentify
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
@@ -87,6 +95,8 @@ class Service:
         self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last loaded
         self._model_lock = threading.Lock()
         self._loaded_from_file: tuple[int, int] | None = None  # stamp of the file the last reload swapped in
+        self._store_errors = RateLimitedLog(log, per_period=3)  # a full disk fails every event: not a line each
+        self._status_error: str | None = None  # why status.json could not be written last time (health says it)
 
     # ---- the cameras ---------------------------------------------------------------------------------
     @property
@@ -121,6 +131,7 @@ class Service:
         """Everything the loop needs; raises on a configuration or model that cannot work."""
         cfg = self.cfg
         storage = cfg.path("storage")
+        self._check_paths(storage)
         storage.mkdir(parents=True, exist_ok=True)
         moved = check_database(storage / DB_NAME)
         if moved is not None:
@@ -162,7 +173,19 @@ class Service:
             cfg, camera_ok=self._cameras_ok,
             broker_connected_since=self._broker_since,
             outbox_backlog=lambda: self.store.count("pending") if self.store else None,
+            storage_problem=self._storage_problem,
             gpu_fallback=lambda: self.pipeline.analyzer.gpu_fallback if self.pipeline else None)
+
+    def _check_paths(self, storage: Path) -> None:
+        """Every path the run writes, checked before anything is loaded: a bad one is one clear error now,
+        not a traceback or a silent nothing later (OutputError, StorageError)."""
+        problem = folder_problem(storage)
+        if problem:
+            raise StorageError(f"[paths] storage: {storage} {problem}")
+        if self.frames_out_path:
+            check_frames_out(self.frames_out_path)
+        if self.show_path:
+            check_show(self.show_path)
 
     def _start_intake(self) -> None:
         if not self.cfg.remote_enroll.key_file:
@@ -248,9 +271,12 @@ class Service:
         assert self.store is not None
         try:
             self.store.add(event)
-        except StoreError as exc:  # e.g. a full disk: what is stored stays; keep watching, say it loudly
-            log.error("event %s %s not logged: %s", event.type, event.event_id, exc)
-            return
+        except StoreError as exc:  # e.g. a full disk: what is stored stays; the event still goes out
+            sent = self.publisher is not None and self.publisher.publish_unstored(event)
+            self.stats.not_stored += 1
+            self._store_errors.log(logging.ERROR, "event %s %s not stored in the event log%s: %s", event.type,
+                                   event.event_id, " (published from memory)" if sent else ", not published "
+                                   "(MQTT is off): lost", exc)
         self.stats.event(event)
         if feed is not None:
             feed.stats.event(event)
@@ -282,9 +308,19 @@ class Service:
         record = frame_record(frame.index, time_value, result.update.tracks, feed.camera.tracker.show_coasting,
                               camera=feed.name)
         if self._frames_out is not None:
-            self._frames_out.write(record)
+            try:
+                self._frames_out.write(record)
+            except OSError as exc:  # e.g. the disk filled: said once, the run goes on
+                log.error("--frames-out: cannot write %s: %s; no more frame records this run",
+                          self.frames_out_path, exc.strerror or exc)
+                self._frames_out = None
         if writer is not None:
-            writer.write(frame.image, record)
+            try:
+                writer.write(frame.image, record)
+            except OSError as exc:
+                log.error("--show: %s; nothing more is drawn this run", exc.strerror or exc)
+                writer.close()
+                del self._writers[feed.name]
         if live_due:
             self._next_live[feed.name] = time.monotonic() + self.cfg.service.live_frame_interval
             try:
@@ -426,7 +462,8 @@ class Service:
         tracks = self._tracks()
         health_state = self.monitor.last["state"] if self.monitor and self.monitor.last else None
         return {"fps": round(self.stats.fps, 2), "frames": self.stats.frames, "faces": self.stats.faces,
-                "events": self.stats.events, "tracks": tracks, "latency_ms": self.stats.latency_ms(),
+                "events": self.stats.events, "events_not_stored": self.stats.not_stored,
+                "tracks": tracks, "latency_ms": self.stats.latency_ms(),
                 "health": health_state, "source": self.source.stats() if self.source else {},
                 "cameras": {feed.name: feed.stats_message() for feed in self.feeds},
                 "backend": self._backend()}
@@ -439,20 +476,34 @@ class Service:
         names = [getattr(analyzer.detector.backend, "name", None), getattr(analyzer.embedder, "name", None)]
         return " + ".join(dict.fromkeys(str(n) for n in names if n)) or None
 
+    def _storage_problem(self) -> str | None:
+        """Health reading: the event log's disk is full (store.space_problem), or status.json cannot be
+        written (`face-agent status` would see it go stale)."""
+        problems = [p for p in (self.store.space_problem() if self.store else None, self._status_error) if p]
+        return "; ".join(problems) or None
+
     def _write_status(self, state: str | None = None) -> None:
         if self.monitor is None:
             return
+        report = {"state": state, "reasons": []} if state else self.monitor.check()
+        if self.publisher is not None:
+            self.publisher.publish_health(report)
+        path = health.status_path(self.cfg)
         try:
-            report = {"state": state, "reasons": []} if state else self.monitor.check()
-            if self.publisher is not None:
-                self.publisher.publish_health(report)
-            health.write_status(health.status_path(self.cfg), {
+            health.write_status(path, {
                 "interval": self.cfg.service.status_interval, "agent_id": self.cfg.agent.id,
                 "version": __version__, "started_at": self.stats.started, "health": report,
                 "stats": self.stats_message()})
-            systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
-        except OSError as exc:
-            log.warning("cannot write the status file: %s", exc)
+        except OSError as exc:  # said once when it starts failing, once when it works again
+            if self._status_error is None:
+                log.error("cannot write the status file %s: %s (%s); health reports it", path, exc.strerror or exc,
+                          storage_hint(path.parent))
+            self._status_error = f"status: cannot write {path.name}: {exc.strerror or exc}"
+        else:
+            if self._status_error is not None:
+                log.warning("the status file %s is written again", path)
+            self._status_error = None
+        systemd.status(f"{report['state']}: {self.stats.fps:.1f} fps, {self.stats.events} events")
 
 
 def _same_model(a: Classifier | None, b: Classifier | None) -> bool:

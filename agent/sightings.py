@@ -6,7 +6,8 @@ embedding the pipeline already computed for the vote (nothing is embedded again)
 in `<storage>/sightings.db` (SQLite, tables `sightings` and `clusters`). Which tracks: `[sightings] privacy`
 = off (none), unknown (tracks that end unknown) or all (also named ones); a track that ends before its
 votes settled is never kept (it may be somebody enrolled). Bounds: `max_days`, `max_count` and `max_mb`; over
-a bound the oldest unknown sightings go first, then the oldest named ones.
+a bound the oldest unknown sightings go first, then the oldest named ones. No crops are written while the
+disk has less than `[store] reserve_mb` free: the event log needs that space more.
 
 Unknown people: every unknown track joins an "unknown person" cluster (id `u<number>`, never reused). The
 clustering is incremental: a track is compared with the existing clusters by the open-set rule of
@@ -34,12 +35,14 @@ JPEG encoding, files, SQLite and clustering run on a background thread when a tr
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -48,7 +51,9 @@ import sqlite_utils
 
 from agent import database
 from agent.config import Config
-from agent.files import StorageError, atomic_write, storage_hint
+from agent.dbcheck import DatabaseCheckError, check_database, error_hint, is_damage
+from agent.files import FULL_BELOW_BYTES, StorageError, atomic_write, storage_hint
+from agent.logsafe import RateLimitedLog
 from agent.vision.classifier import Classifier, Prediction, unit_rows
 from agent.vision.recognizer import QUALITY_REASONS
 
@@ -102,6 +107,26 @@ def _add_merge_and_ignore(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = {1: _add_merge_and_ignore}
+
+
+_CHECKED: set[str] = set()  # sightings files this process has checked (each is checked once per process)
+_CHECKED_LOCK = threading.Lock()
+
+
+def check_sightings_file(path: Path, again: bool = False) -> Path | None:
+    """Check `path` (agent.dbcheck) the first time this process opens it, or `again`: a corrupt file is
+    salvaged into a new one and kept beside it (the path it was moved to is returned; dbcheck logs it once).
+    Raises StorageError when it cannot be checked (a lock, permissions)."""
+    key = str(path.absolute())
+    with _CHECKED_LOCK:
+        if key in _CHECKED and not again:
+            return None
+        try:
+            moved = check_database(path)
+        except DatabaseCheckError as exc:
+            raise StorageError(f"cannot use the sightings: {exc}") from None
+        _CHECKED.add(key)
+        return moved
 
 
 def cluster_label(cluster: int) -> str:
@@ -166,14 +191,35 @@ class SightingStore:
         self._lock = threading.RLock()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.folder}: cannot create the sightings folder: {exc.strerror} "
+                               f"({storage_hint(storage)})") from None
+        check_sightings_file(self.path)
+        self._open()
+        self._model: Classifier | None = None  # the clusters as an open-set "classifier"
+        self._model_stamp: tuple = ()
+
+    def _open(self) -> None:
+        try:
             self.db = database.database(database.connect(self.path))
             database.ensure_layout(self.db, LAYOUT_VERSION, _create_tables, MIGRATIONS)
         except database.LayoutError as exc:
             raise StorageError(f"{self.path}: cannot use the sightings: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"{self.path}: cannot open the sightings: {exc} ({storage_hint(storage)})") from None
-        self._model: Classifier | None = None  # the clusters as an open-set "classifier"
-        self._model_stamp: tuple = ()
+            raise StorageError(f"{self.path}: cannot open the sightings: {exc} ({error_hint(self.path, exc)})") \
+                from None
+
+    def salvage(self) -> Path | None:
+        """The file was found damaged while in use: close it, check and salvage it (agent.dbcheck), open the
+        new one. Returns where the damaged file was moved (None: the check found nothing)."""
+        with self._lock:
+            self.db.close()
+            try:
+                moved = check_sightings_file(self.path, again=True)
+            finally:
+                self._open()
+                self._model = None
+            return moved
 
     def close(self) -> None:
         with self._lock:
@@ -202,8 +248,9 @@ class SightingStore:
             for stem in stems:
                 for kind in ("chip", "context"):
                     (self.folder / f"{stem}-{kind}.jpg").unlink(missing_ok=True)
+            hint = error_hint(self.path, exc) if isinstance(exc, sqlite3.Error) else storage_hint(self.folder)
             raise StorageError(f"{self.path}: cannot keep the faces of track {track.track_id}: {exc} "
-                               f"({storage_hint(self.folder)})") from None
+                               f"({hint})") from exc
 
     def _add_track(self, run: str, track: TrackFaces, stems: list[str]) -> list[int]:
         sizes = [self._write_jpeg(f"{stem}-chip.jpg", face.chip) + self._write_jpeg(f"{stem}-context.jpg", face.context)
@@ -441,8 +488,13 @@ class Sightings:
         self._logged_from: dict[int, float] = {}  # track id -> wall-clock time of its first kept face
         self._queue: queue.Queue[TrackFaces | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="sightings", daemon=True)
-        self._thread.start()
+        self._broken = False  # the file is damaged beyond salvage: nothing more is written this run
+        self._errors = RateLimitedLog(log, per_period=3)  # a full disk: 3 lines a minute, not one per track
         self.stored = 0  # sightings written
+        self.lost = 0  # tracks whose faces could not be kept
+        # crops are not written into the last free space: the event log needs it more
+        self._floor = max(FULL_BELOW_BYTES, int(getattr(cfg.store, "reserve_mb", 0) * 2**20))
+        self._thread.start()
 
     def observe(self, result: Any, image: np.ndarray) -> None:
         """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst."""
@@ -493,16 +545,49 @@ class Sightings:
             item = self._queue.get()
             if item is None:
                 return
+            if self._broken:
+                self.lost += 1
+                continue
+            free = _free_bytes(self.store.folder)
+            if free is not None and free < self._floor:
+                self.lost += 1
+                self._errors.log(logging.WARNING, "the faces of track %d were not kept: %.1f MB free on the disk "
+                                 "holding %s, the event log comes first ([store] reserve_mb)", item.track_id,
+                                 free / 2**20, self.store.folder)
+                continue
             try:
                 self.stored += len(self.store.add_track(self.run, item))
             except (StorageError, OSError, sqlite3.Error) as exc:
-                log.error("the faces of track %d were not kept: %s", item.track_id, exc)
+                if is_damage(exc) or is_damage(exc.__cause__):
+                    self._damaged(item)
+                else:
+                    self.lost += 1
+                    self._errors.log(logging.ERROR, "the faces of track %d were not kept: %s", item.track_id, exc)
+
+    def _damaged(self, item: TrackFaces) -> None:
+        """sightings.db turned out damaged while running: salvage it once and retry; if that does not help,
+        keep no faces for the rest of this run (one error line, not one per track)."""
+        try:
+            self.store.salvage()
+            self.stored += len(self.store.add_track(self.run, item))
+        except (StorageError, OSError, sqlite3.Error) as exc:
+            self._broken = True
+            self.lost += 1
+            log.error("the sightings cannot be written (%s): no faces are kept for the rest of this run", exc)
 
     def close(self) -> None:
         """Write what is queued, then stop."""
         self._queue.put(None)
         self._thread.join()
         self.store.close()
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def majority(predictions: list[Prediction]) -> tuple[str | None, float]:

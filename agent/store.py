@@ -29,15 +29,21 @@ back to the file system (auto_vacuum = INCREMENTAL + incremental_vacuum). Pendin
 by retention - unless MQTT is off (`[mqtt] enabled = false`): then nothing is ever published, the log is
 not an outbox, and every event is under the same retention by age and size.
 
-A full disk (SQLITE_FULL) makes `add()` delete old delivered events and retry once; if that is not enough
-it raises `StoreFullError` and the rows already stored stay intact - unless
-`[store] drop_pending_when_full` allows dropping the oldest undelivered events, which is logged loudly.
+A full disk (SQLITE_FULL) makes `add()` first give up the reserve - a file of `[store] reserve_mb`
+(`events.db.reserve`) held beside the log while the disk has room, so that the log (its WAL, the deletes that
+make room) still has space when everything else filled the disk - then delete old delivered events and retry;
+if that is not enough it raises `StoreFullError` and the rows already stored stay intact - unless
+`[store] drop_pending_when_full` allows dropping the oldest undelivered events, which is logged loudly. The
+service then publishes the event from memory (it is not lost while the broker is there) and health says
+`disk full` (`space_problem()`) until the reserve could be taken again. The WAL is kept within its budget
+even while a reader holds it (`add()` checkpoints without waiting once it is twice its budget).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -51,7 +57,7 @@ import sqlite_utils
 from agent import database
 from agent.database import LayoutError, open_degraded
 from agent.events import Event, parse_timestamp
-from agent.files import StorageError, storage_hint, storage_state
+from agent.files import FULL_BELOW_BYTES, StorageError, storage_hint, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ DB_VERSION = 1  # PRAGMA user_version of the table layout below
 DELETE_BATCH = 500  # most rows deleted per retention step (each step deletes just enough, estimated)
 WAL_LIMIT_BYTES = 16 * 1024 * 1024  # journal_size_limit: the WAL is truncated back to this after checkpoints
 WAL_SHARE = 4  # the WAL may take at most 1/WAL_SHARE of max_db_mb (and at most WAL_LIMIT_BYTES)
+WAL_CHECK_EVERY = 16  # inserts between looks at the WAL's size
+RESERVE_SUFFIX = ".reserve"  # events.db.reserve: [store] reserve_mb held free for the log
 PENDING = "pending"
 DELIVERED = "delivered"
 EXPIRED = "expired"  # pending until older than [mqtt] max_event_age: kept in the log, never published late
@@ -151,6 +159,11 @@ class EventStore:
         self.outbox = bool(getattr(mqtt, "enabled", True))  # False: nothing is published, no state is kept back
         self.synchronous = cfg.store.synchronous.upper()
         self.drop_pending_when_full = cfg.store.drop_pending_when_full
+        self.reserve_bytes = int(getattr(cfg.store, "reserve_mb", 0) * 2**20)
+        self.reserve_path = self.path.with_name(self.path.name + RESERVE_SUFFIX)
+        self.full = False  # the disk filled: the reserve is given up or an event could not be stored
+        self.not_stored = 0  # events add() refused for lack of space (this process)
+        self._inserts = 0
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -162,7 +175,10 @@ class EventStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{self.path.parent}: cannot create the storage folder: {exc}") from None
+        if storage_state(self.path.parent) == "full":  # full before the start: the reserve is there for this
+            self._release_reserve()
         self._create_schema()
+        self.keep_reserve()
 
     # ------------------------------------------------------------------------------------------ connections
 
@@ -184,6 +200,7 @@ class EventStore:
             raise StoreError(f"{self.path}: cannot open the event log: {exc}; degraded open: {again} "
                              f"({storage_hint(self.path.parent)})") from None
         self._shared = conn
+        self.full = self.full or state == "full"
         self.degraded = f"storage: the disk holding {self.path.parent} is {state}"
         log.error("%s: the disk is %s: the event log is open in degraded mode (%s): the %s stored events are "
                   "kept%s, new events cannot be stored until it is fixed (%s)", self.path, state, how,
@@ -253,6 +270,83 @@ class EventStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the event log: {exc} ({_hint(self.path, exc)})") from None
 
+    # ------------------------------------------------------------------------------------------ space
+
+    def keep_reserve(self) -> bool:
+        """Hold `[store] reserve_mb` in events.db.reserve while the disk has room for it and as much again;
+        True when it is held. After the disk filled, a reserve taken again means there is room again
+        (`full` is cleared)."""
+        if not self.reserve_bytes or self.degraded is not None:
+            return False
+        with contextlib.suppress(OSError):
+            if self.reserve_path.stat().st_size >= self.reserve_bytes:
+                return True
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        if st.f_bavail * st.f_frsize < 2 * self.reserve_bytes + FULL_BELOW_BYTES:
+            return False  # nearly full already: taking the last space for a reserve would only move the problem
+        try:
+            with open(self.reserve_path, "wb") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, self.reserve_bytes)
+                except OSError:  # not supported by this file system: write it
+                    for _ in range(0, self.reserve_bytes, 1 << 20):
+                        f.write(b"\0" * min(1 << 20, self.reserve_bytes - f.tell()))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            self.reserve_path.unlink(missing_ok=True)
+            log.debug("%s: cannot hold the reserve: %s", self.reserve_path, exc)
+            return False
+        if self.full:
+            log.warning("%s: there is room on the disk again: the %.0f MB reserve is held again", self.path,
+                        self.reserve_bytes / 2**20)
+            self.full = False
+        return True
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve back to the file system (the disk is full); True if there was one."""
+        try:
+            size = self.reserve_path.stat().st_size
+            self.reserve_path.unlink()
+        except OSError:
+            return False
+        self.full = True
+        log.error("%s: DISK FULL: gave up the %.1f MB reserve so events are still stored; free disk space (%s)",
+                  self.path, size / 2**20, storage_hint(self.path.parent))
+        return True
+
+    def space_problem(self) -> str | None:
+        """For health: "disk full: ..." while the disk is full for the log (the reserve is given up, or events
+        could not be stored), else None. Tries to take the reserve again first (room may have been freed)."""
+        if self.full and self.reserve_bytes:
+            self.keep_reserve()
+        if not self.full:
+            return None
+        if self.not_stored:  # no count here: the health state changes only when the situation does (stats count)
+            return f"disk full: new events cannot be stored in {self.path} (they are published from memory)"
+        return f"disk full: the event log is writing into its reserve on {self.path.parent}"
+
+    def _bound_wal(self) -> None:
+        """Checkpoint the WAL back to empty once it is twice its budget (a reader kept the automatic checkpoint
+        from resetting it), without waiting for readers: the video loop's thread calls this."""
+        try:
+            if Path(f"{self.path}-wal").stat().st_size <= 2 * self.wal_budget:
+                return
+        except OSError:
+            return
+        conn = self.conn
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # a reader is in the WAL: next time
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {database.BUSY_TIMEOUT_MS}")
+
     # ------------------------------------------------------------------------------------------ writing
 
     def add_listener(self, fn: Callable[[Event], None]) -> None:
@@ -271,6 +365,8 @@ class EventStore:
                "confidence": event.confidence, "state": PENDING, "created": time.time(), "payload": payload}
         try:
             seq = self._insert(row)
+            if self.full and not self.reserve_bytes:
+                self.full = False  # stored without deleting anything: there is room again
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise StoreError(f"{self.path}: cannot store event {event.event_id}: {exc}") from None
@@ -279,6 +375,9 @@ class EventStore:
             raise StoreError(f"{self.path}: event {event.event_id} is already stored") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot store event {event.event_id}: {exc}") from None
+        self._inserts += 1
+        if self._inserts % WAL_CHECK_EVERY == 0:
+            self._bound_wal()
         for fn in list(self._listeners):
             try:
                 fn(event)
@@ -293,6 +392,13 @@ class EventStore:
             return int(conn.execute(_INSERT, row).lastrowid)
 
     def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
+        self.full = True
+        if self._release_reserve():
+            try:
+                return self._insert(row)
+            except sqlite3.OperationalError as again:
+                if not _is_full(again):
+                    raise StoreError(f"{self.path}: cannot store event {row['event_id']}: {again}") from None
         freed = self._delete_oldest(SETTLED if self.outbox else None, DELETE_BATCH)
         if freed:
             log.warning("%s: disk full: deleted the %d oldest delivered events to make room",
@@ -312,8 +418,7 @@ class EventStore:
                 except sqlite3.OperationalError:
                     pass
         pending = self.count(PENDING)
-        log.error("%s: disk full: event %s NOT stored; %d undelivered events kept", self.path,
-                  row["event_id"], pending)
+        self.not_stored += 1
         raise StoreFullError(
             f"{self.path}: database or disk is full: event {row['event_id']} ({row['type']}) was not stored; "
             f"the {pending} undelivered events already stored are kept. Free disk space "

@@ -109,3 +109,47 @@ def test_enroll_copies_only_enrollable_photos_and_says_what_failed(tmp_path, cap
     assert main(["--config", conf, "enroll"]) == 0
     out, err = capsys.readouterr()
     assert "unreadable" not in out and "photos: nothing new, 1 already known (1 enrolled)" in out, out
+
+
+PHOTOS = FR / "examples" / "knn_examples" / "train" / "biden"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_bad_output_paths_are_refused_before_the_run_starts(tmp_path):
+    """Issue 25.6: every path the run writes is checked first: one clear line, exit 2, nothing half done."""
+    conf = config_file(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    cases = [
+        (["--frames-out", "/nonexistent/dir/f.jsonl"], "/nonexistent/dir does not exist"),
+        (["--frames-out", str(tmp_path / "a-folder")], "is a folder, not a file"),
+        (["--show", str(tmp_path / "out.gifx")], ".gifx is not a picture or video format"),
+        (["--show", str(tmp_path / "missing" / "a.mp4")], f"{tmp_path / 'missing'} does not exist"),
+    ]
+    for args, words in cases:
+        run = face_agent(conf, "run", "--source", str(PHOTOS), *args)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, (args, run.stderr)
+        lines = [x for x in run.stderr.splitlines() if x.startswith("face-agent: ")]
+        assert len(lines) == 1 and words in lines[0], (args, run.stderr)
+    assert not (tmp_path / "storage" / "events.db").exists()  # refused before anything was opened
+
+    # [paths] storage naming a file, or on /proc: `config check` and `run` say the same, in one line
+    for storage, words in ((tmp_path / "a-file", "is not a folder"), (Path("/proc/face-agent"), "virtual file system")):
+        (tmp_path / "a-file").write_text("x")
+        conf = config_file(tmp_path, "").read_text().replace('storage = "storage"', f'storage = "{storage}"')
+        (tmp_path / "agent.toml").write_text(conf)
+        check = face_agent(tmp_path / "agent.toml", "config", "check")
+        assert check.returncode == 2 and words in check.stderr, check.stderr
+        run = face_agent(tmp_path / "agent.toml", "run", "--source", str(PHOTOS))
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        lines = [x for x in run.stderr.splitlines() if x.startswith("face-agent: ")]
+        assert len(lines) == 1 and words in lines[0] and "full" not in lines[0], run.stderr
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_good_output_paths_are_written(tmp_path):
+    conf = config_file(tmp_path)
+    run = face_agent(conf, "run", "--source", str(PHOTOS), "--frames-out", str(tmp_path / "f.jsonl"),
+                     "--show", str(tmp_path / "a.mp4"))
+    assert run.returncode == 0, run.stderr
+    assert len((tmp_path / "f.jsonl").read_text().splitlines()) == len(list(PHOTOS.iterdir()))
+    assert (tmp_path / "a.mp4").stat().st_size > 0

@@ -217,3 +217,46 @@ def test_readable_rows_of_a_corrupt_event_log_are_salvaged_pending_first(tmp_pat
     pending = sum(1 for state in readable.values() if state == "pending")
     message = next(r.getMessage() for r in caplog.records if "salvaged" in r.getMessage())
     assert f"{len(readable)} rows of events" in message and f"{pending} of them" in message, message
+
+
+def test_an_event_log_cut_in_half_keeps_the_rows_of_its_first_half(tmp_path):
+    """Issue 25.7: power lost while the file grew leaves it shorter than its header says; SQLite then
+    refused every row, so nothing was salvaged. Now every row on the pages still there is saved (here the
+    oldest, delivered ones), the same rows a reader that accepts the short file sees."""
+    import base64
+
+    from conftest import make_config
+
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    cfg = make_config(tmp_path)
+    factory = EventFactory("edge-1", "door")
+    with EventStore(cfg) as store:
+        ids = []
+        for i in range(400):
+            e = factory.track_started(i, (0, 0, 10, 10), (100, 100))
+            e.thumbnail = base64.b64encode(os.urandom(600)).decode()
+            store.add(e)
+            ids.append(e.event_id)
+        store.mark_delivered(ids[:300])
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = cfg.path("storage") / "events.db"
+    os.truncate(db, db.stat().st_size // 2)
+    probe = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    probe.execute("PRAGMA writable_schema = ON")  # the oracle: read the pages that are there
+    readable = {}
+    for seq in range(1, 401):
+        try:
+            row = probe.execute("SELECT event_id, state FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row:
+            readable[row[0]] = row[1]
+    probe.close()
+    assert 150 < len(readable) < 250 and set(readable.values()) == {"delivered"}, len(readable)
+    content = db.read_bytes()
+    assert_moved(db, check_database(db), content)
+    with EventStore(cfg) as store:
+        assert {r.event_id: r.state for r in store.query(limit=None)} == readable
+        assert store.integrity_check() == []

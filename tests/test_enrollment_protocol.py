@@ -262,3 +262,31 @@ def test_string_timestamp_in_a_signed_json_request_is_rejected():
         with pytest.raises(p.ProtocolError) as err:
             auth_binary(props, image)
         assert err.value.code == p.MALFORMED
+
+
+def test_huge_numbers_and_a_float_version_are_clean_refusals():
+    """Issue 25.7: a signed request with `timestamp: 10**400`, `expires: 10**400` or `track_id: 2**70` is
+    malformed (it was internal_error with a traceback: float() and SQLite overflow), `schema_version: 1.0`
+    is not version 1."""
+    for change in ({"timestamp": 10**400}, {"expires": 10**400}, {"timestamp": -(10**400)}, {"timestamp": 1e300}):
+        fields = p.build_request("list", "ops", KEY, now=NOW)
+        fields.update(change)
+        fields["signature"] = p.sign(p.signed_form(fields), KEY)
+        with pytest.raises(p.ProtocolError) as err:
+            auth(parsed(fields))
+        assert err.value.code == p.MALFORMED and "unix seconds" in err.value.message, change
+    for track_id in (2**70, 2**63, -1):
+        fields = p.build_request("name", "ops", KEY, now=NOW, person="Ada", track_id=5)
+        fields["track_id"] = track_id
+        fields["signature"] = p.sign(p.signed_form(fields), KEY)
+        with pytest.raises(p.ProtocolError) as err:
+            p.validate(parsed(fields), 1 << 20)
+        assert err.value.code == p.MALFORMED and "track_id" in err.value.message
+    fields = p.build_request("name", "ops", KEY, now=NOW, person="Ada", track_id=2**63 - 1)
+    assert p.validate(parsed(fields), 1 << 20).track_id == 2**63 - 1
+    for version in (1.0, True, "1"):
+        fields = p.build_request("list", "ops", KEY, now=NOW)
+        fields["schema_version"] = version
+        with pytest.raises(p.ProtocolError) as err:
+            parsed(fields)
+        assert err.value.code == p.UNSUPPORTED_VERSION, version

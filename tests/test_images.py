@@ -86,3 +86,27 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match="not a file|folder"):
         load_image(tmp_path)
+
+
+def test_damaged_exif_is_no_python_warning(tmp_path, caplog):
+    """Issue 25.7: an EXIF block whose tag claims more data than the file holds made Pillow print a
+    UserWarning with a library path on stderr; now it is one escaped log line, and the photo (with the
+    orientation that could still be read) is used."""
+    import logging
+    import struct
+    import warnings
+
+    photo = (FR / "examples" / "knn_examples" / "train" / "biden" / "biden.jpg").read_bytes()
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2)
+    tiff += struct.pack("<HHII", 0x0112, 3, 1, 6)  # Orientation: turned 90 degrees
+    tiff += struct.pack("<HHII", 0x010F, 2, 10**9, 4000)  # Make: 10**9 characters, far beyond the file
+    tiff += struct.pack("<I", 0)
+    app1 = b"Exif\x00\x00" + tiff
+    damaged = photo[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + photo[2:]
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="agent.images"):
+        warnings.simplefilter("always")
+        rgb = decode_image(damaged, name="bad\nexif.jpg")
+    assert not caught, [str(w.message) for w in caught]
+    plain = decode_image(photo)
+    assert rgb.shape == (plain.shape[1], plain.shape[0], 3)  # the orientation still counts
+    assert "Tag data larger than file" in caplog.text and "bad\\nexif.jpg" in caplog.text

@@ -177,3 +177,36 @@ def test_tensorrt_absence_is_said_once_by_doctor_not_by_every_command(tmp_path, 
     doctor = run("doctor")
     assert doctor.stdout.count("TensorRT not usable") == 1, doctor.stdout
     assert "TensorRT not usable" not in doctor.stderr
+
+
+def test_no_orphan_chip_and_no_person_without_photos(tmp_path, cli):
+    """Issue 25.7: a photo whose name has spaces ("my photo.jpg") gets one chip, the one of its stored copy
+    (my_photo-<sha8>.png), not a second named after the original; removing a photo removes its chip, a chip
+    left without its photo is pruned at the next scan, and after the last photo the person is not listed."""
+    from agent.config import load_config
+    from agent.gallery import Gallery
+
+    spaced = tmp_path / "my photo.jpg"
+    spaced.write_bytes(BIDEN[0].read_bytes())
+    code, _out, err = cli("enroll", "Joe Biden", str(spaced), str(BIDEN[1]))
+    assert code == 0, err
+    assert cli("enroll", "obama", *map(str, OBAMA))[0] == 0
+    aligned = tmp_path / "faces" / "train" / "aligned" / "Joe Biden"
+    raw = tmp_path / "faces" / "train" / "raw" / "Joe Biden"
+    assert {p.stem for p in aligned.iterdir()} == {p.stem for p in raw.iterdir()}, sorted(aligned.iterdir())
+    assert len(list(aligned.iterdir())) == 2
+
+    (aligned / "my photo-12345678.png").write_bytes(b"left by an older version")  # an orphan from before
+    code, _out, _err = cli("enroll", "--retrain")
+    assert {p.stem for p in aligned.iterdir()} == {p.stem for p in raw.iterdir()}
+
+    gallery = Gallery(load_config(tmp_path / "agent.toml"))
+    for photo in gallery.photos_of("Joe Biden"):  # as the web page's Remove does (then it retrains)
+        gallery.remove_photo("Joe Biden", photo)
+    gallery.ensure_trained(progress=False)
+    assert not aligned.exists() and not raw.exists()
+    assert "Joe Biden" not in gallery.people_on_disk() and "Joe Biden" not in gallery.summary()
+    gallery.close()
+    raw.mkdir(parents=True)  # an empty folder made by hand is nobody either
+    code, out, _err = cli("people")
+    assert code == 0 and "Joe Biden" not in out, out

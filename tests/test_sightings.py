@@ -258,6 +258,76 @@ def test_a_full_disk_keeps_nothing_half_written(tmp_path, lfw_faces, disk):  # n
     store.close()
 
 
+def test_a_corrupt_sightings_file_is_salvaged_at_start(tmp_path, lfw_faces, capsys, caplog):
+    """Issue 25.1: a page of sightings.db overwritten (a bad SD card): the first process to open it checks it,
+    salvages every readable row into a new file and keeps the damaged one beside it, saying so once;
+    `unknowns`, `name` and the store's writes then work (no traceback, no "check that ... is writable")."""
+    import logging
+    import shutil
+
+    from agent import sightings as sightings_module
+    from agent.cli import main
+
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[paths]\nstorage = "storage"\nengines = "engines"\nsvm = "svm"\nfaces = "faces"\n'
+                    '[mqtt]\nenabled = false\n[sightings]\nmax_count = 100000\n')
+    cfg = load_config(conf)
+    store = SightingStore(cfg)
+    people = list(lfw_faces)
+    for i in range(150):  # 4 faces a track, ~600 rows: many pages
+        store.add_track("r", _track(lfw_faces[people[i % 3]], i + 1))
+    clusters_before = {c["id"] for c in store.clusters()}
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    db = cfg.path("storage") / "sightings.db"
+    pages = db.stat().st_size // 4096
+    with open(db, "r+b") as f:
+        f.seek(4096 * (pages // 2))
+        f.write(os.urandom(4096))
+    damaged = db.read_bytes()
+    getattr(sightings_module, "_CHECKED", set()).clear()  # as in a new process
+
+    with caplog.at_level(logging.ERROR):
+        assert main(["--config", str(conf), "unknowns", "--json"]) == 0
+    out, err = capsys.readouterr()
+    clusters = json.loads(out)
+    assert {c["id"] for c in clusters} == clusters_before, clusters
+    assert 300 < sum(c["sightings"] for c in clusters) < 600
+    salvaged = [r.getMessage() for r in caplog.records if "salvaged" in r.getMessage()]
+    assert len(salvaged) == 1 and "sightings.db is corrupt" in salvaged[0], caplog.text
+    assert "Traceback" not in err and "writable" not in caplog.text
+    moved = [p for p in db.parent.iterdir() if p.name.startswith("sightings.db.corrupt-") and "-wal" not in
+             p.name and "-shm" not in p.name]
+    assert len(moved) == 1 and moved[0].read_bytes() == damaged  # kept byte for byte
+    caplog.clear()
+
+    # said once: the next opens in this process do not check or log again; the salvaged file works
+    store = SightingStore(cfg)
+    assert store.add_track("r", _track(lfw_faces[people[0]][:2], 999))
+    assert [c["id"] for c in store.clusters()][:1] == sorted(clusters_before, key=parse_cluster)[:1]
+    new = store.db.execute("INSERT INTO clusters (created) VALUES (0)").lastrowid
+    assert new > max(parse_cluster(c) for c in clusters_before)  # AUTOINCREMENT carried over: no id twice
+    store.close()
+    assert "corrupt" not in caplog.text
+
+    # damaged again while running: writing says the file is damaged (not "writable") and salvages it once
+    shutil.copy(moved[0], db)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    from agent.sightings import Sightings
+
+    keeper = Sightings(cfg, run="r2")
+    getattr(sightings_module, "_CHECKED", set()).clear()
+    shutil.copy(moved[0], db)  # damaged under the open connection
+    keeper._queue.put(_track(lfw_faces[people[1]][:2], 5))
+    keeper.close()
+    assert "writable" not in caplog.text
+    assert keeper.stored == 2 and caplog.text.count("salvaged") == 1, caplog.text
+    assert main(["--config", str(conf), "name", "u1", "Some One"]) in (0, 1)
+    _out, err = capsys.readouterr()
+    assert "Traceback" not in err and "DatabaseError" not in err, err
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
 

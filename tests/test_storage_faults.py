@@ -168,3 +168,54 @@ def test_files_of_the_previous_version_open_on_a_full_or_read_only_disk(tmp_path
         cache.close()
         with EventStore(cfg) as store:
             assert store.degraded and [r.event() for r in store.query(limit=None)] == events
+
+
+HAMILTON = FR / "examples" / "short_hamilton_clip.mp4"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_a_full_disk_loses_no_event_and_health_says_disk_full(tmp_path, disk, mosquitto, analyzer, caplog):
+    """Issue 25.2: the disk fills before the run: every event of the run still goes out over MQTT (from memory)
+    and is counted, the errors are a few lines (not one per event), and health says `disk full`."""
+    conf = config_file(tmp_path, disk, '[service]\nstatus_interval = 0.2\nmin_free_disk_mb = 0\n')
+    cfg = load_config(conf)
+    cfg.mqtt.enabled = True
+    cfg.mqtt.host, cfg.mqtt.port = mosquitto.host, mosquitto.port
+    with EventStore(cfg) as store:
+        store.add(F.track_started(0, (0, 0, 10, 10), (100, 100)))
+    disk.fill()
+    collector = Collector(mosquitto, ["faces/events", f"faces/{cfg.agent.id}/#"]).start()
+    service = Service(cfg, source_uri=str(HAMILTON), every_frame=True, max_frames=120, analyzer=analyzer)
+    assert service.run() == 0
+    assert service.stats.not_stored >= 5 and service.stats.events >= service.stats.not_stored
+    received = [json.loads(m.text) for m in collector.wait_count("faces/events", service.stats.events + 1,
+                                                                  timeout=30)]
+    types = {e["type"] for e in received}
+    assert {"track_started", "track_ended"} <= types, types
+    assert len({e["event_id"] for e in received}) == service.stats.events + 1  # each run event + the stored one
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "not stored" in r.getMessage()]
+    assert 1 <= len(errors) <= 6, [r.getMessage() for r in errors]  # rate-limited: a few, not one per event
+    health = [json.loads(m.text) for m in collector.on(f"faces/{cfg.agent.id}/health")]
+    assert any(h["state"] == "degraded" and any("disk full" in r for r in h["reasons"]) for h in health), health
+    collector.stop()
+
+
+def test_the_reserve_keeps_the_event_log_writing_when_the_disk_fills(tmp_path, disk, caplog):
+    """Issue 25.2: [store] reserve_mb is held beside the log while there is room and given up when something
+    else fills the disk: the events still fit (and old delivered ones can still be deleted), health says
+    `disk full`, and the WAL stays within its budget."""
+    conf = config_file(tmp_path, disk, "[store]\nreserve_mb = 2\nmax_db_mb = 4\n")
+    cfg = load_config(conf)
+    store = EventStore(cfg)
+    reserve = store.path.with_name("events.db.reserve")
+    assert reserve.stat().st_size == 2 << 20 and store.space_problem() is None
+    disk.fill()
+    events = [F.track_started(i, (0, 0, 10, 10), (100, 100)) for i in range(150)]
+    for e in events:
+        store.add(e)
+    assert store.count() == 150 and not reserve.exists()
+    assert "disk full" in store.space_problem() and "DISK FULL" in caplog.text
+    assert Path(f"{store.path}-wal").stat().st_size <= 2 * store.wal_budget + 64 * 1024
+    (disk.path / "filler").unlink()  # room again: the reserve is taken back and health is ok
+    assert store.space_problem() is None and reserve.exists()
+    store.close()

@@ -372,3 +372,18 @@ def test_live_page_shows_each_camera_and_serves_only_their_live_frames(tmp_path)
             assert client.request("GET", path)[0] == 404, path
     finally:
         console.stop()
+
+
+def test_a_corrupt_sightings_file_does_not_break_the_unknown_people_page(tmp_path):
+    """Issue 25.1: the console's /unknowns answered 500 on a damaged sightings.db; it is checked (and moved
+    aside, kept) when the console opens it, and the page works."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "sightings.db").write_bytes(b"this is no SQLite file\n" * 500)
+    console = WebConsole(write_config(tmp_path))
+    try:
+        status, _, text = Client(console).request("GET", "/unknowns")
+        assert status == 200, text[-2000:]
+    finally:
+        console.stop()
+    assert [p.name.split("-")[0] for p in storage.glob("sightings.db.corrupt-*")] == ["sightings.db.corrupt"]

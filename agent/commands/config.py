@@ -12,10 +12,10 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from agent.commands._common import usage_without_action
 from agent.config import Config, config_as_dict, find_config, load_config
+from agent.files import folder_problem
 
 PATH_KEYS = ("storage", "engines", "svm", "faces")
 
@@ -42,7 +42,7 @@ def problems(cfg: Config) -> list[str]:
     out = []
     for key in PATH_KEYS:
         path = cfg.path(key)
-        reason = _not_writable(path)
+        reason = folder_problem(path)
         if reason:
             out.append(f"paths.{key}: {path} {reason}")
     files = [("mqtt.ca_file", cfg.mqtt.ca_file), ("mqtt.cert_file", cfg.mqtt.cert_file),
@@ -59,21 +59,6 @@ def problems(cfg: Config) -> list[str]:
     if cfg.mqtt.enabled and bool(cfg.mqtt.cert_file) != bool(cfg.mqtt.key_file):
         out.append("mqtt: cert_file and key_file go together (TLS client certificate)")
     return out
-
-
-def _not_writable(path: Path) -> str | None:
-    if path.exists():
-        if not path.is_dir():
-            return "is not a folder"
-        return None if os.access(path, os.W_OK | os.X_OK) else "is not writable"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot be created ({parent} is not a folder)"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"does not exist and cannot be created ({parent} is not writable)"
-    return None
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -8,9 +8,10 @@ import sys
 
 from agent.commands._common import config_of, fail
 from agent.dbcheck import DatabaseCheckError
+from agent.files import StorageError
+from agent.frame_output import OutputError
 from agent.service import Service, install_signal_handlers
 from agent.sources import SourceError
-from agent.store import StoreError
 from agent.vision.backends import BackendError
 from agent.vision.embed import ModelFileError
 
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     install_signal_handlers(service)
     try:
         return service.run()
-    except (SourceError, StoreError, BackendError, ModelFileError, DatabaseCheckError) as exc:
+    except (SourceError, StorageError, BackendError, ModelFileError, DatabaseCheckError, OutputError) as exc:
         return fail(str(exc), 2)

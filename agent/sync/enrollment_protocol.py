@@ -92,6 +92,8 @@ SIGNATURE = "signature"
 IMAGE_SHA256 = "image_sha256"
 MIN_SECRET_BYTES = 16
 MAX_ID_LENGTH = 128
+MAX_UNIX_SECONDS = 1e11  # timestamp / expires: beyond this (year 5138) a number is not a time
+MAX_TRACK_ID = 2**63 - 1  # a track id is a SQLite INTEGER
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 NONCE_RE = re.compile(r"^[A-Za-z0-9_\-]{16,128}$")
 SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -348,7 +350,7 @@ def binary_props(user_properties: list[tuple[str, str]] | None) -> dict[str, str
 def check_version(version: Any) -> None:
     if version is None:
         raise ProtocolError(MALFORMED, "schema_version is missing")
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:  # 1.0 is not 1
         raise ProtocolError(UNSUPPORTED_VERSION,
                             f"schema_version {str(version)[:20]!r} is not supported (this agent speaks "
                             f"{SCHEMA_VERSION})")
@@ -369,9 +371,15 @@ def _number(value: Any, name: str, strings: bool = False) -> float:
             raise ProtocolError(MALFORMED, f"{name} must be a number (unix seconds)"
                                 + ("" if strings else ", not a string"))
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(MALFORMED, f"{name} must be a number (unix seconds)")
-    return float(value)
+    try:
+        number = float(value)  # an int like 10**400 has no float: OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > MAX_UNIX_SECONDS:
+        raise ProtocolError(MALFORMED, f"{name} must be a number of unix seconds (at most {MAX_UNIX_SECONDS:.0e})")
+    return number
 
 
 @dataclass
@@ -472,8 +480,9 @@ def validate(fields: dict, max_image_bytes: int, payload: bytes | None = None) -
             raise ProtocolError(MALFORMED, "name needs exactly one of 'unknown_id' (like u3) and 'track_id'")
         if unknown_id is not None and (not isinstance(unknown_id, str) or not UNKNOWN_ID_RE.match(unknown_id)):
             raise ProtocolError(MALFORMED, "unknown_id must be an unknown person's id like u3")
-        if track_id is not None and (not isinstance(track_id, int) or isinstance(track_id, bool) or track_id < 0):
-            raise ProtocolError(MALFORMED, "track_id must be a non-negative integer")
+        if track_id is not None and (not isinstance(track_id, int) or isinstance(track_id, bool)
+                                     or not 0 <= track_id <= MAX_TRACK_ID):
+            raise ProtocolError(MALFORMED, f"track_id must be an integer from 0 to {MAX_TRACK_ID}")
         req.unknown_id, req.track_id = unknown_id, track_id
     if command == REJECT:
         event_id = _text(fields, "event_id")

@@ -12,12 +12,18 @@ Usage (the service):
     ...store.add(event)...                        # wakes the publisher (store listener)
     publisher.stop()                              # flushes for up to [mqtt] shutdown_timeout seconds
 
+An event the log could not store (a full disk: `StoreFullError`) is handed to `publish_unstored`: it is kept
+in memory (at most MEMORY_EVENTS, the oldest dropped first) and published like the outbox's events, after
+them; its PUBACK only counts it (`delivered_unstored`). It is lost only if the agent stops before the broker
+took it.
+
 With `[mqtt] enabled = false` the thread only runs retention. Retention of the store runs every
 `[store] retention_interval` seconds in this thread.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import sqlite3
@@ -30,14 +36,16 @@ from typing import Any
 from paho.mqtt.enums import MQTTErrorCode
 
 from agent.config import ConfigError
-from agent.events import IDENTIFIED, UNKNOWN_FACE, format_timestamp
-from agent.store import EventStore, StoredEvent, StoreError
+from agent.events import IDENTIFIED, UNKNOWN_FACE, Event, format_timestamp, parse_timestamp
+from agent.logsafe import RateLimitedLog
+from agent.store import PENDING, EventStore, StoredEvent, StoreError
 from agent.sync.homeassistant import HomeAssistant
 from agent.sync.mqtt import MqttClient
 from agent.topics import Topics
 
 log = logging.getLogger(__name__)
 
+MEMORY_EVENTS = 10_000  # events that could not be stored, kept in memory for publishing (oldest dropped)
 REJECT_BACKOFF = 5.0  # seconds before republishing after the broker refused a message (MQTT v5 reason)
 EXPIRE_EVERY = 1.0  # seconds between two looks for pending events older than [mqtt] max_event_age
 IDLE_WAKE = 1.0  # seconds: the loop checks timers at least this often
@@ -73,6 +81,12 @@ class Publisher:
         self.homeassistant = HomeAssistant(cfg, self.client) if (m.enabled and m.homeassistant) else None
         self.published = 0  # publish calls made (including re-publishes)
         self.delivered = 0  # PUBACKs that marked an event delivered
+        self.delivered_unstored = 0  # PUBACKs of events that only lived in memory (not stored: full disk)
+        self.dropped_unstored = 0  # events not stored that were dropped from memory unpublished
+        self._memory: collections.deque[StoredEvent] = collections.deque()  # not stored: published from here
+        self._unmarked: set[str] = set()  # acknowledged, not yet marked delivered (the mark failed: full disk)
+        self._retry_mark_at = 0.0
+        self._log_errors = RateLimitedLog(log, per_period=3)  # a full disk fails every step: not a line each
         self._inflight: dict[int, _InFlight] = {}  # mid -> entry; publisher thread only
         self._acks: list[tuple[int, int, Any]] = []  # (generation, mid, reason) from the network thread
         self._acks_lock = threading.Lock()
@@ -125,6 +139,9 @@ class Publisher:
             self.client.stop()
         if self.client is None:  # MQTT is off: nothing is waiting to be published
             return 0
+        if self._memory:
+            log.error("%d events that could not be stored (full disk) were not published before the stop: lost",
+                      len(self._memory))
         left = self.store.count("pending")
         if left:
             log.info("publisher stopped with %d undelivered events kept in %s", left, self.store.path)
@@ -133,6 +150,20 @@ class Publisher:
     def wake(self) -> None:
         """Look at the outbox now (the store does this on every `add`)."""
         self._wake.set()
+
+    def publish_unstored(self, event: Event) -> bool:
+        """Publish an event the log could not store (from memory, after the outbox's events); False when it
+        cannot go out at all (MQTT is off)."""
+        if self.client is None:
+            return False
+        record = StoredEvent(-1, event.event_id, parse_timestamp(event.timestamp), event.timestamp, event.type,
+                             event.name, event.camera, event.track_id, event.confidence, PENDING, event.to_json())
+        self._memory.append(record)
+        while len(self._memory) > MEMORY_EVENTS:
+            self._memory.popleft()
+            self.dropped_unstored += 1
+        self._wake.set()
+        return True
 
     @property
     def connected(self) -> bool:
@@ -183,7 +214,8 @@ class Publisher:
                                      or not self._outbox_busy() or time.monotonic() >= self._flush_deadline):
                         break
                 except (StoreError, sqlite3.Error) as exc:  # e.g. a full disk: keep going, retry later
-                    log.error("publisher: event log error: %s; retrying in %.0f s", exc, REJECT_BACKOFF)
+                    self._log_errors.log(logging.ERROR, "publisher: event log error: %s; retrying in %.0f s", exc,
+                                         REJECT_BACKOFF)
                     self._hold_until = time.monotonic() + REJECT_BACKOFF
                     if stopping:
                         break
@@ -221,7 +253,7 @@ class Publisher:
         return max(0.01, wait)
 
     def _outbox_busy(self) -> bool:
-        return bool(self._inflight) or bool(self.store.pending(1))
+        return bool(self._inflight) or bool(self._memory) or bool(self.store.pending(1, exclude=self._unmarked))
 
     def _retention(self) -> None:
         try:
@@ -233,6 +265,7 @@ class Publisher:
         gen = self.client.generation
         if gen != self._generation:  # a new paho client: message ids of the old one are void
             self._generation = gen
+            self._requeue(list(self._inflight.values()))
             self._inflight.clear()
         now = time.monotonic()
         if not self.client.connected:
@@ -244,6 +277,14 @@ class Publisher:
                 log.warning("no PUBACK for event %s after %.0f s; publishing it again", entry.record.event_id,
                             self.ack_timeout)
                 del self._inflight[mid]
+                self._requeue([entry])
+
+    def _requeue(self, entries: list[_InFlight]) -> None:
+        """Events from memory whose publish is void go back to the front of the memory queue (stored ones are
+        read from the outbox again anyway)."""
+        for entry in sorted(entries, key=lambda e: e.sent, reverse=True):
+            if entry.record.seq < 0:
+                self._memory.appendleft(entry.record)
 
     def _process_acks(self) -> None:
         with self._acks_lock:
@@ -259,14 +300,27 @@ class Publisher:
                 log.error("broker refused event %s: %s; retrying in %.0f s", entry.record.event_id, reason,
                           REJECT_BACKOFF)
                 self._hold_until = time.monotonic() + REJECT_BACKOFF
+                self._requeue([entry])
                 continue
+            if entry.record.seq < 0:  # from memory: nothing to mark
+                self.delivered_unstored += 1
+            else:
+                self._unmarked.add(entry.record.event_id)
             done.append(entry.record)
-        if done:
-            self.delivered += self.store.mark_delivered(r.event_id for r in done)
-            if self.homeassistant is not None:
-                for record in done:
-                    if record.type in (IDENTIFIED, UNKNOWN_FACE):
-                        self.homeassistant.recognition(record.event())
+        if self.homeassistant is not None:
+            for record in done:
+                if record.type in (IDENTIFIED, UNKNOWN_FACE):
+                    self.homeassistant.recognition(record.event())
+        if self._unmarked and time.monotonic() >= self._retry_mark_at:
+            # acknowledged events are not published again while marking them fails (a full disk): they are
+            # left out of the window until the mark is written (or the agent restarts: at-least-once), and
+            # the window goes on with the rest (events not stored wait behind them)
+            try:
+                self.delivered += self.store.mark_delivered(list(self._unmarked))
+                self._unmarked.clear()
+            except (StoreError, sqlite3.Error) as exc:
+                self._retry_mark_at = time.monotonic() + REJECT_BACKOFF
+                self._log_errors.log(logging.ERROR, "publisher: %s; retrying in %.0f s", exc, REJECT_BACKOFF)
 
     def _expire_old(self, now: float) -> None:
         """Pending events older than [mqtt] max_event_age become expired instead of being published late."""
@@ -286,17 +340,22 @@ class Publisher:
         room = self.window - len(self._inflight)
         if room <= 0:
             return
-        busy = {e.record.event_id for e in self._inflight.values()}
-        for record in self.store.pending(room, exclude=busy):
+        busy = {e.record.event_id for e in self._inflight.values()} | self._unmarked
+        records = self.store.pending(room, exclude=busy)
+        while len(records) < room and self._memory:
+            records.append(self._memory.popleft())
+        for n, record in enumerate(records):
             info = self.client.publish(self.topic, record.payload, qos=1)
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 log.warning("publish of event %s failed: rc %s; will retry", record.event_id, info.rc)
+                self._memory.extendleft(reversed([r for r in records[n:] if r.seq < 0]))
                 break
             # NO_CONN: the connection dropped just now; paho resends it on reconnect and its PUBACK
             # still marks it delivered (or the ack timeout publishes it again)
             self._inflight[info.mid] = _InFlight(record, info.mid, time.monotonic())
             self.published += 1
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._memory.extendleft(reversed([r for r in records[n + 1:] if r.seq < 0]))
                 break
 
     def _publish_stats(self) -> None:
@@ -312,7 +371,9 @@ class Publisher:
             "timestamp": format_timestamp(),
             "outbox": {**self.store.counts(), "inflight": len(self._inflight)},
             "mqtt": {"protocol": self.client.protocol, "reconnects": self.client.reconnects,
-                     "published": self.published, "delivered": self.delivered},
+                     "published": self.published, "delivered": self.delivered,
+                     "not_stored": {"delivered": self.delivered_unstored, "waiting": len(self._memory),
+                                    "dropped": self.dropped_unstored}},
         })
         try:
             payload = json.dumps(stats, separators=(",", ":"), default=str)
