@@ -139,11 +139,11 @@ class RecognitionSection:
     # scatter of a person's photos around their mean (prior for few photos)
     typical_spread: float = setting(0.215, bounds=Range(0, 1, lo_open=True))
     # a person's photos (or kept faces) this close (unit L2) to a view's first photo are one view (near-duplicates)
-    duplicate_distance: float = setting(0.15, bounds=Range(0, 1))
+    duplicate_distance: float = setting(0.12, bounds=Range(0, 1))
     # the gate is this much stricter for a person with 1, 2, 3, 4 distinct views (5 or more: 0)
     few_views_penalty: list[float] = field(default_factory=lambda: [0.035, 0.03, 0.0225, 0.0125])
-    # with fewer than small_gallery people enrolled the gate widens by this * (1/sqrt(people) - 1/sqrt(small_gallery))
-    gallery_bonus: float = setting(0.07, bounds=Range(0, 1))
+    # with fewer than small_gallery people enrolled the gate widens by this * log2(small_gallery / people) (1 counts 2)
+    gallery_bonus: float = setting(0.022, bounds=Range(0, 0.1))
     small_gallery: int = setting(10, bounds=AT_LEAST_1)
     min_face_size: int = setting(28, bounds=AT_LEAST_1)  # faces smaller than this (px) are never named: too_small
     # faces smaller than this (px) get a gate stricter by small_face_penalty

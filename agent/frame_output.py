@@ -92,12 +92,13 @@ def draw(rgb: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     for face in record["faces"]:
         b = face["box"]
         colour = COLOURS[face["status"]]
-        cv2.rectangle(img, (b["left"], b["top"]), (b["right"], b["bottom"]), colour, 1 if face["coasting"] else 2)
         label = face["name"] or LABELS.get(face["status"], face["status"])
         (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         x, y = max(0, b["left"]), max(h + base + 2, b["top"] - 2)
         cv2.rectangle(img, (x, y - h - base - 2), (x + w + 4, y + 2), (20, 20, 20), -1)
         cv2.putText(img, label, (x + 2, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+        # the box last: its edges stay whole where the label's band meets them
+        cv2.rectangle(img, (b["left"], b["top"]), (b["right"], b["bottom"]), colour, 1 if face["coasting"] else 2)
     return img
 
 

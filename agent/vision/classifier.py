@@ -25,7 +25,7 @@ The face is that person only if the effective distance is at most the person's *
 the same person. The gate is `distance_threshold`, calibrated so that false accepts stay at or under 1% of
 stranger faces whatever the enrollment (`gate_thresholds`): it is `few_views_penalty[n - 1]` stricter for a
 person with n < 5 distinct views (a mean of few photos is uncertain: without this a one-photo person let 2-3x
-as many strangers through), `gallery_bonus * (1/sqrt(people) - 1/sqrt(small_gallery))` wider with fewer than
+as many strangers through), `gallery_bonus * log2(small_gallery / people)` wider with fewer than
 `small_gallery` people enrolled (fewer people, fewer chances for a stranger to resemble one),
 and `small_face_penalty` stricter for a face under `small_face_size` px (`predict(sizes=...)`).
 `confidence` (0..1) is a logistic of `gate - effective distance`.
@@ -173,13 +173,13 @@ def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
 def gate_thresholds(views: np.ndarray, rule: RecognitionSection) -> np.ndarray:
     """(n_people,) each person's gate on the effective distance: `distance_threshold`, stricter by
     `few_views_penalty[n - 1]` for a person with n < 5 distinct views, and wider with fewer than small_gallery
-    people enrolled by `gallery_bonus * (1/sqrt(people) - 1/sqrt(small_gallery))`. Calibrated so that strangers are
+    people enrolled by `gallery_bonus * log2(small_gallery / people)`. Calibrated so that strangers are
     named at most 1% of the time however people were enrolled (bench/bench_gate.py)."""
     views = np.asarray(views, dtype=np.int64)
     penalties = np.asarray(list(rule.few_views_penalty) + [0.0], dtype=np.float64)
     penalty = penalties[np.clip(views, 1, len(penalties)) - 1]
     people = max(1, len(views))
-    bonus = rule.gallery_bonus * max(0.0, 1.0 / math.sqrt(people) - 1.0 / math.sqrt(rule.small_gallery))
+    bonus = rule.gallery_bonus * max(0.0, math.log2(rule.small_gallery / max(2, people)))  # one person counts as 2
     return rule.distance_threshold - penalty + bonus
 
 

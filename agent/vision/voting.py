@@ -38,7 +38,8 @@ class LabelTotal:
     """Every vote a label got over the track's life (not just the window)."""
 
     count: int = 0
-    best_certainty: float = 0.0  # max over its votes of faces not small of confidence (a name) or 1 - confidence
+    best_certainty: float = 0.0  # max over its votes of confidence (a name) or 1 - confidence (unknown)
+    best_large_certainty: float = 0.0  # the same over the votes of faces not small (the single-vote shortcut)
 
 
 def certainty(name: str | None, confidence: float) -> float:
@@ -81,8 +82,9 @@ class Ballot:
         self.count += 1
         total = self.totals.setdefault(name, LabelTotal())
         total.count += 1
+        total.best_certainty = max(total.best_certainty, certainty(name, confidence))
         if not small:
-            total.best_certainty = max(total.best_certainty, certainty(name, confidence))
+            total.best_large_certainty = max(total.best_large_certainty, certainty(name, confidence))
         return self._decide()
 
     def tally(self) -> dict[str | None, tuple[int, float]]:
@@ -104,7 +106,8 @@ class Ballot:
         ranked = sorted(tally.items(), key=lambda kv: (kv[1][1], kv[1][0]), reverse=True)
         top, (top_votes, top_weight) = ranked[0]
         if not self.settled:
-            sure = top is not None and len(tally) == 1 and self.totals[top].best_certainty > self.single_vote_certainty
+            sure = (top is not None and len(tally) == 1
+                    and self.totals[top].best_large_certainty > self.single_vote_certainty)
             if top_votes < self.votes_needed(top) and not sure:
                 return False
             self.settled, self.identity = True, top
