@@ -2,7 +2,8 @@
 
 - `name_faces`: the best kept faces of an unknown person (cluster) or of one track are enrolled as a
   person through the gallery (`Gallery.add_image`: the same checks and files as every other enrollment),
-  best first and one per track before a second of the same track; the context crop is enrolled (a photo
+  best first and one per track before a second of the same track, near-identical faces once
+  (`[recognition] duplicate_distance`); the context crop is enrolled (a photo
   with the face and some of its surroundings, as enrollment expects), its aligned chip when the crop is
   refused. Then the classifier retrains.
 - `reject`: the faces of the track an `identified` event named are recorded as negatives of that name
@@ -31,7 +32,7 @@ import numpy as np
 from agent.events import IDENTIFIED, REIDENTIFIED, Event, EventFactory, parse_timestamp
 from agent.gallery import Gallery, validate_person_name
 from agent.sightings import SightingStore, cluster_label, embedding_of, majority, parse_cluster
-from agent.vision.classifier import Classifier
+from agent.vision.classifier import Classifier, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ class Named:
     classifier: Classifier | None = None
 
 
-def _spread_over_tracks(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
-    """Best first, but each track's best face before anybody's second one (varied looks)."""
+def _spread_over_tracks(rows: list[dict[str, Any]], limit: int, duplicate_distance: float = 0.0
+                        ) -> list[dict[str, Any]]:
+    """Best first, but each track's best face before anybody's second one (varied looks), and no face nearly
+    identical to one already chosen (embeddings within `duplicate_distance`: the classifier would count them as
+    one view anyway, `classifier.distinct_views`)."""
     rows = sorted(rows, key=lambda r: (-(r["quality"] or 0.0), r["id"]))
     rank: dict[tuple, int] = defaultdict(int)
     keyed = []
@@ -60,7 +64,17 @@ def _spread_over_tracks(rows: list[dict[str, Any]], limit: int) -> list[dict[str
         key = (r["run"], r["track_id"])
         keyed.append((rank[key], r))
         rank[key] += 1
-    return [r for _, r in sorted(keyed, key=lambda kr: kr[0])][:limit]
+    chosen: list[dict[str, Any]] = []
+    kept: list[np.ndarray] = []
+    for _, r in sorted(keyed, key=lambda kr: kr[0]):
+        unit = unit_rows(embedding_of(r))[0]
+        if any(float(np.linalg.norm(unit - k)) < duplicate_distance for k in kept):
+            continue
+        chosen.append(r)
+        kept.append(unit)
+        if len(chosen) == limit:
+            break
+    return chosen
 
 
 def find_cluster(store: SightingStore, unknown_id: str) -> dict[str, Any]:
@@ -134,7 +148,7 @@ def name_faces(gallery: Gallery, store: SightingStore, rows: list[dict[str, Any]
     usable."""
     person = validate_person_name(person)
     limit = gallery.cfg.sightings.name_faces
-    chosen = _spread_over_tracks(rows, limit)
+    chosen = _spread_over_tracks(rows, limit, gallery.cfg.recognition.duplicate_distance)
     named = Named(person, len(chosen))
     with tempfile.TemporaryDirectory(prefix="face-agent-name-") as tmp:
         for row in chosen:

@@ -120,21 +120,20 @@ def l2(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def distinct_views(own: np.ndarray, duplicate_distance: float) -> np.ndarray:
-    """(m, DIM) unit-length views of one person's unit-length embeddings: each embedding joins the first view
-    whose first embedding is within `duplicate_distance` (near-identical faces: frames of one track, bursts, one
-    photo at two sizes), else starts a new view; a view is the unit mean of its embeddings, so near-duplicates
-    count once for the person's mean, scatter and number of views."""
-    leaders: list[np.ndarray] = []
-    sums: list[np.ndarray] = []
-    for u in own:
-        for k, lead in enumerate(leaders):
-            if float(np.linalg.norm(u - lead)) < duplicate_distance:
-                sums[k] = sums[k] + u
-                break
-        else:
-            leaders.append(u)
-            sums.append(u.copy())
-    return unit_rows(np.array(sums)) if sums else np.zeros((0, DIM))
+    """(m, DIM) unit-length views of one person's unit-length embeddings: embeddings linked by a chain of steps
+    shorter than `duplicate_distance` (near-identical faces: frames of one track, bursts, one photo at two sizes)
+    are one view, the unit mean of its embeddings; so near-duplicates count once for the person's mean, scatter
+    and number of views. Views come in the order of their first embedding."""
+    n = len(own)
+    if not n:
+        return np.zeros((0, DIM))
+    group = np.arange(n)  # single linkage: union of every pair closer than duplicate_distance
+    close = l2(own, own) < duplicate_distance
+    for i, j in zip(*np.nonzero(np.triu(close, 1))):
+        gi, gj = group[i], group[j]
+        if gi != gj:
+            group[group == max(gi, gj)] = min(gi, gj)
+    return unit_rows(np.array([own[group == g].sum(0) for g in sorted(set(group.tolist()))]))
 
 
 def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typical_spread: float,
