@@ -138,7 +138,7 @@ class RecognitionSection:
     spread_weight: float = setting(0.75, bounds=Range(0, 5))
     # scatter of a person's photos around their mean (prior for few photos)
     typical_spread: float = setting(0.215, bounds=Range(0, 1, lo_open=True))
-    # a person's photos (or kept faces) this close (unit L2) to a view's first photo are one view (near-duplicates)
+    # a person's photos (or kept faces) linked by embeddings closer than this (unit L2) are one view (near-duplicates)
     duplicate_distance: float = setting(0.12, bounds=Range(0, 1))
     # the gate is this much stricter for a person with 1, 2, 3, 4 distinct views (5 or more: 0)
     few_views_penalty: list[float] = field(default_factory=lambda: [0.035, 0.03, 0.0225, 0.0125])

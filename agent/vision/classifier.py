@@ -8,8 +8,8 @@ the SVM step is skipped where it cannot be trained or validated.
 
 Prediction: the open-set rule of docs/evaluation.md, chosen by measurement on people never enrolled
 (bench/bench_openset.py, bench/bench_gate.py). Embeddings are scaled to unit length. A person's photos are first
-grouped into distinct *views*: photos whose embeddings lie within `duplicate_distance` of a view's first photo
-(frames of one track, burst shots, one photo at two sizes) are one view, the unit mean of its photos
+grouped into distinct *views*: photos linked by embeddings closer than `duplicate_distance` (frames of one
+track, burst shots, one photo at two sizes) are one view, the unit mean of its photos
 (`distinct_views`). Each person is the unit mean of their views (`centroid`) and has a `spread`: how far a new
 photo of them is expected to lie from that centroid, their views' scatter (measured leave-one-out, shrunk
 towards `typical_spread` when they have few views) times sqrt(1 + 1/n) for a mean of n views
@@ -177,8 +177,8 @@ def gate_thresholds(views: np.ndarray, rule: RecognitionSection) -> np.ndarray:
     views = np.asarray(views, dtype=np.int64)
     penalties = np.asarray(list(rule.few_views_penalty) + [0.0], dtype=np.float64)
     penalty = penalties[np.clip(views, 1, len(penalties)) - 1]
-    people = max(1, len(views))
-    bonus = rule.gallery_bonus * max(0.0, math.log2(rule.small_gallery / max(2, people)))  # one person counts as 2
+    people = max(2, len(views))  # one person counts as two
+    bonus = rule.gallery_bonus * max(0.0, math.log2(rule.small_gallery / people))
     return rule.distance_threshold - penalty + bonus
 
 
