@@ -19,7 +19,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sqlite3
 import tempfile
 import time
 from collections import defaultdict
@@ -30,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from agent.events import IDENTIFIED, REIDENTIFIED, UNKNOWN_FACE, Event, EventFactory, parse_timestamp
+from agent.files import StorageError
 from agent.gallery import Gallery, validate_person_name
-from agent.people import PersonIds
+from agent.people import People, PersonIds
 from agent.sightings import SightingStore, cluster_label, embedding_of, majority, parse_cluster
 from agent.vision.classifier import Classifier, unit_rows
 
@@ -60,12 +63,26 @@ def enrolled_text(named: Named) -> str:
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def current_name(cfg: Any, event: Event) -> str | None:
+    """The name the person an event named has now (agent.people: a rename since), else the event's."""
+    if event.name is None:
+        return None
+    try:
+        with People.of(cfg) as people:
+            person = event.person_id or people.id_of(event.name, at=event.time)
+            return (people.name_of(person) if person else None) or event.name
+    except (StorageError, sqlite3.Error) as exc:
+        log.warning("people registry: %s", exc)
+        return event.name
+
+
 def rejected_text(event: Event, done: Rejected) -> str:
     """What `reject` says: what it recorded, or that it had been done before."""
+    person = done.person or event.name
     if done.already:
         return (f"event {event.event_id} was already rejected: the {faces(done.faces)} of track {event.track_id} "
-                f"are known not to be {event.name} (nothing changed)")
-    return (f"track {event.track_id} is not {event.name}: {faces(done.added)} recorded as not {event.name} "
+                f"are known not to be {person} (nothing changed)")
+    return (f"track {event.track_id} is not {person}: {faces(done.added)} recorded as not {person} "
             f"({done.total} in all); the faces are now {done.unknown_id}")
 
 
@@ -174,7 +191,7 @@ def ignore_unknown(store: SightingStore, unknown_id: str, ignored: bool = True) 
 
 
 def track_faces(store: SightingStore, track_id: int) -> list[dict[str, Any]]:
-    """The faces of the latest track with this id (track ids restart with every run)."""
+    """The faces of the latest track with this id (ids never repeat since schema 4; older logs may repeat)."""
     rows = store.sightings("track_id = ?", [track_id])
     if not rows:
         raise NamingError(f"no faces of track {track_id} were kept (see [sightings] privacy)")
@@ -247,6 +264,7 @@ class Rejected:
     added: int
     total: int  # negatives recorded for the person now
     unknown_id: str | None  # the unknown person the faces are now
+    person: str = ""  # the person they are not (the name they have now)
     classifier: Classifier | None = None
 
     @property
@@ -262,6 +280,7 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
         raise NamingError(f"event {event.event_id} is {article(event.type)} event: only an identification "
                           "(identified, reidentified) can be rejected")
     at = parse_timestamp(event.seen_at) if event.type == REIDENTIFIED and event.seen_at else event.time
+    event = dataclasses.replace(event, name=current_name(gallery.cfg, event))  # renamed since: the name now
     rows = store.track_sightings(event.track_id, at)
     if not rows:
         raise NamingError(f"no faces of track {event.track_id} around {event.timestamp} were kept, so there is "
@@ -270,7 +289,7 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
     if all(r["rejected"] == event.name for r in rows):
         cluster = rows[0]["cluster"]
         return Rejected(len(rows), 0, len(gallery.negatives().get(event.name, ())),
-                        cluster_label(cluster) if cluster else None)
+                        cluster_label(cluster) if cluster else None, event.name)
     embeddings = np.stack([embedding_of(r) for r in rows])
     before = len(gallery.negatives().get(event.name, ()))
     total = gallery.add_negatives(event.name, embeddings)
@@ -279,7 +298,7 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
     store.set_cluster([r["id"] for r in rows], cluster)
     log.info("event %s: %s of track %d are not %s (now %s)", event.event_id, faces(len(rows)), event.track_id,
              event.name, cluster_label(cluster))
-    done = Rejected(len(rows), total - before, total, cluster_label(cluster))
+    done = Rejected(len(rows), total - before, total, cluster_label(cluster), event.name)
     if retrain:
         done.classifier, _, _ = gallery.ensure_trained(progress=progress)
     return done

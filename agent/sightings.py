@@ -66,7 +66,7 @@ DIM = 128
 
 SIGHTING_COLUMNS = {
     "id": int,
-    "run": str,  # the agent run the track belongs to (track ids restart with every run)
+    "run": str,  # the agent run the track belongs to (track ids restarted with every run before schema 4)
     "track_id": int,
     "t": float,  # when this face was seen (epoch seconds)
     "first_seen": float,  # the track's first and last time

@@ -723,8 +723,10 @@ def _person_ids_and_nullable_camera(db: sqlite_utils.Database) -> None:
     events = db["events"]
     if "person_id" not in events.columns_dict:
         events.add_column("person_id", str)
-    if any(c.name == "camera" and c.notnull for c in events.columns):
-        events.transform(not_null={"camera": False})
+    camera_required = any(c.name == "camera" and c.notnull for c in events.columns)
+    if camera_required or [c.name for c in events.columns] != list(COLUMNS):
+        # one copy of the table (sqlite-utils transform: indexes kept), columns in the order of a new file
+        events.transform(not_null={"camera": False}, column_order=list(COLUMNS))
     db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
     db.execute("INSERT OR IGNORE INTO counters (name, value) SELECT ?, COALESCE(MAX(track_id), 0) + 1 FROM events",
                [TRACK_IDS])
