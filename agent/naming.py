@@ -86,6 +86,11 @@ def rejected_text(event: Event, done: Rejected) -> str:
             f"({done.total} in all); the faces are now {done.unknown_id}")
 
 
+def people_count(n: int) -> str:
+    """'1 person', '3 people'."""
+    return f"{n} {'person' if n == 1 else 'people'}"
+
+
 def article(word: str) -> str:
     """'an unknown_face', 'a track_ended'."""
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

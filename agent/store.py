@@ -101,7 +101,7 @@ INDEXES = {  # name -> (columns, unique); one per query users run
     "idx_events_track": (["track_id"], False),
 }
 TRACK_IDS = "track_id"  # the counters row of the next track id (never repeated on one agent)
-TRACK_ID_BLOCK = 64  # track ids reserved per write (a restart skips what was left of the block)
+TRACK_ID_BLOCK = 1  # track ids reserved per write: one write per new track keeps ids without gaps
 # partial index: the outbox scan reads only pending rows, in insertion order (plain SQL: sqlite-utils'
 # create_index has no WHERE)
 PENDING_INDEX = "idx_events_pending"
@@ -736,8 +736,9 @@ MIGRATIONS = {1: _person_ids_and_nullable_camera}
 
 
 class TrackIds:
-    """Track ids that never repeat on one agent, across runs and restarts: blocks of TRACK_ID_BLOCK reserved
-    in the event log's `counters` table (one write per block, from the frame loop's thread). An iterator, as
+    """Track ids that never repeat on one agent, across runs and restarts: reserved TRACK_ID_BLOCK at a time
+    in the event log's `counters` table (one small write per new track, from the frame loop's thread, next to
+    the track's own events; a block above 1 would leave gaps at restarts). An iterator, as
     agent.vision.tracker.Tracker takes it."""
 
     def __init__(self, store: EventStore, block: int = TRACK_ID_BLOCK) -> None:
