@@ -139,7 +139,8 @@ class StoredEvent:
 
 _SELECT = ("seq, event_id, t, timestamp, type, name, camera, track_id, confidence, state, payload, "
            "person_id")  # StoredEvent
-_PENDING = f"SELECT {_SELECT} FROM events WHERE state = 'pending' ORDER BY seq LIMIT ?"
+_SELECT_V1 = _SELECT.replace("person_id", "NULL AS person_id")  # a layout 1 file read as it is (degraded open)
+_PENDING = "SELECT {} FROM events WHERE state = 'pending' ORDER BY seq LIMIT ?"
 _INSERT = ("INSERT INTO events (event_id, t, timestamp, type, name, person_id, camera, track_id, confidence, state, "
            "created, payload) VALUES (:event_id, :t, :timestamp, :type, :name, :person_id, :camera, :track_id, "
            ":confidence, :state, :created, :payload)")
@@ -278,6 +279,10 @@ class EventStore:
             raise StoreError(f"{self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the event log: {exc} ({_hint(self.path, exc)})") from None
+        # a file of the previous layout on a full or read-only disk is read as it is (no person_id column)
+        self._person_column = "person_id" in self.table.columns_dict if self.table.exists() else True
+        self._select = _SELECT if self._person_column else _SELECT_V1
+        self._pending_sql = _PENDING.format(self._select)
 
     # ------------------------------------------------------------------------------------------ space
 
@@ -514,8 +519,8 @@ class EventStore:
 
     def _rows(self, where: str | None, params: Sequence[Any] = (), order_by: str | None = None,
               limit: int | None = None) -> list[StoredEvent]:
-        return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by, select=_SELECT,
-                                                                    limit=limit)]
+        return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by,
+                                                                    select=self._select, limit=limit)]
 
     def rows(self, where: str, params: Sequence[Any] = (), order_by: str | None = None,
              limit: int | None = None) -> list[StoredEvent]:
@@ -528,7 +533,7 @@ class EventStore:
         # plain SQL (the outbox's hot path: every batch the publisher sends): rows_where re-reads the table list
         # and builds a dict per row: 13 us against 6.5 for one row, 350 against 220 for 100 (bench/bench_store.py).
         # The literal 'pending' (not a parameter) lets SQLite use the partial index idx_events_pending.
-        rows = [StoredEvent(*row) for row in self.conn.execute(_PENDING, (int(limit) + len(skip),))]
+        rows = [StoredEvent(*row) for row in self.conn.execute(self._pending_sql, (int(limit) + len(skip),))]
         return [r for r in rows if r.event_id not in skip][:limit]
 
     def expire_pending(self, older_than: float, exclude: Iterable[str] = ()) -> int:
@@ -591,6 +596,8 @@ class EventStore:
         if names:
             cond += f" OR name IN ({', '.join('?' * len(names))})"
             values.extend(names)
+        if not self._person_column:
+            return f"({cond})", values
         cond = f"person_id IS NULL AND ({cond})"
         if ids:
             cond = f"person_id IN ({', '.join('?' * len(ids))}) OR ({cond})"
