@@ -464,7 +464,7 @@ class Console:
 
     def cameras(self) -> list[str]:
         """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""
-        found = {r[0] for r in self.store.conn.execute("SELECT DISTINCT camera FROM events")}
+        found = {r[0] for r in self.store.conn.execute("SELECT DISTINCT camera FROM events WHERE camera IS NOT NULL")}
         return sorted(found | {self.cfg.agent.camera_name})
 
     # ---- live -----------------------------------------------------------------------------------------
