@@ -1,4 +1,4 @@
-"""The one event schema (version 3): what the agent logs in SQLite and publishes on `<prefix>/events`.
+"""The one event schema (version 4): what the agent logs in SQLite and publishes on `<prefix>/events`.
 
 An `Event` is a flat JSON object. Common fields are always present (`null` where they do not apply);
 type-specific fields are present only for their type (see `TYPE_FIELDS`). The JSON Schema in
@@ -10,6 +10,11 @@ events (in an older log) are still valid without them, and consumers of version 
 else changed.
 Version 3 added `unknown_id` to `unknown_face` (the unknown person, from agent.sightings, the track joined)
 and the `reidentified` type; version 1 and 2 events are still valid as they were.
+Version 4 added `person_id` to every event (the enrolled person's stable id, agent.people, beside `name`:
+a rename keeps it), `unknown_id` to `track_ended` (an unknown track's unknown person) and `original_event_id`
+to `reidentified` (the track's `unknown_face` event); `camera` is null for agent-wide events
+(`model_updated`, and `reidentified` when the track's camera is not known); every `unknown_face` carries its
+`unknown_id` whenever faces are kept (`[sightings] privacy`). Older events are still valid as they were.
 
 Event ids are ULIDs: 26 Crockford base32 characters, a 48-bit millisecond timestamp then 80 random bits,
 monotonic within one process, so they sort by creation time and are unique across agents.
@@ -25,13 +30,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 3
-SCHEMA_VERSIONS = (1, 2, 3)  # versions this code reads (an event log may hold older events)
+SCHEMA_VERSION = 4
+SCHEMA_VERSIONS = (1, 2, 3, 4)  # versions this code reads (an event log may hold older events)
 
 TRACK_STARTED = "track_started"
 IDENTIFIED = "identified"
@@ -47,20 +52,33 @@ TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     TRACK_STARTED: (),
     IDENTIFIED: ("previous_name",),
     UNKNOWN_FACE: ("attempts", "unknown_id"),
-    TRACK_ENDED: ("duration_s", "best_confidence"),
+    TRACK_ENDED: ("duration_s", "best_confidence", "unknown_id"),
     MODEL_UPDATED: ("people", "counts", "training_s", "cv_score"),
-    REIDENTIFIED: ("unknown_id", "seen_at"),
+    REIDENTIFIED: ("unknown_id", "seen_at", "original_event_id"),
 }
-TYPE_FIELDS_V2 = {**TYPE_FIELDS, UNKNOWN_FACE: ("attempts",)}  # versions 1 and 2 (no reidentified type)
+TYPE_FIELDS_V3 = {**TYPE_FIELDS, TRACK_ENDED: ("duration_s", "best_confidence"),
+                  REIDENTIFIED: ("unknown_id", "seen_at")}
+TYPE_FIELDS_V2 = {**TYPE_FIELDS_V3, UNKNOWN_FACE: ("attempts",)}  # versions 1 and 2 (no reidentified type)
 UNKNOWN_ID_RE = re.compile(r"^u[1-9][0-9]{0,17}$")
+PERSON_ID_RE = re.compile(r"^p[1-9][0-9]{0,17}$")
 
 
 def type_fields(etype: str, version: int) -> tuple[str, ...]:
     """The type-specific fields of `etype` in schema `version`."""
-    return (TYPE_FIELDS if version >= 3 else TYPE_FIELDS_V2).get(etype, ())
+    table = TYPE_FIELDS if version >= 4 else TYPE_FIELDS_V3 if version == 3 else TYPE_FIELDS_V2
+    return table.get(etype, ())
+
+
 COMMON_FIELDS_V1 = ("schema_version", "event_id", "type", "agent_id", "camera", "timestamp", "track_id",
                     "name", "confidence", "votes", "box", "frame")
-COMMON_FIELDS = (*COMMON_FIELDS_V1, "frame_index", "media_time")
+COMMON_FIELDS_V2 = (*COMMON_FIELDS_V1, "frame_index", "media_time")
+COMMON_FIELDS = (*COMMON_FIELDS_V2, "person_id")
+
+
+def common_fields(version: int) -> tuple[str, ...]:
+    """The fields every event of schema `version` has."""
+    return COMMON_FIELDS if version >= 4 else COMMON_FIELDS_V2 if version >= 2 else COMMON_FIELDS_V1
+
 OPTIONAL_FIELDS = ("thumbnail",)
 
 MAX_NAME_LENGTH = 200
@@ -126,11 +144,12 @@ class Event:
 
     type: str
     agent_id: str
-    camera: str
+    camera: str | None  # the camera ([[sources]] name); null for agent-wide events (version 4)
     event_id: str = field(default_factory=new_event_id)
     timestamp: str = field(default_factory=format_timestamp)
     track_id: int | None = None
     name: str | None = None  # settled identity; null = unknown / not settled
+    person_id: str | None = None  # the enrolled person `name` is (p<n>, agent.people): kept by a rename
     confidence: float | None = None  # 0..1
     votes: int | None = None  # agreeing votes behind `name`
     box: dict[str, int] | None = None  # {left, top, right, bottom} in frame pixels
@@ -147,14 +166,14 @@ class Event:
     counts: dict[str, int] | None = None  # model_updated: photos per person
     training_s: float | None = None  # model_updated: training time in seconds
     cv_score: float | None = None  # model_updated: cross-validation accuracy (0..1), null if too few photos
-    unknown_id: str | None = None  # unknown_face: the unknown person joined (u<n>); reidentified: the one it was
+    unknown_id: str | None = None  # unknown_face, track_ended: the unknown person (u<n>); reidentified: the one it was
     seen_at: str | None = None  # reidentified: when the face was seen (the track's first sighting)
+    original_event_id: str | None = None  # reidentified: the track's unknown_face event (null: not in the log)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: common fields, thumbnail if any, then the fields of this type."""
-        common = COMMON_FIELDS if self.schema_version >= 2 else COMMON_FIELDS_V1
-        out = {key: getattr(self, key) for key in common}
+        out = {key: getattr(self, key) for key in common_fields(self.schema_version)}
         if self.thumbnail is not None:
             out["thumbnail"] = self.thumbnail
         for key in type_fields(self.type, self.schema_version):
@@ -241,7 +260,7 @@ def validate_event(data: Any) -> None:
     version = data.get("schema_version")
     if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
         _fail("schema_version", f"expected one of {SCHEMA_VERSIONS}, got {version!r}")
-    common = COMMON_FIELDS if version >= 2 else COMMON_FIELDS_V1
+    common = common_fields(version)
     etype = data.get("type")
     if etype not in EVENT_TYPES:
         _fail("type", f"{etype!r} is not one of {', '.join(EVENT_TYPES)}")
@@ -258,10 +277,19 @@ def validate_event(data: Any) -> None:
 
     if not isinstance(data["event_id"], str) or not EVENT_ID_RE.match(data["event_id"]):
         _fail("event_id", f"expected a 26-character ULID, got {data['event_id']!r:.60}")
-    for key in ("agent_id", "camera"):
-        _check_str(data, key, nullable=False)
+    _check_str(data, "agent_id", nullable=False)
+    # version 4: agent-wide events have no camera (model_updated: none; reidentified: its track's, if known)
+    _check_str(data, "camera", nullable=version >= 4 and etype in (MODEL_UPDATED, REIDENTIFIED))
+    if version >= 4 and etype == MODEL_UPDATED and data["camera"] is not None:
+        _fail("camera", f"must be null for {etype}")
     parse_timestamp(data["timestamp"])
     _check_str(data, "name", nullable=True)
+    if version >= 4:
+        v = data["person_id"]
+        if v is not None and (not isinstance(v, str) or not PERSON_ID_RE.match(v)):
+            _fail("person_id", f"expected a person's id like p3 or null, got {v!r:.40}")
+        if v is not None and data["name"] is None:
+            _fail("person_id", "must be null when name is null")
     _check_prob(data, "confidence")
     _check_nonneg_int(data, "votes", nullable=True)
     if version >= 2:
@@ -303,6 +331,10 @@ def validate_event(data: Any) -> None:
         if not _is_num(data["duration_s"]) or data["duration_s"] < 0:
             _fail("duration_s", f"expected a non-negative number, got {data['duration_s']!r}")
         _check_prob(data, "best_confidence")
+        if version >= 4:
+            _check_unknown_id(data, nullable=True)
+            if data["unknown_id"] is not None and data["name"] is not None:
+                _fail("unknown_id", "must be null for a track that ended named")
     elif etype == MODEL_UPDATED:
         people = data["people"]
         if not isinstance(people, list) or not all(isinstance(p, str) and p for p in people):
@@ -317,6 +349,10 @@ def validate_event(data: Any) -> None:
         _check_str(data, "name", nullable=False)
         _check_unknown_id(data, nullable=True)
         parse_timestamp(data["seen_at"])
+        if version >= 4:
+            v = data["original_event_id"]
+            if v is not None and (not isinstance(v, str) or not EVENT_ID_RE.match(v)):
+                _fail("original_event_id", f"expected a 26-character ULID or null, got {v!r:.60}")
 
 
 def _check_unknown_id(data: dict, nullable: bool) -> None:
@@ -382,23 +418,51 @@ def make_thumbnail(image: Any, box: dict[str, int], size: int, max_bytes: int) -
     return None
 
 
-class EventFactory:
-    """Builds events for one agent and camera; attaches thumbnails when [events] thumbnails = true."""
+def jpeg_thumbnail(data: bytes, size: int, max_bytes: int) -> str | None:
+    """Base64 JPEG of an encoded face image (a kept chip), long side `size`; None if unreadable or too big."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
-    def __init__(self, agent_id: str, camera: str, thumbnails: bool = False, thumbnail_size: int = 96,
-                 thumbnail_max_bytes: int = 8000) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    h, w = rgb.shape[:2]
+    return make_thumbnail(rgb, {"left": 0, "top": 0, "right": w, "bottom": h}, size, max_bytes)
+
+
+class EventFactory:
+    """Builds events for one agent and camera (None: agent-wide events); attaches thumbnails when
+    [events] thumbnails = true; `person_id(name)` gives the enrolled person's stable id (agent.people)."""
+
+    def __init__(self, agent_id: str, camera: str | None, thumbnails: bool = False, thumbnail_size: int = 96,
+                 thumbnail_max_bytes: int = 8000, person_id: Callable[[str], str | None] | None = None) -> None:
         self.agent_id = agent_id
         self.camera = camera
         self.thumbnails = thumbnails
         self.thumbnail_size = thumbnail_size
         self.thumbnail_max_bytes = thumbnail_max_bytes
+        self.person_id = person_id
 
     @classmethod
-    def from_config(cls, cfg: Any, camera: str | None = None) -> EventFactory:
-        """For `camera` (a [[sources]] name); None: [agent] camera_name (agent-wide events, one camera)."""
+    def from_config(cls, cfg: Any, camera: str | None = None,
+                    person_id: Callable[[str], str | None] | None = None) -> EventFactory:
+        """For `camera` (a [[sources]] name); None: [agent] camera_name (one camera)."""
         e = cfg.events
         return cls(cfg.agent.id, camera or cfg.agent.camera_name, e.thumbnails, e.thumbnail_size,
-                   e.thumbnail_max_bytes)
+                   e.thumbnail_max_bytes, person_id)
+
+    @classmethod
+    def agent_wide(cls, cfg: Any, person_id: Callable[[str], str | None] | None = None) -> EventFactory:
+        """For the agent's own events (model_updated; reidentified when its track's camera is not known):
+        `camera` null."""
+        factory = cls.from_config(cfg, person_id=person_id)
+        factory.camera = None
+        return factory
+
+    def _person(self, name: str | None) -> str | None:
+        return None if name is None or self.person_id is None else self.person_id(name)
 
     def _track_event(self, etype: str, track_id: int, box: Any, frame_size: Sequence[int], image: Any,
                      at: FramePosition | None = None, **fields: Any) -> Event:
@@ -410,7 +474,8 @@ class EventFactory:
         if self.thumbnails and image is not None:
             thumb = make_thumbnail(image, b, self.thumbnail_size, self.thumbnail_max_bytes)
         event = Event(type=etype, agent_id=self.agent_id, camera=self.camera, track_id=int(track_id), box=b,
-                      frame=_frame(frame_size), thumbnail=thumb, **fields)
+                      frame=_frame(frame_size), thumbnail=thumb, person_id=self._person(fields.get("name")),
+                      **fields)
         validate_event(event.to_dict())
         return event
 
@@ -438,26 +503,38 @@ class EventFactory:
 
     def track_ended(self, track_id: int, name: str | None, duration_s: float, best_confidence: float | None,
                     box: Any, frame_size: Sequence[int], votes: int | None = None,
-                    confidence: float | None = None, at: FramePosition | None = None) -> Event:
-        """A track ended; `name` = its final identity (None = unknown), box = last box."""
+                    confidence: float | None = None, at: FramePosition | None = None,
+                    unknown_id: str | None = None) -> Event:
+        """A track ended; `name` = its final identity (None = unknown, then `unknown_id` = its unknown
+        person), box = last box."""
         return self._track_event(TRACK_ENDED, track_id, box, frame_size, None, at, name=name,
                                  confidence=_round(confidence), votes=_int(votes),
                                  duration_s=round(float(duration_s), 3),
-                                 best_confidence=_round(best_confidence))
+                                 best_confidence=_round(best_confidence),
+                                 unknown_id=unknown_id if name is None else None)
 
     def reidentified(self, track_id: int, name: str, confidence: float | None, unknown_id: str | None,
-                     seen_at: float) -> Event:
-        """A track that was unknown when seen (at `seen_at`, epoch seconds) is `name` to the new model."""
-        event = Event(type=REIDENTIFIED, agent_id=self.agent_id, camera=self.camera, track_id=int(track_id),
-                      name=name, confidence=_round(confidence), unknown_id=unknown_id,
-                      seen_at=format_timestamp(seen_at))
+                     seen_at: float, original: Event | None = None, chip: bytes | None = None) -> Event:
+        """A track that was unknown when seen (at `seen_at`, epoch seconds) is `name` to the new model.
+        `original`: the track's unknown_face event (its id, camera and thumbnail are carried); `chip`: a JPEG
+        of the face, the thumbnail when the original has none (thumbnails on)."""
+        thumb = None
+        if self.thumbnails:
+            thumb = original.thumbnail if original is not None else None
+            if thumb is None and chip:
+                thumb = jpeg_thumbnail(chip, self.thumbnail_size, self.thumbnail_max_bytes)
+        event = Event(type=REIDENTIFIED, agent_id=self.agent_id,
+                      camera=original.camera if original is not None else self.camera, track_id=int(track_id),
+                      name=name, person_id=self._person(name), confidence=_round(confidence),
+                      unknown_id=unknown_id, seen_at=format_timestamp(seen_at), thumbnail=thumb,
+                      original_event_id=original.event_id if original is not None else None)
         validate_event(event.to_dict())
         return event
 
     def model_updated(self, people: Sequence[str], counts: dict[str, int], training_s: float,
                       cv_score: float | None) -> Event:
-        """The classifier was retrained (locally or by remote enrollment)."""
-        event = Event(type=MODEL_UPDATED, agent_id=self.agent_id, camera=self.camera, people=sorted(people),
+        """The classifier was retrained (locally or by remote enrollment): agent-wide, no camera."""
+        event = Event(type=MODEL_UPDATED, agent_id=self.agent_id, camera=None, people=sorted(people),
                       counts={k: int(v) for k, v in sorted(counts.items())},
                       training_s=round(float(training_s), 3), cv_score=_round(cv_score))
         validate_event(event.to_dict())

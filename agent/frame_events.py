@@ -9,19 +9,24 @@ from typing import Any
 from agent.events import Event, EventFactory, FramePosition
 
 
-def track_ended(factory: EventFactory, track: Any, size: tuple[int, int], at: FramePosition | None) -> Event:
-    """The `track_ended` event of a track (agent.vision.tracker.Track) with its final identity."""
+def track_ended(factory: EventFactory, track: Any, size: tuple[int, int], at: FramePosition | None,
+                unknown_of: Callable[[Any], str | None] | None = None) -> Event:
+    """The `track_ended` event of a track (agent.vision.tracker.Track) with its final identity;
+    `unknown_of(track)`: the unknown person its `unknown_face` event named (for a track that ended unknown)."""
+    unknown = unknown_of(track) if unknown_of is not None and track.name is None else None
     return factory.track_ended(track.id, track.name, track.duration, track.confidence or None, track.box, size,
-                               votes=track.votes, at=at)
+                               votes=track.votes, at=at, unknown_id=unknown)
 
 
 def frame_events(factory: EventFactory, result: Any, image: Any, at: FramePosition,
-                 unknown_id: Callable[[Any], str | None] | None = None) -> list[Event]:
+                 unknown_id: Callable[[Any], str | None] | None = None,
+                 unknown_of: Callable[[Any], str | None] | None = None) -> list[Event]:
     """The events of one processed frame (agent.vision.pipeline.FrameResult), in order: tracks that ended
     (lost, a shot cut, a split), tracks that started, identity changes; each says where it happened.
-    `unknown_id(track)`: the unknown person a track that settled unknown is (agent.sightings), if any."""
+    `unknown_id(track)`: the unknown person a track that settled unknown is (agent.sightings: found or made
+    now); `unknown_of(track)`: the one it was given (for its track_ended)."""
     size = result.size
-    events = [track_ended(factory, track, size, at) for track in result.update.ended]
+    events = [track_ended(factory, track, size, at, unknown_of) for track in result.update.ended]
     for track in result.update.started:
         events.append(factory.track_started(track.id, track.box, size, track.detection.score, image=image, at=at))
     for change in result.changes:

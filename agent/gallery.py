@@ -49,6 +49,7 @@ from agent import database
 from agent.config import Config
 from agent.files import StorageError, atomic_write, file_sha256, storage_hint, storage_state
 from agent.images import ImageError, decode_image, is_image_path, load_image
+from agent.people import People
 from agent.sightings import SightingStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.recognizer import FaceAnalyzer
@@ -640,6 +641,11 @@ class Gallery:
             except (StorageError, OSError, sqlite3.Error) as exc:
                 log.error("the sightings of %s could not be deleted: %s", name, exc)
                 sightings = 0
+            try:
+                with People.of(self.cfg) as people:
+                    people.forget(name)
+            except (StorageError, sqlite3.Error) as exc:
+                log.error("the people registry could not forget %s: %s", name, exc)
             log.info("forgot %s%s; %d sightings deleted", name, f"; photos moved to {moved}" if moved else "",
                      sightings)
             return moved
@@ -670,6 +676,32 @@ class Gallery:
                 os.replace(self.aligned / old, self.aligned / new)
             if self._negatives_file(old).is_file():
                 os.replace(self._negatives_file(old), self._negatives_file(new))
+            self._renamed(old, new)
+
+    def _renamed(self, old: str, new: str) -> None:
+        """A rename reaches the person's id (agent.people: events logged under the old name are found under
+        the new one) and the faces the camera kept of them (unknown people named so, rejections)."""
+        try:
+            with People.of(self.cfg) as people:
+                people.rename(old, new)
+        except (StorageError, sqlite3.Error) as exc:
+            log.error("the people registry does not know %s is now %s: %s", old, new, exc)
+        try:
+            store = SightingStore(self.cfg)
+            try:
+                store.rename_person(old, new)
+            finally:
+                store.close()
+        except (StorageError, OSError, sqlite3.Error) as exc:
+            log.error("the sightings of %s could not be renamed to %s: %s", old, new, exc)
+
+    def _register(self, names: Iterable[str]) -> None:
+        """The trained people get their stable ids (agent.people)."""
+        try:
+            with People.of(self.cfg) as people:
+                people.register(names)
+        except (StorageError, sqlite3.Error) as exc:
+            log.error("the people registry could not be updated: %s", exc)
 
     # ---- negatives: "that was not X" ------------------------------------------------------------
     def _negatives_file(self, person: str) -> Path:
@@ -737,6 +769,7 @@ class Gallery:
             negatives = self.negatives()
             if existing is not None and not force and existing.meta.get("fingerprint") == fingerprint:
                 existing.negatives = {p: a for p, a in negatives.items() if p in existing.people}
+                self._register(existing.people)
                 return existing, results, False
             if not names:
                 log.warning("nobody is enrolled yet: every face will be unknown (add photos to %s)", self.raw)
@@ -752,6 +785,7 @@ class Gallery:
                 log.info("trained in %.1f s", time.monotonic() - started)
             clf.negatives = {p: a for p, a in negatives.items() if p in clf.people}
             clf.save(self.svm_dir)
+            self._register(clf.people)
             return clf, results, True
 
     # ---- undo of forget: restore from the trash (kept apart from forget, which decides what the trash holds)

@@ -19,7 +19,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sqlite3
 import tempfile
 import time
 from collections import defaultdict
@@ -29,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.events import IDENTIFIED, REIDENTIFIED, Event, EventFactory, parse_timestamp
+from agent.events import IDENTIFIED, REIDENTIFIED, UNKNOWN_FACE, Event, EventFactory, parse_timestamp
+from agent.files import StorageError
 from agent.gallery import Gallery, validate_person_name
+from agent.people import People, PersonIds
 from agent.sightings import SightingStore, cluster_label, embedding_of, majority, parse_cluster
 from agent.vision.classifier import Classifier, unit_rows
 
@@ -39,6 +43,57 @@ log = logging.getLogger(__name__)
 
 class NamingError(ValueError):
     """A name, reject or lookup that cannot be done; the message says why."""
+
+
+def faces(n: int) -> str:
+    """'1 face', '3 faces'."""
+    return f"{n} face{'' if n == 1 else 's'}"
+
+
+def enrolled_text(named: Named) -> str:
+    """What naming stored, counted as stored: '4 faces enrolled', '3 faces enrolled (1 was the same image
+    as another, already enrolled; 1 not usable)'."""
+    text = f"{faces(named.added)} enrolled"
+    notes = []
+    if named.already:
+        notes.append(f"{named.already} {'was' if named.already == 1 else 'were'} the same image as another, "
+                     "already enrolled")
+    if named.refused:
+        notes.append(f"{len(named.refused)} not usable")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def current_name(cfg: Any, event: Event) -> str | None:
+    """The name the person an event named has now (agent.people: a rename since), else the event's."""
+    if event.name is None:
+        return None
+    try:
+        with People.of(cfg) as people:
+            person = event.person_id or people.id_of(event.name, at=event.time)
+            return (people.name_of(person) if person else None) or event.name
+    except (StorageError, sqlite3.Error) as exc:
+        log.warning("people registry: %s", exc)
+        return event.name
+
+
+def rejected_text(event: Event, done: Rejected) -> str:
+    """What `reject` says: what it recorded, or that it had been done before."""
+    person = done.person or event.name
+    if done.already:
+        return (f"event {event.event_id} was already rejected: the {faces(done.faces)} of track {event.track_id} "
+                f"are known not to be {person} (nothing changed)")
+    return (f"track {event.track_id} is not {person}: {faces(done.added)} recorded as not {person} "
+            f"({done.total} in all); the faces are now {done.unknown_id}")
+
+
+def people_count(n: int) -> str:
+    """'1 person', '3 people'."""
+    return f"{n} {'person' if n == 1 else 'people'}"
+
+
+def article(word: str) -> str:
+    """'an unknown_face', 'a track_ended'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 @dataclass
@@ -50,6 +105,13 @@ class Named:
     enrolled: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # messages
     classifier: Classifier | None = None
+
+    added: int = 0  # new photo files stored (a face that was the same image as another one is stored once)
+
+    @property
+    def already(self) -> int:
+        """Faces accepted whose image was already stored."""
+        return len(self.enrolled) - self.added
 
 
 def _spread_over_tracks(rows: list[dict[str, Any]], limit: int, duplicate_distance: float = 0.0
@@ -134,7 +196,7 @@ def ignore_unknown(store: SightingStore, unknown_id: str, ignored: bool = True) 
 
 
 def track_faces(store: SightingStore, track_id: int) -> list[dict[str, Any]]:
-    """The faces of the latest track with this id (track ids restart with every run)."""
+    """The faces of the latest track with this id (ids never repeat since schema 4; older logs may repeat)."""
     rows = store.sightings("track_id = ?", [track_id])
     if not rows:
         raise NamingError(f"no faces of track {track_id} were kept (see [sightings] privacy)")
@@ -165,6 +227,7 @@ def name_faces(gallery: Gallery, store: SightingStore, rows: list[dict[str, Any]
                                            Path(tmp))
                 if result.accepted:
                     named.enrolled.append(result.stored_as or "")
+                    named.added += int(result.new)
                     break
             if result is not None and not result.accepted:
                 named.refused.append(result.message or result.reason or "refused")
@@ -178,43 +241,79 @@ def name_faces(gallery: Gallery, store: SightingStore, rows: list[dict[str, Any]
 
 def name_cluster(gallery: Gallery, store: SightingStore, unknown_id: str, person: str,
                  progress: bool = False, retrain: bool = True) -> Named:
-    """`face-agent name UNKNOWN_ID PERSON`: enroll the cluster's best faces, mark the cluster named."""
+    """`face-agent name UNKNOWN_ID PERSON`: enroll the cluster's best faces, mark the cluster named. An
+    unknown person already named somebody else is refused (their faces would be enrolled under two people):
+    the hint says to merge or reject instead."""
+    person = validate_person_name(person)
+    row = find_cluster(store, unknown_id)
+    label = cluster_label(row["id"])
+    if row["name"] is not None and row["name"] != person:
+        raise NamingError(
+            f"{label} is already named {row['name']}: its faces are enrolled as {row['name']}. If {label} is "
+            f"{person} and {row['name']} is another person, reject the wrong identifications "
+            f"(`face-agent reject EVENT_ID`, see `face-agent events --name {row['name']!r}`); if they are one "
+            f"person, rename instead (`face-agent rename {row['name']!r} {person!r}`) or merge another unknown "
+            f"person into {label} (`face-agent unknowns merge UNKNOWN_ID {label}`)")
     cluster, rows = cluster_faces(store, unknown_id)
     named = name_faces(gallery, store, rows, person, progress, retrain)
     store.mark_named(cluster, named.person)
-    log.info("%s named %s: %d faces enrolled", cluster_label(cluster), named.person, len(named.enrolled))
+    log.info("%s named %s: %s", cluster_label(cluster), named.person, enrolled_text(named))
     return named
 
 
+@dataclass
+class Rejected:
+    """What `reject` did: the faces of the track, the negatives it added (0: it was rejected before)."""
+
+    faces: int
+    added: int
+    total: int  # negatives recorded for the person now
+    unknown_id: str | None  # the unknown person the faces are now
+    person: str = ""  # the person they are not (the name they have now)
+    classifier: Classifier | None = None
+
+    @property
+    def already(self) -> bool:
+        return self.added == 0
+
+
 def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool = False,
-           retrain: bool = True) -> tuple[int, Classifier | None]:
+           retrain: bool = True) -> Rejected:
     """`face-agent reject EVENT_ID`: the faces of the track `event` (identified) named are not that person.
-    Returns (negatives recorded for the person, the retrained classifier or None without `retrain`)."""
+    Rejecting the same identification again changes nothing (`Rejected.already`)."""
     if event.type not in (IDENTIFIED, REIDENTIFIED) or not event.name or event.track_id is None:
-        raise NamingError(f"event {event.event_id} is a {event.type} event: only an identification "
+        raise NamingError(f"event {event.event_id} is {article(event.type)} event: only an identification "
                           "(identified, reidentified) can be rejected")
     at = parse_timestamp(event.seen_at) if event.type == REIDENTIFIED and event.seen_at else event.time
+    event = dataclasses.replace(event, name=current_name(gallery.cfg, event))  # renamed since: the name now
     rows = store.track_sightings(event.track_id, at)
     if not rows:
         raise NamingError(f"no faces of track {event.track_id} around {event.timestamp} were kept, so there is "
                           f"nothing to learn from ([sightings] privacy = {gallery.cfg.sightings.privacy!r}; "
                           "named tracks are kept only with \"all\")")
+    if all(r["rejected"] == event.name for r in rows):
+        cluster = rows[0]["cluster"]
+        return Rejected(len(rows), 0, len(gallery.negatives().get(event.name, ())),
+                        cluster_label(cluster) if cluster else None, event.name)
     embeddings = np.stack([embedding_of(r) for r in rows])
-    count = gallery.add_negatives(event.name, embeddings)
+    before = len(gallery.negatives().get(event.name, ()))
+    total = gallery.add_negatives(event.name, embeddings)
     store.set_track_name([r["id"] for r in rows], None, rejected=event.name)
-    cluster = store.assign_cluster(embeddings)
+    cluster = store.assign_cluster(embeddings, not_named=event.name)  # not an unknown person named so
     store.set_cluster([r["id"] for r in rows], cluster)
-    log.info("event %s: %d faces of track %d are not %s (now %s)", event.event_id, len(rows), event.track_id,
+    log.info("event %s: %s of track %d are not %s (now %s)", event.event_id, faces(len(rows)), event.track_id,
              event.name, cluster_label(cluster))
-    if not retrain:
-        return count, None
-    classifier, _, _ = gallery.ensure_trained(progress=progress)
-    return count, classifier
+    done = Rejected(len(rows), total - before, total, cluster_label(cluster), event.name)
+    if retrain:
+        done.classifier, _, _ = gallery.ensure_trained(progress=progress)
+    return done
 
 
 def reidentify(store: SightingStore, classifier: Classifier, factory: EventFactory, hours: float,
-               now: float | None = None) -> list[Event]:
-    """`reidentified` events for the recent unknown tracks the new classifier names (each once)."""
+               now: float | None = None, event_log: Any = None) -> list[Event]:
+    """`reidentified` events for the recent unknown tracks the new classifier names (each once), each with
+    when the face was seen, and - found in `event_log` (agent.store.EventStore) - the track's `unknown_face`
+    event (its id and camera; its thumbnail, else the best kept face, when thumbnails are on)."""
     now = time.time() if now is None else now
     model = classifier.meta.get("fingerprint", "")
     rows = store.sightings("name IS NULL AND reidentified IS NULL AND t >= ? AND COALESCE(model, '') != ?",
@@ -223,24 +322,48 @@ def reidentify(store: SightingStore, classifier: Classifier, factory: EventFacto
     for r in rows:
         tracks[(r["run"], r["track_id"])].append(r)
     events = []
-    for (_, track_id), faces in tracks.items():
-        predictions = classifier.predict(np.stack([embedding_of(r) for r in faces]))
+    for (_, track_id), faces_ in tracks.items():
+        predictions = classifier.predict(np.stack([embedding_of(r) for r in faces_]))
         name, confidence = majority(predictions)
-        if name is None or any(r["rejected"] == name for r in faces):
+        if name is None or any(r["rejected"] == name for r in faces_):
             continue
-        cluster = faces[0]["cluster"]
+        cluster = faces_[0]["cluster"]
+        original = _unknown_face_event(event_log, track_id, faces_) if event_log is not None else None
+        chip = None
+        if factory.thumbnails and (original is None or original.thumbnail is None):
+            best = max(faces_, key=lambda r: r["quality"] or 0.0)
+            try:
+                chip = (store.folder / best["chip"]).read_bytes()
+            except OSError:
+                chip = None
         events.append(factory.reidentified(track_id, name, confidence, cluster_label(cluster) if cluster else None,
-                                           seen_at=min(r["first_seen"] for r in faces)))
-        store.mark_reidentified([r["id"] for r in faces], name)
+                                           seen_at=min(r["first_seen"] for r in faces_), original=original,
+                                           chip=chip))
+        store.mark_reidentified([r["id"] for r in faces_], name)
     if events:
         log.info("re-identified %d earlier unknown tracks", len(events))
     return events
 
 
+def _unknown_face_event(event_log: Any, track_id: int, rows: list[dict[str, Any]], slack: float = 2.0
+                        ) -> Event | None:
+    """The unknown_face event of a kept track: its track id, logged while the track was kept (track ids of
+    logs from before they were unique may repeat)."""
+    start = min(r["logged_from"] or r["first_seen"] for r in rows) - slack
+    end = max(r["logged_until"] or r["last_seen"] for r in rows) + slack
+    try:
+        found = event_log.query(since=start, until=end, type=UNKNOWN_FACE, track_id=track_id, limit=1)
+        return found[0].event() if found else None
+    except Exception as exc:  # the log is optional here: the event is made without the link
+        log.warning("cannot look up the unknown_face event of track %d: %s", track_id, exc)
+        return None
+
+
 def log_reidentified(store: SightingStore, classifier: Classifier, cfg: Any, event_log: Any) -> int:
     """After a retrain outside the agent (`face-agent name`, the web console): `reidentify` with the
     configured window, the events written to `event_log` (agent.store.EventStore). Returns how many."""
-    events = reidentify(store, classifier, EventFactory.from_config(cfg), cfg.sightings.reidentify_hours)
+    events = reidentify(store, classifier, EventFactory.agent_wide(cfg, PersonIds(cfg.path("storage"))),
+                        cfg.sightings.reidentify_hours, event_log=event_log)
     for event in events:
         event_log.add(event)
     return len(events)

@@ -13,13 +13,13 @@ background and the new classifier is swapped in between frames.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import signal
 import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from agent import __version__, health, systemd
 from agent.cameras import CameraFeed, FrameScheduler
 from agent.config import Camera, Config, camera_slug
 from agent.dbcheck import check_database
-from agent.events import Event, EventFactory, new_event_id
+from agent.events import IDENTIFIED, UNKNOWN_FACE, Event, EventFactory, new_event_id
 from agent.files import StorageError, folder_problem, storage_hint
 from agent.frame_events import frame_events, track_ended
 from agent.frame_output import (
@@ -42,10 +42,11 @@ from agent.gallery import Gallery
 from agent.logsafe import RateLimitedLog
 from agent.memory import limit_heap_growth
 from agent.naming import reidentify
+from agent.people import PersonIds
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
 from agent.sightings import Sightings
 from agent.sources import Frame, Source, open_source
-from agent.store import DB_NAME, EventStore, StoreError
+from agent.store import DB_NAME, EventStore, StoreError, TrackIds
 from agent.sync.publisher import Publisher
 from agent.vision.classifier import Classifier
 from agent.vision.pipeline import FrameResult, Pipeline, process_frames
@@ -76,7 +77,9 @@ class Service:
         if status_line:
             self.status_line = StatusLine(self.stats)
         self.progress_period = PROGRESS_LOG_PERIOD
-        self.factory = EventFactory.from_config(cfg)  # agent-wide events (model_updated, reidentified)
+        self.person_ids = PersonIds(cfg.path("storage"))  # name -> the person's stable id (agent.people)
+        # agent-wide events (model_updated; reidentified), camera null
+        self.factory = EventFactory.agent_wide(cfg, self.person_ids)
         self._stop = threading.Event()
         self.store: EventStore | None = None
         self.publisher: Publisher | None = None
@@ -109,7 +112,7 @@ class Service:
         """The first camera's source."""
         return self.feeds[0].source if self.feeds else None
 
-    def _open_feed(self, camera: Camera, classifier: Classifier | None, ids: itertools.count) -> CameraFeed:
+    def _open_feed(self, camera: Camera, classifier: Classifier | None, ids: Iterator[int]) -> CameraFeed:
         cfg = self.cfg
         source = open_source(camera.source, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
                              cfg.images.max_bytes)
@@ -118,7 +121,7 @@ class Service:
         tracker = Tracker(camera.tracker, camera.voting, ids)
         pipeline = Pipeline(self.gallery.analyzer, tracker, classifier, camera.detector.min_face_size,
                             camera.detector.min_score)
-        return CameraFeed(camera, source, pipeline, EventFactory.from_config(cfg, camera.name))
+        return CameraFeed(camera, source, pipeline, EventFactory.from_config(cfg, camera.name, self.person_ids))
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -140,11 +143,12 @@ class Service:
         self.publisher = Publisher(cfg, self.store, self.stats_message)
         if self.publisher.client is not None:
             self.publisher.client.add_connect_listener(self._on_connect)
+        self._restore_last_person()
         self.gallery = Gallery(cfg, analyzer=self._analyzer, train_in_subprocess=True)
         classifier, _, retrained = self.gallery.ensure_trained(progress=sys.stderr.isatty())
         if retrained:
             self._model_event(classifier)
-        ids = itertools.count(1)  # track ids unique across the cameras (events, sightings)
+        ids = TrackIds(self.store)  # track ids unique across the cameras, runs and restarts (events, sightings)
         self.feeds = [self._open_feed(camera, classifier, ids) for camera in cfg.cameras()]
         self.scheduler = FrameScheduler(self.feeds)
         if cfg.sightings.privacy != "off":
@@ -187,6 +191,19 @@ class Service:
         if self.show_path:
             check_show(self.show_path)
 
+    def _restore_last_person(self) -> None:
+        """Home Assistant's "Last person" starts from the last recognition logged (a rename while the agent
+        was stopped reaches it on the first connect)."""
+        ha = self.publisher.homeassistant if self.publisher is not None else None
+        if ha is None or self.store is None:
+            return
+        try:
+            last = [r for kind in (IDENTIFIED, UNKNOWN_FACE) for r in self.store.query(type=kind, limit=1)]
+            if last:
+                ha.restore(max(last, key=lambda r: r.seq).event())
+        except (StoreError, sqlite3.Error, ValueError) as exc:
+            log.warning("cannot read the last recognition: %s", exc)
+
     def _start_intake(self) -> None:
         if not self.cfg.remote_enroll.key_file:
             log.info("remote enrollment is off (no [remote_enroll] key_file)")
@@ -210,6 +227,9 @@ class Service:
             self._swap(classifier)
 
     def _swap(self, classifier: Classifier) -> None:
+        self.person_ids.clear()  # a rename comes with a retrain: names may belong to other people now
+        if self.publisher is not None and self.publisher.homeassistant is not None:
+            self.publisher.homeassistant.names_changed()
         for feed in self.feeds:
             feed.pipeline.set_classifier(classifier)
         self._model_event(classifier)
@@ -221,7 +241,8 @@ class Service:
             return
         self.sightings.model = classifier.meta.get("fingerprint", "")
         try:
-            events = reidentify(self.sightings.store, classifier, self.factory, self.cfg.sightings.reidentify_hours)
+            events = reidentify(self.sightings.store, classifier, self.factory, self.cfg.sightings.reidentify_hours,
+                                event_log=self.store)
         except (StorageError, OSError, sqlite3.Error) as exc:
             log.error("cannot re-check the unknown sightings: %s", exc)
             return
@@ -284,8 +305,10 @@ class Service:
 
     def events_for(self, feed: CameraFeed, result: FrameResult, frame: Frame) -> list[Event]:
         """The events of one processed frame of a camera (agent.frame_events), placed in its source."""
+        sightings = self.sightings
         return frame_events(feed.factory, result, frame.image, feed.position,
-                            self.sightings.unknown_id if self.sightings is not None else None)
+                            sightings.unknown_id if sightings is not None else None,
+                            sightings.unknown_id_of if sightings is not None else None)
 
     def _end_tracks(self, feed: CameraFeed) -> None:
         """End every live track of a camera (source lost or ended, shutdown): their track_ended events, at
@@ -293,7 +316,8 @@ class Service:
         if self.store is None:
             return
         for track in feed.pipeline.finish():
-            self._emit(track_ended(feed.factory, track, feed.size, feed.position), feed)
+            self._emit(track_ended(feed.factory, track, feed.size, feed.position,
+                                   self.sightings.unknown_id_of if self.sightings is not None else None), feed)
             if self.sightings is not None:
                 self.sightings.ended(track)
 

@@ -66,7 +66,7 @@ DIM = 128
 
 SIGHTING_COLUMNS = {
     "id": int,
-    "run": str,  # the agent run the track belongs to (track ids restart with every run)
+    "run": str,  # the agent run the track belongs to (track ids restarted with every run before schema 4)
     "track_id": int,
     "t": float,  # when this face was seen (epoch seconds)
     "first_seen": float,  # the track's first and last time
@@ -312,18 +312,29 @@ class SightingStore:
         mean = unit_rows(embeddings).mean(axis=0)
         return model.predict(mean[None, :])[0]
 
-    def assign_cluster(self, embeddings: np.ndarray, hint: int | None = None) -> int:
-        """The cluster a track's faces join: `hint` (what its event said) if it still exists (or the one it
-        was merged into), else the one the rule names, else a new one."""
+    def assign_cluster(self, embeddings: np.ndarray, hint: int | None = None, not_named: str | None = None) -> int:
+        """The cluster a track's faces join: `hint` (what its events said) - the one it was merged into, or
+        the same id again if it went meanwhile (it was empty: its track had not ended yet) -, else the one the
+        rule names (unless that one is named `not_named`: faces said not to be that person), else a new one."""
         with self._lock:
             if hint is not None:
                 found = self.db.execute("SELECT COALESCE(merged_into, id) FROM clusters WHERE id = ?",
                                         [hint]).fetchone()
                 if found:
                     return int(found[0])
+                with self.db.conn:  # an id once announced stays that person's
+                    self.db.execute("INSERT INTO clusters (id, created, name) VALUES (?, ?, NULL)", [hint, time.time()])
+                return hint
             prediction = self.match(embeddings)
             if prediction is not None and prediction.name is not None:
-                return int(prediction.name)
+                row = self.cluster(int(prediction.name))
+                if not_named is None or row is None or row["name"] != not_named:
+                    return int(prediction.name)
+            return self.new_cluster()
+
+    def new_cluster(self) -> int:
+        """A new unknown person (an id never given before), without sightings yet."""
+        with self._lock, self.db.conn:
             cur = self.db.execute("INSERT INTO clusters (created, name) VALUES (?, NULL)", [time.time()])
             return int(cur.lastrowid)
 
@@ -405,6 +416,13 @@ class SightingStore:
         with self._lock, self.db.conn:
             for i in ids:
                 self.db.execute("UPDATE sightings SET cluster = ? WHERE id = ?", [cluster, i])
+
+    def rename_person(self, old: str, new: str) -> None:
+        """A person was renamed: the faces and unknown people named after them follow."""
+        with self._lock, self.db.conn:
+            for column in ("name", "reidentified", "rejected"):
+                self.db.execute(f"UPDATE sightings SET {column} = ? WHERE {column} = ?", [new, old])
+            self.db.execute("UPDATE clusters SET name = ? WHERE name = ?", [new, old])
 
     def mark_reidentified(self, ids: list[int], person: str) -> None:
         with self._lock, self.db.conn:
@@ -514,20 +532,29 @@ class Sightings:
             del kept[self.s.per_track:]
 
     def unknown_id(self, track: Any) -> str | None:
-        """The existing unknown person a track that just settled unknown is (its `unknown_face` event), or
-        None: a new stranger (or no usable face)."""
+        """The unknown person a track that settled unknown is (its `unknown_face` and `track_ended` events):
+        the one it was given before, else the existing one the rule names, else a new one made now (its
+        faces join it when the track ends), so that even a stranger's first visit is linked. None only when
+        the sightings cannot be read or written."""
+        if track.id in self._unknown_ids:
+            return cluster_label(self._unknown_ids[track.id])
         embeddings = [c.embedding for c in self._live.get(track.id, [])] or list(track.embeddings)
-        if not embeddings:
-            return None
         try:
-            prediction = self.store.match(np.stack(embeddings))
+            prediction = self.store.match(np.stack(embeddings)) if embeddings else None
+            if prediction is not None and prediction.name is not None:
+                cluster = int(prediction.name)
+            else:
+                cluster = self.store.new_cluster()
         except sqlite3.Error as exc:
             log.warning("cannot match the unknown face against the sightings: %s", exc)
             return None
-        if prediction is None or prediction.name is None:
-            return None
-        self._unknown_ids[track.id] = int(prediction.name)
-        return cluster_label(int(prediction.name))
+        self._unknown_ids[track.id] = cluster
+        return cluster_label(cluster)
+
+    def unknown_id_of(self, track: Any) -> str | None:
+        """The unknown person already given to a live track (None: none)."""
+        cluster = self._unknown_ids.get(track.id)
+        return None if cluster is None else cluster_label(cluster)
 
     def ended(self, track: Any) -> None:
         """A track ended: its faces are stored (by the writer thread) if the privacy setting allows."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -58,11 +59,12 @@ from agent import database
 from agent.database import LayoutError, open_degraded
 from agent.events import Event, parse_timestamp
 from agent.files import FULL_BELOW_BYTES, StorageError, storage_hint, storage_state
+from agent.people import People
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "events.db"
-DB_VERSION = 1  # PRAGMA user_version of the table layout below
+DB_VERSION = 2  # PRAGMA user_version of the table layout below (2: person_id, camera nullable, counters)
 DELETE_BATCH = 500  # most rows deleted per retention step (each step deletes just enough, estimated)
 WAL_LIMIT_BYTES = 16 * 1024 * 1024  # journal_size_limit: the WAL is truncated back to this after checkpoints
 WAL_SHARE = 4  # the WAL may take at most 1/WAL_SHARE of max_db_mb (and at most WAL_LIMIT_BYTES)
@@ -80,7 +82,8 @@ COLUMNS = {
     "timestamp": str,
     "type": str,
     "name": str,
-    "camera": str,
+    "person_id": str,  # the enrolled person `name` was (p<n>, agent.people; null before schema 4)
+    "camera": str,  # null for agent-wide events
     "track_id": int,
     "confidence": float,
     "state": str,  # pending | delivered | expired
@@ -88,13 +91,17 @@ COLUMNS = {
     "delivered_at": float,  # when the PUBACK came
     "payload": str,  # the exact JSON published
 }
-REQUIRED = {"event_id", "t", "timestamp", "type", "camera", "state", "created", "payload"}  # NOT NULL
+REQUIRED = {"event_id", "t", "timestamp", "type", "state", "created", "payload"}  # NOT NULL
 INDEXES = {  # name -> (columns, unique); one per query users run
     "idx_events_event_id": (["event_id"], True),
     "idx_events_t": (["t"], False),
     "idx_events_name_t": (["name", "t"], False),
     "idx_events_type_t": (["type", "t"], False),
+    "idx_events_person_t": (["person_id", "t"], False),
+    "idx_events_track": (["track_id"], False),
 }
+TRACK_IDS = "track_id"  # the counters row of the next track id (never repeated on one agent)
+TRACK_ID_BLOCK = 1  # track ids reserved per write: one write per new track keeps ids without gaps
 # partial index: the outbox scan reads only pending rows, in insertion order (plain SQL: sqlite-utils'
 # create_index has no WHERE)
 PENDING_INDEX = "idx_events_pending"
@@ -119,21 +126,24 @@ class StoredEvent:
     timestamp: str
     type: str
     name: str | None
-    camera: str
+    camera: str | None
     track_id: int | None
     confidence: float | None
     state: str
     payload: str
+    person_id: str | None = None
 
     def event(self) -> Event:
         return Event.from_json(self.payload)
 
 
-_SELECT = "seq, event_id, t, timestamp, type, name, camera, track_id, confidence, state, payload"  # StoredEvent
-_PENDING = f"SELECT {_SELECT} FROM events WHERE state = 'pending' ORDER BY seq LIMIT ?"
-_INSERT = ("INSERT INTO events (event_id, t, timestamp, type, name, camera, track_id, confidence, state, created, "
-           "payload) VALUES (:event_id, :t, :timestamp, :type, :name, :camera, :track_id, :confidence, :state, "
-           ":created, :payload)")
+_SELECT = ("seq, event_id, t, timestamp, type, name, camera, track_id, confidence, state, payload, "
+           "person_id")  # StoredEvent
+_SELECT_V1 = _SELECT.replace("person_id", "NULL AS person_id")  # a layout 1 file read as it is (degraded open)
+_PENDING = "SELECT {} FROM events WHERE state = 'pending' ORDER BY seq LIMIT ?"
+_INSERT = ("INSERT INTO events (event_id, t, timestamp, type, name, person_id, camera, track_id, confidence, state, "
+           "created, payload) VALUES (:event_id, :t, :timestamp, :type, :name, :person_id, :camera, :track_id, "
+           ":confidence, :state, :created, :payload)")
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -264,11 +274,15 @@ class EventStore:
 
     def _create_schema(self) -> None:
         try:
-            database.ensure_layout(self.db, DB_VERSION, _create_tables, writable=self.degraded is None)
+            database.ensure_layout(self.db, DB_VERSION, _create_tables, MIGRATIONS, writable=self.degraded is None)
         except LayoutError as exc:
             raise StoreError(f"{self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot use the event log: {exc} ({_hint(self.path, exc)})") from None
+        # a file of the previous layout on a full or read-only disk is read as it is (no person_id column)
+        self._person_column = "person_id" in self.table.columns_dict if self.table.exists() else True
+        self._select = _SELECT if self._person_column else _SELECT_V1
+        self._pending_sql = _PENDING.format(self._select)
 
     # ------------------------------------------------------------------------------------------ space
 
@@ -361,7 +375,7 @@ class EventStore:
         payload = event.to_json()  # validates
         row = {"event_id": event.event_id, "t": parse_timestamp(event.timestamp),
                "timestamp": event.timestamp, "type": event.type, "name": event.name,
-               "camera": event.camera, "track_id": event.track_id,
+               "person_id": event.person_id, "camera": event.camera, "track_id": event.track_id,
                "confidence": event.confidence, "state": PENDING, "created": time.time(), "payload": payload}
         try:
             seq = self._insert(row)
@@ -476,12 +490,37 @@ class EventStore:
         with self.db.atomic() as db:
             return db.execute(f"DELETE FROM events WHERE {where}", params).rowcount
 
+    def reserve_track_ids(self, n: int) -> int:
+        """Reserve `n` track ids; the first one (the rest follow it). The counter starts above every track
+        id in the log. StoreError if it cannot be written."""
+        # plain SQL: one read-and-increment in one transaction (sqlite-utils has no call for it)
+        try:
+            with self.conn as conn:
+                conn.execute("INSERT OR IGNORE INTO counters (name, value) "
+                             "SELECT ?, COALESCE(MAX(track_id), 0) + 1 FROM events", [TRACK_IDS])
+                first = int(conn.execute("SELECT value FROM counters WHERE name = ?", [TRACK_IDS]).fetchone()[0])
+                conn.execute("UPDATE counters SET value = ? WHERE name = ?", [first + int(n), TRACK_IDS])
+            return first
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot reserve track ids: {exc}") from None
+
+    def max_track_id(self) -> int:
+        """The highest track id logged or reserved (0: none, or unreadable)."""
+        try:
+            top = self.conn.execute("SELECT MAX(track_id) FROM events").fetchone()[0] or 0
+            with contextlib.suppress(sqlite3.Error):
+                row = self.conn.execute("SELECT value - 1 FROM counters WHERE name = ?", [TRACK_IDS]).fetchone()
+                top = max(top, row[0] if row else 0)
+            return int(top)
+        except sqlite3.Error:
+            return 0
+
     # ------------------------------------------------------------------------------------------ reading
 
     def _rows(self, where: str | None, params: Sequence[Any] = (), order_by: str | None = None,
               limit: int | None = None) -> list[StoredEvent]:
-        return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by, select=_SELECT,
-                                                                    limit=limit)]
+        return [StoredEvent(**row) for row in self.table.rows_where(where, params, order_by=order_by,
+                                                                    select=self._select, limit=limit)]
 
     def rows(self, where: str, params: Sequence[Any] = (), order_by: str | None = None,
              limit: int | None = None) -> list[StoredEvent]:
@@ -494,7 +533,7 @@ class EventStore:
         # plain SQL (the outbox's hot path: every batch the publisher sends): rows_where re-reads the table list
         # and builds a dict per row: 13 us against 6.5 for one row, 350 against 220 for 100 (bench/bench_store.py).
         # The literal 'pending' (not a parameter) lets SQLite use the partial index idx_events_pending.
-        rows = [StoredEvent(*row) for row in self.conn.execute(_PENDING, (int(limit) + len(skip),))]
+        rows = [StoredEvent(*row) for row in self.conn.execute(self._pending_sql, (int(limit) + len(skip),))]
         return [r for r in rows if r.event_id not in skip][:limit]
 
     def expire_pending(self, older_than: float, exclude: Iterable[str] = ()) -> int:
@@ -521,17 +560,66 @@ class EventStore:
 
     def query(self, since: float | None = None, until: float | None = None, name: str | None = None,
               type: str | None = None, limit: int | None = 100,
-              state: str | None = None, camera: str | None = None) -> list[StoredEvent]:
-        """Events in time order; with a limit, the most recent `limit` that match. Times: epoch seconds."""
+              state: str | None = None, camera: str | None = None, track_id: int | None = None) -> list[StoredEvent]:
+        """Events in time order; with a limit, the most recent `limit` that match. Times: epoch seconds.
+        `name`: the events of a person - by id (p3), or by any name they had (a rename keeps their past),
+        case-insensitively, a prefix being enough (agent.people)."""
         where, params = [], []
-        for cond, value in (("t >= ?", since), ("t < ?", until), ("name = ?", name), ("type = ?", type),
-                            ("state = ?", state), ("camera = ?", camera)):
+        for cond, value in (("t >= ?", since), ("t < ?", until), ("type = ?", type),
+                            ("state = ?", state), ("camera = ?", camera), ("track_id = ?", track_id)):
             if value is not None:
                 where.append(cond)
                 params.append(value)
+        if name is not None:
+            cond, values = self._person_filter(name)
+            where.append(cond)
+            params.extend(values)
         rows = self._rows(" AND ".join(where) or None, params, order_by="t DESC, seq DESC",
                           limit=int(limit) if limit else None)
         return list(reversed(rows))
+
+    def _person_filter(self, text: str) -> tuple[str, list[Any]]:
+        """SQL for "events of the person `text` names": their ids, or (rows logged before events carried
+        ids) any name they had, or a name starting with `text` (LIKE: ASCII case-insensitive)."""
+        ids: list[str] = []
+        names: list[str] = []
+        try:
+            with People(self.path.parent) as people:
+                for person in people.find(text):
+                    ids.append(person.id)
+                    names.extend(person.names)
+        except (StorageError, sqlite3.Error) as exc:  # no registry: names as logged
+            log.debug("people registry: %s", exc)
+        like = re.sub(r"([\\%_])", r"\\\1", text.strip()) + "%"
+        cond = "name LIKE ? ESCAPE '\\'"
+        values: list[Any] = [like]
+        if names:
+            cond += f" OR name IN ({', '.join('?' * len(names))})"
+            values.extend(names)
+        if not self._person_column:
+            return f"({cond})", values
+        cond = f"person_id IS NULL AND ({cond})"
+        if ids:
+            cond = f"person_id IN ({', '.join('?' * len(ids))}) OR ({cond})"
+            values = [*ids, *values]
+        return f"({cond})", values
+
+    def current_names(self, rows: Iterable[StoredEvent]) -> dict[str, str]:
+        """event_id -> the name its person has now, for the rows whose person was renamed since (by their
+        person_id, or - rows logged before events carried one - by who had the name then)."""
+        out: dict[str, str] = {}
+        try:
+            with People(self.path.parent) as people:
+                for r in rows:
+                    if r.name is None:
+                        continue
+                    person = r.person_id or people.id_of(r.name, at=r.t)
+                    now = people.name_of(person) if person else None
+                    if now is not None and now != r.name:
+                        out[r.event_id] = now
+        except (StorageError, sqlite3.Error) as exc:
+            log.debug("people registry: %s", exc)
+        return out
 
     def count(self, state: str | None = None) -> int:
         return int(self.table.count if state is None else self.table.count_where("state = ?", [state]))
@@ -631,3 +719,53 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         database.ensure_index(events, name, columns, unique=unique)
     if PENDING_INDEX not in {index.name for index in events.indexes}:
         db.execute(PENDING_INDEX_SQL)
+    # the agent's counters (the next track id): a row per counter, created on first use
+    db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
+def _person_ids_and_nullable_camera(db: sqlite_utils.Database) -> None:
+    """Layout 1 -> 2: events get `person_id` (null in the rows logged before: agent.people finds them by the
+    name they were logged under), `camera` may be null (agent-wide events, schema 4), and the next track id
+    starts above every track id logged (counters)."""
+    events = db["events"]
+    if "person_id" not in events.columns_dict:
+        events.add_column("person_id", str)
+    camera_required = any(c.name == "camera" and c.notnull for c in events.columns)
+    if camera_required or [c.name for c in events.columns] != list(COLUMNS):
+        # one copy of the table (sqlite-utils transform: indexes kept), columns in the order of a new file
+        events.transform(not_null={"camera": False}, column_order=list(COLUMNS))
+    db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT OR IGNORE INTO counters (name, value) SELECT ?, COALESCE(MAX(track_id), 0) + 1 FROM events",
+               [TRACK_IDS])
+
+
+MIGRATIONS = {1: _person_ids_and_nullable_camera}
+
+
+class TrackIds:
+    """Track ids that never repeat on one agent, across runs and restarts: reserved TRACK_ID_BLOCK at a time
+    in the event log's `counters` table (one small write per new track, from the frame loop's thread, next to
+    the track's own events; a block above 1 would leave gaps at restarts). An iterator, as
+    agent.vision.tracker.Tracker takes it."""
+
+    def __init__(self, store: EventStore, block: int = TRACK_ID_BLOCK) -> None:
+        self.store = store
+        self.block = block
+        self._next = self._end = 0
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> TrackIds:
+        return self
+
+    def __next__(self) -> int:
+        with self._lock:
+            if self._next >= self._end:
+                try:
+                    self._next = self.store.reserve_track_ids(self.block)
+                except StoreError as exc:  # a full or read-only disk: go on counting here (logged)
+                    self._next = max(self._next, self.store.max_track_id() + 1)
+                    log.error("track ids go on from %d without being saved: %s", self._next, exc)
+                self._end = self._next + self.block
+            value = self._next
+            self._next += 1
+            return value

@@ -69,7 +69,8 @@ def test_round_trip_every_type(factory):
         assert back.to_json() == text  # byte-identical: what is logged is what is published
         data = json.loads(text)
         assert data["schema_version"] == SCHEMA_VERSION
-        assert data["agent_id"] == "edge-7" and data["camera"] == "front door"
+        assert data["agent_id"] == "edge-7"
+        assert data["camera"] == (None if event.type == "model_updated" else "front door")  # agent-wide: none
         assert data["timestamp"].endswith("Z")
 
 
@@ -125,7 +126,19 @@ def _mutations(factory) -> list[tuple[str, dict]]:
         cases.append((label, d))
 
     reid = json.loads(factory.reidentified(4, "carol", 0.8, "u3", 1_700_000_000.0).to_json())
-    case("schema_version", base, schema_version=4)
+    case("schema_version", base, schema_version=5)
+    case("v4 without person_id", base, person_id=KeyError)
+    case("person_id not p<n>", base, person_id="alice")
+    case("person_id without a name", unknown, person_id="p3")
+    case("v3 with person_id", base, schema_version=3)
+    case("v4 ended without unknown_id", ended, unknown_id=KeyError)
+    case("named ended with unknown_id", ended, unknown_id="u2")
+    case("v3 ended with unknown_id", ended, schema_version=3, person_id=KeyError)
+    case("model with a camera", model, camera="door")
+    case("track event without camera", base, camera=None)
+    case("v3 model without camera", model, schema_version=3, person_id=KeyError)
+    case("v4 reidentified without original_event_id", reid, original_event_id=KeyError)
+    case("original_event_id not a ULID", reid, original_event_id="x")
     case("v2 unknown with unknown_id", unknown, schema_version=2)
     case("v3 unknown without unknown_id", unknown, unknown_id=KeyError)
     case("unknown_id not u<n>", unknown, unknown_id="stranger")
@@ -186,7 +199,8 @@ def test_events_say_where_in_the_source(schema, factory):
     validator = jsonschema.Draft202012Validator(schema)
     for d in (data, live, model):
         assert not list(validator.iter_errors(d))
-    v1 = {k: v for k, v in data.items() if k not in ("frame_index", "media_time")} | {"schema_version": 1}
+    v1 = {k: v for k, v in data.items() if k not in ("frame_index", "media_time", "person_id", "unknown_id")} | {
+        "schema_version": 1}
     validate_event(v1)  # an older event in the log
     assert not list(validator.iter_errors(v1))
     assert Event.from_dict(v1).to_dict() == v1  # read back and re-serialised as it was
@@ -194,12 +208,47 @@ def test_events_say_where_in_the_source(schema, factory):
 
 def test_version_2_unknown_face_still_reads(schema, factory):
     """Version 3 added unknown_id to unknown_face: a version 2 one without it (an older log) still reads."""
-    v3 = json.loads(factory.unknown_face(2, 6, (1, 2, 3, 4), (10, 10), unknown_id="u2").to_json())
-    assert v3["schema_version"] == 3 and v3["unknown_id"] == "u2"
-    v2 = {k: v for k, v in v3.items() if k != "unknown_id"} | {"schema_version": 2}
+    v4 = json.loads(factory.unknown_face(2, 6, (1, 2, 3, 4), (10, 10), unknown_id="u2").to_json())
+    assert v4["schema_version"] == 4 and v4["unknown_id"] == "u2"
+    v2 = {k: v for k, v in v4.items() if k not in ("unknown_id", "person_id")} | {"schema_version": 2}
     validate_event(v2)
     assert not list(jsonschema.Draft202012Validator(schema).iter_errors(v2))
     assert Event.from_dict(v2).to_dict() == v2
+
+
+# version 3 events exactly as a version 3 agent logged them (older logs): every type, camera on model_updated
+V3_LOG = [
+    '{"schema_version":3,"event_id":"01JCZ3M2Q5V6W7X8Y9Z0A1B2C3","type":"identified","agent_id":"edge-7",'
+    '"camera":"camera","timestamp":"2024-11-14T10:00:00.000Z","track_id":4,"name":"Person A","confidence":0.9,'
+    '"votes":3,"box":{"left":1,"top":2,"right":30,"bottom":40},"frame":{"width":640,"height":360},'
+    '"frame_index":12,"media_time":0.4,"previous_name":null}',
+    '{"schema_version":3,"event_id":"01JCZ3M2Q5V6W7X8Y9Z0A1B2C4","type":"unknown_face","agent_id":"edge-7",'
+    '"camera":"camera","timestamp":"2024-11-14T10:00:01.000Z","track_id":5,"name":null,"confidence":null,'
+    '"votes":null,"box":{"left":1,"top":2,"right":30,"bottom":40},"frame":{"width":640,"height":360},'
+    '"frame_index":40,"media_time":1.3,"attempts":6,"unknown_id":null}',
+    '{"schema_version":3,"event_id":"01JCZ3M2Q5V6W7X8Y9Z0A1B2C5","type":"track_ended","agent_id":"edge-7",'
+    '"camera":"camera","timestamp":"2024-11-14T10:00:02.000Z","track_id":5,"name":null,"confidence":null,'
+    '"votes":null,"box":{"left":1,"top":2,"right":30,"bottom":40},"frame":{"width":640,"height":360},'
+    '"frame_index":60,"media_time":2.0,"duration_s":1.0,"best_confidence":null}',
+    '{"schema_version":3,"event_id":"01JCZ3M2Q5V6W7X8Y9Z0A1B2C6","type":"model_updated","agent_id":"edge-7",'
+    '"camera":"camera","timestamp":"2024-11-14T10:00:03.000Z","track_id":null,"name":null,"confidence":null,'
+    '"votes":null,"box":null,"frame":null,"frame_index":null,"media_time":null,"people":["Person A"],'
+    '"counts":{"Person A":5},"training_s":0.2,"cv_score":null}',
+    '{"schema_version":3,"event_id":"01JCZ3M2Q5V6W7X8Y9Z0A1B2C7","type":"reidentified","agent_id":"edge-7",'
+    '"camera":"camera","timestamp":"2024-11-14T10:00:04.000Z","track_id":5,"name":"Person A","confidence":0.8,'
+    '"votes":null,"box":null,"frame":null,"frame_index":null,"media_time":null,"unknown_id":"u1",'
+    '"seen_at":"2024-11-14T10:00:01.000Z"}',
+]
+
+
+def test_version_3_events_still_read(schema):
+    """Every type as a version 3 agent logged it (no person_id; a camera on model_updated; no unknown_id on
+    track_ended) is valid to both validators and reads back byte-identical."""
+    validator = jsonschema.Draft202012Validator(schema)
+    for text in V3_LOG:
+        event = Event.from_json(text)
+        assert event.to_json() == text
+        assert not list(validator.iter_errors(json.loads(text))), text
 
 
 def test_factories_accept_numpy_values(factory):

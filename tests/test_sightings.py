@@ -398,16 +398,17 @@ def test_a_stranger_seen_again_is_announced_with_their_unknown_id(strangers):
     people = bs.track_people(clip, events)
     ids: dict[str, set] = {}
     first_round = clip.frames // 3
+    first: dict[str, str] = {}
     for e in events:
         if e["type"] == "unknown_face":
-            assert e["schema_version"] == 3 and "unknown_id" in e
+            assert e["schema_version"] == 4 and e["unknown_id"] is not None  # the first visit too
             if e["frame_index"] < first_round:
-                assert e["unknown_id"] is None  # nobody seen before: a new stranger
-            elif e["unknown_id"] is not None:
+                first[people[e["track_id"]]] = e["unknown_id"]  # a new stranger: a new unknown person
+            else:
                 ids.setdefault(people[e["track_id"]], set()).add(e["unknown_id"])
+    assert len(set(first.values())) == len(first) == 4, first  # four new people, four new ids
     assert len(ids) == 4, ids  # every stranger was recognised as seen before at a later appearance
-    assert all(len(v) == 1 for v in ids.values()), ids  # always as the same unknown person
-    assert len({next(iter(v)) for v in ids.values()}) == 4
+    assert all(v == {first[who]} for who, v in ids.items()), (first, ids)  # always as the one first given
 
 
 def _people_of_clusters(agent: Agent, clip: ic.Clip, events: list[dict]) -> dict[str, str]:

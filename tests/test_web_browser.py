@@ -436,7 +436,7 @@ def test_name_an_unknown_person_teach_from_a_visit_and_reject_an_identification(
     button.click()
     flash_says(page, re.compile(r"track \d+ is not lin"), timeout=120_000)
     flash = page.inner_text("main")
-    assert re.search(r"track \d+ is not lin: \d+ faces are now known not to be lin", flash), flash
+    assert re.search(r"track \d+ is not lin: \d+ faces? recorded as not lin", flash), flash
     assert page.url.startswith(url + "/events/log?type=identified")
     assert page.locator("li.event .rejected").all_inner_texts() == ["rejected: not lin"]
     assert page.locator("li.event button.reject").count() == page.locator("li.event").count() - 1

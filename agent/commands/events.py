@@ -22,11 +22,16 @@ def _when(value: str) -> float:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("events", help="list and filter the event log (table or JSON lines)",
                        description="Events are listed oldest first; with --limit, the most recent that "
-                       "match. "
+                       "match. The table shows each person's current name; --json prints each event exactly "
+                       "as it was published (its name then, and its person_id). "
                        "Times are UTC: a date, an ISO time, or an age like 30m, 2h, 7d.")
     p.add_argument("--since", type=_when, help="only events at or after this time")
     p.add_argument("--until", type=_when, help="only events before this time")
-    p.add_argument("--name", help="only events of this person")
+    p.add_argument("--name", metavar="PERSON",
+                   help="only events of this person: any name they had (a rename keeps their past) or "
+                   "their id (p3); case-insensitive, the start of a name is enough")
+    p.add_argument("--track", type=int, metavar="TRACK_ID",
+                   help="only events of this track (track ids never repeat on one agent)")
     p.add_argument("--type", choices=EVENT_TYPES, help="only events of this type")
     p.add_argument("--pending", action="store_true", help="only events not yet delivered to the broker")
     p.add_argument("--expired", action="store_true", help="only events that were never published because they "
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with EventStore(cfg, path) as store:
             rows = store.query(since=args.since, until=args.until, name=args.name, type=args.type,
-                               limit=args.limit or None, state=state)
+                               limit=args.limit or None, state=state, track_id=args.track)
+            renamed = {} if args.json else store.current_names(rows)
     except StoreError as exc:
         return fail(str(exc))
     out = sys.stdout
@@ -79,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'time (UTC)':24s} {'type':13s} {'camera':12s} {'track':>5s} {'name':20s} {'conf':>5s} "
           f"{'state':9s} event_id")
-    for r in rows:
-        print(f"{format_timestamp(r.t):24s} {r.type:13s} {r.camera[:12]:12s} {_fmt(r.track_id):>5s} "
-              f"{_fmt(r.name)[:20]:20s} {_fmt(r.confidence, '.2f'):>5s} {r.state:9s} {r.event_id}")
+    for r in rows:  # the name a person has now (a renamed person's older events included)
+        print(f"{format_timestamp(r.t):24s} {r.type:13s} {_fmt(r.camera)[:12]:12s} {_fmt(r.track_id):>5s} "
+              f"{_fmt(renamed.get(r.event_id, r.name))[:20]:20s} {_fmt(r.confidence, '.2f'):>5s} {r.state:9s} "
+              f"{r.event_id}")
     more = " (limit reached; use --limit 0 for all)" if len(rows) == args.limit else ""
     print(f"{len(rows)} event(s){more}")
     return 0

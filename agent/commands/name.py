@@ -6,7 +6,7 @@ import argparse
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError
-from agent.naming import NamingError, log_reidentified, name_cluster, name_faces, track_faces
+from agent.naming import NamingError, enrolled_text, log_reidentified, name_cluster, name_faces, track_faces
 from agent.sightings import SightingStore
 from agent.store import EventStore
 
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("unknown_id", nargs="?", help="the unknown person, e.g. u3")
     p.add_argument("person")
     p.add_argument("--track", type=int, metavar="TRACK_ID",
-                   help="name this track instead (the latest track with this id: ids restart with every run)")
+                   help="name this track instead (track ids never repeat on one agent)")
     p.set_defaults(func=run)
 
 
@@ -37,14 +37,15 @@ def run(args: argparse.Namespace) -> int:
         else:
             named = name_cluster(gallery, store, args.unknown_id, args.person, show_progress())
             what = args.unknown_id
-        print(f"{what} is now {named.person}: {len(named.enrolled)} of {named.offered} faces enrolled")
+        print(f"{what} is now {named.person}: {enrolled_text(named)}")
         for message in named.refused:
             print(f"  not enrolled: {message}")
         assert named.classifier is not None
         with EventStore(cfg) as event_log:
             count = log_reidentified(store, named.classifier, cfg, event_log)
         if count:
-            print(f"{count} earlier unknown tracks re-identified (reidentified events logged)")
+            print(f"{count} earlier unknown track{'' if count == 1 else 's'} re-identified "
+                  f"(reidentified event{'' if count == 1 else 's'} logged)")
         return 0
     except InvalidNameError as exc:
         return fail(str(exc), 2)

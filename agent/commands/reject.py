@@ -6,7 +6,7 @@ import argparse
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery
-from agent.naming import NamingError, reject
+from agent.naming import NamingError, reject, rejected_text
 from agent.sightings import SightingStore
 from agent.store import EventStore
 
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     store = SightingStore(cfg)
     try:
         event = stored.event()
-        count, _ = reject(gallery, store, event, show_progress())
-        print(f"track {event.track_id} is not {event.name}: {count} faces are now known not to be {event.name}")
+        done = reject(gallery, store, event, show_progress())
+        print(rejected_text(event, done))
         return 0
     except NamingError as exc:
         return fail(str(exc))

@@ -6,6 +6,7 @@ import argparse
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError
+from agent.naming import people_count
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except (NotEnrolledError, NameTakenError) as exc:
         return fail(str(exc))
     clf, _, retrained = gallery.ensure_trained(progress=show_progress())
-    print(f"renamed {args.old} to {args.new}; classifier {'retrained' if retrained else 'up to date'}: "
-          f"{len(clf.people)} people")
+    print(f"renamed {args.old} to {args.new} (their earlier events are found under the new name); classifier "
+          f"{'retrained' if retrained else 'up to date'}: {people_count(len(clf.people))}")
     return 0

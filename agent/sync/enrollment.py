@@ -38,7 +38,7 @@ from agent import database
 from agent.config import Config
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.logsafe import RateLimitedLog, escape
-from agent.naming import NamingError, name_cluster, name_faces, reject, track_faces
+from agent.naming import NamingError, enrolled_text, name_cluster, name_faces, reject, track_faces
 from agent.sightings import SightingStore
 from agent.store import EventStore
 from agent.sync import enrollment_protocol as proto
@@ -505,10 +505,10 @@ class EnrollmentIntake:
         finally:
             store.close()
         self._changed(req)
-        log.info("remote enrollment: %s: %s named %r: %d face(s) enrolled", req.request_id,
-                 req.unknown_id or f"track {req.track_id}", person, len(named.enrolled))
+        log.info("remote enrollment: %s: %s named %r: %s", req.request_id,
+                 req.unknown_id or f"track {req.track_id}", person, enrolled_text(named))
         return self._result(req, proto.OK, person=person, unknown_id=req.unknown_id, track_id=req.track_id,
-                            enrolled=named.enrolled, offered=named.offered,
+                            enrolled=list(dict.fromkeys(named.enrolled)), added=named.added, offered=named.offered,
                             retrain=f"in {self.settings.debounce:g} s")
 
     def _unknowns(self, req: proto.Request) -> dict:
@@ -541,15 +541,18 @@ class EnrollmentIntake:
         event = stored.event()
         store = SightingStore(self.cfg)
         try:
-            count, _ = reject(self.gallery, store, event, retrain=False)
+            done = reject(self.gallery, store, event, retrain=False)
         except NamingError as exc:
             raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         finally:
             store.close()
-        self._changed(req)
-        log.info("remote enrollment: %s: track %s is not %r", req.request_id, event.track_id, event.name)
-        return self._result(req, proto.OK, person=event.name, event_id=req.event_id, negatives=count,
-                            retrain=f"in {self.settings.debounce:g} s")
+        if not done.already:
+            self._changed(req)
+        log.info("remote enrollment: %s: track %s is not %r%s", req.request_id, event.track_id, event.name,
+                 " (already rejected)" if done.already else "")
+        return self._result(req, proto.OK, person=event.name, event_id=req.event_id, negatives=done.total,
+                            already=done.already, retrain="none" if done.already else
+                            f"in {self.settings.debounce:g} s")
 
     # ------------------------------------------------------------------------------------------ retraining
 

@@ -5,7 +5,9 @@
 - a `sensor` "Last person" whose state is the last recognised name, or `stranger` for a face that is not
   enrolled (not `unknown`: that is Home Assistant's own "no value" state, so an automation could not tell a
   stranger at the door from a sensor without data), with the same details as attributes (`name` is null
-  and `known` false for a stranger);
+  and `known` false for a stranger; `person_id` is the person's stable id, `unknown_id` a stranger's unknown
+  person); when a person is renamed, the sensor is published again under the new name (on the agent's next
+  classifier swap);
 - availability from the agent's status topic (`online` / `offline`, Last Will).
 
 With several cameras ([[sources]]) the device also gets, per camera, its own "Recognition <camera>" event
@@ -25,12 +27,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import time
 from typing import Any
 
 from agent import __version__
 from agent.config import camera_slug
 from agent.events import UNKNOWN_FACE, Event
+from agent.files import StorageError
+from agent.people import People
 from agent.sync.mqtt import OFFLINE, ONLINE, MqttClient
 from agent.topics import Topics
 
@@ -58,6 +63,8 @@ class HomeAssistant:
         # several cameras: entities per camera as well (camera name -> its slug in topics and ids)
         self.cameras = {name: camera_slug(name) for name in names} if len(names) > 1 else {}
         self.stats_topic = self.topics.stats
+        self.storage = cfg.path("storage")
+        self._last: dict[str | None, dict[str, Any]] = {}  # camera slug (None: agent-wide) -> last person
         self.announcements = 0
 
     def config_topic(self, component: str, object_id: str) -> str:
@@ -105,6 +112,7 @@ class HomeAssistant:
         for topic, payload in self.discovery().items():
             self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
         self.announcements += 1
+        self.names_changed()
         log.info("Home Assistant discovery announced on %s/.../%s", self.discovery_prefix, self.node_id)
 
     def _on_ha_status(self, message: Any) -> None:
@@ -118,15 +126,54 @@ class HomeAssistant:
         if age > self.max_age:
             log.debug("event %s is %.0f s old; not fired in Home Assistant", event.event_id, age)
             return False
-        details = {"name": event.name if event.type != UNKNOWN_FACE else None, "confidence": event.confidence,
+        details = {"name": event.name if event.type != UNKNOWN_FACE else None, "person_id": event.person_id,
+                   "unknown_id": event.unknown_id, "confidence": event.confidence,
                    "votes": event.votes, "camera": event.camera, "track_id": event.track_id,
                    "event_id": event.event_id, "timestamp": event.timestamp}
         fired = json.dumps({"event_type": event.type, **details})
-        last = json.dumps({"state": details["name"] or STRANGER, "known": details["name"] is not None, **details})
         self.client.publish(self.recognition_topic, fired, qos=1)
-        self.client.publish(self.last_person_topic, last, qos=1, retain=True)
         slug = self.cameras.get(event.camera)
         if slug is not None:
             self.client.publish(self._camera_topic(slug, "recognition"), fired, qos=1)
-            self.client.publish(self._camera_topic(slug, "last_person"), last, qos=1, retain=True)
+        self._last[None] = details
+        if slug is not None:
+            self._last[slug] = details
+        self._publish_last(None, details)
+        if slug is not None:
+            self._publish_last(slug, details)
         return True
+
+    def _publish_last(self, slug: str | None, details: dict[str, Any]) -> None:
+        last = json.dumps({"state": details["name"] or STRANGER, "known": details["name"] is not None, **details})
+        topic = self.last_person_topic if slug is None else self._camera_topic(slug, "last_person")
+        self.client.publish(topic, last, qos=1, retain=True)
+
+    def restore(self, event: Event) -> None:
+        """At start: the last recognition logged is what the retained "Last person" shows (not fired again);
+        `names_changed` then corrects its name if the person was renamed meanwhile."""
+        details = {"name": event.name if event.type != UNKNOWN_FACE else None, "person_id": event.person_id,
+                   "unknown_id": event.unknown_id, "confidence": event.confidence,
+                   "votes": event.votes, "camera": event.camera, "track_id": event.track_id,
+                   "event_id": event.event_id, "timestamp": event.timestamp}
+        self._last[None] = details
+        slug = self.cameras.get(event.camera)
+        if slug is not None:
+            self._last[slug] = details
+
+    def names_changed(self) -> None:
+        """People may have been renamed (the agent swapped in a retrained classifier): a "Last person" whose
+        person now has another name (agent.people) is published again under it."""
+        if not self._last:
+            return
+        try:
+            with People(self.storage) as people:
+                for slug, details in list(self._last.items()):
+                    person = details.get("person_id")
+                    name = people.name_of(person) if person else None
+                    if name is not None and name != details["name"]:
+                        details = {**details, "name": name}
+                        self._last[slug] = details
+                        self._publish_last(slug, details)
+                        log.info("Home Assistant: the last person is now called %s", name)
+        except (StorageError, sqlite3.Error) as exc:
+            log.warning("Home Assistant: cannot look up renamed people: %s", exc)

@@ -39,6 +39,8 @@ from agent.logsafe import escape
 from agent.naming import (
     Named,
     NamingError,
+    Rejected,
+    enrolled_text,
     find_cluster,
     ignore_unknown,
     log_reidentified,
@@ -198,7 +200,8 @@ class Console:
     def events(self, person: str, type_: str, camera: str, since: float | None, until: float | None,
                track: int | None) -> list[dict[str, Any]]:
         rows = self.store.query(since=since, until=until, name=person or None, type=type_ or None,
-                                camera=camera or None, limit=self.cfg.web.events_per_page)
+                                camera=camera or None, limit=self.cfg.web.events_per_page, track_id=track)
+        renamed = self.store.current_names(rows)  # a renamed person's events show the name they have now
         out = []
         for row in reversed(rows):  # newest first
             if track is not None and row.track_id != track:
@@ -214,7 +217,8 @@ class Console:
                 if row.track_id is not None else []
             rejectable = row.type in (IDENTIFIED, REIDENTIFIED) and bool(row.name) and row.track_id is not None
             out.append({"event_id": row.event_id, "time": utc(row.t), "iso": iso(row.t), "type": row.type,
-                        "name": row.name, "camera": row.camera, "track_id": row.track_id, "confidence": row.confidence,
+                        "name": renamed.get(row.event_id, row.name), "camera": row.camera, "track_id": row.track_id,
+                        "confidence": row.confidence,
                         "thumbnail": thumb, "faces": len(faces), "unknown": self.unknown_link(payload),
                         "reason": payload.get("reason"), "votes": payload.get("votes"), "state": row.state,
                         "rejectable": rejectable,
@@ -297,6 +301,8 @@ class Console:
         faces = self.sightings.track_sightings(start.track_id, start.t if end is None else (start.t + until) / 2)
         faces = [f for f in faces if f["logged_until"] + 2 >= start.t and f["logged_from"] - 2 <= until] or faces
         best = max(faces, key=lambda f: (f["quality"] or 0.0, -f["id"]), default=None)
+        if named_by is not None:  # renamed since: the name the person has now
+            name = self.store.current_names([named_by]).get(named_by.event_id, name)
         rejected = bool(name) and any(f["rejected"] == name for f in faces)
         return {"key": start.event_id, "event_id": (named_by or start).event_id, "camera": start.camera,
                 "track_id": start.track_id, "start": start.t, "start_text": utc(start.t), "iso": iso(start.t),
@@ -409,22 +415,21 @@ class Console:
                 raise NamingError(f"{cluster_label(row['id'])} was already named {row['name']}")
             named = name_cluster(self.gallery, self.sightings, unknown_id, person)
             self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
-            log.info("web: %s named %s (%d faces enrolled)", escape(unknown_id), escape(named.person),
-                     len(named.enrolled))
+            log.info("web: %s named %s (%s)", escape(unknown_id), escape(named.person), enrolled_text(named))
             return named, self._after_training(named.classifier)
 
         (named, reidentified), repeat = self.once(("name", unknown_id.strip().lower(), person), run)
         return named, reidentified, repeat
 
-    def reject(self, event_id: str) -> tuple[Any, int]:
-        """`face-agent reject EVENT_ID` (agent.naming.reject). Returns (the event, negatives recorded)."""
+    def reject(self, event_id: str) -> tuple[Any, Rejected]:
+        """`face-agent reject EVENT_ID` (agent.naming.reject). Returns (the event, what it did)."""
         stored = self.store.get(event_id.strip().upper())
         if stored is None:
             raise NamingError(f"no event {event_id!r} in the log")
         event = stored.event()
-        count, _ = self.once(("reject", event.event_id), lambda: reject(self.gallery, self.sightings, event)[0])
+        done, _ = self.once(("reject", event.event_id), lambda: reject(self.gallery, self.sightings, event))
         log.info("web: event %s rejected (not %s)", escape(event.event_id), escape(event.name or ""))
-        return event, count
+        return event, done
 
     def visit_of(self, event_id: str) -> dict[str, Any]:
         """The visit (card) of the track an event is about; NamingError if there is no such track event."""
@@ -451,15 +456,15 @@ class Console:
                 reject(self.gallery, self.sightings, row.event(), retrain=False)
             named = name_faces(self.gallery, self.sightings, faces, person)
             self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
-            log.info("web: track %s of event %s named %s (%d faces)", row.track_id, escape(row.event_id),
-                     escape(person), len(named.enrolled))
-            return named.person, len(named.enrolled), self._after_training(named.classifier)
+            log.info("web: track %s of event %s named %s (%s)", row.track_id, escape(row.event_id),
+                     escape(person), enrolled_text(named))
+            return named.person, named.added, self._after_training(named.classifier)
 
         return self.once(("name-track", visit["key"], person), run)[0]
 
     def cameras(self) -> list[str]:
         """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""
-        found = {r[0] for r in self.store.conn.execute("SELECT DISTINCT camera FROM events")}
+        found = {r[0] for r in self.store.conn.execute("SELECT DISTINCT camera FROM events WHERE camera IS NOT NULL")}
         return sorted(found | {self.cfg.agent.camera_name})
 
     # ---- live -----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from agent.events import EVENT_TYPES
 from agent.gallery import InvalidNameError
-from agent.naming import NamingError
+from agent.naming import NamingError, rejected_text
 from agent.web.console import iso, utc, when
 from agent.web.site import go, site
 
@@ -83,14 +83,15 @@ def _on_card(request: Request) -> bool:
 async def reject_event(request: Request) -> Response:
     s = site(request)
     try:
-        event, count = await run_in_threadpool(s.console.reject, request.path_params["event_id"])
+        event, done = await run_in_threadpool(s.console.reject, request.path_params["event_id"])
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    message = f"track {event.track_id} is not {event.name}: {count} faces are now known not to be " \
-              f"{event.name}; classifier retrained"
+    message = rejected_text(event, done) + ("" if done.already else "; classifier retrained")
     if _on_card(request):
         return await run_in_threadpool(_card, request, event.event_id,
-                                       f"Noted: that was not {event.name}. The agent learned from it.")
+                                       f"Noted: that was not {done.person}." + (
+                                           " (It was noted before.)" if done.already
+                                           else " The agent learned from it."))
     s.flash(request, message)
     back = urlsplit(request.headers.get("hx-current-url", ""))
     if back.path in ("/events", "/events/log"):

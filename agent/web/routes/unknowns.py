@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.gallery import InvalidNameError
-from agent.naming import NamingError
+from agent.naming import NamingError, enrolled_text, people_count
 from agent.web.site import go, person_url, site
 
 
@@ -80,16 +80,17 @@ async def name_unknown(request: Request) -> Response:
     except (InvalidNameError, NamingError) as exc:
         return PlainTextResponse(str(exc), status_code=400)
     if _on_card(request):
-        note = f"{unknown_id} is now {named.person}: {len(named.enrolled)} faces learned" + \
+        note = f"{unknown_id} is now {named.person}: {enrolled_text(named).replace('enrolled', 'learned', 1)}" + \
             (f"; {reidentified} earlier visits recognised again" if reidentified else "") + "."
         if named.refused:
             note += f" {len(named.refused)} faces were not usable (too small or blurry)."
         return s.fragment(request, "cluster_done.html", id=unknown_id, note=note, person=named.person)
     if not repeat:
-        s.flash(request, f"{unknown_id} is now {named.person}: {len(named.enrolled)} of {named.offered} faces "
-                         "enrolled",
-                *([f"classifier retrained: {len(named.classifier.people)} people"] if named.classifier else []),
-                *([f"{reidentified} earlier unknown tracks re-identified (reidentified events logged)"]
+        s.flash(request, f"{unknown_id} is now {named.person}: {enrolled_text(named)}",
+                *([f"classifier retrained: {people_count(len(named.classifier.people))}"] if named.classifier
+                  else []),
+                *([f"{reidentified} earlier unknown track{'' if reidentified == 1 else 's'} re-identified "
+                   "(reidentified events logged)"]
                   if reidentified else []))
         s.flash(request, *[f"not enrolled: {message}" for message in named.refused], kind="warning")
     return go(person_url(named.person))
