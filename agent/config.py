@@ -354,6 +354,11 @@ class WebSection:
     # scrypt hash from `face-agent web --hash-password` (or $FACE_AGENT_WEB_PASSWORD_HASH); "" = no login
     password_hash: str = ""
     session_hours: float = setting(12.0, bounds=Range(0.1, 720))  # a login lasts this long
+    max_failed_logins: int = setting(5, bounds=AT_LEAST_1)  # wrong passwords from one address before a lockout
+    # seconds the first lockout lasts; each further wrong password doubles it (up to an hour)
+    lockout_seconds: float = setting(60.0, bounds=Range(1, 3600))
+    # password checks per minute from all addresses together (scrypt: ~0.1 s CPU and ~32 MB each)
+    login_checks_per_minute: int = setting(30, bounds=Range(1, 600))
     max_upload_bytes: int = setting(10_000_000, bounds=AT_LEAST_1)  # per uploaded photo (and [images] max_bytes)
     max_upload_files: int = setting(20, bounds=Range(1, 1000))  # photos per upload
     events_per_page: int = setting(100, bounds=Range(1, 5000))  # events listed on the Events page

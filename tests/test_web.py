@@ -387,3 +387,76 @@ def test_a_corrupt_sightings_file_does_not_break_the_unknown_people_page(tmp_pat
     finally:
         console.stop()
     assert [p.name.split("-")[0] for p in storage.glob("sightings.db.corrupt-*")] == ["sightings.db.corrupt"]
+
+
+def test_login_throttle_locks_out_a_guessing_client_and_bounds_all_checks():
+    import asyncio
+
+    from agent.web.security import CHECKS_AT_ONCE, MAX_LOCKOUT, MAX_WAITING, LoginThrottle
+
+    now = [0.0]
+    throttle = LoginThrottle(max_failures=3, lockout=10.0, checks_per_minute=1000, clock=lambda: now[0])
+    assert [throttle.failed("a") for _ in range(3)] == [0.0, 0.0, 10.0]
+    assert throttle.refused("a") == 10.0 and throttle.refused("b") == 0.0  # one client only
+    now[0] += 10.0
+    assert throttle.refused("a") == 0.0 and throttle.failed("a") == 20.0  # each further failure doubles it
+    assert max(throttle.failed("a") for _ in range(30)) == MAX_LOCKOUT
+    throttle.succeeded("a")
+    assert throttle.refused("a") == 0.0 and throttle.failed("a") == 0.0
+
+    overall = LoginThrottle(checks_per_minute=2, clock=lambda: now[0])
+
+    async def burst(n: int) -> list[bool]:
+        running = peak = 0
+
+        async def one() -> bool:
+            nonlocal running, peak
+            async with overall.check() as slot:
+                if slot:
+                    running += 1
+                    peak = max(peak, running)
+                    await asyncio.sleep(0.01)
+                    running -= 1
+                return slot
+
+        got = await asyncio.gather(*(one() for _ in range(n)))
+        assert peak == CHECKS_AT_ONCE
+        return got
+
+    assert sum(asyncio.run(burst(40))) == CHECKS_AT_ONCE + MAX_WAITING  # the rest refused without a check
+    assert overall.refused("c") > 0  # 9 checks this minute: over 2 for everyone
+    now[0] += 60.0
+    assert overall.refused("c") == 0.0
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def test_guessing_over_http_is_locked_out_and_parallel_logins_do_not_exhaust_memory(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    console = WebConsole(write_config(tmp_path, web={"password_hash": hash_password(PASSWORD),
+                                                     "max_failed_logins": 3, "lockout_seconds": 60.0}))
+    try:
+        client = Client(console)
+        assert client.request("GET", "/login")[0] == 200
+        before = _peak_rss_mib(console.proc.pid)
+        # 40 clients at once (one address here, as behind a proxy): scrypt ~32 MB each took 1.44 GB before
+        clients = [Client(console) for _ in range(40)]
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(pool.map(lambda c: c.login("guess"), clients))
+        grown = _peak_rss_mib(console.proc.pid) - before
+        assert grown < 200, f"peak RSS grew by {grown:.0f} MiB with 40 parallel logins"
+        # 3 checked (then the address is locked out, also for those already waiting), the rest refused
+        assert statuses.count(401) == 3 and statuses.count(429) == 37, statuses
+        # the address is now locked out: even the right password is refused, and it says for how long
+        token = client.csrf("/login")
+        status, headers, text = client.request("POST", "/login", f"password={PASSWORD}&csrf_token={token}",
+                                               {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 429 and int(headers["retry-after"]) > 0 and "try again in" in text
+        log = console.log.read_text()
+        assert "failed login from 127.0.0.1" in log and "locked out for 60 s" in log and "refused" in log
+    finally:
+        console.stop()

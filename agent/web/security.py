@@ -11,17 +11,27 @@
   sends it from the page, see base.html) - only the login form carries it as a form field; bodies above
   the upload limit are refused with 413 before they are read; every answer gets no-sniff, no-framing and a
   script policy of 'self' only.
+- `LoginThrottle`: password guessing and the memory a guess costs are bounded. scrypt takes ~32 MB and
+  ~0.1 s of CPU a check, so at most `CHECKS_AT_ONCE` run at once and at most `MAX_WAITING` more wait for
+  them (the rest get 429 at once, without a check); a client (its address) that fails `[web]
+  max_failed_logins` times is locked out for `[web] lockout_seconds`, doubled at each further failure (up
+  to `MAX_LOCKOUT`); all clients together get `[web] login_checks_per_minute` checks. A locked-out client
+  gets 429 with Retry-After, even with the right password.
 - `safe_file`: a file inside one of the agent's folders, named by parts that cannot climb out of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -114,6 +124,79 @@ class Logins:
     def end(self, login: Any) -> None:
         if isinstance(login, str):
             self._expiry.pop(login, None)
+
+
+CHECKS_AT_ONCE = 1  # password checks running at once (scrypt: ~32 MB each)
+MAX_WAITING = 8  # login requests waiting for a check; more are refused at once (429)
+MAX_LOCKOUT = 3600.0  # seconds: the longest lockout of one client
+MAX_CLIENTS = 10_000  # clients with failures remembered (the oldest are forgotten first)
+
+
+class LoginThrottle:
+    """Who may try a password now (see the module docstring). `refused(client)` says how many seconds a
+    client must wait (0: go on); `check()` is the bounded slot a password check runs in; `failed` and
+    `succeeded` keep each client's count. Runs on the event loop (not thread-safe)."""
+
+    def __init__(self, max_failures: int = 5, lockout: float = 60.0, checks_per_minute: int = 30,
+                 clock: Any = time.monotonic) -> None:
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self.checks_per_minute = checks_per_minute
+        self._clock = clock
+        self._clients: collections.OrderedDict[str, list[float]] = collections.OrderedDict()  # [failures, until, last]
+        self._checks: collections.deque[float] = collections.deque()  # times of the last minute's checks
+        self._slots = asyncio.Semaphore(CHECKS_AT_ONCE)
+        self._pending = 0
+
+    def locked(self, client: str) -> float:
+        """Seconds `client` stays locked out (0: not locked out)."""
+        entry = self._clients.get(client)
+        return max(0.0, entry[1] - self._clock()) if entry else 0.0
+
+    def refused(self, client: str) -> float:
+        """Seconds `client` must wait before its next password check (0: it may try now)."""
+        now = self._clock()
+        if self.locked(client):
+            return self.locked(client)
+        while self._checks and self._checks[0] <= now - 60.0:
+            self._checks.popleft()
+        if len(self._checks) >= self.checks_per_minute:
+            return self._checks[0] + 60.0 - now
+        return 0.0
+
+    @contextlib.asynccontextmanager
+    async def check(self) -> AsyncIterator[bool]:
+        """A slot for one password check: yields False (and runs nothing) when too many already wait."""
+        if self._pending >= CHECKS_AT_ONCE + MAX_WAITING:
+            yield False
+            return
+        self._pending += 1
+        try:
+            async with self._slots:
+                self._checks.append(self._clock())
+                yield True
+        finally:
+            self._pending -= 1
+
+    def failed(self, client: str) -> float:
+        """Count a wrong password; the lockout (seconds) it starts, 0 when none."""
+        now = self._clock()
+        entry = self._clients.pop(client, None)
+        if entry is None or now - entry[2] > MAX_LOCKOUT:  # no failure for an hour: start again
+            entry = [0, 0.0, now]
+        entry[0] += 1
+        entry[2] = now
+        over = int(entry[0]) - self.max_failures
+        wait = min(self.lockout * 2 ** min(over, 32), MAX_LOCKOUT) if over >= 0 else 0.0
+        if wait:
+            entry[1] = now + wait
+        self._clients[client] = entry
+        while len(self._clients) > MAX_CLIENTS:
+            self._clients.popitem(last=False)
+        return wait
+
+    def succeeded(self, client: str) -> None:
+        self._clients.pop(client, None)
 
 
 class BodyTooLargeError(Exception):

@@ -17,8 +17,9 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from agent.config import Config
+from agent.logsafe import RateLimitedLog
 from agent.web.console import Console, iso, utc
-from agent.web.security import Logins, csrf_token
+from agent.web.security import Logins, LoginThrottle, csrf_token
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class Site:
         self.web = cfg.web
         self.console = Console(cfg)
         self.logins = Logins(self.web.session_hours * 3600)
+        self.throttle = LoginThrottle(self.web.max_failed_logins, self.web.lockout_seconds,
+                                      self.web.login_checks_per_minute)
+        self.login_log = RateLimitedLog(log, per_period=20, period=60.0)  # failed logins and lockouts
+        self.refusal_log = RateLimitedLog(log, per_period=5, period=60.0)  # logins refused without a check
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(utc=utc, iso=iso)
 
