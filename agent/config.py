@@ -92,6 +92,9 @@ class ImagesSection:
     # decoded pixel cap against decompression bombs
     max_pixels: int = setting(40_000_000, bounds=Range(1, PILLOW_MAX_PIXELS))
     max_bytes: int = setting(30_000_000, bounds=AT_LEAST_1)  # file size cap
+    # MB a picture may take decoded and searched for faces (photos, uploads, remote enrollment): larger ones
+    # are decoded reduced to memory_mb / 64 pixels (256: 4.2 MP), non-JPEGs whose whole decode is over it refused
+    memory_mb: int = setting(256, bounds=Range(16, 65536))
 
 
 @dataclass

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from agent import database
 from agent.config import Config
 from agent.files import StorageError, atomic_write, file_sha256, storage_hint, storage_state
-from agent.images import ImageError, decode_image, is_image_path, load_image
+from agent.images import ImageError, decode_image, is_image_path, load_image_scaled
 from agent.people import People
 from agent.sightings import SightingStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
@@ -413,7 +413,7 @@ class Gallery:
     def _analyze(self, person: str, path: Path, sha: str) -> tuple[PhotoResult, np.ndarray | None, list | None]:
         images = self.cfg.images
         try:
-            rgb = load_image(path, images.max_pixels, images.max_bytes)
+            rgb, scale = load_image_scaled(path, images.max_pixels, images.max_bytes, images.memory_mb)
         except ImageError as exc:
             return PhotoResult(person, path, UNREADABLE, str(exc), sha), None, None
         detections = self.analyzer.detect(rgb)
@@ -428,7 +428,7 @@ class Gallery:
                                    f"(area ratio {ratio:.1f} < {self.cfg.enrollment.dominance:g})",
                                    sha), None, None
         face = detections[0]
-        side = min(face.width, face.height)
+        side = min(face.width, face.height) / scale  # in the photo's own pixels (a big one is decoded reduced)
         if side < self.cfg.enrollment.min_face_size:
             return PhotoResult(person, path, TOO_SMALL,
                                f"face is {side:.0f} px, at least {self.cfg.enrollment.min_face_size} needed",
@@ -513,7 +513,8 @@ class Gallery:
         sha = hashlib.sha256(data).hexdigest()
         images = self.cfg.images
         try:  # first: the caps, before anything else opens it
-            decode_image(data, images.max_pixels, min(images.max_bytes, max_bytes), name=name)
+            decode_image(data, images.max_pixels, min(images.max_bytes, max_bytes), name=name,
+                         memory_mb=images.memory_mb)
         except ImageError as exc:
             return ImageAdd(sha, False, UNREADABLE, str(exc))
         try:

@@ -1,6 +1,16 @@
 """Loading images robustly: every format Pillow reads, EXIF orientation, alpha and palettes, size caps.
 
 Everything returns an (H, W, 3) uint8 RGB array or raises `ImageError` with one line saying why.
+
+Memory: a picture is decoded and analysed within `[images] memory_mb`. Finding faces in a picture costs
+about `ANALYSIS_BYTES_PER_PIXEL` bytes per pixel (the picture, the detector's pyramid and P-Net maps), so a
+picture of more than memory_mb / ANALYSIS_BYTES_PER_PIXEL pixels (4.2 MP at 256 MB) is decoded reduced to
+that many: a JPEG already at decoding (Pillow's draft: the DCT scaled by 1/2, 1/4 or 1/8, never the full
+picture in memory), other formats decoded whole and then reduced - unless that whole decode alone (at
+Pillow's bytes per pixel) exceeds the budget, then the picture is refused. Measured on a 6300x6300 picture
+with one face (bench/bench_decode.py, PNG and JPEG): `identify` peaked at 2.4-2.7 GB whole, 385-391 MiB at
+256 MB (the process alone: ~230 MiB), 167-202 MiB at 64 MB (the PNG refused), and still named the face.
+`identify` reports boxes in the picture's own pixels (`load_image_scaled` gives the scale).
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 30_000_000
+DEFAULT_MEMORY_MB = 256
+# peak RSS of `identify` grows by ~60 bytes per pixel of the picture (measured: 40 MP -> +2.4 GB)
+ANALYSIS_BYTES_PER_PIXEL = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ico", ".ppm", ".pgm"}
 
 # a truncated file is an error, not a half-grey picture
@@ -36,9 +49,29 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def pixel_budget(memory_mb: int = DEFAULT_MEMORY_MB) -> int:
+    """Pixels a picture is decoded at, at most, within `memory_mb` (larger ones are decoded reduced)."""
+    return max(1, memory_mb * 2**20 // ANALYSIS_BYTES_PER_PIXEL)
+
+
+def _decoded_bytes(img: Image.Image) -> int:
+    """Bytes Pillow takes for the whole picture decoded (multi-band modes are stored 4 bytes a pixel)."""
+    width, height = img.size
+    bands = len(img.getbands())
+    per_pixel = 4 if bands > 1 or img.mode in ("I", "F") else 2 if img.mode.startswith("I;16") else 1
+    return width * height * per_pixel
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to (H, W, 3) uint8 RGB, or raise ImageError."""
+                 name: str = "image", memory_mb: int = DEFAULT_MEMORY_MB) -> np.ndarray:
+    """Decode encoded image bytes to (H, W, 3) uint8 RGB, or raise ImageError. Pictures over the pixel
+    budget of `memory_mb` come reduced (see the module docstring; decode_image_scaled says by how much)."""
+    return decode_image_scaled(data, max_pixels, max_bytes, name, memory_mb)[0]
+
+
+def decode_image_scaled(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                        name: str = "image", memory_mb: int = DEFAULT_MEMORY_MB) -> tuple[np.ndarray, float]:
+    """decode_image and the scale it was decoded at (1.0, or decoded width / the picture's width)."""
     if len(data) == 0:
         raise ImageError(f"{name}: empty file")
     if len(data) > max_bytes:
@@ -52,9 +85,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
                                  "([images] max_pixels)")
             if width < 1 or height < 1:
                 raise ImageError(f"{name}: image has no pixels")
-            img.load()
+            img = _load_within(img, pixel_budget(memory_mb), memory_mb, name)
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            rgb = _to_rgb(img)
+            # the scale along the picture's own width (before EXIF rotation): rotated or not, a uniform scale
+            return rgb, min(1.0, max(rgb.shape[:2]) / max(width, height))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -81,6 +116,27 @@ def _pillow_warnings(name: str) -> Iterator[None]:
             for message in dict.fromkeys(str(w.message) for w in caught):  # each once (EXIF is read twice)
                 log.info("%s: %s (damaged metadata; the image is read without it)", escape(name), escape(message))
 
+def _load_within(img: Image.Image, budget: int, memory_mb: int, name: str) -> Image.Image:
+    """`img` decoded with at most `budget` pixels: JPEGs reduced while decoding, others decoded whole (if
+    that fits `memory_mb`) and then reduced."""
+    width, height = img.size
+    if width * height <= budget:
+        img.load()
+        return img
+    shrink = (budget / (width * height)) ** 0.5
+    size = (max(1, int(width * shrink)), max(1, int(height * shrink)))
+    if img.format == "JPEG":
+        img.draft("RGB" if img.mode not in ("L", "CMYK") else img.mode, size)  # 1/2, 1/4 or 1/8, >= size
+    elif _decoded_bytes(img) > memory_mb * 2**20:
+        raise ImageError(f"{name}: {width}x{height} {img.format or ''} image needs "
+                         f"{_decoded_bytes(img) / 2**20:.0f} MB to decode, over the {memory_mb} MB budget "
+                         "([images] memory_mb): save it smaller or as JPEG (decoded reduced)")
+    img.load()
+    if img.size[0] * img.size[1] > budget:
+        img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    log.debug("%s: %dx%d decoded at %dx%d ([images] memory_mb %d)", name, width, height, *img.size, memory_mb)
+    return img
+
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -97,10 +153,18 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """Load a file (or bytes) as (H, W, 3) uint8 RGB with EXIF orientation applied, or raise ImageError."""
+               max_bytes: int = DEFAULT_MAX_BYTES, memory_mb: int = DEFAULT_MEMORY_MB) -> np.ndarray:
+    """Load a file (or bytes) as (H, W, 3) uint8 RGB with EXIF orientation applied, or raise ImageError.
+    Pictures over the pixel budget of `memory_mb` come reduced (load_image_scaled says by how much)."""
+    return load_image_scaled(source, max_pixels, max_bytes, memory_mb)[0]
+
+
+def load_image_scaled(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      max_bytes: int = DEFAULT_MAX_BYTES, memory_mb: int = DEFAULT_MEMORY_MB
+                      ) -> tuple[np.ndarray, float]:
+    """load_image and the scale it was decoded at (1.0, or decoded size / the picture's size)."""
     if isinstance(source, (bytes, bytearray)):
-        return decode_image(bytes(source), max_pixels, max_bytes)
+        return decode_image_scaled(bytes(source), max_pixels, max_bytes, memory_mb=memory_mb)
     path = Path(source)
     try:
         size = path.stat().st_size
@@ -117,4 +181,4 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_
         raise ImageError(f"{path}: is a folder, not an image") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, max_pixels, max_bytes, name=str(path))
+    return decode_image_scaled(data, max_pixels, max_bytes, name=str(path), memory_mb=memory_mb)

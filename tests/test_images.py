@@ -9,7 +9,7 @@ import pytest
 from conftest import COMPREFACE, FR
 from PIL import Image
 
-from agent.images import ImageError, decode_image, load_image
+from agent.images import ImageError, decode_image, decode_image_scaled, load_image, pixel_budget
 
 FILES = COMPREFACE / "embedding-calculator" / "src" / "services" / "imgtools" / "test" / "files"
 
@@ -56,7 +56,7 @@ def test_pixel_and_byte_limits(tmp_path):
         load_image(big, max_pixels=10_000_000)
     with pytest.raises(ImageError, match="byte limit"):
         load_image(big, max_bytes=100)
-    assert load_image(big).shape == (3000, 4000, 3)
+    assert load_image(big, memory_mb=1024).shape == (3000, 4000, 3)
 
 
 def test_decompression_bomb_refused_before_decoding():
@@ -110,3 +110,38 @@ def test_damaged_exif_is_no_python_warning(tmp_path, caplog):
     plain = decode_image(photo)
     assert rgb.shape == (plain.shape[1], plain.shape[0], 3)  # the orientation still counts
     assert "Tag data larger than file" in caplog.text and "bad\\nexif.jpg" in caplog.text
+
+def _peak_mib_of(code: str) -> float:
+    """Peak RSS (MiB) of a fresh Python running `code` (Pillow's buffers are not seen by tracemalloc)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    # VmHWM, not ru_maxrss: that one keeps the peak of the process before exec (pytest's)
+    done = subprocess.run([sys.executable, "-c", code + "\nprint(next(line.split()[1] for line in "
+                           "open('/proc/self/status') if line.startswith('VmHWM')))"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
+
+
+def test_a_huge_picture_is_decoded_reduced_within_the_memory_budget(tmp_path):
+    # the issue's picture: a small PNG of 6300x6300 (just under the 40 MP cap); analysed whole it took 2.5 GB
+    png, jpeg = tmp_path / "huge.png", tmp_path / "huge.jpg"
+    face = Image.open(FR / "tests" / "test_images" / "obama.jpg").convert("RGB")
+    canvas = Image.new("RGB", (6300, 6300), (200, 200, 200))
+    canvas.paste(face, (3000, 3000))
+    canvas.save(png, optimize=True)
+    canvas.save(jpeg, quality=80)
+    for path in (png, jpeg):
+        rgb, scale = decode_image_scaled(path.read_bytes(), memory_mb=256)
+        assert rgb.shape[0] * rgb.shape[1] <= pixel_budget(256) == 4_194_304
+        assert rgb.shape[0] == rgb.shape[1] and scale == pytest.approx(rgb.shape[0] / 6300)
+        assert rgb[int(3200 * scale), int(3200 * scale)].tolist() != [200, 200, 200]  # the face is there
+    # a PNG must be decoded whole before it can be reduced: over the budget it is refused, saying why
+    with pytest.raises(ImageError, match=r"6300x6300 PNG image needs 151 MB to decode, over the 64 MB budget"):
+        decode_image(png.read_bytes(), memory_mb=64)
+    # a JPEG never is: Pillow's draft decodes it at 1/4 (scaled DCT), a fraction of the full picture's memory
+    small = _peak_mib_of(f"from agent.images import load_image\nload_image({str(jpeg)!r}, memory_mb=64)")
+    whole = _peak_mib_of(f"from agent.images import load_image\nload_image({str(jpeg)!r}, memory_mb=4096)")
+    assert small < 100 < 250 < whole, (small, whole)  # the whole 40 MP picture alone is 160 MB (RGBX) + 120 MB

@@ -210,3 +210,33 @@ def test_no_orphan_chip_and_no_person_without_photos(tmp_path, cli):
     raw.mkdir(parents=True)  # an empty folder made by hand is nobody either
     code, out, _err = cli("people")
     assert code == 0 and "Joe Biden" not in out, out
+
+def test_identify_a_huge_picture_within_the_memory_budget_in_its_own_coordinates(tmp_path, cli):
+    """Issue 25: a 6300x6300 PNG (52 KB) took `identify` 50 s at 2.5 GB RSS; it is now decoded reduced to
+    [images] memory_mb's pixel budget and its faces are still reported in the picture's own pixels."""
+    from PIL import Image
+
+    assert cli("enroll", "obama", *map(str, OBAMA))[0] == 0
+    face = Image.open(FR / "examples" / "obama.jpg").convert("RGB")
+    canvas = Image.new("RGB", (6300, 6300), (200, 200, 200))
+    canvas.paste(face.resize((face.width * 2, face.height * 2)), (2000, 2000))
+    huge = tmp_path / "huge.png"
+    canvas.save(huge, optimize=True)
+    code = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: print('peak', next(line.split()[1] for line in open('/proc/self/status')"
+            " if line.startswith('VmHWM')), file=sys.stderr))\n"
+            f"sys.argv = ['face-agent', '-q', '-c', {str(tmp_path / 'agent.toml')!r}, 'identify', '--json', "
+            f"'--no-train', {str(huge)!r}]\n"
+            "runpy.run_module('agent', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    peak_mib = int(done.stderr.split("peak")[-1].split()[0]) / 1024
+    assert peak_mib < 1000, f"identify of a 6300x6300 picture peaked at {peak_mib:.0f} MiB"
+    report = json.loads(done.stdout)
+    assert (report["width"], report["height"]) == (6300, 6300) and report["decoded_scale"] < 0.4
+    [found] = report["faces"]
+    assert found["name"] == "obama"
+    reference = json.loads(cli("identify", "--json", str(FR / "examples" / "obama.jpg"))[1])["faces"][0]["box"]
+    for key in ("left", "top", "right", "bottom"):  # where the face is in the picture's own pixels
+        assert found["box"][key] == pytest.approx(2000 + 2 * reference[key], abs=40), key

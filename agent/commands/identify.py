@@ -8,7 +8,7 @@ import sys
 
 from agent.commands._common import config_of
 from agent.gallery import Gallery
-from agent.images import ImageError, load_image
+from agent.images import ImageError, load_image_scaled
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.images:
         try:
-            rgb = load_image(path, cfg.images.max_pixels, cfg.images.max_bytes)
+            rgb, scale = load_image_scaled(path, cfg.images.max_pixels, cfg.images.max_bytes,
+                                           cfg.images.memory_mb)
         except ImageError as exc:
             failures += 1
             if args.json:
@@ -40,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"face-agent: {path}: error: {str(exc).removeprefix(f'{path}: ')}", file=sys.stderr)
             continue
         faces = analyzer.identify(rgb)
-        if args.json:
-            print(json.dumps({"image": path, "width": rgb.shape[1], "height": rgb.shape[0],
-                              "faces": [f.to_dict() for f in faces]}, ensure_ascii=False))
+        height, width = (round(v / scale) for v in rgb.shape[:2])
+        if args.json:  # coordinates in the picture's own pixels, also when it was decoded reduced
+            print(json.dumps({"image": path, "width": width, "height": height, "decoded_scale": round(scale, 4),
+                              "faces": [_in_picture(f.to_dict(), scale) for f in faces]}, ensure_ascii=False))
             continue
         print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
         for f in faces:
-            x1, y1, x2, y2 = (int(round(v)) for v in f.detection.box)
+            x1, y1, x2, y2 = (int(round(v / scale)) for v in f.detection.box)
             p = f.prediction
             who = p.name if p and p.name else "unknown"
             why = ", ".join(x for x in (f"nearest {p.candidate}" if p and p.candidate else "",
@@ -56,3 +58,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {who:30s} confidence {p.confidence if p else 0:.2f}  distance {dist}  "
                   f"box (left {x1}, top {y1}, right {x2}, bottom {y2})  score {f.detection.score:.3f}")
     return 1 if failures else 0
+
+
+def _in_picture(face: dict, scale: float) -> dict:
+    """A face's coordinates (box, landmarks) from the decoded picture's pixels to the picture's own."""
+    if scale == 1.0:
+        return face
+    face["box"] = {k: round(v / scale, 1) for k, v in face["box"].items()}
+    for key in ("landmarks", "dlib_landmarks"):
+        face[key] = [[round(x / scale, 1), round(y / scale, 1)] for x, y in face[key]]
+    return face

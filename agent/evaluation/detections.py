@@ -12,7 +12,7 @@ from tqdm import tqdm
 from agent.config import Config
 from agent.evaluation import EvalError
 from agent.evaluation.metrics import ratio
-from agent.images import ImageError, load_image
+from agent.images import ImageError, load_image_scaled
 from agent.vision.recognizer import FaceAnalyzer
 from agent.vision.tracker import iou_matrix
 
@@ -102,11 +102,12 @@ def evaluate_detections(xml_path: Path, analyzer: FaceAnalyzer, cfg: Config, min
     per_image, errors = [], []
     for entry in tqdm(images, desc="detecting", unit="image", disable=not progress, leave=False):
         try:
-            rgb = load_image(entry["file"], cfg.images.max_pixels, cfg.images.max_bytes)
+            rgb, scale = load_image_scaled(entry["file"], cfg.images.max_pixels, cfg.images.max_bytes,
+                                           cfg.images.memory_mb)
         except ImageError as exc:
             errors.append({"file": str(entry["file"]), "error": str(exc)})
             continue
-        dets = [(d.box, d.score) for d in analyzer.detect(rgb)]
+        dets = [(tuple(v / scale for v in d.box), d.score) for d in analyzer.detect(rgb)]
         m = match_detections(dets, entry["boxes"], entry["ignore"], min_iou)
         per_image.append({"file": str(entry["file"]), "faces": len(entry["boxes"]), "detections": len(dets),
                           "true_positives": len(m["matches"]), **m})

@@ -120,7 +120,7 @@ def _all_faces(gallery: Gallery, path: Path) -> np.ndarray | None:
     """Embeddings of every face of a photo, its principal face first (None if unreadable / no face)."""
     cfg = gallery.cfg
     try:
-        rgb = load_image(path, cfg.images.max_pixels, cfg.images.max_bytes)
+        rgb = load_image(path, cfg.images.max_pixels, cfg.images.max_bytes, cfg.images.memory_mb)
     except ImageError:
         return None
     detections = gallery.analyzer.detect(rgb)
