@@ -49,6 +49,7 @@ from agent import database
 from agent.config import Config
 from agent.files import StorageError, atomic_write, file_sha256, storage_hint, storage_state
 from agent.images import ImageError, decode_image, is_image_path, load_image_scaled
+from agent.logsafe import escape
 from agent.people import People
 from agent.sightings import SightingStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
@@ -360,7 +361,7 @@ class Gallery:
             try:
                 out.append(validate_person_name(d.name))
             except InvalidNameError as exc:
-                log.warning("skipping folder %s: %s", d, exc)
+                log.warning("skipping folder %s: %s", escape(d), escape(exc))
         return out
 
     def photos_of(self, person: str) -> list[Path]:
@@ -717,7 +718,7 @@ class Gallery:
                     array = np.load(path, allow_pickle=False)
                     out[validate_person_name(path.stem)] = np.asarray(array, dtype=np.float32).reshape(-1, 128)
                 except (OSError, ValueError, InvalidNameError) as exc:
-                    log.warning("%s: cannot read these negatives: %s", path, exc)
+                    log.warning("%s: cannot read these negatives: %s", escape(path), exc)
         return out
 
     def add_negatives(self, person: str, embeddings: np.ndarray) -> int:
@@ -760,7 +761,7 @@ class Gallery:
             r = self.cfg.recognition
             self.warnings = enrollment_warnings(results, X, names, r.typical_spread)
             for warning in self.warnings:
-                log.warning("enrollment: %s", warning)
+                log.warning("enrollment: %s", escape(warning, 1000))
             existing = None
             try:
                 existing = Classifier.load(self.svm_dir, r)

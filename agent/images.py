@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from agent.logsafe import escape
+from agent.logsafe import escape, shown
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: i
 def decode_image_scaled(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
                         name: str = "image", memory_mb: int = DEFAULT_MEMORY_MB) -> tuple[np.ndarray, float]:
     """decode_image and the scale it was decoded at (1.0, or decoded width / the picture's width)."""
+    name = shown(name)  # a file name from outside: escaped in every message (logs, CLI, replies)
     if len(data) == 0:
         raise ImageError(f"{name}: empty file")
     if len(data) > max_bytes:
@@ -166,19 +167,20 @@ def load_image_scaled(source: str | os.PathLike | bytes, max_pixels: int = DEFAU
     if isinstance(source, (bytes, bytearray)):
         return decode_image_scaled(bytes(source), max_pixels, max_bytes, memory_mb=memory_mb)
     path = Path(source)
+    label = shown(path)
     try:
         size = path.stat().st_size
         if size > max_bytes:
-            raise ImageError(f"{path}: {size} bytes is over the {max_bytes}-byte limit")
+            raise ImageError(f"{label}: {size} bytes is over the {max_bytes}-byte limit")
         if not path.is_file():
-            raise ImageError(f"{path}: not a file")
+            raise ImageError(f"{label}: not a file")
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{label}: no such file") from None
     except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
+        raise ImageError(f"{label}: permission denied") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
+        raise ImageError(f"{label}: is a folder, not an image") from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
     return decode_image_scaled(data, max_pixels, max_bytes, name=str(path), memory_mb=memory_mb)

@@ -4,9 +4,12 @@ backslash escapes and cuts the text to a sane length; `RateLimitedLog` keeps a f
 from flooding the journal; `redact()` hides the credentials of every URI in a text
 (rtsp://admin:pw@cam/ -> rtsp://***@cam/): the one helper for every place a camera URI can be shown (log
 lines - `RedactingFormatter` passes every record through it -, errors, the status file, the stats topic,
-Home Assistant, the web console, `doctor`, `config show`).
+Home Assistant, the web console, `doctor`, `config show`). `RedactingFormatter` (the CLI's log handler) is
+also the safety net under escape(): a message that still holds a control character is written escaped, so
+no value a call forgot to escape can forge a line. `shown()` is escape() for the CLI's output (paths).
 
     log.warning("rejected %s", escape(fields.get("command")))
+    print(f"{shown(path)}: 1 face")            # a path or name in the CLI's output
     rejections = RateLimitedLog(log, per_period=20, period=60.0)
     rejections.warning("remote enrollment: rejected %s", escape(code))
 """
@@ -20,6 +23,7 @@ import time
 from typing import Any
 
 MAX_LOGGED_CHARS = 200  # longest outside value written into one log line
+MAX_SHOWN_CHARS = 2000  # longest outside value (a path) in a line of the CLI's output
 REDACTED = "***"
 
 # scheme://USERINFO@host...: everything up to the last "@" before the path is the user and password
@@ -46,9 +50,15 @@ def redact(text: Any) -> str:
 
 class RedactingFormatter(logging.Formatter):
     """A formatter whose every line (message, arguments and traceback) went through `redact()`: a camera
-    password reaches no log, whoever logs the URI (our modules, OpenCV's or paho's messages, an exception)."""
+    password reaches no log, whoever logs the URI (our modules, OpenCV's or paho's messages, an exception).
+    A message (after %-formatting) holding a control character is written with it escaped (escape()): no
+    file name or request field a call forgot to escape can start a forged line or send a terminal escape.
+    The traceback of a logged exception keeps its lines (it is ours)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if not message.isprintable():
+            record = logging.makeLogRecord({**record.__dict__, "msg": escape(message, 1_000_000), "args": None})
         return redact(super().format(record))
 
 
@@ -62,6 +72,12 @@ def escape(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
     if len(shown) > limit:
         shown = f"{shown[:limit]}...(+{len(shown) - limit} chars)"
     return shown
+
+
+def shown(value: Any) -> str:
+    """`value` (a file name, a path, a person) for one line of the CLI's output: escaped like escape(), cut
+    only when absurdly long."""
+    return escape(value, MAX_SHOWN_CHARS)
 
 
 class RateLimitedLog:

@@ -240,3 +240,41 @@ def test_identify_a_huge_picture_within_the_memory_budget_in_its_own_coordinates
     reference = json.loads(cli("identify", "--json", str(FR / "examples" / "obama.jpg"))[1])["faces"][0]["box"]
     for key in ("left", "top", "right", "bottom"):  # where the face is in the picture's own pixels
         assert found["box"][key] == pytest.approx(2000 + 2 * reference[key], abs=40), key
+
+
+def test_file_names_cannot_forge_log_lines_or_terminal_output(tmp_path):
+    """Issue 25: a photo named with a newline and an ANSI escape produced a fake CRITICAL line; enroll and
+    identify printed names raw. Every name from outside is now escaped, in log lines and in the output."""
+    (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
+                                         'engines = "engines"\n[mqtt]\nenabled = false\n')
+    raw = tmp_path / "faces" / "train" / "raw" / "obama"
+    raw.mkdir(parents=True)
+    for photo in OBAMA:
+        (raw / photo.name).write_bytes(photo.read_bytes())
+    forged = "\n2026-12-07 03:00:00,000 CRITICAL agent.service: forged\x1b[31m"
+    (raw / f"dup{forged}.jpg").write_bytes(OBAMA[0].read_bytes())
+    (raw / f"dog{forged}\x1b[2J.jpg").write_bytes(DOG.read_bytes())
+    (raw / f"bad{forged}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    config = str(tmp_path / "agent.toml")
+    output = ""
+    for argv in (["-vv", "enroll"], ["-vv", "identify", *map(str, sorted(raw.iterdir())), f"{raw}/x{forged}.jpg"],
+                 ["-vv", "eval", "--folder", str(tmp_path / "faces" / "train" / "raw")]):
+        done = subprocess.run([sys.executable, "-m", "agent", "-c", config, *argv], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        output += done.stdout + done.stderr
+    assert "\x1b" not in output
+    assert not [line for line in output.splitlines() if line.startswith(("2026-12-07 03:00:00", "CRITICAL"))]
+    assert "dog\\n2026-12-07 03:00:00,000 CRITICAL agent.service: forged\\x1b[31m\\x1b[2J.jpg: no face found" in output
+    assert "bad\\n2026-12-07" in output and "x\\n2026-12-07" in output
+
+
+def test_every_log_line_is_escaped_even_when_a_call_forgot_to(tmp_path):
+    code = ("import logging\nfrom agent.cli import setup_logging\nsetup_logging(1)\n"
+            "logging.getLogger('x').warning('photo %s', 'a\\n2026 CRITICAL forged\\x1b[2J')\n"
+            "try:\n    1 / 0\nexcept ZeroDivisionError:\n"
+            "    logging.getLogger('x').exception('failed on %s', 'b\\nc')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith("WARNING x: photo a\\n2026 CRITICAL forged\\x1b[2J")
+    assert lines[1].endswith("ERROR x: failed on b\\nc") and lines[2] == "Traceback (most recent call last):"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from agent.config import Config, load_config
-from agent.logsafe import redact
+from agent.logsafe import redact, shown
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -18,8 +18,8 @@ def show_progress() -> bool:
 
 
 def fail(message: str, code: int = 1) -> int:
-    """Print the error (credentials of any URI in it redacted) and return `code`."""
-    print(f"face-agent: {redact(message)}", file=sys.stderr)
+    """Print the error (credentials of any URI in it redacted, control characters escaped) and return `code`."""
+    print(f"face-agent: {redact(shown(message))}", file=sys.stderr)
     return code
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
 from agent.images import ImageError
+from agent.logsafe import shown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
             else:
                 refused.append(result)
         for r in refused:
-            print(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else ""),
+            print(shown(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else "")),
                   file=sys.stderr)
         try:
             stored = gallery.add_photos(person, usable) if usable else []
@@ -91,9 +92,9 @@ def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
             continue  # said on stderr already
         if not r.ok or (r.reason and not r.cached):
             source = f" (from {r.source})" if r.source is not None and r.source.name != r.path.name else ""
-            print(f"{r.status:14s} {r.person}: {r.path.name}{source}" + (f": {r.reason}" if r.reason else ""))
+            print(shown(f"{r.status:14s} {r.person}: {r.path.name}{source}" + (f": {r.reason}" if r.reason else "")))
     for warning in gallery.warnings:
-        print(f"warning: {warning}")
+        print(shown(f"warning: {warning}"))
     print(photo_summary(results))
     counts = clf.meta.get("counts", {})
     cv = clf.meta.get("cross_validation", {})

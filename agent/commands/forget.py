@@ -6,6 +6,7 @@ import argparse
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, NotEnrolledError
+from agent.logsafe import shown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     except NotEnrolledError as exc:
         return fail(str(exc))
     clf, _, _ = gallery.ensure_trained(progress=show_progress())
-    print(f"forgot {args.person}; {len(clf.people)} people remain")
+    print(f"forgot {shown(args.person)}; {len(clf.people)} people remain")
     if trash is not None:
         print(f"their photos were moved to {trash} (delete it to free the space; undo: face-agent restore "
               f"{args.person})")

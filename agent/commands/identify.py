@@ -9,6 +9,7 @@ import sys
 from agent.commands._common import config_of
 from agent.gallery import Gallery
 from agent.images import ImageError, load_image_scaled
+from agent.logsafe import shown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"image": path, "error": str(exc)}, ensure_ascii=False))
             else:  # the message starts with the path already: `x.jpg: no such file`, not twice
-                print(f"face-agent: {path}: error: {str(exc).removeprefix(f'{path}: ')}", file=sys.stderr)
+                label = shown(path)  # the message starts with it already (escaped)
+                print(f"face-agent: {label}: error: {shown(str(exc).removeprefix(f'{label}: '))}", file=sys.stderr)
             continue
         faces = analyzer.identify(rgb)
         height, width = (round(v / scale) for v in rgb.shape[:2])
@@ -46,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"image": path, "width": width, "height": height, "decoded_scale": round(scale, 4),
                               "faces": [_in_picture(f.to_dict(), scale) for f in faces]}, ensure_ascii=False))
             continue
-        print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+        print(f"{shown(path)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
         for f in faces:
             x1, y1, x2, y2 = (int(round(v / scale)) for v in f.detection.box)
             p = f.prediction
-            who = p.name if p and p.name else "unknown"
+            who = shown(p.name) if p and p.name else "unknown"
             why = ", ".join(x for x in (f"nearest {p.candidate}" if p and p.candidate else "",
                                         p.reason if p and not p.name else "") if x)
             who += f" ({why})" if why else ""

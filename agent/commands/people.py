@@ -7,6 +7,7 @@ import json
 
 from agent.commands._common import config_of
 from agent.gallery import Gallery
+from agent.logsafe import shown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'person':30s} {'photos':>6s} {'trained':>7s}")
     for person, c in summary.items():
-        print(f"{person:30s} {c['photos']:6d} {c['trained_photos']:7d}")
+        print(f"{shown(person):30s} {c['photos']:6d} {c['trained_photos']:7d}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from agent.commands._common import config_of, fail, show_progress
 from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError
+from agent.logsafe import shown
 from agent.naming import people_count
 
 
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     except (NotEnrolledError, NameTakenError) as exc:
         return fail(str(exc))
     clf, _, retrained = gallery.ensure_trained(progress=show_progress())
-    print(f"renamed {args.old} to {args.new} (their earlier events are found under the new name); classifier "
-          f"{'retrained' if retrained else 'up to date'}: {people_count(len(clf.people))}")
+    print(f"renamed {shown(args.old)} to {shown(args.new)} (their earlier events are found under the new name); "
+          f"classifier {'retrained' if retrained else 'up to date'}: {people_count(len(clf.people))}")
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from agent.evaluation import EvalError
 from agent.files import atomic_write
+from agent.logsafe import shown
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ def format_eval(report: dict) -> str:
     if ph["failures"] or ph["duplicates"] or ph["conflicts"]:
         lines += ["", "photos not used"]
         for r in ph["failures"] + ph["duplicates"] + ph["conflicts"]:
-            lines.append(f"  {r['status']:14s} {r['person']}/{Path(r['path']).name}"
-                         + (f": {r['reason']}" if r["reason"] else ""))
+            lines.append(shown(f"  {r['status']:14s} {r['person']}/{Path(r['path']).name}"
+                               + (f": {r['reason']}" if r["reason"] else "")))
     lines += _warning_lines(report["warnings"])
     return "\n".join(lines)
 
@@ -186,13 +187,13 @@ def format_detections(report: dict) -> str:
     if report["ignored"]:
         lines.append(f"  {report['ignored']} detections on ignore boxes not counted")
     for p in report["per_image"]:
-        name = Path(p["file"]).name
+        name = shown(Path(p["file"]).name)
         for fp in p["false_positives"]:
             lines.append(f"  false positive  {name} box {fp['box']} score {fp['score']:.3f}")
         for box in p["missed"]:
             lines.append(f"  missed          {name} box {box}")
     for e in report["errors"]:
-        lines.append(f"  error           {e['error']}")
+        lines.append(f"  error           {shown(e['error'])}")
     return "\n".join(lines)
 
 
