@@ -169,6 +169,8 @@ class EnrollmentSection:
     # several faces: keep the largest only if its area is this many times the next
     dominance: float = setting(2.0, bounds=AT_LEAST_1)
     min_face_size: int = setting(40, bounds=AT_LEAST_1)  # enrollment photos with a smaller face are rejected
+    # days `forget` keeps a person's photos in <faces>/train/trash/ (to undo a mistake); 0 = delete at once
+    trash_days: float = setting(30.0, bounds=Range(0, 3650))
 
 
 @dataclass

@@ -5,8 +5,8 @@ On disk (root = `[paths] faces`):
                                       `enroll PERSON FILE` are named <original stem>-<sha8>.<ext>
     train/aligned/<person>/<stem>.png the 150x150 chip cut from each usable photo, named after the photo
                                       (<photo stem>-<sha8>.png; older versions used <sha16>.png: renamed on use)
-    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there, never deletes;
-                                      `restore` moves them back)
+    train/trash/<person>-<time>/      the photos of a forgotten person (`forget` moves them there; `restore` moves
+                                      them back; deleted after `[enrollment] trash_days`, or at once with --purge)
     train/negatives/<person>.npy      embeddings of faces a user said are not that person (`reject`): the
                                       classifier's gate keeps them from being named so again
 and in `[paths] storage`: `embeddings.db`, a cache keyed by (photo sha256, embedding backend,
@@ -52,6 +52,8 @@ from agent.images import ImageError, decode_image, is_image_path, load_image_sca
 from agent.logsafe import escape
 from agent.people import People
 from agent.sightings import SightingStore
+from agent.store import DB_NAME as EVENTS_DB
+from agent.store import EventStore
 from agent.vision.classifier import Classifier, ClassifierFileError, leave_one_out, train, train_elsewhere
 from agent.vision.recognizer import FaceAnalyzer
 
@@ -300,6 +302,23 @@ class EmbeddingCache:
         except sqlite3.OperationalError as exc:
             raise StorageError(f"{self.path}: cannot store what enrollment found in a photo: {exc} "
                                f"({storage_hint(self.path.parent)})") from None
+
+    def drop(self, shas: Iterable[str]) -> int:
+        """Forget what was found in these photos (every settings); rows deleted, overwritten on disk."""
+        shas = list(shas)
+        if not shas:
+            return 0
+        with self._lock:
+            conn = self._db.conn
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                with conn:
+                    n = sum(conn.execute("DELETE FROM photos WHERE sha256 = ?", (sha,)).rowcount for sha in shas)
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+            with contextlib.suppress(sqlite3.OperationalError):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return n
 
     def close(self) -> None:
         with self._lock:
@@ -613,18 +632,23 @@ class Gallery:
                 log.info("deleting the chip %s: no photo of %s has it", chip, person)
                 chip.unlink(missing_ok=True)
 
-    def forget(self, person: str) -> Path | None:
-        """Forget a person: their photos move to <faces>/train/trash/<person>-<time>/ (never deleted: they are
-        the user's), the chips (derived) are deleted, and so are the faces of them the camera kept
-        (agent.sightings) and the faces said not to be them (`reject`). The trash folder (None without photos to
-        keep), or NotEnrolledError if the person has neither photos nor chips."""
+    def forget(self, person: str, purge: bool = False) -> Path | None:
+        """Forget a person, everywhere on this agent (docs/privacy.md): their photos move to
+        <faces>/train/trash/<person>-<time>/ (kept `[enrollment] trash_days` to undo a mistake, then deleted;
+        `purge`: deleted now, with any earlier trash of theirs), the chips and the embedding cache's entries of
+        those photos are deleted, so are the faces of them the camera kept and the faces said not to be them
+        (agent.sightings, `reject`); their events are erased from the event log (EventStore.forget_person) and
+        their name from the kept eval/tune reports. Returns the trash folder (None when nothing is kept), or
+        NotEnrolledError if the person has neither photos nor chips (nor, with `purge`, trash)."""
         name = validate_person_name(person)
         with self._lock:
             photos, chips = self.raw / name, self.aligned / name
-            if not photos.is_dir() and not chips.is_dir():
+            if not photos.is_dir() and not chips.is_dir() and not (purge and self._trash_of(name)):
                 raise NotEnrolledError(f"{name!r} is not enrolled")
             moved = None
             if photos.is_dir():
+                shas = [file_sha256(p) for p in photos.iterdir() if p.is_file()]
+                self.cache.drop(shas)
                 if any(photos.iterdir()):
                     moved = self._trash_folder(name)
                     moved.parent.mkdir(parents=True, exist_ok=True)
@@ -634,23 +658,69 @@ class Gallery:
             if chips.is_dir():
                 shutil.rmtree(chips)
             self._negatives_file(name).unlink(missing_ok=True)
-            try:
-                store = SightingStore(self.cfg)
-                try:
-                    sightings = store.forget(name)
-                finally:
-                    store.close()
-            except (StorageError, OSError, sqlite3.Error) as exc:
-                log.error("the sightings of %s could not be deleted: %s", name, exc)
-                sightings = 0
+            if purge or self.cfg.enrollment.trash_days == 0:
+                for folder in self._trash_of(name):
+                    shutil.rmtree(folder)
+                moved = None
+            person_id = None
             try:
                 with People.of(self.cfg) as people:
-                    people.forget(name)
+                    person_id = people.forget(name)
+                    if person_id is not None:
+                        people.erase_names(person_id)
             except (StorageError, sqlite3.Error) as exc:
                 log.error("the people registry could not forget %s: %s", name, exc)
-            log.info("forgot %s%s; %d sightings deleted", name, f"; photos moved to {moved}" if moved else "",
-                     sightings)
+            erased = self._erase_traces(name, person_id)
+            log.info("forgot %s%s; %s", name, f"; photos moved to {moved}" if moved else "; no photos kept",
+                     ", ".join(f"{v} {k}" for k, v in erased.items()))
             return moved
+
+    def _erase_traces(self, name: str, person_id: str | None) -> dict[str, int]:
+        """What the agent derived from `name`'s face outside the gallery: sightings, events, reports."""
+        from agent.evaluation.report import redact_reports  # evaluation imports the gallery
+
+        erased = {"sightings deleted": 0, "events deleted": 0, "events anonymised": 0, "reports redacted": 0}
+        try:
+            store = SightingStore(self.cfg)
+            try:
+                erased["sightings deleted"] = store.forget(name)
+            finally:
+                store.close()
+        except (StorageError, OSError, sqlite3.Error) as exc:
+            log.error("the sightings of %s could not be deleted: %s", name, exc)
+        if (self.cfg.path("storage") / EVENTS_DB).is_file():
+            try:
+                events = EventStore(self.cfg)
+                try:
+                    done = events.forget_person(name, person_id)
+                finally:
+                    events.close()
+                erased["events deleted"], erased["events anonymised"] = done["deleted"], done["anonymised"]
+            except (StorageError, OSError, sqlite3.Error) as exc:
+                log.error("the events of %s could not be erased: %s", name, exc)
+        erased["reports redacted"] = redact_reports(self.cfg, name)
+        return erased
+
+    def _trash_of(self, name: str) -> list[Path]:
+        """The trash folders of `name` (<name>-<time>[-n])."""
+        return [t.path for t in self.trashed(name)]
+
+    def purge_trash(self, now: float | None = None) -> int:
+        """Delete the trash folders older than `[enrollment] trash_days` (by the time in their name); how many."""
+        now = time.time() if now is None else now
+        limit = now - self.cfg.enrollment.trash_days * 86400
+        purged = 0
+        for entry in self.trashed():
+            try:
+                when = time.mktime(time.strptime(entry.stamp, "%Y%m%d-%H%M%S"))
+            except ValueError:
+                continue
+            if when <= limit:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                purged += 1
+                log.info("trash: deleted %s (older than [enrollment] trash_days = %g)", escape(entry.path.name),
+                         self.cfg.enrollment.trash_days)
+        return purged
 
     def _trash_folder(self, name: str) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -757,6 +827,7 @@ class Gallery:
         Returns (classifier, per-photo results, whether it was retrained).
         """
         with self._lock:
+            self.purge_trash()  # kept [enrollment] trash_days, then gone (here: every start and retrain)
             results, X, names, fingerprint = self.scan(progress=progress)
             r = self.cfg.recognition
             self.warnings = enrollment_warnings(results, X, names, r.typical_spread)

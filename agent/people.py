@@ -197,6 +197,16 @@ class People:
             self.db.execute("UPDATE people SET forgotten = ? WHERE id = ?", [now, person])
         return person_label(person)
 
+    def erase_names(self, person_id: str) -> int:
+        """Delete every name a forgotten person had (`face-agent forget`, docs/privacy.md): only the id and
+        when it was created and forgotten stay (ids are never given again). How many names were deleted."""
+        number = parse_person(person_id)
+        if number is None:
+            return 0
+        with self._lock, self.db.conn:
+            return self.db.execute("DELETE FROM names WHERE person = ? AND person IN (SELECT id FROM people "
+                                   "WHERE forgotten IS NOT NULL)", [number]).rowcount
+
 
 class PersonIds:
     """The frame loop's `person_id(name)`: `People.ensure` behind a cache (cleared when the classifier is

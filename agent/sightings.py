@@ -34,6 +34,7 @@ JPEG encoding, files, SQLite and clustering run on a background thread when a tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -449,14 +450,22 @@ class SightingStore:
                         "(SELECT id FROM clusters)")
 
     def forget(self, person: str) -> int:
-        """Delete every sighting of `person` (named, re-identified, or in a cluster named after them)."""
+        """Delete every sighting of `person` (named, re-identified, in a cluster named after them, or said
+        not to be them by `reject`): rows, embeddings, chips and context crops; the rows' pages are overwritten
+        (secure_delete) and the WAL truncated, so no embedding stays readable in the files."""
         with self._lock:
-            rows = self.sightings("name = ? OR reidentified = ? OR cluster IN (SELECT id FROM clusters WHERE name = ?)",
-                                  [person, person, person])
-            n = self._delete(rows)
-            with self.db.conn:
-                self.db.execute("DELETE FROM clusters WHERE name = ?", [person])
-                self._drop_empty_clusters()
+            rows = self.sightings("name = ? OR reidentified = ? OR rejected = ? OR cluster IN "
+                                  "(SELECT id FROM clusters WHERE name = ?)", [person, person, person, person])
+            self.db.execute("PRAGMA secure_delete = ON")
+            try:
+                n = self._delete(rows)
+                with self.db.conn:
+                    self.db.execute("DELETE FROM clusters WHERE name = ?", [person])
+                    self._drop_empty_clusters()
+            finally:
+                self.db.execute("PRAGMA secure_delete = OFF")
+            with contextlib.suppress(sqlite3.OperationalError):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return n
 
     def totals(self) -> dict[str, int]:

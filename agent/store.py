@@ -42,6 +42,7 @@ even while a reader holds it (`add()` checkpoints without waiting once it is twi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -57,7 +58,7 @@ import sqlite_utils
 
 from agent import database
 from agent.database import LayoutError, open_degraded
-from agent.events import Event, parse_timestamp
+from agent.events import IDENTIFIED, REIDENTIFIED, Event, EventError, parse_timestamp, validate_event
 from agent.files import FULL_BELOW_BYTES, StorageError, storage_hint, storage_state
 from agent.people import People
 
@@ -691,6 +692,84 @@ class EventStore:
             log.info("%s: retention deleted %d events older than %d days and %d for size (%.2f MB on disk)",
                      self.path, by_age, self.retention_days, by_size, self.disk_bytes() / 2**20)
         return {"deleted_by_age": by_age, "deleted_by_size": by_size, "old_pending": old_pending}
+
+    # ------------------------------------------------------------------------------------------ erasure
+
+    def forget_person(self, person: str, person_id: str | None = None) -> dict[str, int]:
+        """Erase `person` (and their stable `person_id`, agent.people: the events of their earlier names too)
+        from the log (`face-agent forget`, issue 25): their identifications (`identified` and `reidentified`
+        naming them) are deleted; every other event of their tracks (the same camera and
+        track id from its track_started to its track_ended), and of the unknown tracks later re-identified as
+        them, loses its thumbnail and the name; `previous_name` and `model_updated` people/counts drop the name.
+        Pending events are rewritten before they go out. Deleted content is overwritten (secure_delete) and the
+        WAL truncated, so nothing of it stays in the files. Returns {"deleted": n, "anonymised": n}."""
+        conn = self.conn
+        ours = ("name = :p OR json_extract(payload, '$.previous_name') = :p OR (type = 'model_updated' AND EXISTS "
+                "(SELECT 1 FROM json_each(payload, '$.people') WHERE value = :p)) OR "
+                "(:pid IS NOT NULL AND json_extract(payload, '$.person_id') = :pid)")
+        rows = conn.execute(f"SELECT seq, type, camera, track_id, t, payload FROM events WHERE {ours}",
+                            {"p": person, "pid": person_id}).fetchall()
+        unknown_ids = {json.loads(r[5]).get("unknown_id") for r in rows if r[1] == REIDENTIFIED} - {None}
+        if unknown_ids:  # the unknown tracks that were them
+            marks = ",".join("?" * len(unknown_ids))
+            rows += conn.execute(f"SELECT seq, type, camera, track_id, t, payload FROM events WHERE type = "
+                                 f"'unknown_face' AND json_extract(payload, '$.unknown_id') IN ({marks})",
+                                 sorted(unknown_ids)).fetchall()
+        spans: dict[tuple[str, int], list[float]] = {}
+        for _, etype, camera, track_id, t, _ in rows:
+            if track_id is not None and etype != REIDENTIFIED:  # a reidentified event's track is an old one
+                lo, hi = spans.get((camera, track_id), (t, t))
+                spans[(camera, track_id)] = [min(lo, t), max(hi, t)]
+        seqs = {r[0] for r in rows}
+        for (camera, track_id), (lo, hi) in spans.items():
+            start = conn.execute("SELECT MAX(t) FROM events WHERE camera = ? AND track_id = ? AND type = "
+                                 "'track_started' AND t <= ?", (camera, track_id, lo)).fetchone()[0]
+            end = conn.execute("SELECT MIN(t) FROM events WHERE camera = ? AND track_id = ? AND type = "
+                               "'track_ended' AND t >= ?", (camera, track_id, hi)).fetchone()[0]
+            seqs.update(seq for (seq,) in conn.execute(
+                "SELECT seq FROM events WHERE camera = ? AND track_id = ? AND t BETWEEN ? AND ?",
+                (camera, track_id, lo if start is None else start, hi if end is None else end)))
+        deleted, changed = [], []
+        for seq in sorted(seqs):
+            found = conn.execute("SELECT type, payload FROM events WHERE seq = ?", (seq,)).fetchone()
+            if found is None:
+                continue
+            data = json.loads(found[1])
+            theirs = data.get("name") == person or (person_id is not None and data.get("person_id") == person_id)
+            if found[0] in (IDENTIFIED, REIDENTIFIED) and theirs:
+                deleted.append((seq,))
+                continue
+            data.pop("thumbnail", None)
+            if theirs:
+                data["name"] = None
+                if "person_id" in data:
+                    data["person_id"] = None
+            if data.get("previous_name") == person:
+                data["previous_name"] = None
+            if isinstance(data.get("people"), list):
+                data["people"] = [p for p in data["people"] if p != person]
+            if isinstance(data.get("counts"), dict):
+                data["counts"].pop(person, None)
+            try:
+                validate_event(data)
+            except EventError:  # an event that makes no sense without the name: it goes
+                deleted.append((seq,))
+                continue
+            changed.append((data.get("name"), data.get("person_id"),
+                            json.dumps(data, ensure_ascii=False, separators=(",", ":")), seq))
+        conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable in the file
+        try:
+            with conn:
+                conn.executemany("DELETE FROM events WHERE seq = ?", deleted)
+                if self._person_column:
+                    conn.executemany("UPDATE events SET name = ?, person_id = ?, payload = ? WHERE seq = ?", changed)
+                else:  # a previous-layout file opened degraded
+                    conn.executemany("UPDATE events SET name = ?, payload = ? WHERE seq = ?",
+                                     [(n, p, s) for n, _, p, s in changed])
+        finally:
+            conn.execute("PRAGMA secure_delete = OFF")
+        self._checkpoint()
+        return {"deleted": len(deleted), "anonymised": len(changed)}
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it (best effort: readers may hold it)."""

@@ -10,18 +10,23 @@ from agent.logsafe import shown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("forget", help="forget a person (photos move to faces/train/trash/) and retrain",
+    p = sub.add_parser("forget", help="forget a person everywhere on this agent (photos: trash) and retrain",
                        description="Moves the person's photos from <faces>/train/raw/PERSON/ to "
-                       "<faces>/train/trash/PERSON-<time>/ (delete that folder yourself; `face-agent restore PERSON` "
-                       "undoes the forget), deletes their aligned chips and retrains.")
+                       "<faces>/train/trash/PERSON-<time>/ (kept [enrollment] trash_days, then deleted; "
+                       "`face-agent restore PERSON` undoes the forget meanwhile), deletes their aligned chips, "
+                       "their photos' cached embeddings, the faces of them the camera kept (and those said not to "
+                       "be them), their identifications and face thumbnails in the event log and their name in "
+                       "the kept reports, and retrains. docs/privacy.md lists every face datum.")
     p.add_argument("person")
+    p.add_argument("--purge", action="store_true",
+                   help="delete their photos now (and any earlier trash of theirs) instead of keeping them")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     gallery = Gallery(config_of(args))
     try:
-        trash = gallery.forget(args.person)
+        trash = gallery.forget(args.person, purge=args.purge)
     except InvalidNameError as exc:
         return fail(str(exc), 2)
     except NotEnrolledError as exc:
@@ -29,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     clf, _, _ = gallery.ensure_trained(progress=show_progress())
     print(f"forgot {shown(args.person)}; {len(clf.people)} people remain")
     if trash is not None:
-        print(f"their photos were moved to {trash} (delete it to free the space; undo: face-agent restore "
-              f"{args.person})")
+        print(f"their photos were moved to {shown(trash)}: kept {gallery.cfg.enrollment.trash_days:g} days "
+              f"(undo: face-agent restore {shown(args.person)}), then deleted; `forget --purge` deletes them now")
+    else:
+        print("their photos were deleted")
     return 0

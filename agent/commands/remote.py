@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.commands._common import config_of, fail
 from agent.config import Config
+from agent.logsafe import shown
 from agent.sync import enrollment_protocol as proto
 from agent.topics import Topics, all_results_topic
 
@@ -56,8 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("remove", parents=[common], help="remove photos of PERSON by sha256 or stored name")
     a.add_argument("person")
     a.add_argument("refs", nargs="+", metavar="SHA256_OR_NAME")
-    a = actions.add_parser("forget", parents=[common], help="remove PERSON and every photo of them")
+    a = actions.add_parser("forget", parents=[common], help="forget PERSON everywhere on the agents (docs/privacy.md)")
     a.add_argument("person")
+    a.add_argument("--purge", action="store_true", help="delete their photos now instead of keeping them in "
+                   "the agents' trash for [enrollment] trash_days")
     a = actions.add_parser("rename", parents=[common], help="rename a person")
     a.add_argument("old")
     a.add_argument("new")
@@ -116,7 +119,7 @@ def build(args: argparse.Namespace, cfg: Config, key_id: str, secret: bytes) -> 
         return proto.build_request(proto.REMOVE_IMAGES, key_id, secret, person=args.person, refs=args.refs,
                                    **common)
     if args.action == "forget":
-        return proto.build_request(proto.FORGET, key_id, secret, person=args.person, **common)
+        return proto.build_request(proto.FORGET, key_id, secret, person=args.person, purge=args.purge, **common)
     if args.action == "rename":
         return proto.build_request(proto.RENAME, key_id, secret, person=args.old, new_name=args.new, **common)
     if args.action == "name":
@@ -236,7 +239,9 @@ def _print_result(r: dict, verified: bool) -> None:
     if r.get("new_name"):
         print(f"  {r.get('person')} -> {r['new_name']}")
     if r.get("moved_to"):
-        print(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (not deleted)")
+        print(shown(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (its trash)"))
+    elif r.get("purged"):
+        print(shown(f"  {r.get('person')}'s photos deleted on the agent"))
     if r.get("enrolled") is not None:
         print(f"  {r.get('unknown_id') or 'track ' + str(r.get('track_id'))} -> {r.get('person')}: "
               f"{len(r['enrolled'])} of {r.get('offered')} faces enrolled")

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,47 @@ def save_last(cfg: Any, kind: str, text: str, data: dict, plotted: dict | None) 
         log.warning("cannot keep the last %s report in %s: %s", kind, folder, exc)
         return None
     return folder
+
+
+FORGOTTEN = "(forgotten)"
+
+
+def redact_reports(cfg: Any, person: str) -> int:
+    """Take `person`'s name out of the kept reports (`forget`): in the text and the JSON every mention of
+    the name (as a whole word; a JSON key or value) becomes "(forgotten)", the figures stay. The plot holds
+    no names. Returns how many files changed."""
+    folder = reports_folder(cfg)
+    if folder is None or not folder.is_dir():
+        return 0
+    word = re.compile(rf"(?<![\w]){re.escape(person)}(?![\w])")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return word.sub(FORGOTTEN, value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+
+    changed = 0
+    for kind in REPORT_KINDS:
+        for path, redact in ((folder / f"{kind}.txt", lambda text: word.sub(FORGOTTEN, text)),
+                             (folder / f"{kind}.json", lambda text: json.dumps(clean(json.loads(text)),
+                                                                               ensure_ascii=False))):
+            try:
+                text = path.read_text(encoding="utf-8")
+                if not word.search(text):
+                    continue
+                atomic_write(path, redact(text).encode())
+                changed += 1
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:  # unreadable: it goes, names and all
+                log.warning("%s: cannot redact (%s): deleted", path, exc)
+                path.unlink(missing_ok=True)
+                changed += 1
+    return changed
 
 
 def last_reports(cfg: Any) -> list[dict]:

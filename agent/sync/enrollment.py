@@ -449,14 +449,14 @@ class EnrollmentIntake:
     def _forget(self, req: proto.Request) -> dict:
         person = self._person(req.person)
         try:
-            trash = self.gallery.forget(person)
+            trash = self.gallery.forget(person, purge=req.purge)
         except NotEnrolledError as exc:
             raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         self._changed(req)
         moved_to = str(trash.relative_to(self.gallery.root.parent)) if trash else None
         log.info("remote enrollment: %s: forgot %r%s", req.request_id, person,
                  f"; photos moved to {trash}" if trash else "")
-        return self._result(req, proto.OK, person=person, moved_to=moved_to)
+        return self._result(req, proto.OK, person=person, moved_to=moved_to, purged=trash is None)
 
     def _rename(self, req: proto.Request) -> dict:
         old, new = self._person(req.person), self._person(req.new_name)

@@ -274,13 +274,15 @@ def build_request(command: str, key_id: str, secret: bytes, target: str = FLEET,
                   new_name: str | None = None, images: list[tuple[str, bytes]] | None = None,
                   refs: list[str] | None = None, now: float | None = None, valid_for: float | None = None,
                   request_id: str | None = None, unknown_id: str | None = None, track_id: int | None = None,
-                  event_id: str | None = None) -> dict:
+                  event_id: str | None = None, purge: bool = False) -> dict:
     """A signed JSON request. images: (file name, encoded bytes) for `add`; refs: sha256 or stored file
-    names for `remove_images`; unknown_id or track_id for `name`; event_id for `reject`."""
+    names for `remove_images`; unknown_id or track_id for `name`; event_id for `reject`; purge for `forget`."""
     fields = _envelope(command, target, key_id, now, valid_for, request_id)
     for key, value in (("unknown_id", unknown_id), ("track_id", track_id), ("event_id", event_id)):
         if value is not None:
             fields[key] = value
+    if purge:
+        fields["purge"] = True
     if person is not None:
         fields["person"] = person
     if new_name is not None:
@@ -445,6 +447,7 @@ class Request:
     unknown_id: str | None = None  # name: the unknown person (u<n>)
     track_id: int | None = None  # name: or the track
     event_id: str | None = None  # reject: the identification
+    purge: bool = False  # forget: delete the photos now instead of keeping them in the trash
     binary: bool = False
     key_id: str = ""
 
@@ -484,6 +487,11 @@ def validate(fields: dict, max_image_bytes: int, payload: bytes | None = None) -
                                      or not 0 <= track_id <= MAX_TRACK_ID):
             raise ProtocolError(MALFORMED, f"track_id must be an integer from 0 to {MAX_TRACK_ID}")
         req.unknown_id, req.track_id = unknown_id, track_id
+    if command == FORGET:
+        purge = fields.get("purge", False)
+        if not isinstance(purge, bool):
+            raise ProtocolError(MALFORMED, "purge must be true or false")
+        req.purge = purge
     if command == REJECT:
         event_id = _text(fields, "event_id")
         if not EVENT_ID_RE.match(event_id):
