@@ -500,3 +500,42 @@ def test_cli_round_trip(tmp_path, broker, keyfile, agents, capsys):
     big.write_bytes(base64.b64encode(os.urandom(1_100_000)))
     code, out, err = cli("enroll", "x", str(big))
     assert code == 2 and "max_image_bytes" in err
+
+
+def test_signed_remote_forget_with_purge_erases_the_person_on_every_agent(tmp_path, broker, keyfile, agents,
+                                                                         capsys):
+    """Issue 25: `remote forget PERSON --purge` to the fleet: on each agent the photos are deleted (no trash),
+    and the person's identifications and face thumbnails leave its event log."""
+    import numpy as np
+
+    from agent.cli import main
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    fleet = [agents(agent_config(tmp_path, broker, keyfile, agent_id=a)).start() for a in ("agent-1", "agent-2")]
+    for agent in fleet:
+        raw = agent.gallery.raw / "biden"
+        raw.mkdir(parents=True)
+        for photo in (TRAIN / "biden").iterdir():
+            (raw / photo.name).write_bytes(photo.read_bytes())
+        factory = EventFactory(agent.cfg.agent.id, "door", thumbnails=True)
+        face = np.full((120, 160, 3), 90, dtype=np.uint8)
+        store = EventStore(agent.cfg)
+        for event in (factory.track_started(1, (10, 10, 60, 70), (160, 120), image=face),
+                      factory.identified(1, "biden", 0.9, 3, (10, 10, 60, 70), (160, 120), image=face)):
+            store.add(event)
+        store.close()
+    toml = tmp_path / "operator.toml"
+    toml.write_text(f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nusername = "operator"\n'
+                    f'password = "{USERS["operator"]}"\n[remote_enroll]\nkey_file = "{keyfile}"\n')
+    code = main(["-q", "-c", str(toml), "remote", "forget", "biden", "--purge", "--expect", "2", "--timeout", "30"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("biden's photos deleted on the agent") == 2
+    for agent in fleet:
+        assert not agent.gallery.photos_of("biden")
+        assert not agent.gallery.trash.exists() or not list(agent.gallery.trash.iterdir())
+        store = EventStore(agent.cfg)
+        rows = store.query(limit=None)
+        store.close()
+        assert [r.type for r in rows] == ["track_started"] and "thumbnail" not in rows[0].payload
