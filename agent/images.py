@@ -9,7 +9,9 @@ that many: a JPEG already at decoding (Pillow's draft: the DCT scaled by 1/2, 1/
 picture in memory), other formats decoded whole and then reduced - unless that whole decode alone (at
 Pillow's bytes per pixel) exceeds the budget, then the picture is refused. Measured on a 6300x6300 picture
 with one face (bench/bench_decode.py, PNG and JPEG): `identify` peaked at 2.4-2.7 GB whole, 385-391 MiB at
-256 MB (the process alone: ~230 MiB), 167-202 MiB at 64 MB (the PNG refused), and still named the face.
+256 MB (the process alone: ~230 MiB), 167-202 MiB at 64 MB (the PNG refused), and still named the face;
+the same PNG through the gallery as remote enrollment takes it (add_image, then training) peaked at 2644 MiB
+before, 580 MiB now (the process with its models: ~300 MiB).
 `identify` reports boxes in the picture's own pixels (`load_image_scaled` gives the scale).
 """
 

@@ -115,7 +115,7 @@ class Service:
     def _open_feed(self, camera: Camera, classifier: Classifier | None, ids: Iterator[int]) -> CameraFeed:
         cfg = self.cfg
         source = open_source(camera.source, self.every_frame, cfg.base_dir, cfg.images.max_pixels,
-                             cfg.images.max_bytes)
+                             cfg.images.max_bytes, cfg.images.memory_mb)
         if self._several:
             source.name = f"{camera.name} ({source.name})"
         tracker = Tracker(camera.tracker, camera.voting, ids)

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from agent import rtsp
-from agent.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, is_image_path, load_image
+from agent.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_MB, ImageError, is_image_path, load_image
 from agent.logsafe import redact
 
 log = logging.getLogger(__name__)
@@ -392,10 +392,11 @@ class _FolderReader:
 
     bgr = False  # load_image gives RGB already
 
-    def __init__(self, path: Path, section: Any, max_pixels: int, max_bytes: int):
+    def __init__(self, path: Path, section: Any, max_pixels: int, max_bytes: int,
+                 memory_mb: int = DEFAULT_MEMORY_MB):
         self.path = path
         self.fps = float(section.fps)
-        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.max_pixels, self.max_bytes, self.memory_mb = max_pixels, max_bytes, memory_mb
         self.remaining: collections.deque[str] = collections.deque()
         self.last_name: str | None = None
         self.index = -1
@@ -425,7 +426,8 @@ class _FolderReader:
         while self.remaining:
             name = self.remaining[0]
             try:
-                image = load_image(self.path / name, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+                image = load_image(self.path / name, max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+                                   memory_mb=self.memory_mb)
             except ImageError as exc:
                 if not self.path.is_dir():
                     return None  # the folder itself went away: reopen later, this image first
@@ -702,19 +704,20 @@ class Source:
 
 
 def open_source(section: Any, every_frame: bool | None = None, base_dir: Path | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+                max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                memory_mb: int = DEFAULT_MEMORY_MB) -> Source:
     """A Source (not started) for a `[source]` section (agent.config.SourceSection).
 
     every_frame: None = every frame for files and folders, the latest frame for live sources. base_dir: folder
-    a relative file/folder path is resolved against (cfg.base_dir). max_pixels/max_bytes: image caps for
-    folder sources ([images]). Raises SourceError for a URI that can never work (malformed, missing
-    file/folder, a CSI/GStreamer pipeline without GStreamer support in OpenCV).
+    a relative file/folder path is resolved against (cfg.base_dir). max_pixels/max_bytes/memory_mb: image caps
+    and decode budget for folder sources ([images]). Raises SourceError for a URI that can never work
+    (malformed, missing file/folder, a CSI/GStreamer pipeline without GStreamer support in OpenCV).
     """
     kind, target = parse_uri(section.uri, base_dir)
     if kind == "file":
         reader: Any = _FileReader(target, section)
     elif kind == "folder":
-        reader = _FolderReader(target, section, max_pixels, max_bytes)
+        reader = _FolderReader(target, section, max_pixels, max_bytes, memory_mb)
     else:
         if kind in ("csi", "gst") and not _gstreamer_available():
             raise SourceError(f"source.uri {redact(section.uri)!r} needs OpenCV built with GStreamer "
