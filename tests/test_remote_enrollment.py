@@ -539,3 +539,14 @@ def test_signed_remote_forget_with_purge_erases_the_person_on_every_agent(tmp_pa
         rows = store.query(limit=None)
         store.close()
         assert [r.type for r in rows] == ["track_started"] and "thumbnail" not in rows[0].payload
+
+
+def test_a_forged_reply_cannot_write_terminal_escapes_or_extra_lines(capsys):
+    from agent.commands.remote import _print_result
+
+    forged = "x\nagent-2: ok\x1b[2J"
+    _print_result({"agent_id": forged, "status": "ok", "images": [{"ref": forged, "status": "removed"}],
+                   "people": {forged: {"photos": 1}}, "purged": True, "person": forged}, verified=False)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and not [line for line in out.splitlines() if line.startswith("agent-2")]
+    assert "x\\nagent-2: ok\\x1b[2J: ok  [UNVERIFIED" in out

@@ -216,6 +216,11 @@ class Exchange:
 
 
 def _print_result(r: dict, verified: bool) -> None:
+    """One agent's reply: every line escaped (a reply is outside data, possibly not even signed)."""
+
+    def say(line: str) -> None:
+        print(shown(line))
+
     agent = r.get("agent_id")
     error = r.get("error") or {}
     head = f"{agent}: {r.get('status')}"
@@ -223,45 +228,45 @@ def _print_result(r: dict, verified: bool) -> None:
         head += f" - {error.get('code')}: {error.get('message')}"
     if not verified:
         head += "  [UNVERIFIED: not signed with your key]"
-    print(head)
+    say(head)
     for img in r.get("images") or []:
         if "ref" in img:
-            print(f"  {img['status']:9s} {img['ref']}" + (f" ({img['stored_as']})" if img.get("stored_as") else ""))
+            say(f"  {img['status']:9s} {img['ref']}" + (f" ({img['stored_as']})" if img.get("stored_as") else ""))
             continue
         line = f"  {img['status']:9s} {img.get('name')}"
         if img["status"] == proto.ACCEPTED:
             line += f" -> {img.get('stored_as')}" + (f" ({img['message']})" if img.get("message") else "")
         else:
             line += f": {img.get('reason')} ({img.get('message')})"
-        print(line)
+        say(line)
     if r.get("retrain"):
-        print(f"  retraining {r['retrain']}")
+        say(f"  retraining {r['retrain']}")
     if r.get("new_name"):
-        print(f"  {r.get('person')} -> {r['new_name']}")
+        say(f"  {r.get('person')} -> {r['new_name']}")
     if r.get("moved_to"):
-        print(shown(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (its trash)"))
+        say(f"  {r.get('person')}'s photos moved to <faces>/{r['moved_to']} on the agent (its trash)")
     elif r.get("purged"):
-        print(shown(f"  {r.get('person')}'s photos deleted on the agent"))
+        say(f"  {r.get('person')}'s photos deleted on the agent")
     if r.get("enrolled") is not None:
-        print(f"  {r.get('unknown_id') or 'track ' + str(r.get('track_id'))} -> {r.get('person')}: "
+        say(f"  {r.get('unknown_id') or 'track ' + str(r.get('track_id'))} -> {r.get('person')}: "
               f"{len(r['enrolled'])} of {r.get('offered')} faces enrolled")
     if r.get("negatives") is not None:
-        print(f"  {r.get('event_id')}: {r['negatives']} faces now known not to be {r.get('person')}")
+        say(f"  {r.get('event_id')}: {r['negatives']} faces now known not to be {r.get('person')}")
     for u in r.get("unknowns") or []:
-        print(f"  {u['id']}: {u['sightings']} sightings in {u['tracks']} tracks"
+        say(f"  {u['id']}: {u['sightings']} sightings in {u['tracks']} tracks"
               + (f", named {u['name']}" if u.get("name") else ""))
     if r.get("unknowns") == []:
-        print("  no unknown people seen")
+        say("  no unknown people seen")
     if r.get("people") is not None:
         people = r["people"]
         if not people:
-            print("  nobody enrolled")
+            say("  nobody enrolled")
         for name, info in sorted(people.items()):
-            print(f"  {name}: {info.get('photos')} photo(s), {info.get('trained_photos')} in the model")
+            say(f"  {name}: {info.get('photos')} photo(s), {info.get('trained_photos')} in the model")
     model = r.get("model")
     if model and r.get("command") in (proto.RETRAIN, proto.LIST):
         cv = model.get("cv_score")
-        print(f"  model: {len(model.get('people') or [])} people, trained {model.get('trained_at')}"
+        say(f"  model: {len(model.get('people') or [])} people, trained {model.get('trained_at')}"
               + (f", cross-validated accuracy {cv:.3f}" if isinstance(cv, (int, float)) else ""))
 
 
