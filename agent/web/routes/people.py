@@ -35,7 +35,8 @@ async def person(request: Request) -> Response:
     data = await run_in_threadpool(s.console.person, name)
     training = s.console.training_state()
     return s.page(request, "person.html", person=data, training=training,
-                  trained_photos=training.get("counts", {}).get(name, 0), web=s.web)
+                  trained_photos=training.get("counts", {}).get(name, 0), web=s.web,
+                  trash_days=f"{s.cfg.enrollment.trash_days:g}")
 
 
 async def upload(request: Request) -> Response:
@@ -93,12 +94,15 @@ async def rename(request: Request) -> Response:
 
 async def forget(request: Request) -> Response:
     s = site(request)
+    form = await request.form()
     try:
         name = validate_person_name(request.path_params["name"])
-        moved = await run_in_threadpool(s.console.gallery.forget, name)
+        moved = await run_in_threadpool(s.console.gallery.forget, name, form.get("purge") == "1")
     except (InvalidNameError, NotEnrolledError) as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"forgot {name}" + (f"; the photos were moved to {moved}" if moved else ""))
+    s.flash(request, f"forgot {name} everywhere on this agent" + (
+        f"; the photos were moved to {moved} (kept {s.cfg.enrollment.trash_days:g} days)" if moved
+        else "; the photos were deleted"))
     await s.retrain(request)
     return go("/people")
 
