@@ -45,7 +45,9 @@ def agent(tmp_path, capsys, shared):
 
 def _log_events(cfg) -> None:
     """Two tracks of obama (one identified live, one unknown then re-identified), one of biden, a model."""
-    factory = EventFactory.from_config(cfg)
+    from agent.people import PersonIds
+
+    factory = EventFactory.from_config(cfg, person_id=PersonIds(cfg.path("storage")))
     t0 = time.time() - 100
     box, size = (10, 10, 60, 70), (160, 120)
     events = [factory.track_started(1, box, size, image=FACE), factory.identified(1, "obama", 0.9, 3, box, size,
@@ -99,6 +101,11 @@ def test_forget_erases_the_person_everywhere_on_the_agent(tmp_path, agent):
     photos = sorted((tmp_path / "faces" / "train" / "raw" / "obama").iterdir())
     shas = [file_sha256(p) for p in photos]
     assert b"obama" in _file_bytes(storage, "events.db*")
+    from agent.people import People
+
+    with People.of(cfg) as people:
+        obama_id = people.id_of("obama")
+    assert obama_id and obama_id.encode() in _file_bytes(storage, "events.db*")
 
     code, out = run("forget", "obama")
     assert code == 0 and "kept 30 days" in out
@@ -107,7 +114,7 @@ def test_forget_erases_the_person_everywhere_on_the_agent(tmp_path, agent):
     rows = events.query(limit=100)
     events.close()
     payloads = [json.loads(r.payload) for r in rows]
-    assert not [p for p in payloads if "obama" in json.dumps(p)]
+    assert not [p for p in payloads if "obama" in json.dumps(p) or p.get("person_id") == obama_id]
     assert all(r.name != "obama" for r in rows)
     by_track = {}
     for p in payloads:
@@ -125,6 +132,10 @@ def test_forget_erases_the_person_everywhere_on_the_agent(tmp_path, agent):
     assert model["people"] == ["biden"] and model["counts"] == {"biden": 2}
     # not even in the database's free pages or its WAL
     assert b"obama" not in _file_bytes(storage, "events.db*")
+    assert f'"{obama_id}"'.encode() not in _file_bytes(storage, "events.db*")
+    # the people registry keeps the id (never given again) but none of the names
+    with People.of(cfg) as people:
+        assert people.name_of(obama_id) is None and people.id_of("obama") is None
 
     store = SightingStore(cfg)
     assert [r["name"] for r in store.sightings("1 = 1", [])] == ["biden"]
