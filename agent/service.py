@@ -385,7 +385,7 @@ class Service:
         for (feed, frame), result in zip(batch, results):
             feed.took(frame, result.size)
             if self.sightings is not None:
-                self.sightings.observe(result, frame.image)
+                self.sightings.observe(result, frame.image, feed.name)
             for event in self.events_for(feed, result, frame):
                 self._emit(event, feed)
             if self.sightings is not None:

@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "sightings.db"
 FOLDER = "sightings"
-LAYOUT_VERSION = 2  # 2: clusters.merged_into and clusters.ignored
+LAYOUT_VERSION = 3  # 2: clusters.merged_into and clusters.ignored; 3: sightings.camera
 DIM = 128
 
 SIGHTING_COLUMNS = {
@@ -84,6 +84,7 @@ SIGHTING_COLUMNS = {
     "model": str,  # fingerprint of the classifier that judged the track (re-checked only by another one)
     "reidentified": str,  # name given by a later model (`reidentified` event), or null
     "rejected": str,  # name a user said this face is not (`face-agent reject`), or null
+    "camera": str,  # the camera the track was seen on (null: kept before layout 3)
 }
 
 
@@ -107,7 +108,13 @@ def _add_merge_and_ignore(db: sqlite_utils.Database) -> None:
                 db["clusters"].add_column(column, kind)
 
 
-MIGRATIONS = {1: _add_merge_and_ignore}
+def _add_camera(db: sqlite_utils.Database) -> None:
+    """Layout 2 -> 3: the sightings table gets `camera` (null for the faces kept before: not recorded)."""
+    if "sightings" in db.table_names() and "camera" not in db["sightings"].columns_dict:
+        db["sightings"].add_column("camera", str)
+
+
+MIGRATIONS = {1: _add_merge_and_ignore, 2: _add_camera}
 
 
 _CHECKED: set[str] = set()  # sightings files this process has checked (each is checked once per process)
@@ -167,6 +174,7 @@ class TrackFaces:
     logged_from: float = 0.0  # wall-clock times its events lie between (file sources may run faster than
     logged_until: float = 0.0  # real time, so the frame times above need not match the events' timestamps)
     model: str = ""  # fingerprint of the classifier that judged it
+    camera: str | None = None  # the camera it was seen on
 
 
 def context_crop(image: np.ndarray, box: Any, scale: float) -> np.ndarray:
@@ -265,7 +273,7 @@ class SightingStore:
                 row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
                        "last_seen": track.last_seen, "logged_from": track.logged_from,
                        "logged_until": track.logged_until, "model": track.model, "name": track.name,
-                       "cluster": cluster,
+                       "cluster": cluster, "camera": track.camera,
                        "quality": round(float(face.quality), 4),
                        "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
                        "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
@@ -354,9 +362,12 @@ class SightingStore:
                     "SELECT chip FROM sightings WHERE cluster = ? ORDER BY quality DESC, id", [r["id"]])]
                 merged = [cluster_label(m["id"]) for m in self.db.query(
                     "SELECT id FROM clusters WHERE merged_into = ? ORDER BY id", [r["id"]])]
+                cameras = [c["camera"] for c in self.db.query(  # the camera seen on last first
+                    "SELECT camera, MAX(t) AS last FROM sightings WHERE cluster = ? AND camera IS NOT NULL "
+                    "GROUP BY camera ORDER BY last DESC", [r["id"]])]
                 out.append({"id": cluster_label(r["id"]), "name": r["name"], "sightings": r["sightings"],
                             "tracks": r["tracks"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
-                            "ignored": r["ignored"] is not None, "merged": merged,
+                            "ignored": r["ignored"] is not None, "merged": merged, "cameras": cameras,
                             "representative": chips[0] if chips else None, "chips": chips})
             return out
 
@@ -384,6 +395,11 @@ class SightingStore:
             self._model = None
         return moved
 
+    def reset_model(self) -> None:
+        """Build the clusters' model again at the next match ([recognition] changed in this process)."""
+        with self._lock:
+            self._model = None
+
     def set_ignored(self, cluster: int, ignored: bool) -> None:
         with self._lock, self.db.conn:
             self.db.execute("UPDATE clusters SET ignored = ? WHERE id = ?", [time.time() if ignored else None, cluster])
@@ -397,6 +413,15 @@ class SightingStore:
         with every run)."""
         return self.sightings("track_id = ? AND logged_from - ? <= ? AND logged_until + ? >= ?",
                               [track_id, slack, at, slack, at])
+
+    def cluster_tracks(self, cluster: int, before: float | None, limit: int) -> list[dict[str, Any]]:
+        """The tracks of an unknown person, newest first (run, track_id, camera, logged_from), those whose
+        faces were first kept before `before` (a page's cursor) when given."""
+        with self._lock:
+            return list(self.db.query(
+                "SELECT run, track_id, MAX(camera) AS camera, MIN(logged_from) AS logged_from FROM sightings "
+                "WHERE cluster = ? GROUP BY run, track_id HAVING ? IS NULL OR MIN(logged_from) < ? "
+                "ORDER BY logged_from DESC LIMIT ?", [cluster, before, before, limit]))
 
     def best_faces(self, where: str, params: list | tuple, limit: int) -> list[dict[str, Any]]:
         with self._lock:
@@ -513,6 +538,7 @@ class Sightings:
         self._live: dict[int, list[Candidate]] = {}  # track id -> best faces so far
         self._unknown_ids: dict[int, int] = {}  # track id -> cluster named in its unknown_face event
         self._logged_from: dict[int, float] = {}  # track id -> wall-clock time of its first kept face
+        self._cameras: dict[int, str] = {}  # track id -> the camera it is seen on
         self._queue: queue.Queue[TrackFaces | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="sightings", daemon=True)
         self._broken = False  # the file is damaged beyond salvage: nothing more is written this run
@@ -523,12 +549,15 @@ class Sightings:
         self._floor = max(FULL_BELOW_BYTES, int(getattr(cfg.store, "reserve_mb", 0) * 2**20))
         self._thread.start()
 
-    def observe(self, result: Any, image: np.ndarray) -> None:
-        """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst."""
+    def observe(self, result: Any, image: np.ndarray, camera: str | None = None) -> None:
+        """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst;
+        `camera`: the camera the frame is from."""
         for rec in result.recognitions:
             if rec.embedding is None or rec.chip is None or rec.prediction.reason in QUALITY_REASONS:
                 continue
             track = rec.track
+            if camera is not None:
+                self._cameras.setdefault(track.id, camera)
             quality = float(track.embed_quality)
             kept = self._live.setdefault(track.id, [])
             self._logged_from.setdefault(track.id, time.time())
@@ -570,11 +599,12 @@ class Sightings:
         faces = self._live.pop(track.id, [])
         unknown_id = self._unknown_ids.pop(track.id, None)
         logged_from = self._logged_from.pop(track.id, time.time())
+        camera = self._cameras.pop(track.id, None)
         name = track.name if track.status == "named" else None
         if not faces or track.status not in ("named", "unknown") or (name is not None and self.s.privacy != "all"):
             return  # never settled (who it was is not known: maybe somebody enrolled), or privacy
         self._queue.put(TrackFaces(track.id, track.first_seen, track.last_seen, name, unknown_id, faces,
-                                   logged_from, time.time(), self.model))
+                                   logged_from, time.time(), self.model, camera))
 
     def _work(self) -> None:
         while True:

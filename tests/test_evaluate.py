@@ -197,7 +197,9 @@ def test_cli_json_and_plot(tmp_path, capsys, cache):
     assert "closed-set identification" in (kept / "eval.txt").read_text()
     with Image.open(kept / "eval.png") as img:
         assert img.format == "PNG" and img.width >= 1000
-    assert sorted(p.name for p in kept.iterdir()) == ["eval.json", "eval.png", "eval.txt"]  # no temporary files
+    with Image.open(kept / "eval-phone.png") as img:  # the same plot for a phone: the panels one above the other
+        assert img.height > img.width
+    assert sorted(p.name for p in kept.iterdir()) == ["eval-phone.png", "eval.json", "eval.png", "eval.txt"]  # no tmp
 
 
 def test_cli_table(tmp_path, capsys, cache):
@@ -398,6 +400,7 @@ def test_tune_cli(tmp_path, capsys, analyzer):
 
     (last,) = last_reports(load_config(cfg_path))  # the last tune, kept with its plot (no --plot needed)
     assert last["kind"] == "tune" and "distance_threshold = 0." in last["text"] and last["plot"] == "tune.png"
+    assert last["phone_plot"] == "tune-phone.png"
     assert (tmp_path / "storage" / "reports" / "tune.png").stat().st_size > 10_000
     # keeping reports can be turned off
     cfg_path.write_text(cfg_path.read_text() + '\n[evaluation]\nreports = ""\n')

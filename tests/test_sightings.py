@@ -22,7 +22,16 @@ from conftest import make_config
 
 from agent.config import load_config
 from agent.events import parse_timestamp as parse_ts
-from agent.sightings import Candidate, SightingStore, TrackFaces, cluster_label, context_crop, parse_cluster
+from agent.sightings import (
+    LAYOUT_VERSION,
+    SIGHTING_COLUMNS,
+    Candidate,
+    SightingStore,
+    TrackFaces,
+    cluster_label,
+    context_crop,
+    parse_cluster,
+)
 from bench import bench_sightings as bs
 from bench import identity_clips as ic
 
@@ -234,9 +243,39 @@ def test_a_layout_1_sightings_file_gets_merge_and_ignore_columns(tmp_path, lfw_f
     store = SightingStore(make_config(tmp_path))
     a = next(iter(lfw_faces))
     store.add_track("r", _track(lfw_faces[a][:2], 1))  # the sightings table, created as before
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION
     assert {"merged_into", "ignored"} <= set(store.db["clusters"].columns_dict)
     assert store.cluster(2)["name"] == "bob" and store.cluster(2)["ignored"] is None
+    store.close()
+
+
+def test_a_layout_2_sightings_file_gets_the_camera_column(tmp_path, lfw_faces):
+    """A sightings.db kept before the camera was recorded (layout 2) is migrated in place: its faces stay, with no
+    camera; a new track's camera is kept, and an unknown person's card lists the cameras they were seen on."""
+    import sqlite_utils
+
+    folder = tmp_path / "storage"
+    folder.mkdir()
+    old = sqlite_utils.Database(folder / "sightings.db")
+    old["sightings"].create({k: v for k, v in SIGHTING_COLUMNS.items() if k != "camera"}, pk="id")
+    old.execute("CREATE TABLE clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, name TEXT, "
+                "merged_into INTEGER, ignored REAL)")
+    old.execute("INSERT INTO clusters (created) VALUES (1.0)")
+    a, b = list(lfw_faces)[:2]
+    face = lfw_faces[a][0]
+    old["sightings"].insert({"run": "r0", "track_id": 9, "t": time.time() - 60, "cluster": 1, "quality": 0.5,
+                             "embedding": face.embedding.astype("float32").tobytes(), "chip": "x-chip.jpg"})
+    old.execute("PRAGMA user_version = 2")
+    old.conn.commit()
+    old.close()
+    store = SightingStore(make_config(tmp_path))
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT_VERSION == 3
+    assert store.sightings()[0]["camera"] is None  # kept before: not known
+    track = _track(lfw_faces[b][:2], 1)
+    track.camera = "porch"
+    store.add_track("r1", track)
+    assert {r["camera"] for r in store.sightings()} == {None, "porch"}
+    assert [c["cameras"] for c in store.clusters()] == [[], ["porch"]]
     store.close()
 
 

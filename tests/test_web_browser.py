@@ -315,9 +315,30 @@ def test_the_console_in_a_browser(site, browser, shots, record, tmp_path):
     page.click("form.inline button[type=submit]")
     page.wait_for_url(url + "/people/Kit")
     assert "renamed Kit Harington to Kit" in page.inner_text("main")
+    # forget, then undo it (the same restore as `face-agent restore`): the photos come back, retrained
     page.click("button.danger:has-text('Forget Kit')")
-    page.wait_for_url(url + "/people")
-    assert "forgot Kit" in page.inner_text("main") and "3 people" in page.inner_text("#training")
+    page.wait_for_url(re.compile(re.escape(url) + r"/people\?forgot=Kit-\d{8}-\d{6}"))
+    assert "Forgot Kit." in page.inner_text("main") and "3 people" in page.inner_text("#training")
+    assert "/tmp" not in page.inner_text("main") and str(storage) not in page.inner_text("main")  # no server path
+    playwright.expect(page.locator("#undo")).to_contain_text(f"Kit was forgotten: {len(photos) - 1} photo")
+    fits_the_phone(page)
+    taps_are_big_enough(page)
+    page.screenshot(path=str(shots / "06-forgotten-undo.png"), full_page=True)
+    axe(page, record, "people (after forget: undo)")
+    with Flow(record, "undo a forget") as flow:
+        flow.click(page.locator("#undo-forget"))
+        page.wait_for_url(url + "/people/Kit")
+        flash_says(page, "Kit is back", timeout=120_000)
+    assert f"Kit is back: {len(photos) - 1} photo" in page.inner_text("main")
+    assert page.locator("figure.photo.ok").count() == len(photos) - 1
+    assert f"{len(photos) - 1} in the classifier" in page.inner_text("#person-state")
+    assert not list((storage / "faces/train/trash").glob("Kit-*"))
+    with Flow(record, "forget a person") as flow:
+        flow.click(page.locator("button.danger:has-text('Forget Kit')"))
+        page.wait_for_url(re.compile(re.escape(url) + r"/people\?forgot=Kit-"))
+    assert "3 people" in page.inner_text("#training")
+    # the trash stays one tap away, below the people
+    assert page.locator("#trashed li", has_text="Kit").count() == 1
     page.screenshot(path=str(shots / "06-people.png"), full_page=True)
 
     # a bad name is refused with the gallery's reason
@@ -542,19 +563,52 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     page.screenshot(path=str(shots / "16-track-faces.png"), full_page=True)
     axe(page, record, "track faces")
 
-    # People -> the evaluation reports: none yet; run tune from the console, see the report and its plot
+    # People -> the evaluation reports: none yet; run tune from the console, see it in plain words and its plot
     page.goto(url + "/people")
     page.click("#reports-link")
     page.wait_for_url(url + "/reports")
     assert page.locator("#no-reports").count() == 1
     with Flow(record, "run tune") as flow:
         flow.click(page.locator("#run-tune"))
-        flash_says(page, "tune:", timeout=120_000)
-    assert "tune:" in page.inner_text("main") and "suggested distance_threshold" in page.inner_text("main")
+        flash_says(page, "Suggested threshold", timeout=120_000)
+    summary = page.locator("#tune-summary")
+    assert re.search(r"\d+ photos of \d+ people checked", summary.inner_text())
+    assert re.search(r"strangers wrongly named", summary.inner_text())
     report = page.locator("#report-tune")
+    assert not report.locator("pre").is_visible()  # the printed text is behind "details"
+    report.locator("details summary").click()
     assert "distance_threshold = 0." in report.locator("pre").inner_text()
     images_loaded(page, "#report-tune img.plot")
-    assert page.evaluate("document.querySelector('#report-tune img.plot').naturalWidth") >= 1000
+    plot = page.evaluate("(() => { const i = document.querySelector('#report-tune img.plot'); return "
+                         "[i.currentSrc, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]; })()")
+    assert "tune-phone.png" in plot[0] and plot[2] > plot[1] and plot[3] <= PHONE["width"], plot  # fits the phone
     fits_the_phone(page)
+    taps_are_big_enough(page)
     page.screenshot(path=str(shots / "17-tune-report.png"), full_page=True)
+    axe(page, record, "reports (after tune)")
+
+    # apply the suggested threshold in one tap: written into the config file, its comments kept
+    config = site[1] / "agent.toml"
+    config.write_text("# my notes on this agent: keep them\n" + config.read_text())
+    suggested = page.locator("input[name=threshold]").get_attribute("value")
+    with Flow(record, "apply the suggested threshold") as flow:
+        flow.click(page.locator("#apply-threshold"))  # the confirmation dialog is accepted
+        flash_says(page, f"Threshold set to {suggested}", timeout=30_000)
+    assert "restart it" in page.inner_text("main")
+    text = config.read_text()
+    assert text.startswith("# my notes on this agent: keep them\n") and "[web]" in text
+    assert re.search(rf"\[recognition\]\ndistance_threshold = {suggested} +# face-agent tune", text), text
+    assert "the suggestion is applied" in page.inner_text("#threshold-state")
+    assert page.locator("#apply-threshold").count() == 0
+    page.screenshot(path=str(shots / "18-threshold-applied.png"), full_page=True)
+    axe(page, record, "reports (threshold applied)")
     context.close()
+
+    desktop, wide = login(browser, url, viewport=DESKTOP)
+    wide.goto(url + "/reports")
+    images_loaded(wide, "#report-tune img.plot")
+    shown = wide.evaluate("document.querySelector('#report-tune img.plot').currentSrc")
+    assert shown.split("?")[0].endswith("/tune.png")
+    wide.screenshot(path=str(shots / "19-reports-desktop.png"), full_page=True)
+    axe(wide, record, "reports (desktop, after tune)")
+    desktop.close()

@@ -14,6 +14,7 @@ import socket
 import sys
 
 from agent.commands._common import config_of, fail
+from agent.config import find_config
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         why = "already in use (another face-agent web, or another program: `ss -ltnp` says which)" \
             if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         return fail(f"cannot listen on {web.host}:{web.port}: {why}; pick another port with --port or [web] port")
-    app = create_app(cfg)
+    app = create_app(cfg, find_config(getattr(args, "config", None)))
     url_host = f"[{web.host}]" if ":" in web.host else web.host
     print(f"face-agent web console on http://{url_host}:{web.port}/ "
           f"({'login required' if web.password_hash else 'no login: loopback only'})", flush=True)

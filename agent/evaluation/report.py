@@ -20,7 +20,8 @@ from agent.logsafe import shown
 
 log = logging.getLogger(__name__)
 
-REPORT_KINDS = ("tune", "eval")  # <kind>.txt (what the command printed), <kind>.json, <kind>.png (the plot)
+REPORT_KINDS = ("tune", "eval")  # <kind>.txt (what the command printed), <kind>.json, <kind>.png (the plot),
+# <kind>-phone.png (the same plot, its two panels one above the other: the web console on a phone)
 
 
 def reports_folder(cfg: Any) -> Path | None:
@@ -38,19 +39,19 @@ def save_last(cfg: Any, kind: str, text: str, data: dict, plotted: dict | None) 
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        png = folder / f"{kind}.png"
-        if plotted is not None:
-            tmp = folder / f".{kind}-{os.getpid()}.png"  # a hidden name: never served half-written
+        for png, portrait in ((folder / f"{kind}.png", False), (folder / f"{kind}-phone.png", True)):
+            if plotted is None:
+                png.unlink(missing_ok=True)
+                continue
+            tmp = folder / f".{png.stem}-{os.getpid()}.png"  # a hidden name: never served half-written
             try:
-                plot_report(plotted, tmp)
+                plot_report(plotted, tmp, portrait)
                 os.replace(tmp, png)
             except EvalError as exc:  # no matplotlib: the text is kept all the same
                 log.info("the %s plot is not kept: %s", kind, exc)
                 png.unlink(missing_ok=True)
             finally:
                 tmp.unlink(missing_ok=True)
-        else:
-            png.unlink(missing_ok=True)
         atomic_write(folder / f"{kind}.json", json.dumps({"saved_at": time.time(), **data},
                                                          ensure_ascii=False).encode())
         atomic_write(folder / f"{kind}.txt", text.encode())
@@ -112,8 +113,9 @@ def last_reports(cfg: Any) -> list[dict]:
             when = text_file.stat().st_mtime
         except OSError:
             continue
-        plot = folder / f"{kind}.png"
-        out.append({"kind": kind, "when": when, "text": text, "plot": plot.name if plot.is_file() else None})
+        plot, phone = folder / f"{kind}.png", folder / f"{kind}-phone.png"
+        out.append({"kind": kind, "when": when, "text": text, "plot": plot.name if plot.is_file() else None,
+                    "phone_plot": phone.name if phone.is_file() else None})
     return out
 
 
@@ -243,8 +245,9 @@ def _warning_lines(warnings: list[str]) -> list[str]:
     return (["", "warnings"] + [f"  - {w}" for w in warnings]) if warnings else []
 
 
-def plot_report(report: dict, path: Path) -> None:
-    """Genuine vs impostor histograms and the rates vs threshold, configured and chosen thresholds marked.
+def plot_report(report: dict, path: Path, portrait: bool = False) -> None:
+    """Genuine vs impostor histograms and the rates vs threshold, configured and chosen thresholds marked;
+    side by side, or one above the other (`portrait`: the web console's plot for a phone's screen).
 
     Needs matplotlib (`pip install face-agent[eval]`), imported here only: the agent never loads it."""
     try:
@@ -255,9 +258,9 @@ def plot_report(report: dict, path: Path) -> None:
     d = report["distances"]
     genuine = [x for x in (q.get("genuine") for q in _items(report)) if x is not None]
     impostor = [x for x in (q.get("impostor") for q in _items(report)) if x is not None]
-    fig = Figure(figsize=(13, 6.2), dpi=110, layout="constrained")
+    fig = Figure(figsize=(6.4, 10.5) if portrait else (13, 6.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    hist, curve = fig.subplots(1, 2)
+    hist, curve = fig.subplots(2, 1) if portrait else fig.subplots(1, 2)
     bins = np.linspace(min([0.0, *genuine, *impostor]) - 0.02, max([0.5, *genuine, *impostor]) + 0.02, 52)
     if genuine:
         hist.hist(genuine, bins=bins, alpha=0.6, color="tab:green", label=f"genuine (same person), n={len(genuine)}")
@@ -293,8 +296,9 @@ def plot_report(report: dict, path: Path) -> None:
               xlim=(float(bins[0]), float(bins[-1])), ylim=(-0.02, 1.02))
     hist.set_xlim(float(bins[0]), float(bins[-1]))
     for ax in (hist, curve):  # legends under the plots, never over a curve
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    fig.suptitle(_headline(report), fontsize=11)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1 if portrait else 2,
+                  frameon=False)
+    fig.suptitle(_headline(report), fontsize=9 if portrait else 11, wrap=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,10 +32,11 @@ from agent.web.site import HERE, Site
 PAGES = (live, auth, events, people, reports, unknowns, files)  # each module's `routes`, in this order
 
 
-def create_app(cfg: Config) -> Starlette:
-    """The console for `cfg` (see the module docstring and agent/web/security.py)."""
+def create_app(cfg: Config, config_file: Path | None = None) -> Starlette:
+    """The console for `cfg`, read from `config_file` (the file Reports changes the threshold in; None: none)
+    (see the module docstring and agent/web/security.py)."""
     web = cfg.web
-    site = Site(cfg)
+    site = Site(cfg, config_file)
     routes = [route for page in PAGES for route in page.routes]
     routes.append(Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"))
     hosts = ["*"] if not is_loopback(web.host) else ["127.0.0.1", "localhost", "::1", "[::1]"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import tempfile
 import threading
@@ -112,8 +113,9 @@ def _source_line(source: dict[str, Any]) -> str | None:
 class Console:
     """What the pages need from the agent's storage, built once per process."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_file: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_file = config_file  # the agent.toml it was started with (None: defaults, no file)
         self.storage = cfg.path("storage")
         self.gallery = Gallery(cfg, train_in_subprocess=True)
         self.store = EventStore(cfg)
@@ -165,6 +167,50 @@ class Console:
         log.info("web: tune run (%d photos)", len(report["photos"]))
         return report
 
+    def tune_summary(self) -> dict[str, Any] | None:
+        """The last kept `tune` report (tune.json) in plain figures for the Reports page, or None."""
+        from agent.evaluation.report import reports_folder
+
+        folder = reports_folder(self.cfg)
+        try:
+            report = json.loads((folder / "tune.json").read_text(encoding="utf-8")) if folder else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(report, dict) or "distances" not in report:
+            return None
+        d = report["distances"]
+        at = d.get("at") or {}
+        suggested = report.get("suggested_threshold")
+        return {"people": len(report.get("people") or {}), "photos": sum((report.get("people") or {}).values()),
+                "accuracy": (report.get("closed_set") or {}).get("accuracy"),
+                "suggested": suggested, "target_far": (report.get("settings") or {}).get("target_far"),
+                "tuned_with": (report.get("settings") or {}).get("configured_threshold"),
+                "now": self.cfg.recognition.distance_threshold, "configured": at.get("configured"),
+                "chosen": at.get("chosen"), "warnings": report.get("warnings") or [],
+                "applied": suggested is not None and
+                math.isclose(suggested, self.cfg.recognition.distance_threshold, abs_tol=5e-4)}
+
+    def apply_threshold(self, posted: float) -> tuple[float, Any]:
+        """Write the threshold the last `tune` suggested into `[recognition] distance_threshold` of the config
+        file (agent.web.settings: comments kept, checked by the schema first); this console uses it at once,
+        the agent after its next start. `posted`: the value the page showed (a stale page is refused).
+        Returns (the new value, the one the file had). EvalError / SettingError say why not."""
+        from agent.web.settings import write_setting
+
+        summary = self.tune_summary()
+        if summary is None or summary["suggested"] is None:
+            raise EvalError("no threshold to apply: run tune first (it needs at least two people enrolled)")
+        value = float(summary["suggested"])
+        if not math.isclose(value, posted, abs_tol=5e-4):
+            raise EvalError(f"tune now suggests {value:.3f}, not {posted:.3f}: reload the page and check again")
+        old = write_setting(self.config_file, "recognition", "distance_threshold", value,
+                            note=f"face-agent tune (web console, {time.strftime('%Y-%m-%d')}): false accepts "
+                                 f"<= {summary['target_far']:.1%} on {summary['photos']} photos")
+        self.cfg.recognition.distance_threshold = value  # this console's naming and re-identification use it now
+        self.sightings.reset_model()  # the unknown people's clusters are matched by the same rule
+        log.info("web: [recognition] distance_threshold set to %.3f (was %s)", value, old)
+        return value, old
+
     def person(self, name: str) -> dict[str, Any]:
         results, _, _, _ = self.gallery.scan([name], progress=False)
         photos = []
@@ -173,6 +219,34 @@ class Console:
             photos.append({"name": r.path.name, "status": r.status, "reason": r.reason, "ok": r.ok,
                            "chip": chip.name if chip is not None and chip.is_file() else None})
         return {"name": name, "photos": photos}
+
+    def forget(self, name: str, purge: bool = False) -> str | None:
+        """`face-agent forget NAME [--purge]` (Gallery.forget). Returns the trash folder's name (what undo
+        restores), or None when no photos were kept (none, or `purge`)."""
+        moved = self.gallery.forget(name, purge)
+        log.info("web: forgot %s", escape(name))
+        return moved.name if moved is not None else None
+
+    def trashed(self) -> list[dict[str, Any]]:
+        """The forgotten people `face-agent restore` can bring back (Gallery.trashed), newest first."""
+        out = []
+        for t in self.gallery.trashed():
+            try:
+                when = time.mktime(time.strptime(t.stamp, "%Y%m%d-%H%M%S"))  # forget names it in local time
+            except ValueError:
+                when = None
+            out.append({"person": t.person, "folder": t.path.name, "photos": t.photos, "when": when})
+        return out
+
+    def restore(self, person: str, folder: str | None) -> tuple[str, int]:
+        """`face-agent restore PERSON --from FOLDER` (Gallery.restore; the caller retrains), once: a repeated
+        undo is answered, not an error. Returns (the person, photos back)."""
+        def run() -> tuple[str, int]:
+            entry = self.gallery.restore(person, folder or None)
+            log.info("web: restored %s from the trash (%d photos)", escape(entry.person), entry.photos)
+            return entry.person, entry.photos
+
+        return self.once(("restore", person, folder), run)[0]
 
     def first_chip(self, name: str) -> str | None:
         """The chip of the person's first photo that has one (chips are named after their photo)."""
@@ -250,6 +324,25 @@ class Console:
             out.append(self._visit(start))
         full = len(anchors) == limit * (4 if person else 1) + 1
         return out, (anchors[-1].t if full and anchors else None)
+
+    def unknown_visits(self, unknown_id: str, before: float | None) -> tuple[list[dict[str, Any]], float | None]:
+        """The visits of an unknown person (their cluster's tracks in the sightings; a merged id means the one it
+        was merged into), newest first, paged like `visits`. NamingError for no such unknown person."""
+        row = find_cluster(self.sightings, unknown_id)
+        limit = self.cfg.web.visits_per_page
+        tracks = self.sightings.cluster_tracks(row["id"], before, limit + 1)
+        out = []
+        for track in tracks[:limit]:
+            where = "type = ? AND track_id = ? AND t <= ? AND t >= ?"
+            params: list[Any] = [TRACK_STARTED, track["track_id"], track["logged_from"] + 2,
+                                 track["logged_from"] - MAX_VISIT_SECONDS]
+            if track["camera"]:
+                where += " AND camera = ?"
+                params.append(track["camera"])
+            found = self.store.rows(where, params, order_by="t DESC", limit=1)
+            if found:
+                out.append(self._visit(found[0]))
+        return out, (tracks[limit - 1]["logged_from"] if len(tracks) > limit else None)
 
     def _start_of(self, row: StoredEvent) -> StoredEvent:
         """The track_started event of the track `row` is about (the row itself when it was not logged)."""

@@ -30,10 +30,10 @@ MAX_FLASH, MAX_FLASH_SESSIONS = 100, 1000  # messages kept for a session's next 
 class Site:
     """The console's data layer (`Console`), its templates and the sessions' flash messages."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_file: Path | None = None) -> None:
         self.cfg = cfg
         self.web = cfg.web
-        self.console = Console(cfg)
+        self.console = Console(cfg, config_file)
         self.logins = Logins(self.web.session_hours * 3600)
         self.throttle = LoginThrottle(self.web.max_failed_logins, self.web.lockout_seconds,
                                       self.web.login_checks_per_minute)

@@ -11,6 +11,8 @@ from agent.images import is_image_path
 from agent.web.security import safe_file
 from agent.web.site import site
 
+PLOTS = {f"{kind}{variant}.png" for kind in REPORT_KINDS for variant in ("", "-phone")}  # agent.evaluation.report
+
 
 async def file(request: Request) -> Response:
     s = site(request)
@@ -20,8 +22,7 @@ async def file(request: Request) -> Response:
     path = None
     if kind in roots and len(parts) == 2:
         path = safe_file(roots[kind], *parts)
-    elif kind == "report" and len(parts) == 1 and parts[0] in {f"{k}.png" for k in REPORT_KINDS} \
-            and reports_folder(s.cfg) is not None:
+    elif kind == "report" and len(parts) == 1 and parts[0] in PLOTS and reports_folder(s.cfg) is not None:
         path = safe_file(reports_folder(s.cfg), parts[0])
     elif kind == "live" and len(parts) == 1 and parts[0] in console.live_frames().values():
         path = safe_file(console.storage, parts[0])

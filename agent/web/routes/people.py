@@ -1,7 +1,9 @@
-"""People: the enrolled people and their photos; upload, remove a photo, rename, forget, retrain (each through
-the gallery, then retrained)."""
+"""People: the enrolled people and their photos; upload, remove a photo, rename, forget and its undo (restore
+from the trash), retrain (each through the gallery, then retrained)."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -19,8 +21,11 @@ async def people(request: Request) -> Response:
     s = site(request)
     summary = await run_in_threadpool(s.console.gallery.summary)
     chips = {name: s.console.first_chip(name) for name in summary}
+    trashed = await run_in_threadpool(s.console.trashed)
+    forgot = request.query_params.get("forgot", "")
+    undo = next((t for t in trashed if t["folder"] == forgot), None)  # just forgotten: Undo at the top
     return s.page(request, "people.html", summary=summary, chips=chips, training=s.console.training_state(),
-                  web=s.web)
+                  web=s.web, trashed=trashed, undo=undo)
 
 
 async def person(request: Request) -> Response:
@@ -93,18 +98,34 @@ async def rename(request: Request) -> Response:
 
 
 async def forget(request: Request) -> Response:
+    """`face-agent forget`: the photos go to the trash; the People page then offers to undo it."""
     s = site(request)
     form = await request.form()
     try:
         name = validate_person_name(request.path_params["name"])
-        moved = await run_in_threadpool(s.console.gallery.forget, name, form.get("purge") == "1")
+        folder = await run_in_threadpool(s.console.forget, name, form.get("purge") == "1")
     except (InvalidNameError, NotEnrolledError) as exc:
         return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"forgot {name} everywhere on this agent" + (
-        f"; the photos were moved to {moved} (kept {s.cfg.enrollment.trash_days:g} days)" if moved
-        else "; the photos were deleted"))
+    s.flash(request, f"Forgot {name} everywhere on this agent." + (
+        f" Their photos are in the trash for {s.cfg.enrollment.trash_days:g} days: Undo below brings them back."
+        if folder else " The photos were deleted."))
     await s.retrain(request)
-    return go("/people")
+    return go("/people" + (f"?forgot={quote(folder)}" if folder else ""))
+
+
+async def restore(request: Request) -> Response:
+    """Undo forget: `face-agent restore PERSON --from FOLDER` (Gallery.restore), then retrain."""
+    s = site(request)
+    form = await request.form()
+    try:
+        person = validate_person_name(str(form.get("person", "")))
+        name, photos = await run_in_threadpool(s.console.restore, person, str(form.get("folder", "")))
+    except (InvalidNameError, NotEnrolledError, NameTakenError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"{name} is back: {photos} photo{'' if photos == 1 else 's'} restored from the trash. "
+                     "The faces the camera kept of them were deleted by forget and do not come back.")
+    await s.retrain(request)
+    return go(person_url(name))
 
 
 async def retrain_now(request: Request) -> Response:
@@ -116,6 +137,7 @@ routes = [
     Route("/people", people),
     Route("/people/upload", upload, methods=["POST"]),
     Route("/people/retrain", retrain_now, methods=["POST"]),
+    Route("/people/restore", restore, methods=["POST"]),
     Route("/people/{name}", person),
     Route("/people/{name}/remove", remove_photo, methods=["POST"]),
     Route("/people/{name}/rename", rename, methods=["POST"]),

@@ -1,4 +1,5 @@
-"""Reports: the last `face-agent eval` and `tune` reports, and running tune from the console."""
+"""Reports: the last `face-agent eval` and `tune` reports in plain words (the printed text behind "details"),
+running tune from the console, and applying the threshold it suggests to the config file in one tap."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from starlette.routing import Route
 
 from agent.evaluation import EvalError
 from agent.evaluation.report import reports_folder
+from agent.web.settings import SettingError
 from agent.web.site import go, site
+
+RESTART = "sudo systemctl restart face-agent"  # deploy/face-agent.service
 
 
 async def reports(request: Request) -> Response:
     s = site(request)
     found = await run_in_threadpool(s.console.reports)
-    return s.page(request, "reports.html", reports=found, folder=reports_folder(s.cfg))
+    tune = await run_in_threadpool(s.console.tune_summary)
+    return s.page(request, "reports.html", reports=found, folder=reports_folder(s.cfg), tune=tune,
+                  config_file=s.console.config_file, restart=RESTART)
 
 
 async def run_tune(request: Request) -> Response:
@@ -25,12 +31,33 @@ async def run_tune(request: Request) -> Response:
     except EvalError as exc:
         return PlainTextResponse(str(exc), status_code=400)
     threshold = report["suggested_threshold"]
-    s.flash(request, f"tune: {len(report['photos'])} photos of {len(report['people'])} people; suggested "
-                     f"distance_threshold {'n/a' if threshold is None else f'{threshold:.3f}'}")
+    s.flash(request, f"Checked {len(report['photos'])} photos of {len(report['people'])} people. " +
+            ("Not enough people to suggest a threshold (it needs two or more)." if threshold is None else
+             f"Suggested threshold: {threshold:.3f} (now {s.cfg.recognition.distance_threshold:.3f})."))
+    return go("/reports")
+
+
+async def apply_threshold(request: Request) -> Response:
+    """The threshold the last tune suggested, written into [recognition] distance_threshold (comments kept)."""
+    s = site(request)
+    form = await request.form()
+    try:
+        posted = float(str(form.get("threshold", "")))
+    except ValueError:
+        return PlainTextResponse("no threshold given", status_code=400)
+    try:
+        value, old = await run_in_threadpool(s.console.apply_threshold, posted)
+    except (EvalError, SettingError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    was = "the default" if old is None else f"{old:.3f}" if isinstance(old, (int, float)) else str(old)
+    s.flash(request, f"Threshold set to {value:.3f} (was {was}) in {s.console.config_file}. The agent reads its "
+                     f"settings when it starts: restart it for the new threshold to take effect ({RESTART}). "
+                     "This console uses it already.")
     return go("/reports")
 
 
 routes = [
     Route("/reports", reports),
     Route("/reports/tune", run_tune, methods=["POST"]),
+    Route("/reports/apply-threshold", apply_threshold, methods=["POST"]),
 ]
