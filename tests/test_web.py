@@ -460,3 +460,37 @@ def test_guessing_over_http_is_locked_out_and_parallel_logins_do_not_exhaust_mem
         assert "failed login from 127.0.0.1" in log and "locked out for 60 s" in log and "refused" in log
     finally:
         console.stop()
+
+
+def test_a_setting_written_from_the_console_keeps_the_file_comments_and_permissions(tmp_path):
+    """agent/web/settings.py (Reports' "Use 0.xxx"): the value replaces the old one, its comment and every other
+    line stay, the file keeps its mode (it may hold secrets); a value the schema refuses, a broken file or no file
+    at all is a clear error and the file is left as it was."""
+    import os
+
+    import tomlkit
+
+    from agent.web.settings import SettingError, write_setting
+
+    config = tmp_path / "agent.toml"
+    original = ('# my agent\n[agent]\nid = "porch"  # the name on MQTT\n\n[recognition]\n'
+                'distance_threshold = 0.265  # my own note\nmargin_weight = 0.5\n')
+    config.write_text(original)
+    os.chmod(config, 0o640)
+    assert write_setting(config, "recognition", "distance_threshold", 0.243) == 0.265
+    assert config.read_text() == original.replace("0.265  # my own note", "0.243  # my own note")
+    assert os.stat(config).st_mode & 0o777 == 0o640
+    assert tomlkit.parse(config.read_text())["recognition"]["distance_threshold"] == 0.243
+    config.write_text('[agent]\nid = "porch"\n')  # no [recognition] yet: added, with the note as its comment
+    write_setting(config, "recognition", "distance_threshold", 0.25, note="face-agent tune")
+    assert config.read_text() == '[agent]\nid = "porch"\n\n[recognition]\ndistance_threshold = 0.25 # face-agent tune\n'
+    before = config.read_text()
+    with pytest.raises(SettingError, match="distance_threshold: between 0 and 0.5"):
+        write_setting(config, "recognition", "distance_threshold", 0.9)
+    config.write_text("[agent\n")
+    with pytest.raises(SettingError, match="not valid TOML"):
+        write_setting(config, "recognition", "distance_threshold", 0.25)
+    assert config.read_text() == "[agent\n" and before != "[agent\n"
+    with pytest.raises(SettingError, match="without a config file"):
+        write_setting(None, "recognition", "distance_threshold", 0.25)
+    assert not [p for p in tmp_path.iterdir() if p.name != "agent.toml"]  # no temporary file left

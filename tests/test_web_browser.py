@@ -292,7 +292,7 @@ def test_the_console_in_a_browser(site, browser, shots, record, tmp_path):
     wall = tmp_path / "wall.jpg"
     Image.new("RGB", (320, 240), (180, 170, 160)).save(wall)
     with Flow(record, "enroll a new person from photos") as flow:
-        page.fill("input[name=person]", "Kit Harington")
+        page.fill("form.upload input[name=person]", "Kit Harington")
         page.set_input_files("form.upload input[type=file]", [*map(str, photos), str(wall)])
         flow.click(page.locator("form.upload button[type=submit]"))
         page.wait_for_url(url + "/people/Kit%20Harington", timeout=120_000)
@@ -342,7 +342,7 @@ def test_the_console_in_a_browser(site, browser, shots, record, tmp_path):
     page.screenshot(path=str(shots / "06-people.png"), full_page=True)
 
     # a bad name is refused with the gallery's reason
-    page.fill("input[name=person]", "a/b")
+    page.fill("form.upload input[name=person]", "a/b")
     page.set_input_files("form.upload input[type=file]", str(photos[0]))
     page.click("form.upload button[type=submit]")
     page.wait_for_selector("#error:not([hidden])")
@@ -612,3 +612,114 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     wide.screenshot(path=str(shots / "19-reports-desktop.png"), full_page=True)
     axe(wide, record, "reports (desktop, after tune)")
     desktop.close()
+
+
+def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site, browser, shots, record):
+    """Tick several and act once: photos of a person removed, visits taught "This is ...", faces of a visit
+    taught, unknown people ignored (each with a confirmation); an unknown person's card says which camera they
+    were seen on and links to their visits; Visits filtered by how sure the name is; faces too small for
+    enrollment ([enrollment] min_face_size) are flagged before naming."""
+    console, storage = site
+    url = console.url
+    context, page = login(browser, url, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+
+    # unknown people: the camera they were seen on, and their visits
+    page.goto(url + "/unknowns")
+    cards = page.locator("section.cluster.open")
+    assert cards.count() >= 1
+    assert all(t == "seen on stage" for t in cards.locator(".seen-on").all_inner_texts())
+    assert cards.locator(".seen-on").count() == cards.count()
+    label = cards.first.locator("h2").inner_text().split()[0]
+    with Flow(record, "an unknown person's visits") as flow:
+        flow.click(cards.first.locator("a.their-visits"))
+        page.wait_for_url(url + f"/events?unknown={label}")
+    visits = page.locator("article.visit")
+    assert visits.count() >= 1 and f"Visits of unknown person {label}" in page.inner_text("#unknown-filter")
+    assert set(visits.locator(".who").all_inner_texts()) == {f"Unknown person {label}"}
+    fits_the_phone(page)
+    axe(page, record, "visits of an unknown person")
+
+    # how sure: "not named" keeps the visits without a name, "sure" only names given 80% sure or more
+    page.goto(url + "/events?certainty=unnamed")
+    assert page.locator("article.visit").count() >= 1 and page.locator("article.visit.known").count() == 0
+    page.goto(url + "/events?certainty=sure")
+    sure = page.locator("article.visit")
+    assert sure.count() >= 1 and page.locator("article.visit.stranger").count() == 0
+    assert all(int(re.search(r"(\d+)% sure", t).group(1)) >= 80 for t in sure.locator(".when").all_inner_texts())
+    page.goto(url + "/events?certainty=maybe")
+    assert "certainty: one of" in page.inner_text(".warning")
+    page.goto(url + "/events")
+    page.locator("details.filters-box summary").click()
+    page.select_option("select[name=certainty]", "unnamed")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*certainty=unnamed"))
+    taps_are_big_enough(page)
+    axe(page, record, "visits (filtered by certainty)")
+
+    # several visits at once: "This is ..." on two visits nobody was named on
+    picks = page.locator("article.visit.stranger input[name=ids]")
+    assert picks.count() >= 2
+    chosen = [picks.nth(i).get_attribute("value") for i in range(2)]
+    with Flow(record, "teach two visits at once (select, This is ...)") as flow:
+        for i in range(2):
+            flow.click(picks.nth(i))
+        page.fill("#bulk-visits input[name=person]", "Pair Of Visits")
+        flow.click(page.locator("#name-selected"))
+        flash_says(page, "Learned: 2 visits are Pair Of Visits", timeout=120_000)
+    assert (storage / "faces/train/raw/Pair Of Visits").is_dir()
+    page.screenshot(path=str(shots / "20-visits-selected-named.png"), full_page=True)
+    log = console.log.read_text()
+    assert "web: 2 visits named Pair Of Visits" in log and all(chosen)
+
+    # the faces of one visit: a face too small for enrollment says so; teach two of its faces
+    page.goto(url + "/events/log?type=track_ended")
+    page.locator("li.event a.faces").first.click()
+    page.wait_for_url(re.compile(r".*/events/[0-9A-Z]{26}/faces$"))
+    page.evaluate("document.querySelectorAll('figure.face img').forEach(i => { i.loading = 'eager'; })")
+    images_loaded(page, "figure.face img.context")
+    sides = page.evaluate("Array.from(document.querySelectorAll('figure.face')).map(f => [Math.max("
+                          "f.querySelector('img.context').naturalWidth, f.querySelector('img.context').naturalHeight) "
+                          "/ 2.0, f.querySelector('.quality-warning') !== null])")  # [sightings] context_scale
+    assert sides and all((side < 40) == flagged for side, flagged in sides), sides  # [enrollment] min_face_size
+    faces = page.locator("figure.face input[name=face]")
+    with Flow(record, "teach chosen faces of a visit (select, This is ...)") as flow:
+        for i in range(min(2, faces.count())):
+            flow.click(faces.nth(i))
+        page.fill("#bulk-faces input[name=person]", "Face Picker")
+        flow.click(page.locator("#name-faces"))
+        flash_says(page, "Learned: this is Face Picker", timeout=120_000)
+    fits_the_phone(page)
+    taps_are_big_enough(page)
+    axe(page, record, "faces of a visit (select)")
+
+    # a person's photos: tick two, remove them in one go (after a confirmation)
+    page.goto(url + "/people/obama")
+    before = page.locator("figure.photo").count()
+    assert before >= 2
+    with Flow(record, "remove two photos at once") as flow:
+        for i in range(2):
+            flow.click(page.locator("figure.photo input[name=photo]").nth(i))
+        flow.click(page.locator("#remove-selected"))
+        flash_says(page, "removed 2 photos", timeout=120_000)
+    assert page.locator("figure.photo").count() == before - 2
+    fits_the_phone(page)
+    taps_are_big_enough(page)
+    axe(page, record, "person (select)")
+
+    # unknown people: tick and ignore in one go
+    page.goto(url + "/unknowns")
+    ticks = page.locator("section.cluster.open input[name=ids]")
+    count = ticks.count()
+    assert count >= 1
+    labels = [ticks.nth(i).get_attribute("value") for i in range(count)]
+    taps_are_big_enough(page)
+    axe(page, record, "unknown people (select)")
+    with Flow(record, "ignore every unknown person at once") as flow:
+        for i in range(count):
+            flow.click(ticks.nth(i))
+        flow.click(page.locator("#ignore-selected"))
+        flash_says(page, "ignored: hidden here")
+    assert page.locator("section.cluster.open").count() == 0
+    page.goto(url + "/unknowns?show=ignored")
+    assert all(page.locator(f"#cluster-{label}").count() == 1 for label in labels)
+    context.close()

@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from agent import health
 from agent.config import Config
 from agent.evaluation import EvalError
@@ -62,6 +64,16 @@ REPEAT_SECONDS = 120.0  # a naming/rejecting request repeated within this long i
 FIRST_VISIT_SECONDS = 120.0  # a track's events are looked for this long after it started, then
 MAX_VISIT_SECONDS = 6 * 3600  # this long when it had not ended by then
 MAX_VISIT_EVENTS = 500  # events of one track read for its card (start, namings, unknown, end)
+
+
+SURE = 0.8  # a visit named at least this surely is "sure"; under it, "worth a look"
+CERTAINTIES = {  # the Visits page's certainty filter: value -> (what the page says, which visits it keeps)
+    "": ("any", lambda v: True),
+    "sure": (f"named, {SURE:.0%} sure or more", lambda v: bool(v["name"]) and (v["confidence"] or 0) >= SURE),
+    "unsure": (f"named, under {SURE:.0%} sure", lambda v: bool(v["name"]) and (v["confidence"] or 0) < SURE),
+    "unnamed": ("not named", lambda v: not v["name"]),
+}
+MAX_FILTERED_PAGES = 25  # pages of visits read for one page of the certainty filter
 
 
 def when(value: str) -> float | None:
@@ -300,10 +312,25 @@ class Console:
         return out
 
     def visits(self, person: str, camera: str, since: float | None, until: float | None,
-               before: float | None) -> tuple[list[dict[str, Any]], float | None]:
+               before: float | None, certainty: str = "") -> tuple[list[dict[str, Any]], float | None]:
         """One card per track (a visit), newest first: the tracks that started before `before` (the cursor of
-        the page before), or, with `person`, the tracks that person was named on. Returns (visits, the cursor
-        of the next page or None at the end)."""
+        the page before), or, with `person`, the tracks that person was named on; `certainty` (CERTAINTIES)
+        keeps only the visits named that surely, or not named. Returns (visits, the cursor of the next page
+        or None at the end)."""
+        if certainty not in CERTAINTIES:
+            raise ValueError(f"certainty: one of {', '.join(k for k in CERTAINTIES if k)}")
+        if not certainty:
+            return self._visits(person, camera, since, until, before)
+        keep, out = CERTAINTIES[certainty][1], []
+        for _ in range(MAX_FILTERED_PAGES):  # pages of visits until one page's worth passes the filter
+            found, before = self._visits(person, camera, since, until, before)
+            out += [v for v in found if keep(v)]
+            if len(out) >= self.cfg.web.visits_per_page or before is None:
+                break
+        return out, before
+
+    def _visits(self, person: str, camera: str, since: float | None, until: float | None,
+                before: float | None) -> tuple[list[dict[str, Any]], float | None]:
         limit = self.cfg.web.visits_per_page
         top = until if before is None else before if until is None else min(before, until)
         anchors = self.store.query(since=since, until=top, name=person or None, camera=camera or None,
@@ -405,6 +432,7 @@ class Console:
                 "best_face": Path(best["chip"]).parts if best is not None else None,
                 "reidentified": named_by is not None and named_by.type == REIDENTIFIED,
                 "rejectable": named_by is not None and not rejected and bool(faces),
+                "small": sum(self.too_small(f["chip"]) for f in faces),
                 "events": len(events)}
 
     def unknown_link(self, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -440,6 +468,7 @@ class Console:
                         "name": face["name"],
                         "cluster": cluster_label(face["cluster"]) if face["cluster"] else None,
                         "rejected": face["rejected"], "reidentified": face["reidentified"],
+                        "side": self.face_side(face["chip"]), "small": self.too_small(face["chip"]),
                         "chip": Path(face["chip"]).parts, "context": Path(face["context"]).parts})
         return row, out
 
@@ -449,6 +478,7 @@ class Console:
         parts under the sightings folder (for /files) and the wider crop around the best one; `only`: that one."""
         clusters = [c for c in self.sightings.clusters(ignored) if c["name"] is None and c["id"] == (only or c["id"])]
         for c in clusters:
+            c["small"] = sum(self.too_small(chip) for chip in c["chips"][:CHIPS_SHOWN])
             c["chips"] = [Path(chip).relative_to(self.sightings.folder).parts for chip in c["chips"][:CHIPS_SHOWN]]
             c["context"] = None
             if c["chips"]:
@@ -456,6 +486,55 @@ class Console:
                 context = self.sightings.folder / day / chip.replace("-chip.jpg", "-context.jpg")
                 c["context"] = (day, context.name) if chip.endswith("-chip.jpg") and context.is_file() else None
         return clusters
+
+    def face_side(self, chip: str | Path) -> float | None:
+        """How many pixels the face of a kept chip had in the camera's picture: its context crop is
+        `[sightings] context_scale` times the face's longer side (less where the frame's edge clipped it, so
+        the longer side of the crop is used). None when the crop is not there."""
+        context = self.sightings.folder / str(chip).replace("-chip.jpg", "-context.jpg")
+        try:
+            with Image.open(context) as img:
+                return max(img.size) / self.cfg.sightings.context_scale
+        except (OSError, ValueError):
+            return None
+
+    def too_small(self, chip: str | Path) -> bool:
+        """A kept face smaller than enrollment takes (`[enrollment] min_face_size`, agent.gallery: a photo
+        with a smaller face is refused as too_small): naming it adds a blurry, upscaled chip at best."""
+        side = self.face_side(chip)
+        return side is not None and side < self.cfg.enrollment.min_face_size
+
+    def name_clusters(self, unknown_ids: list[str], person: str) -> tuple[Named, int]:
+        """`face-agent name UNKNOWN_ID PERSON` for each of several unknown people (agent.naming.name_cluster
+        without retraining, then one retrain through the gallery), once. Returns (what was enrolled in all,
+        earlier unknown tracks re-identified)."""
+        person = validate_person_name(person)
+        ids = sorted({i.strip().lower() for i in unknown_ids})
+
+        def run() -> tuple[Named, int]:
+            rows = [find_cluster(self.sightings, i) for i in ids]  # every id checked before anything is enrolled
+            for row in rows:
+                if row["name"] is not None:
+                    raise NamingError(f"{cluster_label(row['id'])} was already named {row['name']}")
+            total = Named(person, 0)
+            for i in ids:
+                try:
+                    named = name_cluster(self.gallery, self.sightings, i, person, retrain=False)
+                except NamingError as exc:  # none of this one's faces usable: the others are still named
+                    total.refused.append(f"{i}: {exc}")
+                    continue
+                total.offered += named.offered
+                total.enrolled += named.enrolled
+                total.refused += named.refused
+            if not total.enrolled:
+                raise NamingError("; ".join(total.refused))
+            total.classifier, _, _ = self.gallery.ensure_trained(progress=False)
+            self.last_training = {"retrained": True, "people": len(total.classifier.people), "at": time.time()}
+            log.info("web: %s named %s (%d faces enrolled)", escape(", ".join(ids)), escape(person),
+                     len(total.enrolled))
+            return total, self._after_training(total.classifier)
+
+        return self.once(("name-several", tuple(ids), person), run)[0]
 
     def merge_targets(self) -> list[dict[str, Any]]:
         """The unknown people another one can be merged into: every unnamed one, ignored ones too (a new
@@ -554,6 +633,53 @@ class Console:
             return named.person, named.added, self._after_training(named.classifier)
 
         return self.once(("name-track", visit["key"], person), run)[0]
+
+    def name_visits(self, event_ids: list[str], person: str) -> tuple[str, int, int, int]:
+        """"This is PERSON" for several visits at once: as `name_track` on each (a visit named someone else
+        is first rejected: `face-agent reject`), their kept faces enrolled together (agent.naming.name_faces)
+        with one retrain, once. Returns (the person, visits, faces enrolled, earlier unknown tracks
+        re-identified)."""
+        person = validate_person_name(person)
+        visits = [self.visit_of(e) for e in dict.fromkeys(event_ids)]
+        rows, faces = [], []
+        for visit in visits:
+            row = self.store.get(visit["event_id"])
+            assert row is not None
+            rows.append((visit, row))
+            faces += self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, _payload(row)))
+        if not faces:
+            raise NamingError("no faces of these visits were kept, so there is nothing to learn from")
+
+        def run() -> tuple[str, int, int, int]:
+            for visit, row in rows:
+                if visit["name"] and visit["name"] != person and row.type in (IDENTIFIED, REIDENTIFIED):
+                    reject(self.gallery, self.sightings, row.event(), retrain=False)
+            named = name_faces(self.gallery, self.sightings, faces, person)
+            self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
+            log.info("web: %d visits named %s (%d faces)", len(rows), escape(person), len(named.enrolled))
+            return named.person, len(rows), len(named.enrolled), self._after_training(named.classifier)
+
+        return self.once(("name-visits", tuple(sorted(v["key"] for v in visits)), person), run)[0]
+
+    def name_track_faces(self, event_id: str, face_ids: list[int], person: str) -> tuple[str, int, int]:
+        """"This is PERSON" for some of a visit's kept faces (agent.naming.name_faces on those sightings, as
+        `face-agent name --track` does on all of them), once. Returns (the person, faces enrolled, earlier
+        unknown tracks re-identified)."""
+        person = validate_person_name(person)
+        row, _ = self.track_faces(event_id)
+        wanted = set(face_ids)
+        faces = [f for f in self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, _payload(row)))
+                 if f["id"] in wanted]
+        if not faces:
+            raise NamingError("none of the selected faces is kept any more")
+
+        def run() -> tuple[str, int, int]:
+            named = name_faces(self.gallery, self.sightings, faces, person)
+            self.last_training = {"retrained": True, "people": len(named.classifier.people), "at": time.time()}
+            log.info("web: %d faces of track %s named %s", len(faces), row.track_id, escape(person))
+            return named.person, len(named.enrolled), self._after_training(named.classifier)
+
+        return self.once(("name-faces", tuple(sorted(wanted)), person), run)[0]
 
     def cameras(self) -> list[str]:
         """Cameras in the log (plain SQL: sqlite-utils has no DISTINCT call)."""

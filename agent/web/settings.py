@@ -24,17 +24,6 @@ class SettingError(ValueError):
     """The setting could not be written (no config file, not writable, not valid); the message says why."""
 
 
-def read_setting(path: Path, section: str, key: str) -> Any:
-    """The value of `[section] key` in the file, or None when it is not set there (the default applies)."""
-    try:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except (OSError, tomlkit.exceptions.TOMLKitError):
-        return None
-    table = doc.get(section)
-    value = table.get(key) if table is not None else None
-    return value.unwrap() if hasattr(value, "unwrap") else value
-
-
 def write_setting(path: Path | None, section: str, key: str, value: Any, note: str = "") -> Any:
     """Set `[section] key = value` in the config file at `path`, keeping every comment and line of it; a key
     already there keeps its own comment, a new one gets `note` as its comment. Returns the value the file had

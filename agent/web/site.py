@@ -40,7 +40,7 @@ class Site:
         self.login_log = RateLimitedLog(log, per_period=20, period=60.0)  # failed logins and lockouts
         self.refusal_log = RateLimitedLog(log, per_period=5, period=60.0)  # logins refused without a check
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.templates.env.globals.update(utc=utc, iso=iso)
+        self.templates.env.globals.update(utc=utc, iso=iso, min_face=cfg.enrollment.min_face_size)
 
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         """A full page: the template with the session's CSRF token and its flash messages."""

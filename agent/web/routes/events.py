@@ -13,7 +13,7 @@ from starlette.routing import Route
 from agent.events import EVENT_TYPES
 from agent.gallery import InvalidNameError
 from agent.naming import NamingError, rejected_text
-from agent.web.console import iso, utc, when
+from agent.web.console import CERTAINTIES, iso, utc, when
 from agent.web.site import go, site
 
 
@@ -23,14 +23,17 @@ def _filters(request: Request, keys: tuple[str, ...]) -> dict[str, str]:
 
 async def visits(request: Request) -> Response:
     s = site(request)
-    filters = _filters(request, ("person", "camera", "since", "until", "before"))
+    filters = _filters(request, ("person", "camera", "since", "until", "before", "unknown", "certainty"))
     error, found, cursor = None, [], None
     try:
         since, until = when(filters["since"]), when(filters["until"])
         before = float(filters["before"]) if filters["before"] else None
-        found, cursor = await run_in_threadpool(s.console.visits, filters["person"], filters["camera"], since,
-                                                until, before)
-    except ValueError as exc:  # a bad time
+        if filters["unknown"]:  # an unknown person's visits (from their card)
+            found, cursor = await run_in_threadpool(s.console.unknown_visits, filters["unknown"], before)
+        else:
+            found, cursor = await run_in_threadpool(s.console.visits, filters["person"], filters["camera"], since,
+                                                    until, before, filters["certainty"])
+    except (ValueError, NamingError) as exc:  # a bad time, no such unknown person
         error = str(exc)
     more_url = None
     if cursor is not None:
@@ -41,7 +44,7 @@ async def visits(request: Request) -> Response:
         return s.fragment(request, "visits.html", visits=found, more=cursor is not None, more_url=more_url,
                           csrf=None)
     return s.page(request, "events.html", visits=found, filters=filters, error=error, more=cursor is not None,
-                  more_url=more_url, cameras=s.console.cameras(), people=people)
+                  more_url=more_url, cameras=s.console.cameras(), people=people, certainties=CERTAINTIES)
 
 
 async def event_log(request: Request) -> Response:
@@ -66,7 +69,28 @@ async def track_faces(request: Request) -> Response:
     except NamingError as exc:
         return PlainTextResponse(str(exc), status_code=404)
     return s.page(request, "track.html", event=event, faces=faces, time=utc(event.t), iso=iso(event.t),
-                  privacy=s.cfg.sightings.privacy)
+                  privacy=s.cfg.sightings.privacy, people=s.console.gallery.people_on_disk())
+
+
+async def name_selected_faces(request: Request) -> Response:
+    """"This is PERSON" for the selected faces of a visit (Console.name_track_faces)."""
+    s = site(request)
+    form = await request.form()
+    try:
+        ids = [int(str(i)) for i in form.getlist("face")]
+    except ValueError:
+        return PlainTextResponse("not a face id", status_code=400)
+    if not ids:
+        return PlainTextResponse("select at least one face (the tick under it)", status_code=400)
+    event_id = request.path_params["event_id"]
+    try:
+        person, enrolled, reidentified = await run_in_threadpool(s.console.name_track_faces, event_id, ids,
+                                                                 str(form.get("person", "")))
+    except (InvalidNameError, NamingError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"Learned: this is {person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." +
+            (f" {reidentified} earlier visits recognised again." if reidentified else ""))
+    return go(f"/events/{event_id}/faces")
 
 
 def _card(request: Request, event_id: str, note: str, note_class: str = "flash") -> Response:
@@ -117,10 +141,31 @@ async def name_track(request: Request) -> Response:
     return go("/events")
 
 
+async def name_selected(request: Request) -> Response:
+    """"This is PERSON" for the selected visits (Console.name_visits): one enrollment, one retrain."""
+    s = site(request)
+    form = await request.form()
+    ids = [str(i) for i in form.getlist("ids")]
+    if not ids:
+        return PlainTextResponse("select at least one visit (the tick on its card)", status_code=400)
+    try:
+        person, visits, enrolled, reidentified = await run_in_threadpool(s.console.name_visits, ids,
+                                                                         str(form.get("person", "")))
+    except (InvalidNameError, NamingError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"Learned: {visits} visit{'' if visits == 1 else 's'} {'is' if visits == 1 else 'are'} "
+                     f"{person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." +
+            (f" {reidentified} earlier visits recognised again." if reidentified else ""))
+    back = urlsplit(request.headers.get("hx-current-url", ""))
+    return go("/events" + (f"?{back.query}" if back.path == "/events" and back.query else ""))
+
+
 routes = [
+    Route("/events/selected/name", name_selected, methods=["POST"]),
     Route("/events", visits),
     Route("/events/log", event_log),
     Route("/events/{event_id}/reject", reject_event, methods=["POST"]),
     Route("/events/{event_id}/name", name_track, methods=["POST"]),
     Route("/events/{event_id}/faces", track_faces),
+    Route("/events/{event_id}/faces/name", name_selected_faces, methods=["POST"]),
 ]

@@ -71,14 +71,17 @@ async def upload(request: Request) -> Response:
 
 
 async def remove_photo(request: Request) -> Response:
+    """Remove one photo, or the selected ones (`photo` given several times): Gallery.remove_photo each, one
+    retrain."""
     s = site(request)
     name = validate_person_name(request.path_params["name"])
     form = await request.form()
-    photo = s.console.gallery.find_photo(name, str(form.get("photo", "")))
-    if photo is None:
-        return PlainTextResponse("no such photo", status_code=404)
-    await run_in_threadpool(s.console.gallery.remove_photo, name, photo)
-    s.flash(request, f"removed {photo.name}")
+    photos = [s.console.gallery.find_photo(name, str(p)) for p in form.getlist("photo")]
+    if not photos or any(p is None for p in photos):
+        return PlainTextResponse("no such photo" if photos else "choose at least one photo", status_code=404)
+    for photo in photos:
+        await run_in_threadpool(s.console.gallery.remove_photo, name, photo)
+    s.flash(request, f"removed {photos[0].name}" if len(photos) == 1 else f"removed {len(photos)} photos")
     await s.retrain(request)
     return go(person_url(name))
 

@@ -96,7 +96,34 @@ async def name_unknown(request: Request) -> Response:
     return go(person_url(named.person))
 
 
+async def selected(request: Request) -> Response:
+    """The selected unknown people: all named as one person (`face-agent name` on each, one retrain), or all
+    ignored (`face-agent unknowns ignore` on each)."""
+    s = site(request)
+    form = await request.form()
+    ids = [str(i) for i in form.getlist("ids")]
+    action = str(form.get("action", ""))
+    if not ids:
+        return PlainTextResponse("select at least one unknown person (the tick on their card)", status_code=400)
+    try:
+        if action == "ignore":
+            labels = [await run_in_threadpool(s.console.set_ignored, i, True) for i in ids]
+            s.flash(request, f"{', '.join(labels)} ignored: hidden here; their visits are still logged.")
+            return go("/unknowns")
+        if action != "name":
+            return PlainTextResponse("unknown action", status_code=400)
+        named, reidentified = await run_in_threadpool(s.console.name_clusters, ids, str(form.get("person", "")))
+    except (InvalidNameError, NamingError) as exc:
+        return PlainTextResponse(str(exc), status_code=400)
+    s.flash(request, f"{', '.join(ids)} {'is' if len(ids) == 1 else 'are'} now {named.person}: "
+                     f"{len(named.enrolled)} faces learned" +
+            (f"; {reidentified} earlier visits recognised again" if reidentified else "") + ".")
+    s.flash(request, *[f"not enrolled: {message}" for message in named.refused], kind="warning")
+    return go(person_url(named.person))
+
+
 routes = [
+    Route("/unknowns/selected", selected, methods=["POST"]),
     Route("/unknowns", unknowns),
     Route("/unknowns/{unknown_id}/name", name_unknown, methods=["POST"]),
     Route("/unknowns/{unknown_id}/merge", merge_unknown, methods=["POST"]),
