@@ -137,10 +137,12 @@ def axe(page, record: dict, name: str) -> None:
 
 
 def taps_are_big_enough(page) -> None:
-    """Every visible button, field, menu link and card link is at least TAP px tall."""
+    """Every visible button, field, menu link and card link is at least TAP px tall (a tick box: the label that
+    holds it, which takes the tap)."""
     small = page.evaluate(f"""Array.from(document.querySelectorAll(
-        'button, input:not([type=hidden]):not([type=radio]):not([type=file]), select, summary, header a, .visit a, '
-        + '.button-link')).filter(e => e.offsetParent !== null && e.getBoundingClientRect().height < {TAP} - 0.5)
+        'button, input:not([type=hidden]):not([type=radio]):not([type=file]):not([type=checkbox]), select, '
+        + 'summary, header a, .visit a, .button-link, label.pick'))
+        .filter(e => e.offsetParent !== null && e.getBoundingClientRect().height < {TAP} - 0.5)
         .map(e => e.outerHTML.slice(0, 80) + ' ' + e.getBoundingClientRect().height)""")
     assert not small, f"{page.url}: tap targets under {TAP} px: {small}"
 
@@ -597,7 +599,8 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     assert "restart it" in page.inner_text("main")
     text = config.read_text()
     assert text.startswith("# my notes on this agent: keep them\n") and "[web]" in text
-    assert re.search(rf"\[recognition\]\ndistance_threshold = {suggested} +# face-agent tune", text), text
+    written = re.search(r"\[recognition\]\ndistance_threshold = ([0-9.]+) +# face-agent tune", text)
+    assert written and float(written.group(1)) == float(suggested), text
     assert "the suggestion is applied" in page.inner_text("#threshold-state")
     assert page.locator("#apply-threshold").count() == 0
     page.screenshot(path=str(shots / "18-threshold-applied.png"), full_page=True)
@@ -635,7 +638,9 @@ def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site
         page.wait_for_url(url + f"/events?unknown={label}")
     visits = page.locator("article.visit")
     assert visits.count() >= 1 and f"Visits of unknown person {label}" in page.inner_text("#unknown-filter")
-    assert set(visits.locator(".who").all_inner_texts()) == {f"Unknown person {label}"}
+    for card in visits.all():  # the unknown person, or the name a later model gave that visit (re-identified)
+        assert card.locator(".who").inner_text() == f"Unknown person {label}" or "named later" in card.inner_text()
+    assert f"Unknown person {label}" in visits.locator(".who").all_inner_texts()
     fits_the_phone(page)
     axe(page, record, "visits of an unknown person")
 
@@ -656,7 +661,49 @@ def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site
     taps_are_big_enough(page)
     axe(page, record, "visits (filtered by certainty)")
 
-    # several visits at once: "This is ..." on two visits nobody was named on
+    # the faces of one visit not named yet: a face too small for enrollment says so; teach two of its faces
+    page.goto(url + "/events?certainty=unnamed")
+    while page.locator(".more a").count():
+        before = page.locator("article.visit").count()
+        page.locator(".more a").click()
+        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+    hrefs = page.locator("article.visit.stranger a.faces").evaluate_all("links => links.map(a => a.href)")
+    assert hrefs, "no unnamed visit with kept faces left"
+    learned = False
+    for href in hrefs:  # faces enrolled already (taught from another visit above) are refused, and say so
+        page.goto(href)
+        page.evaluate("document.querySelectorAll('figure.face img').forEach(i => { i.loading = 'eager'; })")
+        images_loaded(page, "figure.face img.context")
+        sides = page.evaluate("Array.from(document.querySelectorAll('figure.face')).map(f => [Math.max(f.querySelector("
+                              "'img.context').naturalWidth, f.querySelector('img.context').naturalHeight) / 2.0, "
+                              "f.querySelector('.quality-warning') !== null])")  # [sightings] context_scale
+        assert sides and all((side < 40) == flagged for side, flagged in sides), sides  # [enrollment] min_face_size
+        faces = page.locator("figure.face input[name=face]")
+        with Flow(record, "teach chosen faces of a visit (select, This is ...)") as flow:
+            for i in range(min(2, faces.count())):
+                flow.click(faces.nth(i))
+            page.fill("#bulk-faces input[name=person]", "Face Picker")
+            flow.click(page.locator("#name-faces"))
+            playwright.expect(page.locator("p.flash, #error:not([hidden])").filter(
+                has_text=re.compile("Learned: this is Face Picker|already enrolled as")).first).to_be_visible(
+                timeout=120_000)
+            learned = page.locator("p.flash", has_text="Learned: this is Face Picker").count() == 1
+        if learned:
+            break
+        assert "already enrolled as" in page.inner_text("#error")
+    assert learned
+    fits_the_phone(page)
+    taps_are_big_enough(page)
+    axe(page, record, "faces of a visit (select)")
+
+    page.goto(url + "/events?certainty=unnamed")
+    # several visits at once: "This is ..." on two visits nobody was named on (whose faces were kept; the first
+    # one's faces not taught above are learned now)
+    while page.locator(".more a").count():
+        before = page.locator("article.visit").count()
+        page.locator(".more a").click()
+        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+    assert page.locator("article.visit.known").count() == 0
     picks = page.locator("article.visit.stranger input[name=ids]")
     assert picks.count() >= 2
     chosen = [picks.nth(i).get_attribute("value") for i in range(2)]
@@ -671,29 +718,8 @@ def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site
     log = console.log.read_text()
     assert "web: 2 visits named Pair Of Visits" in log and all(chosen)
 
-    # the faces of one visit: a face too small for enrollment says so; teach two of its faces
-    page.goto(url + "/events/log?type=track_ended")
-    page.locator("li.event a.faces").first.click()
-    page.wait_for_url(re.compile(r".*/events/[0-9A-Z]{26}/faces$"))
-    page.evaluate("document.querySelectorAll('figure.face img').forEach(i => { i.loading = 'eager'; })")
-    images_loaded(page, "figure.face img.context")
-    sides = page.evaluate("Array.from(document.querySelectorAll('figure.face')).map(f => [Math.max("
-                          "f.querySelector('img.context').naturalWidth, f.querySelector('img.context').naturalHeight) "
-                          "/ 2.0, f.querySelector('.quality-warning') !== null])")  # [sightings] context_scale
-    assert sides and all((side < 40) == flagged for side, flagged in sides), sides  # [enrollment] min_face_size
-    faces = page.locator("figure.face input[name=face]")
-    with Flow(record, "teach chosen faces of a visit (select, This is ...)") as flow:
-        for i in range(min(2, faces.count())):
-            flow.click(faces.nth(i))
-        page.fill("#bulk-faces input[name=person]", "Face Picker")
-        flow.click(page.locator("#name-faces"))
-        flash_says(page, "Learned: this is Face Picker", timeout=120_000)
-    fits_the_phone(page)
-    taps_are_big_enough(page)
-    axe(page, record, "faces of a visit (select)")
-
     # a person's photos: tick two, remove them in one go (after a confirmation)
-    page.goto(url + "/people/obama")
+    page.goto(url + "/people/biden")
     before = page.locator("figure.photo").count()
     assert before >= 2
     with Flow(record, "remove two photos at once") as flow:

@@ -199,6 +199,7 @@ class Console:
                 "tuned_with": (report.get("settings") or {}).get("configured_threshold"),
                 "now": self.cfg.recognition.distance_threshold, "configured": at.get("configured"),
                 "chosen": at.get("chosen"), "warnings": report.get("warnings") or [],
+                "suspect": any("mislabelled" in w for w in report.get("warnings") or []),
                 "applied": suggested is not None and
                 math.isclose(suggested, self.cfg.recognition.distance_threshold, abs_tol=5e-4)}
 
@@ -424,6 +425,9 @@ class Console:
         if named_by is not None:  # renamed since: the name the person has now
             name = self.store.current_names([named_by]).get(named_by.event_id, name)
         rejected = bool(name) and any(f["rejected"] == name for f in faces)
+        clusters = [f["cluster"] for f in faces if f["cluster"]]
+        if unknown is None and (not name or rejected) and clusters:  # a new stranger: its cluster came after the event
+            unknown = self.unknown_link({"unknown_id": cluster_label(max(set(clusters), key=clusters.count))})
         return {"key": start.event_id, "event_id": (named_by or start).event_id, "camera": start.camera,
                 "track_id": start.track_id, "start": start.t, "start_text": utc(start.t), "iso": iso(start.t),
                 "ongoing": end is None, "duration": duration, "name": None if rejected else name,

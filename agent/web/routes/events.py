@@ -96,7 +96,11 @@ async def name_selected_faces(request: Request) -> Response:
 def _card(request: Request, event_id: str, note: str, note_class: str = "flash") -> Response:
     """The visit's card again (htmx swaps it in place), with what was done."""
     s = site(request)
-    visit = s.console.visit_of(event_id)
+    target = (request.headers.get("hx-target") or "").removeprefix("visit-")
+    try:  # the card asked about (its key: the visit's track_started event), so it keeps its id
+        visit = s.console.visit_of(target) if target else s.console.visit_of(event_id)
+    except NamingError:
+        visit = s.console.visit_of(event_id)
     return s.fragment(request, "visit.html", v=visit, note=note, note_class=note_class)
 
 

@@ -83,7 +83,7 @@ async def remove_photo(request: Request) -> Response:
         await run_in_threadpool(s.console.gallery.remove_photo, name, photo)
     s.flash(request, f"removed {photos[0].name}" if len(photos) == 1 else f"removed {len(photos)} photos")
     await s.retrain(request)
-    return go(person_url(name))
+    return go(person_url(name) if name in s.console.gallery.people_on_disk() else "/people")  # none left: gone
 
 
 async def rename(request: Request) -> Response:
