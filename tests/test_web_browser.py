@@ -320,7 +320,8 @@ def test_the_console_in_a_browser(site, browser, shots, record, tmp_path):
     # forget, then undo it (the same restore as `face-agent restore`): the photos come back, retrained
     page.click("button.danger:has-text('Forget Kit')")
     page.wait_for_url(re.compile(re.escape(url) + r"/people\?forgot=Kit-\d{8}-\d{6}"))
-    assert "Forgot Kit." in page.inner_text("main") and "3 people" in page.inner_text("#training")
+    assert "Forgot Kit everywhere on this agent." in page.inner_text("main")
+    assert "3 people" in page.inner_text("#training")
     assert "/tmp" not in page.inner_text("main") and str(storage) not in page.inner_text("main")  # no server path
     playwright.expect(page.locator("#undo")).to_contain_text(f"Kit was forgotten: {len(photos) - 1} photo")
     fits_the_phone(page)
