@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.vision.shrink import halve
+
 log = logging.getLogger(__name__)
 
 PNET_CELL = 12  # P-Net receptive field: a 12x12 window of the scaled image
@@ -96,14 +98,13 @@ def pnet_input_shapes(height: int, width: int, min_face_size: int = 20, scale_fa
 # --------------------------------------------------------------------------------------------------------
 
 def octaves(image: np.ndarray) -> list[np.ndarray]:
-    """The image halved again and again (INTER_AREA by exactly 2: every pixel the rounded mean of a 2x2 block,
-    an odd last row or column left out) down to P-Net's 12 px window: the sources the pyramid's levels are
-    resized from (`MTCNN._pnet_candidates`)."""
+    """The image halved again and again (agent.vision.shrink.halve: every pixel the rounded mean of a 2x2
+    block) down to P-Net's 12 px window: the sources the pyramid's levels are resized from
+    (`MTCNN._pnet_candidates`)."""
     out: list[np.ndarray] = []
     current = image
     while min(current.shape[:2]) // 2 >= PNET_CELL:
-        h, w = current.shape[0] // 2, current.shape[1] // 2
-        current = cv2.resize(current[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
+        current = halve(current)
         out.append(current)
     return out
 
