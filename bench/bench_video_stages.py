@@ -83,8 +83,9 @@ patch(mo.MotionGate, "detected", "motion gate")
 patch(mo.MotionGate, "still", "motion gate")
 patch(mt.MTCNN, "detect_many", "detector (rest: NMS, boxes)")
 patch(mt.MTCNN, "_stage1", "P-Net pyramid")
-patch(mt.MTCNN, "_stage2", "R-Net (crops + net)")
-patch(mt.MTCNN, "_stage3", "O-Net (crops + net)")
+patch(mt.MTCNN, "_stage2", "R-Net")
+patch(mt.MTCNN, "_stage3", "O-Net")
+patch(mt, "_crop_resize", "R/O-Net crops")
 patch(tr.Tracker, "update", "tracker update (rest)")
 patch(tr, "face_sharpness", "sharpness (Laplacian)")
 patch(tr, "face_look", "look check (16x16)")
@@ -175,7 +176,7 @@ print(best)
 # multiply-adds of the other networks (from their layer shapes: agent/vision/mtcnn.py, dlib's ResNet)
 RNET_MACS = 1.5e6  # 24x24 input: conv 3x3x28, conv 3x3x48, conv 2x2x64, fc 576->128, heads
 ONET_MACS = 13.3e6  # 48x48 input: conv 3x3x32, 3x3x64, 3x3x64, 2x2x128, fc 1152->256, heads
-NETWORK_STAGES = ("P-Net pyramid", "R-Net (crops + net)", "O-Net (crops + net)", "embed (ResNet)")
+NETWORK_STAGES = ("P-Net pyramid", "R-Net", "O-Net", "embed (ResNet)")
 RESNET_MACS = 0.271e9  # the converted ResNet: its 29 convolutions, from the ONNX graph's shapes
 
 
