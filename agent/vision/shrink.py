@@ -2,8 +2,10 @@
 
 `cv2.resize(..., INTER_AREA)` by exactly 2 is a vectorised 2x2 mean (~0.3 ms for a 1280x720 RGB frame); at any
 other factor, even an integer one, it reads every source pixel through its generic path (~1-3 ms for the same
-frame, whatever the target size). `shrink` halves first while the image is at least twice the target, then
-resizes the rest of the way: the same area average up to the rounding of the halvings (1 grey level).
+frame, whatever the target size). `shrink` halves first while the factor is an even integer on both axes, then
+takes the remaining integer factor in one step: the same block means up to the rounding of the halvings (one
+grey level). Where the factor is not an integer the halvings would not be the same average (a half-covered
+block is not uniform), so the frame is resized in one step as before.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ def halve(image: np.ndarray) -> np.ndarray:
 
 
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` resized to `size` (w, h) by area average, halved first as far as the target allows."""
+    """`image` resized to `size` (w, h) by area average (INTER_AREA), through halvings where the factor allows."""
     w, h = size
-    while image.shape[1] >= 2 * w and image.shape[0] >= 2 * h and min(image.shape[:2]) >= 2:
+    while w > 0 and h > 0 and image.shape[1] % (2 * w) == 0 and image.shape[0] % (2 * h) == 0:
         image = halve(image)
     if (image.shape[1], image.shape[0]) == (w, h):
         return image
