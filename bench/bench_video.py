@@ -201,10 +201,13 @@ def pnet_work(overrides: dict, size: tuple[int, int] = (360, 640)) -> str:
     for key, value in overrides.items():
         section, name = key.split(".")
         settings.setdefault(section, {})[name] = value
-    d = config_from_dict(settings, env={}).detector
-    shapes = pnet_input_shapes(*size, d.min_face_size, d.scale_factor, d.max_input_side)
+    cfg = config_from_dict(settings, env={})
+    d, t = cfg.detector, cfg.tracker
+    floor = d.min_face_size if t.track_small_faces else max(d.min_face_size, min(t.min_face_size,
+                                                                                 t.verify_min_face_size))
+    shapes = pnet_input_shapes(*size, floor, d.scale_factor, d.max_input_side)
     macs = sum(pnet_macs(h, w) for h, w in shapes)
-    return (f"P-Net pyramid on a {size[1]}x{size[0]} full-detection frame (min_face_size {d.min_face_size}): "
+    return (f"P-Net pyramid on a {size[1]}x{size[0]} full-detection frame (video: faces from {floor} px): "
             f"{len(shapes)} scales, {macs / 1e6:.0f} M multiply-adds = {2 * macs / 1e9:.2f} GFLOP")
 
 
