@@ -208,6 +208,9 @@ class TrackerSection:
     min_face_size: int = setting(32, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
     # px: an unverified track's smaller face is embedded only to verify it is still its person (no vote)
     verify_min_face_size: int = setting(32, bounds=AT_LEAST_1)
+    # also look for faces too small to embed (below min(min_face_size, verify_min_face_size)) on full detections,
+    # down to [detector] min_face_size: tracked, never named; off: the P-Net pyramid starts at that size
+    track_small_faces: bool = False
     # variance of the Laplacian below which a face is too blurry
     min_sharpness: float = setting(20.0, bounds=AT_LEAST_0)
     embed_every: int = setting(5, bounds=AT_LEAST_1)  # frames between embeddings of an unsettled track

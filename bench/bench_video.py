@@ -1,6 +1,6 @@
 """Speed and what users see, on clips with known identities: face-agent vs the face_recognition library's loop.
 
-    python bench/bench_video.py [--clips hamilton walkers replace_cut replace_gap crossing scene_cut]
+    python bench/bench_video.py [--clips hamilton walkers replace_cut replace_gap crossing scene_cut idle montage]
                                 [--skip-baseline] [--set tracker.detect_every=5 ...] [--repeat N] [--recall]
                                 [--cameras 1 2 4] [--variant tracker.motion_threshold=0]
 
@@ -28,6 +28,9 @@ wrong name, named boxes on nothing, the share of enrolled people's face-frames s
 - hamilton: the shared clip with lin-manuel-miranda, alex-lacamoire and obama enrolled (as the issue);
 - walkers: facenet-pytorch's crowd clip (1080p), nobody in it enrolled (lin-manuel-miranda is): every name is wrong;
 - replace_cut, replace_gap, crossing, scene_cut: built from LFW photos (3 enrolled people, 5 photos each);
+- montage (issue 29): a 720p montage with hard cuts every 1.2-2.6 s between LFW photos at several sizes, the
+  Hamilton clip's shots (stage, profile, audience), a crowd of 18 LFW faces of ~30-100 px and the 1080p walkers
+  as the one long shot (bench/identity_clips.montage_clip; 6 LFW people and Hamilton's three enrolled);
 - idle: an empty scene with a camera's noise for most of its 400 frames, one walk-in and one sudden
   appearance: what the motion gate ([tracker] motion_threshold) saves where nobody is there
   (`--variant tracker.motion_threshold=0` runs the agent without it beside).
@@ -167,6 +170,10 @@ def clips(names: list[str], work: Path) -> list[tuple[ic.Clip, Path, dict[str, l
     if "walkers" in names:
         crowd = ic.Clip("walkers", 105, [ic.Actor("stranger:crowd", None, 0, 105, region=(0, 0, 1920, 1080))])
         out.append((crowd, WALKERS, {"lin_manuel": [FR_EXAMPLES / "lin-manuel-miranda.png"]}))
+    if "montage" in names:
+        enrolled, strangers = ic.montage_cast()
+        montage = ic.montage_clip(list(enrolled), strangers)
+        out.append((montage, ic.render(montage, work / "montage.mp4"), ic.montage_enrollment()))
     wanted = [n for n in SYNTHETIC if n in names]
     if wanted:
         enrolled, strangers = ic.cast()
@@ -194,10 +201,13 @@ def pnet_work(overrides: dict, size: tuple[int, int] = (360, 640)) -> str:
     for key, value in overrides.items():
         section, name = key.split(".")
         settings.setdefault(section, {})[name] = value
-    d = config_from_dict(settings, env={}).detector
-    shapes = pnet_input_shapes(*size, d.min_face_size, d.scale_factor, d.max_input_side)
+    cfg = config_from_dict(settings, env={})
+    d, t = cfg.detector, cfg.tracker
+    floor = d.min_face_size if t.track_small_faces else max(d.min_face_size, min(t.min_face_size,
+                                                                                 t.verify_min_face_size))
+    shapes = pnet_input_shapes(*size, floor, d.scale_factor, d.max_input_side)
     macs = sum(pnet_macs(h, w) for h, w in shapes)
-    return (f"P-Net pyramid on a {size[1]}x{size[0]} full-detection frame (min_face_size {d.min_face_size}): "
+    return (f"P-Net pyramid on a {size[1]}x{size[0]} full-detection frame (video: faces from {floor} px): "
             f"{len(shapes)} scales, {macs / 1e6:.0f} M multiply-adds = {2 * macs / 1e9:.2f} GFLOP")
 
 
@@ -232,7 +242,7 @@ def detection_recall(overrides: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", nargs="+", default=["hamilton", "walkers", *SYNTHETIC],
-                    choices=["hamilton", "walkers", *SYNTHETIC])
+                    choices=["hamilton", "walkers", *SYNTHETIC, "montage"])
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=JSON",
                     help="agent settings to override, e.g. tracker.detect_every=5 detector.min_face_size=40")

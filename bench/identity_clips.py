@@ -51,6 +51,7 @@ class Actor:
     velocity: tuple[float, float] = (0.0, 0.0)  # px per frame
     jitter: float = 1.5  # px of pseudo-random shake per frame (a hand-held look)
     region: tuple[int, int, int, int] | None = None  # fixed (left, top, right, bottom) for real clips
+    side: int = ACTOR_SIDE  # px: the pasted photo's side (the face is about 0.6 of it)
 
     def box(self, frame: int) -> tuple[int, int, int, int]:
         if self.region is not None:
@@ -60,7 +61,7 @@ class Actor:
         dy = self.jitter * np.cos(1.3 * t)
         x = int(round(self.xy[0] + self.velocity[0] * t + dx))
         y = int(round(self.xy[1] + self.velocity[1] * t + dy))
-        return x, y, x + ACTOR_SIDE, y + ACTOR_SIDE
+        return x, y, x + self.side, y + self.side
 
     @property
     def enrolled(self) -> bool:
@@ -75,6 +76,15 @@ class Scene:
 
 
 @dataclass
+class Footage:
+    """Frames `first`, `first + 1`, ... of a real video, resized to the clip's size, on frames start..end-1."""
+    start: int
+    end: int  # exclusive
+    path: Path
+    first: int = 0
+
+
+@dataclass
 class Clip:
     name: str
     frames: int
@@ -82,6 +92,8 @@ class Clip:
     scenes: list[Scene] = field(default_factory=list)
     description: str = ""
     sensor_noise: float = 0.0  # grey levels: Gaussian noise drawn anew for every frame (a real camera's)
+    size: tuple[int, int] = FRAME_SIZE  # (w, h)
+    footage: list[Footage] = field(default_factory=list)  # real video shots (the rest: backgrounds and photos)
 
     def truth(self, frame: int) -> list[tuple[Actor, tuple[int, int, int, int], float]]:
         """(actor, its rectangle, visible share of it) on `frame`, front-most first."""
@@ -98,7 +110,7 @@ class Clip:
                 if x2 > x1 and y2 > y1:
                     covered[y1:y2, x1:x2] = True
             if actor.photo is not None:  # a pasted photo: the part outside the frame is not seen either
-                w, h = FRAME_SIZE
+                w, h = self.size
                 covered[:max(0, -box[1]), :] = covered[:, :max(0, -box[0])] = True
                 covered[max(0, h - box[1]):, :] = covered[:, max(0, w - box[0]):] = True
             out.append((actor, box, 1.0 - covered.sum() / max(1, area)))
@@ -186,39 +198,153 @@ def idle_clip(enrolled: Sequence[str]) -> Clip:
         sensor_noise=4.0)
 
 
-def background(seed: int) -> np.ndarray:
+MONTAGE_SIZE = (1280, 720)  # (w, h): the montage's frames (720p; its footage is resized to it)
+WALKERS = SHARED / "facenet-pytorch" / "examples" / "video.mp4"  # 1920x1080, 105 frames, nobody enrolled
+
+
+def montage_cast() -> tuple[dict[str, list[Path]], list[Path]]:
+    """The montage's people: 6 enrolled LFW people (5 photos each) and 12 LFW strangers (cast's order, less
+    Atal Bihari Vajpayee: one of his first 5 photos holds two faces of about one size, which enroll refuses)."""
+    enrolled, strangers = cast(n_enrolled=7, n_strangers=12)
+    enrolled.pop("atal_bihari_vajpayee", None)
+    return dict(list(enrolled.items())[:6]), strangers
+
+
+def montage_clip(enrolled: Sequence[str], strangers: Sequence[Path]) -> Clip:
+    """A talk-show-like montage at 1280x720 (500 frames, 20 s at 25 fps): 9 shots with hard cuts every 1.2-2.6 s,
+    except one long 4.2 s shot, from different sources and at different sizes:
+    LFW photos pasted large, medium and small on backgrounds; the Hamilton clip (640x360, upscaled) on stage,
+    in profile (not scored) and in the audience (Obama enrolled); facenet-pytorch's walkers (1080p,
+    downscaled: the long shot, nobody enrolled); and a crowd of 18 LFW faces of ~30-100 px (6 enrolled people
+    among 12 strangers) for 60 frames. `enrolled`: the 6 montage_cast names, with hamilton_enrollment's
+    lin_manuel, alex and obama enrolled too."""
+    e = list(enrolled[:6])
+    s = [p.name for p in strangers[:12]]
+    w, h = MONTAGE_SIZE
+    whole = (0, 0, w, h)
+    actors: list[Actor] = []
+    scenes: list[Scene] = []
+    footage: list[Footage] = []
+
+    def stage(start: int, end: int, seed: int, cast_: list[tuple[str, str, int, tuple[float, float],
+                                                                  tuple[float, float]]]) -> None:
+        scenes.append(Scene(start, end, seed))
+        for k, (label, who, side, xy, velocity) in enumerate(cast_):
+            actors.append(Actor(label, clip_photo(who.removeprefix("stranger:"), 5 + k % 5), start, end, xy=xy,
+                                velocity=velocity, side=side))
+
+    # 1: two people close up (faces ~215 and ~180 px)
+    stage(0, 45, 11, [(e[0], e[0], 360, (180, 200), (0, 0)), ("stranger:" + s[0], s[0], 300, (760, 230), (0, 0))])
+    # 2: Lin-Manuel Miranda alone on stage (Hamilton 82-146, upscaled x2)
+    footage.append(Footage(45, 110, HAMILTON, 82))
+    actors.append(Actor("lin_manuel", None, 45, 110, region=whole))
+    # 3: the crowd: 18 faces of ~30-100 px in three rows, enrolled people among strangers
+    scenes.append(Scene(110, 170, 14))
+    sides = [50, 165, 60, 140, 70, 120, 85, 100, 55, 150, 65, 110, 75, 130, 90, 160, 52, 95]
+    who = ["stranger:" + x for x in s]
+    for k, person in zip((1, 4, 8, 11, 13, 16), e):  # enrolled people at 165, 70, 55, 110, 130, 52 px sides
+        who.insert(k, person)
+    for k, (label, side) in enumerate(zip(who, sides)):
+        row, col = divmod(k, 6)
+        cx, cy = (col + 0.5) * w / 6, (row + 0.5) * h / 3
+        actors.append(Actor(label, clip_photo(label.removeprefix("stranger:"), 5 + k % 5), 110, 170,
+                            xy=(cx - side / 2, cy - side / 2), jitter=0.5, side=side))
+    # 4: two people at medium size, one walking
+    stage(170, 220, 12, [(e[1], e[1], 220, (100, 250), (6.0, 0)), (e[2], e[2], 180, (900, 200), (0, 0))])
+    # 5: the long shot: facenet-pytorch's walkers (1080p, 105 frames), nobody enrolled
+    footage.append(Footage(220, 325, WALKERS, 0))
+    actors.append(Actor("stranger:walkers", None, 220, 325, region=whole))
+    # 6: the Hamilton audience (211-260): Barack Obama enrolled, everybody else a stranger
+    footage.append(Footage(325, 375, HAMILTON, 211))
+    actors.append(Actor("stranger:audience", None, 325, 375, region=whole))
+    actors.append(Actor("obama", None, 325, 375, region=(600, 30, 820, 330)))
+    # 7: three smaller faces (~54, ~48 and ~72 px)
+    stage(375, 425, 13, [(e[3], e[3], 90, (200, 300), (0, 0)), ("stranger:" + s[1], s[1], 80, (600, 280), (0, 0)),
+                         (e[4], e[4], 120, (950, 320), (-3.0, 0))])
+    # 8: the Hamilton close-up in profile (20-49): not scored
+    footage.append(Footage(425, 455, HAMILTON, 20))
+    actors.append(Actor("?", None, 425, 455, region=whole))
+    # 9: a close-up and a stranger
+    stage(455, 500, 15, [(e[5], e[5], 260, (250, 220), (0, 0)), ("stranger:" + s[2], s[2], 200, (800, 260), (0, 0))])
+    return Clip("montage", 500, actors, scenes=scenes, size=MONTAGE_SIZE, footage=footage,
+                description="a 720p montage: cuts every 1.2-2.6 s between LFW photos at several sizes, Hamilton "
+                            "shots, a crowd of 18 small faces and the 1080p walkers as the long shot")
+
+
+def montage_enrollment() -> dict[str, list[Path]]:
+    """Who is enrolled for the montage: its 6 LFW people (photos 0-4) and the Hamilton clip's three."""
+    enrolled, _ = montage_cast()
+    return {**enrolled, **hamilton_enrollment()}
+
+
+def background(seed: int, size: tuple[int, int] = FRAME_SIZE) -> np.ndarray:
     """A smooth, textured RGB background (no faces), different for every seed."""
     rng = np.random.default_rng(seed)
-    w, h = FRAME_SIZE
+    w, h = size
     small = rng.integers(30, 220, size=(9, 16, 3), dtype=np.uint8)
     img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     noise = rng.normal(0, 6, size=(h, w, 3))
     return np.clip(img.astype(np.float64) + noise, 0, 255).astype(np.uint8)
 
 
-def _actor_image(path: Path) -> np.ndarray:
+def _actor_image(path: Path, out_side: int = ACTOR_SIDE) -> np.ndarray:
     from agent.images import load_image
 
     rgb = load_image(path)
     h, w = rgb.shape[:2]
     side = min(h, w) * 3 // 5
     y0, x0 = (h - side) // 2, (w - side) // 2
-    return cv2.resize(rgb[y0:y0 + side, x0:x0 + side], (ACTOR_SIDE, ACTOR_SIDE), interpolation=cv2.INTER_AREA)
+    crop = rgb[y0:y0 + side, x0:x0 + side]
+    return cv2.resize(crop, (out_side, out_side), interpolation=cv2.INTER_AREA if out_side <= side else cv2.INTER_CUBIC)
+
+
+class _Reels:
+    """Frames of the clip's footage, read in order (one open capture per video), as RGB at the clip's size."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+        self._open: dict[Path, tuple[cv2.VideoCapture, list[int]]] = {}
+
+    def frame(self, path: Path, index: int) -> np.ndarray:
+        cap, at = self._open.get(path, (None, [0]))
+        if cap is None or at[0] > index:
+            if cap is not None:
+                cap.release()
+            cap, at = cv2.VideoCapture(str(path)), [0]
+            self._open[path] = (cap, at)
+        while at[0] < index:
+            cap.grab()
+            at[0] += 1
+        ok, bgr = cap.read()
+        at[0] += 1
+        if not ok:
+            raise ValueError(f"{path}: no frame {index}")
+        interpolation = cv2.INTER_AREA if bgr.shape[1] > self.size[0] else cv2.INTER_CUBIC
+        return cv2.cvtColor(cv2.resize(bgr, self.size, interpolation=interpolation), cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        for cap, _ in self._open.values():
+            cap.release()
 
 
 def render(clip: Clip, path: Path) -> Path:
     """Write the clip as an MP4 (mp4v) at `path`."""
-    w, h = FRAME_SIZE
-    images = {a.photo: _actor_image(a.photo) for a in clip.actors if a.photo is not None}
+    w, h = clip.size
+    images = {(a.photo, a.side): _actor_image(a.photo, a.side) for a in clip.actors if a.photo is not None}
     backgrounds: dict[int, np.ndarray] = {}
+    reels = _Reels(clip.size)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (w, h))
     try:
         for frame in range(clip.frames):
             scene = next((s for s in clip.scenes if s.start <= frame < s.end), None)
+            shot = next((f for f in clip.footage if f.start <= frame < f.end), None)
             seed = scene.background_seed if scene else 0
-            if seed not in backgrounds:
-                backgrounds[seed] = background(seed)
-            img = backgrounds[seed].copy()
+            if shot is not None:
+                img = reels.frame(shot.path, shot.first + frame - shot.start)
+            else:
+                if seed not in backgrounds:
+                    backgrounds[seed] = background(seed, clip.size)
+                img = backgrounds[seed].copy()
             for actor in clip.actors:
                 if not actor.start <= frame < actor.end or actor.photo is None:
                     continue
@@ -226,13 +352,14 @@ def render(clip: Clip, path: Path) -> Path:
                 sx1, sy1 = max(0, -x1), max(0, -y1)
                 dx1, dy1, dx2, dy2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
                 if dx2 > dx1 and dy2 > dy1:
-                    img[dy1:dy2, dx1:dx2] = images[actor.photo][sy1:sy1 + dy2 - dy1, sx1:sx1 + dx2 - dx1]
+                    img[dy1:dy2, dx1:dx2] = images[actor.photo, actor.side][sy1:sy1 + dy2 - dy1, sx1:sx1 + dx2 - dx1]
             if clip.sensor_noise:
                 noise = np.random.default_rng(frame).normal(0, clip.sensor_noise, img.shape)
                 img = np.clip(img + noise, 0, 255).astype(np.uint8)
             writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+        reels.close()
     return path
 
 

@@ -211,3 +211,32 @@ def test_an_empty_scene_skips_the_detector_and_a_person_coming_in_is_named_not_u
     assert all(g <= u for g, u in zip(gated["settle_frames"], ungated["settle_frames"]))
     # the sudden appearance in the empty scene: the gate sees it move and detects on that very frame
     assert gated["settle_frames"][2] == 0, gated["settle_frames"]
+
+
+def test_the_montage_is_the_hard_case_of_issue_29():
+    """bench/identity_clips.montage_clip, the clip of bench_video.py --clips montage: 720p, hard cuts every 1-3 s
+    but for one long shot of 720p or more, shots from LFW photos at several sizes and from real footage, a crowd
+    of 15+ faces of 30-100 px with enrolled people in it; every enrolled person of the clip is enrolled."""
+    if not (ic.HAMILTON.is_file() and ic.WALKERS.is_file() and ic.LFW.is_dir()):
+        pytest.skip("the shared clips are missing")
+    enrolled, strangers = ic.montage_cast()
+    clip = ic.montage_clip(list(enrolled), strangers)
+    assert clip.size == (1280, 720) and clip.frames == 500
+    shots = sorted({(s.start, s.end) for s in clip.scenes} | {(f.start, f.end) for f in clip.footage})
+    assert shots[0][0] == 0 and shots[-1][1] == clip.frames
+    assert all(a[1] == b[0] for a, b in zip(shots, shots[1:]))  # one after another, nothing in between
+    seconds = [(end - start) / ic.FPS for start, end in shots]
+    assert sum(s > 3 for s in seconds) == 1 and all(1 <= s <= 3 for s in seconds if s <= 3), seconds
+    long_shot = next(f for f in clip.footage if (f.end - f.start) / ic.FPS > 3)
+    assert long_shot.path == ic.WALKERS  # 1920x1080
+    assert {f.path for f in clip.footage} == {ic.HAMILTON, ic.WALKERS}
+    crowd = [a for a in clip.actors if a.photo is not None and a.start == 110]
+    faces = [0.6 * a.side for a in crowd]  # MTCNN's box of a pasted LFW photo: ~0.6 of its side
+    assert len(crowd) >= 15 and min(faces) >= 30 and max(faces) <= 100
+    assert sum(a.enrolled for a in crowd) == 6
+    sides = {a.side for a in clip.actors if a.photo is not None}
+    assert min(sides) <= 60 and max(sides) >= 300  # LFW people from small to close-up
+    people = ic.montage_enrollment()
+    assert {a.label for a in clip.actors if a.enrolled} <= set(people)
+    for label in people:
+        assert all(p.is_file() for p in people[label])

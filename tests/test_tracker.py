@@ -420,7 +420,9 @@ def test_ended_track_carries_its_final_identity():
 
 def test_real_detections_on_the_hamilton_close_up(shared):
     """Frames 21-64 of the Hamilton clip: one close-up face moving ~20 px a frame (frames 21-47, missed by
-    MTCNN on frame 42, with a one-frame false detection beside it on frame 30), then no face."""
+    MTCNN on frames 43 and 44, blurred, where the reference's pyramid finds it at 0.84 and 0.81 but misses
+    frame 42 and adds a false detection on frame 30 (its levels resized from the frame, ours from its
+    halvings)), then no face."""
     from agent.config import SourceSection, config_from_dict
     from agent.sources import open_source
     from agent.vision.recognizer import build_detector
@@ -440,10 +442,10 @@ def test_real_detections_on_the_hamilton_close_up(shared):
             ended += [(frame.index, t.id, t.hits) for t in update.ended]
             embedded += [frame.index for r in update.to_embed]
     assert started == [(22, 1)]
-    assert ended == [(63, 1, 26)]  # 27 frames minus the missed one; ended 15 frames after the last
+    assert ended == [(63, 1, 25)]  # 27 frames minus the missed two; ended 15 frames after the last
     # no prediction fed back: pending, so embedded at once, then at least every embed_every (5) frames -
     # sooner when the face gets clearly sharper or larger
-    assert embedded[0] == 22 and set(embedded) <= set(range(22, 48)) - {42}
+    assert embedded[0] == 22 and set(embedded) <= set(range(22, 48)) - {43, 44}
     assert all(1 <= b - a <= 5 for a, b in zip(embedded, embedded[1:])) and embedded[-1] >= 43
 
 

@@ -25,6 +25,8 @@ import math
 import cv2
 import numpy as np
 
+from agent.vision.shrink import shrink
+
 SHRINK = 4  # the frame is compared at 1/4 of its size (area average): noise and compression artefacts average out
 CELL = 8  # px of the frame: the change is averaged over cells this large (a 20 px face covers at least one)
 
@@ -32,7 +34,7 @@ CELL = 8  # px of the frame: the change is averaged over cells this large (a 20 
 def motion_picture(image: np.ndarray) -> np.ndarray:
     """The frame shrunk SHRINK times (area average) as grey float32, the picture the gate compares."""
     h, w = image.shape[:2]
-    small = cv2.resize(image, (max(1, w // SHRINK), max(1, h // SHRINK)), interpolation=cv2.INTER_AREA)
+    small = shrink(image, (max(1, w // SHRINK), max(1, h // SHRINK)))
     if small.ndim == 3:
         small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     return small.astype(np.float32)

@@ -29,6 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.vision.shrink import halve
+
 log = logging.getLogger(__name__)
 
 PNET_CELL = 12  # P-Net receptive field: a 12x12 window of the scaled image
@@ -94,6 +96,18 @@ def pnet_input_shapes(height: int, width: int, min_face_size: int = 20, scale_fa
 # --------------------------------------------------------------------------------------------------------
 # Box arithmetic
 # --------------------------------------------------------------------------------------------------------
+
+def octaves(image: np.ndarray) -> list[np.ndarray]:
+    """The image halved again and again (agent.vision.shrink.halve: every pixel the rounded mean of a 2x2
+    block) down to P-Net's 12 px window: the sources the pyramid's levels are resized from
+    (`MTCNN._pnet_candidates`)."""
+    out: list[np.ndarray] = []
+    current = image
+    while min(current.shape[:2]) // 2 >= PNET_CELL:
+        current = halve(current)
+        out.append(current)
+    return out
+
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression; returns the indices kept, best score first.
@@ -219,7 +233,9 @@ _MAX_CANVAS_PIXELS = 2_000_000
 def _crop_resize(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Square crops of `image` (uint8 or float32 H, W, 3) for integer boxes in the reference's 1-based
     inclusive coordinates, zero padded where they leave the image, resized (INTER_AREA, in float32) to
-    size x size. Only the crops are converted to float, not the whole frame.
+    size x size. Only the crops are converted to float, not the whole frame. (Halving large crops in uint8
+    first would save ~0.8 of the montage's ~28 CPU ms a frame, but its rounding moved one Hamilton box enough
+    for an embedding to split Lin-Manuel's track: 12 fewer named face-frames.)
 
     Returns float32 (N, size, size, 3) in pixel units (not normalised).
     """
@@ -413,14 +429,20 @@ class MTCNN:
 
     # ---- stages -----------------------------------------------------------------------------------------
 
-    def _pnet_candidates(self, image: np.ndarray, scale: float) -> np.ndarray | None:
+    def _pnet_candidates(self, image: np.ndarray, scale: float,
+                         octaves: list[np.ndarray] | None = None) -> np.ndarray | None:
         """P-Net on one pyramid level -> its candidates after NMS (N, 9): box, score, regression; None if none.
 
-        The level is made as the reference makes it: the uint8 frame resized (INTER_AREA), then normalised.
+        The level is made as the reference makes it, the uint8 frame resized (INTER_AREA) then normalised,
+        except that it is resized from the smallest of the frame's `octaves` (halvings, see `octaves`) that is
+        at least as large: OpenCV's INTER_AREA at a non-integer factor reads every source pixel (~3 ms a level
+        from 720p, whatever the level's size: most of a full detection's time), halving is ~15x cheaper, and
+        the levels differ from the reference's by rounding (same faces: bench/bench_video.py).
         (Resizing the normalised frame in float32 would be ~1 ms faster per full detection, but its unrounded
         pixels move a box now and then: 2 fewer named face-frames on the Hamilton clip.)"""
         sh, sw = _scaled_size(image.shape[0], image.shape[1], scale)
-        scaled = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        source = next((o for o in reversed(octaves or []) if o.shape[0] >= sh and o.shape[1] >= sw), image)
+        scaled = cv2.resize(source, (sw, sh), interpolation=cv2.INTER_AREA)
         batch = ((scaled.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)[None]
         prob, reg = self.backend.run("pnet", np.ascontiguousarray(batch))
         score_map = prob[0, 1]
@@ -444,8 +466,9 @@ class MTCNN:
         the others. The results are in scale order whatever the threads, so the faces are the same."""
         height, width = image.shape[:2]
         scales = pyramid_scales(height, width, min_face_size or self.min_face_size, self.scale_factor)
+        halves = octaves(image) if scales else []
         if self.pyramid_workers == 1 or len(scales) < 2:
-            return [self._pnet_candidates(image, scale) for scale in scales]
+            return [self._pnet_candidates(image, scale, halves) for scale in scales]
         workers = min(self.pyramid_workers, len(scales))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.pyramid_workers - 1, thread_name_prefix="pnet")
@@ -458,7 +481,7 @@ class MTCNN:
             load[w] += pixels[k]
 
         def run_group(indices: list[int]) -> list[tuple[int, np.ndarray | None]]:
-            return [(k, self._pnet_candidates(image, scales[k])) for k in indices]
+            return [(k, self._pnet_candidates(image, scales[k], halves)) for k in indices]
 
         futures = [self._pool.submit(run_group, g) for g in groups[1:]]
         done = run_group(groups[0])  # the calling thread is one of the workers

@@ -106,7 +106,18 @@ class Pipeline:
             predicted = self.tracker.predicted_boxes()
             return DetectRequest(rgb, boxes=predicted, min_score=0.0) if len(predicted) else None
         # every face down to the O-Net threshold; only those above min_score may start a track
-        return DetectRequest(rgb, min_score=0.0, min_face_size=self.min_face_size)
+        return DetectRequest(rgb, min_score=0.0, min_face_size=self.pyramid_floor)
+
+    @property
+    def pyramid_floor(self) -> int | None:
+        """The smallest face (px) a full detection looks for: the camera's detector setting, raised to the
+        smallest face the tracker may embed unless `[tracker] track_small_faces` (a smaller face can be neither
+        named nor verified, and the pyramid's finest scales are most of the detector's work)."""
+        t = self.tracker.cfg
+        if t.track_small_faces:
+            return self.min_face_size
+        floor = self.min_face_size or self.analyzer.detector.min_face_size
+        return max(floor, min(t.min_face_size, t.verify_min_face_size))
 
     def _vote(self, result: FrameResult, rgb: np.ndarray, chips: np.ndarray, embeddings: np.ndarray,
               in_frame: np.ndarray, classifier: Classifier) -> None:
