@@ -36,6 +36,7 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
+PNET_INPUT = 12  # the smallest image side MTCNN's P-Net takes (agent.vision.backends.PNET_MIN_SIDE)
 PILLOW_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow refuses larger images on its own
 
 
@@ -67,10 +68,11 @@ AT_LEAST_1 = Range(1)
 FRACTION = Range(0, 1)
 
 
-def setting(default: Any, *, choices: tuple[str, ...] = (), bounds: Range | None = None, topic: bool = False) -> Any:
+def setting(default: Any, *, choices: tuple[str, ...] = (), bounds: Range | None = None, topic: bool = False,
+            hint: str = "") -> Any:
     """A config field with what it may hold, checked once when the file is read: one of `choices`, a number
-    within `bounds`, or (topic) an MQTT topic level without wildcards."""
-    return field(default=default, metadata={"choices": choices, "bounds": bounds, "topic": topic})
+    within `bounds`, or (topic) an MQTT topic level without wildcards; `hint` is added to its error."""
+    return field(default=default, metadata={"choices": choices, "bounds": bounds, "topic": topic, "hint": hint})
 
 
 @dataclass
@@ -100,13 +102,14 @@ class ImagesSection:
 @dataclass
 class DetectorSection:
     backend: str = setting("auto", choices=("auto", "onnxruntime", "tensorrt"))  # auto | onnxruntime | tensorrt
-    min_face_size: int = setting(20, bounds=Range(12))  # smallest face (px) the pyramid looks for; P-Net sees 12
+    # smallest face (px) the pyramid looks for; P-Net sees 12
+    min_face_size: int = setting(20, bounds=Range(PNET_INPUT))
     scale_factor: float = setting(0.709, bounds=Range(0.1, 1, hi_open=True))  # pyramid step between scales
     thresholds: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.7])  # P/R/O-Net score
     # photos: faces below are not reported; video: they only continue existing tracks
     min_score: float = setting(0.95, bounds=Range(0, 1, hi_open=True))
     nms_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.7])  # IoU (O-Net: min)
-    # 0 = no limit; else frames are downscaled so the long side fits
+    # 0 = no limit; else (at least 12) frames are downscaled so the long side fits
     max_input_side: int = setting(0, bounds=AT_LEAST_0)
     threads: int = setting(2, bounds=Range(1, 256))  # ONNX Runtime intra-op threads
     # onnxruntime only: P-Net pyramid scales run on this many threads at once
@@ -132,7 +135,10 @@ class EmbeddingSection:
 
 @dataclass
 class RecognitionSection:
-    distance_threshold: float = 0.265  # gate on the effective distance (unit-length embeddings, person centroid)
+    # gate on the effective distance (unit-length embeddings, person centroid)
+    distance_threshold: float = setting(0.265, bounds=Range(0, 0.5, lo_open=True), hint=(
+        "effective distance between unit-length embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no "
+        "longer applies"))
     # the gate widens by this times the margin to the second-nearest person
     margin_weight: float = setting(0.5, bounds=Range(0, 5))
     # ... counting the margin up to this (and as this with one person enrolled)
@@ -296,7 +302,7 @@ class MqttSection:
     tls: bool = False
     ca_file: str = ""  # TLS: CA bundle
     cert_file: str = ""  # TLS: client certificate
-    key_file: str = ""  # TLS: client key
+    key_file: str = ""  # TLS: client key (needs cert_file)
     protocol: str = setting("v5", choices=("v311", "v5"))  # v5 | v311
     topic_prefix: str = setting("faces", topic=True)  # events on <prefix>/events
     keepalive: int = setting(30, bounds=Range(0, 65535))  # seconds
@@ -501,7 +507,8 @@ def _build_section(cls: type, data: Any, name: str) -> Any:
             raise ConfigError(f"{name}.{key}: {value!r} is not one of {', '.join(sorted(allowed))}")
         bounds = rules[key].get("bounds")
         if bounds is not None and not bounds.holds(values[key]):
-            raise ConfigError(f"{name}.{key}: {value!r} is out of range: must be {bounds}")
+            hint = f" ({rules[key]['hint']})" if rules[key].get("hint") else ""
+            raise ConfigError(f"{name}.{key}: {value!r} is out of range: must be {bounds}{hint}")
         if rules[key].get("topic") and (not value.strip("/") or any(c in value for c in "#+\0")):
             raise ConfigError(f"{name}.{key}: {value!r} must be a non-empty MQTT topic without the wildcards "
                               "'#' and '+'")
@@ -575,19 +582,21 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("detector.thresholds: three scores between 0 and 1 (P-Net, R-Net, O-Net)")
     if len(d.nms_thresholds) != 3 or not all(0.0 < t <= 1.0 for t in d.nms_thresholds):
         raise ConfigError("detector.nms_thresholds: three IoU values between 0 and 1")
+    if d.max_input_side and d.max_input_side < PNET_INPUT:
+        raise ConfigError(f"detector.max_input_side: {d.max_input_side} must be 0 (no limit) or at least {PNET_INPUT} "
+                          "(the smallest input P-Net takes)")
     _check_camera("", cfg.tracker, cfg.voting)
     for index, camera in enumerate(cfg.sources):
         _check_camera(f"sources[{index}].", camera.tracker, camera.voting)
     if len(cfg.recognition.few_views_penalty) != 4 or not all(
             0.0 <= v <= 0.2 for v in cfg.recognition.few_views_penalty):
         raise ConfigError("recognition.few_views_penalty: four values between 0 and 0.2 (1, 2, 3, 4 distinct views)")
-    if not 0.0 < cfg.recognition.distance_threshold <= 0.5:
-        raise ConfigError("recognition.distance_threshold: between 0 and 0.5 (effective distance between unit-length "
-                          "embeddings, docs/evaluation.md; the old raw-L2 scale of 0.6 no longer applies)")
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg.mqtt, key)
         if value and cfg.mqtt.tls and not cfg.resolve(value).is_file():
             raise ConfigError(f"mqtt.{key}: {cfg.resolve(value)} does not exist")
+    if cfg.mqtt.enabled and cfg.mqtt.key_file and not cfg.mqtt.cert_file:
+        raise ConfigError("mqtt.key_file: set without mqtt.cert_file (the client certificate the key belongs to)")
     if cfg.mqtt.reconnect_max_delay < cfg.mqtt.reconnect_min_delay:
         raise ConfigError("mqtt.reconnect_max_delay: must be at least reconnect_min_delay")
     if not cfg.agent.camera_name or len(cfg.agent.camera_name) > 200:

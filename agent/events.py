@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.config import Config
+
 SCHEMA_VERSION = 4
 SCHEMA_VERSIONS = (1, 2, 3, 4)  # versions this code reads (an event log may hold older events)
 
@@ -446,7 +448,7 @@ class EventFactory:
         self.person_id = person_id
 
     @classmethod
-    def from_config(cls, cfg: Any, camera: str | None = None,
+    def from_config(cls, cfg: Config, camera: str | None = None,
                     person_id: Callable[[str], str | None] | None = None) -> EventFactory:
         """For `camera` (a [[sources]] name); None: [agent] camera_name (one camera)."""
         e = cfg.events
@@ -454,7 +456,7 @@ class EventFactory:
                    e.thumbnail_max_bytes, person_id)
 
     @classmethod
-    def agent_wide(cls, cfg: Any, person_id: Callable[[str], str | None] | None = None) -> EventFactory:
+    def agent_wide(cls, cfg: Config, person_id: Callable[[str], str | None] | None = None) -> EventFactory:
         """For the agent's own events (model_updated; reidentified when its track's camera is not known):
         `camera` null."""
         factory = cls.from_config(cfg, person_id=person_id)

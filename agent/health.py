@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.config import Config
 from agent.files import atomic_write, storage_state
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class HealthMonitor:
         self.last: dict | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, **readings: Value) -> HealthMonitor:
+    def from_config(cls, cfg: Config, **readings: Value) -> HealthMonitor:
         s = cfg.service
         return cls(cfg.path("storage"), min_free_disk_mb=s.min_free_disk_mb, max_backlog=s.max_backlog,
                    backlog_growth_checks=s.backlog_growth_checks, broker_grace=s.broker_grace,
@@ -202,7 +203,7 @@ def free_disk_mb(path: str | os.PathLike) -> float | None:
         return None
 
 
-def status_path(cfg: Any) -> Path:
+def status_path(cfg: Config) -> Path:
     """Where the service writes its status: <paths.storage>/status.json."""
     return cfg.path("storage") / STATUS_FILE
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.config import Config
 from agent.events import IDENTIFIED, REIDENTIFIED, UNKNOWN_FACE, Event, EventFactory, parse_timestamp
 from agent.files import StorageError
 from agent.gallery import Gallery, validate_person_name
@@ -63,7 +64,7 @@ def enrolled_text(named: Named) -> str:
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def current_name(cfg: Any, event: Event) -> str | None:
+def current_name(cfg: Config, event: Event) -> str | None:
     """The name the person an event named has now (agent.people: a rename since), else the event's."""
     if event.name is None:
         return None
@@ -359,7 +360,7 @@ def _unknown_face_event(event_log: Any, track_id: int, rows: list[dict[str, Any]
         return None
 
 
-def log_reidentified(store: SightingStore, classifier: Classifier, cfg: Any, event_log: Any) -> int:
+def log_reidentified(store: SightingStore, classifier: Classifier, cfg: Config, event_log: Any) -> int:
     """After a retrain outside the agent (`face-agent name`, the web console): `reidentify` with the
     configured window, the events written to `event_log` (agent.store.EventStore). Returns how many."""
     events = reidentify(store, classifier, EventFactory.agent_wide(cfg, PersonIds(cfg.path("storage"))),

@@ -29,6 +29,7 @@ from typing import Any
 import sqlite_utils
 
 from agent import database
+from agent.config import Config
 from agent.files import StorageError, storage_hint
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class People:
                                f"({storage_hint(self.path.parent)})") from None
 
     @classmethod
-    def of(cls, cfg: Any) -> People:
+    def of(cls, cfg: Config) -> People:
         return cls(cfg.path("storage"))
 
     def close(self) -> None:

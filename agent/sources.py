@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from agent import rtsp
+from agent.config import SourceSection
 from agent.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_MB, ImageError, is_image_path, load_image
 from agent.logsafe import redact
 
@@ -221,13 +222,13 @@ class _CaptureReader:
 
     bgr = True  # OpenCV's channel order
 
-    def __init__(self, kind: str, target: Any, section: Any):
+    def __init__(self, kind: str, target: Any, section: SourceSection):
         self.kind, self.target, self.section = kind, target, section
         self.cap: cv2.VideoCapture | None = None
         self.fps = float(section.fps)
         self.index = -1  # index of the last frame read; continues across reopens
-        self.decoder, self.hardware = choose_decoder(kind, target, getattr(section, "decoder", "ffmpeg"))
-        self.fallback = getattr(section, "decoder", "ffmpeg") == "auto"  # GStreamer failing -> FFmpeg
+        self.decoder, self.hardware = choose_decoder(kind, target, section.decoder)
+        self.fallback = section.decoder == "auto"  # GStreamer failing -> FFmpeg
 
     def describe(self) -> str:
         """What the source is, for logs, errors and reports: credentials redacted, a pipeline not spelled out."""
@@ -322,7 +323,7 @@ class _FileReader:
 
     bgr = True
 
-    def __init__(self, path: Path, section: Any):
+    def __init__(self, path: Path, section: SourceSection):
         self.path = path
         self.cap: cv2.VideoCapture | None = None
         self.fps = float(section.fps)
@@ -392,7 +393,7 @@ class _FolderReader:
 
     bgr = False  # load_image gives RGB already
 
-    def __init__(self, path: Path, section: Any, max_pixels: int, max_bytes: int,
+    def __init__(self, path: Path, section: SourceSection, max_pixels: int, max_bytes: int,
                  memory_mb: int = DEFAULT_MEMORY_MB):
         self.path = path
         self.fps = float(section.fps)
@@ -703,7 +704,7 @@ class Source:
             self.listener.set()
 
 
-def open_source(section: Any, every_frame: bool | None = None, base_dir: Path | None = None,
+def open_source(section: SourceSection, every_frame: bool | None = None, base_dir: Path | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
                 memory_mb: int = DEFAULT_MEMORY_MB) -> Source:
     """A Source (not started) for a `[source]` section (agent.config.SourceSection).

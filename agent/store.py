@@ -57,6 +57,7 @@ from typing import Any
 import sqlite_utils
 
 from agent import database
+from agent.config import Config
 from agent.database import LayoutError, open_degraded
 from agent.events import IDENTIFIED, REIDENTIFIED, Event, EventError, parse_timestamp, validate_event
 from agent.files import FULL_BELOW_BYTES, StorageError, storage_hint, storage_state
@@ -161,16 +162,15 @@ def _hint(path: Path, exc: sqlite3.Error) -> str:
 class EventStore:
     """The SQLite event log with its outbox. `EventStore(cfg)` opens (or creates) <storage>/events.db."""
 
-    def __init__(self, cfg: Any, path: str | Path | None = None) -> None:
+    def __init__(self, cfg: Config, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else cfg.path("storage") / DB_NAME
         self.retention_days = cfg.store.retention_days
         self.max_db_bytes = cfg.store.max_db_mb * 1024 * 1024
         self.wal_budget = min(WAL_LIMIT_BYTES, self.max_db_bytes // WAL_SHARE)
-        mqtt = getattr(cfg, "mqtt", None)
-        self.outbox = bool(getattr(mqtt, "enabled", True))  # False: nothing is published, no state is kept back
+        self.outbox = cfg.mqtt.enabled  # False: nothing is published, no state is kept back
         self.synchronous = cfg.store.synchronous.upper()
         self.drop_pending_when_full = cfg.store.drop_pending_when_full
-        self.reserve_bytes = int(getattr(cfg.store, "reserve_mb", 0) * 2**20)
+        self.reserve_bytes = int(cfg.store.reserve_mb * 2**20)
         self.reserve_path = self.path.with_name(self.path.name + RESERVE_SUFFIX)
         self.full = False  # the disk filled: the reserve is given up or an event could not be stored
         self.not_stored = 0  # events add() refused for lack of space (this process)

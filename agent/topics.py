@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from agent.config import Config
 
 
 def _clean(prefix: str) -> str:
@@ -34,7 +35,7 @@ class Topics:
     discovery_prefix: str = "homeassistant"
 
     @classmethod
-    def of(cls, cfg: Any) -> Topics:
+    def of(cls, cfg: Config) -> Topics:
         return cls(_clean(cfg.mqtt.topic_prefix), cfg.agent.id, _clean(cfg.mqtt.discovery_prefix))
 
     def _agent(self, leaf: str) -> str:

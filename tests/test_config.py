@@ -250,6 +250,16 @@ def test_config_commands_in_a_subprocess_with_env_secrets(tmp_path):
     ("[mqtt]\nreconnect_min_delay = 10.0\nreconnect_max_delay = 1.0\n", "mqtt.reconnect_max_delay"),
     ("[voting]\nwindow = 2\nmin_votes = 5\n", "voting.min_votes"),
     ("[remote_enroll]\nworker_nice = 40\n", "remote_enroll.worker_nice"),
+    ("[detector]\nmax_input_side = 5\n", "detector.max_input_side"),  # P-Net takes 12 px at the least
+    ("[detector]\nthresholds = [0.6, 0.7]\n", "detector.thresholds"),
+    ("[detector]\nthresholds = [0.6, 0.7, 1.5]\n", "detector.thresholds"),
+    ("[detector]\nnms_thresholds = [0.5, 0.7, 0]\n", "detector.nms_thresholds"),
+    ("[detector]\nmin_face_size = 0\n", "detector.min_face_size"),
+    ("[detector]\nscale_factor = 1.0\n", "detector.scale_factor"),
+    ("[detector]\npyramid_workers = 0\n", "detector.pyramid_workers"),
+    ("[voting]\nhysteresis = 0.5\n", "voting.hysteresis"),
+    ("[recognition]\ndistance_threshold = 0.6\n", "the old raw-L2 scale of 0.6 no longer applies"),
+    ('[mqtt]\nkey_file = "key.pem"\n', "mqtt.key_file: set without mqtt.cert_file"),
     ("", "sets nothing"),
     ("# only a comment\n", "sets nothing"),
 ])
@@ -270,6 +280,7 @@ def test_every_range_names_a_numeric_field_and_holds_its_default():
     defaults = config_from_dict({}, env={})
     ranges = bounds()
     assert len(ranges) > 70 and ("tracker", "split_distance") in ranges and ("mqtt", "port") in ranges
+    assert ("recognition", "distance_threshold") in ranges
     for (section, key), allowed in ranges.items():
         value = getattr(getattr(defaults, section), key)
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (section, key)

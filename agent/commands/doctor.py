@@ -24,6 +24,7 @@ from typing import Any
 
 from agent import __version__
 from agent.commands._common import config_of
+from agent.config import Config
 from agent.files import file_sha256
 from agent.logsafe import redact
 
@@ -93,7 +94,7 @@ def _gpu() -> dict[str, Any]:
             "driver_version": cuda.get_driver_version()}
 
 
-def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def _model_files(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
     from agent.vision.backends import MODEL_DIR, NETS
 
     files: list[dict[str, Any]] = []
@@ -123,7 +124,7 @@ def _model_files(cfg: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return files, problems
 
 
-def _engines(cfg: Any) -> dict[str, Any]:
+def _engines(cfg: Config) -> dict[str, Any]:
     from agent.vision.backends.tensorrt import config_engine_specs, engine_cache
 
     folder = cfg.path("engines")
@@ -137,7 +138,7 @@ def _engines(cfg: Any) -> dict[str, Any]:
     return report
 
 
-def collect(cfg: Any) -> tuple[dict[str, Any], list[str]]:
+def collect(cfg: Config) -> tuple[dict[str, Any], list[str]]:
     """The report and the list of problems that make the configured setup unusable."""
     from agent.vision.backends.tensorrt import SUPPORTED_PLATFORM, auto_kind, check_tensorrt_version, tensorrt_status
 
@@ -239,7 +240,7 @@ def _print(report: dict[str, Any], problems: list[str]) -> None:
         print("\nno problems found")
 
 
-def run_gpu(cfg: Any, as_json: bool, runs: int) -> int:
+def run_gpu(cfg: Config, as_json: bool, runs: int) -> int:
     """`doctor --gpu`: agent/vision/gpu_selftest.py, one line per check as it finishes (or one JSON
     document); exit 1 when a check failed."""
     from agent.vision.gpu_selftest import gpu_selftest

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from agent.commands._common import config_of, fail, usage_without_action
+from agent.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 
-def _cache(cfg: Any) -> Any:
+def _cache(cfg: Config) -> Any:
     from agent.vision.backends.tensorrt import engine_cache
 
     return engine_cache(cfg.path("engines"))
@@ -105,7 +106,7 @@ def _row(entry: Any, current: set) -> dict[str, Any]:
     }
 
 
-def _current_paths(cfg: Any, cache: Any) -> set:
+def _current_paths(cfg: Config, cache: Any) -> set:
     """Engine files the current config would load, when this machine can tell (TensorRT present)."""
     from agent.vision.backends.tensorrt import config_engine_specs
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.config import Config
 from agent.evaluation import EvalError
 from agent.files import atomic_write
 from agent.logsafe import shown
@@ -24,13 +25,13 @@ REPORT_KINDS = ("tune", "eval")  # <kind>.txt (what the command printed), <kind>
 # <kind>-phone.png (the same plot, its two panels one above the other: the web console on a phone)
 
 
-def reports_folder(cfg: Any) -> Path | None:
+def reports_folder(cfg: Config) -> Path | None:
     """`[evaluation] reports` under `[paths] storage` (or absolute); None when keeping reports is off."""
     value = cfg.evaluation.reports
     return cfg.path("storage") / Path(value).expanduser() if value else None
 
 
-def save_last(cfg: Any, kind: str, text: str, data: dict, plotted: dict | None) -> Path | None:
+def save_last(cfg: Config, kind: str, text: str, data: dict, plotted: dict | None) -> Path | None:
     """Keep this `kind` (eval or tune) report as the last one: the text, the JSON and (`plotted`: the
     recognition report, when matplotlib is installed) the plot; an older plot goes with a new report without
     one. A folder that cannot be written is logged, not fatal (the report was printed). Returns the folder."""
@@ -64,7 +65,7 @@ def save_last(cfg: Any, kind: str, text: str, data: dict, plotted: dict | None) 
 FORGOTTEN = "(forgotten)"
 
 
-def redact_reports(cfg: Any, person: str) -> int:
+def redact_reports(cfg: Config, person: str) -> int:
     """Take `person`'s name out of the kept reports (`forget`): in the text and the JSON every mention of
     the name (as a whole word; a JSON key or value) becomes "(forgotten)", the figures stay. The plot holds
     no names. Returns how many files changed."""
@@ -102,7 +103,7 @@ def redact_reports(cfg: Any, person: str) -> int:
     return changed
 
 
-def last_reports(cfg: Any) -> list[dict]:
+def last_reports(cfg: Config) -> list[dict]:
     """The kept reports, tune first: kind, when (epoch seconds), text, plot (file name or None)."""
     folder = reports_folder(cfg)
     out = []

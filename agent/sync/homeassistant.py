@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from agent import __version__
-from agent.config import camera_slug
+from agent.config import Config, camera_slug
 from agent.events import UNKNOWN_FACE, Event
 from agent.files import StorageError
 from agent.people import People
@@ -48,7 +48,7 @@ STRANGER = "stranger"  # the "Last person" state for a face that is not enrolled
 class HomeAssistant:
     """Announces the agent to Home Assistant and mirrors recognitions to its entities."""
 
-    def __init__(self, cfg: Any, client: MqttClient) -> None:
+    def __init__(self, cfg: Config, client: MqttClient) -> None:
         self.client = client
         self.agent_id = cfg.agent.id
         self.camera = cfg.agent.camera_name

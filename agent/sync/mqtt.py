@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import ConfigError
+from agent.config import Config, ConfigError
 from agent.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _adapt(callback: MessageCallback) -> Callable[[paho.Client, Any, paho.MQTTMe
 class MqttClient:
     """The agent's connection to the broker; thread-safe `publish`, `subscribe`, state and listeners."""
 
-    def __init__(self, cfg: Any, client_id: str | None = None) -> None:
+    def __init__(self, cfg: Config, client_id: str | None = None) -> None:
         m = cfg.mqtt
         self.cfg = cfg
         self.settings = m
@@ -93,18 +93,14 @@ class MqttClient:
             client.enable_logger(logging.getLogger(__name__ + ".paho"))
         client.connect_timeout = CONNECT_TIMEOUT
         client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
-        client.max_inflight_messages_set(max(1, m.max_inflight))
+        client.max_inflight_messages_set(m.max_inflight)
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         if m.username:
             client.username_pw_set(m.username, m.password or None)
         if m.tls:
+            # the files were checked when the config loaded (agent.config): present, key_file with cert_file
             files = {key: str(self.cfg.resolve(getattr(m, key))) if getattr(m, key) else None
                      for key in ("ca_file", "cert_file", "key_file")}
-            for key, path in files.items():
-                if path and not self.cfg.resolve(path).is_file():
-                    raise MqttConfigError(f"mqtt.{key}: {path} does not exist")
-            if files["key_file"] and not files["cert_file"]:
-                raise MqttConfigError("mqtt.key_file is set without mqtt.cert_file")
             try:
                 client.tls_set(ca_certs=files["ca_file"], certfile=files["cert_file"],
                                keyfile=files["key_file"], cert_reqs=ssl.CERT_REQUIRED)

@@ -35,7 +35,7 @@ from typing import Any
 
 from paho.mqtt.enums import MQTTErrorCode
 
-from agent.config import ConfigError
+from agent.config import Config
 from agent.events import IDENTIFIED, UNKNOWN_FACE, Event, format_timestamp, parse_timestamp
 from agent.logsafe import RateLimitedLog
 from agent.store import PENDING, EventStore, StoredEvent, StoreError
@@ -62,13 +62,9 @@ class Publisher:
     """Publishes the outbox of `store` (see the module docstring); `client` may be shared with remote
     enrollment (`publisher.client` is the MqttClient either way)."""
 
-    def __init__(self, cfg: Any, store: EventStore, stats_fn: Callable[[], dict] | None = None,
+    def __init__(self, cfg: Config, store: EventStore, stats_fn: Callable[[], dict] | None = None,
                  client: MqttClient | None = None) -> None:
         m = cfg.mqtt
-        if m.max_inflight < 1:
-            raise ConfigError(f"mqtt.max_inflight: {m.max_inflight} must be at least 1")
-        if m.ack_timeout <= 0 or m.stats_interval <= 0:
-            raise ConfigError("mqtt.ack_timeout and mqtt.stats_interval must be positive")
         self.cfg = cfg
         self.store = store
         self.stats_fn = stats_fn

