@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.logsafe import redact
+from agent.vision.backends import DETECTOR_BACKENDS, EMBEDDING_BACKENDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -101,7 +102,8 @@ class ImagesSection:
 
 @dataclass
 class DetectorSection:
-    backend: str = setting("auto", choices=("auto", "onnxruntime", "tensorrt"))  # auto | onnxruntime | tensorrt
+    # auto | onnxruntime | tensorrt: the runners registered in agent/vision/backends (RUNNERS)
+    backend: str = setting("auto", choices=DETECTOR_BACKENDS)
     # smallest face (px) the pyramid looks for; P-Net sees 12
     min_face_size: int = setting(20, bounds=Range(PNET_INPUT))
     scale_factor: float = setting(0.709, bounds=Range(0.1, 1, hi_open=True))  # pyramid step between scales
@@ -124,7 +126,7 @@ class DetectorSection:
 @dataclass
 class EmbeddingSection:
     # onnxruntime (converted dlib ResNet) | dlib (reference) | tensorrt
-    backend: str = setting("onnxruntime", choices=("dlib", "onnxruntime", "tensorrt"))
+    backend: str = setting("onnxruntime", choices=EMBEDDING_BACKENDS)
     batch_size: int = setting(8, bounds=Range(1, 1024))  # faces embedded per call
     jitter: int = setting(0, bounds=Range(0, 100))  # dlib only: extra jittered copies (slower, a bit more accurate)
     flip: bool = False  # embed each chip and its mirror image and average the two (2x embedding time)

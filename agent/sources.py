@@ -35,9 +35,10 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -217,12 +218,60 @@ def _natural_key(name: str) -> list:
 # Readers: open / read / close one kind of source, in the capture thread
 # ------------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ImageCaps:
+    """[images] max_pixels, max_bytes and the decode budget: what a folder source's images may be."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+
+class Reader(Protocol):
+    """One kind of source, driven by the capture thread of `Source` (one thread at a time: no locks).
+
+    Made as `Reader(kind, target, section, caps)` from `parse_uri`'s (kind, target), the `[source]` section
+    and the [images] caps (see READERS).
+
+    Attributes:
+        bgr: the images `read` returns are BGR (OpenCV's order), else RGB.
+        fps: frames per second: the configured `[source] fps` until `open` learns better (a file's header).
+        index: the number of the frame `read` returned last (-1 before the first): the position in a video
+            file, else a running count that continues across reopens.
+        skipped: inputs passed over as unreadable (a folder's broken images), for `Source.stats`.
+    """
+
+    bgr: bool
+    fps: float
+    index: int
+    skipped: int
+
+    def describe(self) -> str:
+        """What the source is, for logs and errors: credentials redacted."""
+        ...
+
+    def open(self) -> None:
+        """(Re)open, continuing where a file or folder stopped; raises _OpenError with the reason
+        (_MissingDeviceError: a local camera that does not exist)."""
+        ...
+
+    def read(self) -> np.ndarray | None:
+        """The next image; None for a passing failure (the source is closed and reopened);
+        raises _EndOfStreamError at the end of a file or folder."""
+        ...
+
+    def close(self) -> None:
+        """Release what `open` took; safe to call twice."""
+        ...
+
+
 class _CaptureReader:
     """A live cv2.VideoCapture source: camera, V4L2 device, CSI/GStreamer pipeline or network stream."""
 
     bgr = True  # OpenCV's channel order
+    skipped = 0
 
-    def __init__(self, kind: str, target: Any, section: SourceSection):
+    def __init__(self, kind: str, target: Any, section: SourceSection, caps: ImageCaps | None = None):
         self.kind, self.target, self.section = kind, target, section
         self.cap: cv2.VideoCapture | None = None
         self.fps = float(section.fps)
@@ -322,8 +371,9 @@ class _FileReader:
     """A video file; after a failure it is reopened at the frame where it stopped."""
 
     bgr = True
+    skipped = 0
 
-    def __init__(self, path: Path, section: SourceSection):
+    def __init__(self, kind: str, path: Path, section: SourceSection, caps: ImageCaps | None = None):
         self.path = path
         self.cap: cv2.VideoCapture | None = None
         self.fps = float(section.fps)
@@ -393,11 +443,11 @@ class _FolderReader:
 
     bgr = False  # load_image gives RGB already
 
-    def __init__(self, path: Path, section: SourceSection, max_pixels: int, max_bytes: int,
-                 memory_mb: int = DEFAULT_MEMORY_MB):
+    def __init__(self, kind: str, path: Path, section: SourceSection, caps: ImageCaps | None = None):
         self.path = path
         self.fps = float(section.fps)
-        self.max_pixels, self.max_bytes, self.memory_mb = max_pixels, max_bytes, memory_mb
+        caps = caps or ImageCaps()
+        self.max_pixels, self.max_bytes, self.memory_mb = caps.max_pixels, caps.max_bytes, caps.memory_mb
         self.remaining: collections.deque[str] = collections.deque()
         self.last_name: str | None = None
         self.index = -1
@@ -447,6 +497,15 @@ class _FolderReader:
         self.remaining.clear()
 
 
+# the Reader of each kind parse_uri gives, and whether that kind is live (a camera or a stream: reopened and
+# read for its latest frame) or not (a file or folder: read to its end, every frame)
+READERS: dict[str, tuple[Callable[[str, Any, SourceSection, ImageCaps], Reader], bool]] = {
+    "camera": (_CaptureReader, True), "v4l2": (_CaptureReader, True), "csi": (_CaptureReader, True),
+    "gst": (_CaptureReader, True), "stream": (_CaptureReader, True),
+    "file": (_FileReader, False), "folder": (_FolderReader, False),
+}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The source: capture thread, delivery box, reconnects
 # ------------------------------------------------------------------------------------------------------------
@@ -454,7 +513,7 @@ class _FolderReader:
 class Source:
     """A started source hands out frames with `read()`; see the module docstring. Use `open_source()`."""
 
-    def __init__(self, reader: Any, *, live: bool, every_frame: bool, reconnect_max_delay: float, name: str):
+    def __init__(self, reader: Reader, *, live: bool, every_frame: bool, reconnect_max_delay: float, name: str):
         self._reader = reader
         self.name = name
         self.is_live = live
@@ -508,7 +567,7 @@ class Source:
     @property
     def skipped(self) -> int:
         """Unreadable images skipped in a folder source."""
-        return int(getattr(self._reader, "skipped", 0))
+        return self._reader.skipped
 
     def stats(self) -> dict[str, Any]:
         return {"frames_read": self.frames_read, "frames_delivered": self.frames_delivered,
@@ -715,15 +774,10 @@ def open_source(section: SourceSection, every_frame: bool | None = None, base_di
     (malformed, missing file/folder, a CSI/GStreamer pipeline without GStreamer support in OpenCV).
     """
     kind, target = parse_uri(section.uri, base_dir)
-    if kind == "file":
-        reader: Any = _FileReader(target, section)
-    elif kind == "folder":
-        reader = _FolderReader(target, section, max_pixels, max_bytes, memory_mb)
-    else:
-        if kind in ("csi", "gst") and not _gstreamer_available():
-            raise SourceError(f"source.uri {redact(section.uri)!r} needs OpenCV built with GStreamer "
-                              "(JetPack's python3-opencv); this OpenCV has no GStreamer support")
-        reader = _CaptureReader(kind, target, section)
-    live = kind not in ("file", "folder")
+    if kind in ("csi", "gst") and not _gstreamer_available():
+        raise SourceError(f"source.uri {redact(section.uri)!r} needs OpenCV built with GStreamer "
+                          "(JetPack's python3-opencv); this OpenCV has no GStreamer support")
+    make, live = READERS[kind]
+    reader = make(kind, target, section, ImageCaps(max_pixels, max_bytes, memory_mb))
     return Source(reader, live=live, every_frame=(not live) if every_frame is None else every_frame,
                   reconnect_max_delay=section.reconnect_max_delay, name=reader.describe())

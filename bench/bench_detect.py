@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.images import ImageError, is_image_path, load_image  # noqa: E402
-from agent.vision.backends import create_backend  # noqa: E402
+from agent.vision.backends import create_mtcnn_runner  # noqa: E402
 from agent.vision.mtcnn import MTCNN  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "faces"
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{SHARED} not found", file=sys.stderr)
         return 1
 
-    detector = MTCNN(create_backend("onnxruntime", threads=args.threads), min_face_size=args.min_face_size,
+    detector = MTCNN(create_mtcnn_runner("onnxruntime", threads=args.threads), min_face_size=args.min_face_size,
                      max_input_side=args.max_input_side)
     images = photos()
     images += hamilton_frames()

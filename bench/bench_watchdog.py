@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Cost of the inference watchdog (GuardedBackend) and how fast it falls back, on the CPU.
+"""Cost of the inference watchdog (GuardedRunner) and how fast it falls back, on the CPU.
 
     PYTHONPATH=. python bench/bench_watchdog.py [--calls 2000] [--timeout 0.5]
 
-1. per-call overhead: the same R-Net batch through ONNX Runtime directly and through GuardedBackend
+1. per-call overhead: the same R-Net batch through ONNX Runtime directly and through GuardedRunner
    (every call handed to the worker thread and waited for), alternated over 3 rounds, median us per call;
 2. time for the first call of a backend that stalls forever to come back from the CPU fallback
    (stall, rebuild, stall again, fallback load): about 2 x timeout plus the ONNX Runtime load.
@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.vision.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from agent.vision.backends.watchdog import GuardedBackend  # noqa: E402
+from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner  # noqa: E402
+from agent.vision.backends.watchdog import GuardedRunner  # noqa: E402
 
 
 class Stalling:
@@ -48,8 +48,8 @@ def main() -> int:
     args = parser.parse_args()
 
     batch = np.random.default_rng(0).uniform(-1, 1, (1, 3, 24, 24)).astype(np.float32)
-    plain = OnnxRuntimeBackend(threads=1)
-    guarded = GuardedBackend(lambda: OnnxRuntimeBackend(threads=1), OnnxRuntimeBackend, timeout=5.0)
+    plain = OnnxRuntimeMtcnnRunner(threads=1)
+    guarded = GuardedRunner(lambda: OnnxRuntimeMtcnnRunner(threads=1), OnnxRuntimeMtcnnRunner, timeout=5.0)
     results: dict[str, list[float]] = {"plain": [], "guarded": []}
     for _ in range(3):
         for name, backend in (("plain", plain), ("guarded", guarded)):
@@ -64,7 +64,7 @@ def main() -> int:
 
     release = threading.Event()
     start = time.perf_counter()
-    stalled = GuardedBackend(lambda: Stalling(release), OnnxRuntimeBackend, timeout=args.timeout)
+    stalled = GuardedRunner(lambda: Stalling(release), OnnxRuntimeMtcnnRunner, timeout=args.timeout)
     stalled.run("rnet", batch)
     print(f"stall -> rebuild -> stall -> CPU fallback: {time.perf_counter() - start:.2f} s "
           f"(timeout {args.timeout} s; degraded={stalled.degraded})")

@@ -144,7 +144,7 @@ def main() -> int:
     from agent.vision.backends import Model
     from agent.vision.backends.engine_cache import DeviceInfo, EngineCache, EngineSpec
     from agent.vision.backends.tensorrt import TensorRTRunner
-    from agent.vision.backends.watchdog import GuardedBackend
+    from agent.vision.backends.watchdog import GuardedRunner
 
     cuda.init()
     dev = cuda.Device(0)
@@ -233,7 +233,7 @@ def main() -> int:
             def close(self):
                 pass
 
-        guarded = GuardedBackend(primary, Echo, timeout=30.0, check=lambda n, bt: np.asarray(bt, np.float32))
+        guarded = GuardedRunner(primary, Echo, timeout=30.0, check=lambda n, bt: np.asarray(bt, np.float32))
         guarded.run("echo", y)
         rebuilt = guarded.wait_for_rebuild(120)
         z = guarded.run("echo", y)[0]

@@ -100,12 +100,12 @@ def fakegpu(monkeypatch):
     simulated device (`fakegpu.DEVICE`: reset, inject faults, read memory); everything is removed after."""
     import sys
 
-    from agent.vision.backends import tensorrt as trt_backend
+    from agent.vision.backends import trt_probe
 
     _drop_fake_modules()
     monkeypatch.syspath_prepend(str(FAKEGPU))
-    monkeypatch.setattr(trt_backend, "_LOGGER", None)  # the ILogger subclass is made from the double's class
-    monkeypatch.setattr(trt_backend, "_NEWER_WARNED", False)
+    monkeypatch.setattr(trt_probe, "_LOGGER", None)  # the ILogger subclass is made from the double's class
+    monkeypatch.setattr(trt_probe, "_NEWER_WARNED", False)
     import fakegpu as control
     import pycuda.driver
 

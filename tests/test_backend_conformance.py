@@ -2,7 +2,7 @@
 (boxes, landmarks, scores) as the reference - the ONNX Runtime backend driving MTCNN - on shared photos.
 
 Backends: ONNX Runtime; the watchdog wrapper (healthy, and degraded to its CPU fallback); TensorRT in fp16
-and in fp32, built exactly as production builds it - behind the watchdog (GuardedBackend, worker thread,
+and in fp32, built exactly as production builds it - behind the watchdog (GuardedRunner, worker thread,
 timeout) - marked `gpu` (deselected by default; on a Jetson run `pytest -m gpu`) and skipped unless a
 supported TensorRT, pycuda and a CUDA GPU are all there (`tensorrt_status()`). Every TensorRT comparison
 first checks that the wrapper is still on the GPU: a silent fall-back to the CPU would pass vacuously.
@@ -26,9 +26,9 @@ import pytest
 from conftest import COMPREFACE, FR, SHARED
 
 from agent.images import load_image
-from agent.vision.backends import BackendError, create_backend
-from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
-from agent.vision.backends.watchdog import GuardedBackend
+from agent.vision.backends import RunnerError, create_mtcnn_runner
+from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner
+from agent.vision.backends.watchdog import GuardedRunner
 from agent.vision.mtcnn import MTCNN, pnet_input_shapes
 
 FRAME = (480, 640)  # (height, width): photos are letterboxed into camera-like frames of this size
@@ -51,7 +51,7 @@ PHOTOS = [
 
 def _tensorrt_usable() -> tuple[bool, str]:
     """A supported TensorRT, pycuda and a CUDA GPU (a missing piece skips, it does not error)."""
-    from agent.vision.backends.tensorrt import tensorrt_status
+    from agent.vision.backends.trt_probe import tensorrt_status
 
     return tensorrt_status()
 
@@ -69,21 +69,21 @@ class _Broken:
 @contextlib.contextmanager
 def _backend(kind: str, tmp_path_factory) -> Iterator:
     if kind == "onnxruntime":
-        backend = create_backend("onnxruntime", threads=2)
+        backend = create_mtcnn_runner("onnxruntime", threads=2)
     elif kind == "guarded":
-        backend = GuardedBackend(OnnxRuntimeBackend, OnnxRuntimeBackend, timeout=30.0)
+        backend = GuardedRunner(OnnxRuntimeMtcnnRunner, OnnxRuntimeMtcnnRunner, timeout=30.0)
     elif kind == "guarded-degraded":
-        backend = GuardedBackend(_Broken, OnnxRuntimeBackend, timeout=30.0)
+        backend = GuardedRunner(_Broken, OnnxRuntimeMtcnnRunner, timeout=30.0)
         assert backend.degraded is False
     elif kind.startswith("tensorrt-"):
-        from agent.vision.backends.tensorrt import create_tensorrt_backend
+        from agent.vision.backends.tensorrt import create_tensorrt_mtcnn_runner
 
         engines = tmp_path_factory.mktemp("engines")
-        # the production path: GuardedBackend around TensorRTBackend (worker thread, timeout, CPU fallback)
-        backend = create_tensorrt_backend(engines_dir=engines, input_size=FRAME, max_batch=64,
+        # the production path: GuardedRunner around TensorRTMtcnnRunner (worker thread, timeout, CPU fallback)
+        backend = create_tensorrt_mtcnn_runner(engines_dir=engines, input_size=FRAME, max_batch=64,
                                           precision=kind.split("-", 1)[1], inference_timeout=30.0,
                                           request_restart=None)
-        assert isinstance(backend, GuardedBackend)
+        assert isinstance(backend, GuardedRunner)
         assert not backend.degraded, f"TensorRT did not start: {backend.degraded_reason}"
     else:  # pragma: no cover
         raise AssertionError(kind)
@@ -114,7 +114,7 @@ def backend(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_backend():
-    b = OnnxRuntimeBackend()
+    b = OnnxRuntimeMtcnnRunner()
     yield b
     b.close()
 
@@ -177,9 +177,9 @@ def test_pnet_outputs_on_every_pyramid_shape(backend, reference_backend):
 
 
 def test_protocol_errors(backend):
-    with pytest.raises(BackendError):
+    with pytest.raises(RunnerError):
         backend.run("xnet", _rng_batch((1, 3, 24, 24)))
-    with pytest.raises(BackendError):
+    with pytest.raises(RunnerError):
         backend.run("rnet", _rng_batch((1, 3, 48, 48)))
 
 

@@ -15,8 +15,8 @@ from conftest import COMPREFACE, DLIB, FR, SHARED
 from agent.config import config_from_dict
 from agent.images import load_image
 from agent.vision import dlib_convert, dlib_resnet
-from agent.vision.backends import BackendError
-from agent.vision.backends.tensorrt import tensorrt_status
+from agent.vision.backends import RunnerError
+from agent.vision.backends.trt_probe import tensorrt_status
 from agent.vision.dlib_convert import ensure_onnx, parse_dat
 from agent.vision.dlib_resnet import DlibFormatError
 from agent.vision.embed import (
@@ -377,7 +377,7 @@ class _LosesContext:
 def test_resnet_behind_the_watchdog_falls_back_to_onnxruntime(shared, engines):
     from agent.vision.backends import model_check
     from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
-    from agent.vision.backends.watchdog import GuardedBackend
+    from agent.vision.backends.watchdog import GuardedRunner
     from agent.vision.embed import MODEL_NAME, RunnerEmbedder, resnet_model
 
     chips = johns_chips()
@@ -391,16 +391,16 @@ def test_resnet_behind_the_watchdog_falls_back_to_onnxruntime(shared, engines):
         primary.append(_LosesContext(engines[1], good=2))
         return primary[-1]
 
-    runner = GuardedBackend(gpu, lambda: OnnxRuntimeRunner([model], threads=1), timeout=30.0,
+    runner = GuardedRunner(gpu, lambda: OnnxRuntimeRunner([model], threads=1), timeout=30.0,
                             on_degraded=reports.append, request_restart=lambda r: restarts.append(r) or True,
                             restart_min_uptime=0.0, check=model_check([model]))
     embedder = RunnerEmbedder(runner, batch_size=4, mean_rgb=dlib_resnet.recorded_mean(engines[1]))
     try:
         assert embedder.name == "tensorrt"
         # caller errors are refused up front without touching the "GPU"
-        with pytest.raises(BackendError, match="150x150"):
+        with pytest.raises(RunnerError, match="150x150"):
             runner.run(MODEL_NAME, np.zeros((1, 3, 112, 112), np.float32))
-        with pytest.raises(BackendError, match="unknown network"):
+        with pytest.raises(RunnerError, match="unknown network"):
             runner.run("pnet", np.zeros((1, 3, 150, 150), np.float32))
         assert primary[0].calls == 0
         # 10 chips in batches of 4: two answered by the "GPU", the third loses the context -> CPU at once
@@ -446,7 +446,7 @@ def test_tensorrt_matches_onnxruntime_on_the_johns_chips(tmp_path, shared):
     """On a Jetson/CUDA machine (pytest -m gpu): the fp32 engine, built as production builds it - behind
     the watchdog - gives ONNX Runtime's descriptors, and it really ran on the GPU."""
     pytest.importorskip("tensorrt")
-    from agent.vision.backends.watchdog import GuardedBackend
+    from agent.vision.backends.watchdog import GuardedRunner
     from agent.vision.embed import TensorRTEmbedder
 
     chips = np.stack([load_image(p) for p in sorted((DLIB / "examples" / "johns").rglob("*.jpg"))])
@@ -454,7 +454,7 @@ def test_tensorrt_matches_onnxruntime_on_the_johns_chips(tmp_path, shared):
     reference = OnnxRuntimeEmbedder(onnx_path).embed(chips)
     embedder = TensorRTEmbedder(onnx_path, tmp_path, batch_size=8, precision="fp32", request_restart=None)
     try:
-        assert isinstance(embedder.runner, GuardedBackend)
+        assert isinstance(embedder.runner, GuardedRunner)
         assert embedder.name == "tensorrt" and not embedder.runner.degraded, embedder.runner.status()
         out = embedder.embed(chips)
         # still on the GPU: a degraded wrapper would compare the CPU with itself and pass vacuously

@@ -70,7 +70,7 @@ def test_missing_dlib_fails(tmp_path, capsys, monkeypatch):
 
 def test_embedder_on_tensorrt_without_tensorrt_is_a_problem(tmp_path, capsys):
     """Review point 5: doctor checks the embedder's backend too, not only the detector's."""
-    from agent.vision.backends.tensorrt import tensorrt_status
+    from agent.vision.backends.trt_probe import tensorrt_status
 
     if tensorrt_status()[0]:
         pytest.skip("TensorRT is usable here")

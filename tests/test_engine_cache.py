@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.vision.backends import MODEL_DIR, BackendError, create_backend
+from agent.vision.backends import MODEL_DIR, RunnerError, create_mtcnn_runner
 from agent.vision.backends.engine_cache import (
     DeviceInfo,
     EngineCache,
@@ -32,21 +32,21 @@ from agent.vision.backends.engine_cache import (
     EngineSpec,
     atomic_write,
 )
-from agent.vision.backends.tensorrt import (
-    TensorRTBackend,
+from agent.vision.backends.mtcnn_profile import (
     batch_profile,
-    builder_settings,
-    check_tensorrt_version,
     config_engine_specs,
-    describe_device,
     engine_specs,
-    fast_fp16_by_capability,
-    gpu_error,
     pnet_profile,
     pnet_profile_for,
+)
+from agent.vision.backends.tensorrt import TensorRTMtcnnRunner, builder_settings, gpu_error
+from agent.vision.backends.trt_probe import (
+    check_tensorrt_version,
+    describe_device,
+    fast_fp16_by_capability,
     tensorrt_status,
 )
-from agent.vision.backends.watchdog import DeviceLostError, GuardedBackend
+from agent.vision.backends.watchdog import DeviceLostError, GuardedRunner
 from agent.vision.mtcnn import pnet_input_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -497,9 +497,9 @@ def test_without_tensorrt_errors_are_clear(tmp_path):
     assert not ok and "tensorrt" in why.lower()
     with pytest.raises(EngineCacheError, match="TensorRT is not available"):
         describe_device()
-    with pytest.raises(BackendError, match="TensorRT is not available"):
-        TensorRTBackend(engines_dir=tmp_path)
-    backend = create_backend("auto", engines_dir=tmp_path, input_size=(480, 640))
+    with pytest.raises(RunnerError, match="TensorRT is not available"):
+        TensorRTMtcnnRunner(engines_dir=tmp_path)
+    backend = create_mtcnn_runner("auto", engines_dir=tmp_path, input_size=(480, 640))
     try:
         assert backend.name == "onnxruntime"
     finally:
@@ -537,17 +537,17 @@ def test_old_tensorrt_is_refused_in_one_line(tmp_path, monkeypatch, capsys, vers
     with pytest.raises(EngineCacheError, match="is not supported"):
         describe_device()
 
-    backend = create_backend("auto", engines_dir=tmp_path / "engines", input_size=(480, 640))
+    backend = create_mtcnn_runner("auto", engines_dir=tmp_path / "engines", input_size=(480, 640))
     try:
         assert backend.name == "onnxruntime"
     finally:
         backend.close()
 
     restarts: list[str] = []
-    guarded = create_backend("tensorrt", engines_dir=tmp_path / "engines", input_size=(480, 640),
+    guarded = create_mtcnn_runner("tensorrt", engines_dir=tmp_path / "engines", input_size=(480, 640),
                              request_restart=lambda r: restarts.append(r) or True)
     try:
-        assert isinstance(guarded, GuardedBackend) and guarded.final and guarded.name == "onnxruntime"
+        assert isinstance(guarded, GuardedRunner) and guarded.final and guarded.name == "onnxruntime"
         assert "is not supported" in guarded.degraded_reason and restarts == []
     finally:
         guarded.close()
@@ -581,14 +581,14 @@ def test_cuda_errors_that_lose_the_context_are_told_apart():
         "encountered)",))
     assert isinstance(from_log, DeviceLostError) and "rnet" in str(from_log)
     plain = gpu_error("onet", "CUDA failed", RuntimeError("cuMemAlloc failed: out of memory"))
-    assert isinstance(plain, BackendError) and not isinstance(plain, DeviceLostError)
+    assert isinstance(plain, RunnerError) and not isinstance(plain, DeviceLostError)
     assert "out of memory" in str(plain)
 
 
 def test_tensorrt_log_keeps_the_errors_of_a_failed_call(caplog):
     """The ILogger glue, with a stand-in for the two names it uses from `tensorrt` (ILogger and its
     Severity enum): errors are kept for the failed call and reach Python logging, VERBOSE is dropped."""
-    from agent.vision.backends.tensorrt import _TrtLog
+    from agent.vision.backends.trt_probe import _TrtLog
 
     class Severity(enum.Enum):
         INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
@@ -599,7 +599,7 @@ def test_tensorrt_log_keeps_the_errors_of_a_failed_call(caplog):
 
     ILogger.Severity = Severity
     trt_log = _TrtLog(types.SimpleNamespace(ILogger=ILogger))
-    caplog.set_level(logging.DEBUG, logger="agent.vision.backends.tensorrt")
+    caplog.set_level(logging.DEBUG, logger="agent.vision.backends.trt_probe")
     trt_log.logger.log(Severity.VERBOSE, "Tactic 0x0001 time 0.1 ms")
     trt_log.logger.log(Severity.WARNING, "TensorRT was linked against cuDNN 8.9.4 but loaded 8.9.2")
     trt_log.logger.log(Severity.ERROR, "[executionContext.cpp::enqueueV3::2666] Error Code 1: Cuda Runtime "

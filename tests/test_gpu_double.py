@@ -14,8 +14,8 @@ import threading
 import numpy as np
 import pytest
 
-from agent.vision.backends import BackendError
-from agent.vision.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
+from agent.vision.backends import RunnerError
+from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner, OnnxRuntimeRunner
 from agent.vision.backends.watchdog import DeviceLostError
 
 FRAME = (240, 320)  # (height, width) the P-Net profile is built for: small, quick
@@ -31,7 +31,7 @@ def _batch(shape, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cpu():
-    backend = OnnxRuntimeBackend(threads=1)
+    backend = OnnxRuntimeMtcnnRunner(threads=1)
     yield backend
     backend.close()
 
@@ -45,11 +45,11 @@ def resnet_onnx(tmp_path_factory):
 
 
 def _backend(tmp_path, **options):
-    from agent.vision.backends.tensorrt import TensorRTBackend
+    from agent.vision.backends.tensorrt import TensorRTMtcnnRunner
 
     options = {"engines_dir": tmp_path / "engines", "input_size": FRAME, "max_batch": 16,
                "precision": "fp32", **options}
-    return TensorRTBackend(**options)
+    return TensorRTMtcnnRunner(**options)
 
 
 def _same(a, b, atol=0.0):
@@ -67,7 +67,9 @@ def test_the_double_refuses_what_tensorrt_and_pycuda_refuse(fakegpu, tmp_path):
     import tensorrt as trt
 
     from agent.vision.backends import MODEL_DIR
-    from agent.vision.backends.tensorrt import _trt_log, build_engine, describe_device, engine_specs
+    from agent.vision.backends.mtcnn_profile import engine_specs
+    from agent.vision.backends.tensorrt import build_engine
+    from agent.vision.backends.trt_probe import _trt_log, describe_device
 
     cuda.init()
     ctx = cuda.Device(0).retain_primary_context()
@@ -123,7 +125,7 @@ def test_tensorrt_8_needs_an_explicit_batch_network(fakegpu):
     import tensorrt as trt
 
     from agent.vision.backends import MODEL_DIR
-    from agent.vision.backends.tensorrt import _trt_logger
+    from agent.vision.backends.trt_probe import _trt_logger
 
     fakegpu.reset(tensorrt_version="8.6.2.3")
     builder = trt.Builder(_trt_logger(trt))
@@ -166,7 +168,7 @@ def test_engines_are_built_cached_and_give_onnxruntimes_results(fakegpu, tmp_pat
 
 def test_fp32_clears_tf32_and_fp16_rounds(fakegpu, tmp_path, cpu):
     from agent.vision.backends import MODEL_DIR
-    from agent.vision.backends.tensorrt import engine_specs
+    from agent.vision.backends.mtcnn_profile import engine_specs
 
     fp32 = _backend(tmp_path)
     fp16 = _backend(tmp_path, precision="fp16")
@@ -201,9 +203,9 @@ def test_batches_beyond_the_profile_run_in_chunks(fakegpu, tmp_path, cpu):
 
 
 def test_inputs_outside_the_pnet_profile_run_on_the_cpu(fakegpu, tmp_path, cpu, caplog):
-    from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+    from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner
 
-    backend = _backend(tmp_path, overflow=lambda: OnnxRuntimeBackend(threads=1))
+    backend = _backend(tmp_path, overflow=lambda: OnnxRuntimeMtcnnRunner(threads=1))
     try:
         before = fakegpu.counters.get("execute", 0)
         x = _batch((1, 3, 480, 640))  # a frame larger than the profile's max
@@ -245,7 +247,7 @@ def test_close_gives_every_byte_back_and_two_runners_share_the_primary_context(f
         embedder.close()
         assert fakegpu.primary.users == 1
         assert cuda.mem_get_info()[0] == free_before  # every buffer, context and engine given back
-        with pytest.raises(BackendError, match="closed"):
+        with pytest.raises(RunnerError, match="closed"):
             embedder.run(MODEL_NAME, x)
     finally:
         cuda.Context.pop()
@@ -282,7 +284,7 @@ def test_no_memory_for_the_execution_context_keeps_the_engine_file(fakegpu, tmp_
     _backend(tmp_path).close()
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "engines").glob("*.engine")}
     fakegpu.inject("context_oom")
-    with pytest.raises(BackendError, match="could not create an execution context for pnet.*out of GPU memory"):
+    with pytest.raises(RunnerError, match="could not create an execution context for pnet.*out of GPU memory"):
         _backend(tmp_path)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "engines").glob("*.engine")} == files
     assert fakegpu.allocations == {}  # nothing left allocated by the failed start
@@ -291,7 +293,7 @@ def test_no_memory_for_the_execution_context_keeps_the_engine_file(fakegpu, tmp_
 def test_no_memory_for_the_buffers_keeps_the_engine_and_frees_what_was_allocated(fakegpu, tmp_path):
     _backend(tmp_path).close()
     fakegpu.inject("alloc_oom", after=4)
-    with pytest.raises(BackendError, match="cannot allocate .* out of memory"):
+    with pytest.raises(RunnerError, match="cannot allocate .* out of memory"):
         _backend(tmp_path)
     assert len(list((tmp_path / "engines").glob("*.engine"))) == 3
     assert fakegpu.allocations == {}
@@ -299,7 +301,7 @@ def test_no_memory_for_the_buffers_keeps_the_engine_and_frees_what_was_allocated
 
 def test_a_failed_build_is_an_error_that_says_so(fakegpu, tmp_path):
     fakegpu.inject("build_fail")
-    with pytest.raises(BackendError, match="could not build mtcnn-pnet"):
+    with pytest.raises(RunnerError, match="could not build mtcnn-pnet"):
         _backend(tmp_path)
     assert not list((tmp_path / "engines").glob("*.engine"))
 
@@ -308,9 +310,9 @@ def test_a_failed_build_is_an_error_that_says_so(fakegpu, tmp_path):
 
 
 def _guarded(tmp_path, restarts, reports, **options):
-    from agent.vision.backends.tensorrt import create_tensorrt_backend
+    from agent.vision.backends.tensorrt import create_tensorrt_mtcnn_runner
 
-    return create_tensorrt_backend(engines_dir=tmp_path / "engines", input_size=FRAME, max_batch=16,
+    return create_tensorrt_mtcnn_runner(engines_dir=tmp_path / "engines", input_size=FRAME, max_batch=16,
                                    precision="fp32", inference_timeout=options.pop("timeout", 5.0),
                                    on_degraded=reports.append,
                                    request_restart=lambda r: restarts.append(r) or True, threads=1, **options)
@@ -392,7 +394,7 @@ def test_tensorrt_errors_are_kept_per_thread(fakegpu):
     """Review point 8: the detector's and the embedder's workers each take only their own errors."""
     import tensorrt as trt
 
-    from agent.vision.backends.tensorrt import _trt_log
+    from agent.vision.backends.trt_probe import _trt_log
 
     log_ = _trt_log(trt)
     seen: dict[str, list[str]] = {}
@@ -481,15 +483,15 @@ def test_doctor_gpu_fails_when_a_camera_would_run_pnet_on_the_cpu(fakegpu, tmp_p
     profile is made from the largest camera only, as before review point 9: the 320x180 camera's smallest
     scale is 14x25, the 160x120 one's 13x18)."""
     from agent.cli import main
-    from agent.vision.backends import tensorrt as trt_backend
+    from agent.vision.backends import mtcnn_profile
 
-    real = trt_backend.engine_specs
+    real = mtcnn_profile.engine_specs
 
     def largest_only(model_dir, input_size, *args, **kwargs):
-        sizes = trt_backend.input_sizes(input_size)
+        sizes = mtcnn_profile.input_sizes(input_size)
         return real(model_dir, sizes[0], *args, **kwargs)
 
-    monkeypatch.setattr(trt_backend, "engine_specs", largest_only)
+    monkeypatch.setattr(mtcnn_profile, "engine_specs", largest_only)
     assert main(["-c", _config_file(tmp_path), "doctor", "--gpu", "--runs", "1"]) == 1
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "accuracy pnet" in line)

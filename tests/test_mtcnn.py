@@ -15,8 +15,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.config import DetectorSection
 from agent.images import load_image
-from agent.vision.backends import MODEL_DIR, NETS, BackendError, create_backend
-from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+from agent.vision.backends import MODEL_DIR, NETS, RunnerError, create_mtcnn_runner
+from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner
 from agent.vision.mtcnn import MTCNN, Detection, nms, pnet_input_shapes, pyramid_scales
 from tests.conftest import COMPREFACE, DLIB, FR, ROOT, SHARED
 
@@ -26,7 +26,7 @@ SAMPLES = COMPREFACE / "embedding-calculator" / "sample_images"
 
 @pytest.fixture(scope="module")
 def backend():
-    b = create_backend("onnxruntime", threads=2)
+    b = create_mtcnn_runner("onnxruntime", threads=2)
     yield b
     b.close()
 
@@ -158,36 +158,36 @@ def test_truncated_model_is_a_backend_error(tmp_path):
         shutil.copy(MODEL_DIR / f"{net}.onnx", tmp_path)
     data = (tmp_path / "onet.onnx").read_bytes()
     (tmp_path / "onet.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BackendError, match="onet.onnx cannot be loaded"):
-        OnnxRuntimeBackend(tmp_path)
+    with pytest.raises(RunnerError, match="onet.onnx cannot be loaded"):
+        OnnxRuntimeMtcnnRunner(tmp_path)
 
 
 def test_missing_model_is_a_backend_error(tmp_path):
     shutil.copy(MODEL_DIR / "pnet.onnx", tmp_path)
-    with pytest.raises(BackendError, match="rnet.onnx not found"):
-        create_backend("onnxruntime", model_dir=tmp_path)
+    with pytest.raises(RunnerError, match="rnet.onnx not found"):
+        create_mtcnn_runner("onnxruntime", model_dir=tmp_path)
 
 
 def test_garbage_model_is_a_backend_error(tmp_path):
     for net in NETS:
         (tmp_path / f"{net}.onnx").write_bytes(b"not a model at all")
-    with pytest.raises(BackendError, match="pnet.onnx cannot be loaded"):
-        OnnxRuntimeBackend(tmp_path)
+    with pytest.raises(RunnerError, match="pnet.onnx cannot be loaded"):
+        OnnxRuntimeMtcnnRunner(tmp_path)
 
 
 def test_unknown_backend_kind():
-    with pytest.raises(BackendError, match="unknown detector backend 'cuda-magic'"):
-        create_backend("cuda-magic")
+    with pytest.raises(RunnerError, match="unknown detector backend 'cuda-magic'"):
+        create_mtcnn_runner("cuda-magic")
 
 
 def test_backend_rejects_bad_batches(backend):
-    with pytest.raises(BackendError, match="unknown network"):
+    with pytest.raises(RunnerError, match="unknown network"):
         backend.run("qnet", np.zeros((1, 3, 24, 24), np.float32))
-    with pytest.raises(BackendError, match="24x24"):
+    with pytest.raises(RunnerError, match="24x24"):
         backend.run("rnet", np.zeros((1, 3, 48, 48), np.float32))
-    with pytest.raises(BackendError, match="at least 12x12"):
+    with pytest.raises(RunnerError, match="at least 12x12"):
         backend.run("pnet", np.zeros((1, 3, 11, 40), np.float32))
-    with pytest.raises(BackendError, match=r"\(N, 3, H, W\)"):
+    with pytest.raises(RunnerError, match=r"\(N, 3, H, W\)"):
         backend.run("onet", np.zeros((48, 48, 3), np.float32))
 
 
@@ -500,7 +500,7 @@ def test_refine_finds_the_faces_near_given_boxes_only(detector):
 ], ids=["compreface", "multiface", "two_people"])
 def test_parallel_pyramid_finds_exactly_the_faces_of_the_serial_one(path):
     # P-Net single-threaded, the scales spread over 2 and 3 threads: the same boxes, scores and landmarks
-    backend = create_backend("onnxruntime", threads=2, pnet_threads=1)
+    backend = create_mtcnn_runner("onnxruntime", threads=2, pnet_threads=1)
     try:
         rgb = load_image(path)
         serial = MTCNN(backend, thresholds=(0.8, 0.8, 0.7), pyramid_workers=1).detect(rgb)
@@ -528,5 +528,5 @@ def test_pyramid_runs_one_scale_at_a_time_on_a_backend_that_takes_one_call_at_a_
     assert MTCNN(backend, pyramid_workers=4).pyramid_workers == 4
     with pytest.raises(ValueError, match="pyramid_workers"):
         MTCNN(backend, pyramid_workers=0)
-    with pytest.raises(BackendError, match="pnet_threads"):
-        OnnxRuntimeBackend(pnet_threads=-1)
+    with pytest.raises(RunnerError, match="pnet_threads"):
+        OnnxRuntimeMtcnnRunner(pnet_threads=-1)

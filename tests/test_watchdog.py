@@ -17,11 +17,11 @@ import pytest
 from conftest import FR
 
 from agent.images import load_image
-from agent.vision.backends import BackendError
-from agent.vision.backends.onnxruntime import OnnxRuntimeBackend
+from agent.vision.backends import RunnerError
+from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner
 from agent.vision.backends.watchdog import (
     DeviceLostError,
-    GuardedBackend,
+    GuardedRunner,
     ask_systemd_for_restart,
     device_lost,
     sticky_cuda_error,
@@ -44,7 +44,7 @@ class SleepingBackend:
         self.release = release or threading.Event()
         self.calls = 0
         self.closed = False
-        self.inner = OnnxRuntimeBackend(threads=1)
+        self.inner = OnnxRuntimeMtcnnRunner(threads=1)
 
     def run(self, net, batch):
         self.calls += 1
@@ -67,7 +67,7 @@ class FailingBackend:
         self.message = message
         self.calls = 0
         self.closed = False
-        self.inner = OnnxRuntimeBackend(threads=1)
+        self.inner = OnnxRuntimeMtcnnRunner(threads=1)
 
     def run(self, net, batch):
         self.calls += 1
@@ -115,7 +115,7 @@ def photo(shared):
 
 @pytest.fixture(scope="module")
 def reference(photo):
-    backend = OnnxRuntimeBackend()
+    backend = OnnxRuntimeMtcnnRunner()
     try:
         return MTCNN(backend).detect(photo)
     finally:
@@ -138,10 +138,10 @@ def test_stall_answers_from_the_cpu_and_falls_back_for_good_without_a_rebuild(re
     """A stall is treated like a lost CUDA context: a rebuild on the same primary context would hang in its
     warm-up behind the hung kernel while the abandoned engine still holds its GPU memory."""
     primary = Factory(lambda: SleepingBackend(release=release))
-    fallback = Factory(OnnxRuntimeBackend)
+    fallback = Factory(OnnxRuntimeMtcnnRunner)
     reports: list[str] = []
     restarts: list[str] = []
-    guarded = GuardedBackend(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
+    guarded = GuardedRunner(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
                              request_restart=lambda reason: restarts.append(reason) or True,
                              restart_min_uptime=0.0)
     assert guarded.name == "sleeping" and not guarded.degraded
@@ -152,7 +152,7 @@ def test_stall_answers_from_the_cpu_and_falls_back_for_good_without_a_rebuild(re
     elapsed = time.monotonic() - start
     # one stall (timeout) and the CPU answer
     assert TIMEOUT <= elapsed < TIMEOUT + MARGIN, elapsed
-    expected = OnnxRuntimeBackend().run("pnet", _pnet_batch())
+    expected = OnnxRuntimeMtcnnRunner().run("pnet", _pnet_batch())
     assert all(np.array_equal(a, b) for a, b in zip(out, expected, strict=True))
     assert primary.calls == 1 and guarded.rebuilds == 0 and not guarded.rebuilding  # no rebuild
     assert fallback.calls == 1 and guarded.degraded and guarded.final and guarded.name == "onnxruntime"
@@ -187,7 +187,7 @@ def test_rebuild_runs_off_the_lock_and_the_cpu_answers_meanwhile(release, photo,
         return SleepingBackend(stall_after=10**9)
 
     primary = Factory(FailingBackend, slow_rebuild)  # a recoverable error: rebuilt once
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT, build_timeout=60.0)
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, build_timeout=60.0)
     try:
         start = time.monotonic()
         guarded.run("pnet", _pnet_batch())
@@ -212,7 +212,7 @@ def test_failing_calls_rebuild_once_then_fallback(photo, reference, caplog):
     primary = Factory(FailingBackend)
     reports: list[str] = []
     restarts: list[str] = []
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT, on_degraded=reports.append,
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
                              request_restart=lambda reason: restarts.append(reason) or True,
                              restart_min_uptime=0.0)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
@@ -234,7 +234,7 @@ def test_lost_cuda_context_degrades_at_once_and_asks_for_a_restart(photo, refere
     primary = Factory(lambda: lost_context_backend(fail_after=2))
     reports: list[str] = []
     restarts: list[str] = []
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT, on_degraded=reports.append,
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
                              request_restart=lambda reason: restarts.append(reason) or True,
                              restart_min_uptime=0.0)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
@@ -259,7 +259,7 @@ def test_lost_context_soon_after_start_stays_on_the_cpu_without_a_restart_loop(c
         backend.run = lambda net, batch: (_ for _ in ()).throw(DeviceLostError("pnet: CUDA context unusable"))
         return backend
 
-    guarded = GuardedBackend(Factory(lost), OnnxRuntimeBackend, timeout=TIMEOUT,
+    guarded = GuardedRunner(Factory(lost), OnnxRuntimeMtcnnRunner, timeout=TIMEOUT,
                              request_restart=lambda reason: restarts.append(reason) or True)  # 600 s default
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     guarded.run("pnet", _pnet_batch())
@@ -271,7 +271,7 @@ def test_lost_context_soon_after_start_stays_on_the_cpu_without_a_restart_loop(c
 def test_stall_after_a_rebuild_falls_back_at_once(release, photo, reference):
     # the first backend fails (recoverable: rebuilt once); the rebuilt one works for 3 calls, then stalls
     primary = Factory(FailingBackend, lambda: SleepingBackend(stall_after=3, release=release))
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT)
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT)
     guarded.run("pnet", _pnet_batch())
     assert guarded.wait_for_rebuild(MARGIN)
     assert guarded.rebuilds == 1 and not guarded.degraded
@@ -287,11 +287,11 @@ def test_stall_after_a_rebuild_falls_back_at_once(release, photo, reference):
 
 def test_primary_that_cannot_start_degrades_at_once(photo, reference):
     def no_gpu():
-        raise BackendError("TensorRT is not available: cannot import tensorrt")
+        raise RunnerError("TensorRT is not available: cannot import tensorrt")
 
     reports: list[str] = []
     restarts: list[str] = []
-    guarded = GuardedBackend(no_gpu, OnnxRuntimeBackend, timeout=TIMEOUT, on_degraded=reports.append,
+    guarded = GuardedRunner(no_gpu, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
                              request_restart=lambda reason: restarts.append(reason) or True,
                              restart_min_uptime=0.0)
     assert guarded.degraded and "could not start" in reports[0] and "TensorRT" in reports[0]
@@ -306,7 +306,7 @@ def test_rebuild_that_hangs_is_bounded(release):
         return FailingBackend()
 
     primary = Factory(FailingBackend, hanging_factory)
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT, build_timeout=1.0)
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, build_timeout=1.0)
     start = time.monotonic()
     guarded.run("pnet", _pnet_batch())
     assert time.monotonic() - start < TIMEOUT + MARGIN  # the caller never waits for the rebuild
@@ -327,10 +327,10 @@ def test_sticky_cuda_errors_are_recognised():
         try:
             raise RuntimeError("cuMemcpyDtoHAsync failed: misaligned address")
         except RuntimeError as inner:
-            raise BackendError("onet: CUDA failed") from inner
-    except BackendError as outer:
+            raise RunnerError("onet: CUDA failed") from inner
+    except RunnerError as outer:
         assert device_lost(outer)  # found through the cause chain
-    assert device_lost(DeviceLostError("x")) and not device_lost(BackendError("out of memory"))
+    assert device_lost(DeviceLostError("x")) and not device_lost(RunnerError("out of memory"))
 
 
 def test_restart_request_reaches_the_notify_socket(tmp_path, monkeypatch):
@@ -350,14 +350,14 @@ def test_restart_request_reaches_the_notify_socket(tmp_path, monkeypatch):
 
 def test_caller_errors_do_not_count_as_gpu_failures():
     primary = Factory(lambda: FailingBackend(fail_after=10**9))
-    guarded = GuardedBackend(primary, OnnxRuntimeBackend, timeout=TIMEOUT)
-    with pytest.raises(BackendError, match="unknown network"):
+    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT)
+    with pytest.raises(RunnerError, match="unknown network"):
         guarded.run("xnet", _pnet_batch())
-    with pytest.raises(BackendError, match="24x24"):
+    with pytest.raises(RunnerError, match="24x24"):
         guarded.run("rnet", np.zeros((2, 3, 23, 24), np.float32))
-    with pytest.raises(BackendError, match="N >= 1"):
+    with pytest.raises(RunnerError, match="N >= 1"):
         guarded.run("onet", np.zeros((0, 3, 48, 48), np.float32))
     assert primary.made[0].calls == 0 and guarded.rebuilds == 0 and not guarded.degraded
     with pytest.raises(ValueError):
-        GuardedBackend(primary, OnnxRuntimeBackend, timeout=0)
+        GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=0)
     guarded.close()

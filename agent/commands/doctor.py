@@ -125,7 +125,8 @@ def _model_files(cfg: Config) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _engines(cfg: Config) -> dict[str, Any]:
-    from agent.vision.backends.tensorrt import config_engine_specs, engine_cache
+    from agent.vision.backends.mtcnn_profile import config_engine_specs
+    from agent.vision.backends.tensorrt import engine_cache
 
     folder = cfg.path("engines")
     entries = engine_cache(folder).entries()
@@ -140,7 +141,7 @@ def _engines(cfg: Config) -> dict[str, Any]:
 
 def collect(cfg: Config) -> tuple[dict[str, Any], list[str]]:
     """The report and the list of problems that make the configured setup unusable."""
-    from agent.vision.backends.tensorrt import SUPPORTED_PLATFORM, auto_kind, check_tensorrt_version, tensorrt_status
+    from agent.vision.backends.trt_probe import SUPPORTED_PLATFORM, auto_kind, check_tensorrt_version, tensorrt_status
 
     problems: list[str] = []
     report: dict[str, Any] = {

@@ -41,14 +41,11 @@ def _cache(cfg: Config) -> Any:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from agent.vision.backends import BackendError
+    from agent.vision.backends import RunnerError
     from agent.vision.backends.engine_cache import EngineCacheError
-    from agent.vision.backends.tensorrt import (
-        TensorRTBackend,
-        config_engine_specs,
-        options_from_config,
-        tensorrt_status,
-    )
+    from agent.vision.backends.mtcnn_profile import config_engine_specs, options_from_config
+    from agent.vision.backends.tensorrt import TensorRTMtcnnRunner
+    from agent.vision.backends.trt_probe import tensorrt_status
 
     cfg = config_of(args)
     ok, why = tensorrt_status()
@@ -68,8 +65,8 @@ def run_build(args: argparse.Namespace) -> int:
         # load them once the way the service does (deserialize, allocate): proves they run here
         options = {k: v for k, v in options_from_config(cfg).items()
                    if k not in ("threads", "pnet_threads", "inference_timeout")}
-        TensorRTBackend(cache=cache, **options).close()
-    except (EngineCacheError, BackendError, OSError) as exc:
+        TensorRTMtcnnRunner(cache=cache, **options).close()
+    except (EngineCacheError, RunnerError, OSError) as exc:
         return fail(str(exc))
     print(f"MTCNN engines ready ({built} built, {cached} already cached; all three load) "
           f"in {time.monotonic() - start:.1f} s: {why}")
@@ -108,7 +105,7 @@ def _row(entry: Any, current: set) -> dict[str, Any]:
 
 def _current_paths(cfg: Config, cache: Any) -> set:
     """Engine files the current config would load, when this machine can tell (TensorRT present)."""
-    from agent.vision.backends.tensorrt import config_engine_specs
+    from agent.vision.backends.mtcnn_profile import config_engine_specs
 
     try:
         return {cache.paths(spec)[0] for spec in config_engine_specs(cfg).values()}

@@ -12,7 +12,7 @@ from agent.files import StorageError
 from agent.frame_output import OutputError
 from agent.service import Service, install_signal_handlers
 from agent.sources import SourceError
-from agent.vision.backends import BackendError
+from agent.vision.backends import RunnerError
 from agent.vision.embed import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     install_signal_handlers(service)
     try:
         return service.run()
-    except (SourceError, StorageError, BackendError, ModelFileError, DatabaseCheckError, OutputError) as exc:
+    except (SourceError, StorageError, RunnerError, ModelFileError, DatabaseCheckError, OutputError) as exc:
         return fail(str(exc), 2)

@@ -35,7 +35,7 @@ import numpy as np
 from agent.child import run_module
 from agent.config import EmbeddingSection
 from agent.vision import dlib_resnet
-from agent.vision.backends import BackendError, Model, Runner
+from agent.vision.backends import DLIB, Model, Runner, RunnerError
 from agent.vision.backends.engine_cache import EngineSpec
 from agent.vision.backends.watchdog import ask_systemd_for_restart
 from agent.vision.dlib_resnet import CHIP_SIZE, DIM  # the network's chip side and descriptor size
@@ -198,6 +198,14 @@ class RunnerEmbedder:
 class OnnxRuntimeEmbedder(RunnerEmbedder):
     """The converted ResNet on ONNX Runtime (CPU), `batch_size` chips per run."""
 
+    backend = "onnxruntime"
+
+    @classmethod
+    def of(cls, onnx_path: Path, engines_dir: str | os.PathLike, section: EmbeddingSection,
+           **_watchdog: Any) -> OnnxRuntimeEmbedder:
+        """From the [embedding] section (create_embedder); no watchdog on the CPU."""
+        return cls(onnx_path, section.batch_size, section.threads)
+
     def __init__(self, onnx_path: str | os.PathLike, batch_size: int = _DEFAULTS.batch_size,
                  threads: int = _DEFAULTS.threads):
         from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
@@ -205,7 +213,7 @@ class OnnxRuntimeEmbedder(RunnerEmbedder):
         self.onnx_path = Path(onnx_path)
         try:
             runner = OnnxRuntimeRunner([resnet_model(self.onnx_path)], threads=threads, what="dlib ResNet")
-        except BackendError as exc:
+        except RunnerError as exc:
             raise ModelFileError(str(exc)) from None
         super().__init__(runner, batch_size, dlib_resnet.mean_from_metadata(runner.metadata(MODEL_NAME)))
 
@@ -221,18 +229,28 @@ class TensorRTEmbedder(RunnerEmbedder):
     it is a ModelFileError.
     """
 
+    backend = "tensorrt"
+
+    @classmethod
+    def of(cls, onnx_path: Path, engines_dir: str | os.PathLike, section: EmbeddingSection, *,
+           inference_timeout: float = INFERENCE_TIMEOUT,
+           on_degraded: Callable[[str], None] | None = None) -> TensorRTEmbedder:
+        """From the [embedding] section (create_embedder), behind the watchdog."""
+        return cls(onnx_path, engines_dir, batch_size=section.batch_size, precision=section.precision,
+                   threads=section.threads, inference_timeout=inference_timeout, on_degraded=on_degraded)
+
     def __init__(self, onnx_path: str | os.PathLike, engines_dir: str | os.PathLike,
                  batch_size: int = _DEFAULTS.batch_size, precision: str = _DEFAULTS.precision, cache: Any = None, *,
                  guard: bool = True,
                  inference_timeout: float = INFERENCE_TIMEOUT, on_degraded: Callable[[str], None] | None = None,
                  request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
                  threads: int = _DEFAULTS.threads):
-        from agent.vision.backends import tensorrt
+        from agent.vision.backends import tensorrt, trt_probe
 
         batch_size = max(1, int(batch_size))
         try:
-            tensorrt.require_tensorrt()
-        except BackendError as exc:
+            trt_probe.require_tensorrt()
+        except RunnerError as exc:
             if not guard:
                 raise ModelFileError(str(exc)) from None
             log.warning("[embedding] backend = \"tensorrt\" but %s: the dlib ResNet runs on the CPU (ONNX "
@@ -242,9 +260,14 @@ class TensorRTEmbedder(RunnerEmbedder):
                 [resnet_model(onnx_path)], {MODEL_NAME: engine_spec(onnx_path, batch_size, precision)},
                 engines_dir=engines_dir, cache=cache, guard=guard, inference_timeout=inference_timeout,
                 on_degraded=on_degraded, request_restart=request_restart, threads=threads, what="dlib ResNet")
-        except BackendError as exc:
+        except RunnerError as exc:
             raise ModelFileError(str(exc)) from None
         super().__init__(runner, batch_size, dlib_resnet.recorded_mean(onnx_path))
+
+
+# the embedder of each runner registered for the network "resnet" (backends.RUNNERS; a test checks both agree)
+EMBEDDERS: dict[str, type[OnnxRuntimeEmbedder] | type[TensorRTEmbedder]] = {
+    cls.backend: cls for cls in (OnnxRuntimeEmbedder, TensorRTEmbedder)}
 
 
 def converted_model(section: EmbeddingSection, engines_dir: str | os.PathLike, base_dir: Path | None = None) -> Path:
@@ -282,18 +305,13 @@ def create_embedder(section: EmbeddingSection, engines_dir: Path | None = None, 
     the TensorRT watchdog's (see TensorRTEmbedder).
     """
     # choices and ranges were checked when the config loaded (agent.config: the schema)
-    backend, batch_size, jitter, threads = section.backend, section.batch_size, section.jitter, section.threads
-    if backend == "dlib":
+    backend, batch_size, jitter = section.backend, section.batch_size, section.jitter
+    if backend == DLIB:
         return DlibEmbedder(batch_size, jitter, resnet_dat_path(section, base_dir))
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise ModelFileError(f"embedding backend {backend!r} is not one of dlib, onnxruntime, tensorrt")
     if engines_dir is None:
         raise ModelFileError(f"embedding backend {backend!r} needs the engines folder (converted model)")
     if jitter:
         log.warning("[embedding] jitter = %d is for the dlib backend only; %s ignores it", jitter, backend)
     onnx_path = converted_model(section, engines_dir, base_dir)
-    if backend == "onnxruntime":
-        return OnnxRuntimeEmbedder(onnx_path, batch_size, threads)
-    return TensorRTEmbedder(onnx_path, engines_dir, batch_size=batch_size,
-                            precision=section.precision, threads=threads,
-                            inference_timeout=inference_timeout, on_degraded=on_degraded)
+    return EMBEDDERS[backend].of(onnx_path, engines_dir, section, inference_timeout=inference_timeout,
+                                 on_degraded=on_degraded)

@@ -137,8 +137,8 @@ class GpuSelfTest:
 
     # -- 1. platform --------------------------------------------------------------------------------
     def _platform(self) -> Any:
-        from agent.vision.backends import BackendError
-        from agent.vision.backends.tensorrt import _import
+        from agent.vision.backends import RunnerError
+        from agent.vision.backends.trt_probe import _import
 
         jetpack = jetpack_release() or "not a Jetson (no /etc/nv_tegra_release)"
         try:
@@ -147,7 +147,7 @@ class GpuSelfTest:
 
             cuda.init()
             if cuda.Device.count() < 1:
-                raise BackendError("no CUDA GPU found")
+                raise RunnerError("no CUDA GPU found")
             dev = cuda.Device(0)
             major, minor = dev.compute_capability()
             sms = dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
@@ -156,7 +156,7 @@ class GpuSelfTest:
                     "cuda_driver": f"{driver // 1000}.{driver % 1000 // 10}", "gpu": dev.name(),
                     "compute_capability": f"{major}.{minor}", "multiprocessors": sms,
                     "memory_mb": dev.total_memory() >> 20}
-        except Exception as exc:  # BackendError, or pycuda's errors
+        except Exception as exc:  # RunnerError, or pycuda's errors
             self.add("platform", "FAIL", f"{jetpack}; {exc}")
             return None
         self.add("platform", "ok", f"{jetpack}; TensorRT {data['tensorrt']}, pycuda {data['pycuda']}, CUDA driver "
@@ -167,8 +167,9 @@ class GpuSelfTest:
     # -- 2. engines ---------------------------------------------------------------------------------
     def _engines(self) -> tuple[Any, Any, Any, Any] | None:
         from agent.vision.backends import MODEL_DIR, mtcnn_models
+        from agent.vision.backends.mtcnn_profile import config_engine_specs
         from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
-        from agent.vision.backends.tensorrt import TensorRTRunner, config_engine_specs, engine_cache
+        from agent.vision.backends.tensorrt import TensorRTRunner, engine_cache
         from agent.vision.embed import MODEL_NAME, converted_model, engine_spec, resnet_model
 
         cfg = self.cfg
@@ -278,10 +279,11 @@ class GpuSelfTest:
 
     # -- 5. watchdog --------------------------------------------------------------------------------
     def _watchdog(self) -> None:
-        from agent.vision.backends import MODEL_DIR, BackendError, model_check, mtcnn_models
+        from agent.vision.backends import MODEL_DIR, RunnerError, model_check, mtcnn_models
+        from agent.vision.backends.mtcnn_profile import config_engine_specs
         from agent.vision.backends.onnxruntime import OnnxRuntimeRunner
-        from agent.vision.backends.tensorrt import TensorRTRunner, config_engine_specs, engine_cache
-        from agent.vision.backends.watchdog import GuardedBackend
+        from agent.vision.backends.tensorrt import TensorRTRunner, engine_cache
+        from agent.vision.backends.watchdog import GuardedRunner
 
         cfg = self.cfg
         models = mtcnn_models(MODEL_DIR)
@@ -295,13 +297,13 @@ class GpuSelfTest:
 
                 def fail_once(net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
                     runner.run = real  # type: ignore[method-assign]
-                    raise BackendError("forced failure (doctor --gpu): recoverable")
+                    raise RunnerError("forced failure (doctor --gpu): recoverable")
 
                 runner.run = fail_once  # type: ignore[method-assign]
             made.append(runner)
             return runner
 
-        guarded = GuardedBackend(primary, lambda: OnnxRuntimeRunner(models, threads=cfg.detector.threads),
+        guarded = GuardedRunner(primary, lambda: OnnxRuntimeRunner(models, threads=cfg.detector.threads),
                                  timeout=cfg.detector.inference_timeout, request_restart=None,
                                  check=model_check(models))
         self._close.append(guarded.close)

@@ -28,8 +28,8 @@ import numpy as np
 
 from agent.config import Config
 from agent.vision.align import Aligner
-from agent.vision.backends import create_backend
-from agent.vision.backends.tensorrt import options_from_config
+from agent.vision.backends import create_mtcnn_runner
+from agent.vision.backends.mtcnn_profile import options_from_config
 from agent.vision.classifier import Classifier, Prediction
 from agent.vision.embed import Embedder, create_embedder, embed_chips
 from agent.vision.mtcnn import MTCNN, Detection
@@ -111,7 +111,7 @@ class FaceResult:
 def build_detector(cfg: Config, on_degraded: Callable[[str], None] | None = None) -> MTCNN:
     """The MTCNN cascade on the backend chosen by `[detector] backend` (TensorRT engines sized for the
     configured [source] frames; `on_degraded(reason)` is called if the GPU path falls back to the CPU)."""
-    backend = create_backend(cfg.detector.backend, **options_from_config(cfg), on_degraded=on_degraded)
+    backend = create_mtcnn_runner(cfg.detector.backend, **options_from_config(cfg), on_degraded=on_degraded)
     return MTCNN.from_config(cfg.detector, backend)
 
 

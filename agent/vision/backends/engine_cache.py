@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -400,7 +400,3 @@ def _key_diff(old: Any, new: dict | None) -> str:
     parts = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
     return "; ".join(parts)[:300] or "no difference"
-
-
-def device_dict(device: DeviceInfo) -> dict:
-    return asdict(device)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.vision.backends import BackendError, Model, check_input, models_by_name, mtcnn_models
+from agent.vision.backends import Model, RunnerError, check_input, models_by_name, mtcnn_models
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ class OnnxRuntimeRunner:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
-            raise BackendError(f"onnxruntime is not installed ({exc})") from None
+            raise RunnerError(f"onnxruntime is not installed ({exc})") from None
         if threads < 1:
-            raise BackendError(f"threads must be >= 1, got {threads}")
+            raise RunnerError(f"threads must be >= 1, got {threads}")
         self.models = models_by_name(models)
         self.threads = int(threads)
         self._sessions = {}
@@ -60,15 +60,15 @@ class OnnxRuntimeRunner:
             options.enable_mem_pattern = False
         path = model.path
         if not path.is_file():
-            raise BackendError(f"{model.label} {path} not found" + (f" ({model.hint})" if model.hint else ""))
+            raise RunnerError(f"{model.label} {path} not found" + (f" ({model.hint})" if model.hint else ""))
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise BackendError(f"{model.label} {path} cannot be loaded: {_first_line(exc)}") from None
+            raise RunnerError(f"{model.label} {path} cannot be loaded: {_first_line(exc)}") from None
         inputs = [i.name for i in session.get_inputs()]
         outputs = tuple(o.name for o in session.get_outputs())
         if outputs != model.outputs or inputs != [model.input]:
-            raise BackendError(f"{model.label} {path} has inputs {inputs} and outputs {list(outputs)}; "
+            raise RunnerError(f"{model.label} {path} has inputs {inputs} and outputs {list(outputs)}; "
                                f"expected [{model.input!r}] and {list(model.outputs)}")
         return session
 
@@ -79,13 +79,13 @@ class OnnxRuntimeRunner:
     def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         session = self._sessions.get(net)
         if session is None and net in self.models:
-            raise BackendError("backend is closed")
+            raise RunnerError("backend is closed")
         batch = check_input(self.models, net, batch)
         model = self.models[net]
         try:
             return tuple(session.run(None, {model.input: batch}))
         except Exception as exc:
-            raise BackendError(f"{net} inference failed: {_first_line(exc)}") from None
+            raise RunnerError(f"{net} inference failed: {_first_line(exc)}") from None
 
     def close(self) -> None:
         self._sessions.clear()
@@ -94,7 +94,7 @@ class OnnxRuntimeRunner:
         return f"OnnxRuntimeRunner(models={list(self.models)}, threads={self.threads})"
 
 
-class OnnxRuntimeBackend(OnnxRuntimeRunner):
+class OnnxRuntimeMtcnnRunner(OnnxRuntimeRunner):
     """MTCNN on ONNX Runtime: pnet, rnet and onet loaded from `model_dir`/{pnet,rnet,onet}.onnx.
 
     `run` may be called from several threads at once (ONNX Runtime sessions are thread-safe), which the
@@ -107,9 +107,15 @@ class OnnxRuntimeBackend(OnnxRuntimeRunner):
         from agent.vision.backends import MODEL_DIR
 
         if pnet_threads < 0:
-            raise BackendError(f"pnet_threads must be >= 0, got {pnet_threads}")
+            raise RunnerError(f"pnet_threads must be >= 0, got {pnet_threads}")
         self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
         super().__init__(mtcnn_models(self.model_dir, pnet_threads), threads, what="MTCNN")
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeBackend(model_dir={str(self.model_dir)!r}, threads={self.threads})"
+        return f"OnnxRuntimeMtcnnRunner(model_dir={str(self.model_dir)!r}, threads={self.threads})"
+
+
+def mtcnn_runner(model_dir: str | Path | None = None, *, threads: int = 2, pnet_threads: int = 0,
+                 **_options: Any) -> OnnxRuntimeMtcnnRunner:
+    """The registry's MTCNN factory (backends.create_mtcnn_runner); the other options are TensorRT's."""
+    return OnnxRuntimeMtcnnRunner(model_dir, threads=int(threads), pnet_threads=int(pnet_threads))

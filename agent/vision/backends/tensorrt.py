@@ -3,61 +3,49 @@
 `TensorRTRunner(models, specs)`: one engine per model, built once and cached (`engine_cache.EngineCache`,
 `[paths] engines`), with a dynamic shape profile from its `EngineSpec`; batches beyond the profile's max
 batch run in chunks, other inputs outside the profile on a CPU runner (`overflow`). `create_tensorrt_runner`
-puts it behind the watchdog (watchdog.py) with ONNX Runtime as the fallback: the detector and the
-embedder (agent/vision/embed.py, engine `dlib-resnet`) both get their GPU runner from it.
+puts it behind the watchdog (watchdog.py) with ONNX Runtime as the fallback: the detector
+(`create_tensorrt_mtcnn_runner`, `TensorRTMtcnnRunner`: the engines of `mtcnn_profile.engine_specs`) and the
+embedder (agent/vision/embed.py, engine `dlib-resnet`: `resnet_runner`) both get their GPU runner from it.
 
-MTCNN's engines (`engine_specs`, `TensorRTBackend`, `create_tensorrt_backend`):
+Beside it: `trt_probe.py` says what TensorRT, pycuda and GPU this machine has (versions, `auto_kind`,
+`describe_device`, TensorRT's log); `mtcnn_profile.py` holds the arithmetic of MTCNN's engine profiles.
 
-- P-Net: ONE engine with an optimisation profile covering every pyramid scale that the configured input
-  size (`[source] width/height`, after `[detector] max_input_side`) and `min_face_size`/`scale_factor`
-  produce: min = the smallest P-Net input of the pyramid, max = opt = the largest (`pnet_profile`):
-  TensorRT tunes its kernels for opt, and the largest scale is about half of all P-Net work. No
-  per-scale engines, no rebuild per scale. A frame of another size whose pyramid leaves the profile is
-  run on the CPU runner (`overflow`) and logged, never a rebuild at run time.
-- R-Net and O-Net: dynamic batch 1..`max_batch` (opt = a typical candidate count); larger candidate
-  sets are split into chunks of `max_batch`.
-
-FP16 when `[detector] precision = "fp16"` and the GPU has fast fp16 by its compute capability (else fp32;
-the cache key records what was built, and every builder setting `builder_settings` applies). Uses only
-the tensor-name API (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `set_tensor_address`,
-`execute_async_v3`). Supported: TensorRT 8.6 (JetPack 6.0) and 10.x (JetPack 6.1/6.2) with Python 3.10;
-an older TensorRT (JetPack 5: 8.5 and Python 3.8) is refused with one line (`check_tensorrt_version`).
-Device memory, pinned host memory and the stream come from pycuda, on the device's *primary* CUDA
-context (the one TensorRT's runtime API uses), pushed around every GPU call so the runner can be driven
-from any thread (the watchdog runs calls in a worker thread).
+FP16 when `precision = "fp16"` and the GPU has fast fp16 by its compute capability (else fp32; the cache
+key records what was built, and every builder setting `builder_settings` applies). Uses only the
+tensor-name API (`num_io_tensors`, `get_tensor_name`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`). Device memory, pinned host memory and the stream come from pycuda, on the device's
+*primary* CUDA context (the one TensorRT's runtime API uses), pushed around every GPU call so the runner can
+be driven from any thread (the watchdog runs calls in a worker thread).
 
 A CUDA error that leaves the context unusable (an illegal memory access, a launch failure, ...: see
 `watchdog.STICKY_CUDA_ERRORS`) is raised as `watchdog.DeviceLostError`, so the watchdog degrades at once
 and asks for a restart instead of rebuilding on the same broken context. TensorRT's own error messages
-(an `execute_async_v3` that returns False says why only in its log) are caught by `_TrtLog`.
+(an `execute_async_v3` that returns False says why only in its log) are caught by `trt_probe._TrtLog`.
 
-`tensorrt` and `pycuda` are imported lazily: this module imports (and its pure helpers run) without them.
+`tensorrt` and `pycuda` are imported lazily: this module imports without them.
 docs/tensorrt.md lists every TensorRT/pycuda call made here.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.vision.backends import (
-    CROP_SIZE,
-    NETS,
-    BackendError,
     Model,
     Runner,
+    RunnerError,
     check_input,
     model_check,
     models_by_name,
     mtcnn_models,
+    mtcnn_profile,
 )
 from agent.vision.backends.engine_cache import (
     DeviceInfo,
@@ -66,254 +54,22 @@ from agent.vision.backends.engine_cache import (
     EngineSpec,
     effective_precision,
 )
+from agent.vision.backends.mtcnn_profile import DEFAULT_INPUT_SIZE
+from agent.vision.backends.trt_probe import (
+    _import,
+    _trt_log,
+    _trt_logger,
+    describe_device,
+    tensorrt_version_tuple,
+)
 from agent.vision.backends.watchdog import (
     DeviceLostError,
-    GuardedBackend,
+    GuardedRunner,
     ask_systemd_for_restart,
     sticky_cuda_error,
 )
 
 log = logging.getLogger(__name__)
-
-# what this code is written and checked against (docs/tensorrt.md): JetPack 6.0 ships TensorRT 8.6,
-# JetPack 6.1/6.2 ship TensorRT 10.3, both with Python 3.10 (Ubuntu 22.04)
-SUPPORTED_PLATFORM = "JetPack 6 (Python 3.10, TensorRT 8.6 or 10.x)"
-MIN_TENSORRT = (8, 6)
-NEWEST_CHECKED_MAJOR = 10
-
-INPUT_NAME = "input"  # the MTCNN graphs' input
-DEFAULT_INPUT_SIZE = (720, 1280)  # (height, width) the P-Net profile is built for unless told
-# opt batch of the R-/O-Net profiles: typical candidate counts for a frame with a few faces (P-Net
-# survivors after NMS; R-Net survivors); the engine is tuned for it and runs any batch up to max_batch
-TYPICAL_BATCH = {"rnet": 64, "onet": 16}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Shape profiles (pure: tested on the CPU)
-# --------------------------------------------------------------------------------------------------------
-
-def pnet_profile(height: int, width: int, min_face_size: int = 20, scale_factor: float = 0.709,
-                 max_input_side: int = 0) -> list[list[int]]:
-    """[min, opt, max] NCHW shapes covering every P-Net input of the pyramid of a height x width frame."""
-    return pnet_profile_for([(height, width)], min_face_size, scale_factor, max_input_side)
-
-
-def pnet_profile_for(sizes: Sequence[tuple[int, int]], min_face_size: int = 20, scale_factor: float = 0.709,
-                     max_input_side: int = 0) -> list[list[int]]:
-    """[min, opt, max] NCHW shapes covering every P-Net input of the pyramids of frames of every
-    (height, width) in `sizes` (one per camera): min from the smallest scale of any camera (a 480p camera
-    beside a 1080p one must not run its smallest scales on the CPU), max from the largest."""
-    from agent.vision.mtcnn import pnet_input_shapes
-
-    sizes = list(dict.fromkeys((int(h), int(w)) for h, w in sizes))
-    if not sizes:
-        raise ValueError("pnet_profile_for: no frame size")
-    shapes: list[tuple[int, int]] = []
-    for height, width in sizes:
-        found = pnet_input_shapes(height, width, min_face_size, scale_factor, max_input_side)
-        if not found:
-            raise ValueError(f"a {width}x{height} frame has no pyramid scale for min_face_size {min_face_size}")
-        shapes += found
-    hs, ws = [h for h, _ in shapes], [w for _, w in shapes]
-    # opt = the largest scale (of the largest frame): TensorRT picks the kernels fastest at opt, and the
-    # first (largest) scale is about half of all P-Net work (each further scale has scale_factor^2 ~ 0.5
-    # times the pixels)
-    opt_h, opt_w = max(shapes, key=lambda hw: hw[0] * hw[1])
-    return [[1, 3, min(hs), min(ws)], [1, 3, opt_h, opt_w], [1, 3, max(hs), max(ws)]]
-
-
-def input_sizes(input_size: tuple[int, int] | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """One (height, width) or a list of them (one per camera) as a list of (height, width)."""
-    if len(input_size) == 2 and all(isinstance(d, int | np.integer) for d in input_size):
-        return [(int(input_size[0]), int(input_size[1]))]  # type: ignore[arg-type]
-    return [(int(h), int(w)) for h, w in input_size]  # type: ignore[misc]
-
-
-def batch_profile(net: str, max_batch: int) -> list[list[int]]:
-    """[min, opt, max] shapes of R-Net/O-Net: batch 1..max_batch of size x size crops."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    s = CROP_SIZE[net]
-    return [[1, 3, s, s], [min(TYPICAL_BATCH[net], max_batch), 3, s, s], [max_batch, 3, s, s]]
-
-
-def engine_specs(model_dir: Path, input_size: tuple[int, int] | Sequence[tuple[int, int]],
-                 min_face_size: int = 20, scale_factor: float = 0.709, max_input_side: int = 0,
-                 precision: str = "fp16", max_batch: int = 128, workspace_mb: int = 256) -> dict[str, EngineSpec]:
-    """The three engine specs for one configuration (input_size = (height, width) of the frames, or a
-    list of them: one per camera, and the P-Net profile covers them all)."""
-    profiles = {"pnet": pnet_profile_for(input_sizes(input_size), min_face_size, scale_factor, max_input_side),
-                "rnet": batch_profile("rnet", max_batch), "onet": batch_profile("onet", max_batch)}
-    return {net: EngineSpec(label=f"mtcnn-{net}", onnx_path=Path(model_dir) / f"{net}.onnx",
-                            precision=precision, profile={INPUT_NAME: profiles[net]},
-                            options={"workspace_mb": int(workspace_mb)})
-            for net in NETS}
-
-
-# --------------------------------------------------------------------------------------------------------
-# TensorRT / pycuda (lazy)
-# --------------------------------------------------------------------------------------------------------
-
-_LOGGER: Any = None
-_LOCK = threading.Lock()
-_NEWER_WARNED = False
-
-
-def tensorrt_version_tuple(version: str) -> tuple[int, ...]:
-    """(major, minor) of a TensorRT version string such as "8.6.2.3" or "10.3.0"; () when unreadable."""
-    numbers = re.findall(r"\d+", str(version))[:2]
-    return tuple(int(n) for n in numbers) if numbers else ()
-
-
-def check_tensorrt_version(version: str) -> str:
-    """"" when this TensorRT is supported, else one line saying why not (and what is)."""
-    found = tensorrt_version_tuple(version)
-    if not found or found < MIN_TENSORRT:
-        return (f"TensorRT {version or '(unknown version)'} is not supported: face-agent runs on "
-                f"{SUPPORTED_PLATFORM}; JetPack 5 (TensorRT 8.5, Python 3.8) and older cannot run it")
-    return ""
-
-
-def import_tensorrt() -> Any:
-    """The `tensorrt` module, or BackendError when it is missing or of an unsupported version."""
-    global _NEWER_WARNED
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendError(f"TensorRT is not available: cannot import tensorrt ({exc}); on a Jetson it comes "
-                           "with JetPack (python3-libnvinfer)") from None
-    version = str(getattr(trt, "__version__", ""))
-    problem = check_tensorrt_version(version)
-    if problem:
-        raise BackendError(problem)
-    if tensorrt_version_tuple(version)[0] > NEWEST_CHECKED_MAJOR and not _NEWER_WARNED:
-        _NEWER_WARNED = True
-        log.warning("TensorRT %s is newer than the %d.x this code was checked against (%s); trying it",
-                    version, NEWEST_CHECKED_MAJOR, SUPPORTED_PLATFORM)
-    return trt
-
-
-def _import() -> tuple[Any, Any]:
-    """(tensorrt, pycuda.driver), or BackendError saying what is missing or unsupported."""
-    trt = import_tensorrt()
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise BackendError(f"pycuda is not available ({exc}); install it with pip (needs the CUDA toolkit)") \
-            from None
-    return trt, cuda
-
-
-def require_tensorrt() -> None:
-    """BackendError unless a supported TensorRT and pycuda import (what a configured `tensorrt` needs)."""
-    _import()
-
-
-class _TrtLog:
-    """TensorRT's log into Python logging, keeping the last error messages: an `execute_async_v3` that
-    fails only returns False, the CUDA error that caused it is in the log (`take_errors`).
-
-    One logger serves every Builder and Runtime of the process, but the errors are kept per thread:
-    TensorRT calls the logger in the thread that made the failing call, and each runner's GPU calls run in
-    its own watchdog worker, so the detector's worker never takes (or loses) the embedder's errors."""
-
-    def __init__(self, trt: Any):
-        severity = trt.ILogger.Severity
-        self._local = threading.local()  # .errors: this thread's deque of recent error messages
-        levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
-                  severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG}
-        errors = (severity.INTERNAL_ERROR, severity.ERROR)
-        owner = self
-
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)  # the documented way to subclass ILogger
-
-            def log(self, sev: Any, msg: str) -> None:
-                level = levels.get(sev)
-                if level is None:  # VERBOSE: thousands of lines during a build
-                    return
-                if sev in errors:
-                    owner._errors().append(str(msg))
-                log.log(level, "TensorRT: %s", msg)
-
-        self.logger = Logger()
-
-    def _errors(self) -> collections.deque[str]:
-        errors = getattr(self._local, "errors", None)
-        if errors is None:
-            errors = self._local.errors = collections.deque(maxlen=8)
-        return errors
-
-    def take_errors(self) -> list[str]:
-        """The error messages TensorRT logged in this thread since the last call (and forget them)."""
-        errors = self._errors()
-        taken = list(errors)
-        errors.clear()
-        return taken
-
-
-def _trt_log(trt: Any) -> _TrtLog:
-    global _LOGGER
-    with _LOCK:
-        if _LOGGER is None:
-            _LOGGER = _TrtLog(trt)
-        return _LOGGER
-
-
-def _trt_logger(trt: Any) -> Any:
-    """The one ILogger every Builder and Runtime here is created with."""
-    return _trt_log(trt).logger
-
-
-def trt_major(trt: Any) -> int:
-    version = tensorrt_version_tuple(str(getattr(trt, "__version__", "")))
-    return version[0] if version else 0
-
-
-def tensorrt_status() -> tuple[bool, str]:
-    """(usable, why): a supported TensorRT and pycuda import and a CUDA GPU is present."""
-    try:
-        trt, cuda = _import()
-    except BackendError as exc:
-        return False, str(exc)
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as exc:  # pycuda raises its own error types
-        return False, f"CUDA cannot be initialised: {exc}"
-    if count < 1:
-        return False, "no CUDA GPU found"
-    dev = cuda.Device(0)
-    major, minor = dev.compute_capability()
-    return True, f"TensorRT {trt.__version__}, GPU {dev.name()} (compute {major}.{minor})"
-
-
-def fast_fp16_by_capability(major: int, minor: int) -> bool:
-    """Native fp16 rate: Maxwell Tegra (5.3), P100 (6.0), Pascal Tegra (6.2), Volta and later; not 6.1.
-    Used on every TensorRT version instead of creating a Builder only to ask platform_has_fast_fp16
-    (deprecated from TensorRT 10.5)."""
-    return (major, minor) in ((5, 3), (6, 0), (6, 2)) or major >= 7
-
-
-def describe_device() -> DeviceInfo:
-    """TensorRT version and what identifies GPU 0 for an engine: name, compute capability, SM count,
-    memory size; and whether fp16 is fast there."""
-    try:
-        trt, cuda = _import()
-    except BackendError as exc:
-        raise EngineCacheError(str(exc)) from None
-    cuda.init()
-    if cuda.Device.count() < 1:
-        raise EngineCacheError("no CUDA GPU found")
-    dev = cuda.Device(0)
-    major, minor = dev.compute_capability()
-    # TensorRT 11 removed weak typing (BuilderFlag.FP16): the ONNX graph is fp32, so is the engine
-    fast_fp16 = hasattr(trt.BuilderFlag, "FP16") and fast_fp16_by_capability(major, minor)
-    return DeviceInfo(tensorrt_version=str(trt.__version__), gpu_name=str(dev.name()),
-                      compute_capability=f"{major}.{minor}", fast_fp16=fast_fp16,
-                      multiprocessors=int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
-                      memory_gb=round(dev.total_memory() / (1 << 30)))
 
 
 def builder_settings(spec: EngineSpec, device: DeviceInfo) -> dict:
@@ -373,9 +129,9 @@ def build_engine(spec: EngineSpec, device: DeviceInfo) -> bytes:
 
 
 def gpu_error(net: str, what: str, cause: BaseException | None = None, trt_errors: tuple[str, ...] = ()) \
-        -> BackendError:
+        -> RunnerError:
     """The error to raise for a failed GPU step: DeviceLostError when the CUDA context is gone (the error
-    text - pycuda's exception or TensorRT's log - names a sticky CUDA error), else BackendError."""
+    text - pycuda's exception or TensorRT's log - names a sticky CUDA error), else RunnerError."""
     details = [f"{type(cause).__name__}: {cause}"] if cause is not None else []
     details += list(trt_errors)
     text = "; ".join(details)
@@ -383,14 +139,14 @@ def gpu_error(net: str, what: str, cause: BaseException | None = None, trt_error
     message = f"{net}: {what}" + (f" ({text})" if text else "")
     if sticky:
         return DeviceLostError(f"{message}: CUDA context unusable ({sticky}) until the process restarts")
-    return BackendError(message)
+    return RunnerError(message)
 
 
 # --------------------------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------------------------
 
-class EngineRejectedError(BackendError):
+class EngineRejectedError(RunnerError):
     """TensorRT rejects the engine bytes themselves (cannot deserialize them, or other tensors than the
     model's): the cached file is dropped and built once more. Any other failure while loading (no memory for
     the execution context or the buffers, a CUDA error) keeps the file: a rebuild would not help."""
@@ -418,7 +174,7 @@ class _Engine:
         self.context = self.engine.create_execution_context()
         if self.context is None:  # TensorRT logs why: nearly always no memory for its activations
             errors = "; ".join(_trt_log(trt).take_errors()) or "no reason logged"
-            raise BackendError(f"TensorRT could not create an execution context for {net} (out of GPU "
+            raise RunnerError(f"TensorRT could not create an execution context for {net} (out of GPU "
                                f"memory? {errors}); the engine file is kept")
         self.min_shape, self.opt_shape, self.max_shape = (
             tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input, 0))
@@ -435,11 +191,11 @@ class _Engine:
 
     def _allocate(self, trt: Any, cuda: Any) -> None:
         """The stream and every buffer, sized for the largest input of the profile: no allocation at run
-        time. No memory is a BackendError (the engine file is fine)."""
+        time. No memory is a RunnerError (the engine file is fine)."""
         net = self.net
         self.stream = cuda.Stream()
         if not self.context.set_input_shape(self.input, self.max_shape):
-            raise BackendError(f"{net}: profile max shape {self.max_shape} rejected")
+            raise RunnerError(f"{net}: profile max shape {self.max_shape} rejected")
         for name in [self.input, *self.outputs]:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -453,7 +209,7 @@ class _Engine:
                 raise gpu_error(net, f"cannot allocate {size * dtype.itemsize} bytes for {name}", exc) from exc
         for name, mem in self.device.items():
             if not self.context.set_tensor_address(name, int(mem)):
-                raise BackendError(f"{net}: TensorRT refused the address of {name}")
+                raise RunnerError(f"{net}: TensorRT refused the address of {name}")
 
     def fits(self, shape: tuple[int, ...]) -> bool:
         return all(lo <= d <= hi for lo, d, hi in zip(self.min_shape[1:], shape[1:], self.max_shape[1:],
@@ -464,13 +220,13 @@ class _Engine:
 
         A failed step raises `gpu_error(...)`: DeviceLostError when the CUDA context is gone."""
         if not self.context.set_input_shape(self.input, batch.shape):
-            raise BackendError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
+            raise RunnerError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
                                f"{self.min_shape}..{self.max_shape}")
         log_ = _trt_log(self.trt)
         log_.take_errors()  # only what this call causes
         try:
             return self._infer(batch)
-        except BackendError:
+        except RunnerError:
             raise
         except Exception as exc:  # pycuda's LaunchError, LogicError, RuntimeError, ...
             raise gpu_error(self.net, f"CUDA failed for input {batch.shape}", exc,
@@ -510,7 +266,7 @@ class TensorRTRunner:
     specs: each model's EngineSpec (its ONNX file, precision, the shape profile of its input, builder
     options), by model name. Batches larger than an engine's max batch are run in chunks of that size.
     overflow: factory of a CPU runner for inputs outside an engine's profile (for P-Net: frames of another
-    size than the profile was built for); without it such inputs raise BackendError.
+    size than the profile was built for); without it such inputs raise RunnerError.
     cache: the engine cache to use (default: `engine_cache(engines_dir)`).
     """
 
@@ -523,12 +279,12 @@ class TensorRTRunner:
         self.models = models_by_name(models)
         self.specs = dict(specs)
         if set(self.specs) != set(self.models):
-            raise BackendError(f"engine specs for {sorted(self.specs)}, models {sorted(self.models)}")
+            raise RunnerError(f"engine specs for {sorted(self.specs)}, models {sorted(self.models)}")
         for name, spec in self.specs.items():
             if not spec.onnx_path.is_file():
-                raise BackendError(f"{self.models[name].label} {spec.onnx_path} not found")
+                raise RunnerError(f"{self.models[name].label} {spec.onnx_path} not found")
         if cache is None and engines_dir is None:
-            raise BackendError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
+            raise RunnerError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
         self.cache = cache or engine_cache(engines_dir)  # type: ignore[arg-type]
         self._overflow_factory = overflow
         self._overflow: Any = None
@@ -538,7 +294,7 @@ class TensorRTRunner:
         self._lock = threading.Lock()
         cuda.init()
         if cuda.Device.count() < 1:
-            raise BackendError("no CUDA GPU found")
+            raise RunnerError("no CUDA GPU found")
         self._ctx = cuda.Device(0).retain_primary_context()
         self._runtime = runtime = trt.Runtime(_trt_logger(trt))  # must outlive the engines
         try:
@@ -547,7 +303,7 @@ class TensorRTRunner:
                     self._engines[name] = self._load(trt, cuda, runtime, self.models[name], spec)
         except EngineCacheError as exc:
             self.close()
-            raise BackendError(str(exc)) from None
+            raise RunnerError(str(exc)) from None
         except BaseException:
             self.close()
             raise
@@ -580,7 +336,7 @@ class TensorRTRunner:
     def run(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         engine = self._engines.get(net)
         if engine is None and net in self.models:
-            raise BackendError("backend is closed")
+            raise RunnerError("backend is closed")
         batch = check_input(self.models, net, batch)
         assert engine is not None  # check_input refused any other name
         if not engine.fits(batch.shape):
@@ -596,7 +352,7 @@ class TensorRTRunner:
 
     def _run_overflow(self, net: str, batch: np.ndarray, engine: _Engine) -> tuple[np.ndarray, ...]:
         if self._overflow_factory is None:
-            raise BackendError(f"{net}: input {batch.shape[2]}x{batch.shape[3]} is outside the engine "
+            raise RunnerError(f"{net}: input {batch.shape[2]}x{batch.shape[3]} is outside the engine "
                                f"profile {engine.min_shape[2:]}..{engine.max_shape[2:]}")
         if not self._overflow_warned:
             log.warning("%s input %dx%d (HxW) is outside the TensorRT profile %s..%s (frames of another size "
@@ -627,12 +383,12 @@ class TensorRTRunner:
         return f"TensorRTRunner(models={list(self.models)}, engines_dir={str(self.cache.folder)!r})"
 
 
-class TensorRTBackend(TensorRTRunner):
+class TensorRTMtcnnRunner(TensorRTRunner):
     """MTCNN on TensorRT: the three engines for one configuration (`engine_specs`).
 
     input_size: (height, width) of the frames the P-Net profile is built for ([source] height/width).
     overflow: factory of a CPU runner for P-Net inputs outside the profile (frames of another size);
-    without it such inputs raise BackendError.
+    without it such inputs raise RunnerError.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, engines_dir: str | Path,
@@ -644,26 +400,18 @@ class TensorRTBackend(TensorRTRunner):
 
         _import()  # a missing or unsupported TensorRT is said first
         self.model_dir = Path(model_dir) if model_dir is not None else MODEL_DIR
-        specs = engine_specs(self.model_dir, input_size, min_face_size, scale_factor, max_input_side,
+        specs = mtcnn_profile.engine_specs(self.model_dir, input_size, min_face_size, scale_factor, max_input_side,
                              precision, max_batch, workspace_mb)
         super().__init__(mtcnn_models(self.model_dir), specs, engines_dir=engines_dir, cache=cache,
                          overflow=overflow, what="MTCNN")
 
     def __repr__(self) -> str:
-        return f"TensorRTBackend(model_dir={str(self.model_dir)!r}, engines_dir={str(self.cache.folder)!r})"
+        return f"TensorRTMtcnnRunner(model_dir={str(self.model_dir)!r}, engines_dir={str(self.cache.folder)!r})"
 
 
 # --------------------------------------------------------------------------------------------------------
-# Selection and wiring (used by backends.create_backend)
+# Wiring: the watchdog, the CPU fallback (used by backends.create_mtcnn_runner)
 # --------------------------------------------------------------------------------------------------------
-
-def auto_kind() -> tuple[str, str]:
-    """What `[detector] backend = "auto"` picks, and why."""
-    ok, why = tensorrt_status()
-    if ok:
-        return "tensorrt", why
-    return "onnxruntime", f"TensorRT not usable ({why})"
-
 
 DETECTOR_KEYS = ("min_face_size", "scale_factor", "max_input_side", "precision", "max_batch", "workspace_mb",
                  "inference_timeout")
@@ -676,7 +424,7 @@ def create_tensorrt_runner(models: Iterable[Model],
                            on_degraded: Callable[[str], None] | None = None,
                            request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
                            threads: int = 2, what: str = "models") -> Runner:
-    """TensorRTRunner(models, specs) behind the watchdog (GuardedBackend) unless guard=False.
+    """TensorRTRunner(models, specs) behind the watchdog (GuardedRunner) unless guard=False.
 
     `specs` may be a function returning them: it is then called when the GPU runner is created, so a
     setting that cannot make an engine degrades like any other start failure. The CPU runner (ONNX
@@ -698,11 +446,11 @@ def create_tensorrt_runner(models: Iterable[Model],
 
     if not guard:
         return primary()
-    return GuardedBackend(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
+    return GuardedRunner(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
                           request_restart=request_restart, check=check)
 
 
-def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool = True,
+def create_tensorrt_mtcnn_runner(model_dir: str | Path | None = None, *, guard: bool = True,
                             inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
                             request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
                             threads: int = 2, detector: Any = None, source: Any = None,
@@ -724,41 +472,20 @@ def create_tensorrt_backend(model_dir: str | Path | None = None, *, guard: bool 
     if source is not None and "input_size" not in options:
         options["input_size"] = (int(source.height), int(source.width))
     if "engines_dir" not in options:
-        raise BackendError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
+        raise RunnerError("the tensorrt backend needs engines_dir (the [paths] engines folder)")
     engines_dir = options.pop("engines_dir")
     cache = options.pop("cache", None)
     folder = Path(model_dir) if model_dir is not None else MODEL_DIR
 
     def specs() -> dict[str, EngineSpec]:
-        return engine_specs(folder, **{"input_size": DEFAULT_INPUT_SIZE, **options})
+        return mtcnn_profile.engine_specs(folder, **{"input_size": DEFAULT_INPUT_SIZE, **options})
 
     return create_tensorrt_runner(mtcnn_models(folder), specs, engines_dir=engines_dir, cache=cache,
                                   guard=guard, inference_timeout=inference_timeout, on_degraded=on_degraded,
                                   request_restart=request_restart, threads=threads, what="MTCNN")
 
 
-def options_from_config(cfg: Any) -> dict[str, Any]:
-    """create_backend options for the configured detector (cfg: agent.config.Config)."""
-    d = cfg.detector
-    # one P-Net profile covers every camera: the pyramid scales of each camera's frame size (largest first),
-    # with the smallest faces any camera looks for
-    cameras = cfg.cameras()
-    sizes = sorted({(int(c.source.height), int(c.source.width)) for c in cameras}, key=lambda hw: -hw[0] * hw[1])
-    input_size = sizes[0] if len(sizes) == 1 else sizes
-    min_face_size = min(c.detector.min_face_size for c in cameras)
-    return {"threads": d.threads, "pnet_threads": 1 if d.pyramid_workers > 1 else 0,
-            "engines_dir": cfg.path("engines"),
-            "input_size": input_size, "min_face_size": min_face_size,
-            "scale_factor": d.scale_factor, "max_input_side": d.max_input_side, "precision": d.precision,
-            "max_batch": d.max_batch, "workspace_mb": d.workspace_mb,
-            "inference_timeout": d.inference_timeout}
-
-
-def config_engine_specs(cfg: Any, model_dir: str | Path | None = None) -> dict[str, EngineSpec]:
-    """The MTCNN engine specs the configured detector uses (cfg: agent.config.Config)."""
-    from agent.vision.backends import MODEL_DIR
-
-    o = options_from_config(cfg)
-    return engine_specs(Path(model_dir) if model_dir is not None else MODEL_DIR, o["input_size"],
-                        o["min_face_size"], o["scale_factor"], o["max_input_side"], o["precision"],
-                        o["max_batch"], o["workspace_mb"])
+def mtcnn_runner(model_dir: str | Path | None = None, *, pnet_threads: int = 0, **options: Any) -> Runner:
+    """The registry's MTCNN factory (backends.create_mtcnn_runner): `create_tensorrt_mtcnn_runner`
+    (pnet_threads is ONNX Runtime's only)."""
+    return create_tensorrt_mtcnn_runner(model_dir, **options)

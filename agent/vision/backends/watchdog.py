@@ -1,6 +1,6 @@
 """No silent hang: a backend wrapper that times every inference call and falls back to the CPU.
 
-`GuardedBackend(primary_factory, fallback_factory, timeout, on_degraded, request_restart)` implements the
+`GuardedRunner(primary_factory, fallback_factory, timeout, on_degraded, request_restart)` implements the
 runner protocol itself (agent/vision/backends/__init__.py), for any runner: MTCNN's and the ResNet's
 TensorRT runners are both put behind it by `tensorrt.create_tensorrt_runner`. Every call to the primary
 (TensorRT) runner runs in a worker thread and is waited for at most `timeout` seconds ([detector]
@@ -42,7 +42,7 @@ by `build_timeout`; past it the agent starts degraded on the CPU while the aband
 finish and store its engine for the next start.
 
 Caller errors (unknown network, malformed batch) are checked up front (`check`, by default MTCNN's
-`check_batch`) and raised as BackendError without touching the primary backend: they say nothing about
+`check_batch`) and raised as RunnerError without touching the primary backend: they say nothing about
 the GPU's health.
 """
 
@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from agent.systemd import BUILD_TIMEOUT
-from agent.vision.backends import BackendError, check_batch
+from agent.vision.backends import RunnerError, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ STICKY_CUDA_ERRORS = (
 )
 
 
-class InferenceTimeoutError(BackendError):
+class InferenceTimeoutError(RunnerError):
     """The primary backend did not answer within the timeout."""
 
 
-class DeviceLostError(BackendError):
+class DeviceLostError(RunnerError):
     """The GPU backend's CUDA context is unusable until the process ends (a sticky CUDA error)."""
 
 
@@ -153,7 +153,7 @@ class _Worker:
         self._jobs.put(None)
 
 
-class GuardedBackend:
+class GuardedRunner:
     """The primary backend behind a watchdog, one background rebuild, then the fallback (see module doc).
 
     primary_factory / fallback_factory: () -> backend; the primary is created at once (in a worker, within
@@ -162,7 +162,7 @@ class GuardedBackend:
     request_restart: called once with the reason when it falls back for good at run time (not when the
     primary never started) and the primary had run for at least `restart_min_uptime` seconds; returns
     whether the request was delivered (see `ask_systemd_for_restart`).
-    check: (model, batch) -> the batch as float32, or BackendError for a caller error (default: MTCNN's).
+    check: (model, batch) -> the batch as float32, or RunnerError for a caller error (default: MTCNN's).
     """
 
     def __init__(self, primary_factory: Callable[[], Any], fallback_factory: Callable[[], Any],
@@ -243,7 +243,7 @@ class GuardedBackend:
                 self._fallback = None
 
     def __repr__(self) -> str:
-        return f"GuardedBackend(active={self.name!r}, degraded={self.degraded}, timeout={self.timeout})"
+        return f"GuardedRunner(active={self.name!r}, degraded={self.degraded}, timeout={self.timeout})"
 
     # -- internals ----------------------------------------------------------------------------------
     def _start_primary(self) -> tuple[Any, _Worker]:
@@ -256,7 +256,7 @@ class GuardedBackend:
 
     def _call_primary(self, net: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         if self._primary is None or self._worker is None:
-            raise BackendError("primary backend is not running")
+            raise RunnerError("primary backend is not running")
         return self._worker.call(self._primary.run, (net, batch), self.timeout)
 
     def _primary_failed(self, net: str, batch: np.ndarray, exc: BaseException, elapsed: float) -> None:
