@@ -2,8 +2,8 @@
 
 An `Event` is a flat JSON object. Common fields are always present (`null` where they do not apply);
 type-specific fields are present only for their type (see `TYPE_FIELDS`). The JSON Schema in
-`agent/schemas/event.schema.json` documents the same rules that `validate_event` checks here, so no
-runtime dependency on `jsonschema` is needed (tests check that both agree). See docs/events.md.
+`agent/schemas/event.schema.json` states the rules; `validate_event` checks them by that file itself
+(compiled by fastjsonschema), so there is no second copy to keep in step. See docs/events.md.
 
 Version 2 added `frame_index` and `media_time` (where in the source the event happened); version 1
 events (in an older log) are still valid without them, and consumers of version 1 keep working: nothing
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -214,155 +215,70 @@ def _fail(where: str, why: str) -> None:
     raise EventError(f"{where}: {why}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+_SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "event.schema.json"
+_schema_lock = threading.Lock()
+_schema_check: Callable[[Any], Any] | None = None
 
 
-def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+def _compiled_schema() -> Callable[[Any], Any]:
+    """event.schema.json compiled to Python by fastjsonschema, once (on first use: no cost at import)."""
+    global _schema_check
+    with _schema_lock:
+        if _schema_check is None:
+            import fastjsonschema
+
+            _schema_check = fastjsonschema.compile(json.loads(_SCHEMA_PATH.read_text(encoding="utf-8")))
+        return _schema_check
 
 
-def _check_prob(data: dict, key: str, nullable: bool = True) -> None:
-    v = data[key]
-    if v is None and nullable:
-        return
-    if not _is_num(v) or not 0.0 <= v <= 1.0:
-        _fail(key, f"expected a number between 0 and 1{' or null' if nullable else ''}, got {v!r}")
+def _schema_error(exc: Any, data: dict) -> EventError:
+    """A fastjsonschema error as this module says it: the field, what is wrong, the value. A rule about
+    which fields an event has (the schema's version and type conditions) is said with the fields."""
+    name = str(exc.name or "data")
+    field_name = name.removeprefix("data").lstrip(".") or "event"
+    why = str(exc.message).removeprefix(name).strip() or "does not follow the schema"
+    if field_name == "event":
+        return EventError(_fields_problem(data) or f"event: {why}")
+    return EventError(f"{field_name}: {why}, got {exc.value!r:.80}")
 
 
-def _check_str(data: dict, key: str, nullable: bool, max_len: int = MAX_NAME_LENGTH) -> None:
-    v = data[key]
-    if v is None and nullable:
-        return
-    if not isinstance(v, str) or not v or len(v) > max_len:
-        _fail(key, f"expected a non-empty string of at most {max_len} characters"
-              f"{' or null' if nullable else ''}, got {v!r:.80}")
-
-
-def _check_nonneg_int(data: dict, key: str, nullable: bool) -> None:
-    v = data[key]
-    if v is None and nullable:
-        return
-    if not _is_int(v) or v < 0:
-        _fail(key, f"expected a non-negative integer{' or null' if nullable else ''}, got {v!r}")
-
-
-def _check_object(v: Any, key: str, keys: tuple[str, ...]) -> None:
-    if not isinstance(v, dict) or set(v) != set(keys):
-        _fail(key, f"expected an object with exactly {', '.join(keys)}, got {v!r:.120}")
-    for k in keys:
-        if not _is_int(v[k]):
-            _fail(f"{key}.{k}", f"expected an integer, got {v[k]!r}")
+def _fields_problem(data: dict) -> str:
+    """Why an event the schema refused has the wrong fields for its version and type ("" if it has not)."""
+    version, etype = data.get("schema_version"), data.get("type")
+    if version not in SCHEMA_VERSIONS:
+        return f"schema_version: expected one of {SCHEMA_VERSIONS}, got {version!r:.20}"
+    if etype == REIDENTIFIED and version < 3:
+        return f"type: {etype} needs schema_version 3 or later"
+    expected = (*common_fields(version), *type_fields(str(etype), version))
+    missing = [k for k in expected if k not in data]
+    extra = sorted(set(data) - set(expected) - set(OPTIONAL_FIELDS))
+    if missing:
+        return f"event: missing field(s) {', '.join(missing)} for type {etype} (schema_version {version})"
+    if extra:
+        return f"event: unexpected field(s) {', '.join(extra)} for type {etype} (schema_version {version})"
+    return ""
 
 
 def validate_event(data: Any) -> None:
-    """Check an event object against its schema version (the rules of event.schema.json); raise EventError."""
+    """Check an event object against agent/schemas/event.schema.json (the one statement of the rules, every
+    schema version in it), then what JSON Schema cannot say: timestamps that are real UTC times, finite
+    numbers. Raise EventError naming the field."""
+    from fastjsonschema import JsonSchemaValueException
+
     if not isinstance(data, dict):
         _fail("event", f"expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version")
-    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
-        _fail("schema_version", f"expected one of {SCHEMA_VERSIONS}, got {version!r}")
-    common = common_fields(version)
-    etype = data.get("type")
-    if etype not in EVENT_TYPES:
-        _fail("type", f"{etype!r} is not one of {', '.join(EVENT_TYPES)}")
-    if etype == REIDENTIFIED and version < 3:
-        _fail("type", f"{etype} needs schema_version 3 or later")
-    fields = type_fields(etype, version)
-    allowed = set(common) | set(OPTIONAL_FIELDS) | set(fields)
-    missing = [k for k in (*common, *fields) if k not in data]
-    if missing:
-        _fail("event", f"missing field(s) {', '.join(missing)} for type {etype}")
-    extra = sorted(set(data) - allowed)
-    if extra:
-        _fail("event", f"unexpected field(s) {', '.join(extra)} for type {etype}")
-
-    if not isinstance(data["event_id"], str) or not EVENT_ID_RE.match(data["event_id"]):
-        _fail("event_id", f"expected a 26-character ULID, got {data['event_id']!r:.60}")
-    _check_str(data, "agent_id", nullable=False)
-    # version 4: agent-wide events have no camera (model_updated: none; reidentified: its track's, if known)
-    _check_str(data, "camera", nullable=version >= 4 and etype in (MODEL_UPDATED, REIDENTIFIED))
-    if version >= 4 and etype == MODEL_UPDATED and data["camera"] is not None:
-        _fail("camera", f"must be null for {etype}")
+    if isinstance(data.get("schema_version"), bool):  # Python's True == 1 would pass the schema's enum
+        _fail("schema_version", f"expected one of {SCHEMA_VERSIONS}, got {data['schema_version']!r}")
+    try:
+        _compiled_schema()(data)
+    except JsonSchemaValueException as exc:
+        raise _schema_error(exc, data) from None
     parse_timestamp(data["timestamp"])
-    _check_str(data, "name", nullable=True)
-    if version >= 4:
-        v = data["person_id"]
-        if v is not None and (not isinstance(v, str) or not PERSON_ID_RE.match(v)):
-            _fail("person_id", f"expected a person's id like p3 or null, got {v!r:.40}")
-        if v is not None and data["name"] is None:
-            _fail("person_id", "must be null when name is null")
-    _check_prob(data, "confidence")
-    _check_nonneg_int(data, "votes", nullable=True)
-    if version >= 2:
-        _check_nonneg_int(data, "frame_index", nullable=True)
-        t = data["media_time"]
-        if t is not None and (not _is_num(t) or t < 0):
-            _fail("media_time", f"expected a non-negative number or null, got {t!r}")
-
-    is_track = etype in TRACK_TYPES
-    if etype == REIDENTIFIED:  # about a track seen earlier: its id, no box of now
-        _check_nonneg_int(data, "track_id", nullable=False)
-        for key in ("box", "frame", "votes", "frame_index", "media_time"):
-            if data[key] is not None:
-                _fail(key, f"must be null for {etype}")
-    elif is_track:
-        _check_nonneg_int(data, "track_id", nullable=False)
-        _check_object(data["box"], "box", ("left", "top", "right", "bottom"))
-        _check_object(data["frame"], "frame", ("width", "height"))
-    else:
-        for key in ("track_id", "box", "frame", "name", "confidence", "votes"):
-            if data[key] is not None:
-                _fail(key, f"must be null for {etype}")
-    if "thumbnail" in data:
-        t = data["thumbnail"]
-        if not isinstance(t, str) or not t or len(t) > MAX_THUMBNAIL_CHARS or not re.fullmatch(
-                r"[A-Za-z0-9+/]+={0,2}", t):
-            _fail("thumbnail", "expected base64 text of a JPEG")
-
-    if etype == IDENTIFIED:
-        _check_str(data, "name", nullable=False)
-        _check_str(data, "previous_name", nullable=True)
-    elif etype == UNKNOWN_FACE:
-        if data["name"] is not None:
-            _fail("name", "must be null for unknown_face")
-        _check_nonneg_int(data, "attempts", nullable=False)
-        if version >= 3:
-            _check_unknown_id(data, nullable=True)
-    elif etype == TRACK_ENDED:
-        if not _is_num(data["duration_s"]) or data["duration_s"] < 0:
-            _fail("duration_s", f"expected a non-negative number, got {data['duration_s']!r}")
-        _check_prob(data, "best_confidence")
-        if version >= 4:
-            _check_unknown_id(data, nullable=True)
-            if data["unknown_id"] is not None and data["name"] is not None:
-                _fail("unknown_id", "must be null for a track that ended named")
-    elif etype == MODEL_UPDATED:
-        people = data["people"]
-        if not isinstance(people, list) or not all(isinstance(p, str) and p for p in people):
-            _fail("people", "expected a list of names")
-        counts = data["counts"]
-        if not isinstance(counts, dict) or not all(_is_int(c) and c >= 0 for c in counts.values()):
-            _fail("counts", "expected an object of name -> non-negative integer")
-        if not _is_num(data["training_s"]) or data["training_s"] < 0:
-            _fail("training_s", f"expected a non-negative number, got {data['training_s']!r}")
-        _check_prob(data, "cv_score")
-    elif etype == REIDENTIFIED:
-        _check_str(data, "name", nullable=False)
-        _check_unknown_id(data, nullable=True)
+    if "seen_at" in data:
         parse_timestamp(data["seen_at"])
-        if version >= 4:
-            v = data["original_event_id"]
-            if v is not None and (not isinstance(v, str) or not EVENT_ID_RE.match(v)):
-                _fail("original_event_id", f"expected a 26-character ULID or null, got {v!r:.60}")
-
-
-def _check_unknown_id(data: dict, nullable: bool) -> None:
-    v = data["unknown_id"]
-    if v is None and nullable:
-        return
-    if not isinstance(v, str) or not UNKNOWN_ID_RE.match(v):
-        _fail("unknown_id", f"expected an unknown person's id like u12{' or null' if nullable else ''}, got {v!r:.40}")
+    for key, value in data.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(key, f"expected a finite number, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- factories
