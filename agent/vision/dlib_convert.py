@@ -388,6 +388,108 @@ def parse_dat(data: bytes, name: str = "model") -> DlibNet:
 # ONNX graph
 
 
+class _Graph:
+    """The ONNX nodes and initializers of a network being converted, one dlib layer at a time (input
+    first): `cur` names the tensor so far and `shape` is its (C, H, W); the batch stays dynamic."""
+
+    def __init__(self, helper: Any, numpy_helper: Any, input_size: int, source: str):
+        self.helper, self.numpy_helper, self.source = helper, numpy_helper, source
+        self.nodes: list = []
+        self.inits: list = []
+        self.cur = INPUT_NAME
+        self.shape: tuple = (3, input_size, input_size)
+        self.tags: dict[int, tuple[str, tuple]] = {}
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def add(self, layer: Layer, tag: str) -> None:
+        """Append the nodes of one layer (`tag`: its kind and index, e.g. con3)."""
+        kind = layer.kind
+        if kind in ("input", "loss_metric"):
+            return
+        if kind == "tag":
+            self.tags[layer.spec[1]] = (self.cur, self.shape)
+        elif kind == "skip":
+            self.cur, self.shape = self.tags[layer.spec[1]]
+        elif kind == "relu":
+            self.cur = self.node("Relu", [self.cur], tag)
+        else:
+            handlers = {"con": self._con, "affine": self._affine, "avg_pool": self._pool, "max_pool": self._pool,
+                        "add_prev": self._add_prev, "fc": self._fc}
+            handlers[kind](layer, tag)  # a KeyError: a layer kind the parser let through unhandled
+
+    def _con(self, layer: Layer, tag: str) -> None:
+        a, shape = layer.attrs, self.shape
+        w, b = a["weight"], a["bias"]
+        if a["in_channels"] != shape[0]:
+            raise DlibFormatError(f"{self.source}: {tag} expects {a['in_channels']} channels, gets {shape[0]}")
+        (sy, sx), (py, px) = a["stride"], a["pad"]
+        self.cur = self.node("Conv", [self.cur, self.const(f"{tag}.weight", w), self.const(f"{tag}.bias", b)], tag,
+                             kernel_shape=list(w.shape[2:]), strides=[sy, sx], pads=[py, px, py, px],
+                             dilations=[1, 1], group=1)
+        h = 1 + (shape[1] + 2 * py - w.shape[2]) // sy
+        wd = 1 + (shape[2] + 2 * px - w.shape[3]) // sx
+        self.shape = (w.shape[0], h, wd)
+
+    def _affine(self, layer: Layer, tag: str) -> None:
+        a, shape = layer.attrs, self.shape
+        if a["mode"] == "conv":
+            g = a["gamma"].reshape(1, -1, 1, 1)
+            bt = a["beta"].reshape(1, -1, 1, 1)
+            if g.shape[1] != shape[0]:
+                raise DlibFormatError(f"{self.source}: {tag} has {g.shape[1]} channels, input has {shape[0]}")
+        else:
+            g, bt = a["gamma"][None], a["beta"][None]
+            if g.shape[1:] != shape:
+                raise DlibFormatError(f"{self.source}: {tag} has shape {g.shape[1:]}, input has {shape}")
+        mul = self.node("Mul", [self.cur, self.const(f"{tag}.gamma", g)], f"{tag}.mul")
+        self.cur = self.node("Add", [mul, self.const(f"{tag}.beta", bt)], tag)
+
+    def _pool(self, layer: Layer, tag: str) -> None:
+        kind, shape = layer.kind, self.shape
+        (wy, wx), (sy, sx), (py, px) = layer.attrs["window"], layer.attrs["stride"], layer.attrs["pad"]
+        if wy == 0 and wx == 0:
+            self.cur = self.node("GlobalAveragePool" if kind == "avg_pool" else "GlobalMaxPool", [self.cur], tag)
+            self.shape = (shape[0], 1, 1)
+            return
+        wy, wx = wy or shape[1], wx or shape[2]
+        if wy > shape[1] + 2 * py or wx > shape[2] + 2 * px:
+            raise DlibFormatError(f"{self.source}: {tag} window {wy}x{wx} larger than its input {shape}")
+        extra = {"count_include_pad": 0} if kind == "avg_pool" else {}
+        self.cur = self.node("AveragePool" if kind == "avg_pool" else "MaxPool", [self.cur], tag,
+                             kernel_shape=[wy, wx], strides=[sy, sx], pads=[py, px, py, px], **extra)
+        self.shape = (shape[0], 1 + (shape[1] + 2 * py - wy) // sy, 1 + (shape[2] + 2 * px - wx) // sx)
+
+    def _add_prev(self, layer: Layer, tag: str) -> None:
+        other, other_shape = self.tags[layer.spec[1]]
+        out_shape = tuple(max(x, y) for x, y in zip(self.shape, other_shape, strict=True))
+        operands = []
+        for j, (name, s) in enumerate(((self.cur, self.shape), (other, other_shape))):
+            if s != out_shape:
+                # dlib's tt::add: a value missing in one input counts as 0 -> pad at the far end
+                pads = np.array([0, 0, 0, 0, 0, out_shape[0] - s[0], out_shape[1] - s[1],
+                                 out_shape[2] - s[2]], dtype=np.int64)
+                name = self.node("Pad", [name, self.const(f"{tag}.pads{j}", pads)], f"{tag}.pad{j}",
+                                 mode="constant")
+            operands.append(name)
+        self.cur = self.node("Add", operands, tag)
+        self.shape = out_shape
+
+    def _fc(self, layer: Layer, tag: str) -> None:
+        w, shape = layer.attrs["weight"], self.shape
+        if w.shape[0] != shape[0] * shape[1] * shape[2]:
+            raise DlibFormatError(f"{self.source}: {tag} takes {w.shape[0]} inputs, gets {shape}")
+        flat = self.node("Flatten", [self.cur], f"{tag}.flatten", axis=1)
+        self.cur = self.node("MatMul", [flat, self.const(f"{tag}.weight", w)], tag)
+        self.shape = (w.shape[1],)
+
+
 def build_onnx(net: DlibNet, source: str = DAT_NAME, dat_sha256: str = "") -> Any:
     """The onnx.ModelProto for a parsed network (onnx imported lazily: only conversion needs it)."""
     try:
@@ -396,92 +498,12 @@ def build_onnx(net: DlibNet, source: str = DAT_NAME, dat_sha256: str = "") -> An
     except ImportError as exc:
         raise RuntimeError(f"converting the dlib model needs the 'onnx' package ({exc})") from None
 
-    nodes: list = []
-    inits: list = []
-
-    def const(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    cur = INPUT_NAME
-    shape = (3, net.input_size, net.input_size)  # (C, H, W) of `cur`; batch stays dynamic
-    tags: dict[int, tuple[str, tuple]] = {}
+    g = _Graph(helper, numpy_helper, net.input_size, source)
     counts: dict[str, int] = {}
     for layer in reversed(net.layers):
-        kind, a = layer.kind, layer.attrs
-        idx = counts[kind] = counts.get(kind, -1) + 1
-        tag = f"{kind}{idx}"
-        if kind in ("input", "loss_metric"):
-            continue
-        if kind == "tag":
-            tags[layer.spec[1]] = (cur, shape)
-        elif kind == "skip":
-            cur, shape = tags[layer.spec[1]]
-        elif kind == "con":
-            w, b = a["weight"], a["bias"]
-            if a["in_channels"] != shape[0]:
-                raise DlibFormatError(f"{source}: {tag} expects {a['in_channels']} channels, gets {shape[0]}")
-            (sy, sx), (py, px) = a["stride"], a["pad"]
-            cur = node("Conv", [cur, const(f"{tag}.weight", w), const(f"{tag}.bias", b)], tag,
-                       kernel_shape=list(w.shape[2:]), strides=[sy, sx], pads=[py, px, py, px],
-                       dilations=[1, 1], group=1)
-            h = 1 + (shape[1] + 2 * py - w.shape[2]) // sy
-            wd = 1 + (shape[2] + 2 * px - w.shape[3]) // sx
-            shape = (w.shape[0], h, wd)
-        elif kind == "affine":
-            if a["mode"] == "conv":
-                g = a["gamma"].reshape(1, -1, 1, 1)
-                bt = a["beta"].reshape(1, -1, 1, 1)
-                if g.shape[1] != shape[0]:
-                    raise DlibFormatError(f"{source}: {tag} has {g.shape[1]} channels, input has {shape[0]}")
-            else:
-                g, bt = a["gamma"][None], a["beta"][None]
-                if g.shape[1:] != shape:
-                    raise DlibFormatError(f"{source}: {tag} has shape {g.shape[1:]}, input has {shape}")
-            mul = node("Mul", [cur, const(f"{tag}.gamma", g)], f"{tag}.mul")
-            cur = node("Add", [mul, const(f"{tag}.beta", bt)], tag)
-        elif kind == "relu":
-            cur = node("Relu", [cur], tag)
-        elif kind in ("avg_pool", "max_pool"):
-            (wy, wx), (sy, sx), (py, px) = a["window"], a["stride"], a["pad"]
-            if wy == 0 and wx == 0:
-                cur = node("GlobalAveragePool" if kind == "avg_pool" else "GlobalMaxPool", [cur], tag)
-                shape = (shape[0], 1, 1)
-            else:
-                wy, wx = wy or shape[1], wx or shape[2]
-                if wy > shape[1] + 2 * py or wx > shape[2] + 2 * px:
-                    raise DlibFormatError(f"{source}: {tag} window {wy}x{wx} larger than its input {shape}")
-                extra = {"count_include_pad": 0} if kind == "avg_pool" else {}
-                cur = node("AveragePool" if kind == "avg_pool" else "MaxPool", [cur], tag,
-                           kernel_shape=[wy, wx], strides=[sy, sx], pads=[py, px, py, px], **extra)
-                shape = (shape[0], 1 + (shape[1] + 2 * py - wy) // sy, 1 + (shape[2] + 2 * px - wx) // sx)
-        elif kind == "add_prev":
-            other, other_shape = tags[layer.spec[1]]
-            out_shape = tuple(max(x, y) for x, y in zip(shape, other_shape, strict=True))
-            operands = []
-            for j, (name, s) in enumerate(((cur, shape), (other, other_shape))):
-                if s != out_shape:
-                    # dlib's tt::add: a value missing in one input counts as 0 -> pad at the far end
-                    pads = np.array([0, 0, 0, 0, 0, out_shape[0] - s[0], out_shape[1] - s[1],
-                                     out_shape[2] - s[2]], dtype=np.int64)
-                    name = node("Pad", [name, const(f"{tag}.pads{j}", pads)], f"{tag}.pad{j}",
-                                mode="constant")
-                operands.append(name)
-            cur = node("Add", operands, tag)
-            shape = out_shape
-        elif kind == "fc":
-            w = a["weight"]
-            if w.shape[0] != shape[0] * shape[1] * shape[2]:
-                raise DlibFormatError(f"{source}: {tag} takes {w.shape[0]} inputs, gets {shape}")
-            flat = node("Flatten", [cur], f"{tag}.flatten", axis=1)
-            cur = node("MatMul", [flat, const(f"{tag}.weight", w)], tag)
-            shape = (w.shape[1],)
-        else:  # pragma: no cover
-            raise AssertionError(kind)
+        idx = counts[layer.kind] = counts.get(layer.kind, -1) + 1
+        g.add(layer, f"{layer.kind}{idx}")
+    nodes, inits, cur, shape = g.nodes, g.inits, g.cur, g.shape
     nodes.append(helper.make_node("Identity", [cur], [OUTPUT_NAME], name=OUTPUT_NAME))
 
     graph = helper.make_graph(
