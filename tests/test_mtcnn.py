@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.config import DetectorSection
 from agent.images import load_image
+from agent.vision import mtcnn
 from agent.vision.backends import MODEL_DIR, NETS, RunnerError, create_mtcnn_runner
 from agent.vision.backends.onnxruntime import OnnxRuntimeMtcnnRunner
 from agent.vision.mtcnn import MTCNN, Detection, nms, pnet_input_shapes, pyramid_scales
@@ -311,7 +312,7 @@ def test_obama_one_face(backend, detector):
     rgb = load_image(FR / "tests" / "test_images" / "obama.jpg")
     # At the reference thresholds (0.6, 0.7, 0.7) MTCNN also fires (score 0.94) on a blurred desk telephone
     # at the bottom right; the face itself scores 0.99996. The shipped O-Net threshold (0.95) leaves the face.
-    reference = MTCNN(backend, thresholds=(0.6, 0.7, 0.7)).detect(rgb)
+    reference = MTCNN(backend, thresholds=(0.6, 0.7, 0.7), min_score=0.0).detect(rgb)
     assert reference[0].score > 0.999 and all(d.score < 0.95 for d in reference[1:])
     strict = detector.detect(rgb)
     assert len(strict) == 1
@@ -467,12 +468,22 @@ def test_tiny_and_blank_images_give_no_faces(detector):
     assert detector.detect(np.full((120, 200, 3), 128, np.uint8)) == []
 
 
-@pytest.mark.parametrize("kwargs", [dict(thresholds=(0.6, 0.7)), dict(thresholds=(0.6, 0.7, 1.5)),
-                                    dict(nms_thresholds=(0.5, 0.7, 0)), dict(min_face_size=0),
-                                    dict(scale_factor=1.0), dict(max_input_side=5)])
-def test_bad_settings_are_rejected(backend, kwargs):
-    with pytest.raises(ValueError):
-        MTCNN(backend, **kwargs)
+def test_settings_are_the_configs_and_checked_there(backend):
+    """A detector built without a config is the configured one; the values' ranges are the config schema's
+    (tests/test_config.py refuses these same bad values)."""
+    from agent.config import PNET_INPUT, DetectorSection, config_from_dict
+
+    d = DetectorSection()
+    plain = MTCNN(backend)
+    assert (plain.thresholds, plain.nms_thresholds, plain.min_score) == (
+        tuple(d.thresholds), tuple(d.nms_thresholds), d.min_score)
+    assert (plain.min_face_size, plain.scale_factor, plain.max_batch) == (d.min_face_size, d.scale_factor,
+                                                                          d.max_batch)
+    assert PNET_INPUT == mtcnn.PNET_CELL
+    for bad in (dict(thresholds=[0.6, 0.7]), dict(thresholds=[0.6, 0.7, 1.5]), dict(nms_thresholds=[0.5, 0.7, 0]),
+                dict(min_face_size=0), dict(scale_factor=1.0), dict(max_input_side=5), dict(pyramid_workers=0)):
+        with pytest.raises(ValueError, match=f"detector.{next(iter(bad))}"):
+            config_from_dict({"detector": bad}, env={})
 
 
 def test_refine_finds_the_faces_near_given_boxes_only(detector):
@@ -526,7 +537,5 @@ def test_pyramid_runs_one_scale_at_a_time_on_a_backend_that_takes_one_call_at_a_
 
     assert MTCNN(OneAtATime(), pyramid_workers=4).pyramid_workers == 1
     assert MTCNN(backend, pyramid_workers=4).pyramid_workers == 4
-    with pytest.raises(ValueError, match="pyramid_workers"):
-        MTCNN(backend, pyramid_workers=0)
     with pytest.raises(RunnerError, match="pnet_threads"):
         OnnxRuntimeMtcnnRunner(pnet_threads=-1)

@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.config import DetectorSection
 from agent.vision.shrink import halve
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,9 @@ class DetectRequest:
     min_face_size: int | None = None  # full detection: None = the detector's min_face_size
 
 
+_DEFAULTS = DetectorSection()  # the config's defaults: a detector built without a config behaves as with it
+
+
 class MTCNN:
     """The three-stage cascade over a backend (see `agent.vision.backends`).
 
@@ -289,27 +293,15 @@ class MTCNN:
     mapped back to the original frame.
     """
 
-    def __init__(self, backend: Any, min_face_size: int = 20, scale_factor: float = 0.709,
-                 thresholds: tuple[float, float, float] | list[float] = (0.6, 0.7, 0.7),
-                 nms_thresholds: tuple[float, float, float] | list[float] = (0.5, 0.7, 0.7),
-                 max_input_side: int = 0, min_score: float = 0.0, pyramid_workers: int = 1,
-                 max_batch: int = 128):
+    def __init__(self, backend: Any, min_face_size: int = _DEFAULTS.min_face_size,
+                 scale_factor: float = _DEFAULTS.scale_factor,
+                 thresholds: tuple[float, float, float] | list[float] = tuple(_DEFAULTS.thresholds),
+                 nms_thresholds: tuple[float, float, float] | list[float] = tuple(_DEFAULTS.nms_thresholds),
+                 max_input_side: int = _DEFAULTS.max_input_side, min_score: float = _DEFAULTS.min_score,
+                 pyramid_workers: int = _DEFAULTS.pyramid_workers, max_batch: int = _DEFAULTS.max_batch):
+        # the values' ranges are checked once, by the config schema (agent.config.DetectorSection)
         thresholds = tuple(float(t) for t in thresholds)
         nms_thresholds = tuple(float(t) for t in nms_thresholds)
-        if len(thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(f"thresholds must be 3 numbers in [0, 1], got {thresholds}")
-        if len(nms_thresholds) != 3 or not all(0.0 < t <= 1.0 for t in nms_thresholds):
-            raise ValueError(f"nms_thresholds must be 3 numbers in (0, 1], got {nms_thresholds}")
-        if int(min_face_size) < 1:
-            raise ValueError(f"min_face_size must be >= 1, got {min_face_size}")
-        if not 0.0 < float(scale_factor) < 1.0:
-            raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
-        if int(max_input_side) != 0 and int(max_input_side) < PNET_CELL:
-            raise ValueError(f"max_input_side must be 0 (no limit) or >= {PNET_CELL}, got {max_input_side}")
-        if int(pyramid_workers) < 1:
-            raise ValueError(f"pyramid_workers must be >= 1, got {pyramid_workers}")
-        if int(max_batch) < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.backend = backend
         self.min_face_size = int(min_face_size)
         self.scale_factor = float(scale_factor)
@@ -331,7 +323,7 @@ class MTCNN:
         self.last_timings: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, detector_section: Any, backend: Any) -> MTCNN:
+    def from_config(cls, detector_section: DetectorSection, backend: Any) -> MTCNN:
         """Build from the [detector] section of the config (agent.config.DetectorSection)."""
         s = detector_section
         return cls(backend, min_face_size=s.min_face_size, scale_factor=s.scale_factor,
