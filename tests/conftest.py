@@ -22,14 +22,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    """Poll `predicate` every 50 ms for up to `timeout` seconds: True as soon as it holds."""
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    """Poll `predicate` every 50 ms for up to `timeout` seconds: True as soon as it holds (a condition to wait
+    on, instead of a sleep long enough on a slow machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(0.05)
-    return False
+    return bool(predicate())
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from broker import Collector, V311OnlyProxy, mqtt_ping, stop_leftovers  # noqa: F401 (fixture)
-from conftest import ROOT, make_config
+from conftest import ROOT, make_config, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import ConfigError
@@ -49,15 +49,6 @@ def event_ids(collector: Collector) -> list[str]:
     return [json.loads(m.payload)["event_id"] for m in collector.on("faces/events")]
 
 
-def wait_until(predicate, timeout: float = 15.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def subscriber_session(broker, topics="faces/#") -> Collector:
     """A persistent subscriber registered on the broker, then disconnected: the broker queues for it."""
     col = Collector(broker, topics, client_id="test-sub").start()
@@ -77,7 +68,7 @@ def test_delivers_events_exactly_as_logged_with_stats_and_status(tmp_path, mosqu
     for m, e in zip(msgs, events, strict=True):
         assert m.payload.decode() == store.get(e.event_id).payload == e.to_json()
         assert m.qos == 1
-    assert wait_until(lambda: store.counts()["pending"] == 0)
+    assert wait_for(lambda: store.counts()["pending"] == 0)
     stats = col.wait_count(f"faces/{AGENT}/stats", 1)
     s = json.loads(stats[0].payload)
     assert s["fps"] == 12.5 and s["latency_ms"] == {"detect": 40.0} and s["tracks"] == 1
@@ -102,17 +93,17 @@ def test_broker_down_at_start_then_outage_mid_run_loses_nothing(tmp_path, mosqui
     with caplog.at_level(logging.WARNING, logger="agent.sync.mqtt"):
         pub.start()
         first = add_events(store, cfg, 20)
-        time.sleep(1.0)
+        assert wait_for(lambda: "cannot reach broker" in caplog.text)  # a failed connect, retried
     assert not pub.connected and store.counts()["pending"] == 20
     assert "cannot reach broker" in caplog.text  # retried with backoff, logged
     mosquitto.start()
     col = Collector(mosquitto, "faces/#", client_id="test-sub").start()
     assert col.wait_for(lambda m: len(event_ids(col)) >= 20)
     assert set(event_ids(col)) == {e.event_id for e in first}
-    assert wait_until(lambda: store.counts()["pending"] == 0)
+    assert wait_for(lambda: store.counts()["pending"] == 0)
     # outage in the middle of a run: events logged while the broker is gone arrive after it returns
     mosquitto.stop()
-    assert wait_until(lambda: not pub.connected)
+    assert wait_for(lambda: not pub.connected)
     second = add_events(store, cfg, 25, start=100)
     time.sleep(0.5)
     assert store.counts()["pending"] == 25
@@ -120,7 +111,7 @@ def test_broker_down_at_start_then_outage_mid_run_loses_nothing(tmp_path, mosqui
     everything = {e.event_id for e in first + second}
     assert col.wait_for(lambda m: set(event_ids(col)) >= everything, timeout=20)
     assert set(event_ids(col)) == everything  # none lost (duplicates would be allowed, none expected here)
-    assert wait_until(lambda: store.counts() == {"pending": 0, "delivered": 45, "expired": 0, "total": 45})
+    assert wait_for(lambda: store.counts() == {"pending": 0, "delivered": 45, "expired": 0, "total": 45})
     assert pub.client.reconnects >= 1
     pub.stop()
     col.stop()
@@ -191,7 +182,7 @@ reconnect_max_delay = 0.5
     proc = start_agent(tmp_path, cfg_path, 0)  # a new process over the same database
     try:
         assert col.wait_for(lambda m: set(event_ids(col)) >= set(logged), timeout=20)
-        assert wait_until(lambda: store.counts()["pending"] == 0)
+        assert wait_for(lambda: store.counts()["pending"] == 0)
         assert sorted(set(event_ids(col))) == sorted(logged)
         payloads = {json.loads(m.payload)["event_id"]: m.payload.decode() for m in col.on("faces/events")}
         assert all(payloads[eid] == store.get(eid).payload for eid in logged)  # exactly as logged
@@ -259,7 +250,7 @@ def test_protocol_v311_and_fallback_from_v5(tmp_path, mosquitto, caplog):
         assert col.wait_for(lambda m: ids <= set(event_ids(col)))
     assert proxy.refused_v5 >= 1 and pub2.client.protocol == "v311"
     assert "refused MQTT v5; falling back to 3.1.1" in caplog.text
-    assert wait_until(lambda: store2.counts()["pending"] == 0)
+    assert wait_for(lambda: store2.counts()["pending"] == 0)
     pub2.stop()
     proxy.stop()
     col.stop()
@@ -288,7 +279,7 @@ def test_username_password_and_acl_refusal(tmp_path, mosquitto_factory, caplog):
         pub.start()
         assert pub.client.wait_connected(10)
         add_events(store, cfg, 2)
-        assert wait_until(lambda: "broker refused event" in caplog.text, timeout=10)
+        assert wait_for(lambda: "broker refused event" in caplog.text, timeout=10)
     assert store.counts()["pending"] == 2
     assert col.wait_for(lambda m: any(x.text == "online" for x in col.on(f"faces/{AGENT}/status")))
     assert not col.on("faces/events")
@@ -306,7 +297,7 @@ def test_unreachable_broker_retries_and_keeps_events(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="agent.sync.mqtt"):
         pub.start()  # returns at once
         add_events(store, cfg, 3)
-        time.sleep(2.0)
+        assert wait_for(lambda: "cannot reach broker" in caplog.text)
     assert not pub.connected
     assert f"cannot reach broker 127.0.0.1:{port}" in caplog.text
     first = [r.getMessage() for r in caplog.records if "cannot reach broker" in r.getMessage()][0]
@@ -379,7 +370,7 @@ def test_subscribe_helper_resubscribes_after_broker_restart(tmp_path, mosquitto)
             sender.publish("faces/edge-1/enroll/req", payload, qos=1).wait_for_publish(5)
             sender.disconnect()
             sender.loop_stop()
-            if wait_until(lambda: payload in got, timeout=1.0):
+            if wait_for(lambda: payload in got, timeout=1.0):
                 return True
         return False
 
@@ -388,9 +379,9 @@ def test_subscribe_helper_resubscribes_after_broker_restart(tmp_path, mosquitto)
         mosquitto.stop()
         for f in mosquitto.data_dir.iterdir():  # the broker forgets every session and subscription
             f.unlink()
-        assert wait_until(lambda: not client.connected)
+        assert wait_for(lambda: not client.connected)
         mosquitto.start()
-        assert wait_until(lambda: client.connected, timeout=10)
+        assert wait_for(lambda: client.connected, timeout=10)
         assert send_until_received(b"two")  # only works because the client subscribed again
         assert set(got) == {b"one", b"two"}
     finally:
@@ -410,7 +401,7 @@ def test_mqtt_disabled_keeps_events_and_runs_retention(tmp_path):
     pub.start()
     add_events(store, cfg, 3, start=10)
     # retention ran in the thread; without MQTT nothing is an outbox: the old undelivered one went too
-    assert wait_until(lambda: store.get(old[0].event_id) is None and store.get(old[1].event_id) is None)
+    assert wait_for(lambda: store.get(old[0].event_id) is None and store.get(old[1].event_id) is None)
     assert store.count() == 3
     assert pub.stop() == 0 and pub.error is None  # nothing is waiting to be published
 
@@ -453,7 +444,7 @@ def test_events_too_old_are_not_published_late_but_kept_and_can_be_resent(tmp_pa
     with caplog.at_level(logging.WARNING, logger="agent.sync.publisher"):
         pub.start()
         assert col.wait_for(lambda m: len(event_ids(col)) >= 2)
-        assert wait_until(lambda: store.counts()["pending"] == 0)
+        assert wait_for(lambda: store.counts()["pending"] == 0)
         assert col.wait_for(lambda m: any(json.loads(x.payload).get("outbox", {}).get("expired") == 3
                                           for x in col.on(f"faces/{AGENT}/stats")))
     assert sorted(event_ids(col)) == sorted(e.event_id for e in events[3:])
@@ -473,7 +464,7 @@ def test_events_too_old_are_not_published_late_but_kept_and_can_be_resent(tmp_pa
     assert resend.returncode == 0 and "3 expired event(s) made pending" in resend.stdout, resend.stderr
     pub.wake()  # the running publisher sends them now, however old
     assert col.wait_for(lambda m: set(event_ids(col)) >= {e.event_id for e in events}, timeout=20)
-    assert wait_until(lambda: store.counts()["delivered"] == 5)
+    assert wait_for(lambda: store.counts()["delivered"] == 5)
     pub.stop()
     col.stop()
     store.close()
