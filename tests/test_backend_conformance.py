@@ -84,8 +84,8 @@ def _backend(kind: str, tmp_path_factory) -> Iterator:
         engines = tmp_path_factory.mktemp("engines")
         # the production path: GuardedRunner around TensorRTMtcnnRunner (worker thread, timeout, CPU fallback)
         backend = create_tensorrt_mtcnn_runner(engines_dir=engines, input_size=FRAME, max_batch=64,
-                                          precision=kind.split("-", 1)[1], inference_timeout=30.0,
-                                          request_restart=None)
+                                               precision=kind.split("-", 1)[1], inference_timeout=30.0,
+                                               request_restart=None)
         assert isinstance(backend, GuardedRunner)
         assert not backend.degraded, f"TensorRT did not start: {backend.degraded_reason}"
     else:  # pragma: no cover

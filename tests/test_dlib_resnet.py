@@ -392,8 +392,8 @@ def test_resnet_behind_the_watchdog_falls_back_to_onnxruntime(shared, engines):
         return primary[-1]
 
     runner = GuardedRunner(gpu, lambda: OnnxRuntimeRunner([model], threads=1), timeout=30.0,
-                            on_degraded=reports.append, request_restart=lambda r: restarts.append(r) or True,
-                            restart_min_uptime=0.0, check=model_check([model]))
+                           on_degraded=reports.append, request_restart=lambda r: restarts.append(r) or True,
+                           restart_min_uptime=0.0, check=model_check([model]))
     embedder = RunnerEmbedder(runner, batch_size=4, mean_rgb=dlib_resnet.recorded_mean(engines[1]))
     try:
         assert embedder.name == "tensorrt"

@@ -545,7 +545,7 @@ def test_old_tensorrt_is_refused_in_one_line(tmp_path, monkeypatch, capsys, vers
 
     restarts: list[str] = []
     guarded = create_mtcnn_runner("tensorrt", engines_dir=tmp_path / "engines", input_size=(480, 640),
-                             request_restart=lambda r: restarts.append(r) or True)
+                                  request_restart=lambda r: restarts.append(r) or True)
     try:
         assert isinstance(guarded, GuardedRunner) and guarded.final and guarded.name == "onnxruntime"
         assert "is not supported" in guarded.degraded_reason and restarts == []

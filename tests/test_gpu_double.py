@@ -313,9 +313,9 @@ def _guarded(tmp_path, restarts, reports, **options):
     from agent.vision.backends.tensorrt import create_tensorrt_mtcnn_runner
 
     return create_tensorrt_mtcnn_runner(engines_dir=tmp_path / "engines", input_size=FRAME, max_batch=16,
-                                   precision="fp32", inference_timeout=options.pop("timeout", 5.0),
-                                   on_degraded=reports.append,
-                                   request_restart=lambda r: restarts.append(r) or True, threads=1, **options)
+                                        precision="fp32", inference_timeout=options.pop("timeout", 5.0),
+                                        on_degraded=reports.append,
+                                        request_restart=lambda r: restarts.append(r) or True, threads=1, **options)
 
 
 def _restart_min_uptime_zero(guarded):

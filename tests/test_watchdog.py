@@ -142,8 +142,8 @@ def test_stall_answers_from_the_cpu_and_falls_back_for_good_without_a_rebuild(re
     reports: list[str] = []
     restarts: list[str] = []
     guarded = GuardedRunner(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
-                             request_restart=lambda reason: restarts.append(reason) or True,
-                             restart_min_uptime=0.0)
+                            request_restart=lambda reason: restarts.append(reason) or True,
+                            restart_min_uptime=0.0)
     assert guarded.name == "sleeping" and not guarded.degraded
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
 
@@ -213,8 +213,8 @@ def test_failing_calls_rebuild_once_then_fallback(photo, reference, caplog):
     reports: list[str] = []
     restarts: list[str] = []
     guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                             request_restart=lambda reason: restarts.append(reason) or True,
-                             restart_min_uptime=0.0)
+                            request_restart=lambda reason: restarts.append(reason) or True,
+                            restart_min_uptime=0.0)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     guarded.run("pnet", _pnet_batch())  # fails: CPU answer, rebuild in the background
     assert guarded.wait_for_rebuild(MARGIN) and not guarded.degraded
@@ -235,8 +235,8 @@ def test_lost_cuda_context_degrades_at_once_and_asks_for_a_restart(photo, refere
     reports: list[str] = []
     restarts: list[str] = []
     guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                             request_restart=lambda reason: restarts.append(reason) or True,
-                             restart_min_uptime=0.0)
+                            request_restart=lambda reason: restarts.append(reason) or True,
+                            restart_min_uptime=0.0)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     _same(MTCNN(guarded).detect(photo), reference)
     # no rebuild on the same broken primary context: the CPU at once, and a restart request
@@ -260,7 +260,7 @@ def test_lost_context_soon_after_start_stays_on_the_cpu_without_a_restart_loop(c
         return backend
 
     guarded = GuardedRunner(Factory(lost), OnnxRuntimeMtcnnRunner, timeout=TIMEOUT,
-                             request_restart=lambda reason: restarts.append(reason) or True)  # 600 s default
+                            request_restart=lambda reason: restarts.append(reason) or True)  # 600 s default
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     guarded.run("pnet", _pnet_batch())
     assert guarded.final and guarded.rebuilds == 0 and restarts == [] and guarded.restart_requested == ""
@@ -292,8 +292,8 @@ def test_primary_that_cannot_start_degrades_at_once(photo, reference):
     reports: list[str] = []
     restarts: list[str] = []
     guarded = GuardedRunner(no_gpu, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                             request_restart=lambda reason: restarts.append(reason) or True,
-                             restart_min_uptime=0.0)
+                            request_restart=lambda reason: restarts.append(reason) or True,
+                            restart_min_uptime=0.0)
     assert guarded.degraded and "could not start" in reports[0] and "TensorRT" in reports[0]
     assert restarts == []  # a restart cannot bring a GPU that never started
     _same(MTCNN(guarded).detect(photo), reference)

@@ -304,8 +304,8 @@ class GpuSelfTest:
             return runner
 
         guarded = GuardedRunner(primary, lambda: OnnxRuntimeRunner(models, threads=cfg.detector.threads),
-                                 timeout=cfg.detector.inference_timeout, request_restart=None,
-                                 check=model_check(models))
+                                timeout=cfg.detector.inference_timeout, request_restart=None,
+                                check=model_check(models))
         self._close.append(guarded.close)
         x = self.rng.uniform(-1, 1, (4, 3, 24, 24)).astype(np.float32)
         start = time.monotonic()

@@ -78,13 +78,13 @@ class Model:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != self.channels or batch.shape[0] == 0:
             raise RunnerError(f"{self.name}: batch must be float32 (N, {self.channels}, H, W) with N >= 1, "
-                               f"got shape {batch.shape}")
+                              f"got shape {batch.shape}")
         if self.size is not None and batch.shape[2:] != (self.size, self.size):
             raise RunnerError(f"{self.name}: input must be {self.size}x{self.size}, "
-                               f"got {batch.shape[2]}x{batch.shape[3]}")
+                              f"got {batch.shape[2]}x{batch.shape[3]}")
         if self.size is None and min(batch.shape[2:]) < self.min_side:
             raise RunnerError(f"{self.name}: input must be at least {self.min_side}x{self.min_side}, "
-                               f"got {batch.shape[2]}x{batch.shape[3]}")
+                              f"got {batch.shape[2]}x{batch.shape[3]}")
         return batch
 
 

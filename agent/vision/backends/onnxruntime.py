@@ -69,7 +69,7 @@ class OnnxRuntimeRunner:
         outputs = tuple(o.name for o in session.get_outputs())
         if outputs != model.outputs or inputs != [model.input]:
             raise RunnerError(f"{model.label} {path} has inputs {inputs} and outputs {list(outputs)}; "
-                               f"expected [{model.input!r}] and {list(model.outputs)}")
+                              f"expected [{model.input!r}] and {list(model.outputs)}")
         return session
 
     def metadata(self, name: str) -> dict[str, str]:

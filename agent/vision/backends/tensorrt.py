@@ -175,7 +175,7 @@ class _Engine:
         if self.context is None:  # TensorRT logs why: nearly always no memory for its activations
             errors = "; ".join(_trt_log(trt).take_errors()) or "no reason logged"
             raise RunnerError(f"TensorRT could not create an execution context for {net} (out of GPU "
-                               f"memory? {errors}); the engine file is kept")
+                              f"memory? {errors}); the engine file is kept")
         self.min_shape, self.opt_shape, self.max_shape = (
             tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input, 0))
         self.host: dict[str, np.ndarray] = {}
@@ -221,7 +221,7 @@ class _Engine:
         A failed step raises `gpu_error(...)`: DeviceLostError when the CUDA context is gone."""
         if not self.context.set_input_shape(self.input, batch.shape):
             raise RunnerError(f"{self.net}: input shape {batch.shape} rejected by the engine profile "
-                               f"{self.min_shape}..{self.max_shape}")
+                              f"{self.min_shape}..{self.max_shape}")
         log_ = _trt_log(self.trt)
         log_.take_errors()  # only what this call causes
         try:
@@ -353,7 +353,7 @@ class TensorRTRunner:
     def _run_overflow(self, net: str, batch: np.ndarray, engine: _Engine) -> tuple[np.ndarray, ...]:
         if self._overflow_factory is None:
             raise RunnerError(f"{net}: input {batch.shape[2]}x{batch.shape[3]} is outside the engine "
-                               f"profile {engine.min_shape[2:]}..{engine.max_shape[2:]}")
+                              f"profile {engine.min_shape[2:]}..{engine.max_shape[2:]}")
         if not self._overflow_warned:
             log.warning("%s input %dx%d (HxW) is outside the TensorRT profile %s..%s (frames of another size "
                         "than [source] height x width?): running such inputs on the CPU", net, batch.shape[2],
@@ -447,14 +447,14 @@ def create_tensorrt_runner(models: Iterable[Model],
     if not guard:
         return primary()
     return GuardedRunner(primary, cpu, timeout=inference_timeout, on_degraded=on_degraded,
-                          request_restart=request_restart, check=check)
+                         request_restart=request_restart, check=check)
 
 
 def create_tensorrt_mtcnn_runner(model_dir: str | Path | None = None, *, guard: bool = True,
-                            inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
-                            request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
-                            threads: int = 2, detector: Any = None, source: Any = None,
-                            **options: Any) -> Any:
+                                 inference_timeout: float = 5.0, on_degraded: Callable[[str], None] | None = None,
+                                 request_restart: Callable[[str], bool] | None = ask_systemd_for_restart,
+                                 threads: int = 2, detector: Any = None, source: Any = None,
+                                 **options: Any) -> Any:
     """MTCNN on TensorRT (`create_tensorrt_runner` with `engine_specs(model_dir, **options)`), behind the
     watchdog unless guard=False.
 

@@ -56,7 +56,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise RunnerError(f"TensorRT is not available: cannot import tensorrt ({exc}); on a Jetson it comes "
-                           "with JetPack (python3-libnvinfer)") from None
+                          "with JetPack (python3-libnvinfer)") from None
     version = str(getattr(trt, "__version__", ""))
     problem = check_tensorrt_version(version)
     if problem:
