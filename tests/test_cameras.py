@@ -91,6 +91,7 @@ def camera_events(cfg) -> dict[str, list[tuple]]:
     return out
 
 
+@pytest.mark.slow
 def test_two_cameras_give_each_the_events_it_gives_alone(tmp_path, analyzer):
     """The Hamilton clip on one camera, then on two at once (batched R-Net/O-Net and embeddings): each camera
     logs exactly the events of the one-camera run, under its own name and with track ids of its own."""
@@ -123,6 +124,7 @@ def test_two_cameras_give_each_the_events_it_gives_alone(tmp_path, analyzer):
     assert all(c["frames"] == 275 and c["source"]["frames_delivered"] == 275 for c in stats["cameras"].values())
 
 
+@pytest.mark.slow
 def test_a_camera_that_drops_out_does_not_disturb_the_other(tmp_path, analyzer):
     door, hall = MJPEGServer(HAMILTON).start(), MJPEGServer(HAMILTON).start()
     cfg = make_config(tmp_path, mqtt={"enabled": False}, service={"status_interval": 0.5},
@@ -171,6 +173,7 @@ def test_a_camera_that_drops_out_does_not_disturb_the_other(tmp_path, analyzer):
     assert not thread.is_alive()
 
 
+@pytest.mark.slow
 def test_cameras_offering_more_than_the_machine_can_do_are_slowed_alike(tmp_path, analyzer):
     """Three cameras (the Hamilton clip's frames as a folder, each replayed like a camera at REPLAY_FPS, newest
     frame only) with a full detection on every frame, down to 12 px faces: the cameras offer ~14 times what

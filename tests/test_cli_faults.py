@@ -58,6 +58,7 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path, command):
     assert run.returncode == 141, run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 def test_identify_errors_go_to_stderr(tmp_path):
     conf = config_file(tmp_path)
@@ -114,6 +115,7 @@ def test_enroll_copies_only_enrollable_photos_and_says_what_failed(tmp_path, cap
 PHOTOS = FR / "examples" / "knn_examples" / "train" / "biden"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 def test_bad_output_paths_are_refused_before_the_run_starts(tmp_path):
     """Issue 25.6: every path the run writes is checked first: one clear line, exit 2, nothing half done."""
@@ -145,6 +147,7 @@ def test_bad_output_paths_are_refused_before_the_run_starts(tmp_path):
         assert len(lines) == 1 and words in lines[0] and "full" not in lines[0], run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 def test_good_output_paths_are_written(tmp_path):
     conf = config_file(tmp_path)

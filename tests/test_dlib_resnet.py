@@ -101,6 +101,7 @@ def chips_and_reference(shared, dat_path):
 # equivalence
 
 
+@pytest.mark.slow
 def test_onnxruntime_matches_dlib_on_every_shared_face(chips_and_reference, engines):
     chips, names, reference = chips_and_reference
     assert len(chips) >= 95  # 41 detected/boxed faces + 55 johns chips

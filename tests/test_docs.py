@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import DLIB, FR, ROOT, make_config
 
 from agent.events import validate_event
@@ -27,6 +28,7 @@ def shape(event: dict) -> dict:
     return {key: value is None for key, value in event.items()}
 
 
+@pytest.mark.slow
 def test_event_examples_have_the_fields_and_nulls_of_real_events(tmp_path, analyzer):
     cfg = make_config(tmp_path, mqtt={"enabled": False}, agent={"id": "edge-1", "camera_name": "front door"})
     gallery = Gallery(cfg, analyzer=analyzer)

@@ -241,6 +241,7 @@ def fr_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_face_recognition_photos(fr_dir, cfg, analyzer, cache, tmp_path):
     r = evaluate_folder(fr_dir, cfg, analyzer, cache_dir=cache, repeats=5)
     status = r["photos"]["by_status"]
@@ -381,6 +382,7 @@ def test_tune_clean_gallery_suggests_a_sensible_threshold(tmp_path, analyzer):
     assert r["distances"]["eer"]["rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_tune_cli(tmp_path, capsys, analyzer):
     cfg_path = config_file(tmp_path)
     gallery = Gallery(make_config(tmp_path, paths={k: str(tmp_path / k) for k in ("storage", "svm", "faces")}),

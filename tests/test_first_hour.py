@@ -43,6 +43,7 @@ def cli(tmp_path, capsys, shared):
 
 # ---- forget has a real undo ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_restore_undoes_forget_under_the_same_name(tmp_path, cli):
     cli("enroll", "obama", *map(str, OBAMA))
     cli("enroll", "biden", *map(str, BIDEN))
@@ -65,6 +66,7 @@ def test_restore_undoes_forget_under_the_same_name(tmp_path, cli):
     assert code == 1 and "no forgotten photos of 'biden'" in err
 
 
+@pytest.mark.slow
 def test_restore_picks_a_forget_and_never_mixes_people(tmp_path, cli):
     cli("enroll", "biden", *map(str, BIDEN))
     cli("forget", "biden")
@@ -86,6 +88,7 @@ def test_restore_picks_a_forget_and_never_mixes_people(tmp_path, cli):
 
 # ---- enroll: Ctrl-C, refusals and duplicates ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_in_enroll_exits_130_with_a_message(tmp_path, shared):
     raw = tmp_path / "faces" / "train" / "raw"
     people = sorted(p for p in (SHARED / "lfw-subset").iterdir() if p.is_dir())[:12]

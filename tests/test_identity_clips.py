@@ -86,6 +86,7 @@ def _check_events(clip: ic.Clip, events: list[dict]) -> None:
         assert owner is not None and owner.label == e["name"], (e["frame_index"], e["name"], owner)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["replace_cut", "replace_gap", "crossing", "scene_cut"])
 def test_no_wrong_name_on_any_frame(cast_agent, name):
     agent, clips = cast_agent
@@ -107,6 +108,7 @@ def test_no_wrong_name_on_any_frame(cast_agent, name):
     assert all(len(v) == 1 for v in names.values()), names
 
 
+@pytest.mark.slow
 def test_checks_off_the_old_tracker_puts_names_on_the_wrong_people(cast_agent, tmp_path):
     """The same replacement clip with the identity checks switched off (positions only, as before): names
     stay on the wrong people. This is what the tests above would have caught."""
@@ -123,6 +125,7 @@ def test_checks_off_the_old_tracker_puts_names_on_the_wrong_people(cast_agent, t
     assert ic.score(clip, shown)["wrong_name"] > 0
 
 
+@pytest.mark.slow
 def test_show_draws_what_frames_out_says(cast_agent):
     agent, clips = cast_agent
     clip = clips["scene_cut"]
@@ -143,6 +146,7 @@ def test_show_draws_what_frames_out_says(cast_agent):
     assert not cap.read()[0] and checked > 100
 
 
+@pytest.mark.slow
 def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
     """The shared Hamilton clip with Lin-Manuel, Alex and Obama enrolled, as the issue tried it: at the cut
     to the audience (frame 211) Lin-Manuel's track ends with his name and nobody there is called
@@ -171,6 +175,7 @@ def test_hamilton_clip_no_wrong_name_after_the_cut(tmp_path):
     assert all(f["name"] != "lin_manuel" for i in range(211, 275) for f in shown.get(i, []))
 
 
+@pytest.mark.slow
 def test_an_empty_scene_skips_the_detector_and_a_person_coming_in_is_named_not_unknown(cast_agent, tmp_path):
     """A door camera (bench/identity_clips.idle_clip: an empty, noisy scene, a walk-in from the side, a sudden
     appearance). With the motion gate the full detector is skipped where nobody is tracked and nothing moved,

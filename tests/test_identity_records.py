@@ -95,6 +95,7 @@ def published(collector: Collector) -> dict[str, dict]:
     return {e["event_id"]: e for e in (json.loads(m.payload) for m in collector.on("faces/events"))}
 
 
+@pytest.mark.slow
 def test_every_unknown_face_and_its_track_end_carry_the_unknown_id(session):
     agent, runs, collector, _, _ = session
     wire = published(collector)
@@ -136,6 +137,7 @@ def test_agent_wide_events_have_no_camera(session):
     assert all(e["camera"] is None for e in logged)
 
 
+@pytest.mark.slow
 def test_a_rename_keeps_the_persons_past(session, tmp_path):
     agent, runs, collector, broker, folder = session
     named = [e for run in runs for e in run if e["name"] == "Person A"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import paho.mqtt.client as paho
+import pytest
 from conftest import FR, make_config
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -116,6 +117,7 @@ def live_enrollment_run(work: Path, broker, analyzer=None, send_after_frames: in
     }
 
 
+@pytest.mark.slow
 def test_remote_enrollment_into_a_running_agent(tmp_path, mosquitto, analyzer):
     # the run ends AFTER_SWAP frames after the swap, at any frame rate: there is always someone left to name
     run = live_enrollment_run(tmp_path, mosquitto, analyzer)

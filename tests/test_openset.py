@@ -64,6 +64,7 @@ def lfw_split(tmp_path_factory, analyzer, shared):
     return clf, probes, others
 
 
+@pytest.mark.slow
 def test_lfw_strangers_stay_unknown_at_the_defaults(lfw_split):
     clf, probes, others = lfw_split
     assert len(clf.people) == 20 and len(probes) == 100 and len(others) == 200
@@ -165,6 +166,7 @@ def test_turned_faces_do_not_vote_in_video(tmp_path, analyzer, knn_and_bill):
 
 # ---- enrollment warnings -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_enroll_warns_about_shared_and_mislabelled_photos(tmp_path, capsys, shared):
     (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\n')
     cfg = str(tmp_path / "agent.toml")

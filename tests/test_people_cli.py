@@ -41,6 +41,7 @@ def cli(tmp_path, capsys, shared):
     return run
 
 
+@pytest.mark.slow
 def test_enroll_says_what_is_new_known_and_refused_and_keeps_original_names(tmp_path, cli):
     code, out, err = cli("enroll", "obama", *map(str, OBAMA), str(DOG))
     assert code == 1  # something was refused (and not copied: issue 14)
@@ -94,6 +95,7 @@ def test_old_hash_named_photos_and_chips_keep_working(tmp_path, cli):
     assert all(p["cached"] and p["status"] == "enrolled" for p in json.loads(out)["photos"])
 
 
+@pytest.mark.slow
 def test_forget_moves_the_photos_to_the_trash_and_says_so(tmp_path, cli):
     cli("enroll", "obama", *map(str, OBAMA))
     cli("enroll", "biden", *map(str, BIDEN))
@@ -115,6 +117,7 @@ def test_forget_moves_the_photos_to_the_trash_and_says_so(tmp_path, cli):
     assert "classifier retrained: 2 people" in out
 
 
+@pytest.mark.slow
 def test_rename_moves_photos_and_chips_without_analysing_again(tmp_path, cli):
     cli("enroll", "obama", *map(str, OBAMA))
     cli("enroll", "biden", *map(str, BIDEN))
@@ -135,6 +138,7 @@ def test_rename_moves_photos_and_chips_without_analysing_again(tmp_path, cli):
     assert code == 2 and "not allowed" in err
 
 
+@pytest.mark.slow
 def test_identify_text_has_no_none_and_says_a_path_once(tmp_path, cli):
     missing = tmp_path / "x.jpg"
     code, out, err = cli("identify", str(FR / "examples" / "obama.jpg"), str(missing))
@@ -160,6 +164,7 @@ def test_engines_list_shows_the_converted_resnet(tmp_path, cli):
     assert len(onnx) == 1 and onnx[0]["status"] == "ok" and onnx[0]["bytes"] > 20_000_000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_tensorrt_absence_is_said_once_by_doctor_not_by_every_command(tmp_path, shared):
     (tmp_path / "agent.toml").write_text('[mqtt]\nenabled = false\n[paths]\nfaces = "faces"\nstorage = "storage"\n'
@@ -179,6 +184,7 @@ def test_tensorrt_absence_is_said_once_by_doctor_not_by_every_command(tmp_path, 
     assert "TensorRT not usable" not in doctor.stderr
 
 
+@pytest.mark.slow
 def test_no_orphan_chip_and_no_person_without_photos(tmp_path, cli):
     """Issue 25.7: a photo whose name has spaces ("my photo.jpg") gets one chip, the one of its stored copy
     (my_photo-<sha8>.png), not a second named after the original; removing a photo removes its chip, a chip

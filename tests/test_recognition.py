@@ -278,6 +278,7 @@ def test_invalid_person_names(name):
         validate_person_name(name)
 
 
+@pytest.mark.slow
 def test_cli_enroll_identify_people_forget(tmp_path, capsys):
     (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\n')
     cfg_path = str(tmp_path / "agent.toml")
@@ -314,6 +315,7 @@ def shared_images() -> list[Path]:
                   and "lfw-subset" not in p.parts)
 
 
+@pytest.mark.slow
 def test_identities_identical_with_dlib_and_onnxruntime_embeddings(tmp_path, analyzer):
     """On every shared photo the converted ResNet (default) and dlib's own give the same names, unknowns
     (with their reasons) and distances: detection and alignment are shared, only the embedder differs."""

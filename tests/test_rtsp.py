@@ -74,6 +74,7 @@ def test_redact(text, shown):
     assert redact(text) == shown
 
 
+@pytest.mark.slow
 def test_log_lines_and_config_show_are_redacted(tmp_path):
     (tmp_path / "agent.toml").write_text(
         '[mqtt]\nenabled = false\n[source]\nuri = "rtsp://admin:Zq7%3Ap%40ss@127.0.0.1:9/cam"\n'
@@ -256,6 +257,7 @@ def test_auto_falls_back_to_ffmpeg_when_the_pipeline_does_not_start(camera, monk
 # a whole run against the password-protected stream: no credential in any output
 # ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_credential_in_any_output_of_a_run(tmp_path, camera, mosquitto):
     from broker import Collector
     from webconsole import WebConsole, write_config

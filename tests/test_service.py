@@ -92,6 +92,7 @@ def test_hamilton_clip_names_lin_over_mqtt(tmp_path, mosquitto, analyzer):
     collector.stop()
 
 
+@pytest.mark.slow
 def test_walking_crowd_tracks_start_and_end_no_enrolled_names(tmp_path, analyzer):
     cfg = agent_config(tmp_path)
     enroll(cfg, analyzer)
@@ -107,6 +108,7 @@ def test_walking_crowd_tracks_start_and_end_no_enrolled_names(tmp_path, analyzer
     assert 3 <= len(started) <= 25, len(started)
 
 
+@pytest.mark.slow
 def test_broker_down_at_start_every_event_arrives(tmp_path, mosquitto, analyzer):
     # retry the broker every second (the default backoff grows to a minute)
     cfg = agent_config(tmp_path, mosquitto, mqtt_settings={"reconnect_max_delay": 1.0})

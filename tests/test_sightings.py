@@ -412,6 +412,7 @@ def strangers(tmp_path_factory):
     return agent, clip, video, events
 
 
+@pytest.mark.slow
 def test_clusters_each_hold_one_person(strangers):
     agent, clip, _, events = strangers
     clusters = agent.unknowns()
@@ -460,6 +461,7 @@ def _people_of_clusters(agent: Agent, clip: ic.Clip, events: list[dict]) -> dict
     return out
 
 
+@pytest.mark.slow
 def test_naming_an_unknown_person_names_them_in_the_next_run(strangers, tmp_path):
     """`face-agent name u<n> PERSON` enrolls the cluster's faces: the next run names that person from other
     photos; the earlier unknown tracks of them are re-identified; another stranger stays unknown."""
@@ -503,6 +505,7 @@ def test_name_errors_are_clear(strangers):
     assert out.returncode == 2
 
 
+@pytest.mark.slow
 def test_a_rejected_identification_is_not_repeated(tmp_path):
     """A gate loose enough to name a stranger as the one enrolled person: after `reject EVENT_ID` the same
     stranger is unknown on the next run, and the enrolled person is still named."""
@@ -534,6 +537,7 @@ def test_a_rejected_identification_is_not_repeated(tmp_path):
     assert out.returncode == 1 and "no event" in out.stderr
 
 
+@pytest.mark.slow
 def test_after_a_retrain_the_running_agent_reidentifies_recent_unknown_tracks(tmp_path):
     """Default privacy ("unknown"): a stranger's track is kept as an unknown person; once the person is
     enrolled (`face-agent enroll`), the agent's next start retrains and logs a `reidentified` event for
@@ -625,6 +629,7 @@ def test_remote_unknowns_name_and_reject(tmp_path, broker, keyfile, agents, caps
     assert code == 1 and "not_found" in out
 
 
+@pytest.mark.slow
 def test_bounds_hold_through_a_run(strangers, tmp_path):
     """The same clip with tight bounds: count and disk stay under them, and what is dropped is the oldest."""
     video = strangers[2]

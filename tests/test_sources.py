@@ -418,6 +418,7 @@ def agent_events(collector) -> list[dict]:
     return [json.loads(m.text) for m in collector.on("faces/events")]
 
 
+@pytest.mark.slow
 def test_agent_on_a_live_stream_outage_recovery_and_sigterm_while_stalled(tmp_path, camera, mosquitto):
     from broker import Collector
 

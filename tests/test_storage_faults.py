@@ -98,6 +98,7 @@ def face_agent(conf: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
 def test_identify_works_and_enroll_refuses_in_one_line_on_a_full_or_read_only_disk(tmp_path, disk):
     conf = config_file(tmp_path, disk)

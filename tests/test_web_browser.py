@@ -171,6 +171,7 @@ def phone(browser, **extra):
     return browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True, **extra)
 
 
+@pytest.mark.slow
 def test_the_console_in_a_browser(site, browser, shots, record, tmp_path):
     console, storage = site
     url = console.url
@@ -401,6 +402,7 @@ def csrf_of(page) -> str:
     return json.loads(page.locator("body").get_attribute("hx-headers"))["X-CSRF-Token"]
 
 
+@pytest.mark.slow
 def test_name_an_unknown_person_teach_from_a_visit_and_reject_an_identification(site, browser, shots, record):
     """The strangers of the runs are unknown people with chips; naming one enrolls it, in place on its card,
     once even when the request comes twice; it leaves the list. "This is ..." on a stranger's visit enrolls
