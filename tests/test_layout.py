@@ -24,7 +24,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agent.naming", "agent.evaluation"),
     ("agent.gallery",),
     ("agent.sightings",),
-    ("agent.store", "agent.dbcheck", "agent.people", "agent.database"),
+    # the kept files: the event log, the people registry, the eval/tune reports (`forget` redacts a name in
+    # them: the gallery calls agent.evaluation.report, which needs nothing of evaluation but its EvalError)
+    ("agent.store", "agent.dbcheck", "agent.people", "agent.database", "agent.evaluation.report",
+     "=agent.evaluation"),
     ("agent.events",),
     ("agent.sources", "agent.rtsp", "agent.images"),
     ("agent.vision",),
