@@ -505,6 +505,7 @@ def test_name_an_unknown_person_teach_from_a_visit_and_reject_an_identification(
     desktop.close()
 
 
+@pytest.mark.slow
 def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, browser, shots, record):
     """Two unknown people of the runs merged into one, chosen by face (its counts add up, the merged id is
     listed), in place; one ignored (its card says so, with an undo) and shown again; an event's link to the
@@ -620,6 +621,7 @@ def test_merge_and_ignore_unknown_people_track_faces_and_the_tune_report(site, b
     desktop.close()
 
 
+@pytest.mark.slow
 def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site, browser, shots, record):
     """Tick several and act once: photos of a person removed, visits taught "This is ...", faces of a visit
     taught, unknown people ignored (each with a confirmation); an unknown person's card says which camera they
