@@ -485,7 +485,7 @@ def test_a_setting_written_from_the_console_keeps_the_file_comments_and_permissi
     write_setting(config, "recognition", "distance_threshold", 0.25, note="face-agent tune")
     assert config.read_text() == '[agent]\nid = "porch"\n\n[recognition]\ndistance_threshold = 0.25 # face-agent tune\n'
     before = config.read_text()
-    with pytest.raises(SettingError, match="distance_threshold: between 0 and 0.5"):
+    with pytest.raises(SettingError, match="distance_threshold: 0.9 is out of range: must be above 0 and at most 0.5"):
         write_setting(config, "recognition", "distance_threshold", 0.9)
     config.write_text("[agent\n")
     with pytest.raises(SettingError, match="not valid TOML"):
