@@ -116,3 +116,20 @@ def fakegpu(monkeypatch):
     control.DEVICE.release_hangs()  # let abandoned worker threads finish
     _drop_fake_modules()
     sys.modules.pop("tensorrt", None)
+
+
+@pytest.fixture
+def cli(tmp_path, capsys, shared):
+    """`cli(*argv)` runs `face-agent -q -c <tmp>/agent.toml *argv` in this process (MQTT off, every state folder
+    in tmp_path); returns (exit code, stdout, stderr)."""
+    from agent.cli import main
+
+    (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
+                                         'engines = "engines"\n[mqtt]\nenabled = false\n')
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(["-q", "-c", str(tmp_path / "agent.toml"), *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

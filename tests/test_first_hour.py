@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from conftest import FR, ROOT, SHARED, wait_for
 
-from agent.cli import main
 from agent.config import tomllib
 
 KNN = FR / "examples" / "knn_examples"
@@ -26,19 +25,6 @@ OBAMA = sorted((KNN / "train" / "obama").iterdir())
 BIDEN = sorted((KNN / "train" / "biden").iterdir())
 TWO = KNN / "test" / "obama_and_biden.jpg"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-@pytest.fixture
-def cli(tmp_path, capsys, shared):
-    (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
-                                         'engines = "engines"\n[mqtt]\nenabled = false\n')
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["-q", "-c", str(tmp_path / "agent.toml"), *argv])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 # ---- forget has a real undo ------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from conftest import DLIB, FR, ROOT
 
-from agent.cli import main
-
 KNN = FR / "examples" / "knn_examples"
 OBAMA = sorted((KNN / "train" / "obama").iterdir())
 BIDEN = sorted((KNN / "train" / "biden").iterdir())
@@ -26,19 +24,6 @@ TWO = KNN / "test" / "obama_and_biden.jpg"
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def cli(tmp_path, capsys, shared):
-    (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
-                                         'engines = "engines"\n[mqtt]\nenabled = false\n')
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["-q", "-c", str(tmp_path / "agent.toml"), *argv])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 @pytest.mark.slow
