@@ -153,9 +153,10 @@ class RecognitionSection:
     duplicate_distance: float = setting(0.12, bounds=Range(0, 1))
     # the gate is this much stricter for a person with 1, 2, 3, 4 distinct views (5 or more: 0)
     few_views_penalty: list[float] = field(default_factory=lambda: [0.035, 0.03, 0.0225, 0.0125])
-    # with fewer than small_gallery people enrolled the gate widens by this * log2(small_gallery / people) (1 counts 2)
-    gallery_bonus: float = setting(0.022, bounds=Range(0, 0.1))
-    small_gallery: int = setting(10, bounds=AT_LEAST_1)
+    # with fewer than small_gallery[n - 1] people enrolled, the gate of a person with n distinct views (5: 5 or
+    # more) widens by this * log2(small_gallery[n - 1] / people) (one person counts as two)
+    gallery_bonus: float = setting(0.01, bounds=Range(0, 0.1))
+    small_gallery: list[int] = field(default_factory=lambda: [56, 56, 46, 23, 10])
     min_face_size: int = setting(28, bounds=AT_LEAST_1)  # faces smaller than this (px) are never named: too_small
     # faces smaller than this (px) get a gate stricter by small_face_penalty
     small_face_size: int = setting(50, bounds=AT_LEAST_1)
@@ -213,9 +214,9 @@ class TrackerSection:
     iou_threshold: float = setting(0.3, bounds=Range(0, 1, lo_open=True))
     min_hits: int = setting(1, bounds=AT_LEAST_1)  # detections before a track is confirmed
     max_missed: int = setting(15, bounds=AT_LEAST_0)  # frames without a detection before a track ends
-    min_face_size: int = setting(32, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
+    min_face_size: int = setting(28, bounds=AT_LEAST_1)  # faces smaller than this (px) are not embedded
     # px: an unverified track's smaller face is embedded only to verify it is still its person (no vote)
-    verify_min_face_size: int = setting(32, bounds=AT_LEAST_1)
+    verify_min_face_size: int = setting(28, bounds=AT_LEAST_1)
     # also look for faces too small to embed (below min(min_face_size, verify_min_face_size)) on full detections,
     # down to [detector] min_face_size: tracked, never named; off: the P-Net pyramid starts at that size
     track_small_faces: bool = False
@@ -226,6 +227,9 @@ class TrackerSection:
     settle_embed_every: int = setting(1, bounds=AT_LEAST_1)
     # frames between embeddings (re-verification) once the identity is settled
     settled_embed_every: int = setting(10, bounds=AT_LEAST_1)
+    # an unknown track whose latest face came this close to a name (the classifier's confidence in its nearest
+    # person) is embedded every embed_every frames instead: a near miss may be the person on a poor first frame
+    near_miss_confidence: float = setting(0.25, bounds=Range(0, 1))
     max_attempts: int = setting(6, bounds=AT_LEAST_1)  # embeddings before an unsettled track is declared unknown
     # unsettled track: embed early when the face area is this many times the best so far
     reembed_area: float = setting(1.3, bounds=AT_LEAST_1)
@@ -254,6 +258,8 @@ class VotingSection:
     min_votes: int = setting(2, bounds=AT_LEAST_1)  # agreeing votes needed to settle a name
     # a settled name changes only if the challenger's weight is this many times its own
     hysteresis: float = setting(1.5, bounds=AT_LEAST_1)
+    # ... and a settled "unknown" gives way to a name whose weight is this many times its own
+    unknown_hysteresis: float = setting(1.0, bounds=AT_LEAST_1)
     # a track's first votes, all for one name, settle it before min_votes when one is more certain than this
     single_vote_certainty: float = setting(0.9, bounds=Range(0, 1))
     # votes of faces under [recognition] small_face_size px alone settle a name only with this many votes
@@ -593,6 +599,9 @@ def _check_values(cfg: Config) -> None:
     if len(cfg.recognition.few_views_penalty) != 4 or not all(
             0.0 <= v <= 0.2 for v in cfg.recognition.few_views_penalty):
         raise ConfigError("recognition.few_views_penalty: four values between 0 and 0.2 (1, 2, 3, 4 distinct views)")
+    counts = cfg.recognition.small_gallery
+    if len(counts) != 5 or not all(type(v) is int and 1 <= v <= 100_000 for v in counts):
+        raise ConfigError("recognition.small_gallery: five people counts of at least 1 (1, 2, 3, 4, 5+ distinct views)")
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg.mqtt, key)
         if value and cfg.mqtt.tls and not cfg.resolve(value).is_file():

@@ -49,13 +49,15 @@ from openset_cache import LFW, RESULTS, cache_path, load_or_embed  # noqa: E402
 
 from agent.config import Config, config_from_dict  # noqa: E402
 from agent.images import load_image  # noqa: E402
-from agent.vision.classifier import Classifier, train  # noqa: E402
+from agent.vision.classifier import CONFIDENCE_SLOPE, Classifier, gate_thresholds, train  # noqa: E402
 from agent.vision.recognizer import FaceAnalyzer  # noqa: E402
 
 FACE_SIZES = (None, 60, 40, 30)  # None: the photo itself
 PHOTOS_PER_PERSON = (1, 2, 3, 5)
-GALLERY_SIZES = (1, 3, 5, 10, 20)
-GALLERY_DRAWS = 5
+GALLERY_SIZES = (1, 2, 3, 5, 9, 20, 40)
+GALLERY_DRAWS = 10  # random galleries per size and split
+CALIBRATION_SIZES = (2, 3, 5, 8, 10, 15, 20, 30, 40, 72)
+WIDENINGS = np.arange(0, 0.1001, 0.0025)
 VISIT_VIEWS = 8
 
 
@@ -101,7 +103,7 @@ def photo_table(cfg: Config, full: Photos, views: dict) -> list[dict]:
 def gallery_table(cfg: Config, full: Photos, views: dict) -> list[dict]:
     rule = dataclasses.replace(cfg.recognition, kernel="linear")
     rows = []
-    for n in (1, 5):
+    for n in (1, 3, 5):
         for k in GALLERY_SIZES:
             acc: dict = {size: [] for size in (None, 40)}
             for parity in (0, 1):
@@ -119,6 +121,49 @@ def gallery_table(cfg: Config, full: Photos, views: dict) -> list[dict]:
                              "far": float(np.mean([r["far"] for r in runs])),
                              "far_max": float(np.max([r["far"] for r in runs])),
                              "id": float(np.mean([r["id"] for r in runs]))})
+    return rows
+
+
+def _named_if_wider(clf: Classifier, seen: Photos, idx: np.ndarray) -> np.ndarray:
+    """(len(WIDENINGS), len(idx)) whether each face is named with its candidate's gate without the gallery
+    bonus, then wider by each of WIDENINGS, exactly as `Classifier.predict` decides otherwise."""
+    preds = clf.predict(seen.embedding[idx], seen.side[idx])
+    bonus = clf.gates - gate_thresholds(clf.views, dataclasses.replace(clf.rule, gallery_bonus=0.0))
+    e = np.array([p.effective for p in preds])
+    gate = np.array([p.gate - bonus[clf.people.index(p.candidate)] for p in preds])
+    usable = np.array([(not clf.svm_veto or p.svm_name in (None, p.candidate)) and q == ""
+                       for p, q in zip(preds, seen.quality[idx])])
+    wider = gate[None, :] + WIDENINGS[:, None]
+    confidence = 1.0 / (1.0 + np.exp(-CONFIDENCE_SLOPE * (wider - e[None, :])))
+    return (e[None, :] <= wider) & usable[None, :] & (confidence >= clf.rule.min_confidence)
+
+
+def widening_table(cfg: Config, views: dict) -> list[dict]:
+    """How `[recognition] small_gallery` was chosen: per photos per person (1-5) and people enrolled, the
+    largest widening of the gate without the gallery bonus (few_views_penalty kept) that keeps the mean FAR over
+    GALLERY_DRAWS random galleries per split at or under 1%, at every face size; and the bonus the shipped
+    settings give there."""
+    rule = dataclasses.replace(cfg.recognition, kernel="linear")
+    full, rows = views[None], []
+    for n in (1, 2, 3, 4, 5):
+        for k in CALIBRATION_SIZES:
+            far = {size: np.zeros(len(WIDENINGS)) for size in views}
+            runs = 0
+            for parity in (0, 1):
+                gallery, _, strangers = split(full, parity)
+                people = sorted(set(full.person[gallery]))
+                for seed in range(GALLERY_DRAWS):
+                    chosen = np.random.default_rng(1000 + seed).choice(people, size=k, replace=False)
+                    g = first_n(full, gallery[np.isin(full.person[gallery], chosen)], n)
+                    clf = train(full.embedding[g], list(full.person[g]), rule)
+                    runs += 1
+                    for size, seen in views.items():
+                        far[size] += _named_if_wider(clf, seen, strangers).mean(1)
+            safe = min(float(WIDENINGS[far[size] / runs <= 0.01].max(initial=0.0)) for size in views)
+            shipped = float(gate_thresholds(np.array([n] * k), rule)[0]
+                            - gate_thresholds(np.array([n] * k), dataclasses.replace(rule, gallery_bonus=0.0))[0])
+            rows.append({"photos": n, "people": k, "safe": safe, "shipped": shipped})
+            print(f"photos {n} people {k}: largest safe widening {safe:.4f}, shipped {shipped:.4f}", flush=True)
     return rows
 
 
@@ -286,10 +331,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--visits", type=int, default=0, help="also the one-visit clips for this many LFW people")
     ap.add_argument("--json", type=Path, default=RESULTS / "gate.json")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="only the table small_gallery was chosen from: the largest safe widening per photo count "
+                         "and gallery size, against what the shipped settings give")
     args = ap.parse_args()
     cfg = config_from_dict({}, base_dir=ROOT, env={})  # the shipped defaults
     views = {size: seen_at(cfg, size) for size in FACE_SIZES}
     full = views[None]
+    if args.calibrate:
+        rows = widening_table(cfg, views)
+        over = [r for r in rows if r["shipped"] > r["safe"] + 1e-9]
+        print(f"shipped widening above the safe one in {len(over)} of {len(rows)} cases" + "".join(
+            f"\n  photos {r['photos']}, people {r['people']}: {r['shipped']:.4f} > {r['safe']:.4f}" for r in over))
+        return 0
     report = {"photos": photo_table(cfg, full, views), "gallery": gallery_table(cfg, full, views),
               "visits": visit_table(cfg, full, views), "defaults": dataclasses.asdict(cfg.recognition)}
     if args.visits:

@@ -85,12 +85,19 @@ def test_one_visit_is_enrolled_like_one_photo_not_tighter(analyzer, people):
 
 def test_few_photos_never_widen_the_gate(people):
     rule = RecognitionSection()
-    gates = gate_thresholds(np.array([1, 2, 3, 4, 5, 8] + [5] * 10), rule)
-    assert list(gates[:6]) == sorted(gates[:6])  # more distinct views: never a stricter gate
+    for people in (1, 2, 3, 9, 16, 40, 100):  # more distinct views: never a stricter gate, in any household
+        gates = [float(gate_thresholds(np.array([views] + [5] * (people - 1)), rule)[0])
+                 for views in (1, 2, 3, 4, 5, 8)]
+        assert all(a <= b + 1e-12 for a, b in zip(gates, gates[1:])), (people, gates)
+    gates = gate_thresholds(np.array([1, 2, 3, 4, 5, 8] + [5] * 94), rule)  # 100 people: no widening left
     assert gates[0] < rule.distance_threshold == gates[4] == gates[5]
     # fewer people enrolled: fewer chances for a stranger to look like one; never looser than with one person
-    by_people = [float(gate_thresholds(np.full(k, 5), rule)[0]) for k in (1, 2, 3, 5, 10, 40)]
+    by_people = [float(gate_thresholds(np.full(k, 5), rule)[0]) for k in (1, 2, 3, 5, 12, 40)]
     assert by_people == sorted(by_people, reverse=True) and by_people[-1] == by_people[-2] == rule.distance_threshold
+    # a one-photo person's penalty (calibrated on 72 people) is relieved in a household: 9 people, +0.026
+    one_photo = [float(gate_thresholds(np.array([1] + [5] * (k - 1)), rule)[0]) for k in (9, 56, 72)]
+    expected = rule.distance_threshold - rule.few_views_penalty[0]
+    assert one_photo[0] == pytest.approx(expected + 0.01 * np.log2(56 / 9)) and one_photo[1] == one_photo[2] == expected
 
 
 def test_small_faces_need_more_agreement():

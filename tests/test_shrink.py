@@ -59,7 +59,7 @@ def analyzer(tmp_path_factory):
 
 
 @pytest.mark.parametrize("tracker, camera_floor, want", [
-    ({}, None, 32),  # the defaults: the tracker embeds from 32 px ([tracker] min_face_size, verify_min_face_size)
+    ({}, None, 28),  # the defaults: the tracker embeds from 28 px ([tracker] min_face_size, verify_min_face_size)
     ({"min_face_size": 40, "verify_min_face_size": 28}, None, 28),  # the smaller of the two: verification
     ({"min_face_size": 24, "verify_min_face_size": 24}, 30, 30),  # a camera's own larger floor stays
     ({"track_small_faces": True}, None, None),  # the detector's own [detector] min_face_size (20)

@@ -366,12 +366,43 @@ def test_unsettled_track_becomes_unknown_after_max_attempts_then_rarely_rechecke
     assert [c.kind if c else None for c in changes] == [None, None, None, "unknown"]
     assert changes[-1].votes == 0  # nobody voted unknown: it is the attempts that ran out
     assert tracker.add_prediction(1, "eve", 0.7) is None  # still unknown: no second event
+    assert tracker.add_prediction(1, None, 0.05) is None  # far from everybody: a stranger
     # re-checked every settled_embed_every frames only
     updates = run(tracker, [[det(100, 100)]] * 25)
     assert embed_frames(updates) == [12, 22]
     # and a name the votes agree on later still comes out
     kinds = [c.kind for c in (tracker.add_prediction(1, "ann", 0.9) for _ in range(3)) if c]
     assert kinds == ["identified"]
+
+
+def test_an_unknown_near_miss_is_looked_at_again_sooner():
+    """An unknown track whose latest face came within near_miss_confidence of a name (a turned or blurred
+    first frame of the person) is embedded every embed_every frames, a stranger far from everybody every
+    settled_embed_every; a name then takes over from "unknown" by weight alone (unknown_hysteresis 1)."""
+    tracker = confirmed_tracker(min_votes=2, embed_every=3, settled_embed_every=10, near_miss_confidence=0.25)
+    assert tracker.add_prediction(1, None, 0.3) is None
+    assert tracker.add_prediction(1, None, 0.4).kind == "unknown"  # two near misses: unknown for now
+    assert embed_frames(run(tracker, [[det(100, 100)]] * 8)) == [5, 8]  # every embed_every (3) frames
+    assert tracker.add_prediction(1, "ann", 0.75) is None  # 0.75 < unknown's 0.7 + 0.6
+    change = tracker.add_prediction(1, "ann", 0.75)  # 1.5 > 1.3: no hysteresis against unknown
+    assert change.kind == "identified" and change.name == "ann"
+    stranger = confirmed_tracker(min_votes=2, embed_every=3, settled_embed_every=10, near_miss_confidence=0.25)
+    stranger.add_prediction(1, None, 0.05)
+    assert stranger.add_prediction(1, None, 0.1).kind == "unknown"
+    assert embed_frames(run(stranger, [[det(100, 100)]] * 12)) == [12]  # settled_embed_every
+
+
+def test_ballot_unknown_gives_way_by_its_own_hysteresis():
+    strict = Ballot(window=10, min_votes=2, hysteresis=1.5, unknown_hysteresis=1.5)
+    loose = Ballot(window=10, min_votes=2, hysteresis=1.5, unknown_hysteresis=1.0)
+    for ballot in (strict, loose):
+        ballot.add(None, 0.3, 1)
+        assert ballot.add(None, 0.4, 1) and ballot.identity is None
+        ballot.add("ann", 0.75, 1)
+        ballot.add("ann", 0.75, 1)
+    assert strict.identity is None and loose.identity == "ann"
+    # a settled name still needs hysteresis times its weight to change
+    assert not loose.add("bob", 0.9, 1) and not loose.add("bob", 0.9, 1) and loose.identity == "ann"
 
 
 def test_a_face_cut_off_by_the_frame_edge_waits_without_using_up_the_attempts():

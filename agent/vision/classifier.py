@@ -25,9 +25,10 @@ The face is that person only if the effective distance is at most the person's *
 the same person. The gate is `distance_threshold`, calibrated so that false accepts stay at or under 1% of
 stranger faces whatever the enrollment (`gate_thresholds`): it is `few_views_penalty[n - 1]` stricter for a
 person with n < 5 distinct views (a mean of few photos is uncertain: without this a one-photo person let 2-3x
-as many strangers through), `gallery_bonus * log2(small_gallery / people)` wider with fewer than
-`small_gallery` people enrolled (fewer people, fewer chances for a stranger to resemble one),
-and `small_face_penalty` stricter for a face under `small_face_size` px (`predict(sizes=...)`).
+as many strangers through), `gallery_bonus * log2(small_gallery[n - 1] / people)` wider with fewer than
+`small_gallery[n - 1]` people enrolled (fewer people, fewer chances for a stranger to resemble one; the penalty
+of few views is calibrated on 72 people and matters less in a household), and `small_face_penalty` stricter
+for a face under `small_face_size` px (`predict(sizes=...)`).
 `confidence` (0..1) is a logistic of `gate - effective distance`.
 
 Negatives ("that was not X", `face-agent reject`): embeddings a user said are not a person. A face the
@@ -171,14 +172,15 @@ def person_models(embeddings: np.ndarray, labels: np.ndarray, n_people: int, typ
 
 def gate_thresholds(views: np.ndarray, rule: RecognitionSection) -> np.ndarray:
     """(n_people,) each person's gate on the effective distance: `distance_threshold`, stricter by
-    `few_views_penalty[n - 1]` for a person with n < 5 distinct views, and wider with fewer than small_gallery
-    people enrolled by `gallery_bonus * log2(small_gallery / people)`. Calibrated so that strangers are
-    named at most 1% of the time however people were enrolled (bench/bench_gate.py)."""
-    views = np.asarray(views, dtype=np.int64)
-    penalties = np.asarray(list(rule.few_views_penalty) + [0.0], dtype=np.float64)
-    penalty = penalties[np.clip(views, 1, len(penalties)) - 1]
+    `few_views_penalty[n - 1]` for a person with n < 5 distinct views, and wider by `gallery_bonus *
+    log2(small_gallery[n - 1] / people)` while fewer than small_gallery[n - 1] people are enrolled (n: the
+    person's distinct views, 5 for 5 or more). Calibrated so that strangers are named at most 1% of the time
+    however people were enrolled (bench/bench_gate.py)."""
+    views = np.clip(np.asarray(views, dtype=np.int64), 1, 5)
+    penalty = np.asarray(list(rule.few_views_penalty) + [0.0], dtype=np.float64)[views - 1]
     people = max(2, len(views))  # one person counts as two
-    bonus = rule.gallery_bonus * max(0.0, math.log2(rule.small_gallery / people))
+    reference = np.asarray(rule.small_gallery, dtype=np.float64)[views - 1]
+    bonus = rule.gallery_bonus * np.maximum(0.0, np.log2(reference / people))
     return rule.distance_threshold - penalty + bonus
 
 

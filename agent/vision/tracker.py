@@ -12,8 +12,10 @@
   the next frame, not `embed_every` frames later) as long as every embedding voted, then every
   `embed_every` frames or as soon as the face is clearly larger (`reembed_area`) or sharper
   (`reembed_sharpness`) than the best one embedded so far, until its identity is settled (or declared
-  unknown); after that every `settled_embed_every` frames. Faces smaller than `min_face_size` or blurrier
-  than `min_sharpness` (variance of the Laplacian of the grey face resized to 64x64) are never embedded.
+  unknown); after that every `settled_embed_every` frames (an unknown track whose latest vote was for a name
+  or came within `near_miss_confidence` of one: every `embed_every` frames). Faces smaller than
+  `min_face_size` or blurrier than `min_sharpness` (variance of the Laplacian of the grey face resized to
+  64x64) are never embedded.
 - identity: the pipeline feeds each recognition back with `add_prediction()`, which votes
   (`agent.vision.voting`) and returns an `IdentityChange` exactly once per change: first name
   ("identified"), another name ("changed"), or "unknown" (by the votes, or after `max_attempts`
@@ -161,6 +163,7 @@ class Track:
     embedded_area: float = 0.0  # largest face area scheduled so far
     embedded_sharpness: float = 0.0  # sharpest face scheduled so far
     embed_quality: float = 0.0  # quality of the face scheduled last (add_prediction's default)
+    near_miss: bool = False  # its latest vote was for a name, or unknown within near_miss_confidence of one
     embeddings: list = field(default_factory=list)  # recent verified embeddings (the face this track is)
     verified: bool = False  # the face now was confirmed by an embedding to be the track's person
     unverified_by: str = "new"  # why it is not verified: new | coasting | jump | resize | look
@@ -425,7 +428,8 @@ class Tracker:
 
     def _ballot(self) -> Ballot:
         v = self.voting
-        return Ballot(v.window, v.min_votes, v.hysteresis, v.single_vote_certainty, v.small_face_votes)
+        return Ballot(v.window, v.min_votes, v.hysteresis, v.unknown_hysteresis, v.single_vote_certainty,
+                      v.small_face_votes)
 
     def _confirm(self, track: Track) -> None:
         track.confirmed = True
@@ -463,8 +467,8 @@ class Tracker:
             # better view instead of using up max_attempts in as many frames)
             first_votes = track.ballot.count <= self.voting.min_votes and track.ballot.count == track.attempts
             due = since >= (c.settle_embed_every if first_votes else c.embed_every) or better
-        else:
-            due = since >= c.settled_embed_every
+        else:  # settled; an unknown near miss is looked at again sooner
+            due = since >= (c.embed_every if track.status == UNKNOWN and track.near_miss else c.settled_embed_every)
         if not due:
             return None
         track.scheduled += 1
@@ -551,6 +555,7 @@ class Tracker:
         track.cut_off += not (attempt or vote)
         if vote:
             track.ballot.add(name, confidence, track.embed_quality if quality is None else quality, small)
+            track.near_miss = name is not None or confidence >= self.cfg.near_miss_confidence
         ballot = track.ballot
         if ballot.settled:
             status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)

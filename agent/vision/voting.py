@@ -7,7 +7,10 @@ the label with the most weight in the last `window` votes once it has `min_votes
 when every vote so far is for one name and one of them is more certain than `single_vote_certainty` (a face
 well inside the recognition gate is named on its first frame, as a per-frame loop would). A settled
 identity changes only when a challenger has `min_votes` votes AND more than `hysteresis` times the
-settled label's weight, so one bad frame never flips a name. "Unknown" is an outcome like any name.
+settled label's weight, so one bad frame never flips a name (a settled "unknown" gives way to a name at
+`unknown_hysteresis` times its weight: the gate holds strangers to 1% a face already, and a track whose
+first frames were turned or blurred must not stay unknown while the person faces the camera). "Unknown" is
+an outcome like any name.
 
 Small faces (under `[recognition] small_face_size`: farther away, noisier embeddings) are weaker evidence:
 their votes count as usual, but a label whose votes in the window all come from small faces needs
@@ -61,6 +64,7 @@ class Ballot:
     window: int = 10
     min_votes: int = 2
     hysteresis: float = 1.5
+    unknown_hysteresis: float = 1.5  # the same against a settled "unknown" (None)
     single_vote_certainty: float = 1.0  # a first name this certain settles alone (1 = never)
     small_face_votes: int = 0  # votes a label of small faces only needs (0: min_votes)
     votes: collections.deque = field(init=False)
@@ -114,7 +118,7 @@ class Ballot:
         if top == self.identity or top_votes < self.votes_needed(top):
             return False
         held = tally.get(self.identity, (0, 0.0))[1]
-        if top_weight > self.hysteresis * held:
+        if top_weight > (self.hysteresis if self.identity is not None else self.unknown_hysteresis) * held:
             self.identity = top
             return True
         return False
