@@ -840,7 +840,7 @@ class Gallery:
                 if (self.svm_dir / "classifier.npz").exists() or (self.svm_dir / "classifier.json").exists():
                     log.warning("retraining: %s", exc)
             negatives = self.negatives()
-            if existing is not None and not force and existing.meta.get("fingerprint") == fingerprint:
+            if existing is not None and not force and existing.summary.fingerprint == fingerprint:
                 existing.negatives = {p: a for p, a in negatives.items() if p in existing.people}
                 self._register(existing.people)
                 return existing, results, False
@@ -905,7 +905,7 @@ class Gallery:
     def summary(self) -> dict[str, dict]:
         """Per person: photo files on disk and usable (cached) photos, without running any model."""
         clf = self.load_classifier()
-        counts = clf.meta.get("counts", {}) if clf else {}
+        counts = clf.summary.counts if clf else {}
         out = {}
         for person in sorted(set(self.people_on_disk()) | set(counts)):
             out[person] = {"photos": len(self.photos_of(person)), "trained_photos": counts.get(person, 0)}
