@@ -600,8 +600,9 @@ class Gallery:
         return found
 
     def remove_photo(self, person: str, path: Path) -> None:
-        """Delete one photo of a person and its chip (remote `remove_images`, the web page); after the last
-        photo the person's folders go too (a person with no photos is nobody to list)."""
+        """Delete one photo of a person and its chip (agent.enrollment_ops.remove_photos, which forgets the
+        person instead of removing their last photo); after the last photo the person's folders go too (a
+        person with no photos is nobody to list)."""
         with self._lock:
             try:
                 sha = file_sha256(path)
