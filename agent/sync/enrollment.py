@@ -433,12 +433,12 @@ class EnrollmentIntake:
             raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         images = [{"ref": ref, "status": proto.REMOVED if photo is not None else proto.NOT_FOUND,
                    "stored_as": photo.name if photo is not None else None} for ref, photo in removal.found]
-        if removal.removed:
-            self._changed(req)
         removed = removal.removed
+        if removed:
+            self._changed(req)
         status = proto.OK if removed == len(req.refs) else (proto.PARTIAL if removed else proto.REJECTED)
-        error = None if removal.removed else ProtocolError(proto.NOT_FOUND, "none of the images is enrolled")
-        log.info("remote enrollment: %s: removed %d image(s) of %r%s", req.request_id, removal.removed, person,
+        error = None if removed else ProtocolError(proto.NOT_FOUND, "none of the images is enrolled")
+        log.info("remote enrollment: %s: removed %d image(s) of %r%s", req.request_id, removed, person,
                  "; none left: forgotten" if removal.forgotten else "")
         extra: dict[str, Any] = {"forgotten": True, "moved_to": self._moved_to(removal.trash)} \
             if removal.forgotten else {}
