@@ -593,3 +593,19 @@ def test_removing_the_last_photos_forgets_the_person(tmp_path, broker, keyfile, 
     again = req("remove_images", person="biden", refs=[last.name])
     op.send(again)
     assert op.result(again["request_id"])["error"]["code"] == "not_found"
+
+
+def test_remote_builds_its_client_as_the_agent_does(tmp_path, keyfile, capsys):
+    """Issue 28.2: `face-agent remote` gets its paho client from agent.sync.mqtt.paho_client (credentials, TLS
+    as the agent's): TLS files that cannot be loaded are one clear line, as for the agent, not a traceback."""
+    from agent.cli import main
+
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    toml = tmp_path / "operator.toml"
+    toml.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = 8883\ntls = true\nca_file = "{bad_ca}"\n'
+                    f'[remote_enroll]\nkey_file = "{keyfile}"\n')
+    code = main(["-q", "-c", str(toml), "remote", "list", "--agent", "agent-1", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "mqtt TLS files (ca_file=" in err and "cannot be loaded" in err, err
+    assert "Traceback" not in err
