@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from agent.gallery import (
     Gallery,
     ImageAdd,
@@ -82,8 +84,6 @@ class Enrolled:
 def enroll_files(gallery: Gallery, person: str, files: list[Path], progress: bool = False) -> Enrolled:
     """`face-agent enroll PERSON IMAGE...`: each file analysed where it is first, only an enrollable one copied
     into the person's folder (as <original name>-<sha8>.<ext>). ImageError when a file cannot be copied."""
-    from tqdm import tqdm
-
     person = validate_person_name(person)
     done = Enrolled()
     usable: list[Path] = []
