@@ -19,6 +19,7 @@ COMMANDS = [
     "enroll",
     "identify",
     "people",
+    "remove",
     "forget",
     "restore",
     "unknowns",

@@ -600,8 +600,9 @@ class Gallery:
         return found
 
     def remove_photo(self, person: str, path: Path) -> None:
-        """Delete one photo of a person and its chip (remote `remove_images`, the web page); after the last
-        photo the person's folders go too (a person with no photos is nobody to list)."""
+        """Delete one photo of a person and its chip (agent.enrollment_ops.remove_photos, which forgets the
+        person instead of removing their last photo); after the last photo the person's folders go too (a
+        person with no photos is nobody to list)."""
         with self._lock:
             try:
                 sha = file_sha256(path)
@@ -840,7 +841,7 @@ class Gallery:
                 if (self.svm_dir / "classifier.npz").exists() or (self.svm_dir / "classifier.json").exists():
                     log.warning("retraining: %s", exc)
             negatives = self.negatives()
-            if existing is not None and not force and existing.meta.get("fingerprint") == fingerprint:
+            if existing is not None and not force and existing.summary.fingerprint == fingerprint:
                 existing.negatives = {p: a for p, a in negatives.items() if p in existing.people}
                 self._register(existing.people)
                 return existing, results, False
@@ -905,7 +906,7 @@ class Gallery:
     def summary(self) -> dict[str, dict]:
         """Per person: photo files on disk and usable (cached) photos, without running any model."""
         clf = self.load_classifier()
-        counts = clf.meta.get("counts", {}) if clf else {}
+        counts = clf.summary.counts if clf else {}
         out = {}
         for person in sorted(set(self.people_on_disk()) | set(counts)):
             out[person] = {"photos": len(self.photos_of(person)), "trained_photos": counts.get(person, 0)}

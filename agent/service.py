@@ -273,10 +273,8 @@ class Service:
             self._swap(classifier)
 
     def _model_event(self, classifier: Classifier) -> None:
-        meta = classifier.meta
-        cv = (meta.get("cross_validation") or {}).get("balanced_accuracy")
-        self._emit(self.factory.model_updated(classifier.people, meta.get("counts", {}),
-                                              meta.get("training_seconds", 0.0), cv))
+        model = classifier.summary
+        self._emit(self.factory.model_updated(model.people, model.counts, model.training_seconds, model.cv_score))
 
     def _on_connect(self, _session_present: bool) -> None:
         self._connected_at = time.time()

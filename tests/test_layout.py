@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("agent.frame_events", "agent.frame_output", "agent.run_report", "agent.health"),
     ("agent.sync",),
     ("agent.naming", "agent.evaluation"),
+    ("agent.enrollment_ops",),
     ("agent.gallery",),
     ("agent.sightings",),
     # the kept files: the event log, the people registry, the eval/tune reports (`forget` redacts a name in

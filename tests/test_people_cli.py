@@ -269,3 +269,37 @@ def test_every_log_line_is_escaped_even_when_a_call_forgot_to(tmp_path):
     lines = done.stderr.splitlines()
     assert lines[0].endswith("WARNING x: photo a\\n2026 CRITICAL forged\\x1b[2J")
     assert lines[1].endswith("ERROR x: failed on b\\nc") and lines[2] == "Traceback (most recent call last):"
+
+
+def test_remove_photos_and_the_last_one_forgets_the_person(tmp_path, cli):
+    """Issue 28.2: `face-agent remove` goes through agent.enrollment_ops as the web's Remove and remote
+    `remove_images`: one photo removed (by name or sha256), the person kept and retrained; an unknown photo
+    named; the last photo removed, the person forgotten (photo in the trash, `restore` brings it back)."""
+    from agent.config import load_config
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    assert cli("enroll", "biden", *map(str, BIDEN))[0] == 0
+    assert cli("enroll", "obama", *map(str, OBAMA))[0] == 0
+    cfg = load_config(tmp_path / "agent.toml")
+    with EventStore(cfg) as events:
+        events.add(EventFactory(cfg.agent.id, "door").identified(1, "biden", 0.9, 3, (10, 10, 60, 70), (160, 120)))
+    raw = tmp_path / "faces" / "train" / "raw" / "biden"
+    first, last = sorted(raw.iterdir())
+    code, out, err = cli("remove", "biden", sha(first), "nope.jpg")
+    assert code == 1 and "removed 1 photo of biden; 1 left" in out and "nope.jpg: no such photo of biden" in err
+    assert "classifier retrained: 2 people" in out
+    assert json.loads(cli("people", "--json")[1])["biden"]["photos"] == 1
+    code, out, err = cli("remove", "biden", last.name)
+    assert code == 0, err
+    assert "biden had no photos left and was forgotten everywhere on this agent" in out
+    assert "undo: face-agent restore biden" in out and "classifier retrained: 1 people" in out
+    assert not raw.exists() and not (tmp_path / "faces" / "train" / "aligned" / "biden").exists()
+    assert "biden" not in json.loads(cli("people", "--json")[1])
+    with EventStore(cfg) as events:
+        assert not [e for e in events.query(limit=None) if e.type == "identified"]  # forget erased them
+    code, _out, err = cli("remove", "biden", last.name)
+    assert code == 1 and "'biden' is not enrolled" in err
+    code, out, _err = cli("restore", "biden")
+    assert code == 0 and "restored biden: 1 photos back" in out
+    assert [p.name for p in raw.iterdir()] == [last.name]

@@ -75,6 +75,26 @@ def test_knn_enrollment_reports_every_photo(knn_gallery):
                                   "rose_leslie": 2}
 
 
+def test_the_classifier_summary_is_its_metadata_typed(knn_gallery):
+    """Issue 28.2: ClassifierSummary reads what train() wrote and classifier.json keeps; to_dict round-trips."""
+    from agent.vision.classifier import ClassifierSummary
+
+    gallery, clf, _, _ = knn_gallery
+    summary = clf.summary
+    assert summary.people == tuple(clf.people) and summary.counts == clf.meta["counts"]
+    assert summary.fingerprint == clf.meta["fingerprint"] and summary.trained_at == clf.meta["trained_at"]
+    cv = clf.meta["cross_validation"]  # none here: alex_lacamoire has one photo
+    assert (summary.cv_score, summary.cv_folds, list(summary.cv_grid)) == (cv["balanced_accuracy"], cv["folds"],
+                                                                          cv["grid"])
+    assert summary.kernel == clf.svm.kernel and summary.warnings == tuple(clf.meta["warnings"])
+    assert ClassifierSummary.from_dict(summary.to_dict()) == summary
+    assert gallery.load_classifier().summary == summary  # read back from svm/
+    assert ClassifierSummary.from_dict({}) == ClassifierSummary()  # an older file without these keys
+    assert summary.model_info() == {"people": list(clf.people), "counts": clf.meta["counts"],
+                                    "training_s": clf.meta["training_seconds"], "cv_score": summary.cv_score,
+                                    "trained_at": clf.meta["trained_at"]}
+
+
 @pytest.mark.parametrize("image, expected", [
     ("alex_lacamoire1.jpg", {"alex_lacamoire"}),
     ("johnsnow_test1.jpg", {"kit_harington"}),

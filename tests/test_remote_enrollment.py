@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED, make_config
+from conftest import COMPREFACE, DLIB, FR, ROOT, SHARED, make_config, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -550,3 +550,62 @@ def test_a_forged_reply_cannot_write_terminal_escapes_or_extra_lines(capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and not [line for line in out.splitlines() if line.startswith("agent-2")]
     assert "x\\nagent-2: ok\\x1b[2J: ok  [UNVERIFIED" in out
+
+
+def test_removing_the_last_photos_forgets_the_person(tmp_path, broker, keyfile, agents, operators):
+    """Issue 28.2: `remove_images` goes through agent.enrollment_ops as the CLI's `remove` and the web's Remove:
+    a photo removed, the person kept; the last one removed, the person forgotten (photos in the trash, their
+    identifications erased from the event log), never an error after the photos were already gone."""
+    from agent.events import EventFactory
+    from agent.gallery import file_sha256
+    from agent.store import EventStore
+
+    agent = agents(agent_config(tmp_path, broker, keyfile)).start()
+    op = operators(broker)
+    add = req(person="biden", images=sorted((TRAIN / "biden").iterdir()))
+    op.send(add)
+    assert op.result(add["request_id"])["status"] == "ok"
+    assert agent.updated.wait(60)
+    with EventStore(agent.cfg) as events:
+        events.add(EventFactory(agent.cfg.agent.id, "door").identified(1, "biden", 0.9, 3, (10, 10, 60, 70),
+                                                                        (160, 120)))
+    first, last = agent.gallery.photos_of("biden")
+    one = req("remove_images", person="biden", refs=[file_sha256(first), "nope-0123abcd.jpg"])
+    op.send(one)
+    r = op.result(one["request_id"])
+    assert r["status"] == "partial" and r["photos_left"] == 1 and "forgotten" not in r, r
+    assert [i["status"] for i in r["images"]] == ["removed", "not_found"]
+    assert agent.gallery.photos_of("biden") == [last]
+    rest = req("remove_images", person="biden", refs=[last.name])
+    op.send(rest)
+    r = op.result(rest["request_id"])
+    assert r["status"] == "ok" and r["photos_left"] == 0 and r["forgotten"] is True, r
+    assert r["moved_to"].startswith("train/trash/biden-")
+    assert not (agent.gallery.raw / "biden").exists() and not (agent.gallery.aligned / "biden").exists()
+    trash = agent.gallery.trashed("biden")
+    assert len(trash) == 1 and [p.name for p in trash[0].path.iterdir()] == [last.name]
+    with EventStore(agent.cfg) as events:
+        assert not [e for e in events.query(limit=None) if e.type == "identified"]  # forget erased them
+    assert wait_for(lambda: agent.updates[-1][1]["people"] == [], 60)  # the debounced retrain
+    listed = req("list")
+    op.send(listed)
+    assert op.result(listed["request_id"])["people"] == {}
+    again = req("remove_images", person="biden", refs=[last.name])
+    op.send(again)
+    assert op.result(again["request_id"])["error"]["code"] == "not_found"
+
+
+def test_remote_builds_its_client_as_the_agent_does(tmp_path, keyfile, capsys):
+    """Issue 28.2: `face-agent remote` gets its paho client from agent.sync.mqtt.paho_client (credentials, TLS
+    as the agent's): TLS files that cannot be loaded are one clear line, as for the agent, not a traceback."""
+    from agent.cli import main
+
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    toml = tmp_path / "operator.toml"
+    toml.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = 8883\ntls = true\nca_file = "{bad_ca}"\n'
+                    f'[remote_enroll]\nkey_file = "{keyfile}"\n')
+    code = main(["-q", "-c", str(toml), "remote", "list", "--agent", "agent-1", "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "mqtt TLS files (ca_file=" in err and "cannot be loaded" in err, err
+    assert "Traceback" not in err

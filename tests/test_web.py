@@ -494,3 +494,50 @@ def test_a_setting_written_from_the_console_keeps_the_file_comments_and_permissi
     with pytest.raises(SettingError, match="without a config file"):
         write_setting(None, "recognition", "distance_threshold", 0.25)
     assert not [p for p in tmp_path.iterdir() if p.name != "agent.toml"]  # no temporary file left
+
+
+def test_removing_the_last_photo_forgets_the_person_with_undo(tmp_path):
+    """Issue 28.2: the person page's Remove goes through agent.enrollment_ops as `face-agent remove` and
+    remote `remove_images`: one photo removed, the person stays; the last one removed, the person is
+    forgotten (their identifications erased), the People page offers Undo, and Undo brings the photo back."""
+    import shutil
+    from urllib.parse import quote
+
+    from conftest import FR
+
+    from agent.config import load_config
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    raw = tmp_path / "faces" / "train" / "raw" / "biden"
+    raw.mkdir(parents=True)
+    for photo in sorted((FR / "examples" / "knn_examples" / "train" / "biden").iterdir()):
+        shutil.copy(photo, raw / photo.name)
+    first, last = sorted(p.name for p in raw.iterdir())
+    with EventStore(cfg) as events:
+        events.add(EventFactory.from_config(cfg).identified(1, "biden", 0.9, 3, (10, 10, 60, 70), (160, 120)))
+    console = WebConsole(config)
+    try:
+        client = Client(console)
+        token = client.csrf("/people")
+        form = {"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
+        status, headers, _ = client.request("POST", "/people/biden/remove", urlencode({"photo": first}), form)
+        assert status == 204 and headers["hx-redirect"] == "/people/biden"
+        assert sorted(p.name for p in raw.iterdir()) == [last]
+        status, headers, _ = client.request("POST", "/people/biden/remove", urlencode({"photo": last}), form)
+        assert status == 204 and headers["hx-redirect"].startswith("/people?forgot=biden-"), headers
+        assert not raw.exists()
+        _, _, text = client.request("GET", headers["hx-redirect"])
+        assert "biden had no photos left, so they were forgotten everywhere on this agent" in text
+        assert "biden was forgotten: 1 photo in the trash" in text  # the Undo card
+        with EventStore(cfg) as events:
+            assert not [e for e in events.query(limit=None) if e.type == "identified"]
+        folder = headers["hx-redirect"].split("forgot=", 1)[1]
+        status, headers, _ = client.request("POST", "/people/restore",
+                                            urlencode({"person": "biden", "folder": folder}), form)
+        assert status == 204 and headers["hx-redirect"] == f"/people/{quote('biden')}"
+        assert [p.name for p in raw.iterdir()] == [last]
+    finally:
+        console.stop()

@@ -8,10 +8,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
+from agent import enrollment_ops as ops
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, PhotoResult, validate_person_name
+from agent.enrollment_ops import InvalidNameError, validate_person_name
+from agent.gallery import Gallery, PhotoResult
 from agent.images import ImageError
 from agent.logsafe import shown
 
@@ -45,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
-    refused: list[PhotoResult] = []
-    copied_from: dict[Path, Path] = {}
-    analysed_now: set[str] = set()  # photos this command analysed first (new, though cached by now)
+    done = ops.Enrolled()
     if args.person is not None:
         try:
             person = validate_person_name(args.person)
@@ -55,37 +53,27 @@ def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
             return fail(str(exc), 2)
         if not args.images:
             return fail("give at least one IMAGE after PERSON", 2)
-        # analysed where they are first: only an enrollable photo is copied into the person's folder
-        usable: list[Path] = []
-        for src in tqdm(args.images, desc="analysing", unit="photo", disable=not show_progress(), leave=False):
-            result, _ = gallery.process_photo(person, Path(src))
-            if not result.cached:
-                analysed_now.add(result.sha256)
-            if result.ok:
-                usable.append(Path(src))
-            else:
-                refused.append(result)
-        for r in refused:
-            print(shown(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else "")),
-                  file=sys.stderr)
-        try:
-            stored = gallery.add_photos(person, usable) if usable else []
+        try:  # analysed where they are first: only an enrollable photo is copied into the person's folder
+            done = ops.enroll_files(gallery, person, [Path(p) for p in args.images], show_progress())
         except ImageError as exc:
             return fail(str(exc))
-        copied_from = dict(zip(stored, usable, strict=True))
-    clf, results, retrained = gallery.ensure_trained(force=args.retrain, progress=show_progress())
+        for r in done.refused:
+            print(shown(f"face-agent: {r.path}: not enrolled: {r.status}" + (f" ({r.reason})" if r.reason else "")),
+                  file=sys.stderr)
+    training = ops.retrain(gallery, force=args.retrain, progress=show_progress())
+    results, refused = training.results, done.refused
     if args.person is not None:
         results = [r for r in results if r.person == person]
         for r in results:
-            r.source = copied_from.get(r.path)
-            r.cached = r.cached and r.sha256 not in analysed_now
+            r.source = done.stored.get(r.path)
+            r.cached = r.cached and r.sha256 not in done.analysed_now
         results = refused + results
     failed = 1 if refused else 0
+    model = training.summary
     if args.json:
-        print(json.dumps({"photos": [r.to_dict() for r in results], "people": clf.meta.get("counts", {}),
-                          "retrained": retrained, "warnings": gallery.warnings,
-                          "cross_validation": clf.meta.get("cross_validation", {}).get("balanced_accuracy")},
-                         ensure_ascii=False))
+        print(json.dumps({"photos": [r.to_dict() for r in results], "people": model.counts,
+                          "retrained": training.retrained, "warnings": gallery.warnings,
+                          "cross_validation": model.cv_score}, ensure_ascii=False))
         return failed
     for r in results:  # refused photos (again: they stay refused until replaced), and notes on new ones
         if r in refused:
@@ -96,12 +84,9 @@ def _enroll(args: argparse.Namespace, gallery: Gallery) -> int:
     for warning in gallery.warnings:
         print(shown(f"warning: {warning}"))
     print(photo_summary(results))
-    counts = clf.meta.get("counts", {})
-    cv = clf.meta.get("cross_validation", {})
-    state = "retrained" if retrained else "up to date"
-    print(f"classifier {state}: {len(counts)} people, {sum(counts.values())} photos"
-          + (f", cross-validated balanced accuracy {cv['balanced_accuracy']:.3f}"
-             if cv.get("balanced_accuracy") is not None else ""))
+    state = "retrained" if training.retrained else "up to date"
+    print(f"classifier {state}: {len(model.counts)} people, {sum(model.counts.values())} photos"
+          + (f", cross-validated balanced accuracy {model.cv_score:.3f}" if model.cv_score is not None else ""))
     if failed:
         print(f"face-agent: {len(refused)} of {len(args.images)} file(s) not enrolled", file=sys.stderr)
     return failed

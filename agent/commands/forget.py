@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from agent import enrollment_ops as ops
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, NotEnrolledError
+from agent.enrollment_ops import InvalidNameError, NotEnrolledError
+from agent.gallery import Gallery
 from agent.logsafe import shown
 
 
@@ -26,13 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     gallery = Gallery(config_of(args))
     try:
-        trash = gallery.forget(args.person, purge=args.purge)
+        trash = ops.forget(gallery, args.person, purge=args.purge)
     except InvalidNameError as exc:
         return fail(str(exc), 2)
     except NotEnrolledError as exc:
         return fail(str(exc))
-    clf, _, _ = gallery.ensure_trained(progress=show_progress())
-    print(f"forgot {shown(args.person)}; {len(clf.people)} people remain")
+    training = ops.retrain(gallery, progress=show_progress())
+    print(f"forgot {shown(args.person)}; {len(training.classifier.people)} people remain")
     if trash is not None:
         print(f"their photos were moved to {shown(trash)}: kept {gallery.cfg.enrollment.trash_days:g} days "
               f"(undo: face-agent restore {shown(args.person)}), then deleted; `forget --purge` deletes them now")

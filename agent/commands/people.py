@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from agent import enrollment_ops as ops
 from agent.commands._common import config_of
 from agent.gallery import Gallery
 from agent.logsafe import shown
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     gallery = Gallery(config_of(args))
-    summary = gallery.summary()
+    summary = ops.people(gallery)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
         return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands._common import config_of, fail
-from agent.config import Config
+from agent.config import Config, ConfigError
 from agent.logsafe import shown
 from agent.sync import enrollment_protocol as proto
 from agent.topics import Topics, all_results_topic
@@ -137,23 +137,16 @@ class Exchange:
     """Publish one request and collect the answers (paho client of its own, clean session)."""
 
     def __init__(self, cfg: Config, args: argparse.Namespace):
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
+        from agent.sync.mqtt import paho_client
 
         m = cfg.mqtt
         self.host = args.host or m.host
         self.port = args.port or m.port
         self.prefix = m.topic_prefix.rstrip("/")
-        v5 = m.protocol != "v311"
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"face-agent-remote-{uuid.uuid4().hex[:10]}",
-                                  protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
-        username = args.username if args.username is not None else m.username
-        password = args.password if args.password is not None else m.password
-        if username:
-            self.client.username_pw_set(username, password or None)
-        if m.tls:
-            files = [str(cfg.resolve(f)) if f else None for f in (m.ca_file, m.cert_file, m.key_file)]
-            self.client.tls_set(ca_certs=files[0], certfile=files[1], keyfile=files[2])
+        # a clean session of its own: answers are waited for while connected, nothing is kept for later
+        self.client = paho_client(cfg, f"face-agent-remote-{uuid.uuid4().hex[:10]}",
+                                  "v311" if m.protocol == "v311" else "v5", username=args.username,
+                                  password=args.password)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.refused: str | None = None
@@ -193,12 +186,10 @@ class Exchange:
             raise ConnectionError(f"broker {self.host}:{self.port} did not confirm the subscription to {topic}")
 
     def send(self, topic: str, payload: bytes, timeout: float) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        deadline = time.monotonic() + timeout
-        while not info.is_published():
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"broker did not acknowledge the request on {topic}")
-            time.sleep(0.01)
+        from agent.sync.mqtt import wait_published
+
+        if not wait_published(self.client.publish(topic, payload, qos=1), timeout):
+            raise ConnectionError(f"broker did not acknowledge the request on {topic}")
 
     def wait(self, done, timeout: float) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -287,7 +278,10 @@ def run(args: argparse.Namespace) -> int:
     except (proto.KeyFileError, ValueError) as exc:
         return fail(str(exc), 2)
     rid = fields["request_id"]
-    exchange = Exchange(cfg, args)
+    try:
+        exchange = Exchange(cfg, args)
+    except ConfigError as exc:  # the TLS files cannot be loaded (agent.sync.mqtt.MqttConfigError)
+        return fail(str(exc))
     try:
         exchange.open(args.agent, args.timeout)
         exchange.send(proto.request_topic(exchange.prefix, args.agent), proto.encode(fields), args.timeout)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from agent import enrollment_ops as ops
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError
+from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError
+from agent.gallery import Gallery
 from agent.logsafe import shown
 from agent.naming import people_count
 
@@ -23,12 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     gallery = Gallery(config_of(args))
     try:
-        gallery.rename(args.old, args.new)
+        ops.rename(gallery, args.old, args.new)
     except InvalidNameError as exc:
         return fail(str(exc), 2)
     except (NotEnrolledError, NameTakenError) as exc:
         return fail(str(exc))
-    clf, _, retrained = gallery.ensure_trained(progress=show_progress())
+    training = ops.retrain(gallery, progress=show_progress())
     print(f"renamed {shown(args.old)} to {shown(args.new)} (their earlier events are found under the new name); "
-          f"classifier {'retrained' if retrained else 'up to date'}: {people_count(len(clf.people))}")
+          f"classifier {'retrained' if training.retrained else 'up to date'}: "
+          f"{people_count(len(training.classifier.people))}")
     return 0

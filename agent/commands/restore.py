@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from agent import enrollment_ops as ops
 from agent.commands._common import config_of, fail, show_progress
-from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError
+from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError
+from agent.gallery import Gallery
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{t.person[:24]:24s} {t.stamp:17s} {t.photos:6d}  {t.path.name}")
         return 0
     try:
-        entry = gallery.restore(args.person, args.folder, args.as_name)
+        entry = ops.restore(gallery, args.person, args.folder, args.as_name)
     except InvalidNameError as exc:
         return fail(str(exc), 2)
     except (NotEnrolledError, NameTakenError) as exc:
         return fail(str(exc))
     name = args.as_name or entry.person
-    clf, _, _ = gallery.ensure_trained(progress=show_progress())
+    clf = ops.retrain(gallery, progress=show_progress()).classifier
     print(f"restored {name}: {entry.photos} photos back in {gallery.raw / name} (forgotten {entry.stamp}); "
           f"{len(clf.people)} people enrolled")
     others = [t for t in gallery.trashed(entry.person)]

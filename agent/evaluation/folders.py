@@ -160,7 +160,7 @@ def evaluate_split(enroll: list[Sample], queries: list[Sample], strangers: set[s
     clf = train(np.stack([s.embedding for s in enroll]), [s.person for s in enroll], recognition)
     index = {p: k for k, p in enumerate(clf.people)}
     out = {"enrolled": clf.people, "strangers": sorted(strangers), "enrollment": [str(s.path) for s in enroll],
-           "svm_cv_accuracy": clf.meta.get("cross_validation", {}).get("balanced_accuracy"), "queries": []}
+           "svm_cv_accuracy": clf.summary.cv_score, "queries": []}
     counts = {k: np.zeros(len(GRID), dtype=int) for k in ("named_right", "named_wrong", "stranger_unknown",
                                                           "stranger_named")}
     if not queries:

@@ -10,7 +10,12 @@ Threads: the MQTT network thread only checks the message size and queues the mes
 enrollment folders and retrains. Retraining is debounced: it starts once no request changed the gallery
 for `[remote_enroll] debounce` seconds, so a burst of images trains once. After a retrain the worker calls
 `on_model_updated(classifier, info)`, info = {"people", "counts", "training_s", "cv_score",
-"request_ids", "trained_at"}; the service swaps the classifier between frames and logs `model_updated`.
+"trained_at" (ClassifierSummary.model_info), "total_s", "request_ids", "retrained"}; the service swaps the
+classifier between frames and logs `model_updated`.
+
+This module is the wire: queue, authentication, nonces, debounce, replies. The operations themselves (add,
+remove photos, forget, rename, list, retrain) are agent.enrollment_ops', the same the CLI and the web console
+call; naming and rejecting are agent.naming's.
 
 An image is written into the person's folder only after it passed every check (size, decode, pixel cap,
 format, exactly one usable face): it is analysed from a private temporary folder inside `[paths] storage`
@@ -35,8 +40,10 @@ from typing import Any
 import sqlite_utils
 
 from agent import database
+from agent import enrollment_ops as ops
 from agent.config import Config
-from agent.gallery import Gallery, InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
+from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
+from agent.gallery import Gallery
 from agent.logsafe import RateLimitedLog, escape
 from agent.naming import NamingError, enrolled_text, name_cluster, name_faces, reject, track_faces
 from agent.sightings import SightingStore
@@ -377,7 +384,7 @@ class EnrollmentIntake:
 
     def _add(self, req: proto.Request) -> dict:
         person = self._person(req.person)
-        images = [self._add_image_safely(person, img) for img in req.images]
+        images = self._add_images(person, req.images)
         accepted = [i for i in images if i["status"] == proto.ACCEPTED]
         self._count("images_accepted", len(accepted))
         self._count("images_rejected", len(images) - len(accepted))
@@ -397,79 +404,72 @@ class EnrollmentIntake:
         status = proto.OK if len(accepted) == len(images) else proto.PARTIAL
         return self._result(req, status, person=person, images=images, retrain=retrain)
 
-    def _add_image_safely(self, person: str, img: proto.Image) -> dict:
-        """One image of an `add`: a failure of the agent on one image is that image's rejection
-        (internal_error), so the images stored before and after it still count and are trained."""
-        try:
-            return self._add_image(person, img)
-        except Exception as exc:
-            log.exception("remote enrollment: image %s for %r failed", escape(img.name), person)
-            return {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
-                    "reason": proto.INTERNAL_ERROR, "message": f"{type(exc).__name__}: {exc}"[:300]}
-
-    def _add_image(self, person: str, img: proto.Image) -> dict:
-        """One image of an `add`, as the reply lists it; the enrollment itself is the gallery's."""
-        out: dict[str, Any] = {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
-                               "reason": img.reason or None, "message": img.message or None}
-        if img.data is None:  # refused by the protocol already (bad base64, hash mismatch...)
-            return out
-        added = self.gallery.add_image(person, img.data, img.name, self.settings.max_image_bytes, self._tmp)
-        out.update(sha256=added.sha256, reason=added.reason, message=added.message)
-        if added.accepted:
-            out.update(status=proto.ACCEPTED, stored_as=added.stored_as)
-            if added.new:
-                out["new"] = True
+    def _add_images(self, person: str, images: list[proto.Image]) -> list[dict]:
+        """The images of an `add`, as the reply lists them; the enrollment itself is enrollment_ops'. An image
+        the protocol refused already (bad base64, hash mismatch...) is not offered."""
+        usable = [img for img in images if img.data is not None]
+        added = ops.add_images(self.gallery, person, [(img.name, img.data or b"") for img in usable],
+                               self.settings.max_image_bytes, self._tmp)
+        done = {img.index: a for img, a in zip(usable, added, strict=True)}
+        out = []
+        for img in images:
+            item: dict[str, Any] = {"index": img.index, "name": img.name, "sha256": None, "status": "rejected",
+                                    "reason": img.reason or None, "message": img.message or None}
+            a = done.get(img.index)
+            if a is not None:
+                item.update(sha256=a.sha256 or None, reason=a.reason, message=a.message)
+                if a.accepted:
+                    item.update(status=proto.ACCEPTED, stored_as=a.stored_as)
+                    if a.new:
+                        item["new"] = True
+            out.append(item)
         return out
 
     def _remove_images(self, req: proto.Request) -> dict:
         person = self._person(req.person)
-        photos = self.gallery.photos_of(person)
-        if not photos:
-            raise ProtocolError(proto.NOT_FOUND, f"{person!r} is not enrolled")
-        images = []
-        removed = 0
-        for ref in req.refs:
-            match = self.gallery.find_photo(person, ref)
-            if match is None:
-                images.append({"ref": ref, "status": proto.NOT_FOUND, "stored_as": None})
-                continue
-            self.gallery.remove_photo(person, match)
-            removed += 1
-            images.append({"ref": ref, "status": proto.REMOVED, "stored_as": match.name})
-        left = self.gallery.photos_of(person)
-        if not left:  # the last photo gone: the person is gone
-            self.gallery.forget(person)  # (an empty folder: nothing to keep in the trash)
+        try:
+            removal = ops.remove_photos(self.gallery, person, req.refs)
+        except NotEnrolledError as exc:
+            raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
+        images = [{"ref": ref, "status": proto.REMOVED if photo is not None else proto.NOT_FOUND,
+                   "stored_as": photo.name if photo is not None else None} for ref, photo in removal.found]
+        removed = removal.removed
         if removed:
             self._changed(req)
         status = proto.OK if removed == len(req.refs) else (proto.PARTIAL if removed else proto.REJECTED)
         error = None if removed else ProtocolError(proto.NOT_FOUND, "none of the images is enrolled")
-        log.info("remote enrollment: %s: removed %d image(s) of %r", req.request_id, removed, person)
-        return self._result(req, status, error, person=person, images=images, photos_left=len(left))
+        log.info("remote enrollment: %s: removed %d image(s) of %r%s", req.request_id, removed, person,
+                 "; none left: forgotten" if removal.forgotten else "")
+        extra: dict[str, Any] = {"forgotten": True, "moved_to": self._moved_to(removal.trash)} \
+            if removal.forgotten else {}
+        return self._result(req, status, error, person=person, images=images, photos_left=removal.photos_left,
+                            **extra)
+
+    def _moved_to(self, trash: Path | None) -> str | None:
+        return str(trash.relative_to(self.gallery.root.parent)) if trash else None
 
     def _forget(self, req: proto.Request) -> dict:
         person = self._person(req.person)
         try:
-            trash = self.gallery.forget(person, purge=req.purge)
+            trash = ops.forget(self.gallery, person, purge=req.purge)
         except NotEnrolledError as exc:
             raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         self._changed(req)
-        moved_to = str(trash.relative_to(self.gallery.root.parent)) if trash else None
         log.info("remote enrollment: %s: forgot %r%s", req.request_id, person,
                  f"; photos moved to {trash}" if trash else "")
-        return self._result(req, proto.OK, person=person, moved_to=moved_to, purged=trash is None)
+        return self._result(req, proto.OK, person=person, moved_to=self._moved_to(trash), purged=trash is None)
 
     def _rename(self, req: proto.Request) -> dict:
         old, new = self._person(req.person), self._person(req.new_name)
         try:
-            self.gallery.rename(old, new)
+            changed = ops.rename(self.gallery, old, new)
         except NotEnrolledError as exc:
             raise ProtocolError(proto.NOT_FOUND, str(exc)) from None
         except NameTakenError as exc:
             raise ProtocolError(proto.NAME_TAKEN, str(exc)) from None
-        if old == new:
-            return self._result(req, proto.OK, person=old, new_name=new)
-        self._changed(req)
-        log.info("remote enrollment: %s: renamed %r to %r", req.request_id, old, new)
+        if changed:
+            self._changed(req)
+            log.info("remote enrollment: %s: renamed %r to %r", req.request_id, old, new)
         return self._result(req, proto.OK, person=old, new_name=new)
 
     def _retrain_now(self, req: proto.Request) -> dict:
@@ -481,13 +481,12 @@ class EnrollmentIntake:
         return self._result(req, proto.OK, model=info)
 
     def _list(self, req: proto.Request) -> dict:
-        clf = self.gallery.load_classifier()
+        summary = ops.model(self.gallery)
         model = None
-        if clf is not None:
-            model = {"people": clf.people, "counts": clf.meta.get("counts", {}),
-                     "trained_at": clf.meta.get("trained_at"),
-                     "cv_score": (clf.meta.get("cross_validation") or {}).get("balanced_accuracy")}
-        return self._result(req, proto.OK, people=self.gallery.summary(), model=model,
+        if summary is not None:
+            info = summary.model_info()
+            model = {k: info[k] for k in ("people", "counts", "trained_at", "cv_score")}
+        return self._result(req, proto.OK, people=ops.people(self.gallery), model=model,
                             retrain_pending=self._retrain_at is not None)
 
     def _name(self, req: proto.Request) -> dict:
@@ -560,24 +559,15 @@ class EnrollmentIntake:
         """Retrain now; hand a new classifier to on_model_updated. The info dict, or None on failure."""
         self._retrain_at = None
         ids, self._pending_ids = self._pending_ids, []
-        started = time.monotonic()
         try:
-            clf, _results, retrained = self.gallery.ensure_trained(force=force, progress=False)
+            training = ops.retrain(self.gallery, force=force)
         except Exception:
             log.exception("remote enrollment: retraining failed; the previous classifier stays in use")
             self._count("retrain_failures")
             return None
-        cv = clf.meta.get("cross_validation") or {}
-        info = {
-            "people": list(clf.people),
-            "counts": dict(clf.meta.get("counts", {})),
-            "training_s": float(clf.meta.get("training_seconds", 0.0)),
-            "cv_score": cv.get("balanced_accuracy"),
-            "total_s": round(time.monotonic() - started, 3),
-            "request_ids": ids,
-            "trained_at": clf.meta.get("trained_at"),
-            "retrained": retrained,
-        }
+        clf, retrained = training.classifier, training.retrained
+        info = {**training.summary.model_info(), "total_s": training.seconds, "request_ids": ids,
+                "retrained": retrained}
         if retrained:
             with self._lock:
                 self.retrains += 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +54,35 @@ def _adapt(callback: MessageCallback) -> Callable[[paho.Client, Any, paho.MQTTMe
     return on_message
 
 
+def paho_client(cfg: Config, client_id: str, protocol: str, persistent: bool = False,
+                username: str | None = None, password: str | None = None) -> paho.Client:
+    """A paho client (callback API 2) set up from `[mqtt]`: the protocol ("v5" or "v311"; `persistent`: a 3.1.1
+    session the broker keeps, clean_session = false; v5 asks for it at connect), the credentials (`username`,
+    `password` override [mqtt]'s when not None) and TLS. The agent's MqttClient and the operator's `face-agent
+    remote` build theirs here. MqttConfigError when the TLS files cannot be loaded."""
+    m = cfg.mqtt
+    if protocol == "v5":
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                             clean_session=not persistent)
+    username = m.username if username is None else username
+    password = m.password if password is None else password
+    if username:
+        client.username_pw_set(username, password or None)
+    if m.tls:
+        # the files were checked when the config loaded (agent.config): present, key_file with cert_file
+        files = {key: str(cfg.resolve(getattr(m, key))) if getattr(m, key) else None
+                 for key in ("ca_file", "cert_file", "key_file")}
+        try:
+            client.tls_set(ca_certs=files["ca_file"], certfile=files["cert_file"], keyfile=files["key_file"],
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            named = ", ".join(f"{k}={v}" for k, v in files.items() if v)
+            raise MqttConfigError(f"mqtt TLS files ({named or 'system CAs'}) cannot be loaded: {exc}") from None
+    return client
+
+
 class MqttClient:
     """The agent's connection to the broker; thread-safe `publish`, `subscribe`, state and listeners."""
 
@@ -84,29 +112,13 @@ class MqttClient:
 
     def _build(self) -> paho.Client:
         m = self.settings
-        if self.protocol == "v5":
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        else:
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 protocol=paho.MQTTv311, clean_session=False)
+        client = paho_client(self.cfg, self.client_id, self.protocol, persistent=True)
         if log.isEnabledFor(logging.DEBUG):  # paho's own messages are noisy during outages: debug only
             client.enable_logger(logging.getLogger(__name__ + ".paho"))
         client.connect_timeout = CONNECT_TIMEOUT
         client.reconnect_delay_set(min_delay=m.reconnect_min_delay, max_delay=m.reconnect_max_delay)
         client.max_inflight_messages_set(m.max_inflight)
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        if m.username:
-            client.username_pw_set(m.username, m.password or None)
-        if m.tls:
-            # the files were checked when the config loaded (agent.config): present, key_file with cert_file
-            files = {key: str(self.cfg.resolve(getattr(m, key))) if getattr(m, key) else None
-                     for key in ("ca_file", "cert_file", "key_file")}
-            try:
-                client.tls_set(ca_certs=files["ca_file"], certfile=files["cert_file"],
-                               keyfile=files["key_file"], cert_reqs=ssl.CERT_REQUIRED)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                named = ", ".join(f"{k}={v}" for k, v in files.items() if v)
-                raise MqttConfigError(f"mqtt TLS files ({named or 'system CAs'}) cannot be loaded: {exc}") from None
         for topic, (_qos, callback) in self._subscriptions.items():
             client.message_callback_add(topic, _adapt(callback))
         client.on_connect = self._on_connect
@@ -288,13 +300,14 @@ class MqttClient:
 
     def wait_published(self, info: paho.MQTTMessageInfo, timeout: float) -> bool:
         """True once the broker acknowledged `info` (QoS >= 1) within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if info.is_published():
-                    return True
-            except (RuntimeError, ValueError):  # not sent (not connected, queue full)
-                return False
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+        return wait_published(info, timeout)
+
+
+def wait_published(info: paho.MQTTMessageInfo, timeout: float) -> bool:
+    """True once the broker acknowledged `info` (QoS >= 1) within `timeout` seconds (paho's
+    `wait_for_publish`); False when it did not, or the message was never sent (not connected, queue full)."""
+    try:
+        info.wait_for_publish(timeout)
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False

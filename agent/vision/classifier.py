@@ -319,6 +319,50 @@ def candidates(kernel: str) -> list[tuple[str, float, float]]:
     return grid
 
 
+@dataclass(frozen=True)
+class ClassifierSummary:
+    """What a trained classifier says about itself, typed: the training part of classifier.json's metadata
+    (`Classifier.summary`). Read by the gallery, the enrollment operations (agent.enrollment_ops: `people`,
+    remote `list`, the `model_updated` notice), the web console's training card, `face-agent enroll` and the
+    service's `model_updated` event; `to_dict()` writes the same keys `from_dict()` reads (train() uses it)."""
+
+    people: tuple[str, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)  # person -> photos trained on
+    fingerprint: str = ""  # of the photos and settings it was trained on (the gallery's retrain test)
+    trained_at: str | None = None  # ISO UTC
+    training_seconds: float = 0.0
+    cv_score: float | None = None  # cross-validated balanced accuracy (None: too few photos, or one person)
+    cv_folds: int = 0
+    cv_grid: tuple[dict, ...] = ()  # each candidate's kernel, C, gamma and balanced accuracy
+    kernel: str | None = None  # the SVM kernel chosen (None: no SVM, fewer than two people)
+    warnings: tuple[str, ...] = ()  # the enrollment's warnings when it was trained
+
+    @classmethod
+    def from_dict(cls, meta: dict, people: list[str] | None = None) -> ClassifierSummary:
+        """From classifier.json's metadata (missing keys: their defaults; `people` overrides meta's)."""
+        cv = meta.get("cross_validation") or {}
+        return cls(people=tuple(people if people is not None else meta.get("people") or ()),
+                   counts={str(k): int(v) for k, v in (meta.get("counts") or {}).items()},
+                   fingerprint=str(meta.get("fingerprint") or ""), trained_at=meta.get("trained_at"),
+                   training_seconds=float(meta.get("training_seconds") or 0.0),
+                   cv_score=cv.get("balanced_accuracy"), cv_folds=int(cv.get("folds") or 0),
+                   cv_grid=tuple(cv.get("grid") or ()), kernel=(meta.get("svm") or {}).get("kernel"),
+                   warnings=tuple(meta.get("warnings") or ()))
+
+    def to_dict(self) -> dict:
+        """The metadata keys `from_dict` reads (classifier.json)."""
+        return {"people": list(self.people), "counts": dict(self.counts), "fingerprint": self.fingerprint,
+                "trained_at": self.trained_at, "training_seconds": self.training_seconds,
+                "cross_validation": {"folds": self.cv_folds, "balanced_accuracy": self.cv_score,
+                                     "grid": list(self.cv_grid)},
+                "svm": None if self.kernel is None else {"kernel": self.kernel}, "warnings": list(self.warnings)}
+
+    def model_info(self) -> dict:
+        """The model as remote enrollment reports it (`list`, `retrain`, `model_updated`: docs/enrollment.md)."""
+        return {"people": list(self.people), "counts": dict(self.counts), "training_s": self.training_seconds,
+                "cv_score": self.cv_score, "trained_at": self.trained_at}
+
+
 @dataclass
 class Classifier:
     people: list[str]
@@ -334,6 +378,11 @@ class Classifier:
         self.centroids, self.spreads, self.views = person_models(
             self.embeddings, self.labels, len(self.people), self.rule.typical_spread, self.rule.duplicate_distance)
         self.gates = gate_thresholds(self.views, self.rule)
+
+    @property
+    def summary(self) -> ClassifierSummary:
+        """The training part of the metadata, typed."""
+        return ClassifierSummary.from_dict(self.meta, self.people)
 
     @property
     def threshold(self) -> float:
@@ -488,15 +537,12 @@ def train(embeddings: np.ndarray, names: list[str], recognition, fingerprint: st
         log.info("trained %s SVMs for %d people (C=%g%s), cross-validated balanced accuracy %s",
                  kernel, len(people), C, f", gamma={gamma:g}" if kernel == "rbf" else "",
                  cv["balanced_accuracy"] if cv["folds"] else "n/a (too few photos per person)")
-    meta = {
-        "counts": counts,
-        "fingerprint": fingerprint,
-        "cross_validation": cv,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "training_seconds": round(time.monotonic() - started, 3),
-        "versions": _versions(),
-        **(extra_meta or {}),
-    }
+    summary = ClassifierSummary(
+        people=tuple(people), counts=counts, fingerprint=fingerprint,
+        trained_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        training_seconds=round(time.monotonic() - started, 3), cv_score=cv["balanced_accuracy"],
+        cv_folds=cv["folds"], cv_grid=tuple(cv["grid"]), kernel=svm.kernel if svm is not None else None)
+    meta = {**summary.to_dict(), "versions": _versions(), **(extra_meta or {})}
     return Classifier(people, X.astype(np.float32), y, svm, recognition, meta)
 
 

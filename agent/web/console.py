@@ -1,10 +1,11 @@
 """The web console's data layer: what the pages read from the agent's storage and the operations they run.
 
 `Console` reads what the agent keeps - the status file, the live frame, the event log, the gallery's folders,
-the sightings - and changes enrollment only through `agent.gallery.Gallery` (the same operations as
-`face-agent enroll`, `rename`, `forget` and remote enrollment) and the sightings' operations in `agent.naming`
-(`name_cluster`, `reidentify`, `reject`, `merge_unknowns` and `ignore_unknown`: the same as `face-agent name`,
-`reject` and `unknowns merge|ignore|unignore`). It knows nothing of HTTP; the pages are in `agent.web.routes`.
+the sightings - and changes enrollment only through `agent.enrollment_ops` (the same operations as
+`face-agent enroll`, `rename`, `forget`, `restore` and remote enrollment) and the sightings' operations in
+`agent.naming` (`name_cluster`, `reidentify`, `reject`, `merge_unknowns` and `ignore_unknown`: the same as
+`face-agent name`, `reject` and `unknowns merge|ignore|unignore`). It knows nothing of HTTP; the pages are in
+`agent.web.routes`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from agent import enrollment_ops as ops
 from agent import health
 from agent.config import Config
 from agent.evaluation import EvalError
@@ -37,7 +39,6 @@ from agent.events import (
 )
 from agent.frame_output import live_frame_name
 from agent.gallery import Gallery, validate_person_name
-from agent.images import ImageError
 from agent.logsafe import escape
 from agent.naming import (
     Named,
@@ -140,24 +141,21 @@ class Console:
 
     # ---- people ---------------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
-        clf = self.gallery.load_classifier()
-        if clf is None:
+        model = ops.model(self.gallery)
+        if model is None:
             return {"trained": False}
-        meta = clf.meta
-        cv = meta.get("cross_validation") or {}
-        return {"trained": True, "people": len(clf.people), "counts": meta.get("counts", {}),
-                "trained_at": utc(meta.get("trained_at")),
-                "trained_iso": str(meta.get("trained_at") or ""), "seconds": meta.get("training_seconds"),
-                "cv_accuracy": cv.get("balanced_accuracy"), "cv_folds": cv.get("folds"),
-                "cv_grid": cv.get("grid") or [], "kernel": (meta.get("svm") or {}).get("kernel"),
-                "warnings": meta.get("warnings") or []}
+        return {"trained": True, "people": len(model.people), "counts": model.counts,
+                "trained_at": utc(model.trained_at), "trained_iso": model.trained_at or "",
+                "seconds": model.training_seconds, "cv_accuracy": model.cv_score, "cv_folds": model.cv_folds,
+                "cv_grid": list(model.cv_grid), "kernel": model.kernel, "warnings": list(model.warnings)}
 
     def retrain(self) -> dict[str, Any]:
-        """ensure_trained through the gallery; the running agent picks the saved classifier up (module doc)."""
+        """enrollment_ops.retrain; the running agent picks the saved classifier up (module doc)."""
         with self.train_lock:
-            clf, results, retrained = self.gallery.ensure_trained(progress=False)
-            self.last_training = {"retrained": retrained, "people": len(clf.people), "at": time.time()}
-            log.info("web: classifier %s (%d people)", "retrained" if retrained else "unchanged", len(clf.people))
+            training = ops.retrain(self.gallery)
+            people = len(training.classifier.people)
+            self.last_training = {"retrained": training.retrained, "people": people, "at": time.time()}
+            log.info("web: classifier %s (%d people)", "retrained" if training.retrained else "unchanged", people)
             return self.last_training
 
     def reports(self) -> list[dict[str, Any]]:
@@ -234,11 +232,19 @@ class Console:
         return {"name": name, "photos": photos}
 
     def forget(self, name: str, purge: bool = False) -> str | None:
-        """`face-agent forget NAME [--purge]` (Gallery.forget). Returns the trash folder's name (what undo
-        restores), or None when no photos were kept (none, or `purge`)."""
-        moved = self.gallery.forget(name, purge)
+        """`face-agent forget NAME [--purge]` (enrollment_ops.forget). Returns the trash folder's name (what
+        undo restores), or None when no photos were kept (none, or `purge`)."""
+        moved = ops.forget(self.gallery, name, purge)
         log.info("web: forgot %s", escape(name))
         return moved.name if moved is not None else None
+
+    def remove_photos(self, name: str, photos: list[str]) -> ops.Removal:
+        """Remove photos of a person by file name (enrollment_ops.remove_photos: the last ones forget the
+        person, their photos in the trash); the caller retrains."""
+        removal = ops.remove_photos(self.gallery, name, photos)
+        log.info("web: removed %d photo(s) of %s%s", removal.removed, escape(removal.person),
+                 "; none left: forgotten" if removal.forgotten else "")
+        return removal
 
     def trashed(self) -> list[dict[str, Any]]:
         """The forgotten people `face-agent restore` can bring back (Gallery.trashed), newest first."""
@@ -255,7 +261,7 @@ class Console:
         """`face-agent restore PERSON --from FOLDER` (Gallery.restore; the caller retrains), once: a repeated
         undo is answered, not an error. Returns (the person, photos back)."""
         def run() -> tuple[str, int]:
-            entry = self.gallery.restore(person, folder or None)
+            entry = ops.restore(self.gallery, person, folder or None)
             log.info("web: restored %s from the trash (%d photos)", escape(entry.person), entry.photos)
             return entry.person, entry.photos
 
@@ -269,19 +275,12 @@ class Console:
         return None
 
     def add_uploads(self, person: str, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        """Uploaded photos enrolled (enrollment_ops.add_images, as remote `add`); the caller retrains."""
         max_bytes = min(self.cfg.web.max_upload_bytes, self.cfg.images.max_bytes)
-        out = []
-        for filename, data in files:
-            try:
-                added = self.gallery.add_image(person, data, filename, max_bytes, self.work_dir)
-            except ImageError as exc:
-                out.append({"file": filename, "ok": False, "message": str(exc)})
-                continue
-            out.append({"file": filename, "ok": added.accepted, "reason": added.reason,
-                        "message": added.message or ("enrolled" if added.accepted else added.reason)})
-            log.info("web: upload for %s: %s -> %s", escape(person), escape(filename),
-                     "accepted" if added.accepted else added.reason)
-        return out
+        added = ops.add_images(self.gallery, person, files, max_bytes, self.work_dir)
+        return [{"file": filename, "ok": a.accepted, "reason": a.reason,
+                 "message": a.message or ("enrolled" if a.accepted else a.reason)}
+                for (filename, _), a in zip(files, added, strict=True)]
 
     # ---- events ---------------------------------------------------------------------------------------
     def events(self, person: str, type_: str, camera: str, since: float | None, until: float | None,
@@ -532,7 +531,7 @@ class Console:
                 total.refused += named.refused
             if not total.enrolled:
                 raise NamingError("; ".join(total.refused))
-            total.classifier, _, _ = self.gallery.ensure_trained(progress=False)
+            total.classifier = ops.retrain(self.gallery).classifier
             self.last_training = {"retrained": True, "people": len(total.classifier.people), "at": time.time()}
             log.info("web: %s named %s (%d faces enrolled)", escape(", ".join(ids)), escape(person),
                      len(total.enrolled))

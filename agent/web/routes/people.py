@@ -1,5 +1,5 @@
 """People: the enrolled people and their photos; upload, remove a photo, rename, forget and its undo (restore
-from the trash), retrain (each through the gallery, then retrained)."""
+from the trash), retrain (each through agent.enrollment_ops, as the CLI and remote enrollment, then retrained)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.gallery import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
+from agent import enrollment_ops as ops
+from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
 from agent.web.site import go, person_url, site
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
@@ -19,7 +20,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the pho
 
 async def people(request: Request) -> Response:
     s = site(request)
-    summary = await run_in_threadpool(s.console.gallery.summary)
+    summary = await run_in_threadpool(ops.people, s.console.gallery)
     chips = {name: s.console.first_chip(name) for name in summary}
     trashed = await run_in_threadpool(s.console.trashed)
     forgot = request.query_params.get("forgot", "")
@@ -71,19 +72,27 @@ async def upload(request: Request) -> Response:
 
 
 async def remove_photo(request: Request) -> Response:
-    """Remove one photo, or the selected ones (`photo` given several times): Gallery.remove_photo each, one
-    retrain."""
+    """Remove one photo, or the selected ones (`photo` given several times), one retrain: enrollment_ops.
+    remove_photos, so removing the last ones forgets the person (photos in the trash: Undo on the People page)."""
     s = site(request)
     name = validate_person_name(request.path_params["name"])
     form = await request.form()
-    photos = [s.console.gallery.find_photo(name, str(p)) for p in form.getlist("photo")]
-    if not photos or any(p is None for p in photos):
-        return PlainTextResponse("no such photo" if photos else "choose at least one photo", status_code=404)
-    for photo in photos:
-        await run_in_threadpool(s.console.gallery.remove_photo, name, photo)
-    s.flash(request, f"removed {photos[0].name}" if len(photos) == 1 else f"removed {len(photos)} photos")
+    refs = [str(p) for p in form.getlist("photo")]
+    if not refs or any(s.console.gallery.find_photo(name, ref) is None for ref in refs):
+        return PlainTextResponse("no such photo" if refs else "choose at least one photo", status_code=404)
+    try:
+        removal = await run_in_threadpool(s.console.remove_photos, name, refs)
+    except NotEnrolledError as exc:
+        return PlainTextResponse(str(exc), status_code=404)
+    s.flash(request, f"removed {refs[0]}" if len(refs) == 1 else f"removed {len(refs)} photos")
+    if removal.forgotten:
+        s.flash(request, f"{name} had no photos left, so they were forgotten everywhere on this agent." + (
+            f" Their photos are in the trash for {s.cfg.enrollment.trash_days:g} days: Undo below brings them back."
+            if removal.trash else ""))
     await s.retrain(request)
-    return go(person_url(name) if name in s.console.gallery.people_on_disk() else "/people")  # none left: gone
+    if removal.forgotten:
+        return go("/people" + (f"?forgot={quote(removal.trash.name)}" if removal.trash else ""))
+    return go(person_url(name))
 
 
 async def rename(request: Request) -> Response:
@@ -92,7 +101,7 @@ async def rename(request: Request) -> Response:
     try:
         old = validate_person_name(request.path_params["name"])
         new = validate_person_name(str(form.get("new_name", "")))
-        await run_in_threadpool(s.console.gallery.rename, old, new)
+        await run_in_threadpool(ops.rename, s.console.gallery, old, new)
     except (InvalidNameError, NameTakenError, NotEnrolledError) as exc:
         return PlainTextResponse(str(exc), status_code=400)
     s.flash(request, f"renamed {old} to {new}")
