@@ -237,9 +237,12 @@ class Service:
         truth. Looked at every health check (another process retrained: `face-agent web`, `enroll`, `name`)
         and `now` after a retrain here (the enrollment thread: loading and swapping cost the video loop
         nothing); read when it changed (or `now`), swapped in between frames with a model_updated event unless
-        the cameras use that training already (`_same_model`). Under a lock: two triggers at once (a retrain
-        here and another process's) end with the newest file in use."""
-        with self._model_lock:
+        the cameras use that training already (`_same_model`). Under a lock, so two triggers at once (a retrain
+        here and another process's) end with the newest file in use; the video loop does not wait for it (a
+        swap in progress: it looks again at the next health check)."""
+        if not self._model_lock.acquire(blocking=now):
+            return
+        try:
             stamp = self._classifier_file_stamp()
             if stamp is None or (stamp == self._classifier_stamp and not now) or self.gallery is None:
                 return
@@ -249,6 +252,8 @@ class Service:
                 return
             log.info("a new classifier (%d people): swapping it in", len(classifier.people))
             self._swap(classifier)
+        finally:
+            self._model_lock.release()
 
     def _swap(self, classifier: Classifier) -> None:
         self.person_ids.clear()  # a rename comes with a retrain: names may belong to other people now

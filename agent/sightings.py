@@ -30,6 +30,14 @@ a matter of what users look at, not of what the agent records (docs/events.md).
 
 The frame loop only copies the candidate crops of live tracks (`observe`, a few arrays per embedded face);
 JPEG encoding, files, SQLite and clustering run on a background thread when a track ends.
+
+The table layout stays in this module: naming, the console and the commands ask `SightingStore` by name
+(`of_cluster`, `by_track`, `track_sightings`, `unknown_since`, `cluster_tracks`; `mark_named`,
+`mark_rejected`, `mark_reidentified`, `merge_clusters`, ...) and get rows as dicts. Reads, inserts and
+deletes go through sqlite-utils (`rows_where`, `get`, `count_where`, `insert`, `delete_where`); plain SQL
+only where it has no call (a join or grouping, an UPDATE of the rows a condition picks, PRAGMAs, the
+AUTOINCREMENT table), each place saying so. The bounds (`enforce_bounds`) run after every stored track and
+on the running agent's retention timer (agent.service).
 """
 
 from __future__ import annotations
