@@ -279,7 +279,7 @@ class StoreSection:
     max_db_mb: int = setting(200, bounds=AT_LEAST_1)  # oldest delivered events are deleted above this size
     # SQLite fsync per commit: full (survives power loss) | normal (faster)
     synchronous: str = setting("full", choices=("full", "normal"))
-    retention_interval: float = setting(3600.0, bounds=POSITIVE)  # seconds between retention passes (age and size)
+    retention_interval: float = setting(3600.0, bounds=POSITIVE)  # seconds between retention passes (events, sightings)
     drop_pending_when_full: bool = False  # full disk: drop oldest undelivered events to store new ones
     # MB kept free for the event log in <storage>/events.db.reserve, given up when the disk fills (0: none)
     reserve_mb: float = setting(4.0, bounds=AT_LEAST_0)

@@ -162,7 +162,7 @@ def cluster_faces(store: SightingStore, unknown_id: str) -> tuple[int, list[dict
     label = cluster_label(row["id"])
     if row["ignored"] is not None:
         raise NamingError(f"{label} is ignored: `face-agent unknowns unignore {label}` first to name it")
-    return row["id"], store.sightings("cluster = ?", [row["id"]])
+    return row["id"], store.of_cluster(row["id"])
 
 
 def merge_unknowns(store: SightingStore, source_id: str, target_id: str) -> tuple[int, int]:
@@ -198,7 +198,7 @@ def ignore_unknown(store: SightingStore, unknown_id: str, ignored: bool = True) 
 
 def track_faces(store: SightingStore, track_id: int) -> list[dict[str, Any]]:
     """The faces of the latest track with this id (ids never repeat since schema 4; older logs may repeat)."""
-    rows = store.sightings("track_id = ?", [track_id])
+    rows = store.by_track(track_id)
     if not rows:
         raise NamingError(f"no faces of track {track_id} were kept (see [sightings] privacy)")
     latest = max(r["first_seen"] for r in rows)
@@ -299,9 +299,7 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
     embeddings = np.stack([embedding_of(r) for r in rows])
     before = len(gallery.negatives().get(event.name, ()))
     total = gallery.add_negatives(event.name, embeddings)
-    store.set_track_name([r["id"] for r in rows], None, rejected=event.name)
-    cluster = store.assign_cluster(embeddings, not_named=event.name)  # not an unknown person named so
-    store.set_cluster([r["id"] for r in rows], cluster)
+    cluster = store.mark_rejected([r["id"] for r in rows], event.name)  # unknown now, in a cluster not named so
     log.info("event %s: %s of track %d are not %s (now %s)", event.event_id, faces(len(rows)), event.track_id,
              event.name, cluster_label(cluster))
     done = Rejected(len(rows), total - before, total, cluster_label(cluster), event.name)
@@ -317,8 +315,7 @@ def reidentify(store: SightingStore, classifier: Classifier, factory: EventFacto
     event (its id and camera; its thumbnail, else the best kept face, when thumbnails are on)."""
     now = time.time() if now is None else now
     model = classifier.meta.get("fingerprint", "")
-    rows = store.sightings("name IS NULL AND reidentified IS NULL AND t >= ? AND COALESCE(model, '') != ?",
-                           [now - hours * 3600, model])
+    rows = store.unknown_since(now - hours * 3600, model)
     tracks: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         tracks[(r["run"], r["track_id"])].append(r)

@@ -43,6 +43,7 @@ from agent.logsafe import RateLimitedLog
 from agent.memory import limit_heap_growth
 from agent.naming import reidentify
 from agent.people import PersonIds
+from agent.periodic import Periodic
 from agent.run_report import Stats, StatusLine, event_summary, log_progress
 from agent.sightings import Sightings
 from agent.sources import Frame, Source, open_source
@@ -89,15 +90,15 @@ class Service:
         self.gallery: Gallery | None = None
         self.intake: Any = None
         self.sightings: Sightings | None = None  # the faces kept of each track ([sightings] privacy)
+        self.retention: Periodic | None = None  # the stores' retention, every [store] retention_interval
         self.monitor: health.HealthMonitor | None = None
         self._writers: dict[str, AnnotatedWriter] = {}  # --show, per camera
         self._frames_out: FramesWriter | None = None
         self._connected_at = 0.0
         self._live: dict[str, AnnotatedWriter] = {}  # [service] live_frame_interval: <storage>/live*.jpg
         self._next_live: dict[str, float] = {}
-        self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last loaded
+        self._classifier_stamp: tuple[int, int] | None = None  # svm/classifier.json as last looked at
         self._model_lock = threading.Lock()
-        self._loaded_from_file: tuple[int, int] | None = None  # stamp of the file the last reload swapped in
         self._store_errors = RateLimitedLog(log, per_period=3)  # a full disk fails every event: not a line each
         self._status_error: str | None = None  # why status.json could not be written last time (health says it)
 
@@ -161,6 +162,7 @@ class Service:
         # was offline arrive right after the connect and must find their callback in place
         self._start_intake()
         self.publisher.start()
+        self._start_retention()
         if self.frames_out_path:
             self._frames_out = FramesWriter(self.frames_out_path)
         for feed in self.feeds:
@@ -204,6 +206,15 @@ class Service:
         except (StoreError, sqlite3.Error, ValueError) as exc:
             log.warning("cannot read the last recognition: %s", exc)
 
+    def _start_retention(self) -> None:
+        """The event log's retention and the sightings' bounds, on one timer thread (now, then every
+        `[store] retention_interval` seconds): what is old goes even while nobody is seen."""
+        jobs = [self.store.enforce_retention]
+        if self.sightings is not None:
+            jobs.append(self.sightings.store.enforce_bounds)
+        self.retention = Periodic("retention", self.cfg.store.retention_interval, jobs)
+        self.retention.start()
+
     def _start_intake(self) -> None:
         if not self.cfg.remote_enroll.key_file:
             log.info("remote enrollment is off (no [remote_enroll] key_file)")
@@ -217,14 +228,32 @@ class Service:
         self.intake.start()
 
     def _on_model_updated(self, classifier: Classifier, info: dict | None = None) -> None:
-        """From the enrollment thread: swap the classifier in and log a model_updated event (unless the health
-        check already read it from the file the enrollment saved just before calling back)."""
-        with self._model_lock:
+        """From the enrollment thread, right after a retrain in this process: it saved the classifier, which
+        is taken from the file now (not at the next health check), like one another process saved."""
+        self._reload_classifier(now=True)
+
+    def _reload_classifier(self, now: bool = False) -> None:
+        """The one way a new classifier reaches the cameras, whoever trained it: svm/classifier.json is the
+        truth. Looked at every health check (another process retrained: `face-agent web`, `enroll`, `name`)
+        and `now` after a retrain here (the enrollment thread: loading and swapping cost the video loop
+        nothing); read when it changed (or `now`), swapped in between frames with a model_updated event unless
+        the cameras use that training already (`_same_model`). Under a lock, so two triggers at once (a retrain
+        here and another process's) end with the newest file in use; the video loop does not wait for it (a
+        swap in progress: it looks again at the next health check)."""
+        if not self._model_lock.acquire(blocking=now):
+            return
+        try:
             stamp = self._classifier_file_stamp()
-            if stamp is not None and stamp == self._loaded_from_file:
+            if stamp is None or (stamp == self._classifier_stamp and not now) or self.gallery is None:
                 return
             self._classifier_stamp = stamp
+            classifier = self.gallery.load_classifier()
+            if classifier is None or self.pipeline is None or _same_model(self.pipeline.classifier, classifier):
+                return
+            log.info("a new classifier (%d people): swapping it in", len(classifier.people))
             self._swap(classifier)
+        finally:
+            self._model_lock.release()
 
     def _swap(self, classifier: Classifier) -> None:
         self.person_ids.clear()  # a rename comes with a retrain: names may belong to other people now
@@ -257,20 +286,6 @@ class Service:
         except OSError:
             return None
         return st.st_mtime_ns, st.st_size
-
-    def _reload_classifier_if_changed(self) -> None:
-        """Another process (`face-agent web`, `enroll`) retrained through the gallery: swap its classifier in."""
-        with self._model_lock:
-            stamp = self._classifier_file_stamp()
-            if stamp is None or stamp == self._classifier_stamp or self.gallery is None or self.pipeline is None:
-                return
-            self._classifier_stamp = stamp
-            classifier = self.gallery.load_classifier()
-            if classifier is None or _same_model(self.pipeline.classifier, classifier):
-                return
-            log.info("the classifier on disk changed (%d people): swapping it in", len(classifier.people))
-            self._loaded_from_file = stamp
-            self._swap(classifier)
 
     def _model_event(self, classifier: Classifier) -> None:
         model = classifier.summary
@@ -418,7 +433,7 @@ class Service:
                 now = time.monotonic()
                 if now >= next_status:
                     next_status = now + self.cfg.service.status_interval
-                    self._reload_classifier_if_changed()
+                    self._reload_classifier()
                     self._write_status()
                 if self.status_line is not None:
                     self.status_line.draw(self._tracks())
@@ -447,6 +462,8 @@ class Service:
             feed.source.stop()
         for feed in self.feeds:
             self._end_tracks(feed)
+        if self.retention is not None:  # before the stores close
+            self.retention.stop()
         if self.sightings is not None:
             self.sightings.close()
         self._write_status(state="stopped")
@@ -529,8 +546,8 @@ class Service:
 
 
 def _same_model(a: Classifier | None, b: Classifier | None) -> bool:
-    """The same training (data fingerprint and time): a classifier file read back, not a new model."""
-    keys = ("fingerprint", "trained_at")
+    """The same training (data fingerprint, time, duration): a classifier file read back, not a new model."""
+    keys = ("fingerprint", "trained_at", "training_seconds")
     return a is not None and b is not None and all(a.meta.get(k) == b.meta.get(k) for k in keys)
 
 

@@ -30,6 +30,14 @@ a matter of what users look at, not of what the agent records (docs/events.md).
 
 The frame loop only copies the candidate crops of live tracks (`observe`, a few arrays per embedded face);
 JPEG encoding, files, SQLite and clustering run on a background thread when a track ends.
+
+The table layout stays in this module: naming, the console and the commands ask `SightingStore` by name
+(`of_cluster`, `by_track`, `track_sightings`, `unknown_since`, `cluster_tracks`; `mark_named`,
+`mark_rejected`, `mark_reidentified`, `merge_clusters`, ...) and get rows as dicts. Reads, inserts and
+deletes go through sqlite-utils (`rows_where`, `get`, `count_where`, `insert`, `delete_where`); plain SQL
+only where it has no call (a join or grouping, an UPDATE of the rows a condition picks, PRAGMAs, the
+AUTOINCREMENT table), each place saying so. The bounds (`enforce_bounds`) run after every stored track and
+on the running agent's retention timer (agent.service).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 import sqlite_utils
+from sqlite_utils.db import NotFoundError, quote_identifier
 
 from agent import database
 from agent.config import Config
@@ -64,6 +73,7 @@ DB_NAME = "sightings.db"
 FOLDER = "sightings"
 LAYOUT_VERSION = 3  # 2: clusters.merged_into and clusters.ignored; 3: sightings.camera
 DIM = 128
+DELETE_BATCH = 500  # sightings deleted per statement (SQLite caps the parameters of one)
 
 SIGHTING_COLUMNS = {
     "id": int,
@@ -90,7 +100,8 @@ SIGHTING_COLUMNS = {
 
 def _create_tables(db: sqlite_utils.Database) -> None:
     db["sightings"].create(SIGHTING_COLUMNS, pk="id", not_null={"run", "track_id", "t", "embedding"}, ignore=True)
-    # AUTOINCREMENT: a cluster id is never given again, even after its cluster was deleted
+    # AUTOINCREMENT: a cluster id is never given again, even after its cluster was deleted (plain SQL:
+    # sqlite-utils' create() has no AUTOINCREMENT)
     # merged_into: the cluster this one's sightings moved to (merge); ignored: when it was ignored (null: shown)
     db.execute("CREATE TABLE IF NOT EXISTS clusters (id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, "
                "name TEXT, merged_into INTEGER, ignored REAL)")
@@ -212,6 +223,7 @@ class SightingStore:
         try:
             self.db = database.database(database.connect(self.path))
             database.ensure_layout(self.db, LAYOUT_VERSION, _create_tables, MIGRATIONS)
+            self._sightings, self._clusters = self.db.table("sightings"), self.db.table("clusters")
         except database.LayoutError as exc:
             raise StorageError(f"{self.path}: cannot use the sightings: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
@@ -269,16 +281,16 @@ class SightingStore:
             if track.name is None:
                 cluster = self.assign_cluster(np.stack([c.embedding for c in track.faces]), track.unknown_id)
             ids = []
-            for face, stem, size in zip(track.faces, stems, sizes, strict=True):
-                row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
-                       "last_seen": track.last_seen, "logged_from": track.logged_from,
-                       "logged_until": track.logged_until, "model": track.model, "name": track.name,
-                       "cluster": cluster, "camera": track.camera,
-                       "quality": round(float(face.quality), 4),
-                       "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
-                       "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
-                ids.append(self.db["sightings"].insert(row).last_pk)
-            self.db.conn.commit()
+            with self.db.atomic():  # the track's rows all or none
+                for face, stem, size in zip(track.faces, stems, sizes, strict=True):
+                    row = {"run": run, "track_id": track.track_id, "t": face.t, "first_seen": track.first_seen,
+                           "last_seen": track.last_seen, "logged_from": track.logged_from,
+                           "logged_until": track.logged_until, "model": track.model, "name": track.name,
+                           "cluster": cluster, "camera": track.camera,
+                           "quality": round(float(face.quality), 4),
+                           "embedding": np.asarray(face.embedding, dtype=np.float32).tobytes(),
+                           "chip": f"{stem}-chip.jpg", "context": f"{stem}-context.jpg", "bytes": size}
+                    ids.append(self._sightings.insert(row).last_pk)
             self.enforce_bounds()
             return ids
 
@@ -289,13 +301,13 @@ class SightingStore:
         rule that names enrolled people decides who is the same stranger. Rebuilt when the sightings changed,
         in this process or another one (the console): a new sighting raises MAX(id), a deleted one lowers
         COUNT(*), and a sighting moved to another cluster (merge, reject) changes SUM(cluster)."""
-        stamp = tuple(self.db.execute("SELECT COALESCE(MAX(id), 0), COUNT(*), COALESCE(SUM(cluster), 0) "
-                                      "FROM sightings").fetchone())
+        stamp = tuple(self._one(self._sightings, "COALESCE(MAX(id), 0) AS top, COUNT(*) AS n, "
+                                                 "COALESCE(SUM(cluster), 0) AS clusters").values())
         if self._model is not None and stamp == self._model_stamp:
             return self._model
         tracks: dict[tuple[str, int], list] = {}
-        for r in self.db.query("SELECT run, track_id, cluster, embedding FROM sightings WHERE cluster IS NOT NULL "
-                               "ORDER BY cluster, id"):
+        for r in self._sightings.rows_where("cluster IS NOT NULL", select="run, track_id, cluster, embedding",
+                                            order_by="cluster, id"):
             tracks.setdefault((r["run"], r["track_id"]), [r["cluster"], []])[1].append(
                 np.frombuffer(r["embedding"], dtype=np.float32))
         if not tracks:
@@ -327,71 +339,77 @@ class SightingStore:
         rule names (unless that one is named `not_named`: faces said not to be that person), else a new one."""
         with self._lock:
             if hint is not None:
-                found = self.db.execute("SELECT COALESCE(merged_into, id) FROM clusters WHERE id = ?",
-                                        [hint]).fetchone()
-                if found:
-                    return int(found[0])
-                with self.db.conn:  # an id once announced stays that person's
-                    self.db.execute("INSERT INTO clusters (id, created, name) VALUES (?, ?, NULL)", [hint, time.time()])
-                return hint
+                found = self._cluster_row(hint)
+                if found is not None:
+                    return int(found["merged_into"] or found["id"])
+                self._clusters.insert({"id": hint, "created": time.time(), "name": None})  # an id once announced
+                return hint  # stays that person's
             prediction = self.match(embeddings)
             if prediction is not None and prediction.name is not None:
-                row = self.cluster(int(prediction.name))
+                row = self._cluster_row(int(prediction.name))
                 if not_named is None or row is None or row["name"] != not_named:
                     return int(prediction.name)
             return self.new_cluster()
 
     def new_cluster(self) -> int:
         """A new unknown person (an id never given before), without sightings yet."""
-        with self._lock, self.db.conn:
-            cur = self.db.execute("INSERT INTO clusters (created, name) VALUES (?, NULL)", [time.time()])
-            return int(cur.lastrowid)
+        with self._lock:
+            return int(self._clusters.insert({"created": time.time(), "name": None}).last_pk)
 
     def clusters(self, ignored: bool | None = False) -> list[dict[str, Any]]:
         """Every cluster with its counts, times and best chips (best first): `ignored` False = the ones shown
         (not ignored), True = only the ignored ones, None = all."""
         shown = {False: "WHERE c.ignored IS NULL ", True: "WHERE c.ignored IS NOT NULL ", None: ""}[ignored]
         with self._lock:
+            # plain SQL: a join with grouping, which sqlite-utils has no call for
             rows = list(self.db.query(
                 "SELECT c.id, c.name, c.ignored, COUNT(s.id) AS sightings, "
                 "COUNT(DISTINCT s.run || ':' || s.track_id) AS tracks, MIN(s.t) AS first_seen, MAX(s.t) AS last_seen "
                 f"FROM clusters c JOIN sightings s ON s.cluster = c.id {shown}GROUP BY c.id ORDER BY c.id"))
-            out = []
-            for r in rows:
-                chips = [str(self.folder / c["chip"]) for c in self.db.query(
-                    "SELECT chip FROM sightings WHERE cluster = ? ORDER BY quality DESC, id", [r["id"]])]
-                merged = [cluster_label(m["id"]) for m in self.db.query(
-                    "SELECT id FROM clusters WHERE merged_into = ? ORDER BY id", [r["id"]])]
-                cameras = [c["camera"] for c in self.db.query(  # the camera seen on last first
-                    "SELECT camera, MAX(t) AS last FROM sightings WHERE cluster = ? AND camera IS NOT NULL "
-                    "GROUP BY camera ORDER BY last DESC", [r["id"]])]
-                out.append({"id": cluster_label(r["id"]), "name": r["name"], "sightings": r["sightings"],
-                            "tracks": r["tracks"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
-                            "ignored": r["ignored"] is not None, "merged": merged, "cameras": cameras,
-                            "representative": chips[0] if chips else None, "chips": chips})
-            return out
+            return [self._cluster_summary(r) for r in rows]
+
+    def _cluster_summary(self, r: dict[str, Any]) -> dict[str, Any]:
+        """One row of `clusters()`: its chips (best first), the ids merged into it and its cameras (the one
+        seen on last first)."""
+        faces = list(self._sightings.rows_where("cluster = ?", [r["id"]], select="chip, camera, t",
+                                                order_by="quality DESC, id"))
+        last: dict[str, float] = {}
+        for face in faces:
+            if face["camera"] is not None:
+                last[face["camera"]] = max(last.get(face["camera"], face["t"]), face["t"])
+        chips = [str(self.folder / face["chip"]) for face in faces]
+        merged = [cluster_label(m["id"]) for m in self._clusters.rows_where("merged_into = ?", [r["id"]],
+                                                                            select="id", order_by="id")]
+        return {"id": cluster_label(r["id"]), "name": r["name"], "sightings": r["sightings"], "tracks": r["tracks"],
+                "first_seen": r["first_seen"], "last_seen": r["last_seen"], "ignored": r["ignored"] is not None,
+                "merged": merged, "cameras": sorted(last, key=lambda camera: -last[camera]),
+                "representative": chips[0] if chips else None, "chips": chips}
+
+    def _cluster_row(self, cluster: int) -> dict[str, Any] | None:
+        try:
+            return self._clusters.get(cluster)
+        except NotFoundError:
+            return None
 
     def cluster(self, cluster: int) -> dict[str, Any] | None:
         """The clusters row of `cluster` (id, created, name, merged_into, ignored) with its sighting count,
         or None."""
         with self._lock:
-            row = self.db.execute("SELECT id, created, name, merged_into, ignored, "
-                                  "(SELECT COUNT(*) FROM sightings WHERE cluster = clusters.id) "
-                                  "FROM clusters WHERE id = ?", [cluster]).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("id", "created", "name", "merged_into", "ignored", "sightings"), row, strict=True))
+            row = self._cluster_row(cluster)
+            if row is None:
+                return None
+            return {**row, "sightings": self._sightings.count_where("cluster = ?", [cluster])}
 
     def merge_clusters(self, source: int, target: int) -> int:
         """Every sighting of `source` moves to `target`; `source` (and what was merged into it) then points
         at `target`, and `target` is ignored if either was. One transaction. Returns the sightings moved
         (checks: agent.naming.merge_unknowns)."""
-        with self._lock, self.db.conn:
-            moved = self.db.execute("UPDATE sightings SET cluster = ? WHERE cluster = ?", [target, source]).rowcount
-            self.db.execute("UPDATE clusters SET ignored = COALESCE(ignored, (SELECT ignored FROM clusters "
-                            "WHERE id = ?)) WHERE id = ?", [source, target])
-            self.db.execute("UPDATE clusters SET merged_into = ? WHERE id = ? OR merged_into = ?",
-                            [target, source, source])
+        with self._lock, self.db.atomic():
+            moved = self._set(self._sightings, {"cluster": target}, "cluster = ?", [source])
+            was = self._cluster_row(source)
+            if was is not None and was["ignored"] is not None:
+                self._set(self._clusters, {"ignored": was["ignored"]}, "id = ? AND ignored IS NULL", [target])
+            self._set(self._clusters, {"merged_into": target}, "id = ? OR merged_into = ?", [source, source])
             self._model = None
         return moved
 
@@ -401,59 +419,89 @@ class SightingStore:
             self._model = None
 
     def set_ignored(self, cluster: int, ignored: bool) -> None:
-        with self._lock, self.db.conn:
-            self.db.execute("UPDATE clusters SET ignored = ? WHERE id = ?", [time.time() if ignored else None, cluster])
-
-    def sightings(self, where: str = "1", params: list | tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query(f"SELECT * FROM sightings WHERE {where} ORDER BY id", list(params)))
+            self._set(self._clusters, {"ignored": time.time() if ignored else None}, "id = ?", [cluster])
+
+    def mark_named(self, cluster: int, person: str) -> None:
+        """The unknown person `cluster` was named `person` (agent.naming.name_cluster)."""
+        with self._lock:
+            self._set(self._clusters, {"name": person}, "id = ?", [cluster])
+
+    # ---- the sightings, by what naming, the console and the bounds ask for -------------------------
+    def _rows(self, where: str | None = None, params: list | tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._sightings.rows_where(where, list(params), order_by="id"))
+
+    def sightings(self) -> list[dict[str, Any]]:
+        """Every sighting, oldest first."""
+        return self._rows()
+
+    def of_cluster(self, cluster: int) -> list[dict[str, Any]]:
+        """The sightings of an unknown person."""
+        return self._rows("cluster = ?", [cluster])
+
+    def by_track(self, track_id: int) -> list[dict[str, Any]]:
+        """The sightings of every track with this id (ids never repeat since schema 4; older logs may)."""
+        return self._rows("track_id = ?", [track_id])
 
     def track_sightings(self, track_id: int, at: float, slack: float = 2.0) -> list[dict[str, Any]]:
         """The sightings of track `track_id` that had an event at wall-clock time `at` (track ids restart
         with every run)."""
-        return self.sightings("track_id = ? AND logged_from - ? <= ? AND logged_until + ? >= ?",
-                              [track_id, slack, at, slack, at])
+        return self._rows("track_id = ? AND logged_from - ? <= ? AND logged_until + ? >= ?",
+                          [track_id, slack, at, slack, at])
+
+    def unknown_since(self, since: float, model: str) -> list[dict[str, Any]]:
+        """The sightings of unknown tracks seen at `since` or later, not re-identified yet and judged by
+        another classifier than `model` (a fingerprint): what a retrain may name now."""
+        return self._rows("name IS NULL AND reidentified IS NULL AND t >= ? AND COALESCE(model, '') != ?",
+                          [since, model])
 
     def cluster_tracks(self, cluster: int, before: float | None, limit: int) -> list[dict[str, Any]]:
         """The tracks of an unknown person, newest first (run, track_id, camera, logged_from), those whose
         faces were first kept before `before` (a page's cursor) when given."""
         with self._lock:
+            # plain SQL: grouping with a condition on the groups, which sqlite-utils has no call for
             return list(self.db.query(
                 "SELECT run, track_id, MAX(camera) AS camera, MIN(logged_from) AS logged_from FROM sightings "
                 "WHERE cluster = ? GROUP BY run, track_id HAVING ? IS NULL OR MIN(logged_from) < ? "
                 "ORDER BY logged_from DESC LIMIT ?", [cluster, before, before, limit]))
 
-    def best_faces(self, where: str, params: list | tuple, limit: int) -> list[dict[str, Any]]:
+    def mark_rejected(self, ids: list[int], person: str) -> int:
+        """The sightings `ids` (one track's) are not `person` (`face-agent reject`): they become unknown
+        and join the unknown person the rule names - unless that one is named `person` - or a new one.
+        Returns that cluster."""
         with self._lock:
-            return list(self.db.query(f"SELECT * FROM sightings WHERE {where} ORDER BY quality DESC, id LIMIT ?",
-                                      [*params, limit]))
+            rows = self._rows(f"id IN ({_marks(ids)})", ids)
+            cluster = self.assign_cluster(np.stack([embedding_of(r) for r in rows]), not_named=person)
+            with self.db.atomic():
+                self._set(self._sightings, {"name": None, "rejected": person, "cluster": cluster},
+                          f"id IN ({_marks(ids)})", ids)
+            return cluster
 
-    def mark_named(self, cluster: int, person: str) -> None:
-        with self._lock, self.db.conn:
-            self.db.execute("UPDATE clusters SET name = ? WHERE id = ?", [person, cluster])
-
-    def set_track_name(self, ids: list[int], person: str | None, rejected: str | None = None) -> None:
-        with self._lock, self.db.conn:
-            for i in ids:
-                self.db.execute("UPDATE sightings SET name = ?, rejected = COALESCE(?, rejected) WHERE id = ?",
-                                [person, rejected, i])
-
-    def set_cluster(self, ids: list[int], cluster: int) -> None:
-        with self._lock, self.db.conn:
-            for i in ids:
-                self.db.execute("UPDATE sightings SET cluster = ? WHERE id = ?", [cluster, i])
+    def mark_reidentified(self, ids: list[int], person: str) -> None:
+        """A later classifier named the sightings `ids` `person` (a `reidentified` event)."""
+        with self._lock:
+            self._set(self._sightings, {"reidentified": person}, f"id IN ({_marks(ids)})", ids)
 
     def rename_person(self, old: str, new: str) -> None:
         """A person was renamed: the faces and unknown people named after them follow."""
-        with self._lock, self.db.conn:
+        with self._lock, self.db.atomic():
             for column in ("name", "reidentified", "rejected"):
-                self.db.execute(f"UPDATE sightings SET {column} = ? WHERE {column} = ?", [new, old])
-            self.db.execute("UPDATE clusters SET name = ? WHERE name = ?", [new, old])
+                self._set(self._sightings, {column: new}, f"{column} = ?", [old])
+            self._set(self._clusters, {"name": new}, "name = ?", [old])
 
-    def mark_reidentified(self, ids: list[int], person: str) -> None:
-        with self._lock, self.db.conn:
-            for i in ids:
-                self.db.execute("UPDATE sightings SET reidentified = ? WHERE id = ?", [person, i])
+    def _set(self, table: sqlite_utils.db.Table, values: dict[str, Any], where: str, params: list | tuple) -> int:
+        """UPDATE the rows `where` picks; how many. Plain SQL: sqlite-utils' update() changes one row by its
+        primary key after reading it (and fails on one that went meanwhile); these change every row a
+        condition picks, in one statement."""
+        sets = ", ".join(f"{quote_identifier(column)} = ?" for column in values)
+        with self.db.atomic():
+            return self.db.execute(f"UPDATE {quote_identifier(table.name)} SET {sets} WHERE {where}",
+                                   [*values.values(), *params]).rowcount
+
+    def _one(self, table: sqlite_utils.db.Table, select: str) -> dict[str, Any]:
+        """One row of aggregates over `table` (`select`: e.g. "COUNT(*) AS n")."""
+        return next(iter(table.rows_where(select=select)))
 
     # ---- deleting -----------------------------------------------------------------------------------
     def _delete(self, rows: list[dict[str, Any]]) -> int:
@@ -461,31 +509,33 @@ class SightingStore:
             for rel in (r["chip"], r["context"]):
                 if rel:
                     (self.folder / rel).unlink(missing_ok=True)
-        with self.db.conn:
-            self.db.conn.executemany("DELETE FROM sightings WHERE id = ?", [(r["id"],) for r in rows])
+        with self.db.atomic():
+            for start in range(0, len(rows), DELETE_BATCH):
+                ids = [r["id"] for r in rows[start:start + DELETE_BATCH]]
+                self._sightings.delete_where(f"id IN ({_marks(ids)})", ids)
             self._drop_empty_clusters()
         return len(rows)
 
     def _drop_empty_clusters(self) -> None:
         """Unnamed clusters without sightings go (an ignored one too: nothing is left to match its person
         by), and merged ids whose cluster went."""
-        self.db.execute("DELETE FROM clusters WHERE name IS NULL AND merged_into IS NULL AND id NOT IN "
-                        "(SELECT DISTINCT cluster FROM sightings WHERE cluster IS NOT NULL)")
-        self.db.execute("DELETE FROM clusters WHERE merged_into IS NOT NULL AND merged_into NOT IN "
-                        "(SELECT id FROM clusters)")
+        self._clusters.delete_where("name IS NULL AND merged_into IS NULL AND id NOT IN "
+                                    "(SELECT DISTINCT cluster FROM sightings WHERE cluster IS NOT NULL)")
+        self._clusters.delete_where("merged_into IS NOT NULL AND merged_into NOT IN (SELECT id FROM clusters)")
 
     def forget(self, person: str) -> int:
         """Delete every sighting of `person` (named, re-identified, in a cluster named after them, or said
         not to be them by `reject`): rows, embeddings, chips and context crops; the rows' pages are overwritten
         (secure_delete) and the WAL truncated, so no embedding stays readable in the files."""
         with self._lock:
-            rows = self.sightings("name = ? OR reidentified = ? OR rejected = ? OR cluster IN "
-                                  "(SELECT id FROM clusters WHERE name = ?)", [person, person, person, person])
+            rows = self._rows("name = ? OR reidentified = ? OR rejected = ? OR cluster IN "
+                              "(SELECT id FROM clusters WHERE name = ?)", [person, person, person, person])
+            # PRAGMAs are plain SQL: sqlite-utils has no call for them
             self.db.execute("PRAGMA secure_delete = ON")
             try:
                 n = self._delete(rows)
-                with self.db.conn:
-                    self.db.execute("DELETE FROM clusters WHERE name = ?", [person])
+                with self.db.atomic():
+                    self._clusters.delete_where("name = ?", [person])
                     self._drop_empty_clusters()
             finally:
                 self.db.execute("PRAGMA secure_delete = OFF")
@@ -495,22 +545,22 @@ class SightingStore:
 
     def totals(self) -> dict[str, int]:
         with self._lock:
-            count, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM sightings").fetchone()
-            return {"count": int(count), "bytes": int(size)}
+            row = self._one(self._sightings, "COUNT(*) AS count, COALESCE(SUM(bytes), 0) AS bytes")
+            return {"count": int(row["count"]), "bytes": int(row["bytes"])}
 
     def enforce_bounds(self, now: float | None = None) -> int:
-        """Apply max_days, then max_count and max_mb (oldest unknown sightings first). Returns rows deleted."""
+        """Apply max_days, then max_count and max_mb (oldest unknown sightings first). Returns rows deleted.
+        Runs after every stored track and on the agent's retention timer (agent.service)."""
         now = time.time() if now is None else now
         with self._lock:
-            deleted = self._delete(self.sightings("t < ?", [now - self.s.max_days * 86400]))
+            deleted = self._delete(self._rows("t < ?", [now - self.s.max_days * 86400]))
             totals = self.totals()
             excess_count = totals["count"] - self.s.max_count
             excess_bytes = totals["bytes"] - int(self.s.max_mb * 1e6)
             if excess_count <= 0 and excess_bytes <= 0:
                 return deleted
             victims = []
-            for r in self.db.query("SELECT id, chip, context, bytes FROM sightings "
-                                   "ORDER BY name IS NOT NULL, t, id"):
+            for r in self._sightings.rows_where(select="id, chip, context, bytes", order_by="name IS NOT NULL, t, id"):
                 if excess_count <= 0 and excess_bytes <= 0:
                     break
                 victims.append(r)
@@ -519,6 +569,11 @@ class SightingStore:
             deleted += self._delete(victims)
             log.info("sightings over their bounds: %d deleted", deleted)
             return deleted
+
+
+def _marks(values: list) -> str:
+    """'?, ?, ?' for an IN (...) of `values`."""
+    return ", ".join("?" * len(values))
 
 
 def embedding_of(row: dict[str, Any]) -> np.ndarray:

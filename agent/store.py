@@ -27,7 +27,8 @@ Retention (`enforce_retention`): delivered (and expired) events older than `[sto
 checkpointed and just enough of the oldest delivered events are deleted, then the freed pages are given
 back to the file system (auto_vacuum = INCREMENTAL + incremental_vacuum). Pending events are never deleted
 by retention - unless MQTT is off (`[mqtt] enabled = false`): then nothing is ever published, the log is
-not an outbox, and every event is under the same retention by age and size.
+not an outbox, and every event is under the same retention by age and size. The running agent calls it at
+the start and every `[store] retention_interval` seconds, on its retention timer (agent.service).
 
 A full disk (SQLITE_FULL) makes `add()` first give up the reserve - a file of `[store] reserve_mb`
 (`events.db.reserve`) held beside the log while the disk has room, so that the log (its WAL, the deletes that

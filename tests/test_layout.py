@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the base: the runner registry (agent/vision/backends/__init__.py: the config's backend choices come
     # from it) and the small helpers every room may use
     ("=agent.vision.backends", "=agent", "agent.files", "agent.logsafe", "agent.systemd", "agent.memory",
-     "agent.child", "agent.times"),
+     "agent.child", "agent.times", "agent.periodic"),
 )
 
 

@@ -138,7 +138,7 @@ def test_forget_erases_the_person_everywhere_on_the_agent(tmp_path, agent):
         assert people.name_of(obama_id) is None and people.id_of("obama") is None
 
     store = SightingStore(cfg)
-    assert [r["name"] for r in store.sightings("1 = 1", [])] == ["biden"]
+    assert [r["name"] for r in store.sightings()] == ["biden"]
     store.close()
     assert sorted(p.name for p in (storage / "sightings").iterdir()) == ["s3-chip.jpg", "s3-context.jpg"]
     assert b"obama" not in _file_bytes(storage, "sightings.db*")

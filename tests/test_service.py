@@ -195,3 +195,38 @@ def test_unreachable_broker_keeps_events_pending(tmp_path, analyzer):
     store = EventStore(cfg)
     assert store.count() > 0 and store.count("pending") == store.count()
     store.close()
+
+
+def test_a_retrain_here_and_one_by_the_enroll_command_are_each_swapped_in_once(tmp_path, analyzer, cli):
+    """One swap path (Service._reload_classifier: the classifier file is the truth): a retrain in the agent's
+    process (remote enrollment's worker, then its callback) and one by `face-agent enroll` while the agent runs
+    (the health check's look at the file) both reach the cameras, each once with one model_updated event,
+    whichever of the two triggers sees the new file first."""
+    cfg = make_config(tmp_path, mqtt={"enabled": False})  # the folders the cli fixture's agent.toml names
+    enroll(cfg, analyzer, with_lin=False)
+    service = Service(cfg, source_uri=str(HAMILTON), analyzer=analyzer)
+    service.load()
+    try:
+        def updates() -> list[dict]:
+            return [e for e in stored_events(cfg) if e["type"] == "model_updated"]
+
+        assert updates() == [] and "lin" not in service.pipeline.classifier.people
+        # in this process: what the enrollment worker does (it saves the file), then its callback
+        service.gallery.add_photos("lin", [FR / "examples" / "lin-manuel-miranda.png"])
+        classifier, _, retrained = service.gallery.ensure_trained(progress=False)
+        assert retrained
+        service._on_model_updated(classifier, {})
+        assert "lin" in service.pipeline.classifier.people and len(updates()) == 1
+        service._reload_classifier()  # the next health check: the same file, nothing new
+        assert len(updates()) == 1
+        # another process: `face-agent enroll PERSON IMAGE...` while the agent runs
+        code, _, err = cli("enroll", "alex", str(FR / "examples" / "alex-lacamoire.png"))
+        assert code == 0, err
+        assert "alex" not in service.pipeline.classifier.people  # not before the agent looks
+        service._reload_classifier()  # the health check
+        assert "alex" in service.pipeline.classifier.people and len(updates()) == 2
+        assert "alex" in updates()[-1]["people"]
+        service._on_model_updated(classifier, {})  # a late callback of the older retrain changes nothing
+        assert "alex" in service.pipeline.classifier.people and len(updates()) == 2
+    finally:
+        service.shutdown()

@@ -162,7 +162,7 @@ def test_merge_moves_the_sightings_and_the_next_track_joins_the_merged_cluster(t
     # the agent's process: its cached model is rebuilt, b's next track joins u1
     assert agent_side.match(np.stack([f.embedding for f in lfw_faces[b][2:]])).name == "1"
     agent_side.add_track("r", _track(lfw_faces[b][2:], 4))
-    assert {r["cluster"] for r in agent_side.sightings("track_id = 4")} == {1}
+    assert {r["cluster"] for r in agent_side.by_track(4)} == {1}
     assert agent_side.assign_cluster(np.stack([f.embedding for f in lfw_faces[c][2:]]), hint=2) == 1
     # what cannot be merged says why; a merged id points at its cluster
     for source, target, message in (("u2", "u3", "u2 was merged into u1: use u1"), ("u1", "u1", "into itself"),

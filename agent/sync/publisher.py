@@ -17,8 +17,8 @@ in memory (at most MEMORY_EVENTS, the oldest dropped first) and published like t
 them; its PUBACK only counts it (`delivered_unstored`). It is lost only if the agent stops before the broker
 took it.
 
-With `[mqtt] enabled = false` the thread only runs retention. Retention of the store runs every
-`[store] retention_interval` seconds in this thread.
+With `[mqtt] enabled = false` there is nothing to publish (the events stay in the log). Retention is not
+the publisher's: the service runs the stores' retention on its own timer (agent.periodic).
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ class Publisher:
         self._hold_until = 0.0
         self._thread: threading.Thread | None = None
         self._next_stats = 0.0
-        self._next_retention = 0.0
         self._next_expiry = 0.0
         self.expired = 0  # events this publisher marked expired ([mqtt] max_event_age)
         self._error: BaseException | None = None
@@ -103,16 +102,16 @@ class Publisher:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Connect in the background and start the thread. Raises MqttConfigError on bad settings."""
-        if self._thread is not None:
+        """Connect in the background and start the thread (none with MQTT off: nothing to publish). Raises
+        MqttConfigError on bad settings."""
+        if self._thread is not None or self.client is None:
             return
-        if self.client is not None:
-            self.client.add_publish_listener(self._on_ack)
-            self.client.add_connect_listener(self._on_connect)
-            self.client.add_disconnect_listener(self._wake.set)
-            if self.homeassistant is not None:
-                self.homeassistant.attach()
-            self.client.start()
+        self.client.add_publish_listener(self._on_ack)
+        self.client.add_connect_listener(self._on_connect)
+        self.client.add_disconnect_listener(self._wake.set)
+        if self.homeassistant is not None:
+            self.homeassistant.attach()
+        self.client.start()
         self._next_stats = time.monotonic() + self.cfg.mqtt.stats_interval
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._thread.start()
@@ -206,8 +205,8 @@ class Publisher:
                 stopping = self._stop.is_set()
                 try:
                     self._step(stopping)
-                    if stopping and (self.client is None or not self.client.connected
-                                     or not self._outbox_busy() or time.monotonic() >= self._flush_deadline):
+                    if stopping and (not self.client.connected or not self._outbox_busy()
+                                     or time.monotonic() >= self._flush_deadline):
                         break
                 except (StoreError, sqlite3.Error) as exc:  # e.g. a full disk: keep going, retry later
                     self._log_errors.log(logging.ERROR, "publisher: event log error: %s; retrying in %.0f s", exc,
@@ -222,11 +221,6 @@ class Publisher:
 
     def _step(self, stopping: bool) -> None:
         now = time.monotonic()
-        if not stopping and now >= self._next_retention:
-            self._next_retention = now + self.cfg.store.retention_interval
-            self._retention()
-        if self.client is None:
-            return
         self._process_acks()
         self._check_connection_and_timeouts()
         if self.client.connected and now >= self._hold_until:
@@ -250,12 +244,6 @@ class Publisher:
 
     def _outbox_busy(self) -> bool:
         return bool(self._inflight) or bool(self._memory) or bool(self.store.pending(1, exclude=self._unmarked))
-
-    def _retention(self) -> None:
-        try:
-            self.store.enforce_retention()
-        except Exception:
-            log.exception("retention of %s failed", self.store.path)
 
     def _check_connection_and_timeouts(self) -> None:
         gen = self.client.generation
