@@ -314,7 +314,7 @@ def reidentify(store: SightingStore, classifier: Classifier, factory: EventFacto
     when the face was seen, and - found in `event_log` (agent.store.EventStore) - the track's `unknown_face`
     event (its id and camera; its thumbnail, else the best kept face, when thumbnails are on)."""
     now = time.time() if now is None else now
-    model = classifier.meta.get("fingerprint", "")
+    model = classifier.summary.fingerprint
     rows = store.unknown_since(now - hours * 3600, model)
     tracks: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:

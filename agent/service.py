@@ -154,7 +154,7 @@ class Service:
         self.scheduler = FrameScheduler(self.feeds)
         if cfg.sightings.privacy != "off":
             try:
-                self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.meta.get("fingerprint", ""))
+                self.sightings = Sightings(cfg, run=new_event_id(), model=classifier.summary.fingerprint)
             except StorageError as exc:  # a full or read-only disk: the video loop runs without them
                 log.error("faces are not kept this run: %s", exc)
             self._reidentify(classifier)  # also after a retrain by a command (enroll, name) while it was off
@@ -268,7 +268,7 @@ class Service:
         """After a retrain: recent unknown tracks the new model names become `reidentified` events."""
         if self.sightings is None:
             return
-        self.sightings.model = classifier.meta.get("fingerprint", "")
+        self.sightings.model = classifier.summary.fingerprint
         try:
             events = reidentify(self.sightings.store, classifier, self.factory, self.cfg.sightings.reidentify_hours,
                                 event_log=self.store)
@@ -547,8 +547,10 @@ class Service:
 
 def _same_model(a: Classifier | None, b: Classifier | None) -> bool:
     """The same training (data fingerprint, time, duration): a classifier file read back, not a new model."""
-    keys = ("fingerprint", "trained_at", "training_seconds")
-    return a is not None and b is not None and all(a.meta.get(k) == b.meta.get(k) for k in keys)
+    if a is None or b is None:
+        return False
+    sa, sb = a.summary, b.summary
+    return (sa.fingerprint, sa.trained_at, sa.training_seconds) == (sb.fingerprint, sb.trained_at, sb.training_seconds)
 
 
 def install_signal_handlers(service: Service) -> None:
