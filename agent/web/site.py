@@ -7,11 +7,13 @@ One `Site` is built per app (agent.web.app.create_app) and kept in `app.state.si
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
@@ -24,6 +26,7 @@ from agent.web.security import Logins, LoginThrottle, csrf_token
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
+T = TypeVar("T")
 MAX_FLASH, MAX_FLASH_SESSIONS = 100, 1000  # messages kept for a session's next page; sessions with messages
 
 
@@ -86,6 +89,17 @@ def site(request: Request) -> Site:
 def go(url: str) -> Response:
     """After an htmx action: load `url` as a page."""
     return Response(status_code=204, headers={"HX-Redirect": url})
+
+
+async def attempt(call: Callable[..., T], *args: Any, refused: tuple[type[Exception], ...],
+                  status: int = 400) -> T:
+    """`call(*args)` in a thread (it reads or changes files and databases); one of the `refused` errors answers
+    the request with its message as plain text and `status` (Starlette's HTTPException), as every action does
+    when the console says no."""
+    try:
+        return await run_in_threadpool(call, *args)
+    except refused as exc:
+        raise HTTPException(status, str(exc)) from exc
 
 
 def person_url(name: str) -> str:

@@ -14,7 +14,14 @@ from agent.events import EVENT_TYPES
 from agent.gallery import InvalidNameError
 from agent.naming import NamingError, rejected_text
 from agent.web.console import CERTAINTIES, iso, utc, when
-from agent.web.site import go, site
+from agent.web.site import attempt, go, site
+
+NAMING = (InvalidNameError, NamingError)  # a bad name, no such event or visit: 400
+
+
+def _learned(person: str, enrolled: int, reidentified: int) -> str:
+    return f"Learned: this is {person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." + \
+        (f" {reidentified} earlier visits recognised again." if reidentified else "")
 
 
 def _filters(request: Request, keys: tuple[str, ...]) -> dict[str, str]:
@@ -64,10 +71,8 @@ async def event_log(request: Request) -> Response:
 
 async def track_faces(request: Request) -> Response:
     s = site(request)
-    try:
-        event, faces = await run_in_threadpool(s.console.track_faces, request.path_params["event_id"])
-    except NamingError as exc:
-        return PlainTextResponse(str(exc), status_code=404)
+    event, faces = await attempt(s.console.track_faces, request.path_params["event_id"], refused=(NamingError,),
+                                 status=404)
     return s.page(request, "track.html", event=event, faces=faces, time=utc(event.t), iso=iso(event.t),
                   privacy=s.cfg.sightings.privacy, people=s.console.gallery.people_on_disk())
 
@@ -83,13 +88,9 @@ async def name_selected_faces(request: Request) -> Response:
     if not ids:
         return PlainTextResponse("select at least one face (the tick under it)", status_code=400)
     event_id = request.path_params["event_id"]
-    try:
-        person, enrolled, reidentified = await run_in_threadpool(s.console.name_track_faces, event_id, ids,
-                                                                 str(form.get("person", "")))
-    except (InvalidNameError, NamingError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
-    s.flash(request, f"Learned: this is {person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." +
-            (f" {reidentified} earlier visits recognised again." if reidentified else ""))
+    person, enrolled, reidentified = await attempt(s.console.name_track_faces, event_id, ids,
+                                                   str(form.get("person", "")), refused=NAMING)
+    s.flash(request, _learned(person, enrolled, reidentified))
     return go(f"/events/{event_id}/faces")
 
 
@@ -110,10 +111,7 @@ def _on_card(request: Request) -> bool:
 
 async def reject_event(request: Request) -> Response:
     s = site(request)
-    try:
-        event, done = await run_in_threadpool(s.console.reject, request.path_params["event_id"])
-    except NamingError as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    event, done = await attempt(s.console.reject, request.path_params["event_id"], refused=(NamingError,))
     message = rejected_text(event, done) + ("" if done.already else "; classifier retrained")
     if _on_card(request):
         return await run_in_threadpool(_card, request, event.event_id,
@@ -132,13 +130,9 @@ async def name_track(request: Request) -> Response:
     s = site(request)
     form = await request.form()
     event_id = request.path_params["event_id"]
-    try:
-        person, enrolled, reidentified = await run_in_threadpool(s.console.name_track, event_id,
-                                                                 str(form.get("person", "")))
-    except (InvalidNameError, NamingError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
-    note = f"Learned: this is {person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." + \
-        (f" {reidentified} earlier visits recognised again." if reidentified else "")
+    person, enrolled, reidentified = await attempt(s.console.name_track, event_id, str(form.get("person", "")),
+                                                   refused=NAMING)
+    note = _learned(person, enrolled, reidentified)
     if _on_card(request):
         return await run_in_threadpool(_card, request, event_id, note)
     s.flash(request, note)
@@ -152,11 +146,8 @@ async def name_selected(request: Request) -> Response:
     ids = [str(i) for i in form.getlist("ids")]
     if not ids:
         return PlainTextResponse("select at least one visit (the tick on its card)", status_code=400)
-    try:
-        person, visits, enrolled, reidentified = await run_in_threadpool(s.console.name_visits, ids,
-                                                                         str(form.get("person", "")))
-    except (InvalidNameError, NamingError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    person, visits, enrolled, reidentified = await attempt(s.console.name_visits, ids, str(form.get("person", "")),
+                                                           refused=NAMING)
     s.flash(request, f"Learned: {visits} visit{'' if visits == 1 else 's'} {'is' if visits == 1 else 'are'} "
                      f"{person} ({enrolled} face{'' if enrolled == 1 else 's'} added)." +
             (f" {reidentified} earlier visits recognised again." if reidentified else ""))

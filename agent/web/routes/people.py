@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from agent import enrollment_ops as ops
 from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
-from agent.web.site import go, person_url, site
+from agent.web.site import attempt, go, person_url, site
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
 
@@ -80,10 +80,7 @@ async def remove_photo(request: Request) -> Response:
     refs = [str(p) for p in form.getlist("photo")]
     if not refs or any(s.console.gallery.find_photo(name, ref) is None for ref in refs):
         return PlainTextResponse("no such photo" if refs else "choose at least one photo", status_code=404)
-    try:
-        removal = await run_in_threadpool(s.console.remove_photos, name, refs)
-    except NotEnrolledError as exc:
-        return PlainTextResponse(str(exc), status_code=404)
+    removal = await attempt(s.console.remove_photos, name, refs, refused=(NotEnrolledError,), status=404)
     s.flash(request, f"removed {refs[0]}" if len(refs) == 1 else f"removed {len(refs)} photos")
     if removal.forgotten:
         s.flash(request, f"{name} had no photos left, so they were forgotten everywhere on this agent." + (

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from agent.evaluation import EvalError
 from agent.evaluation.report import reports_folder
 from agent.web.settings import SettingError
-from agent.web.site import go, site
+from agent.web.site import attempt, go, site
 
 RESTART = "sudo systemctl restart face-agent"  # deploy/face-agent.service
 
@@ -26,10 +26,7 @@ async def reports(request: Request) -> Response:
 
 async def run_tune(request: Request) -> Response:
     s = site(request)
-    try:
-        report = await run_in_threadpool(s.console.run_tune)
-    except EvalError as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    report = await attempt(s.console.run_tune, refused=(EvalError,))
     threshold = report["suggested_threshold"]
     s.flash(request, f"Checked {len(report['photos'])} photos of {len(report['people'])} people. " +
             ("Not enough people to suggest a threshold (it needs two or more)." if threshold is None else
@@ -45,10 +42,7 @@ async def apply_threshold(request: Request) -> Response:
         posted = float(str(form.get("threshold", "")))
     except ValueError:
         return PlainTextResponse("no threshold given", status_code=400)
-    try:
-        value, old = await run_in_threadpool(s.console.apply_threshold, posted)
-    except (EvalError, SettingError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    value, old = await attempt(s.console.apply_threshold, posted, refused=(EvalError, SettingError))
     was = "the default" if old is None else f"{old:.3f}" if isinstance(old, (int, float)) else str(old)
     s.flash(request, f"Threshold set to {value:.3f} (was {was}) in {s.console.config_file}. The agent reads its "
                      f"settings when it starts: restart it for the new threshold to take effect ({RESTART}). "

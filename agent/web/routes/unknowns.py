@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from agent.gallery import InvalidNameError
 from agent.naming import NamingError, enrolled_text, people_count
-from agent.web.site import go, person_url, site
+from agent.web.site import attempt, go, person_url, site
 
 
 def _on_card(request: Request) -> bool:
@@ -40,10 +40,7 @@ async def merge_unknown(request: Request) -> Response:
     s = site(request)
     form = await request.form()
     source = request.path_params["unknown_id"]
-    try:
-        target, moved = await run_in_threadpool(s.console.merge, source, str(form.get("into", "")))
-    except NamingError as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    target, moved = await attempt(s.console.merge, source, str(form.get("into", "")), refused=(NamingError,))
     message = f"{source} merged into {target}: {moved} sightings moved; {source} now means {target}"
     if _on_card(request):
         found = await run_in_threadpool(s.console.unknowns, None, target)
@@ -56,10 +53,7 @@ async def merge_unknown(request: Request) -> Response:
 async def ignore_or_show(request: Request) -> Response:
     s = site(request)
     ignored = request.url.path.endswith("/ignore")
-    try:
-        label = await run_in_threadpool(s.console.set_ignored, request.path_params["unknown_id"], ignored)
-    except NamingError as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    label = await attempt(s.console.set_ignored, request.path_params["unknown_id"], ignored, refused=(NamingError,))
     if _on_card(request):
         if ignored:
             return s.fragment(request, "cluster_done.html", id=label, undo=True,
@@ -74,11 +68,8 @@ async def name_unknown(request: Request) -> Response:
     s = site(request)
     form = await request.form()
     unknown_id = request.path_params["unknown_id"]
-    try:
-        named, reidentified, repeat = await run_in_threadpool(s.console.name_cluster, unknown_id,
-                                                              str(form.get("person", "")))
-    except (InvalidNameError, NamingError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    named, reidentified, repeat = await attempt(s.console.name_cluster, unknown_id, str(form.get("person", "")),
+                                                refused=(InvalidNameError, NamingError))
     if _on_card(request):
         note = f"{unknown_id} is now {named.person}: {enrolled_text(named).replace('enrolled', 'learned', 1)}" + \
             (f"; {reidentified} earlier visits recognised again" if reidentified else "") + "."
