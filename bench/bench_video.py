@@ -110,14 +110,9 @@ print(json.dumps({"frames": frames, "faces": faces, "embedded": faces, "seconds"
                   "cores_busy": cpu / elapsed, "cpu_seconds": cpu, "peak_mib": int(hwm) / 1024}))
 '''
 
-AGENT = r'''
-import json, os, resource, subprocess, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[4])
-from agent.config import config_from_dict
-from agent.service import Service
-clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])
-cameras = int(sys.argv[6])
+# the agent's work folder, shared with bench_video_stages.PROFILE: agent.toml from the overrides ([mqtt] off),
+# the people enrolled through `face-agent enroll`; the code before it sets clip, people, work and overrides
+AGENT_SETUP = r'''
 settings = {"mqtt": {"enabled": False}}
 for key, value in overrides.items():
     section, name = key.split(".")
@@ -128,7 +123,16 @@ for key, value in overrides.items():
 for name, photos in people.items():
     subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", name, *photos],
                    check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
-if cameras > 1:  # the same clip on every camera
+'''
+
+AGENT = r'''
+import json, os, resource, subprocess, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from agent.config import config_from_dict
+from agent.service import Service
+clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])
+cameras = int(sys.argv[6])''' + AGENT_SETUP + r'''if cameras > 1:  # the same clip on every camera
     settings["sources"] = [{"name": f"cam{k + 1}", "uri": clip} for k in range(cameras)]
 cfg = config_from_dict(settings, base_dir=work)
 service = Service(cfg, source_uri=clip if cameras == 1 else None, every_frame=True,

@@ -40,17 +40,8 @@ from agent.config import config_from_dict
 from agent.service import Service
 import agent.service, agent.vision.pipeline as pl, agent.vision.recognizer as rec, agent.vision.mtcnn as mt
 import agent.vision.tracker as tr, agent.vision.align as al, agent.vision.motion as mo
-clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])
-settings = {"mqtt": {"enabled": False}}
-for key, value in overrides.items():
-    section, name = key.split(".")
-    settings.setdefault(section, {})[name] = value
-(work / "agent.toml").write_text("".join(
-    f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for s, kv in settings.items()))
-for name, photos in people.items():
-    subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(work / "agent.toml"), "enroll", name, *photos],
-                   check=True, env={**os.environ, "PYTHONPATH": sys.argv[4]}, capture_output=True)
-
+clip, people, work, overrides = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[5])''' \
+    + bv.AGENT_SETUP + r'''
 cpu_self, wall_self, calls = defaultdict(float), defaultdict(float), defaultdict(int)
 stack = []  # [name, child cpu, child wall]
 counts = defaultdict(int)
