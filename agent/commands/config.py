@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from agent.commands._common import usage_without_action
+from agent.commands._common import action, actions_of
 from agent.config import Config, config_as_dict, find_config, load_config
 from agent.files import folder_problem
 
@@ -22,13 +22,10 @@ PATH_KEYS = ("storage", "engines", "svm", "faces")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="check or show the configuration (agent.toml)")
-    actions = p.add_subparsers(dest="config_action", metavar="ACTION")
-    check = actions.add_parser("check", help="validate agent.toml: types, values, writable folders, TLS files")
-    check.set_defaults(func=run_check)
-    show = actions.add_parser("show", help="print the effective configuration (secrets masked)")
+    actions = actions_of(p, "config_action")
+    action(actions, "check", run_check, help="validate agent.toml: types, values, writable folders, TLS files")
+    show = action(actions, "show", run_show, help="print the effective configuration (secrets masked)")
     show.add_argument("--json", action="store_true", help="JSON instead of TOML")
-    show.set_defaults(func=run_show)
-    usage_without_action(p)
 
 
 

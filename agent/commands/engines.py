@@ -15,22 +15,18 @@ import json
 import time
 from typing import Any
 
-from agent.commands._common import config_of, fail, usage_without_action
+from agent.commands._common import action, actions_of, config_of, fail
 from agent.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engines", help="build, list or clean the TensorRT engine cache")
-    actions = p.add_subparsers(dest="engines_action", metavar="ACTION")
-    build = actions.add_parser("build", help="build the TensorRT engines for the current config now")
-    build.set_defaults(func=run_build)
-    listing = actions.add_parser("list", help="list cached engines and what they were built for")
+    actions = actions_of(p, "engines_action")
+    action(actions, "build", run_build, help="build the TensorRT engines for the current config now")
+    listing = action(actions, "list", run_list, help="list cached engines and what they were built for")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    listing.set_defaults(func=run_list)
-    clean = actions.add_parser("clean", help="remove stale engines (--all: every engine)")
+    clean = action(actions, "clean", run_clean, help="remove stale engines (--all: every engine)")
     clean.add_argument("--all", action="store_true", dest="remove_all", help="remove every engine")
-    clean.set_defaults(func=run_clean)
-    usage_without_action(p)
 
 
 

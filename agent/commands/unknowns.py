@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent.commands._common import config_of, fail
+from agent.commands._common import action, config_of, fail
 from agent.events import format_timestamp
 from agent.naming import NamingError, ignore_unknown, merge_unknowns
 from agent.sightings import SightingStore, cluster_label
@@ -24,19 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON array with every chip path")
     p.set_defaults(func=run)
     actions = p.add_subparsers(dest="unknowns_action", metavar="ACTION")
-    merge = actions.add_parser("merge", help="SOURCE and TARGET are one person: SOURCE's sightings move to TARGET",
-                               description="Every sighting of SOURCE moves to TARGET; the person's next tracks join "
-                               "TARGET, and SOURCE (e.g. in older events) means TARGET from now on. TARGET is "
-                               "ignored if either was. Named unknown people are not merged.")
+    merge = action(actions, "merge", run_merge,
+                   help="SOURCE and TARGET are one person: SOURCE's sightings move to TARGET",
+                   description="Every sighting of SOURCE moves to TARGET; the person's next tracks join "
+                   "TARGET, and SOURCE (e.g. in older events) means TARGET from now on. TARGET is "
+                   "ignored if either was. Named unknown people are not merged.")
     merge.add_argument("source", help="the unknown person that goes, e.g. u7")
     merge.add_argument("target", help="the unknown person that stays, e.g. u3")
-    merge.set_defaults(func=run_merge)
-    for action, text in (("ignore", "hide an unknown person from the list and from naming; their next tracks "
-                                    "join it and stay hidden (their unknown_face events are still logged)"),
-                         ("unignore", "show an ignored unknown person again")):
-        a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+    for name, text in (("ignore", "hide an unknown person from the list and from naming; their next tracks "
+                                  "join it and stay hidden (their unknown_face events are still logged)"),
+                       ("unignore", "show an ignored unknown person again")):
+        a = action(actions, name, run_ignore, help=text, description=text[0].upper() + text[1:] + ".")
         a.add_argument("unknown_id", help="the unknown person, e.g. u5")
-        a.set_defaults(func=run_ignore, ignore=action == "ignore")
+        a.set_defaults(ignore=name == "ignore")
 
 
 def run(args: argparse.Namespace) -> int:
