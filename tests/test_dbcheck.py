@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import Config
 from agent.dbcheck import DatabaseCheckError, check_database
 
 PAGE = 4096
@@ -35,6 +36,48 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(data)
+
+
+def event_log(tmp_path: Path) -> tuple[Config, Path]:
+    """A real event log (agent.store) of 400 track_started events with thumbnails (~ 5 rows a page), the first
+    300 delivered, checkpointed into the file: its config and path."""
+    import base64
+
+    from conftest import make_config
+
+    from agent.events import EventFactory
+    from agent.store import EventStore
+
+    cfg = make_config(tmp_path)
+    factory = EventFactory("edge-1", "door")
+    with EventStore(cfg) as store:
+        ids = []
+        for i in range(400):
+            e = factory.track_started(i, (0, 0, 10, 10), (100, 100))
+            e.thumbnail = base64.b64encode(os.urandom(600)).decode()
+            store.add(e)
+            ids.append(e.event_id)
+        store.mark_delivered(ids[:300])
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return cfg, cfg.path("storage") / "events.db"
+
+
+def readable_events(db: Path, short: bool = False) -> dict[str, str]:
+    """The oracle: event_id -> outbox state of every row SQLite can still read, row by row (`short`: a file cut
+    shorter than its header says, read with writable_schema so the pages that are there count)."""
+    probe = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    if short:
+        probe.execute("PRAGMA writable_schema = ON")
+    readable: dict[str, str] = {}
+    for seq in range(1, 401):
+        try:
+            row = probe.execute("SELECT event_id, state FROM events WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row:
+            readable[row[0]] = row[1]
+    probe.close()
+    return readable
 
 
 def assert_moved(original: Path, moved: Path | None, content: bytes) -> None:
@@ -172,39 +215,13 @@ def test_a_hot_journal_is_rolled_back_not_called_corrupt(tmp_path):
 def test_readable_rows_of_a_corrupt_event_log_are_salvaged_pending_first(tmp_path, caplog):
     """4 KB overwritten mid-file: every row still readable is in the new log (all undelivered ones that
     `face-agent events` could read), the damaged file is kept aside, and the log says how many were saved."""
-    import base64
-
-    from conftest import make_config
-
-    from agent.events import EventFactory
     from agent.store import EventStore
 
-    cfg = make_config(tmp_path)
-    factory = EventFactory("edge-1", "door")
-    with EventStore(cfg) as store:
-        ids = []
-        for i in range(400):
-            e = factory.track_started(i, (0, 0, 10, 10), (100, 100))
-            e.thumbnail = base64.b64encode(os.urandom(600)).decode()  # ~ 5 rows a page
-            store.add(e)
-            ids.append(e.event_id)
-        store.mark_delivered(ids[:300])
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db = cfg.path("storage") / "events.db"
+    cfg, db = event_log(tmp_path)
     pages = db.stat().st_size // PAGE
     overwrite(db, PAGE * (pages // 2), os.urandom(PAGE))
     content = db.read_bytes()
-    # what is readable, row by row (the oracle)
-    probe = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
-    readable: dict[str, str] = {}
-    for seq in range(1, 401):
-        try:
-            row = probe.execute("SELECT event_id, state FROM events WHERE seq = ?", (seq,)).fetchone()
-        except sqlite3.DatabaseError:
-            continue
-        if row:
-            readable[row[0]] = row[1]
-    probe.close()
+    readable = readable_events(db)
     assert 300 < len(readable) < 400, len(readable)  # a page of rows is lost, the rest is readable
 
     with caplog.at_level(logging.ERROR, logger="agent.dbcheck"):
@@ -223,37 +240,11 @@ def test_an_event_log_cut_in_half_keeps_the_rows_of_its_first_half(tmp_path):
     """Issue 25.7: power lost while the file grew leaves it shorter than its header says; SQLite then
     refused every row, so nothing was salvaged. Now every row on the pages still there is saved (here the
     oldest, delivered ones), the same rows a reader that accepts the short file sees."""
-    import base64
-
-    from conftest import make_config
-
-    from agent.events import EventFactory
     from agent.store import EventStore
 
-    cfg = make_config(tmp_path)
-    factory = EventFactory("edge-1", "door")
-    with EventStore(cfg) as store:
-        ids = []
-        for i in range(400):
-            e = factory.track_started(i, (0, 0, 10, 10), (100, 100))
-            e.thumbnail = base64.b64encode(os.urandom(600)).decode()
-            store.add(e)
-            ids.append(e.event_id)
-        store.mark_delivered(ids[:300])
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db = cfg.path("storage") / "events.db"
+    cfg, db = event_log(tmp_path)
     os.truncate(db, db.stat().st_size // 2)
-    probe = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
-    probe.execute("PRAGMA writable_schema = ON")  # the oracle: read the pages that are there
-    readable = {}
-    for seq in range(1, 401):
-        try:
-            row = probe.execute("SELECT event_id, state FROM events WHERE seq = ?", (seq,)).fetchone()
-        except sqlite3.DatabaseError:
-            continue
-        if row:
-            readable[row[0]] = row[1]
-    probe.close()
+    readable = readable_events(db, short=True)
     assert 150 < len(readable) < 250 and set(readable.values()) == {"delivered"}, len(readable)
     content = db.read_bytes()
     assert_moved(db, check_database(db), content)
