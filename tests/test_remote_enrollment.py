@@ -250,28 +250,28 @@ def test_bad_requests_are_rejected_with_a_reason_and_write_nothing(tmp_path, bro
     several = req(images=[FR / "examples" / "two_people.jpg"], person="Pair")
     big_image = req(images=[("big.jpg", face + os.urandom(1_100_000))], person="Big")
     not_an_image = req(images=[("notes.txt", b"hello, not an image")], person="Text")
-    cases = [  # (sender, payload, topic, expected error code)
-        (intruder, unsigned, "faces/agent-1/enroll", "unsigned"),
-        (intruder, forged, "faces/agent-1/enroll", "bad_signature"),
-        (intruder, unknown, "faces/agent-1/enroll", "unknown_key"),
-        (op, stale, "faces/agent-1/enroll", "stale"),
-        (op, future, "faces/agent-1/enroll", "future"),
-        (op, first, "faces/agent-1/enroll", "replayed"),
-        (intruder, wrong_target, "faces/agent-1/enroll", "wrong_target"),
-        (intruder, req("list", target="*"), "faces/agent-1/enroll", "wrong_target"),
-        (op, bad_name, "faces/agent-1/enroll", "invalid_name"),
-        (op, hidden_name, "faces/agent-1/enroll", "invalid_name"),
-        (op, corrupt, "faces/agent-1/enroll", "no_usable_image"),
-        (op, no_face, "faces/agent-1/enroll", "no_usable_image"),
-        (op, several, "faces/agent-1/enroll", "no_usable_image"),
-        (op, big_image, "faces/agent-1/enroll", "no_usable_image"),
-        (op, not_an_image, "faces/agent-1/enroll", "no_usable_image"),
-        (op, req("explode"), "faces/agent-1/enroll", "unknown_command"),
-        (op, req("forget", person="Nobody"), "faces/agent-1/enroll", "not_found"),
+    cases = [  # (sender, payload, expected error code): all to faces/agent-1/enroll
+        (intruder, unsigned, "unsigned"),
+        (intruder, forged, "bad_signature"),
+        (intruder, unknown, "unknown_key"),
+        (op, stale, "stale"),
+        (op, future, "future"),
+        (op, first, "replayed"),
+        (intruder, wrong_target, "wrong_target"),
+        (intruder, req("list", target="*"), "wrong_target"),
+        (op, bad_name, "invalid_name"),
+        (op, hidden_name, "invalid_name"),
+        (op, corrupt, "no_usable_image"),
+        (op, no_face, "no_usable_image"),
+        (op, several, "no_usable_image"),
+        (op, big_image, "no_usable_image"),
+        (op, not_an_image, "no_usable_image"),
+        (op, req("explode"), "unknown_command"),
+        (op, req("forget", person="Nobody"), "not_found"),
     ]
-    for sender, payload, topic, _code in cases:
-        sender.send(payload, topic)
-    for _sender, payload, _topic, code in cases:
+    for sender, payload, _code in cases:
+        sender.send(payload)
+    for _sender, payload, code in cases:
         result = op.result(payload["request_id"], n=2 if payload is first else 1)
         assert result["status"] == "rejected", (code, result)
         assert result["error"]["code"] == code, (code, result)

@@ -32,24 +32,22 @@ TIMEOUT = 0.5
 MARGIN = 3.0  # scheduling + loading the ONNX Runtime fallback on a busy 2-core machine
 
 
-class SleepingBackend:
-    """Answers correctly (through ONNX Runtime) but, once `stall_after` calls have passed, blocks in run()
-    for `stall` seconds - a real stall of the calling thread, like a wedged GPU call."""
+class MisbehavingBackend:
+    """Answers correctly (through ONNX Runtime) until `after` calls have passed, then `misbehave`s in run()."""
 
-    name = "sleeping"
-
-    def __init__(self, stall: float = 30.0, stall_after: int = 0, release: threading.Event | None = None):
-        self.stall = stall
-        self.stall_after = stall_after
-        self.release = release or threading.Event()
+    def __init__(self, after: int):
+        self.after = after
         self.calls = 0
         self.closed = False
         self.inner = OnnxRuntimeMtcnnRunner(threads=1)
 
+    def misbehave(self) -> None:
+        raise NotImplementedError
+
     def run(self, net, batch):
         self.calls += 1
-        if self.calls > self.stall_after:
-            self.release.wait(self.stall)  # sleeps; the test's teardown sets it so threads end
+        if self.calls > self.after:
+            self.misbehave()
         return self.inner.run(net, batch)
 
     def close(self):
@@ -57,25 +55,34 @@ class SleepingBackend:
         self.inner.close()
 
 
-class FailingBackend:
+class SleepingBackend(MisbehavingBackend):
+    """Once `stall_after` calls have passed, blocks in run() for `stall` seconds - a real stall of the calling
+    thread, like a wedged GPU call."""
+
+    name = "sleeping"
+
+    def __init__(self, stall: float = 30.0, stall_after: int = 0, release: threading.Event | None = None):
+        super().__init__(stall_after)
+        self.stall = stall
+        self.release = release or threading.Event()
+
+    def misbehave(self) -> None:
+        self.release.wait(self.stall)  # sleeps; the test's teardown sets it so threads end
+
+
+class FailingBackend(MisbehavingBackend):
     """Raises like a GPU backend whose call failed; by default an error the GPU can recover from."""
 
     name = "failing"
 
     def __init__(self, fail_after: int = 0, message: str = "TensorRT execute_async_v3 failed (out of memory)"):
-        self.fail_after = fail_after
+        super().__init__(fail_after)
         self.message = message
-        self.calls = 0
-        self.closed = False
-        self.inner = OnnxRuntimeMtcnnRunner(threads=1)
 
-    def run(self, net, batch):
-        self.calls += 1
-        if self.calls > self.fail_after:
-            raise RuntimeError(self.message)
-        return self.inner.run(net, batch)
+    def misbehave(self) -> None:
+        raise RuntimeError(self.message)
 
-    def close(self):
+    def close(self):  # its ONNX Runtime sessions stay open: a call that comes late still answers
         self.closed = True
 
 
@@ -129,6 +136,16 @@ def _same(detections, reference):
         assert np.allclose(a.landmarks, b.landmarks, atol=1e-3)
 
 
+def reporting(primary, fallback=OnnxRuntimeMtcnnRunner) -> tuple[GuardedRunner, list[str], list[str]]:
+    """A GuardedRunner that may ask for a restart at any uptime, with the lists its degraded reports and its
+    restart requests (each granted) go to."""
+    reports: list[str] = []
+    restarts: list[str] = []
+    guarded = GuardedRunner(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
+                            request_restart=lambda reason: restarts.append(reason) or True, restart_min_uptime=0.0)
+    return guarded, reports, restarts
+
+
 def _pnet_batch():
     return np.random.default_rng(0).uniform(-1, 1, (1, 3, 40, 50)).astype(np.float32)
 
@@ -139,11 +156,7 @@ def test_stall_answers_from_the_cpu_and_falls_back_for_good_without_a_rebuild(re
     warm-up behind the hung kernel while the abandoned engine still holds its GPU memory."""
     primary = Factory(lambda: SleepingBackend(release=release))
     fallback = Factory(OnnxRuntimeMtcnnRunner)
-    reports: list[str] = []
-    restarts: list[str] = []
-    guarded = GuardedRunner(primary, fallback, timeout=TIMEOUT, on_degraded=reports.append,
-                            request_restart=lambda reason: restarts.append(reason) or True,
-                            restart_min_uptime=0.0)
+    guarded, reports, restarts = reporting(primary, fallback)
     assert guarded.name == "sleeping" and not guarded.degraded
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
 
@@ -210,11 +223,7 @@ def test_rebuild_runs_off_the_lock_and_the_cpu_answers_meanwhile(release, photo,
 
 def test_failing_calls_rebuild_once_then_fallback(photo, reference, caplog):
     primary = Factory(FailingBackend)
-    reports: list[str] = []
-    restarts: list[str] = []
-    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                            request_restart=lambda reason: restarts.append(reason) or True,
-                            restart_min_uptime=0.0)
+    guarded, reports, restarts = reporting(primary)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     guarded.run("pnet", _pnet_batch())  # fails: CPU answer, rebuild in the background
     assert guarded.wait_for_rebuild(MARGIN) and not guarded.degraded
@@ -232,11 +241,7 @@ def test_failing_calls_rebuild_once_then_fallback(photo, reference, caplog):
 
 def test_lost_cuda_context_degrades_at_once_and_asks_for_a_restart(photo, reference, caplog):
     primary = Factory(lambda: lost_context_backend(fail_after=2))
-    reports: list[str] = []
-    restarts: list[str] = []
-    guarded = GuardedRunner(primary, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                            request_restart=lambda reason: restarts.append(reason) or True,
-                            restart_min_uptime=0.0)
+    guarded, reports, restarts = reporting(primary)
     caplog.set_level(logging.ERROR, logger="agent.vision.backends.watchdog")
     _same(MTCNN(guarded).detect(photo), reference)
     # no rebuild on the same broken primary context: the CPU at once, and a restart request
@@ -289,11 +294,7 @@ def test_primary_that_cannot_start_degrades_at_once(photo, reference):
     def no_gpu():
         raise RunnerError("TensorRT is not available: cannot import tensorrt")
 
-    reports: list[str] = []
-    restarts: list[str] = []
-    guarded = GuardedRunner(no_gpu, OnnxRuntimeMtcnnRunner, timeout=TIMEOUT, on_degraded=reports.append,
-                            request_restart=lambda reason: restarts.append(reason) or True,
-                            restart_min_uptime=0.0)
+    guarded, reports, restarts = reporting(no_gpu)
     assert guarded.degraded and "could not start" in reports[0] and "TensorRT" in reports[0]
     assert restarts == []  # a restart cannot bring a GPU that never started
     _same(MTCNN(guarded).detect(photo), reference)
