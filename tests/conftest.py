@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +24,34 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "shared" in item.fixturenames:
                 item.add_marker(skip)
+
+
+class CliAgent:
+    """`face-agent` as a user runs it: its own agent.toml (`toml`) in `folder`, a process per command."""
+
+    def __init__(self, folder: Path, toml: str) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "agent.toml").write_text(toml)
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(self.folder / "agent.toml"), *args],
+                             capture_output=True, text=True, cwd=self.folder, timeout=900,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if check:
+            assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    def events(self, *args: str) -> list[dict]:
+        """The whole event log (`events --json --limit 0`, more filters in `args`), each event as published."""
+        out = self("events", "--json", "--limit", "0", *args).stdout
+        return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+    def run(self, video: Path) -> list[dict]:
+        """Run on a video; the events of this run."""
+        before = {e["event_id"] for e in self.events()}
+        self("run", "--source", str(video))
+        return [e for e in self.events() if e["event_id"] not in before]
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:

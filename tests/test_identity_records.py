@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from broker import Broker, Collector
+from conftest import CliAgent
 
 from agent.events import parse_timestamp
 from bench import identity_clips as ic
@@ -36,33 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 AGENT_ID = "edge-23"
 
 
-class Agent:
+class Agent(CliAgent):
     """`face-agent` with its own config in a folder, publishing to a real broker."""
 
     def __init__(self, folder: Path, broker: Broker) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "agent.toml").write_text(
-            f'[agent]\nid = "{AGENT_ID}"\ncamera_name = "door"\n'
-            f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nhomeassistant = true\n'
-            '[sightings]\nprivacy = "all"\n[events]\nthumbnails = true\n')
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(self.folder / "agent.toml"), *args],
-                             capture_output=True, text=True, cwd=self.folder, timeout=900,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if check:
-            assert out.returncode == 0, out.stderr[-3000:]
-        return out
-
-    def events(self, *args: str) -> list[dict]:
-        out = self("events", "--json", "--limit", "0", *args).stdout
-        return [json.loads(x) for x in out.splitlines() if x.strip()]
-
-    def run(self, video: Path) -> list[dict]:
-        before = {e["event_id"] for e in self.events()}
-        self("run", "--source", str(video))
-        return [e for e in self.events() if e["event_id"] not in before]
+        super().__init__(folder, f'[agent]\nid = "{AGENT_ID}"\ncamera_name = "door"\n'
+                         f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nhomeassistant = true\n'
+                         '[sightings]\nprivacy = "all"\n[events]\nthumbnails = true\n')
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import CliAgent, make_config
 
 from agent.config import load_config
 from agent.events import parse_timestamp as parse_ts
@@ -370,30 +368,11 @@ def test_a_corrupt_sightings_file_is_salvaged_at_start(tmp_path, lfw_faces, caps
 # ------------------------------------------------------------------------------------------- end to end
 
 
-class Agent:
+class Agent(CliAgent):
     """`face-agent` with its own config in a temporary folder (MQTT off), as a user runs it."""
 
     def __init__(self, folder: Path, toml: str = "") -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "agent.toml").write_text('[mqtt]\nenabled = false\n[sightings]\nprivacy = "all"\n' + toml)
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(self.folder / "agent.toml"), *args],
-                             capture_output=True, text=True, cwd=self.folder, timeout=900,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if check:
-            assert out.returncode == 0, out.stderr[-3000:]
-        return out
-
-    def events(self) -> list[dict]:
-        return [json.loads(x) for x in self("events", "--json", "--limit", "0").stdout.splitlines() if x.strip()]
-
-    def run(self, video: Path) -> list[dict]:
-        """Run on a video; the events of this run."""
-        before = {e["event_id"] for e in self.events()}
-        self("run", "--source", str(video))
-        return [e for e in self.events() if e["event_id"] not in before]
+        super().__init__(folder, '[mqtt]\nenabled = false\n[sightings]\nprivacy = "all"\n' + toml)
 
     def unknowns(self) -> list[dict]:
         return json.loads(self("unknowns", "--json").stdout)
