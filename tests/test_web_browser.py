@@ -109,6 +109,15 @@ def flash_says(page, says: str | re.Pattern, timeout: float = 30_000) -> None:
     playwright.expect(page.locator("p.flash", has_text=says).first).to_be_visible(timeout=timeout)
 
 
+def every_visit(page, url: str) -> None:
+    """Open a visits page and tap "Older visits" until every card is on it."""
+    page.goto(url)
+    while page.locator(".more a").count():
+        before = page.locator("article.visit").count()
+        page.locator(".more a").click()
+        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+
+
 def fits_the_phone(page) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"] + 1, f"{page.url}: {width} px wide on a {PHONE['width']} px screen"
@@ -470,11 +479,7 @@ def test_name_an_unknown_person_teach_from_a_visit_and_reject_an_identification(
     page.screenshot(path=str(shots / "11-rejected.png"), full_page=True)
 
     # "This is ..." on a visit of someone not recognised: its faces are enrolled, the card says so in place
-    page.goto(url + "/events")
-    while page.locator(".more a").count():
-        before = page.locator("article.visit").count()
-        page.locator(".more a").click()
-        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+    every_visit(page, url + "/events")
     card = page.locator("article.visit.stranger", has=page.locator("form.train")).first
     key = card.get_attribute("id")
     with Flow(record, "teach a face from a visit (This is ...)") as flow:
@@ -667,11 +672,7 @@ def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site
     axe(page, record, "visits (filtered by certainty)")
 
     # the faces of one visit not named yet: a face too small for enrollment says so; teach two of its faces
-    page.goto(url + "/events?certainty=unnamed")
-    while page.locator(".more a").count():
-        before = page.locator("article.visit").count()
-        page.locator(".more a").click()
-        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+    every_visit(page, url + "/events?certainty=unnamed")
     hrefs = page.locator("article.visit.stranger a.faces").evaluate_all("links => links.map(a => a.href)")
     assert hrefs, "no unnamed visit with kept faces left"
     learned = False
@@ -701,13 +702,9 @@ def test_several_at_once_unknown_people_by_camera_certainty_and_small_faces(site
     taps_are_big_enough(page)
     axe(page, record, "faces of a visit (select)")
 
-    page.goto(url + "/events?certainty=unnamed")
     # several visits at once: "This is ..." on two visits nobody was named on (whose faces were kept; the first
     # one's faces not taught above are learned now)
-    while page.locator(".more a").count():
-        before = page.locator("article.visit").count()
-        page.locator(".more a").click()
-        playwright.expect(page.locator("article.visit")).not_to_have_count(before)
+    every_visit(page, url + "/events?certainty=unnamed")
     assert page.locator("article.visit.known").count() == 0
     picks = page.locator("article.visit.stranger input[name=ids]")
     assert picks.count() >= 2
