@@ -9,8 +9,8 @@ well inside the recognition gate is named on its first frame, as a per-frame loo
 identity changes only when a challenger has `min_votes` votes AND more than `hysteresis` times the
 settled label's weight, so one bad frame never flips a name (a settled "unknown" gives way to a name at
 `unknown_hysteresis` times its weight: the gate holds strangers to 1% a face already, and a track whose
-first frames were turned or blurred must not stay unknown while the person faces the camera). "Unknown" is
-an outcome like any name.
+first faces were poor (blurred, turned, just outside the gate) must not stay unknown while the person faces
+the camera). "Unknown" is an outcome like any name.
 
 Small faces (under `[recognition] small_face_size`: farther away, noisier embeddings) are weaker evidence:
 their votes count as usual, but a label whose votes in the window all come from small faces needs
