@@ -124,11 +124,16 @@ def gallery_table(cfg: Config, full: Photos, views: dict) -> list[dict]:
     return rows
 
 
+def _gallery_bonus(views: np.ndarray, rule) -> np.ndarray:
+    """How much wider each person's gate is for the gallery's size (`gate_thresholds` with and without it)."""
+    return gate_thresholds(views, rule) - gate_thresholds(views, dataclasses.replace(rule, gallery_bonus=0.0))
+
+
 def _named_if_wider(clf: Classifier, seen: Photos, idx: np.ndarray) -> np.ndarray:
     """(len(WIDENINGS), len(idx)) whether each face is named with its candidate's gate without the gallery
     bonus, then wider by each of WIDENINGS, exactly as `Classifier.predict` decides otherwise."""
     preds = clf.predict(seen.embedding[idx], seen.side[idx])
-    bonus = clf.gates - gate_thresholds(clf.views, dataclasses.replace(clf.rule, gallery_bonus=0.0))
+    bonus = _gallery_bonus(clf.views, clf.rule)
     e = np.array([p.effective for p in preds])
     gate = np.array([p.gate - bonus[clf.people.index(p.candidate)] for p in preds])
     usable = np.array([(not clf.svm_veto or p.svm_name in (None, p.candidate)) and q == ""
@@ -160,8 +165,7 @@ def widening_table(cfg: Config, views: dict) -> list[dict]:
                     for size, seen in views.items():
                         far[size] += _named_if_wider(clf, seen, strangers).mean(1)
             safe = min(float(WIDENINGS[far[size] / runs <= 0.01].max(initial=0.0)) for size in views)
-            shipped = float(gate_thresholds(np.array([n] * k), rule)[0]
-                            - gate_thresholds(np.array([n] * k), dataclasses.replace(rule, gallery_bonus=0.0))[0])
+            shipped = float(_gallery_bonus(np.full(k, n), rule)[0])
             rows.append({"photos": n, "people": k, "safe": safe, "shipped": shipped})
             print(f"photos {n} people {k}: largest safe widening {safe:.4f}, shipped {shipped:.4f}", flush=True)
     return rows

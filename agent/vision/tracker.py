@@ -163,7 +163,6 @@ class Track:
     embedded_area: float = 0.0  # largest face area scheduled so far
     embedded_sharpness: float = 0.0  # sharpest face scheduled so far
     embed_quality: float = 0.0  # quality of the face scheduled last (add_prediction's default)
-    near_miss: bool = False  # its latest vote was for a name, or unknown within near_miss_confidence of one
     embeddings: list = field(default_factory=list)  # recent verified embeddings (the face this track is)
     verified: bool = False  # the face now was confirmed by an embedding to be the track's person
     unverified_by: str = "new"  # why it is not verified: new | coasting | jump | resize | look
@@ -426,6 +425,11 @@ class Tracker:
             track.unverified_by = reason
             log.debug("track %d unverified: %s", track.id, reason)
 
+    def _near_miss(self, track: Track) -> bool:
+        """The track's latest vote was for a name, or unknown within near_miss_confidence of one."""
+        last = track.ballot.votes[-1] if track.ballot.votes else None
+        return last is not None and (last.name is not None or last.confidence >= self.cfg.near_miss_confidence)
+
     def _ballot(self) -> Ballot:
         v = self.voting
         return Ballot(v.window, v.min_votes, v.hysteresis, v.unknown_hysteresis, v.single_vote_certainty,
@@ -468,7 +472,8 @@ class Tracker:
             first_votes = track.ballot.count <= self.voting.min_votes and track.ballot.count == track.attempts
             due = since >= (c.settle_embed_every if first_votes else c.embed_every) or better
         else:  # settled; an unknown near miss is looked at again sooner
-            due = since >= (c.embed_every if track.status == UNKNOWN and track.near_miss else c.settled_embed_every)
+            near_miss = track.status == UNKNOWN and self._near_miss(track)
+            due = since >= (c.embed_every if near_miss else c.settled_embed_every)
         if not due:
             return None
         track.scheduled += 1
@@ -555,7 +560,6 @@ class Tracker:
         track.cut_off += not (attempt or vote)
         if vote:
             track.ballot.add(name, confidence, track.embed_quality if quality is None else quality, small)
-            track.near_miss = name is not None or confidence >= self.cfg.near_miss_confidence
         ballot = track.ballot
         if ballot.settled:
             status, new_name = (NAMED, ballot.identity) if ballot.identity is not None else (UNKNOWN, None)
