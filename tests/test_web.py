@@ -523,9 +523,20 @@ def test_removing_the_last_photo_forgets_the_person_with_undo(tmp_path):
         client = Client(console)
         token = client.csrf("/people")
         form = {"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"}
-        status, headers, _ = client.request("POST", "/people/biden/remove", urlencode({"photo": first}), form)
+        # as `face-agent remove`: a ref not found is named, nothing removed answers 404, a bad name a clean 404
+        status, _, text = client.request("POST", "/people/biden/remove", urlencode({"photo": "nosuch.jpg"}), form)
+        assert status == 404 and "no such photo of biden: nosuch.jpg" in text
+        status, _, text = client.request("POST", "/people/.hidden/remove", urlencode({"photo": first}), form)
+        assert status == 404 and "cannot start with '.'" in text
+        status, _, text = client.request("POST", "/people/nobody/remove", urlencode({"photo": first}), form)
+        assert status == 404 and "'nobody' is not enrolled" in text
+        assert sorted(p.name for p in raw.iterdir()) == [first, last]
+        status, headers, _ = client.request("POST", "/people/biden/remove",
+                                            urlencode([("photo", first), ("photo", "nosuch.jpg")]), form)
         assert status == 204 and headers["hx-redirect"] == "/people/biden"
         assert sorted(p.name for p in raw.iterdir()) == [last]
+        _, _, text = client.request("GET", "/people/biden")
+        assert f"removed {first}" in text and "no such photo of biden: nosuch.jpg" in text
         status, headers, _ = client.request("POST", "/people/biden/remove", urlencode({"photo": last}), form)
         assert status == 204 and headers["hx-redirect"].startswith("/people?forgot=biden-"), headers
         assert not raw.exists()

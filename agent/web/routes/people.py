@@ -73,15 +73,24 @@ async def upload(request: Request) -> Response:
 
 async def remove_photo(request: Request) -> Response:
     """Remove one photo, or the selected ones (`photo` given several times), one retrain: enrollment_ops.
-    remove_photos, so removing the last ones forgets the person (photos in the trash: Undo on the People page)."""
+    remove_photos, as `face-agent remove` and remote `remove_images`: what is found goes, the refs not found are
+    named, 404 only when nothing was removed; removing the last ones forgets the person (photos in the trash: Undo
+    on the People page)."""
     s = site(request)
-    name = validate_person_name(request.path_params["name"])
     form = await request.form()
     refs = [str(p) for p in form.getlist("photo")]
-    if not refs or any(s.console.gallery.find_photo(name, ref) is None for ref in refs):
-        return PlainTextResponse("no such photo" if refs else "choose at least one photo", status_code=404)
-    removal = await attempt(s.console.remove_photos, name, refs, refused=(NotEnrolledError,), status=404)
-    s.flash(request, f"removed {refs[0]}" if len(refs) == 1 else f"removed {len(refs)} photos")
+    if not refs:
+        return PlainTextResponse("choose at least one photo", status_code=404)
+    removal = await attempt(s.console.remove_photos, request.path_params["name"], refs,
+                            refused=(InvalidNameError, NotEnrolledError), status=404)
+    name = removal.person
+    removed = [ref for ref, photo in removal.found if photo is not None]
+    missing = [ref for ref, photo in removal.found if photo is None]
+    if not removed:
+        return PlainTextResponse(f"no such photo of {name}: {', '.join(missing)}", status_code=404)
+    s.flash(request, f"removed {removed[0]}" if len(removed) == 1 else f"removed {len(removed)} photos")
+    if missing:
+        s.flash(request, f"no such photo of {name}: {', '.join(missing)}", kind="warning")
     if removal.forgotten:
         s.flash(request, f"{name} had no photos left, so they were forgotten everywhere on this agent." + (
             f" Their photos are in the trash for {s.cfg.enrollment.trash_days:g} days: Undo below brings them back."
