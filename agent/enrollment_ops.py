@@ -177,6 +177,12 @@ def model(gallery: Gallery) -> ClassifierSummary | None:
     return classifier.summary if classifier is not None else None
 
 
+def people_and_model(gallery: Gallery) -> tuple[dict[str, dict[str, int]], ClassifierSummary | None]:
+    """`people` and `model` together, the saved classifier read once (remote `list`, the web's People page)."""
+    summary = model(gallery)
+    return gallery.summary(summary.counts if summary is not None else {}), summary
+
+
 @dataclass
 class Training:
     """What `retrain` did: the classifier now in use, each photo's result, whether it was retrained."""

@@ -903,10 +903,14 @@ class Gallery:
             log.info("restored %s from %s (%d photos)", target_name, entry.path, entry.photos)
             return entry
 
-    def summary(self) -> dict[str, dict]:
-        """Per person: photo files on disk and usable (cached) photos, without running any model."""
-        clf = self.load_classifier()
-        counts = clf.summary.counts if clf else {}
+    def summary(self, trained: dict[str, int] | None = None) -> dict[str, dict]:
+        """Per person: photo files on disk and usable (cached) photos, without running any model. `trained`: the
+        saved model's counts (ClassifierSummary.counts, {} when there is none) when the caller has read it
+        already; None: read here."""
+        if trained is None:
+            clf = self.load_classifier()
+            trained = clf.summary.counts if clf else {}
+        counts = trained
         out = {}
         for person in sorted(set(self.people_on_disk()) | set(counts)):
             out[person] = {"photos": len(self.photos_of(person)), "trained_photos": counts.get(person, 0)}

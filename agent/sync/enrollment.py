@@ -481,12 +481,12 @@ class EnrollmentIntake:
         return self._result(req, proto.OK, model=info)
 
     def _list(self, req: proto.Request) -> dict:
-        summary = ops.model(self.gallery)
+        people, summary = ops.people_and_model(self.gallery)
         model = None
         if summary is not None:
             info = summary.model_info()
             model = {k: info[k] for k in ("people", "counts", "trained_at", "cv_score")}
-        return self._result(req, proto.OK, people=ops.people(self.gallery), model=model,
+        return self._result(req, proto.OK, people=people, model=model,
                             retrain_pending=self._retrain_at is not None)
 
     def _name(self, req: proto.Request) -> dict:

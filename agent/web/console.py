@@ -141,7 +141,11 @@ class Console:
 
     # ---- people ---------------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
-        model = ops.model(self.gallery)
+        return self.training_card(ops.model(self.gallery))
+
+    @staticmethod
+    def training_card(model: ops.ClassifierSummary | None) -> dict[str, Any]:
+        """What the training card shows of the saved classifier's summary (None: no usable one)."""
         if model is None:
             return {"trained": False}
         return {"trained": True, "people": len(model.people), "counts": model.counts,

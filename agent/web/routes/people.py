@@ -20,12 +20,12 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the pho
 
 async def people(request: Request) -> Response:
     s = site(request)
-    summary = await run_in_threadpool(ops.people, s.console.gallery)
+    summary, model = await run_in_threadpool(ops.people_and_model, s.console.gallery)
     chips = {name: s.console.first_chip(name) for name in summary}
     trashed = await run_in_threadpool(s.console.trashed)
     forgot = request.query_params.get("forgot", "")
     undo = next((t for t in trashed if t["folder"] == forgot), None)  # just forgotten: Undo at the top
-    return s.page(request, "people.html", summary=summary, chips=chips, training=s.console.training_state(),
+    return s.page(request, "people.html", summary=summary, chips=chips, training=s.console.training_card(model),
                   web=s.web, trashed=trashed, undo=undo)
 
 
