@@ -600,9 +600,8 @@ class Gallery:
         return found
 
     def remove_photo(self, person: str, path: Path) -> None:
-        """Delete one photo of a person and its chip (agent.enrollment_ops.remove_photos, which forgets the
-        person instead of removing their last photo); after the last photo the person's folders go too (a
-        person with no photos is nobody to list)."""
+        """Delete one photo of a person and its chip. Called by agent.enrollment_ops.remove_photos only for
+        photos that are not the person's last: removing the last ones forgets the person instead (`forget`)."""
         with self._lock:
             try:
                 sha = file_sha256(path)
@@ -612,13 +611,6 @@ class Gallery:
             if sha:
                 self.chip_path(person, path, sha).unlink(missing_ok=True)
                 (self.aligned / person / f"{sha[:16]}.png").unlink(missing_ok=True)
-            if not self.photos_of(person):
-                for folder in (self.aligned / person, self.raw / person):
-                    if folder.is_dir():
-                        for chip in folder.glob("*.png") if folder.parent == self.aligned else ():
-                            chip.unlink(missing_ok=True)
-                        with contextlib.suppress(OSError):  # not empty: something of the user's is left there
-                            folder.rmdir()
 
     def _prune_chips(self, person: str, results: list[PhotoResult]) -> None:
         """Delete the person's chips that belong to no photo of theirs (derived files: a photo removed by hand,
