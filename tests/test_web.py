@@ -550,5 +550,13 @@ def test_removing_the_last_photo_forgets_the_person_with_undo(tmp_path):
                                             urlencode({"person": "biden", "folder": folder}), form)
         assert status == 204 and headers["hx-redirect"] == f"/people/{quote('biden')}"
         assert [p.name for p in raw.iterdir()] == [last]
+        # what the console refuses is answered 400 with its reason (nothing changes)
+        for path, fields, reason in [("/people/biden/rename", {"new_name": ".x"}, "cannot start with '.'"),
+                                     ("/people/nobody/rename", {"new_name": "x"}, "'nobody' is not enrolled"),
+                                     ("/people/nobody/forget", {}, "'nobody' is not enrolled"),
+                                     ("/people/restore", {"person": "a/b", "folder": folder}, "not allowed")]:
+            status, _, text = client.request("POST", path, urlencode(fields), form)
+            assert status == 400 and reason in text, (path, status, text)
+        assert [p.name for p in raw.iterdir()] == [last]
     finally:
         console.stop()

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from agent.config import Config
+from agent.enrollment_ops import InvalidNameError, validate_person_name
 from agent.logsafe import RateLimitedLog
 from agent.web.console import Console, iso, utc
 from agent.web.security import Logins, LoginThrottle, csrf_token
@@ -99,6 +100,14 @@ async def attempt(call: Callable[..., T], *args: Any, refused: tuple[type[Except
     try:
         return await run_in_threadpool(call, *args)
     except refused as exc:
+        raise HTTPException(status, str(exc)) from exc
+
+
+def valid_name(name: str, status: int = 400) -> str:
+    """validate_person_name; a name it refuses answers the request as `attempt` does (its message, `status`)."""
+    try:
+        return validate_person_name(name)
+    except InvalidNameError as exc:
         raise HTTPException(status, str(exc)) from exc
 
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from agent import enrollment_ops as ops
 from agent.enrollment_ops import InvalidNameError, NameTakenError, NotEnrolledError, validate_person_name
-from agent.web.site import attempt, go, person_url, site
+from agent.web.site import attempt, go, person_url, site, valid_name
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers on top of the photos themselves
 
@@ -104,12 +104,8 @@ async def remove_photo(request: Request) -> Response:
 async def rename(request: Request) -> Response:
     s = site(request)
     form = await request.form()
-    try:
-        old = validate_person_name(request.path_params["name"])
-        new = validate_person_name(str(form.get("new_name", "")))
-        await run_in_threadpool(ops.rename, s.console.gallery, old, new)
-    except (InvalidNameError, NameTakenError, NotEnrolledError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    old, new = valid_name(request.path_params["name"]), valid_name(str(form.get("new_name", "")))
+    await attempt(ops.rename, s.console.gallery, old, new, refused=(InvalidNameError, NameTakenError, NotEnrolledError))
     s.flash(request, f"renamed {old} to {new}")
     await s.retrain(request)
     return go(person_url(new))
@@ -119,11 +115,9 @@ async def forget(request: Request) -> Response:
     """`face-agent forget`: the photos go to the trash; the People page then offers to undo it."""
     s = site(request)
     form = await request.form()
-    try:
-        name = validate_person_name(request.path_params["name"])
-        folder = await run_in_threadpool(s.console.forget, name, form.get("purge") == "1")
-    except (InvalidNameError, NotEnrolledError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    name = valid_name(request.path_params["name"])
+    folder = await attempt(s.console.forget, name, form.get("purge") == "1",
+                           refused=(InvalidNameError, NotEnrolledError))
     s.flash(request, f"Forgot {name} everywhere on this agent." + (
         f" Their photos are in the trash for {s.cfg.enrollment.trash_days:g} days: Undo below brings them back."
         if folder else " The photos were deleted."))
@@ -135,11 +129,9 @@ async def restore(request: Request) -> Response:
     """Undo forget: `face-agent restore PERSON --from FOLDER` (Gallery.restore), then retrain."""
     s = site(request)
     form = await request.form()
-    try:
-        person = validate_person_name(str(form.get("person", "")))
-        name, photos = await run_in_threadpool(s.console.restore, person, str(form.get("folder", "")))
-    except (InvalidNameError, NotEnrolledError, NameTakenError) as exc:
-        return PlainTextResponse(str(exc), status_code=400)
+    person = valid_name(str(form.get("person", "")))
+    name, photos = await attempt(s.console.restore, person, str(form.get("folder", "")),
+                                 refused=(InvalidNameError, NotEnrolledError, NameTakenError))
     s.flash(request, f"{name} is back: {photos} photo{'' if photos == 1 else 's'} restored from the trash. "
                      "The faces the camera kept of them were deleted by forget and do not come back.")
     await s.retrain(request)
