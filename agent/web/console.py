@@ -471,11 +471,12 @@ class Console:
         faces = self.sightings.track_sightings(row.track_id, _track_time(row.type, row.t, payload))
         out = []
         for face in sorted(faces, key=lambda r: (-(r["quality"] or 0.0), r["id"])):
+            side = self.face_side(face["chip"])  # its context crop opened once
             out.append({"id": face["id"], "time": utc(face["t"]), "iso": iso(face["t"]), "quality": face["quality"],
                         "name": face["name"],
                         "cluster": cluster_label(face["cluster"]) if face["cluster"] else None,
                         "rejected": face["rejected"], "reidentified": face["reidentified"],
-                        "side": self.face_side(face["chip"]), "small": self.too_small(face["chip"]),
+                        "side": side, "small": self.small_side(side),
                         "chip": Path(face["chip"]).parts, "context": Path(face["context"]).parts})
         return row, out
 
@@ -508,7 +509,10 @@ class Console:
     def too_small(self, chip: str | Path) -> bool:
         """A kept face smaller than enrollment takes (`[enrollment] min_face_size`, agent.gallery: a photo
         with a smaller face is refused as too_small): naming it adds a blurry, upscaled chip at best."""
-        side = self.face_side(chip)
+        return self.small_side(self.face_side(chip))
+
+    def small_side(self, side: float | None) -> bool:
+        """`too_small` for a face side already measured (`face_side`; None: not known, not too small)."""
         return side is not None and side < self.cfg.enrollment.min_face_size
 
     def name_clusters(self, unknown_ids: list[str], person: str) -> tuple[Named, int]:
