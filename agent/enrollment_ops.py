@@ -66,7 +66,8 @@ def add_images(gallery: Gallery, person: str, images: list[tuple[str, bytes]], m
                 log.exception("enrollment: image %s for %s failed", escape(name), escape(person))
             added = ImageAdd("", False, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
         log.info("enrollment: %s for %s: %s", escape(name), escape(person),
-                 ("accepted" + (" (new)" if added.new else "")) if added.accepted else added.reason)
+                 ("accepted" + (" (new)" if added.new else "")) if added.accepted
+                 else f"rejected: {added.reason} ({escape(added.message)})")
         out.append(added)
     return out
 
@@ -142,9 +143,7 @@ def forget(gallery: Gallery, person: str, purge: bool = False) -> Path | None:
     """Forget `person` everywhere on this agent (Gallery.forget, docs/privacy.md). Returns the trash folder
     (what `restore` brings back), None when no photos were kept (none, or `purge`)."""
     person = validate_person_name(person)
-    trash = gallery.forget(person, purge=purge)
-    log.info("enrollment: forgot %s%s", escape(person), f"; photos in {trash.name}" if trash else "")
-    return trash
+    return gallery.forget(person, purge=purge)  # which logs it, with what was erased
 
 
 def rename(gallery: Gallery, old: str, new: str) -> bool:
@@ -160,10 +159,7 @@ def rename(gallery: Gallery, old: str, new: str) -> bool:
 def restore(gallery: Gallery, person: str, folder: str | None = None, as_name: str | None = None) -> Trashed:
     """Undo forget: the person's photos back from the trash (the latest forget, or `folder`), under `as_name`
     when given (Gallery.restore). The caller retrains."""
-    entry = gallery.restore(person, folder or None, as_name or None)
-    log.info("enrollment: restored %s from %s (%d photos)", escape(as_name or entry.person), escape(entry.path.name),
-             entry.photos)
-    return entry
+    return gallery.restore(person, folder or None, as_name or None)  # which logs it
 
 
 def people(gallery: Gallery) -> dict[str, dict[str, int]]:

@@ -384,14 +384,10 @@ class EnrollmentIntake:
 
     def _add(self, req: proto.Request) -> dict:
         person = self._person(req.person)
-        images = self._add_images(person, req.images)
+        images = self._add_images(person, req.images, req.request_id)
         accepted = [i for i in images if i["status"] == proto.ACCEPTED]
         self._count("images_accepted", len(accepted))
         self._count("images_rejected", len(images) - len(accepted))
-        for i in images:
-            if i["status"] != proto.ACCEPTED:
-                log.warning("remote enrollment: %s: image %s for %r rejected: %s (%s)", escape(req.request_id),
-                            escape(i["name"]), person, escape(i["reason"]), escape(i["message"]))
         new = any(i.pop("new", False) for i in images)
         if new:
             self._changed(req)
@@ -404,10 +400,15 @@ class EnrollmentIntake:
         status = proto.OK if len(accepted) == len(images) else proto.PARTIAL
         return self._result(req, status, person=person, images=images, retrain=retrain)
 
-    def _add_images(self, person: str, images: list[proto.Image]) -> list[dict]:
-        """The images of an `add`, as the reply lists them; the enrollment itself is enrollment_ops'. An image
-        the protocol refused already (bad base64, hash mismatch...) is not offered."""
+    def _add_images(self, person: str, images: list[proto.Image], request_id: str) -> list[dict]:
+        """The images of an `add`, as the reply lists them; the enrollment itself is enrollment_ops' (which logs
+        each image it is offered). An image the protocol refused already (bad base64, hash mismatch...) is not
+        offered: logged here."""
         usable = [img for img in images if img.data is not None]
+        for img in images:
+            if img.data is None:
+                log.warning("remote enrollment: %s: image %s for %r rejected: %s (%s)", escape(request_id),
+                            escape(img.name), person, escape(img.reason), escape(img.message))
         added = ops.add_images(self.gallery, person, [(img.name, img.data or b"") for img in usable],
                                self.settings.max_image_bytes, self._tmp)
         done = {img.index: a for img, a in zip(usable, added, strict=True)}

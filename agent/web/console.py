@@ -239,16 +239,12 @@ class Console:
         """`face-agent forget NAME [--purge]` (enrollment_ops.forget). Returns the trash folder's name (what
         undo restores), or None when no photos were kept (none, or `purge`)."""
         moved = ops.forget(self.gallery, name, purge)
-        log.info("web: forgot %s", escape(name))
         return moved.name if moved is not None else None
 
     def remove_photos(self, name: str, photos: list[str]) -> ops.Removal:
         """Remove photos of a person by file name (enrollment_ops.remove_photos: the last ones forget the
         person, their photos in the trash); the caller retrains."""
-        removal = ops.remove_photos(self.gallery, name, photos)
-        log.info("web: removed %d photo(s) of %s%s", removal.removed, escape(removal.person),
-                 "; none left: forgotten" if removal.forgotten else "")
-        return removal
+        return ops.remove_photos(self.gallery, name, photos)
 
     def trashed(self) -> list[dict[str, Any]]:
         """The forgotten people `face-agent restore` can bring back (Gallery.trashed), newest first."""
@@ -266,7 +262,6 @@ class Console:
         undo is answered, not an error. Returns (the person, photos back)."""
         def run() -> tuple[str, int]:
             entry = ops.restore(self.gallery, person, folder or None)
-            log.info("web: restored %s from the trash (%d photos)", escape(entry.person), entry.photos)
             return entry.person, entry.photos
 
         return self.once(("restore", person, folder), run)[0]
