@@ -778,23 +778,37 @@ class Gallery:
         if self.negatives_dir.is_dir():
             for path in sorted(self.negatives_dir.glob("*.npy")):
                 try:
-                    array = np.load(path, allow_pickle=False)
-                    out[validate_person_name(path.stem)] = np.asarray(array, dtype=np.float32).reshape(-1, 128)
+                    out[validate_person_name(path.stem)] = self._read_negatives(path)
                 except (OSError, ValueError, InvalidNameError) as exc:
                     log.warning("%s: cannot read these negatives: %s", escape(path), exc)
         return out
 
-    def add_negatives(self, person: str, embeddings: np.ndarray) -> int:
+    def negatives_of(self, person: str) -> np.ndarray:
+        """`negatives()[person]`, reading that person's file only ((0, 128) when none, or it is unreadable)."""
+        path = self._negatives_file(person)
+        if path.is_file():
+            try:
+                return self._read_negatives(path)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: cannot read these negatives: %s", escape(path), exc)
+        return np.zeros((0, 128), np.float32)
+
+    @staticmethod
+    def _read_negatives(path: Path) -> np.ndarray:
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32).reshape(-1, 128)
+
+    def add_negatives(self, person: str, embeddings: np.ndarray) -> tuple[int, int]:
         """Record faces that are not `person` (kept even if the person is not enrolled yet); the next
-        ensure_trained retrains. Returns how many are recorded for the person now."""
+        ensure_trained retrains. Returns (how many were not recorded yet, how many are recorded for the person
+        now)."""
         with self._lock:
             path = self._negatives_file(person)
             new = np.asarray(embeddings, dtype=np.float32).reshape(-1, 128)
-            old = self.negatives().get(validate_person_name(person), np.zeros((0, 128), np.float32))
+            old = self.negatives_of(person)
             merged = np.unique(np.concatenate([old, new]), axis=0)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: np.save(f, merged, allow_pickle=False))
-            return len(merged)
+            return len(merged) - len(old), len(merged)
 
     # ---- the classifier -----------------------------------------------------------------------
     def load_classifier(self) -> Classifier | None:

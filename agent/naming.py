@@ -294,15 +294,14 @@ def reject(gallery: Gallery, store: SightingStore, event: Event, progress: bool 
                           "named tracks are kept only with \"all\")")
     if all(r["rejected"] == event.name for r in rows):
         cluster = rows[0]["cluster"]
-        return Rejected(len(rows), 0, len(gallery.negatives().get(event.name, ())),
+        return Rejected(len(rows), 0, len(gallery.negatives_of(event.name)),
                         cluster_label(cluster) if cluster else None, event.name)
     embeddings = np.stack([embedding_of(r) for r in rows])
-    before = len(gallery.negatives().get(event.name, ()))
-    total = gallery.add_negatives(event.name, embeddings)
+    added, total = gallery.add_negatives(event.name, embeddings)
     cluster = store.mark_rejected([r["id"] for r in rows], event.name)  # unknown now, in a cluster not named so
     log.info("event %s: %s of track %d are not %s (now %s)", event.event_id, faces(len(rows)), event.track_id,
              event.name, cluster_label(cluster))
-    done = Rejected(len(rows), total - before, total, cluster_label(cluster), event.name)
+    done = Rejected(len(rows), added, total, cluster_label(cluster), event.name)
     if retrain:
         done.classifier, _, _ = gallery.ensure_trained(progress=progress)
     return done
