@@ -483,10 +483,9 @@ class EnrollmentIntake:
 
     def _list(self, req: proto.Request) -> dict:
         people, summary = ops.people_and_model(self.gallery)
-        model = None
-        if summary is not None:
-            info = summary.model_info()
-            model = {k: info[k] for k in ("people", "counts", "trained_at", "cv_score")}
+        model = None if summary is None else {  # the keys docs/enrollment.md gives `list`'s model
+            "people": list(summary.people), "counts": dict(summary.counts), "trained_at": summary.trained_at,
+            "cv_score": summary.cv_score}
         return self._result(req, proto.OK, people=people, model=model,
                             retrain_pending=self._retrain_at is not None)
 
