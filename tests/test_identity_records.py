@@ -178,6 +178,9 @@ def test_naming_semantics(session):
     assert not (agent.folder / "faces" / "train" / "raw" / "Somebody Else").exists()
     # reject an identification twice: the second time nothing changes, and it says so
     wrong = next(e for e in runs[1] if e["type"] == "identified")
+    assert wrong["name"] == "Person A"
+    if not agent.events("--name", "Person B"):  # renamed here unless test_a_rename_keeps_the_persons_past ran
+        agent("rename", "Person A", "Person B")
     first = agent("reject", wrong["event_id"]).stdout
     assert f"track {wrong['track_id']} is not Person B" in first, first  # the name the person has now
     assert not re.search(r"\b1 faces\b", first)
