@@ -211,24 +211,30 @@ class People:
 
 class PersonIds:
     """The frame loop's `person_id(name)`: `People.ensure` behind a cache (cleared when the classifier is
-    swapped, the moment names may have changed). A registry that cannot be opened gives None (logged once)."""
+    swapped, the moment names may have changed). A registry that cannot be opened gives None (logged once) and
+    is not opened again until the next swap."""
 
     def __init__(self, storage: Path) -> None:
         self.storage = storage
         self._cache: dict[str, str | None] = {}
         self._failed = False
+        self._logged = False
 
     def clear(self) -> None:
         self._cache.clear()
+        self._failed = False
 
     def __call__(self, name: str) -> str | None:
+        if self._failed:
+            return None
         if name not in self._cache:
             try:
                 with People(self.storage) as people:
                     self._cache[name] = people.ensure(name)
             except (StorageError, sqlite3.Error) as exc:
-                if not self._failed:
+                if not self._logged:
                     log.error("events carry no person_id: %s", exc)
+                self._logged = True
                 self._failed = True
                 return None
         return self._cache[name]

@@ -220,3 +220,19 @@ def test_the_reserve_keeps_the_event_log_writing_when_the_disk_fills(tmp_path, d
     (disk.path / "filler").unlink()  # room again: the reserve is taken back and health is ok
     assert store.space_problem() is None and reserve.exists()
     store.close()
+
+
+def test_a_people_registry_that_cannot_be_opened_is_not_reopened_until_the_next_swap(tmp_path, caplog):
+    """The frame loop's person ids: a registry that fails gives None at once for every name (not a new open per
+    event), says so once, and is tried again after a classifier swap (`clear()`)."""
+    from agent.people import PersonIds
+
+    storage = tmp_path / "storage"
+    storage.write_text("a file where the storage folder should be")
+    ids = PersonIds(storage)
+    assert ids("Ada") is None
+    storage.unlink()  # the registry could be opened now: the next swap tries again, not the next event
+    assert ids("Ada") is None and ids("Bob") is None and not storage.exists()
+    ids.clear()
+    assert ids("Ada") == "p1" and ids("Bob") == "p2" and (storage / "people.db").is_file()
+    assert len([r for r in caplog.records if "events carry no person_id" in r.message]) == 1
