@@ -48,7 +48,6 @@ TRACK_ENDED = "track_ended"
 MODEL_UPDATED = "model_updated"
 REIDENTIFIED = "reidentified"
 EVENT_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED, MODEL_UPDATED, REIDENTIFIED)
-TRACK_TYPES = (TRACK_STARTED, IDENTIFIED, UNKNOWN_FACE, TRACK_ENDED)  # need track_id, box and frame
 
 # type-specific fields: required for their type, absent from every other type
 TYPE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -62,8 +61,6 @@ TYPE_FIELDS: dict[str, tuple[str, ...]] = {
 TYPE_FIELDS_V3 = {**TYPE_FIELDS, TRACK_ENDED: ("duration_s", "best_confidence"),
                   REIDENTIFIED: ("unknown_id", "seen_at")}
 TYPE_FIELDS_V2 = {**TYPE_FIELDS_V3, UNKNOWN_FACE: ("attempts",)}  # versions 1 and 2 (no reidentified type)
-UNKNOWN_ID_RE = re.compile(r"^u[1-9][0-9]{0,17}$")
-PERSON_ID_RE = re.compile(r"^p[1-9][0-9]{0,17}$")
 
 
 def type_fields(etype: str, version: int) -> tuple[str, ...]:
@@ -84,10 +81,7 @@ def common_fields(version: int) -> tuple[str, ...]:
 
 OPTIONAL_FIELDS = ("thumbnail",)
 
-MAX_NAME_LENGTH = 200
-MAX_THUMBNAIL_CHARS = 1_000_000  # base64 characters; the configured byte cap is far below this
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-EVENT_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
