@@ -332,7 +332,7 @@ class Service:
             self._emit(track_ended(feed.factory, track, feed.size, feed.position,
                                    self.sightings.unknown_id_of if self.sightings is not None else None), feed)
             if self.sightings is not None:
-                self.sightings.ended(track)
+                self.sightings.ended(track, feed.name)
 
     def _output(self, feed: CameraFeed, frame: Frame, result: FrameResult) -> None:
         """--frames-out, --show and the live frame: the same record, written and drawn."""
@@ -398,12 +398,12 @@ class Service:
         for (feed, frame), result in zip(batch, results):
             feed.took(frame, result.size)
             if self.sightings is not None:
-                self.sightings.observe(result, frame.image, feed.name)
+                self.sightings.observe(result, frame.image)
             for event in self.events_for(feed, result, frame):
                 self._emit(event, feed)
             if self.sightings is not None:
                 for track in result.update.ended:
-                    self.sightings.ended(track)
+                    self.sightings.ended(track, feed.name)
             self.stats.frame(result)
             feed.stats.frame(result)
             if self._watchdog is not None:

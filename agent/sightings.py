@@ -593,7 +593,6 @@ class Sightings:
         self._live: dict[int, list[Candidate]] = {}  # track id -> best faces so far
         self._unknown_ids: dict[int, int] = {}  # track id -> cluster named in its unknown_face event
         self._logged_from: dict[int, float] = {}  # track id -> wall-clock time of its first kept face
-        self._cameras: dict[int, str] = {}  # track id -> the camera it is seen on
         self._queue: queue.Queue[TrackFaces | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="sightings", daemon=True)
         self._broken = False  # the file is damaged beyond salvage: nothing more is written this run
@@ -601,18 +600,15 @@ class Sightings:
         self.stored = 0  # sightings written
         self.lost = 0  # tracks whose faces could not be kept
         # crops are not written into the last free space: the event log needs it more
-        self._floor = max(FULL_BELOW_BYTES, int(getattr(cfg.store, "reserve_mb", 0) * 2**20))
+        self._floor = max(FULL_BELOW_BYTES, int(cfg.store.reserve_mb * 2**20))
         self._thread.start()
 
-    def observe(self, result: Any, image: np.ndarray, camera: str | None = None) -> None:
-        """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst;
-        `camera`: the camera the frame is from."""
+    def observe(self, result: Any, image: np.ndarray) -> None:
+        """Keep the frame's embedded faces (agent.vision.pipeline.FrameResult) that beat a track's worst."""
         for rec in result.recognitions:
             if rec.embedding is None or rec.chip is None or rec.prediction.reason in QUALITY_REASONS:
                 continue
             track = rec.track
-            if camera is not None:
-                self._cameras.setdefault(track.id, camera)
             quality = float(track.embed_quality)
             kept = self._live.setdefault(track.id, [])
             self._logged_from.setdefault(track.id, time.time())
@@ -649,12 +645,12 @@ class Sightings:
         cluster = self._unknown_ids.get(track.id)
         return None if cluster is None else cluster_label(cluster)
 
-    def ended(self, track: Any) -> None:
-        """A track ended: its faces are stored (by the writer thread) if the privacy setting allows."""
+    def ended(self, track: Any, camera: str | None) -> None:
+        """A track of `camera` ended: its faces are stored (by the writer thread) if the privacy setting
+        allows."""
         faces = self._live.pop(track.id, [])
         unknown_id = self._unknown_ids.pop(track.id, None)
         logged_from = self._logged_from.pop(track.id, time.time())
-        camera = self._cameras.pop(track.id, None)
         name = track.name if track.status == "named" else None
         if not faces or track.status not in ("named", "unknown") or (name is not None and self.s.privacy != "all"):
             return  # never settled (who it was is not known: maybe somebody enrolled), or privacy
