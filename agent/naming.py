@@ -70,8 +70,7 @@ def current_name(cfg: Config, event: Event) -> str | None:
         return None
     try:
         with People.of(cfg) as people:
-            person = event.person_id or people.id_of(event.name, at=event.time)
-            return (people.name_of(person) if person else None) or event.name
+            return people.current_name(event.name, event.person_id, event.time) or event.name
     except (StorageError, sqlite3.Error) as exc:
         log.warning("people registry: %s", exc)
         return event.name

@@ -129,6 +129,12 @@ class People:
             row = self.db.execute("SELECT name FROM names WHERE person = ? AND until IS NULL", [number]).fetchone()
         return None if row is None else str(row[0])
 
+    def current_name(self, name: str, person_id: str | None, at: float) -> str | None:
+        """The name a person logged as `name` at time `at` (epoch seconds) has now: by `person_id`, else (logged
+        before events carried one) by who had the name then. None: not known (or forgotten)."""
+        person = person_id or self.id_of(name, at=at)
+        return self.name_of(person) if person else None
+
     def find(self, text: str) -> list[Person]:
         """The people any of whose names (now or before) starts with `text`, case-insensitively (Unicode
         casefold), or whose id it is."""

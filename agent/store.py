@@ -615,8 +615,7 @@ class EventStore:
                 for r in rows:
                     if r.name is None:
                         continue
-                    person = r.person_id or people.id_of(r.name, at=r.t)
-                    now = people.name_of(person) if person else None
+                    now = people.current_name(r.name, r.person_id, r.t)
                     if now is not None and now != r.name:
                         out[r.event_id] = now
         except (StorageError, sqlite3.Error) as exc:
