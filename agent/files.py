@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -14,6 +15,8 @@ from typing import BinaryIO
 CHUNK = 1 << 20
 FULL_BELOW_BYTES = 1 << 20  # a file system with less free space than this counts as full
 STORAGE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -60,6 +63,18 @@ def _existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free space (bytes this user may fill) on the file system holding `path` or its nearest existing parent;
+    None when it cannot be told."""
+    existing = _existing(Path(path))
+    try:
+        st = os.statvfs(existing)
+    except OSError as exc:
+        log.debug("statvfs(%s) failed: %s", existing, exc)
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def folder_problem(path: str | os.PathLike) -> str | None:

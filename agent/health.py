@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.files import atomic_write, storage_state
+from agent.files import atomic_write, free_bytes, storage_state
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +192,8 @@ def summary(health: dict) -> str:
 
 def free_disk_mb(path: str | os.PathLike) -> float | None:
     """Free space (MB) on the file system holding `path` (or its nearest existing parent)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free / 1_000_000
-    except OSError as exc:
-        log.debug("disk_usage(%s) failed: %s", p, exc)
-        return None
+    free = free_bytes(path)
+    return None if free is None else free / 1_000_000
 
 
 def status_path(cfg: Config) -> Path:

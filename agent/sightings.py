@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -62,7 +61,7 @@ from sqlite_utils.db import NotFoundError, quote_identifier
 from agent import database
 from agent.config import Config
 from agent.dbcheck import DatabaseCheckError, check_database, error_hint, is_damage
-from agent.files import FULL_BELOW_BYTES, StorageError, atomic_write, storage_hint
+from agent.files import FULL_BELOW_BYTES, StorageError, atomic_write, free_bytes, storage_hint
 from agent.logsafe import RateLimitedLog
 from agent.vision.classifier import Classifier, Prediction, unit_rows
 from agent.vision.recognizer import QUALITY_REASONS
@@ -665,7 +664,7 @@ class Sightings:
             if self._broken:
                 self.lost += 1
                 continue
-            free = _free_bytes(self.store.folder)
+            free = free_bytes(self.store.folder)
             if free is not None and free < self._floor:
                 self.lost += 1
                 self._errors.log(logging.WARNING, "the faces of track %d were not kept: %.1f MB free on the disk "
@@ -697,14 +696,6 @@ class Sightings:
         self._queue.put(None)
         self._thread.join()
         self.store.close()
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
 
 
 def majority(predictions: list[Prediction]) -> tuple[str | None, float]:
