@@ -19,11 +19,8 @@ one session of two runs of the same clip - a stranger, then an enrolled person (
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -228,8 +225,8 @@ def test_a_version_3_log_opens_renames_and_counts_on(tmp_path):
     from test_database import OLD_EVENTS
 
     folder = tmp_path / "agent"
-    (folder / "storage").mkdir(parents=True)
-    (folder / "agent.toml").write_text("[mqtt]\nenabled = false\n")
+    agent = CliAgent(folder, "[mqtt]\nenabled = false\n")
+    (folder / "storage").mkdir()
     conn = sqlite3.connect(folder / "storage" / "events.db")
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
@@ -246,16 +243,9 @@ def test_a_version_3_log_opens_renames_and_counts_on(tmp_path):
     conn.commit()
     conn.close()
 
-    def cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "agent", "-q", "-c", str(folder / "agent.toml"), *args],
-                             capture_output=True, text=True, cwd=folder, timeout=300,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stdout
-
-    assert cli("events", "--json", "--limit", "0").splitlines() == payloads  # byte for byte, as logged
+    assert agent("events", "--json", "--limit", "0").stdout.splitlines() == payloads  # byte for byte, as logged
     ada = [json.loads(p)["event_id"] for p in payloads if '"name":"Ada"' in p]
-    assert [json.loads(x)["event_id"] for x in cli("events", "--json", "--name", "ad").splitlines()] == ada
+    assert [e["event_id"] for e in agent.events("--name", "ad")] == ada
     # Ada is enrolled (registered when trained) and renamed: her version 3 events follow the new name
     from agent.config import load_config
     from agent.people import People
@@ -264,9 +254,9 @@ def test_a_version_3_log_opens_renames_and_counts_on(tmp_path):
     with People.of(cfg) as people:
         people.register(["Ada"])
         people.rename("Ada", "Ada Lovelace")
-    found = [json.loads(x) for x in cli("events", "--json", "--name", "ada lov").splitlines()]
+    found = agent.events("--name", "ada lov")
     assert [e["event_id"] for e in found] == ada
-    table = cli("events", "--name", "Ada Lovelace")
+    table = agent("events", "--name", "Ada Lovelace").stdout
     assert table.count("Ada Lovelace") == 3, table
     from agent.store import EventStore, TrackIds
 
