@@ -430,6 +430,11 @@ def test_a_stranger_seen_again_is_announced_with_their_unknown_id(strangers):
     assert len(set(first.values())) == len(first) == 4, first  # four new people, four new ids
     assert len(ids) == 4, ids  # every stranger was recognised as seen before at a later appearance
     assert all(v == {first[who]} for who, v in ids.items()), (first, ids)  # always as the one first given
+    # the faces are kept with the camera the tracks were seen on, and each unknown person's card says it
+    camera = {e["camera"] for e in events if e["type"] == "track_ended"}
+    assert len(camera) == 1 and None not in camera, camera
+    assert {s["camera"] for s in bs.stored_sightings(agent.folder)} == camera
+    assert all(c["cameras"] == sorted(camera) for c in agent.unknowns())
 
 
 def _people_of_clusters(agent: Agent, clip: ic.Clip, events: list[dict]) -> dict[str, str]:
