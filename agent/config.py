@@ -228,8 +228,10 @@ class TrackerSection:
     # frames between embeddings (re-verification) once the identity is settled
     settled_embed_every: int = setting(10, bounds=AT_LEAST_1)
     # an unknown track whose latest face came this close to a name (the classifier's confidence in its nearest
-    # person) is embedded every embed_every frames instead: a near miss may be the person on a poor first frame
+    # person) is embedded every near_miss_embed_every frames instead: a near miss may be the person on a poor
+    # first frame
     near_miss_confidence: float = setting(0.25, bounds=Range(0, 1))
+    near_miss_embed_every: int = setting(2, bounds=AT_LEAST_1)
     max_attempts: int = setting(6, bounds=AT_LEAST_1)  # embeddings before an unsettled track is declared unknown
     # unsettled track: embed early when the face area is this many times the best so far
     reembed_area: float = setting(1.3, bounds=AT_LEAST_1)

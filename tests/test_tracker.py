@@ -377,16 +377,18 @@ def test_unsettled_track_becomes_unknown_after_max_attempts_then_rarely_rechecke
 
 def test_an_unknown_near_miss_is_looked_at_again_sooner():
     """An unknown track whose latest face came within near_miss_confidence of a name (a turned or blurred
-    first frame of the person) is embedded every embed_every frames, a stranger far from everybody every
-    settled_embed_every; a name then takes over from "unknown" by weight alone (unknown_hysteresis 1)."""
-    tracker = confirmed_tracker(min_votes=2, embed_every=3, settled_embed_every=10, near_miss_confidence=0.25)
+    first frame of the person) is embedded every near_miss_embed_every frames, a stranger far from everybody
+    every settled_embed_every; a name then takes over from "unknown" by weight alone (unknown_hysteresis 1)."""
+    tracker = confirmed_tracker(min_votes=2, embed_every=5, near_miss_embed_every=3, settled_embed_every=10,
+                                near_miss_confidence=0.25)
     assert tracker.add_prediction(1, None, 0.3) is None
     assert tracker.add_prediction(1, None, 0.4).kind == "unknown"  # two near misses: unknown for now
-    assert embed_frames(run(tracker, [[det(100, 100)]] * 8)) == [5, 8]  # every embed_every (3) frames
+    assert embed_frames(run(tracker, [[det(100, 100)]] * 8)) == [5, 8]  # every near_miss_embed_every (3) frames
     assert tracker.add_prediction(1, "ann", 0.75) is None  # 0.75 < unknown's 0.7 + 0.6
     change = tracker.add_prediction(1, "ann", 0.75)  # 1.5 > 1.3: no hysteresis against unknown
     assert change.kind == "identified" and change.name == "ann"
-    stranger = confirmed_tracker(min_votes=2, embed_every=3, settled_embed_every=10, near_miss_confidence=0.25)
+    stranger = confirmed_tracker(min_votes=2, embed_every=5, near_miss_embed_every=3, settled_embed_every=10,
+                                 near_miss_confidence=0.25)
     stranger.add_prediction(1, None, 0.05)
     assert stranger.add_prediction(1, None, 0.1).kind == "unknown"
     assert embed_frames(run(stranger, [[det(100, 100)]] * 12)) == [12]  # settled_embed_every

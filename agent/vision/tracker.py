@@ -13,7 +13,7 @@
   `embed_every` frames or as soon as the face is clearly larger (`reembed_area`) or sharper
   (`reembed_sharpness`) than the best one embedded so far, until its identity is settled (or declared
   unknown); after that every `settled_embed_every` frames (an unknown track whose latest vote was for a name
-  or came within `near_miss_confidence` of one: every `embed_every` frames). Faces smaller than
+  or came within `near_miss_confidence` of one: every `near_miss_embed_every` frames). Faces smaller than
   `min_face_size` or blurrier than `min_sharpness` (variance of the Laplacian of the grey face resized to
   64x64) are never embedded.
 - identity: the pipeline feeds each recognition back with `add_prediction()`, which votes
@@ -473,7 +473,7 @@ class Tracker:
             due = since >= (c.settle_embed_every if first_votes else c.embed_every) or better
         else:  # settled; an unknown near miss is looked at again sooner
             near_miss = track.status == UNKNOWN and self._near_miss(track)
-            due = since >= (c.embed_every if near_miss else c.settled_embed_every)
+            due = since >= (c.near_miss_embed_every if near_miss else c.settled_embed_every)
         if not due:
             return None
         track.scheduled += 1
