@@ -206,6 +206,38 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(store, caplog):
     assert store.count("pending") == n - 10 + 1  # no pending event was touched
 
 
+class CommitLost:
+    """The store's real connection, but leaving a `with` block the way CPython 3.11's sqlite3 does when COMMIT
+    fails and SQLite has already cleared the error: rolled back, then SystemError (seen once on a filling disk)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._conn.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self._conn.rollback()
+        raise SystemError("error return without exception set")
+
+
+def test_a_commit_lost_by_sqlite3_is_a_store_error_not_a_crash(store):
+    store.add(big_event(1))
+    real = store.conn  # this thread's connection
+    store._local.conn = CommitLost(real)
+    try:
+        with pytest.raises(StoreError, match="commit failed"):  # the disk is not full: not reported as full
+            store.add(big_event(2))
+    finally:
+        store._local.conn = real
+    assert [r.track_id for r in store.pending(10)] == [1]  # nothing half-stored, the log still works
+    store.add(big_event(3))
+    assert store.count("pending") == 2
+
+
 def test_full_disk_may_drop_oldest_pending_when_allowed(tmp_path, caplog):
     s = EventStore(make_config(tmp_path, store={"drop_pending_when_full": True}))
     pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
