@@ -82,8 +82,11 @@ def test_ctrl_c_in_enroll_exits_130_with_a_message(tmp_path, shared):
         shutil.copytree(person, raw / person.name)
     (tmp_path / "agent.toml").write_text('[paths]\nfaces = "faces"\nstorage = "storage"\nsvm = "svm"\n'
                                          'engines = "engines"\n[mqtt]\nenabled = false\n')
+    # SIGINT as at a terminal even when the tests run in a background job (which starts with SIGINT ignored,
+    # inherited by the child, whose Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.toml"), "enroll"],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cache = tmp_path / "storage" / "embeddings.db"
 
     def analysed() -> int:
