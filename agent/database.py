@@ -15,7 +15,8 @@ refused (LayoutError), an older one is brought up to date by `ensure_layout` (it
 `db[table].transform(...)`), then stamped.
 
 On a full or read-only disk a WAL file cannot be opened the usual way: `open_degraded` keeps what it holds
-readable.
+readable. Connections are `Connection`s: a COMMIT that fails as the disk fills always raises sqlite3's
+OperationalError, never the SystemError CPython 3.11 can give for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from agent.files import storage_state
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000  # a writer waits this long for another connection's transaction
@@ -36,12 +39,45 @@ class LayoutError(sqlite3.DatabaseError):
     """The file's table layout is newer than this face-agent knows (written by a newer version)."""
 
 
+class Connection(sqlite3.Connection):
+    """sqlite3's connection, less one CPython 3.11 fault: when COMMIT fails and SQLite has already cleared the
+    error (seen on a disk filling up at that moment), `commit()` and leaving a `with conn:` block raise
+    SystemError ("error return without exception set") with the transaction rolled back. Here that is the
+    sqlite3.OperationalError it stands for: "database or disk is full" when the file's disk is full (so the
+    callers' full-disk handling takes over), else "commit failed"."""
+
+    folder: Path | None = None  # the database file's folder (set by connect/open_degraded)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except SystemError as exc:
+            raise self._lost_commit(exc) from None
+
+    def __exit__(self, *exc_info):  # type: ignore[override]
+        try:
+            return super().__exit__(*exc_info)
+        except SystemError as exc:
+            raise self._lost_commit(exc) from None
+
+    def _lost_commit(self, exc: SystemError) -> sqlite3.OperationalError:
+        state = storage_state(self.folder) if self.folder is not None else None
+        return sqlite3.OperationalError("database or disk is full" if state == "full"
+                                        else f"commit failed ({state or exc})")
+
+
+def _open(path: Path, **kwargs) -> Connection:
+    conn = sqlite3.connect(path, factory=Connection, check_same_thread=False, **kwargs)
+    conn.folder = Path(path).parent
+    return conn
+
+
 def connect(path: Path, synchronous: str | None = None, wal_bytes: int | None = None) -> sqlite3.Connection:
     """A read-write connection usable from any thread: busy timeout BUSY_TIMEOUT_MS, WAL journal (a warning
     if the file system cannot have one), `synchronous` (None: SQLite's default), and with `wal_bytes` the WAL
     truncated back to that size after checkpoints and checkpointed once it holds about that much. Raises
     sqlite3.Error (the connection closed: a failed open must not keep a lock)."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn = _open(path, timeout=BUSY_TIMEOUT_MS / 1000)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -67,7 +103,7 @@ def open_degraded(path: Path, state: str, timeout: float = BUSY_TIMEOUT_MS / 100
     this process's memory: other processes cannot read the file meanwhile); on a read-only one, or if that
     fails, as immutable (read only). Raises sqlite3.Error."""
     if state == "full":
-        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+        conn = _open(path, timeout=timeout)
         try:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             conn.execute("PRAGMA journal_mode = WAL").fetchone()

@@ -404,16 +404,8 @@ class EventStore:
     def _insert(self, row: dict) -> int:
         # plain SQL (the outbox's hot path, on the video loop's thread): Table.insert re-checks the table and
         # rebuilds the statement each time, 42 us against 32 us per event (bench/bench_store.py)
-        try:
-            with self.conn as conn:
-                return int(conn.execute(_INSERT, row).lastrowid)
-        except SystemError as exc:
-            # CPython 3.11's sqlite3 raises SystemError ("error return without exception set") when COMMIT fails
-            # and SQLite has already cleared the error (seen once on a disk filling up at that moment); the
-            # transaction was rolled back, so the event is not stored: report it as the error it stands for
-            state = storage_state(self.path.parent)
-            raise sqlite3.OperationalError("database or disk is full" if state == "full" else
-                                           f"commit failed ({state or exc})") from None
+        with self.conn as conn:
+            return int(conn.execute(_INSERT, row).lastrowid)
 
     def _insert_when_full(self, row: dict, exc: sqlite3.Error) -> int:
         self.full = True

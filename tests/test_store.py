@@ -12,6 +12,7 @@ import time
 import pytest
 from conftest import make_config
 
+from agent import database
 from agent.events import Event, EventFactory, format_timestamp
 from agent.store import DB_NAME, EventStore, StoreError, StoreFullError
 
@@ -206,34 +207,34 @@ def test_full_disk_is_a_clear_error_and_loses_nothing(store, caplog):
     assert store.count("pending") == n - 10 + 1  # no pending event was touched
 
 
-class CommitLost:
-    """The store's real connection, but leaving a `with` block the way CPython 3.11's sqlite3 does when COMMIT
-    fails and SQLite has already cleared the error: rolled back, then SystemError (seen once on a filling disk)."""
+class LosesCommit(sqlite3.Connection):
+    """Beneath face-agent's Connection: leaving a `with` block the way CPython 3.11's sqlite3 does when COMMIT
+    fails and SQLite has already cleared the error (seen once on a filling disk): rolled back, then SystemError."""
 
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
-
-    def __getattr__(self, name: str):
-        return getattr(self._conn, name)
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._conn.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._conn.rollback()
+    def __exit__(self, *exc):
+        self.rollback()
         raise SystemError("error return without exception set")
 
 
-def test_a_commit_lost_by_sqlite3_is_a_store_error_not_a_crash(store):
+class LossyConnection(database.Connection, LosesCommit):
+    pass
+
+
+def test_a_commit_lost_by_sqlite3_is_a_store_error_not_a_crash(cfg, store, monkeypatch):
+    """The event log's real file and connection class, with the fault beneath it: the event is not stored, the
+    caller gets a StoreError (not "full": this disk is not), and the log goes on."""
     store.add(big_event(1))
-    real = store.conn  # this thread's connection
-    store._local.conn = CommitLost(real)
+    real = store.conn
+    lossy = sqlite3.connect(store.path, factory=LossyConnection, check_same_thread=False)
+    lossy.folder = store.path.parent
+    store._local.conn = lossy
     try:
-        with pytest.raises(StoreError, match="commit failed"):  # the disk is not full: not reported as full
+        with pytest.raises(StoreError, match="commit failed"):
             store.add(big_event(2))
     finally:
         store._local.conn = real
-    assert [r.track_id for r in store.pending(10)] == [1]  # nothing half-stored, the log still works
+        lossy.close()
+    assert [r.track_id for r in store.pending(10)] == [1]  # nothing half-stored
     store.add(big_event(3))
     assert store.count("pending") == 2
 
