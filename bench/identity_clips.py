@@ -379,7 +379,8 @@ def read_frames(path: Path, camera: str | None = None) -> dict[int, list[dict[st
     return out
 
 
-def _owner(clip: Clip, frame: int, face: dict[str, Any]) -> Actor | None:
+def owner(clip: Clip, frame: int, face: dict[str, Any]) -> Actor | None:
+    """The actor whose box holds the centre of a shown face's box on `frame` (None: nobody, a box on nothing)."""
     b = face["box"]
     cx, cy = (b["left"] + b["right"]) / 2, (b["top"] + b["bottom"]) / 2
     for actor, box, _ in clip.truth(frame):
@@ -400,7 +401,7 @@ def score(clip: Clip, shown: dict[int, list[dict[str, Any]]], grace: int = 10) -
         for face in faces:
             if face["status"] != "named":
                 continue
-            actor = _owner(clip, frame, face)
+            actor = owner(clip, frame, face)
             if actor is None:
                 on_nothing += 1
             elif actor.label != "?" and face["name"] != actor.label:

@@ -78,7 +78,7 @@ def montage(lin_first: int = LIN_FIRST) -> ic.Clip:
 def lin_named(clip: ic.Clip, shown: dict) -> tuple[int, int]:
     """(frames, frames named lin_manuel) of the montage's Lin-Manuel shot."""
     lin = next(a for a in clip.actors if a.label == "lin_manuel")
-    named = sum(any(f["status"] == "named" and f["name"] == lin.label and ic._owner(clip, k, f) is lin
+    named = sum(any(f["status"] == "named" and f["name"] == lin.label and ic.owner(clip, k, f) is lin
                     for f in shown.get(k, [])) for k in range(lin.start, lin.end))
     return lin.end - lin.start, named
 

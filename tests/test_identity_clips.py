@@ -82,7 +82,7 @@ def _check_events(clip: ic.Clip, events: list[dict]) -> None:
         assert e["media_time"] == pytest.approx(e["frame_index"] / ic.FPS, abs=0.002)
     for e in (e for e in events if e["type"] == "identified"):
         face = {"box": e["box"], "status": "named", "name": e["name"]}
-        owner = ic._owner(clip, e["frame_index"], face)
+        owner = ic.owner(clip, e["frame_index"], face)
         assert owner is not None and owner.label == e["name"], (e["frame_index"], e["name"], owner)
 
 
